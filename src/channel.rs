@@ -1,0 +1,393 @@
+//! The bounded outbound channel of one client, and its [`Receiver`].
+//!
+//! Why not `tokio::sync::mpsc`? The registry must be able to close a client's channel
+//! *from the sending side* (unregister, kick, takeover) while broadcast snapshots may
+//! still hold a handle to it, and the close must be final: once it returns, no send
+//! succeeds. A tokio channel closes only when its last `Sender` drops, which a
+//! snapshot held by a concurrent broadcast can delay indefinitely.
+//!
+//! # Protocol
+//!
+//! One word, `state`, holds a `CLOSED` flag and the number of *permits* in use
+//! (messages accepted and not yet received). A send takes a permit with a CAS that
+//! fails if the channel is closed or full, then pushes into a lock-free queue that the
+//! permits keep from ever overflowing. Receiving pops, then returns the permit.
+//!
+//! * A send succeeds iff its CAS precedes the close in `state`'s modification order,
+//!   so after `close` returns, every send fails with `Closed`.
+//! * The receiver reports the end only when `CLOSED` is set and no permit is in use,
+//!   so every message accepted before the close is received first: nothing is lost.
+
+use std::future::poll_fn;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use crate::error::TryRecvError;
+use crate::sync::{Arc, AtomicUsize, AtomicWaker, BoundedQueue, Notify, Ordering};
+
+/// `state` bit: no more sends are accepted.
+const CLOSED: usize = 1;
+/// `state` increment for one permit; the permit count sits above the flag.
+const PERMIT: usize = 2;
+
+/// Why a channel refused a message; gives it back.
+pub(crate) enum Rejected<M> {
+    Full(M),
+    Closed(M),
+    Timeout(M),
+}
+
+pub(crate) struct Channel<M> {
+    /// `CLOSED | permits * PERMIT`.
+    ///
+    /// Ordering: every decision (full, closed, drained) is made on this one word, and
+    /// RMWs on one location are totally ordered whatever their ordering, so
+    /// `Relaxed` is enough for the count and the flag. The messages themselves are
+    /// handed over by the queue, which synchronises its own slots.
+    state: AtomicUsize,
+    capacity: usize,
+    queue: BoundedQueue<M>,
+    rx_waker: AtomicWaker,
+    /// Notified when a receive frees a permit of a full channel, or on close.
+    space: Notify,
+}
+
+impl<M> Channel<M> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            state: AtomicUsize::new(0),
+            capacity,
+            queue: BoundedQueue::new(capacity),
+            rx_waker: AtomicWaker::new(),
+            space: Notify::new(),
+        }
+    }
+
+    /// Queues `msg` without waiting.
+    #[inline]
+    pub(crate) fn try_send(&self, msg: M) -> Result<(), Rejected<M>> {
+        // Relaxed: see `state`; the CAS re-validates this guess.
+        let mut state = self.state.load(Ordering::Relaxed);
+        loop {
+            if state & CLOSED != 0 {
+                return Err(Rejected::Closed(msg));
+            }
+            if state / PERMIT >= self.capacity {
+                return Err(Rejected::Full(msg));
+            }
+            // Relaxed: see `state`.
+            match self.state.compare_exchange_weak(
+                state,
+                state + PERMIT,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(actual) => state = actual,
+            }
+        }
+        if let Err(msg) = self.queue.push(msg) {
+            // Unreachable while permits bound the queue; give the permit back rather
+            // than lose the message if that ever stops holding.
+            self.release_permit();
+            return Err(Rejected::Full(msg));
+        }
+        self.rx_waker.wake();
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for capacity, then queues `msg`.
+    pub(crate) async fn send_timeout(&self, msg: M, timeout: Duration) -> Result<(), Rejected<M>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut msg = msg;
+        loop {
+            let space = self.space.notified();
+            tokio::pin!(space);
+            // Registered before the retry, so a receive that frees a permit after the
+            // retry saw `Full` cannot be missed.
+            space.as_mut().enable();
+            match self.try_send(msg) {
+                Err(Rejected::Full(back)) => msg = back,
+                other => return other,
+            }
+            if tokio::time::timeout_at(deadline, space).await.is_err() {
+                return Err(Rejected::Timeout(msg));
+            }
+        }
+    }
+
+    /// Refuses every later send. Messages already accepted stay receivable.
+    ///
+    /// Returns whether this call closed it (false if it was closed already).
+    pub(crate) fn close(&self) -> bool {
+        // Relaxed: see `state`.
+        let before = self.state.fetch_or(CLOSED, Ordering::Relaxed);
+        self.rx_waker.wake();
+        self.space.notify_waiters();
+        before & CLOSED == 0
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        // Relaxed: see `state`.
+        self.state.load(Ordering::Relaxed) & CLOSED != 0
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        // Relaxed: see `state`; a momentary count is all a caller can use.
+        self.state.load(Ordering::Relaxed) / PERMIT
+    }
+
+    fn release_permit(&self) {
+        // Relaxed: see `state`.
+        let before = self.state.fetch_sub(PERMIT, Ordering::Relaxed);
+        if before / PERMIT == self.capacity {
+            // A sender may be waiting for exactly this permit.
+            self.space.notify_waiters();
+        }
+    }
+
+    fn try_recv(&self) -> Result<M, TryRecvError> {
+        if let Some(msg) = self.queue.pop() {
+            self.release_permit();
+            return Ok(msg);
+        }
+        // Relaxed: see `state`. A permit in use means a push is on its way.
+        let state = self.state.load(Ordering::Relaxed);
+        if state & CLOSED != 0 && state / PERMIT == 0 {
+            Err(TryRecvError::Closed)
+        } else {
+            Err(TryRecvError::Empty)
+        }
+    }
+
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<M>> {
+        match self.try_recv() {
+            Ok(msg) => return Poll::Ready(Some(msg)),
+            Err(TryRecvError::Closed) => return Poll::Ready(None),
+            Err(TryRecvError::Empty) => {}
+        }
+        self.rx_waker.register(cx.waker());
+        // Re-check after registering: a push that landed in between has already
+        // tried to wake the old (absent) waker.
+        match self.try_recv() {
+            Ok(msg) => Poll::Ready(Some(msg)),
+            Err(TryRecvError::Closed) => Poll::Ready(None),
+            Err(TryRecvError::Empty) => Poll::Pending,
+        }
+    }
+}
+
+/// The receiving end of a client's outbound channel.
+///
+/// The connection's writer task owns it and drains it into the socket. Dropping it
+/// is how a disconnect looks to the registry: the next send to the client fails with
+/// `Closed`, and the registry unregisters the client.
+///
+/// Once the registry closes the channel (unregister, disconnect policy), `recv`
+/// still yields every message accepted before the close, then `None`.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let registry = switchboard::Registry::<&'static str>::new();
+/// let (id, mut rx) = registry.register(Default::default()).unwrap();
+/// registry.send(id, "hello").unwrap();
+/// let _ = registry.unregister(id);
+/// assert_eq!(rx.recv().await, Some("hello"));
+/// assert_eq!(rx.recv().await, None);
+/// # }
+/// ```
+pub struct Receiver<M> {
+    chan: Arc<Channel<M>>,
+}
+
+impl<M> Receiver<M> {
+    pub(crate) fn new(chan: Arc<Channel<M>>) -> Self {
+        Self { chan }
+    }
+
+    /// Waits for the next message. Returns `None` once the channel is closed and
+    /// every message sent before the close has been received.
+    ///
+    /// Cancel-safe: dropping the future loses no message.
+    pub async fn recv(&mut self) -> Option<M> {
+        poll_fn(|cx| self.chan.poll_recv(cx)).await
+    }
+
+    /// Polls for the next message, for hand-written futures and streams.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<M>> {
+        self.chan.poll_recv(cx)
+    }
+
+    /// Takes the next message if one is queued.
+    ///
+    /// # Errors
+    ///
+    /// [`TryRecvError::Empty`] if nothing is queued now, [`TryRecvError::Closed`] once
+    /// the channel is closed and drained.
+    pub fn try_recv(&mut self) -> Result<M, TryRecvError> {
+        self.chan.try_recv()
+    }
+
+    /// Whether the registry has closed this channel (or this receiver is closing).
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.chan.is_closed()
+    }
+
+    /// Messages queued and not yet received.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.chan.len()
+    }
+
+    /// Whether nothing is queued.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The channel's capacity, set by [`Builder::channel_capacity`](crate::Builder::channel_capacity).
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.chan.capacity
+    }
+}
+
+impl<M> Drop for Receiver<M> {
+    fn drop(&mut self) {
+        self.chan.close();
+        // Free queued messages now rather than when the last snapshot lets go.
+        while self.chan.try_recv().is_ok() {}
+    }
+}
+
+impl<M> std::fmt::Debug for Receiver<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("len", &self.len())
+            .field("capacity", &self.capacity())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+#[cfg(all(test, not(switchboard_loom)))]
+mod tests {
+    use super::*;
+
+    fn pair(capacity: usize) -> (Arc<Channel<u32>>, Receiver<u32>) {
+        let chan = Arc::new(Channel::new(capacity));
+        (Arc::clone(&chan), Receiver::new(chan))
+    }
+
+    #[test]
+    fn full_channel_gives_the_message_back() {
+        let (tx, mut rx) = pair(2);
+        assert!(tx.try_send(1).is_ok());
+        assert!(tx.try_send(2).is_ok());
+        assert!(matches!(tx.try_send(3), Err(Rejected::Full(3))));
+        assert_eq!(rx.try_recv(), Ok(1));
+        assert!(tx.try_send(3).is_ok());
+        assert_eq!(rx.len(), 2);
+    }
+
+    #[test]
+    fn close_refuses_new_sends_but_delivers_accepted_ones() {
+        let (tx, mut rx) = pair(4);
+        tx.try_send(1).ok();
+        assert!(tx.close());
+        assert!(!tx.close(), "second close reports it was already closed");
+        assert!(matches!(tx.try_send(2), Err(Rejected::Closed(2))));
+        assert_eq!(rx.try_recv(), Ok(1));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Closed));
+    }
+
+    #[test]
+    fn dropping_the_receiver_closes_the_channel() {
+        let (tx, rx) = pair(4);
+        tx.try_send(1).ok();
+        drop(rx);
+        assert!(matches!(tx.try_send(2), Err(Rejected::Closed(2))));
+        assert_eq!(tx.len(), 0, "queued messages are freed with the receiver");
+    }
+
+    #[tokio::test]
+    async fn recv_wakes_on_send_and_ends_on_close() {
+        let (tx, mut rx) = pair(4);
+        let task = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(m) = rx.recv().await {
+                got.push(m);
+            }
+            got
+        });
+        for i in 0..3 {
+            tokio::task::yield_now().await;
+            tx.try_send(i).ok();
+        }
+        tx.close();
+        assert_eq!(task.await.ok(), Some(vec![0, 1, 2]));
+    }
+
+    #[tokio::test]
+    async fn send_timeout_waits_for_space_and_times_out_with_the_message() {
+        let (tx, mut rx) = pair(1);
+        tx.try_send(0).ok();
+        let timed_out = tx.send_timeout(1, Duration::from_millis(20)).await;
+        assert!(matches!(timed_out, Err(Rejected::Timeout(1))));
+
+        let sender = Arc::clone(&tx);
+        let waiter =
+            tokio::spawn(async move { sender.send_timeout(2, Duration::from_secs(10)).await.is_ok() });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(rx.try_recv(), Ok(0));
+        assert_eq!(waiter.await.ok(), Some(true));
+        assert_eq!(rx.try_recv(), Ok(2));
+    }
+
+    #[tokio::test]
+    async fn send_timeout_returns_closed_when_closed_while_waiting() {
+        let (tx, _rx) = pair(1);
+        tx.try_send(0).ok();
+        let sender = Arc::clone(&tx);
+        let waiter = tokio::spawn(async move {
+            matches!(
+                sender.send_timeout(1, Duration::from_secs(10)).await,
+                Err(Rejected::Closed(1))
+            )
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tx.close();
+        assert_eq!(waiter.await.ok(), Some(true));
+    }
+
+    #[test]
+    fn concurrent_senders_never_exceed_capacity_or_lose_accepted_messages() {
+        let (tx, mut rx) = pair(8);
+        let accepted: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|t| {
+                    let tx = &tx;
+                    s.spawn(move || (0..1000).filter(|i| tx.try_send(t * 1000 + i).is_ok()).count())
+                })
+                .collect();
+            let mut received = 0;
+            while handles.iter().any(|h| !h.is_finished()) {
+                while rx.try_recv().is_ok() {
+                    received += 1;
+                }
+                assert!(rx.len() <= 8);
+            }
+            while rx.try_recv().is_ok() {
+                received += 1;
+            }
+            let sent: usize = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+            assert_eq!(sent, received);
+            sent
+        });
+        assert!(accepted > 0);
+    }
+}

@@ -1,0 +1,155 @@
+//! Registry configuration: the [`Builder`] and its policies.
+
+use crate::error::BuildError;
+use crate::registry::Registry;
+use crate::ClientId;
+
+/// What a broadcast does with a member whose channel is full.
+///
+/// A broadcast never waits on a slow client either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SlowConsumerPolicy {
+    /// Skip the message for that client and count it as dropped. The default.
+    #[default]
+    Drop,
+    /// Unregister the client: its channel closes after the messages already queued,
+    /// so its writer task sees the end and can close the connection.
+    Disconnect,
+}
+
+/// Validated settings shared by every part of a registry.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) shards: usize,
+    pub(crate) channel_capacity: usize,
+    pub(crate) slow_consumer: SlowConsumerPolicy,
+    pub(crate) max_clients: Option<usize>,
+}
+
+/// Configures and builds a [`Registry`].
+///
+/// # Examples
+///
+/// ```
+/// use switchboard::{Builder, Registry, SlowConsumerPolicy};
+///
+/// let registry: Registry<String> = Builder::new()
+///     .shards(4)
+///     .channel_capacity(64)
+///     .slow_consumer(SlowConsumerPolicy::Disconnect)
+///     .max_clients(100_000)
+///     .build()
+///     .expect("valid settings");
+/// assert_eq!(registry.client_count(), 0);
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct Builder {
+    shards: Option<usize>,
+    channel_capacity: usize,
+    slow_consumer: SlowConsumerPolicy,
+    max_clients: Option<usize>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            shards: None,
+            channel_capacity: 32,
+            slow_consumer: SlowConsumerPolicy::Drop,
+            max_clients: None,
+        }
+    }
+}
+
+impl Builder {
+    /// Default settings: one shard per CPU, channels of 32, [`SlowConsumerPolicy::Drop`],
+    /// no client limit.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of shards, 1 to 256. Default: `std::thread::available_parallelism()`.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// Capacity of each client's outbound channel. Default: 32.
+    pub fn channel_capacity(mut self, capacity: usize) -> Self {
+        self.channel_capacity = capacity;
+        self
+    }
+
+    /// What a broadcast does with a member whose channel is full.
+    pub fn slow_consumer(mut self, policy: SlowConsumerPolicy) -> Self {
+        self.slow_consumer = policy;
+        self
+    }
+
+    /// Refuse registrations beyond this many connected clients.
+    pub fn max_clients(mut self, limit: usize) -> Self {
+        self.max_clients = Some(limit);
+        self
+    }
+
+    /// Checks the settings and builds the registry.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError`] if the shard count is 0 or above 256, the channel capacity is 0
+    /// or above 2^20, or the client limit is 0.
+    pub fn build<M>(self) -> Result<Registry<M>, BuildError> {
+        Ok(Registry::from_config(self.validate()?))
+    }
+
+    pub(crate) fn validate(self) -> Result<Config, BuildError> {
+        let shards = self.shards.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(ClientId::MAX_SHARDS))
+        });
+        if shards == 0 || shards > ClientId::MAX_SHARDS {
+            return Err(BuildError::Shards(shards));
+        }
+        if self.channel_capacity == 0 || self.channel_capacity > MAX_CHANNEL_CAPACITY {
+            return Err(BuildError::ChannelCapacity(self.channel_capacity));
+        }
+        if self.max_clients == Some(0) {
+            return Err(BuildError::MaxClients);
+        }
+        Ok(Config {
+            shards,
+            channel_capacity: self.channel_capacity,
+            slow_consumer: self.slow_consumer,
+            max_clients: self.max_clients,
+        })
+    }
+}
+
+/// Each channel's buffer is allocated up front, so its size is capped.
+pub(crate) const MAX_CHANNEL_CAPACITY: usize = 1 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Builder::new().validate().unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.shards >= 1);
+        assert_eq!(config.channel_capacity, 32);
+        assert_eq!(config.slow_consumer, SlowConsumerPolicy::Drop);
+    }
+
+    #[test]
+    fn bad_settings_are_typed_errors() {
+        assert_eq!(Builder::new().shards(0).validate().err(), Some(BuildError::Shards(0)));
+        assert_eq!(Builder::new().shards(257).validate().err(), Some(BuildError::Shards(257)));
+        assert_eq!(
+            Builder::new().channel_capacity(0).validate().err(),
+            Some(BuildError::ChannelCapacity(0))
+        );
+        assert_eq!(Builder::new().max_clients(0).validate().err(), Some(BuildError::MaxClients));
+        assert!(Builder::new().shards(256).validate().is_ok());
+    }
+}

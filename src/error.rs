@@ -1,0 +1,160 @@
+//! Typed errors, one enum per concern. Errors that fail to deliver give the message back.
+
+use std::fmt;
+
+use crate::{ClientId, SessionId};
+
+/// Why a [`ClientId`] did not resolve to a connected client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The id was valid once, but its client has left (or the slot was reused).
+    #[error("client {0} is not connected")]
+    Gone(ClientId),
+    /// The id names a shard this registry does not have: it was forged or comes from
+    /// another registry.
+    #[error("client id {0} names shard that does not exist")]
+    NoSuchShard(ClientId),
+    /// The id names a slot this registry never allocated: it was forged or comes from
+    /// another registry.
+    #[error("client id {0} names a slot that was never allocated")]
+    NoSuchSlot(ClientId),
+}
+
+/// Why [`Registry::register`](crate::Registry::register) refused a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    /// The builder's [`max_clients`](crate::Builder::max_clients) are connected.
+    #[error("client limit of {limit} reached")]
+    LimitReached {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// Every shard has used all of its 2^24 slots (including retired ones).
+    #[error("every shard is out of slots")]
+    OutOfSlots,
+}
+
+/// Why [`Registry::attach`](crate::Registry::attach) failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    /// The client is not connected.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// Why [`Registry::detach`](crate::Registry::detach) failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DetachError {
+    /// The client is not connected.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The client is connected but not a member of the session.
+    #[error("client {client} is not attached to session {session}")]
+    NotAttached {
+        /// The client.
+        client: ClientId,
+        /// The session it is not in.
+        session: SessionId,
+    },
+}
+
+/// A session key that names no open session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no session {0}")]
+pub struct UnknownSession(pub SessionId);
+
+/// Why a direct send failed. Every variant gives the message back.
+#[derive(PartialEq, Eq, Clone, thiserror::Error)]
+pub enum SendError<M> {
+    /// No connected client has this id: it left, its slot was reused, or the id is
+    /// forged. See [`ClientError`] for which.
+    #[error("{1}")]
+    Unknown(M, ClientError),
+    /// The client's channel is full; the message was not queued.
+    #[error("client channel is full")]
+    Full(M),
+    /// The client's channel is closed (its receiver was dropped, or it was
+    /// disconnected); the client has been unregistered.
+    #[error("client channel is closed")]
+    Closed(M),
+    /// [`send_timeout`](crate::Registry::send_timeout) waited its whole timeout for
+    /// capacity.
+    #[error("timed out waiting for channel capacity")]
+    Timeout(M),
+}
+
+impl<M> SendError<M> {
+    /// Takes back the message that was not delivered.
+    #[must_use = "the undelivered message is returned here"]
+    pub fn into_inner(self) -> M {
+        match self {
+            Self::Unknown(m, _) | Self::Full(m) | Self::Closed(m) | Self::Timeout(m) => m,
+        }
+    }
+}
+
+impl<M> fmt::Debug for SendError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unknown(_, why) => f.debug_tuple("Unknown").field(&"..").field(why).finish(),
+            Self::Full(_) => f.write_str("Full(..)"),
+            Self::Closed(_) => f.write_str("Closed(..)"),
+            Self::Timeout(_) => f.write_str("Timeout(..)"),
+        }
+    }
+}
+
+/// Why a broadcast reached nobody. Gives the message back.
+#[derive(PartialEq, Eq, Clone, thiserror::Error)]
+pub enum BroadcastError<M> {
+    /// No open session has this key.
+    #[error("no session {1}")]
+    UnknownSession(M, SessionId),
+}
+
+impl<M> BroadcastError<M> {
+    /// Takes back the message that was not delivered.
+    #[must_use = "the undelivered message is returned here"]
+    pub fn into_inner(self) -> M {
+        match self {
+            Self::UnknownSession(m, _) => m,
+        }
+    }
+}
+
+impl<M> fmt::Debug for BroadcastError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownSession(_, s) => f
+                .debug_tuple("UnknownSession")
+                .field(&"..")
+                .field(s)
+                .finish(),
+        }
+    }
+}
+
+/// Why a [`Receiver::try_recv`](crate::Receiver::try_recv) returned no message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TryRecvError {
+    /// Nothing is queued right now.
+    #[error("channel is empty")]
+    Empty,
+    /// The channel is closed and everything sent before the close was received.
+    #[error("channel is closed")]
+    Closed,
+}
+
+/// Why [`Builder::build`](crate::Builder::build) rejected its settings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// The shard count must be 1 to 256.
+    #[error("shard count {0} is outside 1..=256")]
+    Shards(usize),
+    /// The channel capacity must be 1 to 2^20.
+    #[error("channel capacity {0} is outside 1..=1048576")]
+    ChannelCapacity(usize),
+    /// A client limit of zero would refuse every client.
+    #[error("client limit must be at least 1")]
+    MaxClients,
+}

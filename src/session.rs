@@ -1,0 +1,480 @@
+//! Session membership: keys, and the snapshots that broadcasts read.
+//!
+//! # Design
+//!
+//! A session's members live in an append-only array of write-once cells, in pages
+//! that double in size (see [`paging`](crate::paging)). Each cell holds the member's
+//! id, a handle to its channel, and `removed_at`: the version of the first snapshot
+//! that no longer contains it.
+//!
+//! What a broadcast reads is a [`Membership`]: an immutable header of the page list,
+//! the number of cells in use, and a version number, published through a
+//! [`SnapshotCell`]. A broadcast loads the header once, walks the cells in order and
+//! delivers to every cell with `removed_at > version`. That is one contiguous walk
+//! with no lookup per recipient.
+//!
+//! * **Join** writes the next free cell, then publishes a header with `len + 1`. No
+//!   existing cell is copied; a new page is added when the last is full, which copies
+//!   the page list (O(log n) pointers), not the members.
+//! * **Leave** stores the next version into the member's `removed_at`, then publishes
+//!   a header with that version. Nothing is copied.
+//! * **Compaction.** Left cells keep their slot until the session is compacted: when
+//!   dead cells outnumber live ones (and at least [`COMPACT_SLACK`]), the writer
+//!   copies the live members into fresh pages and publishes those. Each compaction
+//!   of `n` live members is paid for by more than `n` leaves, so joins and leaves cost
+//!   O(1) amortised whatever the session's size, and dead cells never exceed
+//!   `max(live, COMPACT_SLACK) + 1`.
+//!
+//! # Invariants
+//!
+//! Writers are serialised by the session's writer lock; readers take no lock.
+//!
+//! 1. Cells below a published `len` are initialised before that header is published,
+//!    and never rewritten except for `removed_at`.
+//! 2. A member removed in version `v` has `removed_at = v`, stored *before* the
+//!    header of version `v` is published. So a snapshot of version `≥ v` always sees
+//!    it removed, and one of version `< v` sees it present whichever value it reads.
+//!    A broadcast therefore reaches exactly the members of the snapshot it loaded.
+//! 3. `positions` (writer-side) maps each live member to its cell, and holds exactly
+//!    the live members of the newest header.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::channel::Channel;
+use crate::paging;
+use crate::sync::{lock, Arc, AtomicU64, Mutex, OnceLock, Ordering, Snapshot, SnapshotCell};
+use crate::ClientId;
+
+/// The key of a session (a room, a channel, a task), chosen by the application.
+///
+/// Numbers and names are different variants, so `7` and `"7"` are different
+/// sessions and never collide.
+///
+/// # Examples
+///
+/// ```
+/// use switchboard::SessionId;
+///
+/// assert_eq!(SessionId::from(7u64), SessionId::Num(7));
+/// assert_ne!(SessionId::from(7u64), SessionId::from("7"));
+/// assert_eq!(SessionId::from("lobby").to_string(), "lobby");
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SessionId {
+    /// A numeric key.
+    Num(u64),
+    /// A named key. Cloning it is a reference-count increment.
+    Name(Arc<str>),
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Num(n) => write!(f, "{n}"),
+            Self::Name(s) => f.write_str(s),
+        }
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Num(n) => write!(f, "SessionId({n})"),
+            Self::Name(s) => write!(f, "SessionId({s:?})"),
+        }
+    }
+}
+
+impl From<u64> for SessionId {
+    fn from(n: u64) -> Self {
+        Self::Num(n)
+    }
+}
+
+impl From<&str> for SessionId {
+    fn from(s: &str) -> Self {
+        Self::Name(Arc::from(s))
+    }
+}
+
+impl From<String> for SessionId {
+    fn from(s: String) -> Self {
+        Self::Name(Arc::from(s))
+    }
+}
+
+impl From<&SessionId> for SessionId {
+    fn from(s: &SessionId) -> Self {
+        s.clone()
+    }
+}
+
+/// `removed_at` of a member that has not left.
+const PRESENT: u64 = u64::MAX;
+/// The first page holds `2^PAGE_SHIFT` cells: small, since most sessions are.
+const PAGE_SHIFT: u32 = 2;
+/// Dead cells tolerated before compaction regardless of the live count.
+pub(crate) const COMPACT_SLACK: usize = 16;
+
+/// One member as a broadcast sees it.
+pub(crate) struct Member<M> {
+    pub(crate) id: ClientId,
+    pub(crate) chan: Arc<Channel<M>>,
+    /// Version of the first snapshot without this member, or `PRESENT`.
+    ///
+    /// Ordering: `Relaxed` on both sides. A reader whose snapshot is new enough to
+    /// exclude the member acquired the header published after this store, which
+    /// makes the store visible; an older reader delivers whichever value it sees.
+    removed_at: AtomicU64,
+}
+
+type Page<M> = Box<[OnceLock<Member<M>>]>;
+
+/// An immutable view of a session's members: what one broadcast reads.
+pub(crate) struct Membership<M> {
+    pages: Arc<Vec<Arc<Page<M>>>>,
+    /// Cells in use, live or dead.
+    len: usize,
+    live: usize,
+    version: u64,
+}
+
+impl<M> Membership<M> {
+    /// Members of this snapshot, in join order.
+    #[inline]
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&Member<M>)) {
+        let mut remaining = self.len;
+        for page in self.pages.iter() {
+            let n = remaining.min(page.len());
+            for cell in &page[..n] {
+                if let Some(member) = cell.get() {
+                    // Relaxed: see `Member::removed_at`.
+                    if member.removed_at.load(Ordering::Relaxed) > self.version {
+                        f(member);
+                    }
+                }
+            }
+            remaining -= n;
+            if remaining == 0 {
+                break;
+            }
+        }
+    }
+
+    pub(crate) fn live(&self) -> usize {
+        self.live
+    }
+}
+
+/// Writer-side state, behind the session's writer lock.
+struct Writer<M> {
+    pages: Arc<Vec<Arc<Page<M>>>>,
+    len: usize,
+    version: u64,
+    /// Cell of each live member.
+    positions: HashMap<ClientId, usize>,
+    /// The application keeps this session open while it is empty.
+    pinned: bool,
+    /// Emptied and unpinned: no longer in the directory, refuses joins.
+    retired: bool,
+}
+
+/// Result of [`Session::join`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Joined {
+    Added,
+    AlreadyMember,
+    /// The session emptied and is leaving the directory; look it up again.
+    Retired,
+}
+
+/// Result of [`Session::leave`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Left {
+    Removed,
+    /// Removed, and that emptied an unpinned session, which is now retired: the
+    /// caller removes it from the directory.
+    RemovedAndRetired,
+    NotMember,
+}
+
+/// One session: its key, its published membership, and its writer.
+pub(crate) struct Session<M> {
+    key: SessionId,
+    snapshot: SnapshotCell<Membership<M>>,
+    writer: Mutex<Writer<M>>,
+}
+
+impl<M> Session<M> {
+    pub(crate) fn new(key: SessionId) -> Self {
+        let pages = Arc::new(Vec::new());
+        Self {
+            key,
+            snapshot: SnapshotCell::new(Arc::new(Membership {
+                pages: Arc::clone(&pages),
+                len: 0,
+                live: 0,
+                version: 0,
+            })),
+            writer: Mutex::new(Writer {
+                pages,
+                len: 0,
+                version: 0,
+                positions: HashMap::new(),
+                pinned: false,
+                retired: false,
+            }),
+        }
+    }
+
+    pub(crate) fn key(&self) -> &SessionId {
+        &self.key
+    }
+
+    /// The current membership. Short-lived: never hold it across an `.await`.
+    #[inline]
+    pub(crate) fn snapshot(&self) -> Snapshot<Membership<M>> {
+        self.snapshot.load()
+    }
+
+    /// Adds `id`, whose channel is `chan`.
+    pub(crate) fn join(&self, id: ClientId, chan: &Arc<Channel<M>>) -> Joined {
+        let mut w = lock(&self.writer);
+        if w.retired {
+            return Joined::Retired;
+        }
+        if w.positions.contains_key(&id) {
+            return Joined::AlreadyMember;
+        }
+        let cell = w.len;
+        let (page, offset) = paging::split(cell, PAGE_SHIFT);
+        if page == w.pages.len() {
+            let mut pages = Vec::with_capacity(page + 1);
+            pages.extend(w.pages.iter().cloned());
+            pages.push(Arc::new(new_page(paging::page_len(page, PAGE_SHIFT))));
+            w.pages = Arc::new(pages);
+        }
+        let member = Member {
+            id,
+            chan: Arc::clone(chan),
+            removed_at: AtomicU64::new(PRESENT),
+        };
+        // Cells at or past `len` were never written (invariant 1), so this succeeds.
+        let fresh = w.pages[page][offset].set(member).is_ok();
+        debug_assert!(fresh, "cell {cell} written twice");
+        w.len += 1;
+        w.positions.insert(id, cell);
+        self.publish(&mut w);
+        Joined::Added
+    }
+
+    /// Removes `id`.
+    pub(crate) fn leave(&self, id: ClientId) -> Left {
+        let mut w = lock(&self.writer);
+        let Some(cell) = w.positions.remove(&id) else {
+            return Left::NotMember;
+        };
+        let (page, offset) = paging::split(cell, PAGE_SHIFT);
+        if let Some(member) = w.pages[page][offset].get() {
+            // Relaxed: see `Member::removed_at`; the publish below releases it.
+            member.removed_at.store(w.version + 1, Ordering::Relaxed);
+        }
+        let dead = w.len - w.positions.len();
+        if dead > w.positions.len().max(COMPACT_SLACK) {
+            compact(&mut w);
+        }
+        let retired = w.positions.is_empty() && !w.pinned;
+        if retired {
+            w.retired = true;
+        }
+        self.publish(&mut w);
+        if retired {
+            Left::RemovedAndRetired
+        } else {
+            Left::Removed
+        }
+    }
+
+    /// Keeps the session open while empty. Returns false if it already retired.
+    pub(crate) fn pin(&self) -> bool {
+        let mut w = lock(&self.writer);
+        if !w.retired {
+            w.pinned = true;
+        }
+        !w.retired
+    }
+
+    /// Stops keeping the session open. Returns true if that retired it (it was
+    /// empty): the caller removes it from the directory.
+    pub(crate) fn unpin(&self) -> bool {
+        let mut w = lock(&self.writer);
+        w.pinned = false;
+        if w.positions.is_empty() && !w.retired {
+            w.retired = true;
+            return true;
+        }
+        false
+    }
+
+    /// Whether the session is retired (out of the directory or on its way out).
+    #[cfg(test)]
+    pub(crate) fn is_retired(&self) -> bool {
+        lock(&self.writer).retired
+    }
+
+    /// Publishes the writer's state as the next version.
+    fn publish(&self, w: &mut Writer<M>) {
+        w.version += 1;
+        self.snapshot.store(Arc::new(Membership {
+            pages: Arc::clone(&w.pages),
+            len: w.len,
+            live: w.positions.len(),
+            version: w.version,
+        }));
+    }
+}
+
+fn new_page<M>(len: usize) -> Page<M> {
+    (0..len).map(|_| OnceLock::new()).collect()
+}
+
+/// Copies the live members into fresh pages, dropping the dead cells' handles once
+/// no snapshot refers to the old pages.
+fn compact<M>(w: &mut Writer<M>) {
+    let live = w.positions.len();
+    let mut pages: Vec<Arc<Page<M>>> = Vec::new();
+    let mut fresh: Vec<Page<M>> = Vec::new();
+    let mut cells = 0;
+    while paging::capacity(fresh.len(), PAGE_SHIFT) < live.max(1) {
+        fresh.push(new_page(paging::page_len(fresh.len(), PAGE_SHIFT)));
+    }
+    let mut next = 0;
+    let mut remaining = w.len;
+    for page in w.pages.iter() {
+        let n = remaining.min(page.len());
+        for cell in &page[..n] {
+            let Some(member) = cell.get() else { continue };
+            if !w.positions.contains_key(&member.id) {
+                continue;
+            }
+            let (p, o) = paging::split(next, PAGE_SHIFT);
+            let copied = Member {
+                id: member.id,
+                chan: Arc::clone(&member.chan),
+                removed_at: AtomicU64::new(PRESENT),
+            };
+            let _ = fresh[p][o].set(copied);
+            w.positions.insert(member.id, next);
+            next += 1;
+        }
+        remaining -= n;
+        cells += n;
+    }
+    debug_assert_eq!(next, live);
+    debug_assert!(cells >= next);
+    pages.extend(fresh.into_iter().map(Arc::new));
+    w.pages = Arc::new(pages);
+    w.len = live;
+}
+
+#[cfg(all(test, not(switchboard_loom)))]
+mod tests {
+    use super::*;
+
+    fn chan() -> Arc<Channel<u32>> {
+        Arc::new(Channel::new(4))
+    }
+
+    fn ids(m: &Membership<u32>) -> Vec<ClientId> {
+        let mut out = Vec::new();
+        m.for_each(|member| out.push(member.id));
+        out
+    }
+
+    fn id(n: usize) -> ClientId {
+        ClientId::pack(0, n, 0)
+    }
+
+    #[test]
+    fn join_and_leave_publish_exact_membership() {
+        let s = Session::new(SessionId::from(1));
+        let c = chan();
+        for n in 0..10 {
+            assert_eq!(s.join(id(n), &c), Joined::Added);
+        }
+        assert_eq!(s.join(id(3), &c), Joined::AlreadyMember);
+        assert_eq!(s.leave(id(3)), Left::Removed);
+        assert_eq!(s.leave(id(3)), Left::NotMember);
+        let expected: Vec<_> = (0..10).filter(|&n| n != 3).map(id).collect();
+        assert_eq!(ids(&s.snapshot()), expected);
+        assert_eq!(s.snapshot().live(), 9);
+    }
+
+    #[test]
+    fn an_old_snapshot_keeps_its_members_after_they_leave() {
+        let s = Session::new(SessionId::from(1));
+        let c = chan();
+        s.join(id(0), &c);
+        s.join(id(1), &c);
+        let before = s.snapshot.load_full();
+        s.leave(id(0));
+        s.join(id(2), &c);
+        assert_eq!(ids(&before), vec![id(0), id(1)]);
+        assert_eq!(ids(&s.snapshot()), vec![id(1), id(2)]);
+    }
+
+    #[test]
+    fn compaction_bounds_dead_cells_and_preserves_members() {
+        let s = Session::new(SessionId::from(1));
+        let c = chan();
+        for n in 0..100 {
+            s.join(id(n), &c);
+        }
+        let old = s.snapshot.load_full();
+        for n in (0..100).filter(|n| n % 4 != 0) {
+            s.leave(id(n));
+            let w = lock(&s.writer);
+            assert!(w.len - w.positions.len() <= w.positions.len().max(COMPACT_SLACK) + 1);
+        }
+        let expected: Vec<_> = (0..100).filter(|n| n % 4 == 0).map(id).collect();
+        assert_eq!(ids(&s.snapshot()), expected);
+        assert_eq!(ids(&old).len(), 100, "an old snapshot is untouched by compaction");
+        // Members are still removable after their cells moved.
+        assert_eq!(s.leave(id(0)), Left::Removed);
+        assert_eq!(ids(&s.snapshot()).len(), 24);
+    }
+
+    #[test]
+    fn churn_in_a_large_session_keeps_memory_bounded() {
+        let s = Session::new(SessionId::from(1));
+        let c = chan();
+        for n in 0..1000 {
+            s.join(id(n), &c);
+        }
+        for round in 0..10_000 {
+            s.join(id(1000 + round), &c);
+            s.leave(id(1000 + round));
+        }
+        let w = lock(&s.writer);
+        assert_eq!(w.positions.len(), 1000);
+        assert!(w.len <= 2 * 1000 + 1, "len {} after churn", w.len);
+    }
+
+    #[test]
+    fn emptying_retires_unless_pinned() {
+        let s = Session::new(SessionId::from("a"));
+        let c = chan();
+        assert!(s.pin());
+        s.join(id(0), &c);
+        assert_eq!(s.leave(id(0)), Left::Removed);
+        assert!(!s.is_retired());
+        assert!(s.unpin(), "unpinning an empty session retires it");
+        assert_eq!(s.join(id(1), &c), Joined::Retired);
+
+        let t = Session::new(SessionId::from("b"));
+        t.join(id(0), &c);
+        assert_eq!(t.leave(id(0)), Left::RemovedAndRetired);
+        assert!(!t.pin(), "a retired session cannot be pinned");
+    }
+}

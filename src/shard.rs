@@ -1,0 +1,222 @@
+//! One shard of client slots: a paged slot array with a free list.
+//!
+//! # Design
+//!
+//! Slots live in pages that double in size (64, 128, 256, … slots; see
+//! [`paging`](crate::paging)), allocated on first use and never moved, so a
+//! reader indexes straight into them without a lock. Each slot is an
+//! [`OptionCell`]: empty, or the current occupant's entry. Readers load the slot and
+//! accept the entry only if its full [`ClientId`] (generation included) equals the
+//! one they were given, so a stale id never reaches the next occupant.
+//!
+//! Allocation (free list, generations, page growth) sits behind the shard's mutex;
+//! only register and unregister take it. A registering thread starts at its own
+//! home shard, so threads rarely meet on one lock.
+//!
+//! # Memory
+//!
+//! An entry (its channel handle, profile and session list) is freed when its client
+//! leaves. The slot array itself stays at its high-water mark: 8 bytes per slot plus
+//! 4 bytes of generation, so a burst of a million clients leaves about 12 MB behind
+//! after they go, and reuses it for the next burst. Dropping the registry frees it.
+
+use std::cell::Cell;
+use std::hash::{Hash, Hasher};
+
+use crate::paging;
+use crate::sync::{lock, AtomicUsize, Mutex, OnceLock, OptionCell, Ordering};
+#[cfg(all(test, not(switchboard_loom)))]
+use crate::sync::Arc;
+use crate::ClientId;
+
+/// The first page holds `2^PAGE_SHIFT` slots.
+const PAGE_SHIFT: u32 = 6;
+/// Enough pages to cover every index a [`ClientId`] can name.
+const PAGES: usize = (ClientId::INDEX_BITS - PAGE_SHIFT) as usize;
+/// Slots per shard: the pages' total, just under `2^INDEX_BITS`.
+pub(crate) const SLOTS_PER_SHARD: usize = (1 << ClientId::INDEX_BITS) - (1 << PAGE_SHIFT);
+
+type Page<T> = Box<[OptionCell<T>]>;
+
+struct Allocator {
+    /// Freed slots, reused last-in first-out (the warmest first).
+    free: Vec<u32>,
+    /// Current generation of every slot ever handed out.
+    generations: Vec<u32>,
+}
+
+/// A shard of slots holding `T` (a client entry).
+pub(crate) struct Shard<T> {
+    pages: [OnceLock<Page<T>>; PAGES],
+    alloc: Mutex<Allocator>,
+    /// Occupied slots.
+    ///
+    /// Ordering: `Relaxed`; a count that synchronises nothing, read only for
+    /// reporting.
+    live: AtomicUsize,
+}
+
+impl<T> Shard<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            pages: std::array::from_fn(|_| OnceLock::new()),
+            alloc: Mutex::new(Allocator {
+                free: Vec::new(),
+                generations: Vec::new(),
+            }),
+            live: AtomicUsize::new(0),
+        }
+    }
+
+    /// The slot at `index`, if its page exists.
+    #[inline]
+    pub(crate) fn slot(&self, index: usize) -> Option<&OptionCell<T>> {
+        let (page, offset) = paging::split(index, PAGE_SHIFT);
+        self.pages.get(page)?.get()?.get(offset)
+    }
+
+    /// Reserves a free slot; returns its index and current generation, or `None`
+    /// when the shard has no slot left.
+    pub(crate) fn reserve(&self) -> Option<(usize, u32)> {
+        let mut alloc = lock(&self.alloc);
+        let index = match alloc.free.pop() {
+            Some(index) => index as usize,
+            None => {
+                let index = alloc.generations.len();
+                if index >= SLOTS_PER_SHARD {
+                    return None;
+                }
+                let (page, _) = paging::split(index, PAGE_SHIFT);
+                // Pages are created only here, under `alloc`, so never concurrently.
+                self.pages[page].get_or_init(|| {
+                    (0..paging::page_len(page, PAGE_SHIFT))
+                        .map(|_| OptionCell::empty())
+                        .collect()
+                });
+                alloc.generations.push(0);
+                index
+            }
+        };
+        // Relaxed: see `live`.
+        self.live.fetch_add(1, Ordering::Relaxed);
+        Some((index, alloc.generations[index]))
+    }
+
+    /// Empties the slot of `id` and makes it reusable under the next generation.
+    ///
+    /// The caller guarantees `id` occupies the slot and that no other call frees it.
+    pub(crate) fn release(&self, id: ClientId) {
+        let index = id.index();
+        if let Some(slot) = self.slot(index) {
+            slot.store(None);
+        }
+        let mut alloc = lock(&self.alloc);
+        if let Some(generation) = alloc.generations.get_mut(index) {
+            // Retire the slot rather than wrap: a wrapped generation could alias an
+            // id still held somewhere.
+            if let Some(next) = generation.checked_add(1) {
+                *generation = next;
+                alloc.free.push(index as u32);
+            }
+        }
+        // Relaxed: see `live`.
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Occupied slots.
+    pub(crate) fn live(&self) -> usize {
+        // Relaxed: see `live`.
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Calls `f` with every occupant, for teardown and listings.
+    pub(crate) fn for_each_occupied(&self, mut f: impl FnMut(&T)) {
+        let slots = lock(&self.alloc).generations.len();
+        for index in 0..slots {
+            if let Some(slot) = self.slot(index) {
+                if let Some(entry) = &*slot.load() {
+                    f(entry);
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_generation(&self, index: usize, generation: u32) {
+        if let Some(g) = lock(&self.alloc).generations.get_mut(index) {
+            *g = generation;
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's home shard hint, fixed at first use.
+    static HOME: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// A per-thread starting shard: spreads registering threads over the shards.
+pub(crate) fn home(shards: usize) -> usize {
+    let hint = HOME.with(|home| {
+        home.get().unwrap_or_else(|| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            std::thread::current().id().hash(&mut hasher);
+            let hint = hasher.finish() as usize;
+            home.set(Some(hint));
+            hint
+        })
+    });
+    hint % shards
+}
+
+#[cfg(all(test, not(switchboard_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freed_slots_are_reused_under_a_new_generation() {
+        let shard: Shard<u32> = Shard::new();
+        let (a, ga) = shard.reserve().unwrap_or_default();
+        let (b, _) = shard.reserve().unwrap_or_default();
+        assert_ne!(a, b);
+        assert_eq!(shard.live(), 2);
+        shard.release(ClientId::pack(0, a, ga));
+        assert_eq!(shard.reserve(), Some((a, ga + 1)));
+        assert_eq!(shard.live(), 2);
+    }
+
+    #[test]
+    fn a_slot_whose_generation_would_wrap_is_retired() {
+        let shard: Shard<u32> = Shard::new();
+        let (a, _) = shard.reserve().unwrap_or_default();
+        shard.set_generation(a, u32::MAX);
+        shard.release(ClientId::pack(0, a, u32::MAX));
+        let (next, generation) = shard.reserve().unwrap_or_default();
+        assert_ne!(next, a, "the exhausted slot must not come back");
+        assert_eq!(generation, 0);
+    }
+
+    #[test]
+    fn pages_appear_as_slots_are_reserved() {
+        let shard: Shard<u32> = Shard::new();
+        assert!(shard.slot(0).is_none(), "no page before the first reservation");
+        for _ in 0..65 {
+            assert!(shard.reserve().is_some());
+        }
+        assert!(shard.slot(64).is_some());
+        assert!(shard.slot(64 + 128).is_none());
+        assert!(shard.slot(SLOTS_PER_SHARD).is_none());
+        assert!(shard.slot(usize::MAX >> 8).is_none());
+    }
+
+    #[test]
+    fn occupants_are_listed() {
+        let shard: Shard<u32> = Shard::new();
+        let (a, _) = shard.reserve().unwrap_or_default();
+        let (b, _) = shard.reserve().unwrap_or_default();
+        shard.slot(a).map(|s| s.store(Some(Arc::new(10))));
+        shard.slot(b).map(|s| s.store(Some(Arc::new(20))));
+        let mut seen = Vec::new();
+        shard.for_each_occupied(|v| seen.push(*v));
+        assert_eq!(seen, vec![10, 20]);
+    }
+}

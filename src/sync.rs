@@ -1,0 +1,287 @@
+//! The one place where switchboard gets its synchronisation primitives.
+//!
+//! Every atomic, `Arc`, mutex, snapshot cell, queue and concurrent map the registry
+//! uses comes from here. Built with `RUSTFLAGS="--cfg switchboard_loom"`, the module
+//! swaps in [loom]'s types so that the model checker sees every access; otherwise it
+//! re-exports `std`, `arc-swap`, `crossbeam-queue` and `papaya`.
+//!
+//! # The snapshot-cell contract
+//!
+//! [`SnapshotCell`] and [`OptionCell`] are checked against these words in both builds:
+//!
+//! 1. `load` returns the value of some `store` (or the initial value) that was not yet
+//!    replaced when `load` began or that replaced it while `load` ran; never a torn or
+//!    older value.
+//! 2. A `store` *happens-before* every `load` that returns its value: whatever the
+//!    writer wrote before `store` is visible to the reader (release/acquire).
+//! 3. `load` never blocks on a writer in the std build (arc-swap's loads are
+//!    wait-free on the fast path and lock-free otherwise). Under loom the cell is a
+//!    `Mutex<Arc<T>>`, which gives the same visibility with coarser progress; progress
+//!    is not what loom checks.
+//! 4. A loaded guard keeps its value alive. Guards are short-lived: the registry
+//!    never holds one across an `.await`, and uses `load_full` for a long hold.
+//!
+//! Two things are deliberately outside loom's view and documented where they are
+//! used: write-once cells ([`std::sync::OnceLock`]), which the registry only
+//! initialises under a writer lock and publishes through a snapshot cell, and the
+//! waker slot of a channel, which loom models never poll.
+//!
+//! [loom]: https://docs.rs/loom
+
+pub(crate) use std::sync::OnceLock;
+
+/// The receiver's waker slot. Not loom-visible: loom models never poll a receiver.
+pub(crate) use atomic_waker::AtomicWaker;
+/// Wakes senders waiting for channel capacity. Not loom-visible, as above.
+pub(crate) use tokio::sync::Notify;
+
+#[cfg(not(switchboard_loom))]
+mod imp {
+    pub(crate) use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
+
+    /// An atomically replaceable `Arc<T>`; see the module docs for its contract.
+    pub(crate) struct SnapshotCell<T>(arc_swap::ArcSwap<T>);
+
+    /// What [`SnapshotCell::load`] returns: derefs to the `Arc<T>`.
+    pub(crate) type Snapshot<T> = arc_swap::Guard<Arc<T>>;
+
+    impl<T> SnapshotCell<T> {
+        pub(crate) fn new(value: Arc<T>) -> Self {
+            Self(arc_swap::ArcSwap::new(value))
+        }
+
+        #[inline]
+        pub(crate) fn load(&self) -> Snapshot<T> {
+            self.0.load()
+        }
+
+        #[allow(dead_code, reason = "the long-hold load; used by tests and adapters")]
+        pub(crate) fn load_full(&self) -> Arc<T> {
+            self.0.load_full()
+        }
+
+        pub(crate) fn store(&self, value: Arc<T>) {
+            self.0.store(value)
+        }
+    }
+
+    /// An atomically replaceable `Option<Arc<T>>`; same contract as [`SnapshotCell`].
+    pub(crate) struct OptionCell<T>(arc_swap::ArcSwapOption<T>);
+
+    /// What [`OptionCell::load`] returns: derefs to the `Option<Arc<T>>`.
+    pub(crate) type OptionSnapshot<T> = arc_swap::Guard<Option<Arc<T>>>;
+
+    impl<T> OptionCell<T> {
+        pub(crate) fn empty() -> Self {
+            Self(arc_swap::ArcSwapOption::empty())
+        }
+
+        #[inline]
+        pub(crate) fn load(&self) -> OptionSnapshot<T> {
+            self.0.load()
+        }
+
+        pub(crate) fn store(&self, value: Option<Arc<T>>) {
+            self.0.store(value)
+        }
+    }
+
+    /// A bounded lock-free MPMC queue; the channel bounds its length with permits.
+    pub(crate) struct BoundedQueue<T>(crossbeam_queue::ArrayQueue<T>);
+
+    impl<T> BoundedQueue<T> {
+        pub(crate) fn new(capacity: usize) -> Self {
+            Self(crossbeam_queue::ArrayQueue::new(capacity))
+        }
+
+        #[inline]
+        pub(crate) fn push(&self, value: T) -> Result<(), T> {
+            self.0.push(value)
+        }
+
+        #[inline]
+        pub(crate) fn pop(&self) -> Option<T> {
+            self.0.pop()
+        }
+    }
+
+    /// A concurrent hash map with lock-free reads (papaya).
+    pub(crate) struct ConcurrentMap<K, V>(papaya::HashMap<K, V>);
+
+    impl<K, V> ConcurrentMap<K, V>
+    where
+        K: std::hash::Hash + Eq + Clone,
+        V: Clone,
+    {
+        pub(crate) fn new() -> Self {
+            Self(papaya::HashMap::new())
+        }
+
+        pub(crate) fn get(&self, key: &K) -> Option<V> {
+            self.0.pin().get(key).cloned()
+        }
+
+        /// Returns the present value for `key`, inserting `make()` if there is none.
+        pub(crate) fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> V {
+            self.0.pin().get_or_insert_with(key, make).clone()
+        }
+
+        /// Removes `key` only while `should_remove` holds for its current value.
+        pub(crate) fn remove_if(&self, key: &K, should_remove: impl FnMut(&V) -> bool) {
+            let mut should_remove = should_remove;
+            let _ = self.0.pin().remove_if(key, |_, v| should_remove(v));
+        }
+
+        pub(crate) fn len(&self) -> usize {
+            self.0.len()
+        }
+
+        pub(crate) fn values(&self) -> Vec<V> {
+            self.0.pin().values().cloned().collect()
+        }
+    }
+}
+
+#[cfg(switchboard_loom)]
+mod imp {
+    pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
+    use std::collections::{HashMap, VecDeque};
+
+    /// Loom stand-in for arc-swap: a mutex around the `Arc`. Same contract.
+    pub(crate) struct SnapshotCell<T>(Mutex<Arc<T>>);
+
+    /// Derefs to the `Arc<T>` like arc-swap's guard does.
+    pub(crate) struct Snapshot<T>(Arc<T>);
+
+    impl<T> std::ops::Deref for Snapshot<T> {
+        type Target = Arc<T>;
+        fn deref(&self) -> &Arc<T> {
+            &self.0
+        }
+    }
+
+    impl<T> SnapshotCell<T> {
+        pub(crate) fn new(value: Arc<T>) -> Self {
+            Self(Mutex::new(value))
+        }
+
+        pub(crate) fn load(&self) -> Snapshot<T> {
+            Snapshot(self.load_full())
+        }
+
+        pub(crate) fn load_full(&self) -> Arc<T> {
+            Arc::clone(&self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        }
+
+        pub(crate) fn store(&self, value: Arc<T>) {
+            let old = std::mem::replace(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()), value);
+            drop(old);
+        }
+    }
+
+    /// Loom stand-in for `ArcSwapOption`.
+    pub(crate) struct OptionCell<T>(Mutex<Option<Arc<T>>>);
+
+    /// Derefs to the `Option<Arc<T>>` like arc-swap's guard does.
+    pub(crate) struct OptionSnapshot<T>(Option<Arc<T>>);
+
+    impl<T> std::ops::Deref for OptionSnapshot<T> {
+        type Target = Option<Arc<T>>;
+        fn deref(&self) -> &Option<Arc<T>> {
+            &self.0
+        }
+    }
+
+    impl<T> OptionCell<T> {
+        pub(crate) fn empty() -> Self {
+            Self(Mutex::new(None))
+        }
+
+        pub(crate) fn load(&self) -> OptionSnapshot<T> {
+            OptionSnapshot(self.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        }
+
+        pub(crate) fn store(&self, value: Option<Arc<T>>) {
+            let old = std::mem::replace(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()), value);
+            drop(old);
+        }
+    }
+
+    /// Loom stand-in for the lock-free queue.
+    pub(crate) struct BoundedQueue<T> {
+        items: Mutex<VecDeque<T>>,
+        capacity: usize,
+    }
+
+    impl<T> BoundedQueue<T> {
+        pub(crate) fn new(capacity: usize) -> Self {
+            Self { items: Mutex::new(VecDeque::new()), capacity }
+        }
+
+        pub(crate) fn push(&self, value: T) -> Result<(), T> {
+            let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+            if items.len() == self.capacity {
+                return Err(value);
+            }
+            items.push_back(value);
+            Ok(())
+        }
+
+        pub(crate) fn pop(&self) -> Option<T> {
+            self.items.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+        }
+    }
+
+    /// Loom stand-in for papaya: a mutex around a `HashMap`.
+    pub(crate) struct ConcurrentMap<K, V>(Mutex<HashMap<K, V>>);
+
+    impl<K, V> ConcurrentMap<K, V>
+    where
+        K: std::hash::Hash + Eq + Clone,
+        V: Clone,
+    {
+        pub(crate) fn new() -> Self {
+            Self(Mutex::new(HashMap::new()))
+        }
+
+        fn map(&self) -> MutexGuard<'_, HashMap<K, V>> {
+            self.0.lock().unwrap_or_else(|e| e.into_inner())
+        }
+
+        pub(crate) fn get(&self, key: &K) -> Option<V> {
+            self.map().get(key).cloned()
+        }
+
+        pub(crate) fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> V {
+            self.map().entry(key).or_insert_with(make).clone()
+        }
+
+        pub(crate) fn remove_if(&self, key: &K, mut should_remove: impl FnMut(&V) -> bool) {
+            let mut map = self.map();
+            if map.get(key).is_some_and(&mut should_remove) {
+                map.remove(key);
+            }
+        }
+
+        pub(crate) fn len(&self) -> usize {
+            self.map().len()
+        }
+
+        pub(crate) fn values(&self) -> Vec<V> {
+            self.map().values().cloned().collect()
+        }
+    }
+}
+
+pub(crate) use imp::*;
+
+/// Locks `mutex`, recovering the data if a panicking thread poisoned it.
+///
+/// Every critical section in the registry leaves its data consistent before any call
+/// that could panic, so a poisoned lock holds valid data and is safe to reuse.
+#[inline]
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

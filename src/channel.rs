@@ -340,8 +340,12 @@ mod tests {
         assert!(matches!(timed_out, Err(Rejected::Timeout(1))));
 
         let sender = Arc::clone(&tx);
-        let waiter =
-            tokio::spawn(async move { sender.send_timeout(2, Duration::from_secs(10)).await.is_ok() });
+        let waiter = tokio::spawn(async move {
+            sender
+                .send_timeout(2, Duration::from_secs(10))
+                .await
+                .is_ok()
+        });
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(rx.try_recv(), Ok(0));
         assert_eq!(waiter.await.ok(), Some(true));
@@ -371,7 +375,11 @@ mod tests {
             let handles: Vec<_> = (0..4)
                 .map(|t| {
                     let tx = &tx;
-                    s.spawn(move || (0..1000).filter(|i| tx.try_send(t * 1000 + i).is_ok()).count())
+                    s.spawn(move || {
+                        (0..1000)
+                            .filter(|i| tx.try_send(t * 1000 + i).is_ok())
+                            .count()
+                    })
                 })
                 .collect();
             let mut received = 0;

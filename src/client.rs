@@ -66,6 +66,8 @@ impl<M> ClientState<M> {
 
 impl<M> fmt::Debug for ClientEntry<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientEntry").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("ClientEntry")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }

@@ -1,5 +1,8 @@
 //! Registry configuration: the [`Builder`] and its policies.
 
+use std::fmt;
+use std::marker::PhantomData;
+
 use crate::error::BuildError;
 use crate::registry::Registry;
 use crate::ClientId;
@@ -32,9 +35,9 @@ pub(crate) struct Config {
 /// # Examples
 ///
 /// ```
-/// use switchboard::{Builder, Registry, SlowConsumerPolicy};
+/// use switchboard::{Registry, SlowConsumerPolicy};
 ///
-/// let registry: Registry<String> = Builder::new()
+/// let registry = Registry::<String>::builder()
 ///     .shards(4)
 ///     .channel_capacity(64)
 ///     .slow_consumer(SlowConsumerPolicy::Disconnect)
@@ -43,27 +46,47 @@ pub(crate) struct Config {
 ///     .expect("valid settings");
 /// assert_eq!(registry.client_count(), 0);
 /// ```
-#[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
-pub struct Builder {
+pub struct Builder<M> {
     shards: Option<usize>,
     channel_capacity: usize,
     slow_consumer: SlowConsumerPolicy,
     max_clients: Option<usize>,
+    /// The message type of the registry it builds; `fn() -> M` keeps the builder
+    /// `Send + Sync` whatever `M` is.
+    message: PhantomData<fn() -> M>,
 }
 
-impl Default for Builder {
+impl<M> Default for Builder<M> {
     fn default() -> Self {
         Self {
             shards: None,
             channel_capacity: 32,
             slow_consumer: SlowConsumerPolicy::Drop,
             max_clients: None,
+            message: PhantomData,
         }
     }
 }
 
-impl Builder {
+impl<M> Clone for Builder<M> {
+    fn clone(&self) -> Self {
+        Self { ..*self }
+    }
+}
+
+impl<M> fmt::Debug for Builder<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("shards", &self.shards)
+            .field("channel_capacity", &self.channel_capacity)
+            .field("slow_consumer", &self.slow_consumer)
+            .field("max_clients", &self.max_clients)
+            .finish()
+    }
+}
+
+impl<M> Builder<M> {
     /// Default settings: one shard per CPU, channels of 32, [`SlowConsumerPolicy::Drop`],
     /// no client limit.
     pub fn new() -> Self {
@@ -100,7 +123,7 @@ impl Builder {
     ///
     /// [`BuildError`] if the shard count is 0 or above 256, the channel capacity is 0
     /// or above 2^20, or the client limit is 0.
-    pub fn build<M>(self) -> Result<Registry<M>, BuildError> {
+    pub fn build(self) -> Result<Registry<M>, BuildError> {
         Ok(Registry::from_config(self.validate()?))
     }
 
@@ -135,7 +158,9 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        let config = Builder::new().validate().unwrap_or_else(|e| panic!("{e}"));
+        let config = Builder::<()>::new()
+            .validate()
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(config.shards >= 1);
         assert_eq!(config.channel_capacity, 32);
         assert_eq!(config.slow_consumer, SlowConsumerPolicy::Drop);
@@ -143,13 +168,22 @@ mod tests {
 
     #[test]
     fn bad_settings_are_typed_errors() {
-        assert_eq!(Builder::new().shards(0).validate().err(), Some(BuildError::Shards(0)));
-        assert_eq!(Builder::new().shards(257).validate().err(), Some(BuildError::Shards(257)));
         assert_eq!(
-            Builder::new().channel_capacity(0).validate().err(),
+            Builder::<()>::new().shards(0).validate().err(),
+            Some(BuildError::Shards(0))
+        );
+        assert_eq!(
+            Builder::<()>::new().shards(257).validate().err(),
+            Some(BuildError::Shards(257))
+        );
+        assert_eq!(
+            Builder::<()>::new().channel_capacity(0).validate().err(),
             Some(BuildError::ChannelCapacity(0))
         );
-        assert_eq!(Builder::new().max_clients(0).validate().err(), Some(BuildError::MaxClients));
-        assert!(Builder::new().shards(256).validate().is_ok());
+        assert_eq!(
+            Builder::<()>::new().max_clients(0).validate().err(),
+            Some(BuildError::MaxClients)
+        );
+        assert!(Builder::<()>::new().shards(256).validate().is_ok());
     }
 }

@@ -141,7 +141,12 @@ impl<M: Clone + Send + 'static> Registry<M> {
     /// registry.send_timeout(id, 3, Duration::from_millis(10)).await.unwrap();
     /// # }
     /// ```
-    pub async fn send_timeout(&self, id: ClientId, msg: M, timeout: Duration) -> Result<(), SendError<M>> {
+    pub async fn send_timeout(
+        &self,
+        id: ClientId,
+        msg: M,
+        timeout: Duration,
+    ) -> Result<(), SendError<M>> {
         let entry = match self.entry(id) {
             Ok(entry) => entry,
             Err(why) => return Err(SendError::Unknown(msg, why)),
@@ -151,7 +156,11 @@ impl<M: Clone + Send + 'static> Registry<M> {
         self.settle_send(id, outcome)
     }
 
-    fn settle_send(&self, id: ClientId, outcome: Result<(), Rejected<M>>) -> Result<(), SendError<M>> {
+    fn settle_send(
+        &self,
+        id: ClientId,
+        outcome: Result<(), Rejected<M>>,
+    ) -> Result<(), SendError<M>> {
         let counters = &self.inner.counters;
         match outcome {
             Ok(()) => {
@@ -196,7 +205,11 @@ impl<M: Clone + Send + 'static> Registry<M> {
     /// assert_eq!(rb.try_recv().as_deref(), Ok("hello"));
     /// # Ok::<(), switchboard::BroadcastError<Arc<str>>>(())
     /// ```
-    pub fn broadcast(&self, session: impl Into<SessionId>, msg: M) -> Result<BroadcastReport, BroadcastError<M>> {
+    pub fn broadcast(
+        &self,
+        session: impl Into<SessionId>,
+        msg: M,
+    ) -> Result<BroadcastReport, BroadcastError<M>> {
         let key = session.into();
         match self.inner.sessions.get(&key) {
             Some(session) => Ok(self.deliver(&session, &msg, None, None)),
@@ -301,8 +314,12 @@ impl<M: Clone + Send + 'static> Registry<M> {
                 report.recipients += 1;
                 match member.chan.try_send(msg.clone()) {
                     Ok(()) => report.delivered += 1,
-                    Err(Rejected::Full(_)) if policy == SlowConsumerPolicy::Drop => report.dropped += 1,
-                    Err(Rejected::Full(_) | Rejected::Timeout(_)) => casualties.push(Casualty::Full(member.id)),
+                    Err(Rejected::Full(_)) if policy == SlowConsumerPolicy::Drop => {
+                        report.dropped += 1
+                    }
+                    Err(Rejected::Full(_) | Rejected::Timeout(_)) => {
+                        casualties.push(Casualty::Full(member.id))
+                    }
                     Err(Rejected::Closed(_)) => casualties.push(Casualty::Closed(member.id)),
                 }
             });

@@ -99,7 +99,13 @@ impl ClientId {
 impl fmt::Display for ClientId {
     /// `c{shard}.{index}.{generation}`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "c{}.{}.{}", self.shard(), self.index(), self.generation())
+        write!(
+            f,
+            "c{}.{}.{}",
+            self.shard(),
+            self.index(),
+            self.generation()
+        )
     }
 }
 

@@ -36,7 +36,11 @@ mod tests {
         for shift in [2, 6] {
             let mut expected = (0, 0);
             for index in 0..capacity(8, shift) {
-                assert_eq!(split(index, shift), expected, "index {index}, shift {shift}");
+                assert_eq!(
+                    split(index, shift),
+                    expected,
+                    "index {index}, shift {shift}"
+                );
                 expected.1 += 1;
                 if expected.1 == page_len(expected.0, shift) {
                     expected = (expected.0 + 1, 0);

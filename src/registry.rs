@@ -82,7 +82,7 @@ impl<M> Registry<M> {
     /// ```
     #[must_use]
     pub fn new() -> Self {
-        match Builder::new().validate() {
+        match Builder::<M>::new().validate() {
             Ok(config) => Self::from_config(config),
             // The defaults are valid (a unit test proves it); this arm is unreachable.
             Err(_) => Self::from_config(Config {
@@ -95,7 +95,7 @@ impl<M> Registry<M> {
     }
 
     /// Starts configuring a registry.
-    pub fn builder() -> Builder {
+    pub fn builder() -> Builder<M> {
         Builder::new()
     }
 
@@ -140,7 +140,9 @@ impl<M> Registry<M> {
             // Relaxed: see `admitted`.
             let admitted = inner
                 .admitted
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < limit).then_some(n + 1));
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < limit).then_some(n + 1)
+                });
             if admitted.is_err() {
                 return Err(RegisterError::LimitReached { limit });
             }
@@ -149,7 +151,9 @@ impl<M> Registry<M> {
         let home = shard::home(shards);
         let reserved = (0..shards).find_map(|step| {
             let shard = (home + step) % shards;
-            inner.shards[shard].reserve().map(|(index, generation)| (shard, index, generation))
+            inner.shards[shard]
+                .reserve()
+                .map(|(index, generation)| (shard, index, generation))
         });
         let Some((shard, index, generation)) = reserved else {
             self.release_admission();
@@ -466,7 +470,12 @@ impl<M> Registry<M> {
     /// Every open session's key, in no particular order.
     #[must_use]
     pub fn session_ids(&self) -> Vec<SessionId> {
-        self.inner.sessions.values().iter().map(|s| s.key().clone()).collect()
+        self.inner
+            .sessions
+            .values()
+            .iter()
+            .map(|s| s.key().clone())
+            .collect()
     }
 
     /// Every connected client's id, shard by shard.

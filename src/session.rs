@@ -439,7 +439,11 @@ mod tests {
         }
         let expected: Vec<_> = (0..100).filter(|n| n % 4 == 0).map(id).collect();
         assert_eq!(ids(&s.snapshot()), expected);
-        assert_eq!(ids(&old).len(), 100, "an old snapshot is untouched by compaction");
+        assert_eq!(
+            ids(&old).len(),
+            100,
+            "an old snapshot is untouched by compaction"
+        );
         // Members are still removable after their cells moved.
         assert_eq!(s.leave(id(0)), Left::Removed);
         assert_eq!(ids(&s.snapshot()).len(), 24);

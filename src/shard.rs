@@ -24,9 +24,9 @@ use std::cell::Cell;
 use std::hash::{Hash, Hasher};
 
 use crate::paging;
-use crate::sync::{lock, AtomicUsize, Mutex, OnceLock, OptionCell, Ordering};
 #[cfg(all(test, not(switchboard_loom)))]
 use crate::sync::Arc;
+use crate::sync::{lock, AtomicUsize, Mutex, OnceLock, OptionCell, Ordering};
 use crate::ClientId;
 
 /// The first page holds `2^PAGE_SHIFT` slots.
@@ -198,7 +198,10 @@ mod tests {
     #[test]
     fn pages_appear_as_slots_are_reserved() {
         let shard: Shard<u32> = Shard::new();
-        assert!(shard.slot(0).is_none(), "no page before the first reservation");
+        assert!(
+            shard.slot(0).is_none(),
+            "no page before the first reservation"
+        );
         for _ in 0..65 {
             assert!(shard.reserve().is_some());
         }
@@ -213,8 +216,11 @@ mod tests {
         let shard: Shard<u32> = Shard::new();
         let (a, _) = shard.reserve().unwrap_or_default();
         let (b, _) = shard.reserve().unwrap_or_default();
-        shard.slot(a).map(|s| s.store(Some(Arc::new(10))));
-        shard.slot(b).map(|s| s.store(Some(Arc::new(20))));
+        for (index, value) in [(a, 10), (b, 20)] {
+            if let Some(slot) = shard.slot(index) {
+                slot.store(Some(Arc::new(value)));
+            }
+        }
         let mut seen = Vec::new();
         shard.for_each_occupied(|v| seen.push(*v));
         assert_eq!(seen, vec![10, 20]);

@@ -176,7 +176,10 @@ mod imp {
         }
 
         pub(crate) fn store(&self, value: Arc<T>) {
-            let old = std::mem::replace(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()), value);
+            let old = std::mem::replace(
+                &mut *self.0.lock().unwrap_or_else(|e| e.into_inner()),
+                value,
+            );
             drop(old);
         }
     }
@@ -204,7 +207,10 @@ mod imp {
         }
 
         pub(crate) fn store(&self, value: Option<Arc<T>>) {
-            let old = std::mem::replace(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()), value);
+            let old = std::mem::replace(
+                &mut *self.0.lock().unwrap_or_else(|e| e.into_inner()),
+                value,
+            );
             drop(old);
         }
     }
@@ -217,7 +223,10 @@ mod imp {
 
     impl<T> BoundedQueue<T> {
         pub(crate) fn new(capacity: usize) -> Self {
-            Self { items: Mutex::new(VecDeque::new()), capacity }
+            Self {
+                items: Mutex::new(VecDeque::new()),
+                capacity,
+            }
         }
 
         pub(crate) fn push(&self, value: T) -> Result<(), T> {
@@ -230,7 +239,10 @@ mod imp {
         }
 
         pub(crate) fn pop(&self) -> Option<T> {
-            self.items.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+            self.items
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front()
         }
     }
 

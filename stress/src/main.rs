@@ -1,1 +1,3 @@
-fn main() { println!("stress: coming"); }
+fn main() {
+    println!("stress: coming");
+}

@@ -76,8 +76,10 @@ mod contender;
 pub mod dashmap;
 pub mod floor;
 pub mod mutex;
+pub mod switchboard;
 
 pub use crate::contender::{Contender, Fanout, Inbox};
 pub use crate::dashmap::DashMapRegistry;
 pub use crate::floor::Floor;
 pub use crate::mutex::MutexRegistry;
+pub use crate::switchboard::SwitchboardRegistry;

@@ -43,7 +43,9 @@ use std::fmt;
 
 use crate::channel::Channel;
 use crate::paging;
-use crate::sync::{lock, Arc, AtomicU64, Mutex, OnceLock, Ordering, Snapshot, SnapshotCell};
+use crate::sync::{
+    lock, Arc, AtomicU64, Mutex, OnceLock, Ordering, Snapshot, SnapshotCell, ValueArc,
+};
 use crate::ClientId;
 
 /// The key of a session (a room, a channel, a task), chosen by the application.
@@ -65,7 +67,7 @@ pub enum SessionId {
     /// A numeric key.
     Num(u64),
     /// A named key. Cloning it is a reference-count increment.
-    Name(Arc<str>),
+    Name(ValueArc<str>),
 }
 
 impl fmt::Display for SessionId {
@@ -94,13 +96,13 @@ impl From<u64> for SessionId {
 
 impl From<&str> for SessionId {
     fn from(s: &str) -> Self {
-        Self::Name(Arc::from(s))
+        Self::Name(ValueArc::from(s))
     }
 }
 
 impl From<String> for SessionId {
     fn from(s: String) -> Self {
-        Self::Name(Arc::from(s))
+        Self::Name(ValueArc::from(s))
     }
 }
 

@@ -30,6 +30,12 @@
 
 pub(crate) use std::sync::OnceLock;
 
+/// `std`'s `Arc` in both builds, for shared immutable *values* in the public API
+/// (a [`SessionId`](crate::SessionId)'s name). Its count guards no registry state,
+/// a public type must not change with the cfg, and loom's `Arc` is neither
+/// `Hash`/`Eq`/`Ord` nor buildable from a `&str`.
+pub(crate) use std::sync::Arc as ValueArc;
+
 /// The receiver's waker slot. Not loom-visible: loom models never poll a receiver.
 pub(crate) use atomic_waker::AtomicWaker;
 /// Wakes senders waiting for channel capacity. Not loom-visible, as above.

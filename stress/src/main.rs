@@ -1,3 +1,201 @@
-fn main() {
-    println!("stress: coming");
+//! `stress`: the load-test harness of switchboard. See `stress --help` and the README.
+//!
+//! Layout: `cli` (options), `scenarios/` (one file per scenario, plus the load engine and the
+//! plan), `world` (one contender under load and its model), `client`/`ledger` (the model of
+//! one client), `receiver` (the receiver tasks), `invariants` (the checks), `subject` (the
+//! designs behind one trait), `heap` (the counting allocator), `latency`/`timeline`
+//! (histograms), `report`/`chart` (output).
+
+#![deny(missing_debug_implementations)]
+#![warn(rust_2018_idioms)]
+
+mod chart;
+mod cli;
+mod client;
+mod heap;
+mod invariants;
+mod latency;
+mod layout;
+mod ledger;
+mod message;
+mod progress;
+mod receiver;
+mod report;
+mod rng;
+mod scenarios;
+mod striped;
+mod subject;
+mod tally;
+mod tasks;
+mod timeline;
+mod world;
+
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+use crate::cli::{Cli, Scenario};
+use crate::invariants::Violations;
+use crate::latency::{histogram, Percentiles};
+use crate::progress::Progress;
+use crate::report::{Invariants, Machine, Ratios, Report, Scenarios, VERSION};
+use crate::scenarios::{churn, fanout, memory, mixed, soak, Ctx, Plan};
+use crate::timeline::{Point, Timeline};
+
+/// Every allocation is counted, so memory figures are exact.
+#[global_allocator]
+static ALLOCATOR: heap::Counting = heap::Counting;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    invariants::record_panics();
+    let scenario = cli.scenario.unwrap_or(Scenario::All);
+    let plan = Plan::new(scenario, &cli.knobs);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(plan.workers)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("stress: cannot start the tokio runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // The harness runs as a task, like a server's handlers, so that its wake-ups take the
+    // worker's own run queue.
+    let (report, points) = match runtime.block_on(async { tokio::spawn(run(plan)).await }) {
+        Ok(done) => done,
+        Err(e) => {
+            eprintln!("stress: the harness task failed: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    drop(runtime);
+
+    print!("{}", report.table());
+    let mut code = if report.invariants.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
+    if let Some(path) = &cli.knobs.json {
+        let written = serde_json::to_string_pretty(&report)
+            .map_err(|e| e.to_string())
+            .and_then(|json| std::fs::write(path, json + "\n").map_err(|e| e.to_string()));
+        match written {
+            Ok(()) => println!("report written to {}", path.display()),
+            Err(e) => {
+                eprintln!("stress: cannot write {}: {e}", path.display());
+                code = ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(path) = &cli.knobs.svg {
+        let title = format!(
+            "switchboard stress: {} ({} CPUs, {} workers)",
+            scenario.name(),
+            report.machine.cpus,
+            report.config.workers
+        );
+        match chart::draw(&points, path, &title) {
+            Ok(()) => println!("chart written to {}", path.display()),
+            Err(e) => {
+                eprintln!("stress: {e}");
+                code = ExitCode::from(2);
+            }
+        }
+    }
+    code
+}
+
+/// Lets the runtime allocate whatever it allocates lazily (worker thread state, timer
+/// entries), so that the first scenario's heap baseline is not taken before it.
+async fn warm_up() {
+    let tasks: Vec<_> = (0..256)
+        .map(|i| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(1 + i % 3)).await;
+                tokio::task::yield_now().await;
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn run(plan: Plan) -> (Report, Vec<Point>) {
+    let started = Instant::now();
+    let ctx = Arc::new(Ctx {
+        progress: Progress::new(plan.phases()),
+        plan,
+        violations: Arc::new(Violations::default()),
+        timeline: Timeline::new(),
+        overall: Mutex::new(histogram()),
+    });
+    ctx.progress.note(format!(
+        "stress {}: {} workers, capacity {}, policy {:?}",
+        ctx.plan.scenario.name(),
+        ctx.plan.workers,
+        ctx.plan.capacity,
+        ctx.plan.policy
+    ));
+    warm_up().await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sampler = tokio::spawn(Arc::clone(&ctx.timeline).sample(stopped));
+
+    let plan = &ctx.plan;
+    let mut s = Scenarios::default();
+    if plan.runs(Scenario::Fanout) {
+        s.fanout =
+            scenarios::isolated(&ctx, "fanout", |c| async move { fanout::run(&c).await }).await;
+    }
+    if plan.runs(Scenario::Churn) {
+        s.churn = scenarios::isolated(&ctx, "churn", |c| async move { churn::run(&c).await }).await;
+    }
+    if plan.runs(Scenario::Mixed) {
+        s.mixed = scenarios::isolated(&ctx, "mixed", |c| async move { mixed::run(&c).await }).await;
+    }
+    if plan.runs(Scenario::Memory) {
+        s.memory = scenarios::isolated(&ctx, "memory", |c| async move { memory::run(&c) }).await;
+    }
+    if plan.runs(Scenario::Soak) {
+        s.soak = scenarios::isolated(&ctx, "soak", |c| async move { soak::run(&c).await }).await;
+    }
+    let _ = stop.send(true);
+    let _ = sampler.await;
+    ctx.progress.finish();
+
+    let ratios = Ratios::from(&s, plan.memory_clients);
+    let registry_bytes_per_client = s
+        .memory
+        .as_ref()
+        .and_then(|m| m.at("switchboard", plan.memory_clients))
+        .map(|b| b.registry_per_client);
+    ctx.violations.collect_panics();
+    let groups = ctx.violations.groups();
+    let violations = groups.iter().flat_map(|g| g.examples.clone()).collect();
+    let latency_us = Percentiles::of(&ctx.overall.lock().unwrap_or_else(PoisonError::into_inner));
+    let report = Report {
+        version: VERSION,
+        machine: Machine::here(),
+        config: ctx.plan.clone(),
+        latency_us,
+        invariants: Invariants {
+            ok: ctx.violations.total() == 0,
+            violation_count: ctx.violations.total(),
+            checks: ctx.violations.checks(),
+            violations,
+            groups,
+        },
+        ratios,
+        registry_bytes_per_client,
+        wall_s: started.elapsed().as_secs_f64(),
+        scenarios: s,
+        wire: None,
+    };
+    (report, ctx.timeline.points())
 }

@@ -1,0 +1,605 @@
+//! The run's report: the JSON document (`--json`) and the summary table on stdout.
+//!
+//! The JSON field names are a contract that tools track across versions; only add fields.
+//! `wire` is reserved for the WebSocket scenario (`stress ws`).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::invariants::{bytes, Group, Violation};
+use crate::latency::Percentiles;
+use crate::scenarios::churn::ChurnResult;
+use crate::scenarios::fanout::Fanout;
+use crate::scenarios::memory::MemoryResult;
+use crate::scenarios::mixed::MixedResult;
+use crate::scenarios::soak::Soak;
+use crate::scenarios::{ratio, Plan};
+
+/// Version of the JSON layout.
+pub const VERSION: u32 = 1;
+
+/// Where it ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// Logical CPUs available.
+    pub cpus: usize,
+    /// Operating system.
+    pub os: &'static str,
+    /// CPU architecture.
+    pub arch: &'static str,
+}
+
+impl Machine {
+    /// This machine.
+    pub fn here() -> Self {
+        Self {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            os: std::env::consts::OS,
+            arch: std::env::consts::ARCH,
+        }
+    }
+}
+
+/// Whether every invariant held.
+#[derive(Debug, Clone, Serialize)]
+pub struct Invariants {
+    /// No violation.
+    pub ok: bool,
+    /// Examples of the violations, a few per group (see `groups`).
+    pub violations: Vec<Violation>,
+    /// Violations grouped by where they happened, with counts.
+    pub groups: Vec<Group>,
+    /// All violations, including those not listed.
+    pub violation_count: u64,
+    /// Checks evaluated (one per received message, plus every count and membership check).
+    pub checks: u64,
+}
+
+/// The ratios, each taken within this run. `cost`: switchboard's over the other's (lower is
+/// better). `speedup`: switchboard's rate over the other's (higher is better).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Ratios {
+    /// Broadcast to 1k members, switchboard's cost over the floor's.
+    pub broadcast_cost_vs_floor_1k: Option<f64>,
+    /// Broadcast to 100k members, switchboard's cost over the floor's.
+    pub broadcast_cost_vs_floor_100k: Option<f64>,
+    /// Broadcast to 100k members, dashmap's cost over switchboard's.
+    pub broadcast_speedup_vs_dashmap_100k: Option<f64>,
+    /// switchboard's attach into 100k members over its attach into 10.
+    pub join_cost_100k_vs_10: Option<f64>,
+    /// Churn operations per second, switchboard's over dashmap's.
+    pub churn_speedup_vs_dashmap: Option<f64>,
+    /// Messages queued per second under the mixed load, switchboard's over dashmap's.
+    pub mixed_delivery_speedup_vs_dashmap: Option<f64>,
+    /// Churn operations per second under the mixed load, switchboard's over dashmap's.
+    pub mixed_churn_speedup_vs_dashmap: Option<f64>,
+    /// Heap bytes per client (registry and channel), switchboard's over dashmap's.
+    pub memory_per_client_vs_dashmap: Option<f64>,
+}
+
+/// Target of each ratio (from the benches issue): `(key, target, higher_is_better)`.
+pub const TARGETS: [(&str, f64, bool); 8] = [
+    ("broadcast_cost_vs_floor_1k", 1.10, false),
+    ("broadcast_cost_vs_floor_100k", 1.10, false),
+    ("broadcast_speedup_vs_dashmap_100k", 4.0, true),
+    ("join_cost_100k_vs_10", 2.0, false),
+    ("churn_speedup_vs_dashmap", 2.0, true),
+    ("mixed_delivery_speedup_vs_dashmap", 2.0, true),
+    ("mixed_churn_speedup_vs_dashmap", 1.0, true),
+    ("memory_per_client_vs_dashmap", 1.0, false),
+];
+
+/// Target of `registry_bytes_per_client`.
+pub const REGISTRY_BYTES_TARGET: f64 = 128.0;
+
+impl Ratios {
+    /// Computes every ratio the scenarios that ran allow.
+    pub fn from(s: &Scenarios, memory_clients: usize) -> Self {
+        let cost = |members: usize, who: &str| {
+            s.fanout
+                .as_ref()
+                .and_then(|f| f.row(members))
+                .and_then(|r| r.cost(who))
+        };
+        let churn = |who: &str| {
+            s.churn
+                .as_ref()
+                .and_then(|c| c.contenders.get(who))
+                .map(|c| c.ops_per_s)
+        };
+        let join = s
+            .churn
+            .as_ref()
+            .and_then(|c| c.contenders.get("switchboard"))
+            .map(|c| c.join);
+        let mixed = |who: &str| {
+            s.mixed
+                .as_ref()
+                .and_then(|m| m.contenders.get(who))
+                .copied()
+        };
+        let mem = |who: &str| {
+            s.memory
+                .as_ref()
+                .and_then(|m| m.at(who, memory_clients))
+                .map(|b| b.total_per_client)
+        };
+        Self {
+            broadcast_cost_vs_floor_1k: ratio(cost(1_000, "switchboard"), cost(1_000, "floor")),
+            broadcast_cost_vs_floor_100k: ratio(
+                cost(100_000, "switchboard"),
+                cost(100_000, "floor"),
+            ),
+            broadcast_speedup_vs_dashmap_100k: ratio(
+                cost(100_000, "dashmap"),
+                cost(100_000, "switchboard"),
+            ),
+            join_cost_100k_vs_10: ratio(join.map(|j| j.into_big_ns), join.map(|j| j.into_small_ns)),
+            churn_speedup_vs_dashmap: ratio(churn("switchboard"), churn("dashmap")),
+            mixed_delivery_speedup_vs_dashmap: ratio(
+                mixed("switchboard").map(|m| m.delivered_per_s),
+                mixed("dashmap").map(|m| m.delivered_per_s),
+            ),
+            mixed_churn_speedup_vs_dashmap: ratio(
+                mixed("switchboard").map(|m| m.churn_per_s),
+                mixed("dashmap").map(|m| m.churn_per_s),
+            ),
+            memory_per_client_vs_dashmap: ratio(mem("switchboard"), mem("dashmap")),
+        }
+    }
+
+    /// The ratios by JSON key, in [`TARGETS`] order.
+    pub fn by_key(&self) -> [(&'static str, Option<f64>); 8] {
+        [
+            (TARGETS[0].0, self.broadcast_cost_vs_floor_1k),
+            (TARGETS[1].0, self.broadcast_cost_vs_floor_100k),
+            (TARGETS[2].0, self.broadcast_speedup_vs_dashmap_100k),
+            (TARGETS[3].0, self.join_cost_100k_vs_10),
+            (TARGETS[4].0, self.churn_speedup_vs_dashmap),
+            (TARGETS[5].0, self.mixed_delivery_speedup_vs_dashmap),
+            (TARGETS[6].0, self.mixed_churn_speedup_vs_dashmap),
+            (TARGETS[7].0, self.memory_per_client_vs_dashmap),
+        ]
+    }
+}
+
+/// Whether `value` meets `target`.
+pub fn meets(value: f64, target: f64, higher_is_better: bool) -> bool {
+    if higher_is_better {
+        value >= target
+    } else {
+        value <= target
+    }
+}
+
+/// Detailed results of the scenarios that ran.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Scenarios {
+    /// `fanout`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fanout: Option<Fanout>,
+    /// `churn`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<ChurnResult>,
+    /// `mixed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mixed: Option<MixedResult>,
+    /// `memory`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryResult>,
+    /// `soak`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<Soak>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// [`VERSION`].
+    pub version: u32,
+    /// Where it ran.
+    pub machine: Machine,
+    /// The resolved settings.
+    pub config: Plan,
+    /// switchboard's delivery latency over every scenario, in µs.
+    pub latency_us: Percentiles,
+    /// Invariant verdict.
+    pub invariants: Invariants,
+    /// Ratios against the baselines.
+    pub ratios: Ratios,
+    /// switchboard's own heap bytes per client, channel excluded (memory scenario).
+    pub registry_bytes_per_client: Option<f64>,
+    /// Wall-clock seconds of the run.
+    pub wall_s: f64,
+    /// Per-scenario detail.
+    pub scenarios: Scenarios,
+    /// Reserved for `stress ws` (the wire-level scenario).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wire: Option<serde_json::Value>,
+}
+
+fn us(ns: f64) -> String {
+    if ns >= 1_000_000.0 {
+        format!("{:.2} ms", ns / 1_000_000.0)
+    } else {
+        format!("{:.2} µs", ns / 1000.0)
+    }
+}
+
+fn rate(per_s: f64) -> String {
+    if per_s >= 1e6 {
+        format!("{:.2} M/s", per_s / 1e6)
+    } else if per_s >= 1e3 {
+        format!("{:.1} k/s", per_s / 1e3)
+    } else {
+        format!("{per_s:.0} /s")
+    }
+}
+
+fn lat(p: &Percentiles) -> String {
+    if p.count == 0 && p.max == 0.0 {
+        return "-".into();
+    }
+    format!(
+        "{:>8.1} {:>8.1} {:>8.1} {:>9.1}",
+        p.p50, p.p99, p.p999, p.max
+    )
+}
+
+fn x(r: Option<f64>) -> String {
+    r.map_or_else(|| "-".into(), |r| format!("{r:.2}x"))
+}
+
+impl Report {
+    /// The ratios against their targets.
+    fn ratio_lines(&self, o: &mut String) {
+        let _ = writeln!(
+            o,
+            "\nRATIOS  (within this run; informational, never fail the run)"
+        );
+        for ((key, value), (_, target, higher)) in self.ratios.by_key().into_iter().zip(TARGETS) {
+            let verdict = match value {
+                Some(v) if meets(v, target, higher) => "met",
+                Some(_) => "missed",
+                None => "not run",
+            };
+            let _ = writeln!(
+                o,
+                "  {key:<36} {:>8}   target {} {target:<5} {verdict}",
+                value.map_or_else(|| "-".into(), |v| format!("{v:.2}")),
+                if higher { ">=" } else { "<=" },
+            );
+        }
+        let _ = writeln!(
+            o,
+            "  {:<36} {:>8}   target <= {REGISTRY_BYTES_TARGET:<5} {}",
+            "registry_bytes_per_client",
+            self.registry_bytes_per_client
+                .map_or_else(|| "-".into(), |v| format!("{v:.1}")),
+            match self.registry_bytes_per_client {
+                Some(v) if v <= REGISTRY_BYTES_TARGET => "met",
+                Some(_) => "missed",
+                None => "not run",
+            }
+        );
+    }
+
+    /// The summary table.
+    pub fn table(&self) -> String {
+        let mut o = String::new();
+        let c = &self.config;
+        let _ = writeln!(
+            o,
+            "switchboard stress: {} on {} CPUs ({}), {} workers, capacity {}, policy {:?}, \
+             {} B messages, slow {:.0}%, abrupt {:.0}%{}",
+            c.scenario.name(),
+            self.machine.cpus,
+            self.machine.os,
+            c.workers,
+            c.capacity,
+            c.policy,
+            c.message_size,
+            c.slow * 100.0,
+            c.abrupt * 100.0,
+            if c.quick { ", quick" } else { "" }
+        );
+        let s = &self.scenarios;
+        if let Some(f) = &s.fanout {
+            let _ = writeln!(
+                o,
+                "\nFANOUT  one broadcast, median (receivers drained between bursts)"
+            );
+            let _ = writeln!(
+                o,
+                "  {:>8} {:>11} {:>11} {:>11} {:>11}   {:>8} {:>10}",
+                "members", "floor", "switchboard", "dashmap", "mutex", "sb/floor", "dashmap/sb"
+            );
+            for r in &f.rows {
+                let cell = |who| r.cost(who).map_or_else(|| "-".into(), us);
+                let _ = writeln!(
+                    o,
+                    "  {:>8} {:>11} {:>11} {:>11} {:>11}   {:>8} {:>10}",
+                    r.members,
+                    cell("floor"),
+                    cell("switchboard"),
+                    cell("dashmap"),
+                    cell("mutex"),
+                    x(ratio(r.cost("switchboard"), r.cost("floor"))),
+                    x(ratio(r.cost("dashmap"), r.cost("switchboard"))),
+                );
+            }
+            let _ = writeln!(
+                o,
+                "  latency µs   {:>8} {:>8} {:>8} {:>9}",
+                "p50", "p99", "p99.9", "max"
+            );
+            for (who, p) in &f.latency {
+                let _ = writeln!(o, "  {who:<12} {}", lat(p));
+            }
+        }
+        if let Some(ch) = &s.churn {
+            let _ = writeln!(
+                o,
+                "\nCHURN   register/attach/detach/unregister on {} workers, {} idle clients",
+                c.workers, c.churn.layout.clients
+            );
+            let _ = writeln!(
+                o,
+                "  {:<12} {:>12} {:>14} {:>14} {:>14}",
+                "", "ops", "join into 10", "join into 100k", "leave 100k"
+            );
+            for (who, r) in &ch.contenders {
+                let _ = writeln!(
+                    o,
+                    "  {who:<12} {:>12} {:>14} {:>14} {:>14}",
+                    rate(r.ops_per_s),
+                    us(r.join.into_small_ns),
+                    us(r.join.into_big_ns),
+                    us(r.join.leave_big_ns),
+                );
+            }
+        }
+        if let Some(m) = &s.mixed {
+            let _ = writeln!(
+                o,
+                "\nMIXED   broadcasts + sends + churn, {} clients in {} sessions, {:.1}s each",
+                c.mixed.layout.clients,
+                c.mixed.layout.sessions,
+                c.mixed.duration.as_secs_f64()
+            );
+            let _ = writeln!(
+                o,
+                "  {:<12} {:>11} {:>11} {:>9} {:>9} {:>7} {:>7}  {:>8} {:>8} {:>8} {:>9}",
+                "",
+                "delivered",
+                "churn ops",
+                "dropped",
+                "closed",
+                "evict",
+                "abrupt",
+                "p50 µs",
+                "p99",
+                "p99.9",
+                "max"
+            );
+            for (who, r) in &m.contenders {
+                let k = &r.run.counts;
+                let _ = writeln!(
+                    o,
+                    "  {who:<12} {:>11} {:>11} {:>9} {:>9} {:>7} {:>7}  {}",
+                    rate(r.delivered_per_s),
+                    rate(r.churn_per_s),
+                    k.dropped,
+                    k.closed + k.direct_closed,
+                    k.disconnected,
+                    k.abrupt_drops,
+                    lat(&r.latency)
+                );
+            }
+        }
+        if let Some(m) = &s.memory {
+            let _ = writeln!(
+                o,
+                "\nMEMORY  live heap bytes per client (exact; RSS for information only)"
+            );
+            let _ = writeln!(
+                o,
+                "  {:<12} {:>9} {:>10} {:>10} {:>10} {:>16} {:>10}",
+                "", "clients", "total", "registry", "channel", "kept after all left", "RSS"
+            );
+            for who in crate::scenarios::memory::CONTENDERS {
+                for b in m.contenders.get(who).into_iter().flatten() {
+                    let _ = writeln!(
+                        o,
+                        "  {who:<12} {:>9} {:>10.1} {:>10.1} {:>10.1} {:>16} {:>10}",
+                        b.clients,
+                        b.total_per_client,
+                        b.registry_per_client,
+                        b.channel_per_client,
+                        bytes(b.retained_after_unregister),
+                        b.rss.map_or_else(|| "-".into(), |r| bytes(r as i64)),
+                    );
+                }
+            }
+        }
+        if let Some(k) = &s.soak {
+            let r = &k.run;
+            let _ = writeln!(
+                o,
+                "\nSOAK    switchboard, {} clients, {:.0}s, checkpoint every second",
+                k.clients, r.active_s
+            );
+            let _ = writeln!(
+                o,
+                "  checkpoints {}  clients {}..{}  delivered {}  churn {}  dropped {}  \
+                 evicted {}  abrupt {}",
+                r.checkpoints,
+                k.clients_min_max.0,
+                k.clients_min_max.1,
+                rate(k.delivered_per_s),
+                rate(k.churn_per_s),
+                r.counts.dropped,
+                r.counts.evicted,
+                r.counts.abrupt_drops
+            );
+            let _ = writeln!(
+                o,
+                "  latency µs p50/p99/p99.9/max {}",
+                lat(&k.latency)
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            );
+            let _ = writeln!(
+                o,
+                "  heap: start {}, populated {}, peak {}, end {}; registry kept {} after all left; peak RSS {}",
+                bytes(k.heap.start),
+                bytes(k.populated.heap),
+                bytes(k.peak.heap),
+                bytes(k.heap.end),
+                bytes(k.retained_bytes),
+                k.peak.rss.map_or_else(|| "-".into(), |r| bytes(r as i64)),
+            );
+        }
+        let _ = writeln!(
+            o,
+            "\nLATENCY switchboard, every scenario: p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, max {:.1} µs",
+            self.latency_us.p50, self.latency_us.p99, self.latency_us.p999, self.latency_us.max
+        );
+        if self.ratios.by_key().iter().any(|(_, v)| v.is_some())
+            || self.registry_bytes_per_client.is_some()
+        {
+            self.ratio_lines(&mut o);
+        }
+        let inv = &self.invariants;
+        if inv.ok {
+            let _ = writeln!(
+                o,
+                "\nINVARIANTS ok: {} checks, 0 violations ({:.1}s)",
+                inv.checks, self.wall_s
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "\nINVARIANTS VIOLATED: {} violations in {} checks ({:.1}s)",
+                inv.violation_count, inv.checks, self.wall_s
+            );
+            for g in &inv.groups {
+                let _ = writeln!(o, "  {} ({} violations), e.g.", g.scope, g.count);
+                for v in &g.examples {
+                    let _ = writeln!(o, "    {v}");
+                }
+            }
+            let grouped: u64 = inv.groups.iter().map(|g| g.count).sum();
+            if inv.violation_count > grouped {
+                let _ = writeln!(
+                    o,
+                    "  ... and {} more in further groups",
+                    inv.violation_count - grouped
+                );
+            }
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenarios::fanout::Row;
+    use std::collections::BTreeMap;
+
+    fn fanout(rows: Vec<Row>) -> Fanout {
+        Fanout {
+            rows,
+            latency: BTreeMap::new(),
+            heap: Default::default(),
+        }
+    }
+
+    fn row(members: usize, costs: &[(&'static str, f64)]) -> Row {
+        Row {
+            members,
+            cost_ns: costs.iter().copied().collect(),
+            samples: 1,
+        }
+    }
+
+    #[test]
+    fn cost_is_ours_over_theirs_and_speedup_theirs_over_ours() {
+        let s = Scenarios {
+            fanout: Some(fanout(vec![
+                row(1_000, &[("floor", 100.0), ("switchboard", 105.0)]),
+                row(
+                    100_000,
+                    &[
+                        ("floor", 1000.0),
+                        ("switchboard", 1200.0),
+                        ("dashmap", 6000.0),
+                    ],
+                ),
+            ])),
+            ..Scenarios::default()
+        };
+        let r = Ratios::from(&s, 100_000);
+        assert_eq!(r.broadcast_cost_vs_floor_1k, Some(1.05));
+        assert_eq!(r.broadcast_cost_vs_floor_100k, Some(1.2));
+        assert_eq!(r.broadcast_speedup_vs_dashmap_100k, Some(5.0));
+        assert_eq!(r.churn_speedup_vs_dashmap, None, "churn did not run");
+    }
+
+    #[test]
+    fn targets_point_the_right_way() {
+        assert!(meets(1.05, 1.10, false));
+        assert!(!meets(1.2, 1.10, false));
+        assert!(meets(4.5, 4.0, true));
+        assert!(!meets(3.9, 4.0, true));
+    }
+
+    #[test]
+    fn json_has_the_contracted_fields() {
+        let report = Report {
+            version: VERSION,
+            machine: Machine::here(),
+            config: crate::scenarios::Plan::new(
+                crate::cli::Scenario::All,
+                &<crate::cli::Cli as clap::Parser>::parse_from(["stress"]).knobs,
+            ),
+            latency_us: Percentiles::default(),
+            invariants: Invariants {
+                ok: true,
+                violations: Vec::new(),
+                groups: Vec::new(),
+                violation_count: 0,
+                checks: 0,
+            },
+            ratios: Ratios::default(),
+            registry_bytes_per_client: Some(100.0),
+            wall_s: 1.0,
+            scenarios: Scenarios::default(),
+            wire: None,
+        };
+        let v = serde_json::to_value(&report).unwrap_or_default();
+        assert_eq!(v["version"], 1);
+        for key in ["cpus", "os"] {
+            assert!(v["machine"].get(key).is_some(), "machine.{key}");
+        }
+        for key in ["p50", "p99", "p999", "max"] {
+            assert!(v["latency_us"].get(key).is_some(), "latency_us.{key}");
+        }
+        for key in ["ok", "violations"] {
+            assert!(v["invariants"].get(key).is_some(), "invariants.{key}");
+        }
+        for (key, _, _) in TARGETS {
+            assert!(v["ratios"].get(key).is_some(), "ratios.{key}");
+        }
+        assert_eq!(v["registry_bytes_per_client"], 100.0);
+        assert!(v.get("config").is_some());
+        assert!(
+            v.get("wire").is_none(),
+            "wire is reserved, absent until `stress ws`"
+        );
+        assert!(!report.table().is_empty());
+    }
+}

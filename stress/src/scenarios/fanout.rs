@@ -1,0 +1,347 @@
+//! `fanout`: the cost of one broadcast to a session of growing size, for the floor, switchboard
+//! and the baselines side by side.
+//!
+//! At each size every contender holds the same number of clients, all in one session, each
+//! drained by a prompt receiver task. The contenders take turns in short bursts (rotating who
+//! goes first) and the receivers drain completely between bursts, so every broadcast finds
+//! empty channels and parked receivers, as a server's idle writer tasks would be. Only the
+//! broadcast call is timed; the cost is the median over all bursts.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baselines::{DashMapRegistry, Floor, Inbox, MutexRegistry, SwitchboardRegistry};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::{median, Ctx, HeapCheck};
+use crate::heap;
+use crate::invariants::{outcome_adds_up, Outcome, Violations};
+use crate::latency::{Percentiles, Recorder};
+use crate::layout::Layout;
+use crate::message::{Msg, DISCARDED, EVERYONE};
+use crate::rng::Rng;
+use crate::subject::Subject;
+use crate::tally::{Counts, Tally};
+use crate::tasks::{TaskCount, TaskGuard};
+use crate::world::World;
+
+/// Order in which contenders appear in results.
+pub const CONTENDERS: [&str; 4] = ["floor", "switchboard", "dashmap", "mutex"];
+
+/// Sends per burst to aim for: bursts of many broadcasts to small sessions, of one to the
+/// largest. A burst never exceeds half a channel, so it never fills one.
+const SENDS_PER_BURST: usize = 100_000;
+/// Fewest rounds at any size, however long they take.
+const MIN_ROUNDS: usize = 4;
+
+/// One session size.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// Members of the session.
+    pub members: usize,
+    /// Median cost of one broadcast per contender, in nanoseconds.
+    pub cost_ns: BTreeMap<&'static str, f64>,
+    /// Broadcasts timed per contender.
+    pub samples: usize,
+}
+
+impl Row {
+    /// The median cost of `contender`, if measured.
+    pub fn cost(&self, contender: &str) -> Option<f64> {
+        self.cost_ns.get(contender).copied()
+    }
+}
+
+/// What `fanout` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fanout {
+    /// One row per size.
+    pub rows: Vec<Row>,
+    /// Delivery latency per contender, all sizes together.
+    pub latency: BTreeMap<&'static str, Percentiles>,
+    /// Live heap around the scenario.
+    pub heap: HeapCheck,
+}
+
+impl Fanout {
+    /// The row for `members`, if that size ran.
+    pub fn row(&self, members: usize) -> Option<&Row> {
+        self.rows.iter().find(|r| r.members == members)
+    }
+}
+
+/// Something a fanout round can broadcast through.
+trait Target: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// One broadcast to all `n` clients; returns how long the call took.
+    fn fire(&self, n: usize) -> Duration;
+    /// Messages queued and not yet received.
+    fn pending(&self) -> u64;
+    fn violations(&self) -> &Violations;
+}
+
+fn check_full_reach(v: &Violations, scope: &str, n: usize, o: &Outcome) {
+    // Receivers are drained between bursts and a burst fits in every channel, so a
+    // broadcast must reach and queue for everyone.
+    v.expect(
+        o.recipients == n && o.delivered == n && outcome_adds_up(o),
+        scope,
+        || format!("broadcast to a static session of {n} reported {o:?}"),
+    );
+}
+
+impl<S: Subject> Target for World<S> {
+    fn name(&self) -> &'static str {
+        World::name(self)
+    }
+
+    fn fire(&self, n: usize) -> Duration {
+        let (outcome, took) = self.broadcast(0);
+        check_full_reach(&self.violations, self.scope(), n, &outcome);
+        took
+    }
+
+    fn pending(&self) -> u64 {
+        World::pending(self)
+    }
+
+    fn violations(&self) -> &Violations {
+        &self.violations
+    }
+}
+
+/// What the floor's receivers report into.
+#[derive(Debug)]
+struct Sink {
+    tally: Tally,
+    latency: Arc<Recorder>,
+    violations: Arc<Violations>,
+    tasks: TaskCount,
+    /// Next sequence number; `Relaxed`: receivers only check they never see one not yet drawn.
+    seq: AtomicU64,
+}
+
+/// The floor with its receivers.
+#[derive(Debug)]
+struct FloorSide {
+    floor: Floor<Msg>,
+    sink: Arc<Sink>,
+    size: usize,
+}
+
+/// `_task` first: it must drop last (parameters drop in reverse order).
+async fn floor_receiver(_task: TaskGuard, sink: Arc<Sink>, mut rx: mpsc::Receiver<Msg>) {
+    while let Some(msg) = Inbox::recv(&mut rx).await {
+        let p = msg.payload();
+        sink.latency
+            .record(u64::try_from(p.sent.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        // Relaxed: see `seq`.
+        let drawn = sink.seq.load(Ordering::Relaxed);
+        if p.session != 0 || p.target != EVERYONE || p.seq >= drawn {
+            sink.violations.push(
+                "fanout/floor",
+                format!("a receiver got a message the floor never sent: {p:?}"),
+            );
+        }
+        sink.tally.received.add(1);
+        msg.received();
+    }
+}
+
+impl FloorSide {
+    fn new(n: usize, ctx: &Ctx, latency: Arc<Recorder>) -> Self {
+        let (floor, inboxes) = Floor::new(n, ctx.plan.capacity);
+        let sink = Arc::new(Sink {
+            tally: Tally::default(),
+            latency,
+            violations: Arc::clone(&ctx.violations),
+            tasks: TaskCount::default(),
+            seq: AtomicU64::new(0),
+        });
+        for rx in inboxes {
+            let task = sink.tasks.enter();
+            tokio::spawn(floor_receiver(task, Arc::clone(&sink), rx));
+        }
+        Self {
+            floor,
+            sink,
+            size: ctx.plan.message_size,
+        }
+    }
+
+    async fn teardown(self) -> Counts {
+        let sink = Arc::clone(&self.sink);
+        drop(self.floor);
+        let stuck = sink.tasks.wait_idle(Duration::from_secs(60)).await;
+        let t = sink.tally.snapshot();
+        sink.violations.expect(
+            stuck == 0 && t.received == t.delivered,
+            "fanout/floor/teardown",
+            || {
+                format!(
+                    "{stuck} receivers still running; {} of {} messages received",
+                    t.received, t.delivered
+                )
+            },
+        );
+        t
+    }
+}
+
+impl Target for FloorSide {
+    fn name(&self) -> &'static str {
+        self.floor.name()
+    }
+
+    fn fire(&self, n: usize) -> Duration {
+        // Relaxed: see `seq`.
+        let seq = self.sink.seq.fetch_add(1, Ordering::Relaxed);
+        let msg = Msg::new(0, seq, EVERYONE, self.size);
+        let start = Instant::now();
+        let f = self.floor.broadcast(msg);
+        let took = start.elapsed();
+        let o = Outcome {
+            recipients: f.recipients,
+            delivered: f.delivered,
+            dropped: f.dropped,
+            closed: f.closed,
+            disconnected: 0,
+        };
+        self.sink.tally.broadcast(&o);
+        check_full_reach(&self.sink.violations, "fanout/floor", n, &o);
+        took
+    }
+
+    fn pending(&self) -> u64 {
+        let t = &self.sink.tally;
+        t.delivered.get().saturating_sub(t.received.get())
+    }
+
+    fn violations(&self) -> &Violations {
+        &self.sink.violations
+    }
+}
+
+/// Waits until `target`'s receivers have taken everything; false after a minute.
+async fn drained(target: &dyn Target) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut spins = 0u32;
+    while target.pending() > 0 {
+        if Instant::now() > deadline {
+            return false;
+        }
+        spins += 1;
+        if spins % 64 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+    true
+}
+
+/// Runs the fanout sweep.
+pub async fn run(ctx: &Ctx) -> Fanout {
+    let recorders: Vec<Arc<Recorder>> = CONTENDERS
+        .iter()
+        .map(|c| Arc::new(Recorder::new("fanout", c)))
+        .collect();
+    for r in &recorders {
+        ctx.timeline.track(r);
+    }
+    let start = heap::live_bytes();
+    let mut rows = Vec::new();
+    for &n in &ctx.plan.fanout_sizes {
+        ctx.progress
+            .phase(format!("fanout: {n} members, 4 contenders"));
+        rows.push(size(ctx, n, &recorders).await);
+    }
+    let heap = ctx.heap_check("fanout/teardown", start);
+    let mut latency = BTreeMap::new();
+    for (name, r) in CONTENDERS.iter().zip(&recorders) {
+        ctx.timeline.untrack(r);
+        latency.insert(*name, r.summary());
+        ctx.absorb(r);
+    }
+    Fanout {
+        rows,
+        latency,
+        heap,
+    }
+}
+
+async fn size(ctx: &Ctx, n: usize, recorders: &[Arc<Recorder>]) -> Row {
+    let plan = &ctx.plan;
+    let load = super::Load {
+        layout: Layout::new(n, Some(1), n),
+        duration: plan.fanout_time,
+    };
+    let mut setup = plan.setup("fanout", &load);
+    (setup.slow, setup.abrupt) = (0.0, 0.0);
+    let mut rng = Rng::new(plan.seed, n as u64);
+    let discarded = DISCARDED.get();
+    let floor = FloorSide::new(n, ctx, Arc::clone(&recorders[0]));
+    let v = &ctx.violations;
+    let sb = World::<SwitchboardRegistry<Msg>>::new(
+        setup.clone(),
+        Arc::clone(&recorders[1]),
+        Arc::clone(v),
+    );
+    let dm =
+        World::<DashMapRegistry<Msg>>::new(setup.clone(), Arc::clone(&recorders[2]), Arc::clone(v));
+    let mx = World::<MutexRegistry<Msg>>::new(setup, Arc::clone(&recorders[3]), Arc::clone(v));
+    sb.populate(&mut rng);
+    dm.populate(&mut rng);
+    mx.populate(&mut rng);
+    sb.checkpoint("populated").await;
+    dm.checkpoint("populated").await;
+    mx.checkpoint("populated").await;
+
+    let targets: [&dyn Target; 4] = [&floor, &*sb, &*dm, &*mx];
+    let burst = (SENDS_PER_BURST / n).clamp(1, (plan.capacity / 2).max(1));
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    let begin = Instant::now();
+    let mut round = 0;
+    while round < MIN_ROUNDS || begin.elapsed() < plan.fanout_time {
+        for k in 0..targets.len() {
+            let i = (round + k) % targets.len();
+            let target = targets[i];
+            for _ in 0..burst {
+                samples[i].push(target.fire(n).as_nanos() as f64);
+            }
+            let ok = drained(target).await;
+            target.violations().expect(ok, "fanout", || {
+                format!(
+                    "{}: receivers still had {} messages a minute after a burst",
+                    target.name(),
+                    target.pending()
+                )
+            });
+        }
+        round += 1;
+    }
+    let count = samples.first().map_or(0, Vec::len);
+    let mut cost_ns = BTreeMap::new();
+    for (target, xs) in targets.iter().zip(samples.iter_mut()) {
+        cost_ns.insert(target.name(), median(xs));
+    }
+    let floor = floor.teardown().await;
+    sb.teardown().await;
+    dm.teardown().await;
+    mx.teardown().await;
+    let counts = [
+        (floor, true),
+        sb.balance_entry(),
+        dm.balance_entry(),
+        mx.balance_entry(),
+    ];
+    ctx.balance(&format!("fanout/{n}/teardown"), discarded, &counts);
+    Row {
+        members: n,
+        cost_ns,
+        samples: count,
+    }
+}

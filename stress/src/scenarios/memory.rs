@@ -1,0 +1,160 @@
+//! `memory`: live heap bytes per client at 100k clients (and 1M with `--million`).
+//!
+//! Method, per contender: with the receivers' `Vec` already allocated, note live heap; build
+//! the registry; register N clients, each attached to one session of `--members`; note live
+//! heap again: the difference over N is the **total per client** (registry plus channel).
+//! Then unregister everyone and note what the registry **retains** (switchboard keeps its
+//! slot arrays at their high-water mark, 12 bytes a slot, until dropped). Then drop the
+//! registry while keeping every receiver: receivers keep their channels alive, so what the
+//! drop freed is the **registry's own** memory and what is left is the **channels'**. Finally
+//! drop the receivers: live heap must be back where it started.
+//!
+//! The floor is measured the same way (its "registry" is a `Vec` of senders). No receiver
+//! tasks run here: a task costs the same whichever registry feeds it.
+
+use std::collections::BTreeMap;
+
+use baselines::{DashMapRegistry, Floor, MutexRegistry, SwitchboardRegistry};
+use serde::Serialize;
+
+use super::Ctx;
+use crate::heap::{self, Footprint};
+use crate::invariants::heap_returned;
+use crate::message::Msg;
+use crate::subject::Subject;
+
+/// Order in which contenders appear in results.
+pub const CONTENDERS: [&str; 4] = ["switchboard", "dashmap", "mutex", "floor"];
+
+/// One contender at one size.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Bytes {
+    /// Clients.
+    pub clients: usize,
+    /// Registry plus channel, per client.
+    pub total_per_client: f64,
+    /// The registry alone, per client.
+    pub registry_per_client: f64,
+    /// The channel alone, per client.
+    pub channel_per_client: f64,
+    /// What the registry still held once every client had left, before it was dropped.
+    pub retained_after_unregister: i64,
+    /// RSS with every client registered (informational only).
+    pub rss: Option<u64>,
+}
+
+/// What `memory` measured: contender → size → bytes.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryResult {
+    /// Per contender, per size.
+    pub contenders: BTreeMap<&'static str, Vec<Bytes>>,
+}
+
+impl MemoryResult {
+    /// `contender` at `clients`, if measured.
+    pub fn at(&self, contender: &str, clients: usize) -> Option<&Bytes> {
+        self.contenders
+            .get(contender)?
+            .iter()
+            .find(|b| b.clients == clients)
+    }
+}
+
+/// Runs the memory measurements.
+pub fn run(ctx: &Ctx) -> MemoryResult {
+    let plan = &ctx.plan;
+    let mut sizes = vec![plan.memory_clients];
+    if plan.million && plan.memory_clients != 1_000_000 {
+        sizes.push(1_000_000);
+    }
+    let mut contenders: BTreeMap<&'static str, Vec<Bytes>> = BTreeMap::new();
+    for &n in &sizes {
+        ctx.progress
+            .phase(format!("memory: switchboard, {n} clients"));
+        let b = measure::<SwitchboardRegistry<Msg>>(ctx, n);
+        contenders.entry(CONTENDERS[0]).or_default().push(b);
+        ctx.progress.phase(format!("memory: dashmap, {n} clients"));
+        let b = measure::<DashMapRegistry<Msg>>(ctx, n);
+        contenders.entry(CONTENDERS[1]).or_default().push(b);
+        ctx.progress.phase(format!("memory: mutex, {n} clients"));
+        let b = measure::<MutexRegistry<Msg>>(ctx, n);
+        contenders.entry(CONTENDERS[2]).or_default().push(b);
+        ctx.progress.phase(format!("memory: floor, {n} clients"));
+        let b = floor(ctx, n);
+        contenders.entry(CONTENDERS[3]).or_default().push(b);
+    }
+    MemoryResult { contenders }
+}
+
+fn per(bytes: i64, n: usize) -> f64 {
+    bytes as f64 / n.max(1) as f64
+}
+
+fn measure<S: Subject>(ctx: &Ctx, n: usize) -> Bytes {
+    let plan = &ctx.plan;
+    let members = (plan.mixed.layout.members).max(1);
+    let mut inboxes = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    let start = heap::live_bytes();
+    let registry = S::build(plan.capacity, plan.policy);
+    for i in 0..n {
+        let (id, rx) = registry.register();
+        registry.attach(id, (i / members) as u64);
+        ids.push(id);
+        inboxes.push(rx);
+    }
+    let full = Footprint::now();
+    let scope = format!("memory/{}", registry.name());
+    for &id in &ids {
+        registry.unregister(id);
+    }
+    let retained = heap::live_bytes();
+    ctx.violations.expect(
+        registry.client_count() == 0 && registry.session_count() == 0,
+        &scope,
+        || "clients or sessions left after unregistering everyone".into(),
+    );
+    drop(registry);
+    let channels_only = heap::live_bytes();
+    // Drop the receivers but keep the `Vec`, which was allocated before `start`.
+    inboxes.clear();
+    let end = heap::live_bytes();
+    let verdict = heap_returned(start, end);
+    ctx.violations.expect(verdict.is_ok(), &scope, || {
+        verdict.err().unwrap_or_default()
+    });
+    Bytes {
+        clients: n,
+        total_per_client: per(full.heap - start, n),
+        registry_per_client: per(full.heap - channels_only, n),
+        channel_per_client: per(channels_only - start, n),
+        retained_after_unregister: retained - channels_only,
+        rss: full.rss,
+    }
+}
+
+fn floor(ctx: &Ctx, n: usize) -> Bytes {
+    let start = heap::live_bytes();
+    let (floor, inboxes) = Floor::<Msg>::new(n, ctx.plan.capacity);
+    // The floor hands back its receivers in a `Vec` it allocated; the others' is allocated
+    // before `start`, so leave it out here too.
+    let vec_bytes =
+        (inboxes.capacity() * std::mem::size_of::<tokio::sync::mpsc::Receiver<Msg>>()) as i64;
+    let full = Footprint::now();
+    drop(floor);
+    let channels_only = heap::live_bytes() - vec_bytes;
+    drop(inboxes);
+    let end = heap::live_bytes();
+    let verdict = heap_returned(start, end);
+    ctx.violations.expect(verdict.is_ok(), "memory/floor", || {
+        verdict.err().unwrap_or_default()
+    });
+    Bytes {
+        clients: n,
+        total_per_client: per(full.heap - vec_bytes - start, n),
+        registry_per_client: per(full.heap - vec_bytes - channels_only, n),
+        channel_per_client: per(channels_only - start, n),
+        retained_after_unregister: 0,
+        rss: full.rss,
+    }
+}

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 
+use crate::device_config::DeviceConfig;
 use crate::error::BuildError;
 use crate::registry::Registry;
 use crate::ClientId;
@@ -28,6 +29,10 @@ pub(crate) struct Config {
     pub(crate) channel_capacity: usize,
     pub(crate) slow_consumer: SlowConsumerPolicy,
     pub(crate) max_clients: Option<usize>,
+    pub(crate) max_metadata_bytes: usize,
+    pub(crate) takeover_moves_sessions: bool,
+    pub(crate) event_capacity: usize,
+    pub(crate) device_config: DeviceConfig,
 }
 
 /// Configures and builds a [`Registry`].
@@ -52,6 +57,10 @@ pub struct Builder<M> {
     channel_capacity: usize,
     slow_consumer: SlowConsumerPolicy,
     max_clients: Option<usize>,
+    max_metadata_bytes: usize,
+    takeover_moves_sessions: bool,
+    event_capacity: usize,
+    device_config: DeviceConfig,
     /// The message type of the registry it builds; `fn() -> M` keeps the builder
     /// `Send + Sync` whatever `M` is.
     message: PhantomData<fn() -> M>,
@@ -64,6 +73,10 @@ impl<M> Default for Builder<M> {
             channel_capacity: 32,
             slow_consumer: SlowConsumerPolicy::Drop,
             max_clients: None,
+            max_metadata_bytes: 16 * 1024,
+            takeover_moves_sessions: false,
+            event_capacity: 1024,
+            device_config: DeviceConfig::default(),
             message: PhantomData,
         }
     }
@@ -71,7 +84,10 @@ impl<M> Default for Builder<M> {
 
 impl<M> Clone for Builder<M> {
     fn clone(&self) -> Self {
-        Self { ..*self }
+        Self {
+            device_config: self.device_config.clone(),
+            ..*self
+        }
     }
 }
 
@@ -82,6 +98,10 @@ impl<M> fmt::Debug for Builder<M> {
             .field("channel_capacity", &self.channel_capacity)
             .field("slow_consumer", &self.slow_consumer)
             .field("max_clients", &self.max_clients)
+            .field("max_metadata_bytes", &self.max_metadata_bytes)
+            .field("takeover_moves_sessions", &self.takeover_moves_sessions)
+            .field("event_capacity", &self.event_capacity)
+            .field("device_config", &self.device_config.len())
             .finish()
     }
 }
@@ -117,6 +137,35 @@ impl<M> Builder<M> {
         self
     }
 
+    /// Largest `metadata` (and `system_info.custom_metadata`) a profile may carry,
+    /// measured as compact JSON. Default: 16 KiB.
+    pub fn max_metadata_bytes(mut self, limit: usize) -> Self {
+        self.max_metadata_bytes = limit;
+        self
+    }
+
+    /// When a client registers with a key that is already online, move the old
+    /// connection's session memberships to the new one, so that a reconnecting
+    /// client resumes its rooms. Default: false (the new connection starts empty).
+    pub fn takeover_moves_sessions(mut self, moves: bool) -> Self {
+        self.takeover_moves_sessions = moves;
+        self
+    }
+
+    /// Presence events buffered per subscriber before a laggard starts losing the
+    /// oldest. Default: 1024.
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity;
+        self
+    }
+
+    /// Administrative fields merged into matching profiles at registration; see
+    /// [`DeviceConfig`] and [`Registry::reload_config`].
+    pub fn device_config(mut self, config: DeviceConfig) -> Self {
+        self.device_config = config;
+        self
+    }
+
     /// Checks the settings and builds the registry.
     ///
     /// # Errors
@@ -140,17 +189,26 @@ impl<M> Builder<M> {
         if self.max_clients == Some(0) {
             return Err(BuildError::MaxClients);
         }
+        if self.event_capacity == 0 || self.event_capacity > MAX_EVENT_CAPACITY {
+            return Err(BuildError::EventCapacity(self.event_capacity));
+        }
         Ok(Config {
             shards,
             channel_capacity: self.channel_capacity,
             slow_consumer: self.slow_consumer,
             max_clients: self.max_clients,
+            max_metadata_bytes: self.max_metadata_bytes,
+            takeover_moves_sessions: self.takeover_moves_sessions,
+            event_capacity: self.event_capacity,
+            device_config: self.device_config,
         })
     }
 }
 
 /// Each channel's buffer is allocated up front, so its size is capped.
 pub(crate) const MAX_CHANNEL_CAPACITY: usize = 1 << 20;
+/// tokio's broadcast channel caps its buffer; stay well inside it.
+pub(crate) const MAX_EVENT_CAPACITY: usize = 1 << 20;
 
 #[cfg(test)]
 mod tests {

@@ -93,24 +93,35 @@ mod channel;
 mod client;
 mod config;
 mod delivery;
+mod device_config;
 mod error;
+mod events;
+mod fleet;
 mod id;
 mod paging;
+mod profile;
+mod query;
 mod registry;
 mod session;
 mod shard;
 mod stats;
 mod sync;
+mod task;
 
 pub use channel::Receiver;
-pub use client::ClientInfo;
 pub use config::{Builder, SlowConsumerPolicy};
 pub use delivery::{BroadcastReport, MultiBroadcastReport};
+pub use device_config::DeviceConfig;
 pub use error::{
-    AttachError, BroadcastError, BuildError, ClientError, DetachError, RegisterError, SendError,
-    TryRecvError, UnknownSession,
+    AttachError, BroadcastError, BuildError, ClientError, ConfigError, DetachError, RegisterError,
+    SendError, TaskError, TryRecvError, UnknownKind, UnknownSession, UpdateError,
 };
-pub use id::ClientId;
-pub use registry::{Registry, Unregistered};
+pub use events::Event;
+pub use fleet::{ClientRef, Reloaded};
+pub use id::{ClientId, ParseClientIdError};
+pub use profile::{ClientInfo, ClientKind, SystemInfo};
+pub use query::{Filter, Requirements};
+pub use registry::{Registration, Registry, Unregistered};
 pub use session::SessionId;
 pub use stats::Stats;
+pub use task::{CancelReason, CancelledTask, Task, TaskId};

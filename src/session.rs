@@ -43,7 +43,9 @@ use std::fmt;
 
 use crate::channel::Channel;
 use crate::paging;
-use crate::sync::{lock, Arc, AtomicU64, Mutex, OnceLock, Ordering, Snapshot, SnapshotCell};
+use crate::sync::{
+    lock, Arc, AtomicU64, Mutex, OnceLock, Ordering, Snapshot, SnapshotCell, ValueArc,
+};
 use crate::ClientId;
 
 /// The key of a session (a room, a channel, a task), chosen by the application.
@@ -65,7 +67,7 @@ pub enum SessionId {
     /// A numeric key.
     Num(u64),
     /// A named key. Cloning it is a reference-count increment.
-    Name(Arc<str>),
+    Name(ValueArc<str>),
 }
 
 impl fmt::Display for SessionId {
@@ -94,13 +96,13 @@ impl From<u64> for SessionId {
 
 impl From<&str> for SessionId {
     fn from(s: &str) -> Self {
-        Self::Name(Arc::from(s))
+        Self::Name(ValueArc::from(s))
     }
 }
 
 impl From<String> for SessionId {
     fn from(s: String) -> Self {
-        Self::Name(Arc::from(s))
+        Self::Name(ValueArc::from(s))
     }
 }
 
@@ -162,6 +164,27 @@ impl<M> Membership<M> {
         }
     }
 
+    /// Members of this snapshot, newest first, while `f` returns true.
+    pub(crate) fn for_each_rev_while(&self, mut f: impl FnMut(&Member<M>) -> bool) {
+        let mut end = self.len;
+        while end > 0 {
+            end -= 1;
+            let (page, offset) = paging::split(end, PAGE_SHIFT);
+            let Some(member) = self
+                .pages
+                .get(page)
+                .and_then(|p| p.get(offset))
+                .and_then(OnceLock::get)
+            else {
+                continue;
+            };
+            // Relaxed: see `Member::removed_at`.
+            if member.removed_at.load(Ordering::Relaxed) > self.version && !f(member) {
+                return;
+            }
+        }
+    }
+
     pub(crate) fn live(&self) -> usize {
         self.live
     }
@@ -199,18 +222,17 @@ pub(crate) enum Left {
     NotMember,
 }
 
-/// One session: its key, its published membership, and its writer.
+/// One member set: its published membership and its writer. Used for sessions and
+/// for the profile indexes alike; the key lives in whichever map holds it.
 pub(crate) struct Session<M> {
-    key: SessionId,
     snapshot: SnapshotCell<Membership<M>>,
     writer: Mutex<Writer<M>>,
 }
 
 impl<M> Session<M> {
-    pub(crate) fn new(key: SessionId) -> Self {
+    pub(crate) fn new() -> Self {
         let pages = Arc::new(Vec::new());
         Self {
-            key,
             snapshot: SnapshotCell::new(Arc::new(Membership {
                 pages: Arc::clone(&pages),
                 len: 0,
@@ -226,10 +248,6 @@ impl<M> Session<M> {
                 retired: false,
             }),
         }
-    }
-
-    pub(crate) fn key(&self) -> &SessionId {
-        &self.key
     }
 
     /// The current membership. Short-lived: never hold it across an `.await`.
@@ -398,7 +416,7 @@ mod tests {
 
     #[test]
     fn join_and_leave_publish_exact_membership() {
-        let s = Session::new(SessionId::from(1));
+        let s = Session::new();
         let c = chan();
         for n in 0..10 {
             assert_eq!(s.join(id(n), &c), Joined::Added);
@@ -413,7 +431,7 @@ mod tests {
 
     #[test]
     fn an_old_snapshot_keeps_its_members_after_they_leave() {
-        let s = Session::new(SessionId::from(1));
+        let s = Session::new();
         let c = chan();
         s.join(id(0), &c);
         s.join(id(1), &c);
@@ -426,7 +444,7 @@ mod tests {
 
     #[test]
     fn compaction_bounds_dead_cells_and_preserves_members() {
-        let s = Session::new(SessionId::from(1));
+        let s = Session::new();
         let c = chan();
         for n in 0..100 {
             s.join(id(n), &c);
@@ -451,7 +469,7 @@ mod tests {
 
     #[test]
     fn churn_in_a_large_session_keeps_memory_bounded() {
-        let s = Session::new(SessionId::from(1));
+        let s = Session::new();
         let c = chan();
         for n in 0..1000 {
             s.join(id(n), &c);
@@ -467,7 +485,7 @@ mod tests {
 
     #[test]
     fn emptying_retires_unless_pinned() {
-        let s = Session::new(SessionId::from("a"));
+        let s = Session::new();
         let c = chan();
         assert!(s.pin());
         s.join(id(0), &c);
@@ -476,7 +494,7 @@ mod tests {
         assert!(s.unpin(), "unpinning an empty session retires it");
         assert_eq!(s.join(id(1), &c), Joined::Retired);
 
-        let t = Session::new(SessionId::from("b"));
+        let t = Session::new();
         t.join(id(0), &c);
         assert_eq!(t.leave(id(0)), Left::RemovedAndRetired);
         assert!(!t.pin(), "a retired session cannot be pinned");

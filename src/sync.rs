@@ -30,6 +30,12 @@
 
 pub(crate) use std::sync::OnceLock;
 
+/// `std`'s `Arc` in both builds, for shared immutable *values* in the public API
+/// (a [`SessionId`](crate::SessionId)'s name). Its count guards no registry state,
+/// a public type must not change with the cfg, and loom's `Arc` is neither
+/// `Hash`/`Eq`/`Ord` nor buildable from a `&str`.
+pub(crate) use std::sync::Arc as ValueArc;
+
 /// The receiver's waker slot. Not loom-visible: loom models never poll a receiver.
 pub(crate) use atomic_waker::AtomicWaker;
 /// Wakes senders waiting for channel capacity. Not loom-visible, as above.
@@ -80,6 +86,10 @@ mod imp {
         #[inline]
         pub(crate) fn load(&self) -> OptionSnapshot<T> {
             self.0.load()
+        }
+
+        pub(crate) fn load_full(&self) -> Option<Arc<T>> {
+            self.0.load_full()
         }
 
         pub(crate) fn store(&self, value: Option<Arc<T>>) {
@@ -133,12 +143,26 @@ mod imp {
             let _ = self.0.pin().remove_if(key, |_, v| should_remove(v));
         }
 
+        /// Inserts, returning the value it replaced.
+        pub(crate) fn insert(&self, key: K, value: V) -> Option<V> {
+            self.0.pin().insert(key, value).cloned()
+        }
+
+        /// Removes `key`, returning its value; only one of several racing calls gets it.
+        pub(crate) fn remove(&self, key: &K) -> Option<V> {
+            self.0.pin().remove(key).cloned()
+        }
+
         pub(crate) fn len(&self) -> usize {
             self.0.len()
         }
 
-        pub(crate) fn values(&self) -> Vec<V> {
-            self.0.pin().values().cloned().collect()
+        pub(crate) fn entries(&self) -> Vec<(K, V)> {
+            self.0
+                .pin()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
         }
     }
 }
@@ -203,7 +227,11 @@ mod imp {
         }
 
         pub(crate) fn load(&self) -> OptionSnapshot<T> {
-            OptionSnapshot(self.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            OptionSnapshot(self.load_full())
+        }
+
+        pub(crate) fn load_full(&self) -> Option<Arc<T>> {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
         }
 
         pub(crate) fn store(&self, value: Option<Arc<T>>) {
@@ -277,12 +305,23 @@ mod imp {
             }
         }
 
+        pub(crate) fn insert(&self, key: K, value: V) -> Option<V> {
+            self.map().insert(key, value)
+        }
+
+        pub(crate) fn remove(&self, key: &K) -> Option<V> {
+            self.map().remove(key)
+        }
+
         pub(crate) fn len(&self) -> usize {
             self.map().len()
         }
 
-        pub(crate) fn values(&self) -> Vec<V> {
-            self.map().values().cloned().collect()
+        pub(crate) fn entries(&self) -> Vec<(K, V)> {
+            self.map()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
         }
     }
 }

@@ -76,14 +76,28 @@ fn forged_ids_are_typed_errors_not_panics() {
     let bad_shard = ClientId::from_u64(real.as_u64() | (200 << 24));
     let bad_slot = ClientId::from_u64(real.as_u64() | 0x00ff_ffff);
     let bad_generation = ClientId::from_u64(real.as_u64() + (1 << 32));
-    assert_eq!(registry.unregister(bad_shard).err(), Some(ClientError::NoSuchShard(bad_shard)));
-    assert_eq!(registry.unregister(bad_slot).err(), Some(ClientError::NoSuchSlot(bad_slot)));
+    assert_eq!(
+        registry.unregister(bad_shard).err(),
+        Some(ClientError::NoSuchShard(bad_shard))
+    );
+    assert_eq!(
+        registry.unregister(bad_slot).err(),
+        Some(ClientError::NoSuchSlot(bad_slot))
+    );
     assert_eq!(
         registry.unregister(bad_generation).err(),
         Some(ClientError::Gone(bad_generation))
     );
-    for forged in [bad_shard, bad_slot, bad_generation, ClientId::from_u64(u64::MAX)] {
-        assert!(matches!(registry.send(forged, 7), Err(SendError::Unknown(7, _))));
+    for forged in [
+        bad_shard,
+        bad_slot,
+        bad_generation,
+        ClientId::from_u64(u64::MAX),
+    ] {
+        assert!(matches!(
+            registry.send(forged, 7),
+            Err(SendError::Unknown(7, _))
+        ));
         assert!(!registry.is_online(forged));
     }
     assert!(registry.is_online(real));
@@ -112,7 +126,10 @@ fn a_dropped_receiver_is_cleaned_up_by_the_broadcast_that_finds_it() {
     registry.attach(stays, "room").expect("online");
     drop(rx);
     let report = registry.broadcast("room", 1).expect("open");
-    assert_eq!((report.recipients, report.delivered, report.closed), (2, 1, 1));
+    assert_eq!(
+        (report.recipients, report.delivered, report.closed),
+        (2, 1, 1)
+    );
     assert_eq!(registry.members("room"), Ok(vec![stays]));
     assert_eq!(drain(&mut stays_rx), vec![1]);
     assert_eq!(registry.client_count(), 1);
@@ -120,7 +137,10 @@ fn a_dropped_receiver_is_cleaned_up_by_the_broadcast_that_finds_it() {
 
 #[test]
 fn drop_policy_counts_full_channels_and_keeps_the_client() {
-    let registry = Registry::<u32>::builder().channel_capacity(2).build().expect("valid");
+    let registry = Registry::<u32>::builder()
+        .channel_capacity(2)
+        .build()
+        .expect("valid");
     let (slow, mut slow_rx) = registry.register(ClientInfo::new()).expect("room");
     let (fast, mut fast_rx) = registry.register(ClientInfo::new()).expect("room");
     registry.attach(slow, "room").expect("online");
@@ -156,13 +176,20 @@ fn disconnect_policy_unregisters_a_full_client_once_and_delivers_what_it_queued(
     assert_eq!(first.delivered, 2);
     assert_eq!(drain(&mut fast_rx), vec![1]);
     let second = registry.broadcast("room", 2).expect("open");
-    assert_eq!((second.recipients, second.delivered, second.disconnected), (2, 1, 1));
+    assert_eq!(
+        (second.recipients, second.delivered, second.disconnected),
+        (2, 1, 1)
+    );
     assert!(!registry.is_online(slow));
     assert_eq!(registry.members("room"), Ok(vec![fast]));
     assert_eq!(drain(&mut fast_rx), vec![2]);
     let third = registry.broadcast("room", 3).expect("open");
     assert_eq!((third.recipients, third.disconnected), (1, 0));
-    assert_eq!(drain(&mut slow_rx), vec![1], "what was queued before is still delivered");
+    assert_eq!(
+        drain(&mut slow_rx),
+        vec![1],
+        "what was queued before is still delivered"
+    );
     assert_eq!(slow_rx.try_recv(), Err(TryRecvError::Closed));
     assert_eq!(registry.stats().disconnected, 1);
 }
@@ -199,7 +226,10 @@ fn detach_errors_are_reported() {
         })
     );
     let _ = registry.unregister(id);
-    assert_eq!(registry.detach(id, 9), Err(DetachError::Client(ClientError::Gone(id))));
+    assert_eq!(
+        registry.detach(id, 9),
+        Err(DetachError::Client(ClientError::Gone(id)))
+    );
 }
 
 #[test]
@@ -216,7 +246,10 @@ fn numeric_and_named_sessions_never_collide() {
 
 #[test]
 fn limits_are_typed_errors() {
-    let registry = Registry::<u32>::builder().max_clients(2).build().expect("valid");
+    let registry = Registry::<u32>::builder()
+        .max_clients(2)
+        .build()
+        .expect("valid");
     let (a, _ra) = registry.register(ClientInfo::new()).expect("room");
     let _b = registry.register(ClientInfo::new()).expect("room");
     assert_eq!(
@@ -225,13 +258,18 @@ fn limits_are_typed_errors() {
     );
     let _ = registry.unregister(a);
     assert!(registry.register(ClientInfo::new()).is_ok());
-    assert!(Registry::<u32>::builder().channel_capacity(0).build().is_err());
+    assert!(Registry::<u32>::builder()
+        .channel_capacity(0)
+        .build()
+        .is_err());
 }
 
 #[test]
 fn unknown_sessions_give_the_message_back() {
     let registry = Registry::<String>::new();
-    let err = registry.broadcast("nowhere", "lost?".to_string()).unwrap_err();
+    let err = registry
+        .broadcast("nowhere", "lost?".to_string())
+        .unwrap_err();
     assert_eq!(err.into_inner(), "lost?");
     assert!(registry.members("nowhere").is_err());
     assert!(registry.release_session("nowhere").is_err());
@@ -255,7 +293,10 @@ fn racing_churn_and_broadcast_keeps_every_invariant() {
     const THREADS: usize = 4;
     const ROUNDS: u64 = 400;
     const SESSIONS: u64 = 4;
-    let registry = Registry::<(u64, u64)>::builder().channel_capacity(1024).build().expect("valid");
+    let registry = Registry::<(u64, u64)>::builder()
+        .channel_capacity(1024)
+        .build()
+        .expect("valid");
     // Long-lived members that must never be lost.
     let anchors: Vec<_> = (0..SESSIONS)
         .map(|s| {
@@ -277,7 +318,9 @@ fn racing_churn_and_broadcast_keeps_every_invariant() {
                     let (id, mut rx) = registry.register(ClientInfo::new()).expect("room");
                     registry.attach(id, session).expect("online");
                     let seq = t * ROUNDS + round;
-                    let report = registry.broadcast(session, (session, seq)).expect("anchored");
+                    let report = registry
+                        .broadcast(session, (session, seq))
+                        .expect("anchored");
                     assert_eq!(
                         report.delivered + report.dropped + report.closed + report.disconnected,
                         report.recipients
@@ -310,13 +353,21 @@ fn racing_churn_and_broadcast_keeps_every_invariant() {
     }
     for (s, (id, mut rx)) in anchors.into_iter().enumerate() {
         let s = s as u64;
-        assert_eq!(registry.members(s), Ok(vec![id]), "anchor of session {s} lost");
+        assert_eq!(
+            registry.members(s),
+            Ok(vec![id]),
+            "anchor of session {s} lost"
+        );
         let got: HashSet<u64> = drain(&mut rx)
             .into_iter()
             .filter(|(session, seq)| *session == s && *seq < u64::MAX / 2)
             .map(|(_, seq)| seq)
             .collect();
-        assert_eq!(got, per_session.remove(&s).unwrap_or_default(), "anchor {s} missed a broadcast");
+        assert_eq!(
+            got,
+            per_session.remove(&s).unwrap_or_default(),
+            "anchor {s} missed a broadcast"
+        );
         let _ = registry.unregister(id).expect("online");
     }
     assert_eq!(registry.client_count(), 0);

@@ -18,7 +18,9 @@ pub enum SlowConsumerPolicy {
     #[default]
     Drop,
     /// Unregister the client: its channel closes after the messages already queued,
-    /// so its writer task sees the end and can close the connection.
+    /// so its writer task sees the end and can close the connection. Its receiver's
+    /// [`close_reason`](crate::Receiver::close_reason) is
+    /// [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer).
     Disconnect,
 }
 

@@ -108,7 +108,7 @@ mod stats;
 mod sync;
 mod task;
 
-pub use channel::Receiver;
+pub use channel::{CloseReason, Receiver};
 pub use config::{Builder, SlowConsumerPolicy};
 pub use delivery::{BroadcastReport, MultiBroadcastReport};
 pub use device_config::DeviceConfig;

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::channel::{Channel, Receiver};
+use crate::channel::{Channel, CloseReason, Receiver};
 use crate::client::{millis_to_time, now_millis, ClientEntry, ClientState, FleetState};
 use crate::config::{Builder, Config};
 use crate::device_config::DeviceConfig;
@@ -110,13 +110,6 @@ impl<M> fmt::Debug for Registration<M> {
             .field("took_over", &self.took_over)
             .finish_non_exhaustive()
     }
-}
-
-/// Why a client is being unregistered.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Cause {
-    Unregister,
-    TakenOver { by: ClientId },
 }
 
 impl<M> Registry<M> {
@@ -306,7 +299,7 @@ impl<M> Registry<M> {
         let took_over = key.and_then(|key| {
             let old = inner.keys.insert(ValueArc::from(key.as_str()), id)?;
             let report = self
-                .unregister_because(old, Cause::TakenOver { by: id })
+                .unregister_because(old, CloseReason::TakenOver { by: id })
                 .ok()?;
             inner
                 .events
@@ -343,7 +336,45 @@ impl<M> Registry<M> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn unregister(&self, id: ClientId) -> Result<Unregistered, ClientError> {
-        self.unregister_because(id, Cause::Unregister)
+        self.unregister_because(id, CloseReason::Unregistered)
+    }
+
+    /// Disconnects a client on the application's behalf (an operator's kick), giving
+    /// a reason that its connection can pass on to the peer.
+    ///
+    /// The same as [`unregister`](Self::unregister), except that the client's
+    /// [`Receiver::close_reason`] reports [`CloseReason::Kicked`] with `reason`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`] if `who` names no connected client.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchboard::{ClientInfo, CloseReason};
+    ///
+    /// let registry = switchboard::Registry::<u8>::new();
+    /// let (id, mut rx) = registry.register(ClientInfo::new().with_key("dev"))?;
+    /// let gone = registry.kick("dev", "firmware too old")?;
+    /// assert_eq!(gone.id, id);
+    /// assert!(!registry.is_online("dev"));
+    /// assert!(matches!(rx.close_reason(), Some(CloseReason::Kicked { reason }) if reason == "firmware too old"));
+    /// assert!(rx.try_recv().is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn kick<'k>(
+        &self,
+        who: impl Into<ClientRef<'k>>,
+        reason: impl Into<String>,
+    ) -> Result<Unregistered, ClientError> {
+        let id = self.resolve(who.into())?;
+        self.unregister_because(
+            id,
+            CloseReason::Kicked {
+                reason: reason.into(),
+            },
+        )
     }
 
     /// The one path every departure takes: unregister, a closed channel, the
@@ -351,7 +382,7 @@ impl<M> Registry<M> {
     pub(crate) fn unregister_because(
         &self,
         id: ClientId,
-        cause: Cause,
+        cause: CloseReason,
     ) -> Result<Unregistered, ClientError> {
         let entry = self.entry(id)?;
         let (sessions, tasks) = {
@@ -374,10 +405,14 @@ impl<M> Registry<M> {
                 .keys
                 .remove_if(&ValueArc::from(key), |current| *current == id);
         }
-        entry.chan.close();
+        let taken_over_by = match cause {
+            CloseReason::TakenOver { by } => Some(by),
+            _ => None,
+        };
+        entry.chan.close_because(cause);
         let mut keys = Vec::with_capacity(sessions.len());
         for (key, session) in sessions {
-            if let Cause::TakenOver { by } = cause {
+            if let Some(by) = taken_over_by {
                 if self.inner.config.takeover_moves_sessions {
                     let _ = self.attach(by, key.clone());
                 }

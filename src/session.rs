@@ -112,6 +112,51 @@ impl From<&SessionId> for SessionId {
     }
 }
 
+/// Serialised as a JSON number (`Num`) or string (`Name`), so the two stay apart.
+impl serde::Serialize for SessionId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Num(n) => s.serialize_u64(*n),
+            Self::Name(name) => s.serialize_str(name),
+        }
+    }
+}
+
+/// Read from a non-negative integer (`Num`) or a string (`Name`).
+///
+/// ```
+/// use switchboard::SessionId;
+///
+/// let ids: Vec<SessionId> = serde_json::from_str(r#"[7, "7", "lobby"]"#)?;
+/// assert_eq!(ids, [SessionId::Num(7), SessionId::from("7"), SessionId::from("lobby")]);
+/// assert!(serde_json::from_str::<SessionId>("-1").is_err());
+/// assert_eq!(serde_json::to_string(&ids)?, r#"[7,"7","lobby"]"#);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+impl<'de> serde::Deserialize<'de> for SessionId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SessionId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a session id: a non-negative integer or a string")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<SessionId, E> {
+                Ok(SessionId::Num(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<SessionId, E> {
+                u64::try_from(n)
+                    .map(SessionId::Num)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<SessionId, E> {
+                Ok(SessionId::from(s))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// `removed_at` of a member that has not left.
 const PRESENT: u64 = u64::MAX;
 /// The first page holds `2^PAGE_SHIFT` cells: small, since most sessions are.

@@ -97,6 +97,8 @@ mod device_config;
 mod error;
 mod events;
 mod fleet;
+#[cfg(feature = "http")]
+pub mod http;
 mod id;
 mod paging;
 mod profile;

@@ -131,8 +131,16 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.code, "detail": self.detail });
-        let mut response = (self.status, Json(body)).into_response();
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            error: &'a str,
+            detail: &'a str,
+        }
+        let body = Body {
+            error: self.code,
+            detail: &self.detail,
+        };
+        let mut response = (self.status, Json(&body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -306,6 +306,18 @@ impl<M> Receiver<M> {
     ///
     /// Messages queued before the close are still received; a writer that wants to
     /// stop at once (say, on a kick) checks this before each write.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchboard::{CloseReason, Registry};
+    ///
+    /// let registry = Registry::<u8>::new();
+    /// let (id, rx) = registry.register(Default::default()).unwrap();
+    /// assert_eq!(rx.close_reason(), None);
+    /// let _ = registry.unregister(id);
+    /// assert_eq!(rx.close_reason(), Some(&CloseReason::Unregistered));
+    /// ```
     #[must_use]
     pub fn close_reason(&self) -> Option<&CloseReason> {
         self.chan.close_reason()

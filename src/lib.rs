@@ -81,6 +81,10 @@
 //! * `channel`: the bounded channel and its [`Receiver`].
 //! * `sync`: every synchronisation primitive, swapped for loom's under
 //!   `--cfg switchboard_loom`.
+//! * [`http`] (the `http` feature, on by default): the admin API, an axum router
+//!   over a registry. `examples/ws_server` embeds the registry in a WebSocket
+//!   server end to end. Build with `default-features = false` for the registry
+//!   alone.
 //!
 //! [arc-swap]: https://docs.rs/arc-swap
 //! [loom]: https://docs.rs/loom

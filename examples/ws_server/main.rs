@@ -18,9 +18,9 @@
 //! | `--admin ADDR` or `off` | `127.0.0.1:8081` | admin API listener |
 //! | `--admin-token T` | `$SWITCHBOARD_ADMIN_TOKEN` | bearer token; required off loopback |
 //! | `--max-frame BYTES` | 65536 | largest frame or message a client may send |
-//! | `--read-buffer BYTES` | 4096 | WebSocket read buffer per connection |
+//! | `--read-buffer BYTES` | 2048 | WebSocket read buffer per connection |
 //! | `--write-buffer BYTES` | 4096 | bytes gathered before a socket write |
-//! | `--queue N` | 64 | frames queued per client |
+//! | `--queue N` | 32 | frames queued per client |
 //! | `--slow-consumer P` | `disconnect` | `disconnect` (close 4000) or `drop` (skip the frame) |
 //! | `--ping-interval D` | `20s` | how often each client is pinged |
 //! | `--idle-timeout D` | `60s` | silence (no frame, no pong) before close 4003 |
@@ -94,9 +94,11 @@
 //! # Memory
 //!
 //! An idle connection holds: the registry slot and its queue (`--queue` frame
-//! handles, allocated up front), the WebSocket state with a `--read-buffer`
-//! buffer, and two small tasks (reader and writer). The defaults keep that to a
-//! few kilobytes; buffers grow only while a large frame passes.
+//! handles of 40 bytes, allocated up front), the WebSocket state with its
+//! `--read-buffer` (allocated up front), and two small tasks (reader and writer).
+//! Buffers grow only while a large frame passes. With the defaults, a release
+//! build held about 9 KB of resident memory per idle connection at 10,000
+//! connections on Linux; `--read-buffer 4096 --queue 64` costs about 3 KB more.
 
 mod server;
 

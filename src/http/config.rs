@@ -48,7 +48,18 @@ impl AdminConfig {
     }
 
     /// The default settings for a router served on `addr`: a token is required
-    /// unless `addr` is a loopback address.
+    /// unless `addr` is a loopback address (`127.0.0.0/8` or `::1`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchboard::http::{router_with, AdminConfig};
+    ///
+    /// let registry = switchboard::Registry::<serde_json::Value>::new();
+    /// let addr = "127.0.0.1:9090".parse()?;
+    /// assert!(router_with(registry, AdminConfig::for_addr(addr)).is_ok());
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
     pub fn for_addr(addr: SocketAddr) -> Self {
         Self::new().bind_is_loopback(addr.ip().is_loopback())
     }

@@ -43,13 +43,37 @@ pub(crate) struct Channel<M> {
     /// Ordering: every decision (full, closed, drained) is made on this one word, and
     /// RMWs on one location are totally ordered whatever their ordering, so
     /// `Relaxed` is enough for the count and the flag. The messages themselves are
-    /// handed over by the queue, which synchronises its own slots.
+    /// handed over by the queue, which synchronises its own slots. The exceptions
+    /// are `SeqCst`: the close and the permit release, which must not miss a sender
+    /// waiting for space (see `send_timeout`).
     state: AtomicUsize,
     capacity: usize,
     queue: BoundedQueue<M>,
     rx_waker: AtomicWaker,
-    /// Notified when a receive frees a permit of a full channel, or on close.
+    /// Notified when a receive frees a permit while a sender waits, or on close.
     space: Notify,
+    /// Senders inside `send_timeout`; lets receives and closes skip `space`.
+    ///
+    /// Ordering: `SeqCst`, see `send_timeout`.
+    waiting: AtomicUsize,
+}
+
+/// Counts one sender in `Channel::waiting` until dropped, even if its future is.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn register(count: &'a AtomicUsize) -> Self {
+        // SeqCst: see `Channel::send_timeout`.
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        // SeqCst: see `Channel::send_timeout`.
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl<M> Channel<M> {
@@ -60,6 +84,7 @@ impl<M> Channel<M> {
             queue: BoundedQueue::new(capacity),
             rx_waker: AtomicWaker::new(),
             space: Notify::new(),
+            waiting: AtomicUsize::new(0),
         }
     }
 
@@ -101,18 +126,23 @@ impl<M> Channel<M> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut msg = msg;
         loop {
-            let space = self.space.notified();
-            tokio::pin!(space);
-            // Registered before the retry, so a receive that frees a permit after the
-            // retry saw `Full` cannot be missed.
-            space.as_mut().enable();
             match self.try_send(msg) {
                 Err(Rejected::Full(back)) => msg = back,
                 other => return other,
             }
-            if tokio::time::timeout_at(deadline, space).await.is_err() {
+            let space = self.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            let waiting = Waiting::register(&self.waiting);
+            // SeqCst, with the SeqCst pair in `release_permit` and `close`: either
+            // they see this sender waiting and notify it, or this load sees the
+            // freed permit or the close.
+            let state = self.state.load(Ordering::SeqCst);
+            let ready = state & CLOSED != 0 || state / PERMIT < self.capacity;
+            if !ready && tokio::time::timeout_at(deadline, space).await.is_err() {
                 return Err(Rejected::Timeout(msg));
             }
+            drop(waiting);
         }
     }
 
@@ -120,10 +150,12 @@ impl<M> Channel<M> {
     ///
     /// Returns whether this call closed it (false if it was closed already).
     pub(crate) fn close(&self) -> bool {
-        // Relaxed: see `state`.
-        let before = self.state.fetch_or(CLOSED, Ordering::Relaxed);
+        // SeqCst: see `send_timeout`.
+        let before = self.state.fetch_or(CLOSED, Ordering::SeqCst);
         self.rx_waker.wake();
-        self.space.notify_waiters();
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.space.notify_waiters();
+        }
         before & CLOSED == 0
     }
 
@@ -138,10 +170,9 @@ impl<M> Channel<M> {
     }
 
     fn release_permit(&self) {
-        // Relaxed: see `state`.
-        let before = self.state.fetch_sub(PERMIT, Ordering::Relaxed);
-        if before / PERMIT == self.capacity {
-            // A sender may be waiting for exactly this permit.
+        // SeqCst: see `send_timeout`.
+        self.state.fetch_sub(PERMIT, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
             self.space.notify_waiters();
         }
     }

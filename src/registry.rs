@@ -15,7 +15,7 @@ use crate::session::{Joined, Left, Session};
 use crate::shard::{self, Shard};
 use crate::stats::{Counters, Stats};
 use crate::sync::{
-    lock, Arc, AtomicUsize, ConcurrentMap, Mutex, OptionCell, Ordering, SnapshotCell, ValueArc,
+    lock, Arc, AtomicUsize, ConcurrentMap, Mutex, Ordering, SlotCell, SnapshotCell, ValueArc,
 };
 use crate::task::{CancelReason, CancelledTask, Task, TaskId, TaskIds};
 use crate::{ClientId, SessionId};
@@ -256,7 +256,7 @@ impl<M> Registry<M> {
         };
         let id = ClientId::pack(shard, index, generation);
         let connected_at = now_millis();
-        let plain = info == ClientInfo::default();
+        let plain = info.is_blank();
         let mut fleet = None;
         if !plain {
             info.connected_at = millis_to_time(connected_at);
@@ -277,7 +277,7 @@ impl<M> Registry<M> {
             id,
             chan: Arc::clone(&chan),
             connected_at,
-            profile: OptionCell::empty(),
+            profile: SlotCell::empty(),
             state: Mutex::new(ClientState {
                 connected: true,
                 sessions: Vec::new(),
@@ -366,7 +366,7 @@ impl<M> Registry<M> {
                 tasks.unwrap_or_default(),
             )
         };
-        let info = entry.profile.load_full();
+        let info = entry.profile.with(|info| info.cloned());
         // The key stops resolving before the slot is freed; a successor's mapping
         // (takeover) is left alone.
         if let Some(key) = info.as_ref().and_then(|i| i.key.as_deref()) {
@@ -476,6 +476,7 @@ impl<M> Registry<M> {
                 // changed under its lock, which we hold.
                 Joined::AlreadyMember => return Ok(false),
                 Joined::Retired => forget(&self.inner.sessions, &key, &session),
+                Joined::Full => return Err(AttachError::SessionFull(key)),
             }
         }
     }
@@ -756,7 +757,7 @@ impl<M> Registry<M> {
 
     /// The slot `id` points at, or why it points nowhere.
     #[inline]
-    pub(crate) fn slot(&self, id: ClientId) -> Result<&OptionCell<ClientEntry<M>>, ClientError> {
+    pub(crate) fn slot(&self, id: ClientId) -> Result<&SlotCell<ClientEntry<M>>, ClientError> {
         let shard = self
             .inner
             .shards
@@ -767,10 +768,10 @@ impl<M> Registry<M> {
 
     /// The entry `id` names, if it is still the slot's occupant.
     pub(crate) fn entry(&self, id: ClientId) -> Result<Arc<ClientEntry<M>>, ClientError> {
-        match &*self.slot(id)?.load() {
+        self.slot(id)?.with(|entry| match entry {
             Some(entry) if entry.id == id => Ok(Arc::clone(entry)),
             _ => Err(ClientError::Gone(id)),
-        }
+        })
     }
 
     fn session_or_insert(&self, key: &SessionId) -> Arc<Session<M>> {
@@ -794,7 +795,9 @@ impl<M> Registry<M> {
                 .indexes
                 .get_or_insert_with(key.clone(), || Arc::new(Session::new()));
             match set.join(id, chan) {
-                Joined::Added | Joined::AlreadyMember => return,
+                // An index set that cannot grow leaves the client out of that one
+                // filter; 2^32 members of one platform or tag is not a real fleet.
+                Joined::Added | Joined::AlreadyMember | Joined::Full => return,
                 Joined::Retired => forget(&self.inner.indexes, key, &set),
             }
         }

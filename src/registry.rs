@@ -653,8 +653,7 @@ impl<M> Registry<M> {
     /// # Ok::<(), switchboard::ClientError>(())
     /// ```
     pub fn info<'k>(&self, who: impl Into<ClientRef<'k>>) -> Result<Arc<ClientInfo>, ClientError> {
-        let id = self.resolve(who.into())?;
-        Ok(self.entry(id)?.info())
+        Ok(self.lookup(who.into())?.info())
     }
 
     /// Whether `who` (an id or a key) names a connected client. Takes no lock.
@@ -672,9 +671,7 @@ impl<M> Registry<M> {
     /// ```
     #[must_use]
     pub fn is_online<'k>(&self, who: impl Into<ClientRef<'k>>) -> bool {
-        self.resolve(who.into())
-            .and_then(|id| self.entry(id))
-            .is_ok()
+        self.lookup(who.into()).is_ok()
     }
 
     /// Connected clients. Sums the shards' counts; takes no lock.
@@ -813,15 +810,27 @@ impl<M> Registry<M> {
         }
     }
 
-    /// The id `who` names: itself, or the key's current connection.
-    pub(crate) fn resolve(&self, who: ClientRef<'_>) -> Result<ClientId, ClientError> {
-        match who {
-            ClientRef::Id(id) => Ok(id),
-            ClientRef::Key(key) => self
-                .inner
-                .keys
-                .get(&ValueArc::from(key))
-                .ok_or(ClientError::NoSuchKey),
+    /// The connected client `who` names: the id's occupant, or the key's current
+    /// connection.
+    ///
+    /// A key is read and then its connection looked up; if a takeover replaced that
+    /// connection in between, the key is read again, so a key that is held the
+    /// whole time never looks unheld. Retries only while takeovers keep landing.
+    pub(crate) fn lookup(&self, who: ClientRef<'_>) -> Result<Arc<ClientEntry<M>>, ClientError> {
+        let key = match who {
+            ClientRef::Id(id) => return self.entry(id),
+            ClientRef::Key(key) => key,
+        };
+        let mut id = self.inner.keys.get(key).ok_or(ClientError::NoSuchKey)?;
+        loop {
+            match self.entry(id) {
+                Ok(entry) => return Ok(entry),
+                Err(gone) => match self.inner.keys.get(key) {
+                    Some(now) if now != id => id = now,
+                    Some(_) => return Err(gone),
+                    None => return Err(ClientError::NoSuchKey),
+                },
+            }
         }
     }
 

@@ -149,7 +149,8 @@ pub(crate) struct Layout<M> {
     /// `len << 32 | version` of the newest snapshot in this layout.
     ///
     /// Ordering: stored with `Release` after the cells and `removed_at` values it
-    /// publishes, loaded with `Acquire` by readers (invariants 1 and 2).
+    /// publishes, read with an `AcqRel` RMW by readers (invariants 1 and 2; see
+    /// `Session::snapshot` for why an RMW).
     state: AtomicU64,
     /// Live members of the newest snapshot; a size hint.
     ///
@@ -282,8 +283,12 @@ impl<M> Session<M> {
     #[inline]
     pub(crate) fn snapshot(&self) -> Membership<M> {
         let layout = self.layout.load();
-        // Acquire: see `Layout::state`.
-        let word = layout.state.load(Ordering::Acquire);
+        // An RMW, not a load: an RMW reads the newest value in the word's
+        // modification order, so the snapshot includes every join and leave that
+        // returned before this call began, however "before" was established. A load
+        // (even SeqCst) may legally return an older value; loom finds that order.
+        // One RMW per broadcast, not per recipient.
+        let word = layout.state.fetch_add(0, Ordering::AcqRel);
         Membership {
             layout,
             len: (word >> 32) as usize,
@@ -377,7 +382,7 @@ impl<M> Session<M> {
     }
 
     /// Whether the session is retired (out of the directory or on its way out).
-    #[cfg(test)]
+    #[cfg(all(test, not(switchboard_loom)))]
     pub(crate) fn is_retired(&self) -> bool {
         lock(&self.writer).retired
     }
@@ -439,10 +444,11 @@ impl<M> Session<M> {
 fn publish<M>(w: &Writer<M>) {
     // Relaxed: see `Layout::live`.
     w.layout.live.store(w.positions.len(), Ordering::Relaxed);
-    // Release: see `Layout::state`.
+    // Release: see `Layout::state`. A swap, not a store: readers write the word
+    // too (see `Session::snapshot`), and an RMW keeps every write to it in one chain.
     w.layout
         .state
-        .store(pack(w.len, w.version), Ordering::Release);
+        .swap(pack(w.len, w.version), Ordering::AcqRel);
 }
 
 fn new_page<M>(len: usize) -> Page<M> {

@@ -143,7 +143,7 @@ impl<T> Shard<T> {
         }
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(switchboard_loom)))]
     pub(crate) fn set_generation(&self, index: usize, generation: u32) {
         if let Some(g) = lock(&self.alloc).generations.get_mut(index) {
             *g = generation;

@@ -130,7 +130,11 @@ mod imp {
             )
         }
 
-        pub(crate) fn get(&self, key: &K) -> Option<V> {
+        pub(crate) fn get<Q>(&self, key: &Q) -> Option<V>
+        where
+            K: std::borrow::Borrow<Q>,
+            Q: std::hash::Hash + Eq + ?Sized,
+        {
             self.0.pin().get(key).cloned()
         }
 
@@ -279,7 +283,11 @@ mod imp {
             self.0.lock().unwrap_or_else(|e| e.into_inner())
         }
 
-        pub(crate) fn get(&self, key: &K) -> Option<V> {
+        pub(crate) fn get<Q>(&self, key: &Q) -> Option<V>
+        where
+            K: std::borrow::Borrow<Q>,
+            Q: std::hash::Hash + Eq + ?Sized,
+        {
             self.map().get(key).cloned()
         }
 

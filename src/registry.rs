@@ -853,6 +853,9 @@ where
 /// Rejects metadata larger than `limit` bytes of compact JSON.
 fn check_metadata(info: &ClientInfo, limit: usize) -> Result<(), RegisterError> {
     let custom = &info.system_info.custom_metadata;
+    if info.metadata.is_null() && custom.is_empty() {
+        return Ok(());
+    }
     let size = json_size(&info.metadata).max(if custom.is_empty() {
         0
     } else {

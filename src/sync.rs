@@ -52,7 +52,6 @@ mod slot_cell;
 mod imp {
     pub(crate) use super::slot_cell::SlotCell;
     pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-    use std::sync::OnceLock;
     pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
 
     /// An atomically replaceable `Arc<T>`; see the module docs for its contract.
@@ -83,18 +82,19 @@ mod imp {
 
     /// A bounded lock-free MPMC queue; the channel bounds its length with permits.
     ///
-    /// Its buffer is allocated by the first push, so a client that is never sent
-    /// anything (or a registration that is immediately undone) allocates none.
+    /// The queue's header sits inline in the channel, so a broadcast reaches it in
+    /// the same hop as the permit word; its buffer is allocated by the first push,
+    /// so a registration that never receives (or is undone at once) allocates none.
     /// Pushers racing on that first allocation wait for it, once per channel.
     pub(crate) struct BoundedQueue<T> {
-        queue: OnceLock<Box<crossbeam_queue::ArrayQueue<T>>>,
+        queue: std::sync::OnceLock<crossbeam_queue::ArrayQueue<T>>,
         capacity: usize,
     }
 
     impl<T> BoundedQueue<T> {
         pub(crate) fn new(capacity: usize) -> Self {
             Self {
-                queue: OnceLock::new(),
+                queue: std::sync::OnceLock::new(),
                 capacity,
             }
         }
@@ -102,7 +102,7 @@ mod imp {
         #[inline]
         pub(crate) fn push(&self, value: T) -> Result<(), T> {
             self.queue
-                .get_or_init(|| Box::new(crossbeam_queue::ArrayQueue::new(self.capacity)))
+                .get_or_init(|| crossbeam_queue::ArrayQueue::new(self.capacity))
                 .push(value)
         }
 

@@ -130,20 +130,7 @@ impl<M> Registry<M> {
     /// ```
     #[must_use]
     pub fn new() -> Self {
-        match Builder::<M>::new().validate() {
-            Ok(config) => Self::from_config(config),
-            // The defaults are valid (a unit test proves it); this arm is unreachable.
-            Err(_) => Self::from_config(Config {
-                shards: 1,
-                channel_capacity: 32,
-                slow_consumer: Default::default(),
-                max_clients: None,
-                max_metadata_bytes: 16 * 1024,
-                takeover_moves_sessions: false,
-                event_capacity: 1024,
-                device_config: DeviceConfig::default(),
-            }),
-        }
+        Self::from_config(Config::default())
     }
 
     /// Starts configuring a registry.

@@ -85,9 +85,10 @@ pub(crate) struct Channel<M> {
     /// Ordering: every decision (full, closed, drained) is made on this one word, and
     /// RMWs on one location are totally ordered whatever their ordering, so
     /// `Relaxed` is enough for the count and the flag. The messages themselves are
-    /// handed over by the queue, which synchronises its own slots. The one exception
-    /// is the close: it is `Release`, paired with the `Acquire` load in
-    /// `close_reason`, so that a reader who sees `CLOSED` also sees `reason`.
+    /// handed over by the queue, which synchronises its own slots. The exceptions
+    /// are `SeqCst`: the close and the permit release, which must not miss a sender
+    /// waiting for space (see `send_timeout`); the close, being `SeqCst`, also
+    /// releases a `reason` stored before it to the `Acquire` load in `close_reason`.
     state: AtomicUsize,
     /// Set at most once, by the unregister that closes the channel, before the close.
     /// A std `OnceLock` in both builds (see `sync`): loom models never read it.
@@ -95,8 +96,30 @@ pub(crate) struct Channel<M> {
     capacity: usize,
     queue: BoundedQueue<M>,
     rx_waker: AtomicWaker,
-    /// Notified when a receive frees a permit of a full channel, or on close.
+    /// Notified when a receive frees a permit while a sender waits, or on close.
     space: Notify,
+    /// Senders inside `send_timeout`; lets receives and closes skip `space`.
+    ///
+    /// Ordering: `SeqCst`, see `send_timeout`.
+    waiting: AtomicUsize,
+}
+
+/// Counts one sender in `Channel::waiting` until dropped, even if its future is.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn register(count: &'a AtomicUsize) -> Self {
+        // SeqCst: see `Channel::send_timeout`.
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        // SeqCst: see `Channel::send_timeout`.
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl<M> Channel<M> {
@@ -108,6 +131,7 @@ impl<M> Channel<M> {
             queue: BoundedQueue::new(capacity),
             rx_waker: AtomicWaker::new(),
             space: Notify::new(),
+            waiting: AtomicUsize::new(0),
         }
     }
 
@@ -149,18 +173,23 @@ impl<M> Channel<M> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut msg = msg;
         loop {
-            let space = self.space.notified();
-            tokio::pin!(space);
-            // Registered before the retry, so a receive that frees a permit after the
-            // retry saw `Full` cannot be missed.
-            space.as_mut().enable();
             match self.try_send(msg) {
                 Err(Rejected::Full(back)) => msg = back,
                 other => return other,
             }
-            if tokio::time::timeout_at(deadline, space).await.is_err() {
+            let space = self.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            let waiting = Waiting::register(&self.waiting);
+            // SeqCst, with the SeqCst pair in `release_permit` and `close`: either
+            // they see this sender waiting and notify it, or this load sees the
+            // freed permit or the close.
+            let state = self.state.load(Ordering::SeqCst);
+            let ready = state & CLOSED != 0 || state / PERMIT < self.capacity;
+            if !ready && tokio::time::timeout_at(deadline, space).await.is_err() {
                 return Err(Rejected::Timeout(msg));
             }
+            drop(waiting);
         }
     }
 
@@ -168,10 +197,12 @@ impl<M> Channel<M> {
     ///
     /// Returns whether this call closed it (false if it was closed already).
     pub(crate) fn close(&self) -> bool {
-        // Release: publishes a `reason` stored before it; see `state`.
-        let before = self.state.fetch_or(CLOSED, Ordering::Release);
+        // SeqCst: see `send_timeout`; it also publishes a `reason` stored before it.
+        let before = self.state.fetch_or(CLOSED, Ordering::SeqCst);
         self.rx_waker.wake();
-        self.space.notify_waiters();
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.space.notify_waiters();
+        }
         before & CLOSED == 0
     }
 
@@ -202,10 +233,9 @@ impl<M> Channel<M> {
     }
 
     fn release_permit(&self) {
-        // Relaxed: see `state`.
-        let before = self.state.fetch_sub(PERMIT, Ordering::Relaxed);
-        if before / PERMIT == self.capacity {
-            // A sender may be waiting for exactly this permit.
+        // SeqCst: see `send_timeout`.
+        self.state.fetch_sub(PERMIT, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
             self.space.notify_waiters();
         }
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::channel::Channel;
 use crate::profile::{ClientInfo, SystemInfo};
 use crate::session::Session;
-use crate::sync::{Arc, Mutex, OptionCell};
+use crate::sync::{Arc, Mutex, SlotCell};
 use crate::task::TaskId;
 use crate::{ClientId, SessionId};
 
@@ -18,7 +18,7 @@ pub(crate) struct ClientEntry<M> {
     pub(crate) connected_at: u64,
     /// The merged profile; empty for a plain client whose profile is all defaults,
     /// which then costs nothing beyond this pointer.
-    pub(crate) profile: OptionCell<ClientInfo>,
+    pub(crate) profile: SlotCell<ClientInfo>,
     /// Membership bookkeeping. Lock order: a client's state before any session's
     /// writer; two clients' states in id order.
     pub(crate) state: Mutex<ClientState<M>>,
@@ -56,13 +56,13 @@ impl<M> ClientState<M> {
 impl<M> ClientEntry<M> {
     /// The client's profile, with `connected_at` filled in.
     pub(crate) fn info(&self) -> Arc<ClientInfo> {
-        match &*self.profile.load() {
+        self.profile.with(|info| match info {
             Some(info) => Arc::clone(info),
             None => Arc::new(ClientInfo {
                 connected_at: millis_to_time(self.connected_at),
                 ..ClientInfo::default()
             }),
-        }
+        })
     }
 }
 

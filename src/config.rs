@@ -68,10 +68,12 @@ pub struct Builder<M> {
     message: PhantomData<fn() -> M>,
 }
 
-impl<M> Default for Builder<M> {
+impl Default for Config {
+    /// The defaults [`Builder::new`] documents; valid by construction.
     fn default() -> Self {
         Self {
-            shards: None,
+            shards: std::thread::available_parallelism()
+                .map_or(1, |n| n.get().min(ClientId::MAX_SHARDS)),
             channel_capacity: 32,
             slow_consumer: SlowConsumerPolicy::Drop,
             max_clients: None,
@@ -79,6 +81,22 @@ impl<M> Default for Builder<M> {
             takeover_moves_sessions: false,
             event_capacity: 1024,
             device_config: DeviceConfig::default(),
+        }
+    }
+}
+
+impl<M> Default for Builder<M> {
+    fn default() -> Self {
+        let defaults = Config::default();
+        Self {
+            shards: None,
+            channel_capacity: defaults.channel_capacity,
+            slow_consumer: defaults.slow_consumer,
+            max_clients: defaults.max_clients,
+            max_metadata_bytes: defaults.max_metadata_bytes,
+            takeover_moves_sessions: defaults.takeover_moves_sessions,
+            event_capacity: defaults.event_capacity,
+            device_config: defaults.device_config,
             message: PhantomData,
         }
     }
@@ -179,9 +197,7 @@ impl<M> Builder<M> {
     }
 
     pub(crate) fn validate(self) -> Result<Config, BuildError> {
-        let shards = self.shards.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, |n| n.get().min(ClientId::MAX_SHARDS))
-        });
+        let shards = self.shards.unwrap_or_else(|| Config::default().shards);
         if shards == 0 || shards > ClientId::MAX_SHARDS {
             return Err(BuildError::Shards(shards));
         }
@@ -215,6 +231,28 @@ pub(crate) const MAX_EVENT_CAPACITY: usize = 1 << 20;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_builders_defaults_validate_to_the_default_config() {
+        let built = Builder::<()>::new()
+            .validate()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let defaults = Config::default();
+        assert_eq!(
+            (
+                built.shards,
+                built.channel_capacity,
+                built.event_capacity,
+                built.max_metadata_bytes
+            ),
+            (
+                defaults.shards,
+                defaults.channel_capacity,
+                defaults.event_capacity,
+                defaults.max_metadata_bytes
+            )
+        );
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -104,10 +104,10 @@ impl<M: Clone + Send + 'static> Registry<M> {
             Ok(slot) => slot,
             Err(why) => return Err(SendError::Unknown(msg, why)),
         };
-        let outcome = match &*slot.load() {
-            Some(entry) if entry.id == id => entry.chan.try_send(msg),
-            _ => return Err(SendError::Unknown(msg, crate::ClientError::Gone(id))),
-        };
+        let outcome = slot.with(|entry| match entry {
+            Some(entry) if entry.id == id => Ok(entry.chan.try_send(msg)),
+            _ => Err(SendError::Unknown(msg, crate::ClientError::Gone(id))),
+        })?;
         self.settle_send(id, outcome)
     }
 

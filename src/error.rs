@@ -52,6 +52,9 @@ pub enum AttachError {
     /// The client is not connected.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The session already addresses 2^32 − 1 member cells.
+    #[error("session {0} is full")]
+    SessionFull(SessionId),
 }
 
 /// Why [`Registry::detach`](crate::Registry::detach) failed.

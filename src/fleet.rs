@@ -68,7 +68,7 @@ impl<M> Registry<M> {
     /// ```
     #[must_use]
     pub fn id_of(&self, key: &str) -> Option<ClientId> {
-        self.resolve(ClientRef::Key(key)).ok()
+        self.lookup(ClientRef::Key(key)).ok().map(|entry| entry.id)
     }
 
     /// The kind of an online client, if it registered with one.
@@ -122,8 +122,8 @@ impl<M> Registry<M> {
         who: impl Into<ClientRef<'k>>,
         update: impl FnOnce(&mut SystemInfo),
     ) -> Result<Arc<ClientInfo>, UpdateError> {
-        let id = self.resolve(who.into())?;
-        let entry = self.entry(id)?;
+        let entry = self.lookup(who.into())?;
+        let id = entry.id;
         let config = self.inner.device_config.load_full();
         let mut state = lock(&entry.state);
         if !state.connected {

@@ -89,7 +89,7 @@
 //! [arc-swap]: https://docs.rs/arc-swap
 //! [loom]: https://docs.rs/loom
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 

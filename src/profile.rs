@@ -190,6 +190,23 @@ impl ClientInfo {
         self
     }
 
+    /// Whether every field is empty, so the registry need not store a profile.
+    pub(crate) fn is_blank(&self) -> bool {
+        let s = &self.system_info;
+        !self.is_profiled()
+            && self.metadata.is_null()
+            && s.os.is_none()
+            && s.os_version.is_none()
+            && s.processor.is_none()
+            && s.memory_total.is_none()
+            && s.memory_available.is_none()
+            && s.screen_resolution.is_none()
+            && s.installed_applications.is_empty()
+            && s.capabilities.is_empty()
+            && s.tags.is_empty()
+            && s.custom_metadata.is_empty()
+    }
+
     /// Whether the client takes part in fleet indexes and presence events: it has a
     /// key, a kind or a platform. Anonymous clients pay for none of that.
     pub(crate) fn is_profiled(&self) -> bool {
@@ -282,6 +299,21 @@ mod tests {
             Some(ClientKind::Device)
         );
         assert!("robot".parse::<ClientKind>().is_err());
+    }
+
+    #[test]
+    fn blank_means_every_field_is_default() {
+        assert!(ClientInfo::new().is_blank());
+        assert!(!ClientInfo::new()
+            .with_metadata(serde_json::json!(1))
+            .is_blank());
+        let mut info = ClientInfo::new();
+        info.system_info.tags.push("x".into());
+        assert!(!info.is_blank());
+        // connected_at is the registry's, not the client's, so it does not count.
+        info = ClientInfo::new();
+        info.connected_at = SystemTime::now();
+        assert!(info.is_blank());
     }
 
     #[test]

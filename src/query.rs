@@ -265,6 +265,13 @@ impl<M> Registry<M> {
                 smallest = Some(set);
             }
         }
+        // One criterion and no time window: the set is the answer.
+        if keys.len() == 1 && cutoff.is_none() {
+            if let Some(set) = smallest {
+                set.snapshot().for_each(|member| out.push(member.id));
+            }
+            return out;
+        }
         if let Some(set) = smallest {
             set.snapshot().for_each(|member| {
                 if self

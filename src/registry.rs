@@ -15,7 +15,7 @@ use crate::session::{Joined, Left, Session};
 use crate::shard::{self, Shard};
 use crate::stats::{Counters, Stats};
 use crate::sync::{
-    lock, Arc, AtomicUsize, ConcurrentMap, Mutex, OptionCell, Ordering, SnapshotCell, ValueArc,
+    lock, Arc, AtomicUsize, ConcurrentMap, Mutex, Ordering, SlotCell, SnapshotCell, ValueArc,
 };
 use crate::task::{CancelReason, CancelledTask, Task, TaskId, TaskIds};
 use crate::{ClientId, SessionId};
@@ -123,20 +123,7 @@ impl<M> Registry<M> {
     /// ```
     #[must_use]
     pub fn new() -> Self {
-        match Builder::<M>::new().validate() {
-            Ok(config) => Self::from_config(config),
-            // The defaults are valid (a unit test proves it); this arm is unreachable.
-            Err(_) => Self::from_config(Config {
-                shards: 1,
-                channel_capacity: 32,
-                slow_consumer: Default::default(),
-                max_clients: None,
-                max_metadata_bytes: 16 * 1024,
-                takeover_moves_sessions: false,
-                event_capacity: 1024,
-                device_config: DeviceConfig::default(),
-            }),
-        }
+        Self::from_config(Config::default())
     }
 
     /// Starts configuring a registry.
@@ -249,7 +236,7 @@ impl<M> Registry<M> {
         };
         let id = ClientId::pack(shard, index, generation);
         let connected_at = now_millis();
-        let plain = info == ClientInfo::default();
+        let plain = info.is_blank();
         let mut fleet = None;
         if !plain {
             info.connected_at = millis_to_time(connected_at);
@@ -270,7 +257,7 @@ impl<M> Registry<M> {
             id,
             chan: Arc::clone(&chan),
             connected_at,
-            profile: OptionCell::empty(),
+            profile: SlotCell::empty(),
             state: Mutex::new(ClientState {
                 connected: true,
                 sessions: Vec::new(),
@@ -368,7 +355,7 @@ impl<M> Registry<M> {
         who: impl Into<ClientRef<'k>>,
         reason: impl Into<String>,
     ) -> Result<Unregistered, ClientError> {
-        let id = self.resolve(who.into())?;
+        let id = self.lookup(who.into())?.id;
         self.unregister_because(
             id,
             CloseReason::Kicked {
@@ -397,7 +384,7 @@ impl<M> Registry<M> {
                 tasks.unwrap_or_default(),
             )
         };
-        let info = entry.profile.load_full();
+        let info = entry.profile.with(|info| info.cloned());
         // The key stops resolving before the slot is freed; a successor's mapping
         // (takeover) is left alone.
         if let Some(key) = info.as_ref().and_then(|i| i.key.as_deref()) {
@@ -511,6 +498,7 @@ impl<M> Registry<M> {
                 // changed under its lock, which we hold.
                 Joined::AlreadyMember => return Ok(false),
                 Joined::Retired => forget(&self.inner.sessions, &key, &session),
+                Joined::Full => return Err(AttachError::SessionFull(key)),
             }
         }
     }
@@ -687,8 +675,7 @@ impl<M> Registry<M> {
     /// # Ok::<(), switchboard::ClientError>(())
     /// ```
     pub fn info<'k>(&self, who: impl Into<ClientRef<'k>>) -> Result<Arc<ClientInfo>, ClientError> {
-        let id = self.resolve(who.into())?;
-        Ok(self.entry(id)?.info())
+        Ok(self.lookup(who.into())?.info())
     }
 
     /// Whether `who` (an id or a key) names a connected client. Takes no lock.
@@ -706,9 +693,7 @@ impl<M> Registry<M> {
     /// ```
     #[must_use]
     pub fn is_online<'k>(&self, who: impl Into<ClientRef<'k>>) -> bool {
-        self.resolve(who.into())
-            .and_then(|id| self.entry(id))
-            .is_ok()
+        self.lookup(who.into()).is_ok()
     }
 
     /// Connected clients. Sums the shards' counts; takes no lock.
@@ -791,7 +776,7 @@ impl<M> Registry<M> {
 
     /// The slot `id` points at, or why it points nowhere.
     #[inline]
-    pub(crate) fn slot(&self, id: ClientId) -> Result<&OptionCell<ClientEntry<M>>, ClientError> {
+    pub(crate) fn slot(&self, id: ClientId) -> Result<&SlotCell<ClientEntry<M>>, ClientError> {
         let shard = self
             .inner
             .shards
@@ -802,10 +787,10 @@ impl<M> Registry<M> {
 
     /// The entry `id` names, if it is still the slot's occupant.
     pub(crate) fn entry(&self, id: ClientId) -> Result<Arc<ClientEntry<M>>, ClientError> {
-        match &*self.slot(id)?.load() {
+        self.slot(id)?.with(|entry| match entry {
             Some(entry) if entry.id == id => Ok(Arc::clone(entry)),
             _ => Err(ClientError::Gone(id)),
-        }
+        })
     }
 
     fn session_or_insert(&self, key: &SessionId) -> Arc<Session<M>> {
@@ -829,7 +814,9 @@ impl<M> Registry<M> {
                 .indexes
                 .get_or_insert_with(key.clone(), || Arc::new(Session::new()));
             match set.join(id, chan) {
-                Joined::Added | Joined::AlreadyMember => return,
+                // An index set that cannot grow leaves the client out of that one
+                // filter; 2^32 members of one platform or tag is not a real fleet.
+                Joined::Added | Joined::AlreadyMember | Joined::Full => return,
                 Joined::Retired => forget(&self.inner.indexes, key, &set),
             }
         }
@@ -845,15 +832,27 @@ impl<M> Registry<M> {
         }
     }
 
-    /// The id `who` names: itself, or the key's current connection.
-    pub(crate) fn resolve(&self, who: ClientRef<'_>) -> Result<ClientId, ClientError> {
-        match who {
-            ClientRef::Id(id) => Ok(id),
-            ClientRef::Key(key) => self
-                .inner
-                .keys
-                .get(&ValueArc::from(key))
-                .ok_or(ClientError::NoSuchKey),
+    /// The connected client `who` names: the id's occupant, or the key's current
+    /// connection.
+    ///
+    /// A key is read and then its connection looked up; if a takeover replaced that
+    /// connection in between, the key is read again, so a key that is held the
+    /// whole time never looks unheld. Retries only while takeovers keep landing.
+    pub(crate) fn lookup(&self, who: ClientRef<'_>) -> Result<Arc<ClientEntry<M>>, ClientError> {
+        let key = match who {
+            ClientRef::Id(id) => return self.entry(id),
+            ClientRef::Key(key) => key,
+        };
+        let mut id = self.inner.keys.get(key).ok_or(ClientError::NoSuchKey)?;
+        loop {
+            match self.entry(id) {
+                Ok(entry) => return Ok(entry),
+                Err(gone) => match self.inner.keys.get(key) {
+                    Some(now) if now != id => id = now,
+                    Some(_) => return Err(gone),
+                    None => return Err(ClientError::NoSuchKey),
+                },
+            }
         }
     }
 
@@ -876,6 +875,9 @@ where
 /// Rejects metadata larger than `limit` bytes of compact JSON.
 fn check_metadata(info: &ClientInfo, limit: usize) -> Result<(), RegisterError> {
     let custom = &info.system_info.custom_metadata;
+    if info.metadata.is_null() && custom.is_empty() {
+        return Ok(());
+    }
     let size = json_size(&info.metadata).max(if custom.is_empty() {
         0
     } else {

@@ -373,7 +373,9 @@ fn racing_churn_and_broadcast_keeps_every_invariant() {
     assert_eq!(registry.client_count(), 0);
     assert_eq!(registry.session_count(), 0);
     let stats = registry.stats();
-    assert_eq!(stats.dropped + stats.closed + stats.disconnected, 0);
+    // `closed` may count: a broadcast that loaded its snapshot before a client's
+    // detach can find that client's channel already closed by its unregister.
+    assert_eq!(stats.dropped + stats.disconnected, 0);
 }
 
 #[test]

@@ -17,18 +17,60 @@
 //!   so after `close` returns, every send fails with `Closed`.
 //! * The receiver reports the end only when `CLOSED` is set and no permit is in use,
 //!   so every message accepted before the close is received first: nothing is lost.
+//! * The unregister that closes a channel first records why ([`CloseReason`]), so the
+//!   connection's writer can tell a kick from a takeover or a slow-consumer disconnect.
 
 use std::future::poll_fn;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::error::TryRecvError;
-use crate::sync::{Arc, AtomicUsize, AtomicWaker, BoundedQueue, Notify, Ordering};
+use crate::sync::{Arc, AtomicUsize, AtomicWaker, BoundedQueue, Notify, OnceLock, Ordering};
+use crate::ClientId;
 
 /// `state` bit: no more sends are accepted.
 const CLOSED: usize = 1;
 /// `state` increment for one permit; the permit count sits above the flag.
 const PERMIT: usize = 2;
+
+/// Why the registry closed a client's channel, as its [`Receiver`] reports it.
+///
+/// A server's writer task reads it when `recv` returns `None`, to choose what to
+/// tell the peer (for a WebSocket, the close code).
+///
+/// # Examples
+///
+/// ```
+/// use switchboard::{ClientInfo, CloseReason, Registry};
+///
+/// let registry = Registry::<u8>::new();
+/// let (id, rx) = registry.register(ClientInfo::new().with_key("k"))?;
+/// assert_eq!(rx.close_reason(), None);
+/// let _ = registry.kick("k", "maintenance")?;
+/// assert_eq!(rx.close_reason(), Some(&CloseReason::Kicked { reason: "maintenance".into() }));
+/// # let _ = id;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The application called [`Registry::unregister`](crate::Registry::unregister)
+    /// (or a send found the receiver gone).
+    Unregistered,
+    /// [`Registry::kick`](crate::Registry::kick) disconnected the client.
+    Kicked {
+        /// The reason the caller gave.
+        reason: String,
+    },
+    /// A newer connection registered with the same key.
+    TakenOver {
+        /// The connection that took the key over.
+        by: ClientId,
+    },
+    /// A broadcast found the channel full under
+    /// [`SlowConsumerPolicy::Disconnect`](crate::SlowConsumerPolicy::Disconnect).
+    SlowConsumer,
+}
 
 /// Why a channel refused a message; gives it back.
 pub(crate) enum Rejected<M> {
@@ -43,23 +85,53 @@ pub(crate) struct Channel<M> {
     /// Ordering: every decision (full, closed, drained) is made on this one word, and
     /// RMWs on one location are totally ordered whatever their ordering, so
     /// `Relaxed` is enough for the count and the flag. The messages themselves are
-    /// handed over by the queue, which synchronises its own slots.
+    /// handed over by the queue, which synchronises its own slots. The exceptions
+    /// are `SeqCst`: the close and the permit release, which must not miss a sender
+    /// waiting for space (see `send_timeout`); the close, being `SeqCst`, also
+    /// releases a `reason` stored before it to the `Acquire` load in `close_reason`.
     state: AtomicUsize,
+    /// Set at most once, by the unregister that closes the channel, before the close.
+    /// A std `OnceLock` in both builds (see `sync`): loom models never read it.
+    reason: OnceLock<CloseReason>,
     capacity: usize,
     queue: BoundedQueue<M>,
     rx_waker: AtomicWaker,
-    /// Notified when a receive frees a permit of a full channel, or on close.
+    /// Notified when a receive frees a permit while a sender waits, or on close.
     space: Notify,
+    /// Senders inside `send_timeout`; lets receives and closes skip `space`.
+    ///
+    /// Ordering: `SeqCst`, see `send_timeout`.
+    waiting: AtomicUsize,
+}
+
+/// Counts one sender in `Channel::waiting` until dropped, even if its future is.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn register(count: &'a AtomicUsize) -> Self {
+        // SeqCst: see `Channel::send_timeout`.
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        // SeqCst: see `Channel::send_timeout`.
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl<M> Channel<M> {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             state: AtomicUsize::new(0),
+            reason: OnceLock::new(),
             capacity,
             queue: BoundedQueue::new(capacity),
             rx_waker: AtomicWaker::new(),
             space: Notify::new(),
+            waiting: AtomicUsize::new(0),
         }
     }
 
@@ -101,18 +173,23 @@ impl<M> Channel<M> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut msg = msg;
         loop {
-            let space = self.space.notified();
-            tokio::pin!(space);
-            // Registered before the retry, so a receive that frees a permit after the
-            // retry saw `Full` cannot be missed.
-            space.as_mut().enable();
             match self.try_send(msg) {
                 Err(Rejected::Full(back)) => msg = back,
                 other => return other,
             }
-            if tokio::time::timeout_at(deadline, space).await.is_err() {
+            let space = self.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            let waiting = Waiting::register(&self.waiting);
+            // SeqCst, with the SeqCst pair in `release_permit` and `close`: either
+            // they see this sender waiting and notify it, or this load sees the
+            // freed permit or the close.
+            let state = self.state.load(Ordering::SeqCst);
+            let ready = state & CLOSED != 0 || state / PERMIT < self.capacity;
+            if !ready && tokio::time::timeout_at(deadline, space).await.is_err() {
                 return Err(Rejected::Timeout(msg));
             }
+            drop(waiting);
         }
     }
 
@@ -120,11 +197,29 @@ impl<M> Channel<M> {
     ///
     /// Returns whether this call closed it (false if it was closed already).
     pub(crate) fn close(&self) -> bool {
-        // Relaxed: see `state`.
-        let before = self.state.fetch_or(CLOSED, Ordering::Relaxed);
+        // SeqCst: see `send_timeout`; it also publishes a `reason` stored before it.
+        let before = self.state.fetch_or(CLOSED, Ordering::SeqCst);
         self.rx_waker.wake();
-        self.space.notify_waiters();
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.space.notify_waiters();
+        }
         before & CLOSED == 0
+    }
+
+    /// Records why, then closes. The first reason recorded stands.
+    pub(crate) fn close_because(&self, reason: CloseReason) -> bool {
+        let _ = self.reason.set(reason);
+        self.close()
+    }
+
+    /// Why the channel was closed, once it is.
+    pub(crate) fn close_reason(&self) -> Option<&CloseReason> {
+        // Acquire: pairs with the `Release` close; see `state`.
+        if self.state.load(Ordering::Acquire) & CLOSED != 0 {
+            self.reason.get()
+        } else {
+            None
+        }
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -138,10 +233,9 @@ impl<M> Channel<M> {
     }
 
     fn release_permit(&self) {
-        // Relaxed: see `state`.
-        let before = self.state.fetch_sub(PERMIT, Ordering::Relaxed);
-        if before / PERMIT == self.capacity {
-            // A sender may be waiting for exactly this permit.
+        // SeqCst: see `send_timeout`.
+        self.state.fetch_sub(PERMIT, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
             self.space.notify_waiters();
         }
     }
@@ -235,6 +329,28 @@ impl<M> Receiver<M> {
     #[must_use]
     pub fn is_closed(&self) -> bool {
         self.chan.is_closed()
+    }
+
+    /// Why the registry closed this channel: `None` while it is open, and also when
+    /// it closed for no recorded reason (the registry itself was dropped).
+    ///
+    /// Messages queued before the close are still received; a writer that wants to
+    /// stop at once (say, on a kick) checks this before each write.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchboard::{CloseReason, Registry};
+    ///
+    /// let registry = Registry::<u8>::new();
+    /// let (id, rx) = registry.register(Default::default()).unwrap();
+    /// assert_eq!(rx.close_reason(), None);
+    /// let _ = registry.unregister(id);
+    /// assert_eq!(rx.close_reason(), Some(&CloseReason::Unregistered));
+    /// ```
+    #[must_use]
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.chan.close_reason()
     }
 
     /// Messages queued and not yet received.

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 
+use crate::device_config::DeviceConfig;
 use crate::error::BuildError;
 use crate::registry::Registry;
 use crate::ClientId;
@@ -17,7 +18,9 @@ pub enum SlowConsumerPolicy {
     #[default]
     Drop,
     /// Unregister the client: its channel closes after the messages already queued,
-    /// so its writer task sees the end and can close the connection.
+    /// so its writer task sees the end and can close the connection. Its receiver's
+    /// [`close_reason`](crate::Receiver::close_reason) is
+    /// [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer).
     Disconnect,
 }
 
@@ -28,6 +31,10 @@ pub(crate) struct Config {
     pub(crate) channel_capacity: usize,
     pub(crate) slow_consumer: SlowConsumerPolicy,
     pub(crate) max_clients: Option<usize>,
+    pub(crate) max_metadata_bytes: usize,
+    pub(crate) takeover_moves_sessions: bool,
+    pub(crate) event_capacity: usize,
+    pub(crate) device_config: DeviceConfig,
 }
 
 /// Configures and builds a [`Registry`].
@@ -52,18 +59,44 @@ pub struct Builder<M> {
     channel_capacity: usize,
     slow_consumer: SlowConsumerPolicy,
     max_clients: Option<usize>,
+    max_metadata_bytes: usize,
+    takeover_moves_sessions: bool,
+    event_capacity: usize,
+    device_config: DeviceConfig,
     /// The message type of the registry it builds; `fn() -> M` keeps the builder
     /// `Send + Sync` whatever `M` is.
     message: PhantomData<fn() -> M>,
 }
 
-impl<M> Default for Builder<M> {
+impl Default for Config {
+    /// The defaults [`Builder::new`] documents; valid by construction.
     fn default() -> Self {
         Self {
-            shards: None,
+            shards: std::thread::available_parallelism()
+                .map_or(1, |n| n.get().min(ClientId::MAX_SHARDS)),
             channel_capacity: 32,
             slow_consumer: SlowConsumerPolicy::Drop,
             max_clients: None,
+            max_metadata_bytes: 16 * 1024,
+            takeover_moves_sessions: false,
+            event_capacity: 1024,
+            device_config: DeviceConfig::default(),
+        }
+    }
+}
+
+impl<M> Default for Builder<M> {
+    fn default() -> Self {
+        let defaults = Config::default();
+        Self {
+            shards: None,
+            channel_capacity: defaults.channel_capacity,
+            slow_consumer: defaults.slow_consumer,
+            max_clients: defaults.max_clients,
+            max_metadata_bytes: defaults.max_metadata_bytes,
+            takeover_moves_sessions: defaults.takeover_moves_sessions,
+            event_capacity: defaults.event_capacity,
+            device_config: defaults.device_config,
             message: PhantomData,
         }
     }
@@ -71,7 +104,10 @@ impl<M> Default for Builder<M> {
 
 impl<M> Clone for Builder<M> {
     fn clone(&self) -> Self {
-        Self { ..*self }
+        Self {
+            device_config: self.device_config.clone(),
+            ..*self
+        }
     }
 }
 
@@ -82,6 +118,10 @@ impl<M> fmt::Debug for Builder<M> {
             .field("channel_capacity", &self.channel_capacity)
             .field("slow_consumer", &self.slow_consumer)
             .field("max_clients", &self.max_clients)
+            .field("max_metadata_bytes", &self.max_metadata_bytes)
+            .field("takeover_moves_sessions", &self.takeover_moves_sessions)
+            .field("event_capacity", &self.event_capacity)
+            .field("device_config", &self.device_config.len())
             .finish()
     }
 }
@@ -117,6 +157,35 @@ impl<M> Builder<M> {
         self
     }
 
+    /// Largest `metadata` (and `system_info.custom_metadata`) a profile may carry,
+    /// measured as compact JSON. Default: 16 KiB.
+    pub fn max_metadata_bytes(mut self, limit: usize) -> Self {
+        self.max_metadata_bytes = limit;
+        self
+    }
+
+    /// When a client registers with a key that is already online, move the old
+    /// connection's session memberships to the new one, so that a reconnecting
+    /// client resumes its rooms. Default: false (the new connection starts empty).
+    pub fn takeover_moves_sessions(mut self, moves: bool) -> Self {
+        self.takeover_moves_sessions = moves;
+        self
+    }
+
+    /// Presence events buffered per subscriber before a laggard starts losing the
+    /// oldest. Default: 1024.
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity;
+        self
+    }
+
+    /// Administrative fields merged into matching profiles at registration; see
+    /// [`DeviceConfig`] and [`Registry::reload_config`].
+    pub fn device_config(mut self, config: DeviceConfig) -> Self {
+        self.device_config = config;
+        self
+    }
+
     /// Checks the settings and builds the registry.
     ///
     /// # Errors
@@ -128,9 +197,7 @@ impl<M> Builder<M> {
     }
 
     pub(crate) fn validate(self) -> Result<Config, BuildError> {
-        let shards = self.shards.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, |n| n.get().min(ClientId::MAX_SHARDS))
-        });
+        let shards = self.shards.unwrap_or_else(|| Config::default().shards);
         if shards == 0 || shards > ClientId::MAX_SHARDS {
             return Err(BuildError::Shards(shards));
         }
@@ -140,21 +207,52 @@ impl<M> Builder<M> {
         if self.max_clients == Some(0) {
             return Err(BuildError::MaxClients);
         }
+        if self.event_capacity == 0 || self.event_capacity > MAX_EVENT_CAPACITY {
+            return Err(BuildError::EventCapacity(self.event_capacity));
+        }
         Ok(Config {
             shards,
             channel_capacity: self.channel_capacity,
             slow_consumer: self.slow_consumer,
             max_clients: self.max_clients,
+            max_metadata_bytes: self.max_metadata_bytes,
+            takeover_moves_sessions: self.takeover_moves_sessions,
+            event_capacity: self.event_capacity,
+            device_config: self.device_config,
         })
     }
 }
 
 /// Each channel's buffer is allocated up front, so its size is capped.
 pub(crate) const MAX_CHANNEL_CAPACITY: usize = 1 << 20;
+/// tokio's broadcast channel caps its buffer; stay well inside it.
+pub(crate) const MAX_EVENT_CAPACITY: usize = 1 << 20;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_builders_defaults_validate_to_the_default_config() {
+        let built = Builder::<()>::new()
+            .validate()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let defaults = Config::default();
+        assert_eq!(
+            (
+                built.shards,
+                built.channel_capacity,
+                built.event_capacity,
+                built.max_metadata_bytes
+            ),
+            (
+                defaults.shards,
+                defaults.channel_capacity,
+                defaults.event_capacity,
+                defaults.max_metadata_bytes
+            )
+        );
+    }
 
     #[test]
     fn defaults_are_valid() {

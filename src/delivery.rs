@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::channel::Rejected;
+use crate::channel::{CloseReason, Rejected};
 use crate::config::SlowConsumerPolicy;
 use crate::error::{BroadcastError, SendError};
 use crate::registry::Registry;
@@ -22,7 +22,7 @@ use crate::{ClientId, SessionId};
 /// `delivered + dropped + closed + disconnected == recipients`, where `recipients`
 /// is the number of members in the snapshot the broadcast read (less the excluded
 /// client, for [`Registry::broadcast_except`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[must_use = "the report says who did not get the message"]
 #[non_exhaustive]
 pub struct BroadcastReport {
@@ -104,10 +104,10 @@ impl<M: Clone + Send + 'static> Registry<M> {
             Ok(slot) => slot,
             Err(why) => return Err(SendError::Unknown(msg, why)),
         };
-        let outcome = match &*slot.load() {
-            Some(entry) if entry.id == id => entry.chan.try_send(msg),
-            _ => return Err(SendError::Unknown(msg, crate::ClientError::Gone(id))),
-        };
+        let outcome = slot.with(|entry| match entry {
+            Some(entry) if entry.id == id => Ok(entry.chan.try_send(msg)),
+            _ => Err(SendError::Unknown(msg, crate::ClientError::Gone(id))),
+        })?;
         self.settle_send(id, outcome)
     }
 
@@ -332,10 +332,12 @@ impl<M: Clone + Send + 'static> Registry<M> {
                 }
                 // Counted as disconnected only by the call that did it, so concurrent
                 // broadcasts disconnect a client exactly once between them.
-                Casualty::Full(id) => match self.unregister(id) {
-                    Ok(_) => report.disconnected += 1,
-                    Err(_) => report.closed += 1,
-                },
+                Casualty::Full(id) => {
+                    match self.unregister_because(id, CloseReason::SlowConsumer) {
+                        Ok(_) => report.disconnected += 1,
+                        Err(_) => report.closed += 1,
+                    }
+                }
             }
         }
         let counters = &self.inner.counters;

@@ -18,6 +18,9 @@ pub enum ClientError {
     /// another registry.
     #[error("client id {0} names a slot that was never allocated")]
     NoSuchSlot(ClientId),
+    /// No connected client has the key.
+    #[error("no connected client has that key")]
+    NoSuchKey,
 }
 
 /// Why [`Registry::register`](crate::Registry::register) refused a client.
@@ -32,6 +35,15 @@ pub enum RegisterError {
     /// Every shard has used all of its 2^24 slots (including retired ones).
     #[error("every shard is out of slots")]
     OutOfSlots,
+    /// The profile's `metadata` or `system_info.custom_metadata` is larger than
+    /// [`Builder::max_metadata_bytes`](crate::Builder::max_metadata_bytes) as JSON.
+    #[error("metadata of {size} bytes exceeds the limit of {limit}")]
+    MetadataTooLarge {
+        /// Its size as compact JSON.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
 }
 
 /// Why [`Registry::attach`](crate::Registry::attach) failed.
@@ -40,6 +52,9 @@ pub enum AttachError {
     /// The client is not connected.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The session already addresses 2^32 − 1 member cells.
+    #[error("session {0} is full")]
+    SessionFull(SessionId),
 }
 
 /// Why [`Registry::detach`](crate::Registry::detach) failed.
@@ -157,4 +172,84 @@ pub enum BuildError {
     /// A client limit of zero would refuse every client.
     #[error("client limit must be at least 1")]
     MaxClients,
+    /// The event buffer must hold 1 to 2^20 events.
+    #[error("event capacity {0} is outside 1..=1048576")]
+    EventCapacity(usize),
+}
+
+/// A kind name other than `device` or `orchestrator`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown client kind {0:?}: expected \"device\" or \"orchestrator\"")]
+pub struct UnknownKind(pub String);
+
+/// Why a device-config file was rejected. The registry is left unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The operating system's reason.
+        message: String,
+    },
+    /// The extension is not `.yaml`, `.yml`, `.json` or `.toml`.
+    #[error("{0}: unsupported config format (use .yaml, .yml, .json or .toml)")]
+    Format(String),
+    /// The text is malformed.
+    #[error("line {line}, column {column}: {message}")]
+    Parse {
+        /// 1-based line (0 if the parser gave none).
+        line: usize,
+        /// 1-based column (0 if the parser gave none).
+        column: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// The text parsed but is not a map of keys to maps of fields of the right types.
+    #[error("config shape: {0}")]
+    Shape(String),
+}
+
+/// Why a profile update failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateError {
+    /// The client is not connected.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The updated `custom_metadata` is larger than the configured limit.
+    #[error("metadata of {size} bytes exceeds the limit of {limit}")]
+    MetadataTooLarge {
+        /// Its size as compact JSON.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+}
+
+/// Why a task could not be opened or completed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskError {
+    /// One side is not connected.
+    #[error(transparent)]
+    Offline(#[from] ClientError),
+    /// The client on one side has the wrong kind.
+    #[error("client {client} is not of kind {expected}")]
+    WrongKind {
+        /// The client.
+        client: ClientId,
+        /// The kind it must have.
+        expected: crate::ClientKind,
+    },
+    /// The device already runs its `max_concurrent_tasks`.
+    #[error("device {device} already runs its limit of {limit} tasks")]
+    AtCapacity {
+        /// The device.
+        device: ClientId,
+        /// Its limit.
+        limit: u64,
+    },
+    /// No open task has this id (it completed, was cancelled, or never existed).
+    #[error("no open task {0}")]
+    UnknownTask(crate::TaskId),
 }

@@ -96,6 +96,47 @@ impl ClientId {
     }
 }
 
+/// Serialised as its [`Display`](fmt::Display) form, `"c{shard}.{index}.{generation}"`.
+impl serde::Serialize for ClientId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl std::str::FromStr for ClientId {
+    type Err = ParseClientIdError;
+
+    /// Parses the [`Display`](fmt::Display) form back; the registry still validates
+    /// the id when it is used.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.strip_prefix('c').ok_or(ParseClientIdError)?.split('.');
+        let mut next = || parts.next().and_then(|p| p.parse::<u64>().ok());
+        let (shard, index, generation) = (next(), next(), next());
+        match (shard, index, generation, parts.next()) {
+            (Some(s), Some(i), Some(g), None)
+                if s < Self::MAX_SHARDS as u64
+                    && i < Self::MAX_SLOTS_PER_SHARD as u64
+                    && g <= u64::from(u32::MAX) =>
+            {
+                Ok(Self::pack(s as usize, i as usize, g as u32))
+            }
+            _ => Err(ParseClientIdError),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ClientId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Text that is not a client id of the form `c{shard}.{index}.{generation}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a client id (expected c<shard>.<index>.<generation>)")]
+pub struct ParseClientIdError;
+
 impl fmt::Display for ClientId {
     /// `c{shard}.{index}.{generation}`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -149,6 +190,25 @@ mod tests {
         assert_ne!(a, c);
         assert_eq!(c.index(), 0);
         assert_eq!(a.generation(), 0);
+    }
+
+    #[test]
+    fn display_parses_back_and_rejects_garbage() {
+        let id = ClientId::pack(3, 42, 7);
+        assert_eq!(id.to_string().parse::<ClientId>(), Ok(id));
+        for bad in [
+            "",
+            "c",
+            "c1.2",
+            "c1.2.3.4",
+            "x1.2.3",
+            "c256.0.0",
+            "c0.16777216.0",
+            "c0.0.4294967296",
+            "c-1.0.0",
+        ] {
+            assert!(bad.parse::<ClientId>().is_err(), "{bad}");
+        }
     }
 
     #[test]

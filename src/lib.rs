@@ -81,11 +81,15 @@
 //! * `channel`: the bounded channel and its [`Receiver`].
 //! * `sync`: every synchronisation primitive, swapped for loom's under
 //!   `--cfg switchboard_loom`.
+//! * [`http`] (the `http` feature, on by default): the admin API, an axum router
+//!   over a registry. `examples/ws_server` embeds the registry in a WebSocket
+//!   server end to end. Build with `default-features = false` for the registry
+//!   alone.
 //!
 //! [arc-swap]: https://docs.rs/arc-swap
 //! [loom]: https://docs.rs/loom
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 
@@ -93,24 +97,37 @@ mod channel;
 mod client;
 mod config;
 mod delivery;
+mod device_config;
 mod error;
+mod events;
+mod fleet;
+#[cfg(feature = "http")]
+pub mod http;
 mod id;
 mod paging;
+mod profile;
+mod query;
 mod registry;
 mod session;
 mod shard;
 mod stats;
 mod sync;
+mod task;
 
-pub use channel::Receiver;
-pub use client::ClientInfo;
+pub use channel::{CloseReason, Receiver};
 pub use config::{Builder, SlowConsumerPolicy};
 pub use delivery::{BroadcastReport, MultiBroadcastReport};
+pub use device_config::DeviceConfig;
 pub use error::{
-    AttachError, BroadcastError, BuildError, ClientError, DetachError, RegisterError, SendError,
-    TryRecvError, UnknownSession,
+    AttachError, BroadcastError, BuildError, ClientError, ConfigError, DetachError, RegisterError,
+    SendError, TaskError, TryRecvError, UnknownKind, UnknownSession, UpdateError,
 };
-pub use id::ClientId;
-pub use registry::{Registry, Unregistered};
+pub use events::Event;
+pub use fleet::{ClientRef, Reloaded};
+pub use id::{ClientId, ParseClientIdError};
+pub use profile::{ClientInfo, ClientKind, SystemInfo};
+pub use query::{Filter, Requirements};
+pub use registry::{Registration, Registry, Unregistered};
 pub use session::SessionId;
 pub use stats::Stats;
+pub use task::{CancelReason, CancelledTask, Task, TaskId};

@@ -2,14 +2,22 @@
 
 use std::fmt;
 
-use crate::channel::{Channel, Receiver};
-use crate::client::{ClientEntry, ClientInfo, ClientState};
+use crate::channel::{Channel, CloseReason, Receiver};
+use crate::client::{millis_to_time, now_millis, ClientEntry, ClientState, FleetState};
 use crate::config::{Builder, Config};
+use crate::device_config::DeviceConfig;
 use crate::error::{AttachError, ClientError, DetachError, RegisterError, UnknownSession};
+use crate::events::{Event, EventBus};
+use crate::fleet::ClientRef;
+use crate::profile::ClientInfo;
+use crate::query::{index_keys, IndexKey};
 use crate::session::{Joined, Left, Session};
 use crate::shard::{self, Shard};
 use crate::stats::{Counters, Stats};
-use crate::sync::{lock, Arc, AtomicUsize, ConcurrentMap, Mutex, OptionCell, Ordering};
+use crate::sync::{
+    lock, Arc, AtomicUsize, ConcurrentMap, Mutex, Ordering, SlotCell, SnapshotCell, ValueArc,
+};
+use crate::task::{CancelReason, CancelledTask, Task, TaskId, TaskIds};
 use crate::{ClientId, SessionId};
 
 /// The registry of connected clients and their sessions.
@@ -28,6 +36,16 @@ pub(crate) struct Inner<M> {
     pub(crate) config: Config,
     pub(crate) shards: Box<[Shard<ClientEntry<M>>]>,
     pub(crate) sessions: ConcurrentMap<SessionId, Arc<Session<M>>>,
+    /// Profile index sets; see [`query`](crate::query).
+    pub(crate) indexes: ConcurrentMap<IndexKey, Arc<Session<M>>>,
+    /// The current connection of every key.
+    pub(crate) keys: ConcurrentMap<ValueArc<str>, ClientId>,
+    pub(crate) tasks: ConcurrentMap<TaskId, Task>,
+    pub(crate) task_ids: TaskIds,
+    pub(crate) events: EventBus,
+    pub(crate) device_config: SnapshotCell<DeviceConfig>,
+    /// Serialises config reloads with each other.
+    pub(crate) reload: Mutex<()>,
     /// Connected clients, kept only when `max_clients` is set.
     ///
     /// Ordering: `Relaxed`; the limit check needs only the modification order of
@@ -69,6 +87,29 @@ pub struct Unregistered {
     pub id: ClientId,
     /// Every session it was a member of, now without it.
     pub sessions: Vec<SessionId>,
+    /// Tasks this unregister cancelled, each listed by exactly one report.
+    pub cancelled_tasks: Vec<CancelledTask>,
+}
+
+/// What [`Registry::register_with_report`] did.
+#[must_use = "the receiver must be drained, and the report says whether a connection was replaced"]
+#[non_exhaustive]
+pub struct Registration<M> {
+    /// The new client's id.
+    pub id: ClientId,
+    /// The receiving end of its channel.
+    pub receiver: Receiver<M>,
+    /// The older connection with the same key that this one took over, if any.
+    pub took_over: Option<Unregistered>,
+}
+
+impl<M> fmt::Debug for Registration<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("id", &self.id)
+            .field("took_over", &self.took_over)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<M> Registry<M> {
@@ -82,16 +123,7 @@ impl<M> Registry<M> {
     /// ```
     #[must_use]
     pub fn new() -> Self {
-        match Builder::<M>::new().validate() {
-            Ok(config) => Self::from_config(config),
-            // The defaults are valid (a unit test proves it); this arm is unreachable.
-            Err(_) => Self::from_config(Config {
-                shards: 1,
-                channel_capacity: 32,
-                slow_consumer: Default::default(),
-                max_clients: None,
-            }),
-        }
+        Self::from_config(Config::default())
     }
 
     /// Starts configuring a registry.
@@ -101,11 +133,20 @@ impl<M> Registry<M> {
 
     pub(crate) fn from_config(config: Config) -> Self {
         let shards = (0..config.shards).map(|_| Shard::new()).collect();
+        let device_config = Arc::new(config.device_config.clone());
+        let events = EventBus::new(config.event_capacity);
         Self {
             inner: Arc::new(Inner {
                 config,
                 shards,
                 sessions: ConcurrentMap::new(),
+                indexes: ConcurrentMap::new(),
+                keys: ConcurrentMap::new(),
+                tasks: ConcurrentMap::new(),
+                task_ids: TaskIds::new(),
+                events,
+                device_config: SnapshotCell::new(device_config),
+                reload: Mutex::new(()),
                 admitted: AtomicUsize::new(0),
                 counters: Counters::new(),
             }),
@@ -135,7 +176,41 @@ impl<M> Registry<M> {
     /// # Ok::<(), switchboard::RegisterError>(())
     /// ```
     pub fn register(&self, info: ClientInfo) -> Result<(ClientId, Receiver<M>), RegisterError> {
+        self.register_with_report(info).map(|r| (r.id, r.receiver))
+    }
+
+    /// Registers a client, reporting the connection it took over, if any.
+    ///
+    /// When `info.key` names a client that is already online, the new connection
+    /// takes the key over: the key resolves to the old connection until this one is
+    /// in place and to the new one from then on, never to neither or both. The old
+    /// connection is then unregistered: its channel closes (its writer task sees the
+    /// end), its tasks are cancelled, and with
+    /// [`Builder::takeover_moves_sessions`] its sessions move to the new one.
+    ///
+    /// # Errors
+    ///
+    /// As [`register`](Self::register), plus [`RegisterError::MetadataTooLarge`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchboard::{ClientInfo, Registry};
+    ///
+    /// let registry = Registry::<u8>::new();
+    /// let (first, mut first_rx) = registry.register(ClientInfo::new().with_key("dev"))?;
+    /// let again = registry.register_with_report(ClientInfo::new().with_key("dev"))?;
+    /// assert_eq!(again.took_over.map(|old| old.id), Some(first));
+    /// assert_eq!(registry.id_of("dev"), Some(again.id));
+    /// assert!(first_rx.try_recv().is_err()); // closed: the old writer task ends
+    /// # Ok::<(), switchboard::RegisterError>(())
+    /// ```
+    pub fn register_with_report(
+        &self,
+        mut info: ClientInfo,
+    ) -> Result<Registration<M>, RegisterError> {
         let inner = &*self.inner;
+        check_metadata(&info, inner.config.max_metadata_bytes)?;
         if let Some(limit) = inner.config.max_clients {
             // Relaxed: see `admitted`.
             let admitted = inner
@@ -160,20 +235,69 @@ impl<M> Registry<M> {
             return Err(RegisterError::OutOfSlots);
         };
         let id = ClientId::pack(shard, index, generation);
+        let connected_at = now_millis();
+        let plain = info.is_blank();
+        let mut fleet = None;
+        if !plain {
+            info.connected_at = millis_to_time(connected_at);
+            let config = inner.device_config.load();
+            if let Some(merged) = config.merge(info.key.as_deref(), &info.system_info) {
+                let reported = std::mem::replace(&mut info.system_info, merged);
+                fleet = Some(Box::new(FleetState {
+                    tasks: Vec::new(),
+                    reported: Some(reported),
+                }));
+            }
+        }
+        let profiled = info.is_profiled();
+        let indexed = index_keys(&info);
+        let key = info.key.clone();
         let chan = Arc::new(Channel::new(inner.config.channel_capacity));
         let entry = Arc::new(ClientEntry {
             id,
             chan: Arc::clone(&chan),
-            info: Arc::new(info),
+            connected_at,
+            profile: SlotCell::empty(),
             state: Mutex::new(ClientState {
                 connected: true,
                 sessions: Vec::new(),
+                fleet,
             }),
         });
-        if let Some(slot) = inner.shards[shard].slot(index) {
-            slot.store(Some(entry));
+        if !plain {
+            entry.profile.store(Some(Arc::new(info)));
         }
-        Ok((id, Receiver::new(chan)))
+        if let Some(slot) = inner.shards[shard].slot(index) {
+            slot.store(Some(Arc::clone(&entry)));
+        }
+        if !indexed.is_empty() {
+            // Under the client's lock, like every other index change of this client.
+            let _state = lock(&entry.state);
+            for index_key in &indexed {
+                self.join_index(index_key, id, &entry.chan);
+            }
+        }
+        if profiled {
+            inner.events.publish(|| Event::Joined {
+                id,
+                key: key.clone(),
+            });
+        }
+        let took_over = key.and_then(|key| {
+            let old = inner.keys.insert(ValueArc::from(key.as_str()), id)?;
+            let report = self
+                .unregister_because(old, CloseReason::TakenOver { by: id })
+                .ok()?;
+            inner
+                .events
+                .publish(|| Event::TakenOver { key, old, new: id });
+            Some(report)
+        });
+        Ok(Registration {
+            id,
+            receiver: Receiver::new(chan),
+            took_over,
+        })
     }
 
     /// Unregisters a client: detaches it from every session and closes its channel.
@@ -199,27 +323,137 @@ impl<M> Registry<M> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn unregister(&self, id: ClientId) -> Result<Unregistered, ClientError> {
+        self.unregister_because(id, CloseReason::Unregistered)
+    }
+
+    /// Disconnects a client on the application's behalf (an operator's kick), giving
+    /// a reason that its connection can pass on to the peer.
+    ///
+    /// The same as [`unregister`](Self::unregister), except that the client's
+    /// [`Receiver::close_reason`] reports [`CloseReason::Kicked`] with `reason`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`] if `who` names no connected client.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchboard::{ClientInfo, CloseReason};
+    ///
+    /// let registry = switchboard::Registry::<u8>::new();
+    /// let (id, mut rx) = registry.register(ClientInfo::new().with_key("dev"))?;
+    /// let gone = registry.kick("dev", "firmware too old")?;
+    /// assert_eq!(gone.id, id);
+    /// assert!(!registry.is_online("dev"));
+    /// assert!(matches!(rx.close_reason(), Some(CloseReason::Kicked { reason }) if reason == "firmware too old"));
+    /// assert!(rx.try_recv().is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn kick<'k>(
+        &self,
+        who: impl Into<ClientRef<'k>>,
+        reason: impl Into<String>,
+    ) -> Result<Unregistered, ClientError> {
+        let id = self.lookup(who.into())?.id;
+        self.unregister_because(
+            id,
+            CloseReason::Kicked {
+                reason: reason.into(),
+            },
+        )
+    }
+
+    /// The one path every departure takes: unregister, a closed channel, the
+    /// disconnect policy, and takeover.
+    pub(crate) fn unregister_because(
+        &self,
+        id: ClientId,
+        cause: CloseReason,
+    ) -> Result<Unregistered, ClientError> {
         let entry = self.entry(id)?;
-        let sessions = {
+        let (sessions, tasks) = {
             let mut state = lock(&entry.state);
             if !state.connected {
                 return Err(ClientError::Gone(id));
             }
             state.connected = false;
-            std::mem::take(&mut state.sessions)
+            let tasks = state.fleet.as_mut().map(|f| std::mem::take(&mut f.tasks));
+            (
+                std::mem::take(&mut state.sessions),
+                tasks.unwrap_or_default(),
+            )
         };
-        entry.chan.close();
-        let keys = sessions
-            .iter()
-            .map(|session| {
-                self.leave(session, id);
-                session.key().clone()
-            })
+        let info = entry.profile.with(|info| info.cloned());
+        // The key stops resolving before the slot is freed; a successor's mapping
+        // (takeover) is left alone.
+        if let Some(key) = info.as_ref().and_then(|i| i.key.as_deref()) {
+            self.inner
+                .keys
+                .remove_if(&ValueArc::from(key), |current| *current == id);
+        }
+        let taken_over_by = match cause {
+            CloseReason::TakenOver { by } => Some(by),
+            _ => None,
+        };
+        entry.chan.close_because(cause);
+        let mut keys = Vec::with_capacity(sessions.len());
+        for (key, session) in sessions {
+            if let Some(by) = taken_over_by {
+                if self.inner.config.takeover_moves_sessions {
+                    let _ = self.attach(by, key.clone());
+                }
+            }
+            self.leave(&key, &session, id);
+            keys.push(key);
+        }
+        if let Some(info) = &info {
+            for index_key in index_keys(info) {
+                self.leave_index(&index_key, id);
+            }
+        }
+        let cancelled_tasks = tasks
+            .into_iter()
+            .filter_map(|task| self.cancel_task(task, id))
             .collect();
         // This call alone flipped `connected`, so it alone frees the slot.
         self.inner.shards[id.shard()].release(id);
         self.release_admission();
-        Ok(Unregistered { id, sessions: keys })
+        if info.as_ref().is_some_and(|i| i.is_profiled()) {
+            self.inner.events.publish(|| Event::Left {
+                id,
+                key: info.as_ref().and_then(|i| i.key.clone()),
+            });
+        }
+        Ok(Unregistered {
+            id,
+            sessions: keys,
+            cancelled_tasks,
+        })
+    }
+
+    /// Cancels `task` because `gone` left, unless it already ended; tells the
+    /// surviving side through the event stream.
+    fn cancel_task(&self, task: TaskId, gone: ClientId) -> Option<CancelledTask> {
+        // Whoever removes the task from the map cancels it: exactly once.
+        let task = self.inner.tasks.remove(&task)?;
+        let (reason, survivor) = if task.orchestrator == gone {
+            (CancelReason::OrchestratorDisconnected, task.device)
+        } else {
+            (CancelReason::DeviceDisconnected, task.orchestrator)
+        };
+        if let Ok(entry) = self.entry(survivor) {
+            if let Some(fleet) = lock(&entry.state).fleet.as_mut() {
+                fleet.tasks.retain(|t| *t != task.id);
+            }
+        }
+        self.inner.events.publish(|| Event::TaskCancelled {
+            task: task.id,
+            orchestrator: task.orchestrator,
+            device: task.device,
+            reason,
+        });
+        Some(CancelledTask { task, reason })
     }
 
     /// Adds a client to a session, creating the session if it does not exist.
@@ -257,13 +491,14 @@ impl<M> Registry<M> {
             let session = self.session_or_insert(&key);
             match session.join(id, &entry.chan) {
                 Joined::Added => {
-                    state.sessions.push(session);
+                    state.sessions.push((key, session));
                     return Ok(true);
                 }
                 // The client's state says it is not a member, and the state is only
                 // changed under its lock, which we hold.
                 Joined::AlreadyMember => return Ok(false),
-                Joined::Retired => self.forget_session(&session),
+                Joined::Retired => forget(&self.inner.sessions, &key, &session),
+                Joined::Full => return Err(AttachError::SessionFull(key)),
             }
         }
     }
@@ -302,8 +537,8 @@ impl<M> Registry<M> {
                 session: key,
             });
         };
-        let session = state.sessions.swap_remove(position);
-        self.leave(&session, id);
+        let (key, session) = state.sessions.swap_remove(position);
+        self.leave(&key, &session, id);
         Ok(())
     }
 
@@ -324,7 +559,7 @@ impl<M> Registry<M> {
             if session.pin() {
                 return;
             }
-            self.forget_session(&session);
+            forget(&self.inner.sessions, &key, &session);
         }
     }
 
@@ -346,9 +581,11 @@ impl<M> Registry<M> {
     /// ```
     pub fn release_session(&self, session: impl Into<SessionId>) -> Result<(), UnknownSession> {
         let key = session.into();
-        let session = self.inner.sessions.get(&key).ok_or(UnknownSession(key))?;
+        let Some(session) = self.inner.sessions.get(&key) else {
+            return Err(UnknownSession(key));
+        };
         if session.unpin() {
-            self.forget_session(&session);
+            forget(&self.inner.sessions, &key, &session);
         }
         Ok(())
     }
@@ -416,14 +653,15 @@ impl<M> Registry<M> {
         if !state.connected {
             return Err(ClientError::Gone(id));
         }
-        Ok(state.sessions.iter().map(|s| s.key().clone()).collect())
+        Ok(state.sessions.iter().map(|(key, _)| key.clone()).collect())
     }
 
-    /// The profile the client registered with. Takes no lock.
+    /// The client's profile, after any device-config merge. A cheap snapshot that
+    /// takes no lock; later updates do not change it.
     ///
     /// # Errors
     ///
-    /// [`ClientError`] if the id does not name a connected client.
+    /// [`ClientError`] if `who` names no connected client.
     ///
     /// # Examples
     ///
@@ -433,26 +671,29 @@ impl<M> Registry<M> {
     /// let registry = switchboard::Registry::<u8>::new();
     /// let (id, _rx) = registry.register(ClientInfo::new().with_key("bob")).unwrap();
     /// assert_eq!(registry.info(id)?.key.as_deref(), Some("bob"));
+    /// assert_eq!(registry.info("bob")?.key.as_deref(), Some("bob"));
     /// # Ok::<(), switchboard::ClientError>(())
     /// ```
-    pub fn info(&self, id: ClientId) -> Result<Arc<ClientInfo>, ClientError> {
-        Ok(Arc::clone(&self.entry(id)?.info))
+    pub fn info<'k>(&self, who: impl Into<ClientRef<'k>>) -> Result<Arc<ClientInfo>, ClientError> {
+        Ok(self.lookup(who.into())?.info())
     }
 
-    /// Whether `id` names a connected client. Takes no lock.
+    /// Whether `who` (an id or a key) names a connected client. Takes no lock.
     ///
     /// # Examples
     ///
     /// ```
+    /// use switchboard::ClientInfo;
+    ///
     /// let registry = switchboard::Registry::<u8>::new();
-    /// let (id, _rx) = registry.register(Default::default()).unwrap();
-    /// assert!(registry.is_online(id));
+    /// let (id, _rx) = registry.register(ClientInfo::new().with_key("k")).unwrap();
+    /// assert!(registry.is_online(id) && registry.is_online("k"));
     /// let _ = registry.unregister(id);
-    /// assert!(!registry.is_online(id));
+    /// assert!(!registry.is_online(id) && !registry.is_online("k"));
     /// ```
     #[must_use]
-    pub fn is_online(&self, id: ClientId) -> bool {
-        self.entry(id).is_ok()
+    pub fn is_online<'k>(&self, who: impl Into<ClientRef<'k>>) -> bool {
+        self.lookup(who.into()).is_ok()
     }
 
     /// Connected clients. Sums the shards' counts; takes no lock.
@@ -472,9 +713,9 @@ impl<M> Registry<M> {
     pub fn session_ids(&self) -> Vec<SessionId> {
         self.inner
             .sessions
-            .values()
-            .iter()
-            .map(|s| s.key().clone())
+            .entries()
+            .into_iter()
+            .map(|(key, _)| key)
             .collect()
     }
 
@@ -501,9 +742,31 @@ impl<M> Registry<M> {
     /// ```
     pub fn stats(&self) -> Stats {
         let c = &self.inner.counters;
+        let count = |key: &IndexKey| {
+            self.inner
+                .indexes
+                .get(key)
+                .map_or(0, |s| s.snapshot().live())
+        };
+        let mut by_platform: Vec<(String, usize)> = self
+            .inner
+            .indexes
+            .entries()
+            .into_iter()
+            .filter_map(|(key, set)| match key {
+                IndexKey::Platform(p) => Some((p.to_string(), set.snapshot().live())),
+                _ => None,
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        by_platform.sort();
         Stats {
             clients: self.client_count(),
+            devices: count(&IndexKey::Kind(crate::ClientKind::Device)),
+            orchestrators: count(&IndexKey::Kind(crate::ClientKind::Orchestrator)),
+            by_platform,
             sessions: self.session_count(),
+            tasks: self.inner.tasks.len(),
             delivered: c.delivered.sum(),
             dropped: c.dropped.sum(),
             closed: c.closed.sum(),
@@ -513,7 +776,7 @@ impl<M> Registry<M> {
 
     /// The slot `id` points at, or why it points nowhere.
     #[inline]
-    pub(crate) fn slot(&self, id: ClientId) -> Result<&OptionCell<ClientEntry<M>>, ClientError> {
+    pub(crate) fn slot(&self, id: ClientId) -> Result<&SlotCell<ClientEntry<M>>, ClientError> {
         let shard = self
             .inner
             .shards
@@ -524,30 +787,73 @@ impl<M> Registry<M> {
 
     /// The entry `id` names, if it is still the slot's occupant.
     pub(crate) fn entry(&self, id: ClientId) -> Result<Arc<ClientEntry<M>>, ClientError> {
-        match &*self.slot(id)?.load() {
+        self.slot(id)?.with(|entry| match entry {
             Some(entry) if entry.id == id => Ok(Arc::clone(entry)),
             _ => Err(ClientError::Gone(id)),
-        }
+        })
     }
 
     fn session_or_insert(&self, key: &SessionId) -> Arc<Session<M>> {
         self.inner
             .sessions
-            .get_or_insert_with(key.clone(), || Arc::new(Session::new(key.clone())))
+            .get_or_insert_with(key.clone(), || Arc::new(Session::new()))
     }
 
     /// Removes `id` from `session`, and a retired session from the directory.
-    pub(crate) fn leave(&self, session: &Arc<Session<M>>, id: ClientId) {
+    pub(crate) fn leave(&self, key: &SessionId, session: &Arc<Session<M>>, id: ClientId) {
         if session.leave(id) == Left::RemovedAndRetired {
-            self.forget_session(session);
+            forget(&self.inner.sessions, key, session);
         }
     }
 
-    /// Removes a retired session from the directory, unless a successor replaced it.
-    fn forget_session(&self, session: &Arc<Session<M>>) {
-        self.inner
-            .sessions
-            .remove_if(session.key(), |current| Arc::ptr_eq(current, session));
+    /// Adds `id` to an index set. Called under the client's lock.
+    pub(crate) fn join_index(&self, key: &IndexKey, id: ClientId, chan: &Arc<Channel<M>>) {
+        loop {
+            let set = self
+                .inner
+                .indexes
+                .get_or_insert_with(key.clone(), || Arc::new(Session::new()));
+            match set.join(id, chan) {
+                // An index set that cannot grow leaves the client out of that one
+                // filter; 2^32 members of one platform or tag is not a real fleet.
+                Joined::Added | Joined::AlreadyMember | Joined::Full => return,
+                Joined::Retired => forget(&self.inner.indexes, key, &set),
+            }
+        }
+    }
+
+    /// Removes `id` from an index set. Called under the client's lock, or after its
+    /// unregister made it unreachable.
+    pub(crate) fn leave_index(&self, key: &IndexKey, id: ClientId) {
+        if let Some(set) = self.inner.indexes.get(key) {
+            if set.leave(id) == Left::RemovedAndRetired {
+                forget(&self.inner.indexes, key, &set);
+            }
+        }
+    }
+
+    /// The connected client `who` names: the id's occupant, or the key's current
+    /// connection.
+    ///
+    /// A key is read and then its connection looked up; if a takeover replaced that
+    /// connection in between, the key is read again, so a key that is held the
+    /// whole time never looks unheld. Retries only while takeovers keep landing.
+    pub(crate) fn lookup(&self, who: ClientRef<'_>) -> Result<Arc<ClientEntry<M>>, ClientError> {
+        let key = match who {
+            ClientRef::Id(id) => return self.entry(id),
+            ClientRef::Key(key) => key,
+        };
+        let mut id = self.inner.keys.get(key).ok_or(ClientError::NoSuchKey)?;
+        loop {
+            match self.entry(id) {
+                Ok(entry) => return Ok(entry),
+                Err(gone) => match self.inner.keys.get(key) {
+                    Some(now) if now != id => id = now,
+                    Some(_) => return Err(gone),
+                    None => return Err(ClientError::NoSuchKey),
+                },
+            }
+        }
     }
 
     fn release_admission(&self) {
@@ -556,6 +862,49 @@ impl<M> Registry<M> {
             self.inner.admitted.fetch_sub(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Removes a retired member set from `map`, unless a successor already replaced it.
+fn forget<K, M>(map: &ConcurrentMap<K, Arc<Session<M>>>, key: &K, set: &Arc<Session<M>>)
+where
+    K: std::hash::Hash + Eq + Clone,
+{
+    map.remove_if(key, |current| Arc::ptr_eq(current, set));
+}
+
+/// Rejects metadata larger than `limit` bytes of compact JSON.
+fn check_metadata(info: &ClientInfo, limit: usize) -> Result<(), RegisterError> {
+    let custom = &info.system_info.custom_metadata;
+    if info.metadata.is_null() && custom.is_empty() {
+        return Ok(());
+    }
+    let size = json_size(&info.metadata).max(if custom.is_empty() {
+        0
+    } else {
+        json_size(custom)
+    });
+    if size > limit {
+        return Err(RegisterError::MetadataTooLarge { size, limit });
+    }
+    Ok(())
+}
+
+/// Bytes `value` takes as compact JSON, counted without building the string.
+pub(crate) fn json_size(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serialising a JSON value into a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 impl<M> Drop for Inner<M> {

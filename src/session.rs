@@ -7,36 +7,41 @@
 //! id, a handle to its channel, and `removed_at`: the version of the first snapshot
 //! that no longer contains it.
 //!
-//! What a broadcast reads is a [`Membership`]: an immutable header of the page list,
-//! the number of cells in use, and a version number, published through a
-//! [`SnapshotCell`]. A broadcast loads the header once, walks the cells in order and
-//! delivers to every cell with `removed_at > version`. That is one contiguous walk
-//! with no lookup per recipient.
+//! The page list and one atomic *state word* form a [`Layout`], published through a
+//! [`SnapshotCell`]. The state word packs the number of cells in use and the version
+//! of the newest snapshot. A broadcast loads the layout, then the word, and walks
+//! cells `0..len`, delivering to every cell with `removed_at > version`: one
+//! contiguous walk, no lock, no lookup per recipient. What it reads is a
+//! [`Membership`].
 //!
-//! * **Join** writes the next free cell, then publishes a header with `len + 1`. No
-//!   existing cell is copied; a new page is added when the last is full, which copies
-//!   the page list (O(log n) pointers), not the members.
-//! * **Leave** stores the next version into the member's `removed_at`, then publishes
-//!   a header with that version. Nothing is copied.
+//! * **Join** writes the next free cell, then stores a word with `len + 1` and the
+//!   next version. Nothing is copied or allocated; a new page is added when the last
+//!   is full, which publishes a new layout with the page list (O(log n) pointers)
+//!   extended, not the members copied.
+//! * **Leave** stores the next version into the member's `removed_at`, then stores a
+//!   word with that version. Nothing is copied or allocated.
 //! * **Compaction.** Left cells keep their slot until the session is compacted: when
 //!   dead cells outnumber live ones (and at least [`COMPACT_SLACK`]), the writer
-//!   copies the live members into fresh pages and publishes those. Each compaction
-//!   of `n` live members is paid for by more than `n` leaves, so joins and leaves cost
-//!   O(1) amortised whatever the session's size, and dead cells never exceed
-//!   `max(live, COMPACT_SLACK) + 1`.
+//!   copies the live members into fresh pages and publishes a new layout with the
+//!   version restarted. Each compaction of `n` live members is paid for by more than
+//!   `n` leaves, so joins and leaves cost O(1) amortised whatever the session's size,
+//!   and dead cells never exceed `max(live, COMPACT_SLACK) + 1`.
 //!
 //! # Invariants
 //!
 //! Writers are serialised by the session's writer lock; readers take no lock.
 //!
-//! 1. Cells below a published `len` are initialised before that header is published,
-//!    and never rewritten except for `removed_at`.
-//! 2. A member removed in version `v` has `removed_at = v`, stored *before* the
-//!    header of version `v` is published. So a snapshot of version `≥ v` always sees
-//!    it removed, and one of version `< v` sees it present whichever value it reads.
-//!    A broadcast therefore reaches exactly the members of the snapshot it loaded.
-//! 3. `positions` (writer-side) maps each live member to its cell, and holds exactly
-//!    the live members of the newest header.
+//! 1. Cells below a published `len` are initialised before the word that publishes
+//!    that `len`, and never rewritten except for `removed_at`.
+//! 2. A member removed in version `v` has `removed_at = v`, stored before the word of
+//!    version `v`. So a snapshot of version `≥ v` always sees it removed, and one of
+//!    version `< v` sees it present whichever value it reads. A broadcast therefore
+//!    reaches exactly the members of the snapshot it loaded.
+//! 3. A layout's word only changes while the layout is current. Versions are
+//!    compared only within one layout: compaction starts fresh cells, so it may
+//!    restart the count; growth shares the cells, so it keeps counting.
+//! 4. `positions` (writer-side) maps each live member to its cell, and holds exactly
+//!    the live members of the newest snapshot.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -44,7 +49,8 @@ use std::fmt;
 use crate::channel::Channel;
 use crate::paging;
 use crate::sync::{
-    lock, Arc, AtomicU64, Mutex, OnceLock, Ordering, Snapshot, SnapshotCell, ValueArc,
+    lock, Arc, AtomicU32, AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering, Snapshot,
+    SnapshotCell, ValueArc,
 };
 use crate::ClientId;
 
@@ -112,8 +118,57 @@ impl From<&SessionId> for SessionId {
     }
 }
 
+/// Serialised as a JSON number (`Num`) or string (`Name`), so the two stay apart.
+impl serde::Serialize for SessionId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Num(n) => s.serialize_u64(*n),
+            Self::Name(name) => s.serialize_str(name),
+        }
+    }
+}
+
+/// Read from a non-negative integer (`Num`) or a string (`Name`).
+///
+/// ```
+/// use switchboard::SessionId;
+///
+/// let ids: Vec<SessionId> = serde_json::from_str(r#"[7, "7", "lobby"]"#)?;
+/// assert_eq!(ids, [SessionId::Num(7), SessionId::from("7"), SessionId::from("lobby")]);
+/// assert!(serde_json::from_str::<SessionId>("-1").is_err());
+/// assert_eq!(serde_json::to_string(&ids)?, r#"[7,"7","lobby"]"#);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+impl<'de> serde::Deserialize<'de> for SessionId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SessionId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a session id: a non-negative integer or a string")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<SessionId, E> {
+                Ok(SessionId::Num(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<SessionId, E> {
+                u64::try_from(n)
+                    .map(SessionId::Num)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<SessionId, E> {
+                Ok(SessionId::from(s))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// `removed_at` of a member that has not left.
-const PRESENT: u64 = u64::MAX;
+const PRESENT: u32 = u32::MAX;
+/// The last version a layout may reach before a compaction restarts the count.
+const MAX_VERSION: u32 = u32::MAX - 1;
+/// Cells one layout may address: `len` is 32 bits of the state word.
+const MAX_CELLS: usize = u32::MAX as usize;
 /// The first page holds `2^PAGE_SHIFT` cells: small, since most sessions are.
 const PAGE_SHIFT: u32 = 2;
 /// Dead cells tolerated before compaction regardless of the live count.
@@ -126,20 +181,37 @@ pub(crate) struct Member<M> {
     /// Version of the first snapshot without this member, or `PRESENT`.
     ///
     /// Ordering: `Relaxed` on both sides. A reader whose snapshot is new enough to
-    /// exclude the member acquired the header published after this store, which
+    /// exclude the member acquired the state word stored after this store, which
     /// makes the store visible; an older reader delivers whichever value it sees.
-    removed_at: AtomicU64,
+    removed_at: AtomicU32,
 }
 
 type Page<M> = Box<[OnceLock<Member<M>>]>;
 
-/// An immutable view of a session's members: what one broadcast reads.
+/// A page list and the state word that says how much of it a snapshot sees.
+pub(crate) struct Layout<M> {
+    pages: Vec<Arc<Page<M>>>,
+    /// `len << 32 | version` of the newest snapshot in this layout.
+    ///
+    /// Ordering: stored with `Release` after the cells and `removed_at` values it
+    /// publishes, read with an `AcqRel` RMW by readers (invariants 1 and 2; see
+    /// `Session::snapshot` for why an RMW).
+    state: AtomicU64,
+    /// Live members of the newest snapshot; a size hint.
+    ///
+    /// Ordering: `Relaxed`; read for counts, never to decide what to deliver.
+    live: AtomicUsize,
+}
+
+fn pack(len: usize, version: u32) -> u64 {
+    ((len as u64) << 32) | u64::from(version)
+}
+
+/// What one broadcast reads: a layout and one word of it.
 pub(crate) struct Membership<M> {
-    pages: Arc<Vec<Arc<Page<M>>>>,
-    /// Cells in use, live or dead.
+    layout: Snapshot<Layout<M>>,
     len: usize,
-    live: usize,
-    version: u64,
+    version: u32,
 }
 
 impl<M> Membership<M> {
@@ -147,7 +219,7 @@ impl<M> Membership<M> {
     #[inline]
     pub(crate) fn for_each(&self, mut f: impl FnMut(&Member<M>)) {
         let mut remaining = self.len;
-        for page in self.pages.iter() {
+        for page in self.layout.pages.iter() {
             let n = remaining.min(page.len());
             for cell in &page[..n] {
                 if let Some(member) = cell.get() {
@@ -164,18 +236,40 @@ impl<M> Membership<M> {
         }
     }
 
+    /// Members of this snapshot, newest first, while `f` returns true.
+    pub(crate) fn for_each_rev_while(&self, mut f: impl FnMut(&Member<M>) -> bool) {
+        for cell in (0..self.len).rev() {
+            let (page, offset) = paging::split(cell, PAGE_SHIFT);
+            let Some(member) = self
+                .layout
+                .pages
+                .get(page)
+                .and_then(|p| p.get(offset))
+                .and_then(OnceLock::get)
+            else {
+                continue;
+            };
+            // Relaxed: see `Member::removed_at`.
+            if member.removed_at.load(Ordering::Relaxed) > self.version && !f(member) {
+                return;
+            }
+        }
+    }
+
+    /// Live members of the session now (not necessarily of this snapshot).
     pub(crate) fn live(&self) -> usize {
-        self.live
+        // Relaxed: see `Layout::live`.
+        self.layout.live.load(Ordering::Relaxed)
     }
 }
 
 /// Writer-side state, behind the session's writer lock.
 struct Writer<M> {
-    pages: Arc<Vec<Arc<Page<M>>>>,
+    layout: Arc<Layout<M>>,
     len: usize,
-    version: u64,
+    version: u32,
     /// Cell of each live member.
-    positions: HashMap<ClientId, usize>,
+    positions: HashMap<ClientId, usize, foldhash::fast::RandomState>,
     /// The application keeps this session open while it is empty.
     pinned: bool,
     /// Emptied and unpinned: no longer in the directory, refuses joins.
@@ -189,6 +283,8 @@ pub(crate) enum Joined {
     AlreadyMember,
     /// The session emptied and is leaving the directory; look it up again.
     Retired,
+    /// The session holds as many members as one layout can address.
+    Full,
 }
 
 /// Result of [`Session::leave`].
@@ -201,43 +297,48 @@ pub(crate) enum Left {
     NotMember,
 }
 
-/// One session: its key, its published membership, and its writer.
+/// One member set: its published layout and its writer. Used for sessions and for
+/// the profile indexes alike; the key lives in whichever map holds it.
 pub(crate) struct Session<M> {
-    key: SessionId,
-    snapshot: SnapshotCell<Membership<M>>,
+    layout: SnapshotCell<Layout<M>>,
     writer: Mutex<Writer<M>>,
 }
 
 impl<M> Session<M> {
-    pub(crate) fn new(key: SessionId) -> Self {
-        let pages = Arc::new(Vec::new());
+    pub(crate) fn new() -> Self {
+        let layout = Arc::new(Layout {
+            pages: Vec::new(),
+            state: AtomicU64::new(0),
+            live: AtomicUsize::new(0),
+        });
         Self {
-            key,
-            snapshot: SnapshotCell::new(Arc::new(Membership {
-                pages: Arc::clone(&pages),
-                len: 0,
-                live: 0,
-                version: 0,
-            })),
+            layout: SnapshotCell::new(Arc::clone(&layout)),
             writer: Mutex::new(Writer {
-                pages,
+                layout,
                 len: 0,
                 version: 0,
-                positions: HashMap::new(),
+                positions: HashMap::default(),
                 pinned: false,
                 retired: false,
             }),
         }
     }
 
-    pub(crate) fn key(&self) -> &SessionId {
-        &self.key
-    }
-
     /// The current membership. Short-lived: never hold it across an `.await`.
     #[inline]
-    pub(crate) fn snapshot(&self) -> Snapshot<Membership<M>> {
-        self.snapshot.load()
+    pub(crate) fn snapshot(&self) -> Membership<M> {
+        let layout = self.layout.load();
+        // An RMW, not a load: an RMW reads the newest value in the word's
+        // modification order, so the snapshot includes every join and leave that
+        // returned before this call began, however "before" was established. A load
+        // (even SeqCst) may legally return an older value; loom finds that order.
+        // One RMW per broadcast, not per recipient.
+        let word = layout.state.fetch_add(0, Ordering::AcqRel);
+        Membership {
+            layout,
+            len: (word >> 32) as usize,
+            version: word as u32,
+        }
     }
 
     /// Adds `id`, whose channel is `chan`.
@@ -249,25 +350,29 @@ impl<M> Session<M> {
         if w.positions.contains_key(&id) {
             return Joined::AlreadyMember;
         }
+        if w.version >= MAX_VERSION || w.len >= MAX_CELLS {
+            self.compact(&mut w);
+            if w.len >= MAX_CELLS {
+                return Joined::Full;
+            }
+        }
         let cell = w.len;
         let (page, offset) = paging::split(cell, PAGE_SHIFT);
-        if page == w.pages.len() {
-            let mut pages = Vec::with_capacity(page + 1);
-            pages.extend(w.pages.iter().cloned());
-            pages.push(Arc::new(new_page(paging::page_len(page, PAGE_SHIFT))));
-            w.pages = Arc::new(pages);
+        if page == w.layout.pages.len() {
+            self.grow(&mut w);
         }
         let member = Member {
             id,
             chan: Arc::clone(chan),
-            removed_at: AtomicU64::new(PRESENT),
+            removed_at: AtomicU32::new(PRESENT),
         };
         // Cells at or past `len` were never written (invariant 1), so this succeeds.
-        let fresh = w.pages[page][offset].set(member).is_ok();
+        let fresh = w.layout.pages[page][offset].set(member).is_ok();
         debug_assert!(fresh, "cell {cell} written twice");
         w.len += 1;
         w.positions.insert(id, cell);
-        self.publish(&mut w);
+        w.version += 1;
+        publish(&w);
         Joined::Added
     }
 
@@ -278,19 +383,21 @@ impl<M> Session<M> {
             return Left::NotMember;
         };
         let (page, offset) = paging::split(cell, PAGE_SHIFT);
-        if let Some(member) = w.pages[page][offset].get() {
-            // Relaxed: see `Member::removed_at`; the publish below releases it.
+        if let Some(member) = w.layout.pages[page][offset].get() {
+            // Relaxed: see `Member::removed_at`; the word stored below releases it.
             member.removed_at.store(w.version + 1, Ordering::Relaxed);
         }
+        w.version += 1;
         let dead = w.len - w.positions.len();
-        if dead > w.positions.len().max(COMPACT_SLACK) {
-            compact(&mut w);
+        if dead > w.positions.len().max(COMPACT_SLACK) || w.version >= MAX_VERSION {
+            self.compact(&mut w);
+        } else {
+            publish(&w);
         }
         let retired = w.positions.is_empty() && !w.pinned;
         if retired {
             w.retired = true;
         }
-        self.publish(&mut w);
         if retired {
             Left::RemovedAndRetired
         } else {
@@ -320,64 +427,77 @@ impl<M> Session<M> {
     }
 
     /// Whether the session is retired (out of the directory or on its way out).
-    #[cfg(test)]
+    #[cfg(all(test, not(switchboard_loom)))]
     pub(crate) fn is_retired(&self) -> bool {
         lock(&self.writer).retired
     }
 
-    /// Publishes the writer's state as the next version.
-    fn publish(&self, w: &mut Writer<M>) {
-        w.version += 1;
-        self.snapshot.store(Arc::new(Membership {
-            pages: Arc::clone(&w.pages),
-            len: w.len,
-            live: w.positions.len(),
-            version: w.version,
-        }));
+    /// Publishes a layout with one more page, sharing every existing page.
+    fn grow(&self, w: &mut Writer<M>) {
+        let next = w.layout.pages.len();
+        let mut pages = Vec::with_capacity(next + 1);
+        pages.extend(w.layout.pages.iter().cloned());
+        pages.push(Arc::new(new_page(paging::page_len(next, PAGE_SHIFT))));
+        self.install(w, pages);
     }
+
+    /// Copies the live members into fresh pages and publishes them with the version
+    /// restarted (invariant 3). Dead cells' handles drop with the last snapshot of
+    /// the old layout.
+    fn compact(&self, w: &mut Writer<M>) {
+        let live = w.positions.len();
+        let mut pages: Vec<Page<M>> = Vec::new();
+        while paging::capacity(pages.len(), PAGE_SHIFT) < live.max(1) {
+            pages.push(new_page(paging::page_len(pages.len(), PAGE_SHIFT)));
+        }
+        let mut next = 0;
+        let old = Membership {
+            layout: self.layout.load(),
+            len: w.len,
+            version: w.version,
+        };
+        old.for_each(|member| {
+            let (p, o) = paging::split(next, PAGE_SHIFT);
+            let _ = pages[p][o].set(Member {
+                id: member.id,
+                chan: Arc::clone(&member.chan),
+                removed_at: AtomicU32::new(PRESENT),
+            });
+            w.positions.insert(member.id, next);
+            next += 1;
+        });
+        drop(old);
+        debug_assert_eq!(next, live);
+        w.len = live;
+        w.version = 0;
+        self.install(w, pages.into_iter().map(Arc::new).collect());
+    }
+
+    /// Publishes a new layout holding `pages` and the writer's current word.
+    fn install(&self, w: &mut Writer<M>, pages: Vec<Arc<Page<M>>>) {
+        let layout = Arc::new(Layout {
+            pages,
+            state: AtomicU64::new(pack(w.len, w.version)),
+            live: AtomicUsize::new(w.positions.len()),
+        });
+        self.layout.store(Arc::clone(&layout));
+        w.layout = layout;
+    }
+}
+
+/// Stores the writer's word into its current layout.
+fn publish<M>(w: &Writer<M>) {
+    // Relaxed: see `Layout::live`.
+    w.layout.live.store(w.positions.len(), Ordering::Relaxed);
+    // Release: see `Layout::state`. A swap, not a store: readers write the word
+    // too (see `Session::snapshot`), and an RMW keeps every write to it in one chain.
+    w.layout
+        .state
+        .swap(pack(w.len, w.version), Ordering::AcqRel);
 }
 
 fn new_page<M>(len: usize) -> Page<M> {
     (0..len).map(|_| OnceLock::new()).collect()
-}
-
-/// Copies the live members into fresh pages, dropping the dead cells' handles once
-/// no snapshot refers to the old pages.
-fn compact<M>(w: &mut Writer<M>) {
-    let live = w.positions.len();
-    let mut pages: Vec<Arc<Page<M>>> = Vec::new();
-    let mut fresh: Vec<Page<M>> = Vec::new();
-    let mut cells = 0;
-    while paging::capacity(fresh.len(), PAGE_SHIFT) < live.max(1) {
-        fresh.push(new_page(paging::page_len(fresh.len(), PAGE_SHIFT)));
-    }
-    let mut next = 0;
-    let mut remaining = w.len;
-    for page in w.pages.iter() {
-        let n = remaining.min(page.len());
-        for cell in &page[..n] {
-            let Some(member) = cell.get() else { continue };
-            if !w.positions.contains_key(&member.id) {
-                continue;
-            }
-            let (p, o) = paging::split(next, PAGE_SHIFT);
-            let copied = Member {
-                id: member.id,
-                chan: Arc::clone(&member.chan),
-                removed_at: AtomicU64::new(PRESENT),
-            };
-            let _ = fresh[p][o].set(copied);
-            w.positions.insert(member.id, next);
-            next += 1;
-        }
-        remaining -= n;
-        cells += n;
-    }
-    debug_assert_eq!(next, live);
-    debug_assert!(cells >= next);
-    pages.extend(fresh.into_iter().map(Arc::new));
-    w.pages = Arc::new(pages);
-    w.len = live;
 }
 
 #[cfg(all(test, not(switchboard_loom)))]
@@ -400,7 +520,7 @@ mod tests {
 
     #[test]
     fn join_and_leave_publish_exact_membership() {
-        let s = Session::new(SessionId::from(1));
+        let s = Session::new();
         let c = chan();
         for n in 0..10 {
             assert_eq!(s.join(id(n), &c), Joined::Added);
@@ -415,11 +535,11 @@ mod tests {
 
     #[test]
     fn an_old_snapshot_keeps_its_members_after_they_leave() {
-        let s = Session::new(SessionId::from(1));
+        let s = Session::new();
         let c = chan();
         s.join(id(0), &c);
         s.join(id(1), &c);
-        let before = s.snapshot.load_full();
+        let before = s.snapshot();
         s.leave(id(0));
         s.join(id(2), &c);
         assert_eq!(ids(&before), vec![id(0), id(1)]);
@@ -428,12 +548,12 @@ mod tests {
 
     #[test]
     fn compaction_bounds_dead_cells_and_preserves_members() {
-        let s = Session::new(SessionId::from(1));
+        let s = Session::new();
         let c = chan();
         for n in 0..100 {
             s.join(id(n), &c);
         }
-        let old = s.snapshot.load_full();
+        let old = s.snapshot();
         for n in (0..100).filter(|n| n % 4 != 0) {
             s.leave(id(n));
             let w = lock(&s.writer);
@@ -453,7 +573,7 @@ mod tests {
 
     #[test]
     fn churn_in_a_large_session_keeps_memory_bounded() {
-        let s = Session::new(SessionId::from(1));
+        let s = Session::new();
         let c = chan();
         for n in 0..1000 {
             s.join(id(n), &c);
@@ -469,7 +589,7 @@ mod tests {
 
     #[test]
     fn emptying_retires_unless_pinned() {
-        let s = Session::new(SessionId::from("a"));
+        let s = Session::new();
         let c = chan();
         assert!(s.pin());
         s.join(id(0), &c);
@@ -478,7 +598,7 @@ mod tests {
         assert!(s.unpin(), "unpinning an empty session retires it");
         assert_eq!(s.join(id(1), &c), Joined::Retired);
 
-        let t = Session::new(SessionId::from("b"));
+        let t = Session::new();
         t.join(id(0), &c);
         assert_eq!(t.leave(id(0)), Left::RemovedAndRetired);
         assert!(!t.pin(), "a retired session cannot be pinned");

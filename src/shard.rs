@@ -5,7 +5,7 @@
 //! Slots live in pages that double in size (64, 128, 256, … slots; see
 //! [`paging`](crate::paging)), allocated on first use and never moved, so a
 //! reader indexes straight into them without a lock. Each slot is an
-//! [`OptionCell`]: empty, or the current occupant's entry. Readers load the slot and
+//! [`SlotCell`]: empty, or the current occupant's entry. Readers load the slot and
 //! accept the entry only if its full [`ClientId`] (generation included) equals the
 //! one they were given, so a stale id never reaches the next occupant.
 //!
@@ -26,7 +26,7 @@ use std::hash::{Hash, Hasher};
 use crate::paging;
 #[cfg(all(test, not(switchboard_loom)))]
 use crate::sync::Arc;
-use crate::sync::{lock, AtomicUsize, Mutex, OnceLock, OptionCell, Ordering};
+use crate::sync::{lock, AtomicUsize, Mutex, OnceLock, Ordering, SlotCell};
 use crate::ClientId;
 
 /// The first page holds `2^PAGE_SHIFT` slots.
@@ -36,7 +36,7 @@ const PAGES: usize = (ClientId::INDEX_BITS - PAGE_SHIFT) as usize;
 /// Slots per shard: the pages' total, just under `2^INDEX_BITS`.
 pub(crate) const SLOTS_PER_SHARD: usize = (1 << ClientId::INDEX_BITS) - (1 << PAGE_SHIFT);
 
-type Page<T> = Box<[OptionCell<T>]>;
+type Page<T> = Box<[SlotCell<T>]>;
 
 struct Allocator {
     /// Freed slots, reused last-in first-out (the warmest first).
@@ -70,7 +70,7 @@ impl<T> Shard<T> {
 
     /// The slot at `index`, if its page exists.
     #[inline]
-    pub(crate) fn slot(&self, index: usize) -> Option<&OptionCell<T>> {
+    pub(crate) fn slot(&self, index: usize) -> Option<&SlotCell<T>> {
         let (page, offset) = paging::split(index, PAGE_SHIFT);
         self.pages.get(page)?.get()?.get(offset)
     }
@@ -90,7 +90,7 @@ impl<T> Shard<T> {
                 // Pages are created only here, under `alloc`, so never concurrently.
                 self.pages[page].get_or_init(|| {
                     (0..paging::page_len(page, PAGE_SHIFT))
-                        .map(|_| OptionCell::empty())
+                        .map(|_| SlotCell::empty())
                         .collect()
                 });
                 alloc.generations.push(0);
@@ -134,14 +134,16 @@ impl<T> Shard<T> {
         let slots = lock(&self.alloc).generations.len();
         for index in 0..slots {
             if let Some(slot) = self.slot(index) {
-                if let Some(entry) = &*slot.load() {
-                    f(entry);
-                }
+                slot.with(|entry| {
+                    if let Some(entry) = entry {
+                        f(entry);
+                    }
+                });
             }
         }
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(switchboard_loom)))]
     pub(crate) fn set_generation(&self, index: usize, generation: u32) {
         if let Some(g) = lock(&self.alloc).generations.get_mut(index) {
             *g = generation;

@@ -72,14 +72,22 @@ impl Counters {
 ///
 /// Totals count since the registry was built. Each figure is read separately, so
 /// under concurrent traffic they describe slightly different instants.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 #[must_use = "a stats snapshot does nothing unless read"]
 pub struct Stats {
     /// Connected clients.
     pub clients: usize,
+    /// Connected clients of kind device.
+    pub devices: usize,
+    /// Connected clients of kind orchestrator.
+    pub orchestrators: usize,
+    /// Connected clients per platform (lowercased), sorted by platform.
+    pub by_platform: Vec<(String, usize)>,
     /// Open sessions.
     pub sessions: usize,
+    /// Open tasks.
+    pub tasks: usize,
     /// Messages queued to a client, by `send` or a broadcast.
     pub delivered: u64,
     /// Broadcast messages skipped because the member's channel was full.

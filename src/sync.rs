@@ -3,28 +3,32 @@
 //! Every atomic, `Arc`, mutex, snapshot cell, queue and concurrent map the registry
 //! uses comes from here. Built with `RUSTFLAGS="--cfg switchboard_loom"`, the module
 //! swaps in [loom]'s types so that the model checker sees every access; otherwise it
-//! re-exports `std`, `arc-swap`, `crossbeam-queue` and `papaya`.
+//! re-exports `std`, `arc-swap`, `crossbeam-epoch`, `crossbeam-queue` and `papaya`.
 //!
 //! # The snapshot-cell contract
 //!
-//! [`SnapshotCell`] and [`OptionCell`] are checked against these words in both builds:
+//! [`SnapshotCell`] (arc-swap: cheap reads, for values replaced rarely, such as a
+//! session's page layout) and [`SlotCell`] (crossbeam-epoch: cheap replacement too,
+//! for client slots and profiles) are checked against these words in both builds:
 //!
-//! 1. `load` returns the value of some `store` (or the initial value) that was not yet
-//!    replaced when `load` began or that replaced it while `load` ran; never a torn or
-//!    older value.
-//! 2. A `store` *happens-before* every `load` that returns its value: whatever the
-//!    writer wrote before `store` is visible to the reader (release/acquire).
-//! 3. `load` never blocks on a writer in the std build (arc-swap's loads are
-//!    wait-free on the fast path and lock-free otherwise). Under loom the cell is a
-//!    `Mutex<Arc<T>>`, which gives the same visibility with coarser progress; progress
-//!    is not what loom checks.
-//! 4. A loaded guard keeps its value alive. Guards are short-lived: the registry
-//!    never holds one across an `.await`, and uses `load_full` for a long hold.
+//! 1. A read returns the value of some store (or the initial value) that was not yet
+//!    replaced when the read began or that replaced it while the read ran; never a
+//!    torn or older value.
+//! 2. A store *happens-before* every read that returns its value: whatever the
+//!    writer wrote before the store is visible to the reader (release/acquire).
+//! 3. A read never blocks on a writer in the std build (wait-free on arc-swap's fast
+//!    path, an epoch pin for [`SlotCell`]). Under loom each cell is a mutex around
+//!    the value, which gives the same visibility with coarser progress; progress is
+//!    not what loom checks.
+//! 4. A read keeps its value alive while it lasts. Reads are short-lived: the
+//!    registry never holds one across an `.await`, and clones the `Arc` for a long
+//!    hold.
 //!
-//! Two things are deliberately outside loom's view and documented where they are
+//! Three things are deliberately outside loom's view and documented where they are
 //! used: write-once cells ([`std::sync::OnceLock`]), which the registry only
-//! initialises under a writer lock and publishes through a snapshot cell, and the
-//! waker slot of a channel, which loom models never poll.
+//! initialises under a writer lock and publishes through a loom-visible word; the
+//! lazily allocated queue buffer, likewise; and the waker slot of a channel, which
+//! loom models never poll.
 //!
 //! [loom]: https://docs.rs/loom
 
@@ -42,8 +46,12 @@ pub(crate) use atomic_waker::AtomicWaker;
 pub(crate) use tokio::sync::Notify;
 
 #[cfg(not(switchboard_loom))]
+mod slot_cell;
+
+#[cfg(not(switchboard_loom))]
 mod imp {
-    pub(crate) use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use super::slot_cell::SlotCell;
+    pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
     pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
 
     /// An atomically replaceable `Arc<T>`; see the module docs for its contract.
@@ -72,48 +80,42 @@ mod imp {
         }
     }
 
-    /// An atomically replaceable `Option<Arc<T>>`; same contract as [`SnapshotCell`].
-    pub(crate) struct OptionCell<T>(arc_swap::ArcSwapOption<T>);
-
-    /// What [`OptionCell::load`] returns: derefs to the `Option<Arc<T>>`.
-    pub(crate) type OptionSnapshot<T> = arc_swap::Guard<Option<Arc<T>>>;
-
-    impl<T> OptionCell<T> {
-        pub(crate) fn empty() -> Self {
-            Self(arc_swap::ArcSwapOption::empty())
-        }
-
-        #[inline]
-        pub(crate) fn load(&self) -> OptionSnapshot<T> {
-            self.0.load()
-        }
-
-        pub(crate) fn store(&self, value: Option<Arc<T>>) {
-            self.0.store(value)
-        }
-    }
-
     /// A bounded lock-free MPMC queue; the channel bounds its length with permits.
-    pub(crate) struct BoundedQueue<T>(crossbeam_queue::ArrayQueue<T>);
+    ///
+    /// The queue's header sits inline in the channel, so a broadcast reaches it in
+    /// the same hop as the permit word; its buffer is allocated by the first push,
+    /// so a registration that never receives (or is undone at once) allocates none.
+    /// Pushers racing on that first allocation wait for it, once per channel.
+    pub(crate) struct BoundedQueue<T> {
+        queue: std::sync::OnceLock<crossbeam_queue::ArrayQueue<T>>,
+        capacity: usize,
+    }
 
     impl<T> BoundedQueue<T> {
         pub(crate) fn new(capacity: usize) -> Self {
-            Self(crossbeam_queue::ArrayQueue::new(capacity))
+            Self {
+                queue: std::sync::OnceLock::new(),
+                capacity,
+            }
         }
 
         #[inline]
         pub(crate) fn push(&self, value: T) -> Result<(), T> {
-            self.0.push(value)
+            self.queue
+                .get_or_init(|| crossbeam_queue::ArrayQueue::new(self.capacity))
+                .push(value)
         }
 
         #[inline]
         pub(crate) fn pop(&self) -> Option<T> {
-            self.0.pop()
+            self.queue.get()?.pop()
         }
     }
 
-    /// A concurrent hash map with lock-free reads (papaya).
-    pub(crate) struct ConcurrentMap<K, V>(papaya::HashMap<K, V>);
+    /// A concurrent hash map with lock-free reads (papaya), hashed with foldhash:
+    /// keys are the application's, but a flood of colliding keys only slows its own
+    /// shard of the map, and foldhash is seeded per map.
+    pub(crate) struct ConcurrentMap<K, V>(papaya::HashMap<K, V, foldhash::fast::RandomState>);
 
     impl<K, V> ConcurrentMap<K, V>
     where
@@ -121,10 +123,18 @@ mod imp {
         V: Clone,
     {
         pub(crate) fn new() -> Self {
-            Self(papaya::HashMap::new())
+            Self(
+                papaya::HashMap::builder()
+                    .hasher(foldhash::fast::RandomState::default())
+                    .build(),
+            )
         }
 
-        pub(crate) fn get(&self, key: &K) -> Option<V> {
+        pub(crate) fn get<Q>(&self, key: &Q) -> Option<V>
+        where
+            K: std::borrow::Borrow<Q>,
+            Q: std::hash::Hash + Eq + ?Sized,
+        {
             self.0.pin().get(key).cloned()
         }
 
@@ -139,19 +149,33 @@ mod imp {
             let _ = self.0.pin().remove_if(key, |_, v| should_remove(v));
         }
 
+        /// Inserts, returning the value it replaced.
+        pub(crate) fn insert(&self, key: K, value: V) -> Option<V> {
+            self.0.pin().insert(key, value).cloned()
+        }
+
+        /// Removes `key`, returning its value; only one of several racing calls gets it.
+        pub(crate) fn remove(&self, key: &K) -> Option<V> {
+            self.0.pin().remove(key).cloned()
+        }
+
         pub(crate) fn len(&self) -> usize {
             self.0.len()
         }
 
-        pub(crate) fn values(&self) -> Vec<V> {
-            self.0.pin().values().cloned().collect()
+        pub(crate) fn entries(&self) -> Vec<(K, V)> {
+            self.0
+                .pin()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
         }
     }
 }
 
 #[cfg(switchboard_loom)]
 mod imp {
-    pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
     pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
     use std::collections::{HashMap, VecDeque};
 
@@ -190,26 +214,17 @@ mod imp {
         }
     }
 
-    /// Loom stand-in for `ArcSwapOption`.
-    pub(crate) struct OptionCell<T>(Mutex<Option<Arc<T>>>);
+    /// Loom stand-in for the epoch-based slot cell: a mutex around the value.
+    pub(crate) struct SlotCell<T>(Mutex<Option<Arc<T>>>);
 
-    /// Derefs to the `Option<Arc<T>>` like arc-swap's guard does.
-    pub(crate) struct OptionSnapshot<T>(Option<Arc<T>>);
-
-    impl<T> std::ops::Deref for OptionSnapshot<T> {
-        type Target = Option<Arc<T>>;
-        fn deref(&self) -> &Option<Arc<T>> {
-            &self.0
-        }
-    }
-
-    impl<T> OptionCell<T> {
+    impl<T> SlotCell<T> {
         pub(crate) fn empty() -> Self {
             Self(Mutex::new(None))
         }
 
-        pub(crate) fn load(&self) -> OptionSnapshot<T> {
-            OptionSnapshot(self.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&Arc<T>>) -> R) -> R {
+            let value = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            f(value.as_ref())
         }
 
         pub(crate) fn store(&self, value: Option<Arc<T>>) {
@@ -268,7 +283,11 @@ mod imp {
             self.0.lock().unwrap_or_else(|e| e.into_inner())
         }
 
-        pub(crate) fn get(&self, key: &K) -> Option<V> {
+        pub(crate) fn get<Q>(&self, key: &Q) -> Option<V>
+        where
+            K: std::borrow::Borrow<Q>,
+            Q: std::hash::Hash + Eq + ?Sized,
+        {
             self.map().get(key).cloned()
         }
 
@@ -283,12 +302,23 @@ mod imp {
             }
         }
 
+        pub(crate) fn insert(&self, key: K, value: V) -> Option<V> {
+            self.map().insert(key, value)
+        }
+
+        pub(crate) fn remove(&self, key: &K) -> Option<V> {
+            self.map().remove(key)
+        }
+
         pub(crate) fn len(&self) -> usize {
             self.map().len()
         }
 
-        pub(crate) fn values(&self) -> Vec<V> {
-            self.map().values().cloned().collect()
+        pub(crate) fn entries(&self) -> Vec<(K, V)> {
+            self.map()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
         }
     }
 }

@@ -5,8 +5,8 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 
 use switchboard::{
-    ClientError, ClientId, ClientInfo, DetachError, Receiver, RegisterError, Registry, SendError,
-    SessionId, SlowConsumerPolicy, TryRecvError,
+    ClientError, ClientId, ClientInfo, CloseReason, DetachError, Receiver, RegisterError, Registry,
+    SendError, SessionId, SlowConsumerPolicy, TryRecvError,
 };
 
 fn drain<M>(rx: &mut Receiver<M>) -> Vec<M> {
@@ -373,7 +373,9 @@ fn racing_churn_and_broadcast_keeps_every_invariant() {
     assert_eq!(registry.client_count(), 0);
     assert_eq!(registry.session_count(), 0);
     let stats = registry.stats();
-    assert_eq!(stats.dropped + stats.closed + stats.disconnected, 0);
+    // `closed` may count: a broadcast that loaded its snapshot before a client's
+    // detach can find that client's channel already closed by its unregister.
+    assert_eq!(stats.dropped + stats.disconnected, 0);
 }
 
 #[test]
@@ -385,4 +387,91 @@ fn registry_handles_are_shareable() {
     let clone = registry.clone();
     let (id, _rx) = clone.register(ClientInfo::new()).expect("room");
     assert!(registry.is_online(id));
+}
+
+#[test]
+fn every_close_says_why() {
+    let registry = Registry::<u32>::builder()
+        .channel_capacity(1)
+        .slow_consumer(SlowConsumerPolicy::Disconnect)
+        .build()
+        .expect("valid settings");
+    let (plain, plain_rx) = registry.register(ClientInfo::new()).expect("room");
+    let (kicked, kicked_rx) = registry
+        .register(ClientInfo::new().with_key("kicked"))
+        .expect("room");
+    let (_old, old_rx) = registry
+        .register(ClientInfo::new().with_key("dup"))
+        .expect("room");
+    let (slow, slow_rx) = registry.register(ClientInfo::new()).expect("room");
+    for rx in [&plain_rx, &kicked_rx, &old_rx, &slow_rx] {
+        assert_eq!(rx.close_reason(), None, "open channels have no reason");
+    }
+
+    let _ = registry.unregister(plain).expect("online");
+    assert_eq!(plain_rx.close_reason(), Some(&CloseReason::Unregistered));
+
+    let gone = registry.kick("kicked", "too chatty").expect("online");
+    assert_eq!(gone.id, kicked);
+    assert_eq!(
+        kicked_rx.close_reason(),
+        Some(&CloseReason::Kicked {
+            reason: "too chatty".into()
+        })
+    );
+    assert_eq!(
+        registry.kick("kicked", "again").err(),
+        Some(ClientError::NoSuchKey),
+        "a kick of someone gone is a typed error"
+    );
+    assert_eq!(
+        registry.kick(kicked, "again").err(),
+        Some(ClientError::Gone(kicked))
+    );
+
+    let (new, _new_rx) = registry
+        .register(ClientInfo::new().with_key("dup"))
+        .expect("room");
+    assert_eq!(
+        old_rx.close_reason(),
+        Some(&CloseReason::TakenOver { by: new })
+    );
+
+    registry.attach(slow, "room").expect("online");
+    let _ = registry.broadcast("room", 1).expect("open");
+    let report = registry.broadcast("room", 2).expect("open");
+    assert_eq!(report.disconnected, 1);
+    assert_eq!(slow_rx.close_reason(), Some(&CloseReason::SlowConsumer));
+}
+
+#[test]
+fn a_later_unregister_does_not_overwrite_the_first_reason() {
+    let registry = Registry::<u32>::new();
+    let (id, rx) = registry.register(ClientInfo::new()).expect("room");
+    let _ = registry.kick(id, "first").expect("online");
+    assert!(registry.unregister(id).is_err());
+    assert_eq!(
+        rx.close_reason(),
+        Some(&CloseReason::Kicked {
+            reason: "first".into()
+        })
+    );
+}
+
+#[test]
+fn reports_and_session_ids_serialise_for_apis() {
+    let registry = Registry::<u32>::new();
+    let (a, _ra) = registry.register(ClientInfo::new()).expect("room");
+    registry.attach(a, 7).expect("online");
+    let report = registry.broadcast(7, 1).expect("open");
+    let json = serde_json::to_value(report).expect("serialisable");
+    assert_eq!(
+        json,
+        serde_json::json!({"recipients": 1, "delivered": 1, "dropped": 0, "closed": 0, "disconnected": 0})
+    );
+    let ids = [SessionId::from(7), SessionId::from("7")];
+    let text = serde_json::to_string(&ids).expect("serialisable");
+    assert_eq!(text, r#"[7,"7"]"#);
+    let back: Vec<SessionId> = serde_json::from_str(&text).expect("round trip");
+    assert_eq!(back, ids);
 }

@@ -750,3 +750,68 @@ fn concurrent_registrations_respect_the_client_limit() {
         );
     });
 }
+
+/// Model 7: takeover ∥ lookups of the key.
+///
+/// A second connection registers with a key that is online while another thread
+/// resolves the key twice. Every lookup finds exactly one connection, the old or
+/// the new, never none; once it finds the new one it never finds the old again; and
+/// afterwards the old connection is unregistered with its channel closed, and the
+/// key, the count and the indexes name only the new one.
+#[test]
+fn takeover_never_resolves_a_key_to_none_or_both() {
+    const KEY: &str = "device_001";
+    const SAW_OLD_THEN_NEW: &str = "lookups saw the old, then the new connection";
+    const SAW_OLD: &str = "lookups saw only the old connection";
+    const SAW_NEW: &str = "lookups saw only the new connection";
+    let cases = [SAW_OLD_THEN_NEW, SAW_OLD, SAW_NEW];
+    check("7 takeover | lookups", &cases, |seen| {
+        let registry = registry(2);
+        let device = || ClientInfo::new().with_key(KEY);
+        let (old, mut old_rx) = registry.register(device()).expect("room");
+        assert_eq!(registry.attach(old, ROOM), Ok(true));
+        let start = StartLine::new(2);
+        let newcomer = {
+            let (registry, start) = (registry.clone(), start.clone());
+            spawn(move || {
+                start.wait();
+                let registration = registry.register_with_report(device()).expect("room");
+                let took_over = registration.took_over.map(|report| report.id);
+                (registration.id, registration.receiver, took_over)
+            })
+        };
+        start.wait();
+        let first = registry.id_of(KEY);
+        let first_online = registry.is_online(KEY);
+        let second = registry.id_of(KEY);
+        let (new, _new_rx, took_over) = join(newcomer);
+
+        assert_eq!(took_over, Some(old), "the takeover is reported");
+        for seen_id in [first, second] {
+            assert!(
+                seen_id == Some(old) || seen_id == Some(new),
+                "the key resolved to {seen_id:?}, neither {old:?} nor {new:?}"
+            );
+        }
+        assert!(first_online, "the key resolved to no online connection");
+        assert!(
+            !(first == Some(new) && second == Some(old)),
+            "the key went back to the old connection"
+        );
+        seen.hit(match (first == Some(old), second == Some(old)) {
+            (true, true) => SAW_OLD,
+            (true, false) => SAW_OLD_THEN_NEW,
+            _ => SAW_NEW,
+        });
+
+        assert_eq!(registry.id_of(KEY), Some(new));
+        assert!(!registry.is_online(old));
+        assert_eq!(drain(&mut old_rx), (vec![], TryRecvError::Closed));
+        assert_eq!(registry.client_count(), 1);
+        assert_eq!(registry.list(&switchboard::Filter::new()), vec![new]);
+        assert!(
+            registry.members(ROOM).is_err(),
+            "the old connection's room emptied"
+        );
+    });
+}

@@ -1,0 +1,341 @@
+//! The server: a registry of connected WebSocket clients, the `/ws` endpoint, the
+//! admin API on its own listener, and graceful shutdown.
+//!
+//! Start one with [`Server::start`]; it binds its listeners (port 0 picks a free
+//! one), serves in background tasks, and [`Server::shutdown`] closes every client
+//! with 1001 and leaves the registry empty. The tests start it on ephemeral
+//! loopback ports; `main.rs` adds the command line and Ctrl-C.
+
+mod connection;
+pub mod protocol;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{State, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use axum::Router;
+use switchboard::http::{self, AdminConfig, AdminConfigError};
+use switchboard::{CancelReason, Event, Registry, SendError, SlowConsumerPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use protocol::Frame;
+
+/// Everything a [`Server`] can be told. [`Config::default`] is what `main.rs` runs
+/// without flags. Not `Debug`: it holds the admin token.
+#[derive(Clone)]
+pub struct Config {
+    /// Where the WebSocket endpoint listens; it is served at `/ws`.
+    pub ws_addr: SocketAddr,
+    /// Where the admin API listens, if anywhere. Loopback by default.
+    pub admin_addr: Option<SocketAddr>,
+    /// The admin API's bearer token; required if `admin_addr` is not loopback.
+    pub admin_token: Option<String>,
+    /// The largest frame or message a client may send, in bytes; a larger one
+    /// closes the connection with 1009.
+    pub max_frame: usize,
+    /// The WebSocket read buffer per connection, in bytes.
+    pub read_buffer: usize,
+    /// How many outgoing bytes are gathered before a write to the socket.
+    pub write_buffer: usize,
+    /// Each client's queue of outgoing frames.
+    pub queue: usize,
+    /// What a broadcast does when a client's queue is full.
+    pub slow_consumer: SlowConsumerPolicy,
+    /// How often the server pings each client.
+    pub ping_interval: Duration,
+    /// A client that sends nothing (not even a pong) for this long is closed with
+    /// 4003; so is one that says no `hello` in this time.
+    pub idle_timeout: Duration,
+    /// The longest a write to a client, or a wait for room in its queue, may take
+    /// before the client counts as dead or slow.
+    pub write_timeout: Duration,
+    /// How long a closing connection waits for the peer's close frame.
+    pub close_linger: Duration,
+    /// Refuse clients beyond this many (they get `server_full` and 1013).
+    pub max_clients: Option<usize>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            ws_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
+            admin_token: None,
+            max_frame: 64 * 1024,
+            // Small buffers keep an idle connection cheap (the read buffer is
+            // allocated up front); both grow while a bigger frame passes. Measured:
+            // 4 KiB and a queue of 64 cost about 3 KB more per idle connection.
+            read_buffer: 2 * 1024,
+            write_buffer: 4 * 1024,
+            queue: 32,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
+            close_linger: Duration::from_secs(2),
+            max_clients: None,
+        }
+    }
+}
+
+/// Why [`Server::start`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The registry settings are invalid (a queue of 0, say).
+    #[error("registry settings: {0}")]
+    Registry(#[from] switchboard::BuildError),
+    /// The admin API settings are invalid (no token beyond loopback, say).
+    #[error("admin API: {0}")]
+    Admin(#[from] AdminConfigError),
+}
+
+/// What every connection shares.
+struct Shared {
+    registry: Registry<Frame>,
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+    /// Held by every connection; the server's receiver sees the end when the last
+    /// one is gone.
+    _live: mpsc::Sender<()>,
+}
+
+/// What [`Server::shutdown`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Clients that were connected when shutdown began.
+    pub clients: usize,
+    /// Clients still registered after every connection had its chance to close
+    /// (then unregistered by force). Zero unless a peer stalled a close.
+    pub forced: usize,
+}
+
+/// A running server.
+pub struct Server {
+    registry: Registry<Frame>,
+    ws_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    live: mpsc::Receiver<()>,
+    tasks: Vec<JoinHandle<()>>,
+    deadline: Duration,
+}
+
+impl Server {
+    /// Binds the listeners and starts serving.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError`] if a listener cannot be bound or a setting is invalid.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let mut builder = Registry::<Frame>::builder()
+            .channel_capacity(config.queue)
+            .slow_consumer(config.slow_consumer)
+            // Presence events are how task cancellations reach the surviving side;
+            // a deep buffer keeps the forwarder from lagging under connection storms.
+            .event_capacity(1 << 16);
+        if let Some(limit) = config.max_clients {
+            builder = builder.max_clients(limit);
+        }
+        let registry = builder.build()?;
+        let admin = match config.admin_addr {
+            Some(addr) => {
+                let mut admin_config = AdminConfig::for_addr(addr);
+                if let Some(token) = &config.admin_token {
+                    admin_config = admin_config.token(token.clone());
+                }
+                let router =
+                    http::router_with_encoder(registry.clone(), admin_config, |session, body| {
+                        protocol::message(Some(session), None, &body)
+                    })?;
+                Some((bind(addr).await?, router))
+            }
+            None => None,
+        };
+        let ws_listener = bind(config.ws_addr).await?;
+        let ws_addr = local(&ws_listener, config.ws_addr);
+        let admin_addr = admin
+            .as_ref()
+            .map(|(listener, _)| local(listener, config.admin_addr.unwrap_or(ws_addr)));
+
+        let (stop, shutdown) = watch::channel(false);
+        let (live_tx, live) = mpsc::channel(1);
+        let deadline = config.close_linger + config.write_timeout * 2 + Duration::from_secs(1);
+        let events = registry.subscribe();
+        let shared = Arc::new(Shared {
+            registry: registry.clone(),
+            config,
+            shutdown: shutdown.clone(),
+            _live: live_tx,
+        });
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(forward_cancellations(
+            registry.clone(),
+            events,
+            shutdown.clone(),
+            shared.config.write_timeout,
+        )));
+        let app = Router::new()
+            .route("/ws", get(upgrade))
+            .with_state(Arc::clone(&shared));
+        drop(shared);
+        // Small frames should leave at once, not wait for Nagle.
+        let ws_listener = ws_listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let mut signal = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(ws_listener, app)
+                .with_graceful_shutdown(async move {
+                    stopped(&mut signal).await;
+                })
+                .await;
+        }));
+        if let Some((listener, router)) = admin {
+            let mut signal = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                let _ = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        stopped(&mut signal).await;
+                    })
+                    .await;
+            }));
+        }
+        Ok(Self {
+            registry,
+            ws_addr,
+            admin_addr,
+            stop,
+            live,
+            tasks,
+            deadline,
+        })
+    }
+
+    /// The WebSocket endpoint's address (clients connect to `ws://{addr}/ws`).
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr
+    }
+
+    /// The admin API's address, if it is served.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The registry the server fills.
+    pub fn registry(&self) -> &Registry<Frame> {
+        &self.registry
+    }
+
+    /// Stops accepting, closes every client with 1001, waits for each connection to
+    /// finish its close (bounded by the linger and write timeouts), and leaves the
+    /// registry empty.
+    pub async fn shutdown(mut self) -> ShutdownReport {
+        let clients = self.registry.client_count();
+        let _ = self.stop.send(true);
+        // Every connection holds a sender; `None` means the last one has finished.
+        let _ = tokio::time::timeout(self.deadline, self.live.recv()).await;
+        let mut forced = 0;
+        for id in self.registry.client_ids() {
+            if self.registry.unregister(id).is_ok() {
+                forced += 1;
+            }
+        }
+        for task in self.tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(1), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        ShutdownReport { clients, forced }
+    }
+}
+
+/// Resolves once shutdown has begun (at once if it already has).
+async fn stopped(signal: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`; it is dropped here, not held.
+    let _ = signal.wait_for(|stop| *stop).await;
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+fn local(listener: &TcpListener, asked: SocketAddr) -> SocketAddr {
+    listener.local_addr().unwrap_or(asked)
+}
+
+/// `GET /ws`: upgrades with this server's buffer sizes and frame limit.
+async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
+    let config = &shared.config;
+    ws.read_buffer_size(config.read_buffer)
+        .write_buffer_size(config.write_buffer)
+        .max_message_size(config.max_frame)
+        .max_frame_size(config.max_frame)
+        .on_upgrade(move |socket| connection::serve(shared, socket))
+}
+
+/// Tells the surviving side of every cancelled task, whatever ended the other side
+/// (a dropped socket, a kick, a takeover, the slow-consumer policy): the registry's
+/// event stream is the one place that sees them all.
+async fn forward_cancellations(
+    registry: Registry<Frame>,
+    mut events: tokio::sync::broadcast::Receiver<Event>,
+    mut shutdown: watch::Receiver<bool>,
+    write_timeout: Duration,
+) {
+    loop {
+        let event = tokio::select! {
+            biased;
+            _ = stopped(&mut shutdown) => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(Event::TaskCancelled {
+                task,
+                orchestrator,
+                device,
+                reason,
+            }) => {
+                let survivor = match reason {
+                    CancelReason::OrchestratorDisconnected => device,
+                    CancelReason::DeviceDisconnected => orchestrator,
+                };
+                let frame = protocol::task_cancelled(task, reason);
+                if let Err(SendError::Full(frame)) = registry.send(survivor, frame) {
+                    // Wait for room off this loop, so one slow survivor delays no one.
+                    let registry = registry.clone();
+                    tokio::spawn(async move {
+                        let _ = registry.send_timeout(survivor, frame, write_timeout).await;
+                    });
+                }
+            }
+            Ok(_) => {}
+            Err(RecvError::Lagged(missed)) => {
+                eprintln!("ws_server: missed {missed} registry events; some task_cancelled frames were not sent");
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The admin API's error responses: a status and `{"error": code, "detail": text}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// An error response. Every failure the API reports is one of these, so a client
+/// never sees a bare status or a 500 for bad input.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    /// 400: a query parameter the endpoint does not take.
+    pub(crate) fn unknown_parameter(name: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_parameter",
+            format!("unknown query parameter {name:?}"),
+        )
+    }
+
+    /// 400: a filter value that means nothing (`kind=robot`, `connected_within=soon`).
+    pub(crate) fn invalid_filter(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_filter", detail)
+    }
+
+    /// 400: a paging or other parameter out of range or repeated.
+    pub(crate) fn invalid_parameter(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_parameter", detail)
+    }
+
+    /// 400: a cursor this API did not hand out.
+    pub(crate) fn invalid_cursor(cursor: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_cursor",
+            format!("cursor {cursor:?} is not one this API handed out"),
+        )
+    }
+
+    /// 400: a path segment that could not be decoded.
+    pub(crate) fn invalid_path(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_path", detail)
+    }
+
+    /// 400: a body that is not JSON.
+    pub(crate) fn malformed_json(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "malformed_json", detail)
+    }
+
+    /// 400: a body that could not be read.
+    pub(crate) fn invalid_body(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_body", detail)
+    }
+
+    /// 401: a missing or wrong bearer token.
+    pub(crate) fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send the admin token as `Authorization: Bearer <token>`",
+        )
+    }
+
+    /// 404: no connected client has this key or id.
+    pub(crate) fn unknown_client(who: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown_client",
+            format!("no connected client has the key or id {who:?}"),
+        )
+    }
+
+    /// 404: no open session has this id.
+    pub(crate) fn unknown_session(session: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown_session",
+            format!("no open session {session:?}"),
+        )
+    }
+
+    /// 404: no such endpoint.
+    pub(crate) fn not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no endpoint at {path}"),
+        )
+    }
+
+    /// 405: the endpoint exists but not with this method.
+    pub(crate) fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{path} does not accept {method}"),
+        )
+    }
+
+    /// 413: a body over the configured limit.
+    pub(crate) fn body_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body exceeds the limit of {limit} bytes"),
+        )
+    }
+
+    /// 415: a body that does not say it is JSON.
+    pub(crate) fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body with `Content-Type: application/json`",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            error: &'a str,
+            detail: &'a str,
+        }
+        let body = Body {
+            error: self.code,
+            detail: &self.detail,
+        };
+        let mut response = (self.status, Json(&body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"switchboard\""),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,161 @@
+//! [`SlotCell`]: an `Option<Arc<T>>` that is cheap to replace, for client slots.
+//!
+//! Client slots are replaced on every register and unregister. arc-swap makes each
+//! replacement walk every thread's debt list, which costs more than the rest of a
+//! registration; epoch-based reclamation ([crossbeam-epoch]) makes a replacement a
+//! swap plus a deferred free. Reads pin the epoch, which is as cheap as an arc-swap
+//! load.
+//!
+//! The contract is the snapshot-cell contract of the parent module: a read returns
+//! the value of some store that was current during the read, and a store
+//! happens-before every read that returns its value.
+//!
+//! This is the crate's only `unsafe` code: three blocks, each relying on the one
+//! epoch rule that a pointer unlinked while other threads may still read it is freed
+//! only after every thread pinned at that time has unpinned.
+//!
+//! [crossbeam-epoch]: https://docs.rs/crossbeam-epoch
+#![allow(
+    unsafe_code,
+    reason = "epoch reclamation needs raw pointers; see each SAFETY"
+)]
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crossbeam_epoch::{self as epoch, Atomic, Owned, Shared};
+
+/// A replaceable `Option<Arc<T>>` read without locks.
+pub(crate) struct SlotCell<T> {
+    /// Null, or a pointer from `Owned::new` that only `store` unlinks.
+    ///
+    /// Ordering: stores `AcqRel` (release the new value, acquire the old one before
+    /// handing it to the collector), loads `Acquire`.
+    ptr: Atomic<Arc<T>>,
+}
+
+impl<T> SlotCell<T> {
+    pub(crate) fn empty() -> Self {
+        Self {
+            ptr: Atomic::null(),
+        }
+    }
+
+    /// Calls `f` with the current value.
+    #[inline]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&Arc<T>>) -> R) -> R {
+        let guard = epoch::pin();
+        let current = self.ptr.load(Ordering::Acquire, &guard);
+        // SAFETY: `current` is null or came from `Owned::new` in `store`. Memory it
+        // points to is freed only by `defer_destroy` after it was unlinked, and not
+        // before every thread pinned at that moment unpins; `guard` keeps this thread
+        // pinned until after `f` returns, and the reference does not escape `f`.
+        f(unsafe { current.as_ref() })
+    }
+
+    /// A clone of the current value.
+    #[cfg(test)]
+    pub(crate) fn load_full(&self) -> Option<Arc<T>> {
+        self.with(|value| value.cloned())
+    }
+
+    /// Replaces the value. The old one is dropped once no reader can see it.
+    pub(crate) fn store(&self, value: Option<Arc<T>>) {
+        let guard = epoch::pin();
+        let new = match value {
+            Some(value) => Owned::new(value).into_shared(&guard),
+            None => Shared::null(),
+        };
+        let old = self.ptr.swap(new, Ordering::AcqRel, &guard);
+        if !old.is_null() {
+            // SAFETY: the swap unlinked `old`, so no later read can reach it, and it
+            // is unlinked exactly once because only this swap returned it. Readers
+            // that reached it earlier are pinned; `defer_destroy` frees it only
+            // after they unpin.
+            unsafe { guard.defer_destroy(old) };
+        }
+    }
+}
+
+impl<T> Drop for SlotCell<T> {
+    fn drop(&mut self) {
+        // SAFETY: `&mut self` means no other thread can read or store this cell, and
+        // no reference from `with` outlives its call, so the current pointer (if any)
+        // is owned by this cell alone and can be freed now.
+        unsafe {
+            let current = self.ptr.load(Ordering::Relaxed, epoch::unprotected());
+            if !current.is_null() {
+                drop(current.into_owned());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stores_and_reads_back() {
+        let cell = SlotCell::empty();
+        assert!(cell.load_full().is_none());
+        cell.store(Some(Arc::new(7)));
+        assert_eq!(cell.with(|v| v.map(|v| **v)), Some(7));
+        cell.store(None);
+        assert!(cell.load_full().is_none());
+    }
+
+    #[test]
+    fn dropping_the_cell_frees_its_value_at_once() {
+        let value = Arc::new(1);
+        let cell = SlotCell::empty();
+        cell.store(Some(Arc::clone(&value)));
+        assert_eq!(Arc::strong_count(&value), 2);
+        drop(cell);
+        assert_eq!(Arc::strong_count(&value), 1);
+    }
+
+    #[test]
+    fn replaced_values_are_freed_once_readers_are_gone() {
+        let first = Arc::new(1);
+        let cell = SlotCell::empty();
+        cell.store(Some(Arc::clone(&first)));
+        let held = cell.load_full();
+        cell.store(Some(Arc::new(2)));
+        assert_eq!(
+            held.as_deref(),
+            Some(&1),
+            "a clone outlives the replacement"
+        );
+        drop(held);
+        // The cell's reference goes through the collector, which frees it once every
+        // thread pinned at the swap has moved on; other tests may be pinned now.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while Arc::strong_count(&first) > 1 && std::time::Instant::now() < deadline {
+            epoch::pin().flush();
+            std::thread::yield_now();
+        }
+        assert_eq!(Arc::strong_count(&first), 1, "the replaced value leaked");
+    }
+
+    #[test]
+    fn concurrent_readers_see_only_stored_values() {
+        let cell = SlotCell::empty();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..10_000u64 {
+                    cell.store(Some(Arc::new(i * 2)));
+                }
+            });
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..10_000 {
+                        if let Some(v) = cell.load_full() {
+                            assert_eq!(*v % 2, 0, "a torn or foreign value");
+                        }
+                    }
+                });
+            }
+        });
+    }
+}

@@ -1,0 +1,563 @@
+//! The `ws_server` example, run for real: a server on ephemeral loopback ports and
+//! real WebSocket clients (tokio-tungstenite) talking to it over TCP.
+#![cfg(feature = "http")]
+
+#[allow(
+    dead_code,
+    reason = "the example's module is shared with its main; not every item is used here"
+)]
+#[path = "../examples/ws_server/server/mod.rs"]
+mod server;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use server::{Config, Server};
+use switchboard::{ClientId, SlowConsumerPolicy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long a test waits for any one thing before it fails.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+fn config() -> Config {
+    Config {
+        ws_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        close_linger: Duration::from_millis(500),
+        ..Config::default()
+    }
+}
+
+async fn start(config: Config) -> Server {
+    Server::start(config).await.expect("the server starts")
+}
+
+async fn connect(server: &Server) -> Ws {
+    let url = format!("ws://{}/ws", server.ws_addr());
+    let (ws, _) = timeout(PATIENCE, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connects in time")
+        .expect("the upgrade succeeds");
+    ws
+}
+
+async fn send(ws: &mut Ws, frame: Value) {
+    ws.send(Message::text(frame.to_string()))
+        .await
+        .expect("the socket is open");
+}
+
+/// The next JSON frame, skipping pings and pongs.
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let next = timeout(PATIENCE, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("the socket is open")
+            .expect("a readable frame");
+        match next {
+            Message::Text(text) => {
+                return serde_json::from_str(&text).expect("JSON from the server")
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server's close frame; its code and reason. Text frames queued
+/// before it are skipped.
+async fn closed(ws: &mut Ws) -> (u16, String) {
+    loop {
+        let next = timeout(PATIENCE, ws.next())
+            .await
+            .expect("a close frame in time");
+        match next {
+            Some(Ok(Message::Close(frame))) => {
+                // Sends the close reply the WebSocket layer queued, completing the
+                // handshake so the server need not wait out its linger.
+                let _ = ws.flush().await;
+                return frame.map_or((0, String::new()), |f| {
+                    (u16::from(f.code), f.reason.to_string())
+                });
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+/// Says hello and returns the id from `welcome`.
+async fn hello(ws: &mut Ws, profile: Value) -> ClientId {
+    let mut frame = profile;
+    frame["type"] = json!("hello");
+    send(ws, frame).await;
+    let welcome = recv(ws).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    welcome["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("an id")
+}
+
+async fn join(ws: &mut Ws, session: Value) {
+    send(ws, json!({"type": "join", "session": session.clone()})).await;
+    assert_eq!(
+        recv(ws).await,
+        json!({"type": "joined", "session": session})
+    );
+}
+
+async fn expect_error(ws: &mut Ws, frame: Value, code: &str) {
+    send(ws, frame.clone()).await;
+    let reply = recv(ws).await;
+    assert_eq!(reply["type"], "error", "{frame} -> {reply}");
+    assert_eq!(reply["code"], code, "{frame} -> {reply}");
+    assert!(reply["detail"].as_str().is_some_and(|d| !d.is_empty()));
+}
+
+/// Nothing arrives for a while.
+async fn quiet(ws: &mut Ws) {
+    match timeout(Duration::from_millis(150), ws.next()).await {
+        Err(_) => {}
+        Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+        Ok(other) => panic!("expected nothing, got {other:?}"),
+    }
+}
+
+/// Waits until `done` holds, polling.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One HTTP/1.1 request to the admin API over a plain socket: status and body.
+async fn admin(server: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let addr = server.admin_addr().expect("the admin API is on");
+    let mut tcp = TcpStream::connect(addr).await.expect("admin listens");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await.expect("writable");
+    let mut response = String::new();
+    timeout(PATIENCE, tcp.read_to_string(&mut response))
+        .await
+        .expect("an answer in time")
+        .expect("a readable answer");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let json = response
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+#[tokio::test]
+async fn rooms_direct_messages_and_admin_broadcasts_reach_the_right_clients() {
+    let server = start(config()).await;
+    let mut alice = connect(&server).await;
+    let mut bob = connect(&server).await;
+    let mut carol = connect(&server).await;
+    let a = hello(&mut alice, json!({"key": "alice"})).await;
+    let b = hello(&mut bob, json!({"key": "bob"})).await;
+    let _c = hello(&mut carol, json!({})).await;
+    for ws in [&mut alice, &mut bob, &mut carol] {
+        join(ws, json!("room")).await;
+    }
+    join(&mut alice, json!(7)).await;
+    join(&mut bob, json!("7")).await;
+
+    // A publish reaches every other member, data byte for byte, and not the sender.
+    send(
+        &mut alice,
+        json!({"type": "publish", "session": "room", "data": {"n": 1, "s": "é"}}),
+    )
+    .await;
+    let expected = json!({"type": "message", "session": "room", "from": a.to_string(), "data": {"n": 1, "s": "é"}});
+    assert_eq!(recv(&mut bob).await, expected);
+    assert_eq!(recv(&mut carol).await, expected);
+    quiet(&mut alice).await;
+
+    // Numbered and named sessions stay apart.
+    send(&mut bob, json!({"type": "publish", "session": 7})).await;
+    assert_eq!(
+        recv(&mut alice).await,
+        json!({"type": "message", "session": 7, "from": b.to_string(), "data": null})
+    );
+    quiet(&mut bob).await;
+
+    // Direct by key and by id.
+    send(
+        &mut bob,
+        json!({"type": "direct", "to": "alice", "data": "psst"}),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut alice).await,
+        json!({"type": "message", "from": b.to_string(), "data": "psst"})
+    );
+    send(
+        &mut alice,
+        json!({"type": "direct", "to": b.to_string(), "data": [1]}),
+    )
+    .await;
+    assert_eq!(recv(&mut bob).await["data"], json!([1]));
+    quiet(&mut carol).await;
+
+    // Leaving stops delivery.
+    send(&mut carol, json!({"type": "leave", "session": "room"})).await;
+    assert_eq!(
+        recv(&mut carol).await,
+        json!({"type": "left", "session": "room"})
+    );
+    send(
+        &mut alice,
+        json!({"type": "publish", "session": "room", "data": 2}),
+    )
+    .await;
+    assert_eq!(recv(&mut bob).await["data"], 2);
+    quiet(&mut carol).await;
+
+    // An operator's broadcast arrives with `from: null`.
+    let (status, report) = admin(
+        &server,
+        "POST",
+        "/sessions/room/broadcast",
+        Some(json!({"notice": "hi"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["delivered"], 2);
+    for ws in [&mut alice, &mut bob] {
+        assert_eq!(
+            recv(ws).await,
+            json!({"type": "message", "session": "room", "from": null, "data": {"notice": "hi"}})
+        );
+    }
+    let (status, listed) = admin(&server, "GET", "/sessions/room", None).await;
+    assert_eq!((status, listed["count"].clone()), (200, json!(2)));
+
+    let _ = server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_frames_and_the_connection_stays_open() {
+    let server = start(config()).await;
+    let mut ws = connect(&server).await;
+
+    // Before hello.
+    expect_error(
+        &mut ws,
+        json!({"type": "join", "session": "x"}),
+        "hello_required",
+    )
+    .await;
+    ws.send(Message::text("not json")).await.expect("open");
+    assert_eq!(recv(&mut ws).await["code"], "bad_json");
+    expect_error(
+        &mut ws,
+        json!({"type": "hello", "kind": "robot"}),
+        "bad_frame",
+    )
+    .await;
+    ws.send(Message::binary(vec![1, 2, 3])).await.expect("open");
+    assert_eq!(recv(&mut ws).await["code"], "binary_unsupported");
+
+    let me = hello(&mut ws, json!({"key": "k", "kind": "device"})).await;
+
+    // After hello.
+    ws.send(Message::text("{\"type\":")).await.expect("open");
+    assert_eq!(recv(&mut ws).await["code"], "bad_json");
+    ws.send(Message::binary(vec![0])).await.expect("open");
+    assert_eq!(recv(&mut ws).await["code"], "binary_unsupported");
+    let cases = [
+        (json!([1, 2]), "bad_frame"),
+        (json!({"session": "x"}), "bad_frame"),
+        (json!({"type": 5}), "bad_frame"),
+        (json!({"type": "dance"}), "unknown_type"),
+        (json!({"type": "hello"}), "already_registered"),
+        (json!({"type": "join"}), "bad_frame"),
+        (json!({"type": "join", "session": -1}), "bad_frame"),
+        (json!({"type": "join", "session": true}), "bad_frame"),
+        (json!({"type": "leave", "session": "x"}), "not_attached"),
+        (json!({"type": "publish", "data": 1}), "bad_frame"),
+        (
+            json!({"type": "publish", "session": "nowhere", "data": 1}),
+            "unknown_session",
+        ),
+        (json!({"type": "direct", "data": 1}), "bad_frame"),
+        (
+            json!({"type": "direct", "to": "nobody", "data": 1}),
+            "unknown_client",
+        ),
+        (
+            json!({"type": "direct", "to": "c0.999.9", "data": 1}),
+            "unknown_client",
+        ),
+        (
+            json!({"type": "task_open", "device": "nobody"}),
+            "unknown_client",
+        ),
+        (json!({"type": "task_open", "device": "k"}), "task_refused"),
+        (json!({"type": "task_done"}), "bad_frame"),
+        (json!({"type": "task_done", "task": 999}), "unknown_task"),
+        (json!({"type": "task_done", "task": "t1"}), "bad_frame"),
+    ];
+    for (frame, code) in cases {
+        expect_error(&mut ws, frame, code).await;
+    }
+    // Still open and registered.
+    join(&mut ws, json!("fine")).await;
+    assert!(server.registry().is_online(me));
+    let _ = server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_frame_over_the_limit_closes_with_1009() {
+    let server = start(Config {
+        max_frame: 1024,
+        ..config()
+    })
+    .await;
+    let mut ws = connect(&server).await;
+    let id = hello(&mut ws, json!({})).await;
+    let big = json!({"type": "publish", "session": "x", "data": "y".repeat(2000)});
+    ws.send(Message::text(big.to_string())).await.expect("open");
+    let (code, _) = closed(&mut ws).await;
+    assert_eq!(code, u16::from(CloseCode::Size));
+    assert_eq!(code, 1009);
+    let registry = server.registry().clone();
+    eventually("the client is unregistered", || !registry.is_online(id)).await;
+
+    // Before hello too.
+    let mut early = connect(&server).await;
+    early
+        .send(Message::text("z".repeat(5000)))
+        .await
+        .expect("open");
+    assert_eq!(closed(&mut early).await.0, 1009);
+    let _ = server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stays_slow_is_closed_with_4000() {
+    let server = start(Config {
+        queue: 4,
+        slow_consumer: SlowConsumerPolicy::Disconnect,
+        ..config()
+    })
+    .await;
+    let registry = server.registry().clone();
+    let mut slow = connect(&server).await;
+    let mut fast = connect(&server).await;
+    let slow_id = hello(&mut slow, json!({"key": "slow"})).await;
+    let _ = hello(&mut fast, json!({"key": "fast"})).await;
+    join(&mut slow, json!("firehose")).await;
+    join(&mut fast, json!("firehose")).await;
+
+    // `slow` stops reading. Frames fill its socket buffers, then its queue, and the
+    // next broadcast that finds the queue full disconnects it.
+    let chunk = "x".repeat(60_000);
+    let mut sent = 0;
+    while registry.stats().disconnected == 0 {
+        assert!(sent < 5_000, "never disconnected after {sent} frames");
+        send(
+            &mut fast,
+            json!({"type": "publish", "session": "firehose", "data": chunk}),
+        )
+        .await;
+        sent += 1;
+        if sent % 16 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert!(!registry.is_online(slow_id));
+    assert!(registry.is_online("fast"), "the publisher is untouched");
+    // When `slow` reads again, what its socket held arrives, then the close.
+    let (code, reason) = closed(&mut slow).await;
+    assert_eq!((code, reason.as_str()), (4000, "slow consumer"));
+    let _ = server.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_clients_are_pinged_and_silent_ones_closed() {
+    let server = start(Config {
+        ping_interval: Duration::from_millis(100),
+        idle_timeout: Duration::from_millis(500),
+        // Long enough that the server still waits for `silent`'s close reply when
+        // the test reads it (reading answers the queued pings first).
+        close_linger: Duration::from_secs(3),
+        ..config()
+    })
+    .await;
+    let registry = server.registry().clone();
+    let mut silent = connect(&server).await;
+    let mut lively = connect(&server).await;
+    let silent_id = hello(&mut silent, json!({})).await;
+    let lively_id = hello(&mut lively, json!({})).await;
+    // And one that never says hello.
+    let mut mute = connect(&server).await;
+
+    // `lively` keeps reading, so its WebSocket layer answers every ping with a pong;
+    // `silent` reads nothing, so it answers none.
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(1200);
+    while tokio::time::Instant::now() < until {
+        if let Ok(Some(Ok(Message::Ping(_)))) =
+            timeout(Duration::from_millis(50), lively.next()).await
+        {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 5, "pinged every 100 ms, saw {pings}");
+    assert!(
+        !registry.is_online(silent_id),
+        "the silent client was closed"
+    );
+    assert!(registry.is_online(lively_id), "the lively client was kept");
+    assert_eq!(closed(&mut silent).await.0, 4003);
+
+    assert_eq!(closed(&mut mute).await.0, 4003);
+    // `lively` answers the shutdown's close, so shutdown need not wait out the linger.
+    let lively = tokio::spawn(async move { closed(&mut lively).await.0 });
+    let _ = server.shutdown().await;
+    assert_eq!(lively.await.ok(), Some(1001));
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_client_with_1001_and_empties_the_registry() {
+    let server = start(config()).await;
+    let registry = server.registry().clone();
+    let mut readers = Vec::new();
+    for i in 0..8 {
+        let mut ws = connect(&server).await;
+        let _ = hello(&mut ws, json!({"key": format!("k{i}"), "kind": "device"})).await;
+        join(&mut ws, json!("all")).await;
+        readers.push(tokio::spawn(async move { closed(&mut ws).await }));
+    }
+    // One more that never says hello.
+    let mut lurker = connect(&server).await;
+    assert_eq!(registry.client_count(), 8);
+
+    let report = server.shutdown().await;
+    assert_eq!(report.clients, 8);
+    assert_eq!(report.forced, 0, "every connection closed itself");
+    assert_eq!(registry.client_count(), 0);
+    assert_eq!(registry.session_count(), 0);
+    for reader in readers {
+        let (code, reason) = reader.await.expect("the reader ran");
+        assert_eq!((code, reason.as_str()), (1001, "server shutting down"));
+    }
+    assert_eq!(closed(&mut lurker).await.0, 1001);
+}
+
+#[tokio::test]
+async fn a_task_is_cancelled_when_its_orchestrators_socket_drops() {
+    let server = start(config()).await;
+    let registry = server.registry().clone();
+    let mut device = connect(&server).await;
+    let mut boss = connect(&server).await;
+    let d = hello(
+        &mut device,
+        json!({"key": "d1", "kind": "device", "platform": "linux"}),
+    )
+    .await;
+    let o = hello(&mut boss, json!({"key": "boss", "kind": "orchestrator"})).await;
+
+    // A task opened and completed by the device.
+    send(&mut boss, json!({"type": "task_open", "device": "d1"})).await;
+    let opened = recv(&mut boss).await;
+    assert_eq!(opened["type"], "task_opened");
+    assert_eq!(
+        (opened["orchestrator"].clone(), opened["device"].clone()),
+        (json!(o.to_string()), json!(d.to_string()))
+    );
+    assert_eq!(recv(&mut device).await, opened);
+    let first = opened["task"].clone();
+    send(&mut device, json!({"type": "task_done", "task": first})).await;
+    assert_eq!(
+        recv(&mut device).await,
+        json!({"type": "task_done", "task": first})
+    );
+    assert_eq!(
+        recv(&mut boss).await,
+        json!({"type": "task_done", "task": first})
+    );
+
+    // A second task; then the orchestrator's TCP connection simply goes away.
+    send(
+        &mut boss,
+        json!({"type": "task_open", "device": d.to_string()}),
+    )
+    .await;
+    let task = recv(&mut boss).await["task"].clone();
+    assert_eq!(recv(&mut device).await["task"], task);
+    drop(boss);
+
+    assert_eq!(
+        recv(&mut device).await,
+        json!({"type": "task_cancelled", "task": task, "reason": "orchestrator_disconnected"})
+    );
+    eventually("the orchestrator is unregistered", || {
+        !registry.is_online(o)
+    })
+    .await;
+    assert_eq!(registry.stats().tasks, 0);
+    let _ = server.shutdown().await;
+}
+
+#[tokio::test]
+async fn kicks_and_takeovers_close_with_their_own_codes() {
+    let server = start(config()).await;
+    let mut first = connect(&server).await;
+    let _ = hello(&mut first, json!({"key": "dup"})).await;
+    let mut second = connect(&server).await;
+    let second_id = hello(&mut second, json!({"key": "dup"})).await;
+    assert_eq!(closed(&mut first).await.0, 4002);
+
+    let (status, body) = admin(&server, "DELETE", "/clients/dup?reason=bye%20now", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], second_id.to_string());
+    assert_eq!(closed(&mut second).await, (4001, "bye now".to_owned()));
+    let (status, body) = admin(&server, "GET", "/clients/dup", None).await;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (404, json!("unknown_client"))
+    );
+    let _ = server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_server_refuses_with_1013() {
+    let server = start(Config {
+        max_clients: Some(1),
+        ..config()
+    })
+    .await;
+    let mut one = connect(&server).await;
+    let _ = hello(&mut one, json!({})).await;
+    let mut two = connect(&server).await;
+    send(&mut two, json!({"type": "hello"})).await;
+    assert_eq!(recv(&mut two).await["code"], "server_full");
+    assert_eq!(closed(&mut two).await.0, 1013);
+    let _ = server.shutdown().await;
+}

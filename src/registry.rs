@@ -491,6 +491,11 @@ impl<M> Registry<M> {
             let session = self.session_or_insert(&key);
             match session.join(id, &entry.chan) {
                 Joined::Added => {
+                    // Most clients join one or two sessions: start the list at one
+                    // slot rather than the default four (96 bytes per client).
+                    if state.sessions.capacity() == 0 {
+                        state.sessions.reserve_exact(1);
+                    }
                     state.sessions.push((key, session));
                     return Ok(true);
                 }

@@ -588,6 +588,33 @@ mod tests {
     }
 
     #[test]
+    fn compaction_copies_a_rejoined_member_once() {
+        let s = Session::new();
+        let c = chan();
+        for n in 0..4 {
+            s.join(id(n), &c);
+        }
+        // Member 0 leaves and rejoins: its first cell is dead, its second live.
+        s.leave(id(0));
+        s.join(id(0), &c);
+        for round in 0..COMPACT_SLACK * 2 {
+            s.join(id(100 + round), &c);
+            s.leave(id(100 + round));
+        }
+        let members = ids(&s.snapshot());
+        assert_eq!(
+            members.iter().filter(|m| **m == id(0)).count(),
+            1,
+            "{members:?}"
+        );
+        assert_eq!(members.len(), 4);
+        assert_eq!(s.leave(id(0)), Left::Removed);
+        assert_eq!(ids(&s.snapshot()).len(), 3);
+        assert_eq!(s.join(id(7), &c), Joined::Added);
+        assert_eq!(ids(&s.snapshot()).len(), 4);
+    }
+
+    #[test]
     fn emptying_retires_unless_pinned() {
         let s = Session::new();
         let c = chan();

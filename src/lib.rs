@@ -37,13 +37,19 @@
 //!
 //! # Trade-offs
 //!
-//! * **Broadcast is the hot path.** A session's members are published as an
-//!   immutable snapshot ([arc-swap]); a broadcast loads it once and walks a
-//!   contiguous array of channel handles, with no lock and no lookup per recipient.
+//! * **Broadcast is the hot path.** A session's page layout is published with
+//!   [arc-swap] and its size and version with one atomic word; a broadcast reads both
+//!   once and walks a contiguous array of channel handles, with no lock and no lookup
+//!   per recipient.
 //! * **Joins and leaves never copy a session.** Members sit in write-once cells; a
-//!   leave marks its cell with a version instead of rewriting the array, and dead
-//!   cells are compacted when they outnumber live ones. Cost is O(1) amortised at any
-//!   session size; the price is up to one dead cell per live one.
+//!   join writes the next cell and the word, a leave stamps its cell with a version
+//!   and writes the word, and dead cells are compacted when they outnumber live ones.
+//!   Cost is O(1) amortised at any session size, with no allocation; the price is up
+//!   to one dead cell per live one.
+//! * **Registrations swap, not publish.** Client slots are epoch-reclaimed cells
+//!   (crossbeam-epoch): a registration or departure is a pointer swap plus a deferred
+//!   free, where an arc-swap store would walk every thread's debt list. This is the
+//!   crate's only `unsafe` code, three blocks in `sync/slot_cell.rs`.
 //! * **Writers lock, readers don't.** Register, unregister, attach and detach take
 //!   small locks (a shard's allocator, a client's membership list, a session's
 //!   writer). Lookups, sends and broadcasts take none.
@@ -59,7 +65,10 @@
 //! * A [`ClientId`] packs shard, slot and a 32-bit generation. A stale id never
 //!   reaches the slot's next occupant; a slot whose generation would wrap is retired.
 //! * A broadcast reaches exactly the members of the snapshot it read: a client
-//!   detached before it began never gets the message.
+//!   detached before it began never gets the message, and one attached before it
+//!   began does unless its channel is full or closed (the report counts it).
+//! * A key resolves to exactly one connection during a takeover, and each task is
+//!   cancelled exactly once when either side leaves.
 //! * Once [`Registry::unregister`] returns, no send or broadcast reaches the client,
 //!   and no session, counter or index still names it.
 //!
@@ -76,7 +85,12 @@
 //! # Implementation notes
 //!
 //! * `id`: the packed [`ClientId`]. `shard`: paged slot arrays and their free lists.
-//! * `session`: membership snapshots, versions and compaction.
+//! * `session`: member sets (sessions and profile indexes): layouts, versions and
+//!   compaction.
+//! * `registry`: register, unregister (the one departure path), attach, detach.
+//! * `profile`, `fleet`, `query`, `task`, `device_config`, `events`: client
+//!   profiles, keys and takeover, indexed filters and device selection, tasks, the
+//!   device config merge and presence events.
 //! * `delivery`: send, broadcast, the [`SlowConsumerPolicy`] and reports.
 //! * `channel`: the bounded channel and its [`Receiver`].
 //! * `sync`: every synchronisation primitive, swapped for loom's under

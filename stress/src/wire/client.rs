@@ -207,7 +207,8 @@ pub async fn run(shared: Arc<Shared>, role: Role, mut phase: watch::Receiver<Pha
 /// Opens the connection, holding one of the in-flight permits while it does.
 async fn connect(shared: &Shared) -> Option<Ws> {
     let _permit = shared.connecting.acquire().await.ok()?;
-    let (ws, _) = tokio_tungstenite::connect_async(shared.url.as_str())
+    // Nagle off, as the server has it: a publish is one small frame that should leave now.
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(shared.url.as_str(), None, true)
         .await
         .ok()?;
     let ns = u64::try_from(shared.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);

@@ -111,7 +111,7 @@ pub struct WsArgs {
     #[arg(long, value_name = "ADDR", requires = "target")]
     pub target_admin: Option<String>,
 
-    /// The ws_server binary [default: <target dir>/release/examples/ws_server].
+    /// The ws_server binary [default: `TARGET_DIR/release/examples/ws_server`].
     #[arg(long, value_name = "PATH", conflicts_with = "target")]
     pub server_bin: Option<PathBuf>,
 

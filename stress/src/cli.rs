@@ -26,10 +26,22 @@ use serde::Serialize;
 pub struct Cli {
     /// Scenario to run; `all` when omitted.
     #[command(subcommand)]
-    pub scenario: Option<Scenario>,
+    pub command: Option<Command>,
 
     #[command(flatten)]
     pub knobs: Knobs,
+}
+
+/// What to run: an in-process scenario, or the load over real WebSocket connections.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// An in-process scenario.
+    #[command(flatten)]
+    Scenario(Scenario),
+    /// N real WebSocket connections against the ws_server example (started here as a
+    /// separate process unless --target is given): connect rate, deliveries per second,
+    /// end-to-end latency, errors, lost messages and the server's RSS per connection.
+    Ws(WsArgs),
 }
 
 /// The scenarios.
@@ -48,6 +60,9 @@ pub enum Scenario {
     Soak,
     /// Every scenario above, in about a minute on two cores (about 20 s with --quick).
     All,
+    /// The wire-level run; chosen with the `ws` subcommand (see [`Command::Ws`]).
+    #[command(skip)]
+    Ws,
 }
 
 impl Scenario {
@@ -60,6 +75,7 @@ impl Scenario {
             Self::Memory => "memory",
             Self::Soak => "soak",
             Self::All => "all",
+            Self::Ws => "ws",
         }
     }
 }
@@ -73,6 +89,46 @@ pub enum Policy {
     Drop,
     /// Unregister the member.
     Disconnect,
+}
+
+/// The options of `stress ws`. The global knobs it uses: `--sessions` and `--members`
+/// (the layout), `--duration` (publishing time, default 5 s), `--capacity` (the server's
+/// `--queue`), `--policy` (the server's `--slow-consumer`), `--message-size` (padding in
+/// `data`), `--workers` and `--json`.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct WsArgs {
+    /// WebSocket connections to open.
+    #[arg(long, default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(2..=1_000_000))]
+    pub connections: u64,
+
+    /// An external server, `ws://127.0.0.1:PORT/ws`; loopback only. By default the ws_server
+    /// example is started as a separate process.
+    #[arg(long, value_name = "URL")]
+    pub target: Option<String>,
+
+    /// The external server's admin API, `127.0.0.1:PORT`, read for its drop count.
+    #[arg(long, value_name = "ADDR", requires = "target")]
+    pub target_admin: Option<String>,
+
+    /// The ws_server binary [default: `TARGET_DIR/release/examples/ws_server`].
+    #[arg(long, value_name = "PATH", conflicts_with = "target")]
+    pub server_bin: Option<PathBuf>,
+
+    /// Messages per second each session's publisher sends; low enough that a prompt
+    /// client's queue never fills.
+    #[arg(long, default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub rate: u64,
+
+    /// Connection attempts in flight at once.
+    #[arg(long, default_value_t = 128,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub concurrency: u64,
+
+    /// Treat a lost message as a violation (exit 1), unless the server reported drops.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub check_loss: bool,
 }
 
 /// The knobs; each applies to every scenario that uses it.
@@ -229,6 +285,35 @@ mod tests {
         assert!(Cli::try_parse_from(["stress", "--policy", "block"]).is_err());
         let cli =
             Cli::try_parse_from(["stress", "soak", "--duration", "60s", "--clients", "100000"]);
-        assert!(matches!(cli.map(|c| c.scenario), Ok(Some(Scenario::Soak))));
+        assert!(matches!(
+            cli.map(|c| c.command),
+            Ok(Some(Command::Scenario(Scenario::Soak)))
+        ));
+    }
+
+    #[test]
+    fn ws_takes_its_own_options_and_the_global_knobs() {
+        let cli = Cli::try_parse_from([
+            "stress",
+            "ws",
+            "--connections",
+            "500",
+            "--duration",
+            "3s",
+            "--check-loss",
+            "false",
+        ]);
+        let Ok(Cli {
+            command: Some(Command::Ws(ws)),
+            knobs,
+        }) = cli
+        else {
+            panic!("ws did not parse");
+        };
+        assert_eq!(ws.connections, 500);
+        assert!(!ws.check_loss);
+        assert_eq!(knobs.duration, Some(Duration::from_secs(3)));
+        assert!(Cli::try_parse_from(["stress", "ws", "--connections", "1"]).is_err());
+        assert!(Cli::try_parse_from(["stress", "ws", "--target-admin", "127.0.0.1:1"]).is_err());
     }
 }

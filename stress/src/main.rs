@@ -4,7 +4,8 @@
 //! plan), `world` (one contender under load and its model), `client`/`ledger` (the model of
 //! one client), `receiver` (the receiver tasks), `invariants` (the checks), `subject` (the
 //! designs behind one trait), `heap` (the counting allocator), `latency`/`timeline`
-//! (histograms), `report`/`chart` (output).
+//! (histograms), `report`/`chart` (output), `wire/` (`stress ws`: real WebSocket
+//! connections against the ws_server example in its own process).
 
 #![deny(missing_debug_implementations)]
 #![warn(rust_2018_idioms)]
@@ -28,6 +29,7 @@ mod subject;
 mod tally;
 mod tasks;
 mod timeline;
+mod wire;
 mod world;
 
 use std::process::ExitCode;
@@ -36,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use crate::cli::{Cli, Scenario};
+use crate::cli::{Cli, Command, Knobs, Scenario, WsArgs};
 use crate::invariants::Violations;
 use crate::latency::{histogram, Percentiles};
 use crate::progress::Progress;
@@ -51,7 +53,11 @@ static ALLOCATOR: heap::Counting = heap::Counting;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     invariants::record_panics();
-    let scenario = cli.scenario.unwrap_or(Scenario::All);
+    let scenario = match cli.command {
+        None => Scenario::All,
+        Some(Command::Scenario(s)) => s,
+        Some(Command::Ws(args)) => return ws_main(&args, &cli.knobs),
+    };
     let plan = Plan::new(scenario, &cli.knobs);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(plan.workers)
@@ -82,15 +88,8 @@ fn main() -> ExitCode {
         ExitCode::FAILURE
     };
     if let Some(path) = &cli.knobs.json {
-        let written = serde_json::to_string_pretty(&report)
-            .map_err(|e| e.to_string())
-            .and_then(|json| std::fs::write(path, json + "\n").map_err(|e| e.to_string()));
-        match written {
-            Ok(()) => println!("report written to {}", path.display()),
-            Err(e) => {
-                eprintln!("stress: cannot write {}: {e}", path.display());
-                code = ExitCode::from(2);
-            }
+        if !write_json(&report, path) {
+            code = ExitCode::from(2);
         }
     }
     if let Some(path) = &cli.knobs.svg {
@@ -106,6 +105,100 @@ fn main() -> ExitCode {
                 eprintln!("stress: {e}");
                 code = ExitCode::from(2);
             }
+        }
+    }
+    code
+}
+
+/// Writes the JSON report; says where, or why not.
+fn write_json(report: &Report, path: &std::path::Path) -> bool {
+    let written = serde_json::to_string_pretty(report)
+        .map_err(|e| e.to_string())
+        .and_then(|json| std::fs::write(path, json + "\n").map_err(|e| e.to_string()));
+    match written {
+        Ok(()) => {
+            println!("report written to {}", path.display());
+            true
+        }
+        Err(e) => {
+            eprintln!("stress: cannot write {}: {e}", path.display());
+            false
+        }
+    }
+}
+
+/// `stress ws`: the wire run, reported in the same JSON layout, under `wire`.
+fn ws_main(args: &WsArgs, knobs: &Knobs) -> ExitCode {
+    let started = Instant::now();
+    let plan = Plan::new(Scenario::Ws, knobs);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(plan.workers)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("stress: cannot start the tokio runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let violations = Arc::new(Violations::default());
+    let run = {
+        let (args, knobs, violations) = (args.clone(), knobs.clone(), Arc::clone(&violations));
+        async move { wire::run(&args, &knobs, &violations).await }
+    };
+    let wire = match runtime.block_on(async { tokio::spawn(run).await }) {
+        Ok(Ok(wire)) => wire,
+        Ok(Err(e)) => {
+            eprintln!("stress ws: {e}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("stress ws: the harness task failed: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    drop(runtime);
+    violations.collect_panics();
+    let groups = violations.groups();
+    let report = Report {
+        version: VERSION,
+        machine: Machine::here(),
+        config: plan,
+        latency_us: wire.latency_us,
+        invariants: Invariants {
+            ok: violations.total() == 0,
+            violation_count: violations.total(),
+            checks: violations.checks(),
+            violations: groups.iter().flat_map(|g| g.examples.clone()).collect(),
+            groups,
+        },
+        ratios: Ratios::default(),
+        registry_bytes_per_client: None,
+        wall_s: started.elapsed().as_secs_f64(),
+        scenarios: Scenarios::default(),
+        wire: serde_json::to_value(&wire).ok(),
+    };
+    print!("{}", wire.table());
+    if report.invariants.ok {
+        println!("\nINVARIANTS  ok ({} checks)", report.invariants.checks);
+    } else {
+        println!(
+            "\nINVARIANTS  {} VIOLATED",
+            report.invariants.violation_count
+        );
+        for v in &report.invariants.violations {
+            println!("  {v}");
+        }
+    }
+    let mut code = if report.invariants.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
+    if let Some(path) = &knobs.json {
+        if !write_json(&report, path) {
+            code = ExitCode::from(2);
         }
     }
     code

@@ -59,16 +59,9 @@ fn main() -> ExitCode {
         Some(Command::Ws(args)) => return ws_main(&args, &cli.knobs),
     };
     let plan = Plan::new(scenario, &cli.knobs);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(plan.workers)
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(plan.workers) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("stress: cannot start the tokio runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     // The harness runs as a task, like a server's handlers, so that its wake-ups take the
     // worker's own run queue.
@@ -127,20 +120,25 @@ fn write_json(report: &Report, path: &std::path::Path) -> bool {
     }
 }
 
+/// A multi-thread runtime with `workers` workers, or the exit code for failing to start.
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("stress: cannot start the tokio runtime: {e}");
+            ExitCode::from(2)
+        })
+}
+
 /// `stress ws`: the wire run, reported in the same JSON layout, under `wire`.
 fn ws_main(args: &WsArgs, knobs: &Knobs) -> ExitCode {
     let started = Instant::now();
     let plan = Plan::new(Scenario::Ws, knobs);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(plan.workers)
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(plan.workers) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("stress: cannot start the tokio runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let violations = Arc::new(Violations::default());
     let run = {

@@ -252,19 +252,18 @@ impl<M> Registry<M> {
             }
             return out;
         }
-        let mut smallest: Option<Arc<Session<M>>> = None;
+        let mut smallest: Option<(usize, Arc<Session<M>>)> = None;
         for key in &keys {
             // A criterion nobody meets: the answer is empty.
             let Some(set) = self.inner.indexes.get(key) else {
                 return out;
             };
-            if smallest
-                .as_ref()
-                .is_none_or(|s| set.snapshot().live() < s.snapshot().live())
-            {
-                smallest = Some(set);
+            let size = set.live();
+            if smallest.as_ref().is_none_or(|(least, _)| size < *least) {
+                smallest = Some((size, set));
             }
         }
+        let smallest = smallest.map(|(_, set)| set);
         // One criterion and no time window: the set is the answer.
         if keys.len() == 1 && cutoff.is_none() {
             if let Some(set) = smallest {

@@ -629,7 +629,7 @@ impl<M> Registry<M> {
     pub fn member_count(&self, session: impl Into<SessionId>) -> Result<usize, UnknownSession> {
         let key = session.into();
         let session = self.inner.sessions.get(&key).ok_or(UnknownSession(key))?;
-        let count = session.snapshot().live();
+        let count = session.live();
         Ok(count)
     }
 
@@ -747,19 +747,14 @@ impl<M> Registry<M> {
     /// ```
     pub fn stats(&self) -> Stats {
         let c = &self.inner.counters;
-        let count = |key: &IndexKey| {
-            self.inner
-                .indexes
-                .get(key)
-                .map_or(0, |s| s.snapshot().live())
-        };
+        let count = |key: &IndexKey| self.inner.indexes.get(key).map_or(0, |s| s.live());
         let mut by_platform: Vec<(String, usize)> = self
             .inner
             .indexes
             .entries()
             .into_iter()
             .filter_map(|(key, set)| match key {
-                IndexKey::Platform(p) => Some((p.to_string(), set.snapshot().live())),
+                IndexKey::Platform(p) => Some((p.to_string(), set.live())),
                 _ => None,
             })
             .filter(|(_, n)| *n > 0)

@@ -324,6 +324,13 @@ impl<M> Session<M> {
         }
     }
 
+    /// Live members now: a size hint for counts and for picking the smallest set,
+    /// read without taking a snapshot (no read-modify-write on the state word).
+    pub(crate) fn live(&self) -> usize {
+        // Relaxed: see `Layout::live`.
+        self.layout.load().live.load(Ordering::Relaxed)
+    }
+
     /// The current membership. Short-lived: never hold it across an `.await`.
     #[inline]
     pub(crate) fn snapshot(&self) -> Membership<M> {

@@ -9,19 +9,25 @@
 //! accept the entry only if its full [`ClientId`] (generation included) equals the
 //! one they were given, so a stale id never reaches the next occupant.
 //!
-//! Allocation (free list, generations, page growth) sits behind the shard's mutex;
-//! only register and unregister take it. A registering thread starts at its own
-//! home shard, so threads rarely meet on one lock.
+//! Allocation sits behind the shard's mutex; only register and unregister take it.
+//! A [`slab::Slab`] of unit values is the index allocator: its occupied keys are the
+//! slots in use (or retired for good), and its vacant entries thread the free list,
+//! reused last-in first-out (the warmest first). Beside it, each slot's generation
+//! outlives its occupants. A registering thread starts at its own home shard, so
+//! threads rarely meet on one lock.
 //!
 //! # Memory
 //!
 //! An entry (its channel handle, profile and session list) is freed when its client
-//! leaves. The slot array itself stays at its high-water mark: 8 bytes per slot plus
-//! 4 bytes of generation, so a burst of a million clients leaves about 12 MB behind
-//! after they go, and reuses it for the next burst. Dropping the registry frees it.
+//! leaves. The slot array itself stays at its high-water mark: 8 bytes per slot, 4
+//! bytes of generation and the slab's 16-byte entry, so a burst of a million clients
+//! leaves about 28 MB behind after they go, and reuses it for the next burst.
+//! Dropping the registry frees it.
 
 use std::cell::Cell;
 use std::hash::{Hash, Hasher};
+
+use slab::Slab;
 
 use crate::paging;
 #[cfg(all(test, not(switchboard_loom)))]
@@ -39,9 +45,10 @@ pub(crate) const SLOTS_PER_SHARD: usize = (1 << ClientId::INDEX_BITS) - (1 << PA
 type Page<T> = Box<[SlotCell<T>]>;
 
 struct Allocator {
-    /// Freed slots, reused last-in first-out (the warmest first).
-    free: Vec<u32>,
-    /// Current generation of every slot ever handed out.
+    /// Slots in use: a key is occupied while a client holds the slot, and for good
+    /// once its generation is exhausted. Vacant keys are the free list.
+    slots: Slab<()>,
+    /// Current generation of every slot ever handed out, indexed like `slots`.
     generations: Vec<u32>,
 }
 
@@ -61,7 +68,7 @@ impl<T> Shard<T> {
         Self {
             pages: std::array::from_fn(|_| OnceLock::new()),
             alloc: Mutex::new(Allocator {
-                free: Vec::new(),
+                slots: Slab::new(),
                 generations: Vec::new(),
             }),
             live: AtomicUsize::new(0),
@@ -79,24 +86,22 @@ impl<T> Shard<T> {
     /// when the shard has no slot left.
     pub(crate) fn reserve(&self) -> Option<(usize, u32)> {
         let mut alloc = lock(&self.alloc);
-        let index = match alloc.free.pop() {
-            Some(index) => index as usize,
-            None => {
-                let index = alloc.generations.len();
-                if index >= SLOTS_PER_SHARD {
-                    return None;
-                }
-                let (page, _) = paging::split(index, PAGE_SHIFT);
-                // Pages are created only here, under `alloc`, so never concurrently.
-                self.pages[page].get_or_init(|| {
-                    (0..paging::page_len(page, PAGE_SHIFT))
-                        .map(|_| SlotCell::empty())
-                        .collect()
-                });
-                alloc.generations.push(0);
-                index
+        let index = alloc.slots.vacant_key();
+        if index == alloc.generations.len() {
+            // A key the slab has never handed out: the slot needs its page.
+            if index >= SLOTS_PER_SHARD {
+                return None;
             }
-        };
+            let (page, _) = paging::split(index, PAGE_SHIFT);
+            // Pages are created only here, under `alloc`, so never concurrently.
+            self.pages[page].get_or_init(|| {
+                (0..paging::page_len(page, PAGE_SHIFT))
+                    .map(|_| SlotCell::empty())
+                    .collect()
+            });
+            alloc.generations.push(0);
+        }
+        alloc.slots.insert(());
         // Relaxed: see `live`.
         self.live.fetch_add(1, Ordering::Relaxed);
         Some((index, alloc.generations[index]))
@@ -113,10 +118,10 @@ impl<T> Shard<T> {
         let mut alloc = lock(&self.alloc);
         if let Some(generation) = alloc.generations.get_mut(index) {
             // Retire the slot rather than wrap: a wrapped generation could alias an
-            // id still held somewhere.
+            // id still held somewhere. A retired key stays occupied in the slab.
             if let Some(next) = generation.checked_add(1) {
                 *generation = next;
-                alloc.free.push(index as u32);
+                alloc.slots.try_remove(index);
             }
         }
         // Relaxed: see `live`.

@@ -623,8 +623,33 @@ impl Report {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A report of a run in which no scenario ran.
+    pub(crate) fn empty_report() -> Report {
+        Report {
+            version: VERSION,
+            machine: Machine::here(),
+            config: crate::scenarios::Plan::new(
+                crate::cli::Scenario::All,
+                &<crate::cli::Cli as clap::Parser>::parse_from(["stress"]).knobs,
+            ),
+            latency_us: Percentiles::default(),
+            invariants: Invariants {
+                ok: true,
+                violations: Vec::new(),
+                groups: Vec::new(),
+                violation_count: 0,
+                checks: 0,
+            },
+            ratios: Ratios::default(),
+            registry_bytes_per_client: Some(100.0),
+            wall_s: 1.0,
+            scenarios: Scenarios::default(),
+            wire: None,
+        }
+    }
     use crate::scenarios::fanout::Row;
     use std::collections::BTreeMap;
 
@@ -681,27 +706,7 @@ mod tests {
 
     #[test]
     fn json_has_the_contracted_fields() {
-        let report = Report {
-            version: VERSION,
-            machine: Machine::here(),
-            config: crate::scenarios::Plan::new(
-                crate::cli::Scenario::All,
-                &<crate::cli::Cli as clap::Parser>::parse_from(["stress"]).knobs,
-            ),
-            latency_us: Percentiles::default(),
-            invariants: Invariants {
-                ok: true,
-                violations: Vec::new(),
-                groups: Vec::new(),
-                violation_count: 0,
-                checks: 0,
-            },
-            ratios: Ratios::default(),
-            registry_bytes_per_client: Some(100.0),
-            wall_s: 1.0,
-            scenarios: Scenarios::default(),
-            wire: None,
-        };
+        let report = empty_report();
         let v = serde_json::to_value(&report).unwrap_or_default();
         assert_eq!(v["version"], 1);
         for key in ["cpus", "os"] {

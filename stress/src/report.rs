@@ -697,6 +697,59 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn cold_burst_and_storm_ratios_read_their_own_fields() {
+        use crate::scenarios::cold::Cold;
+        let cold = |first_ns, storm_then_broadcast_ns| Cold {
+            storm_ns: 0.0,
+            first_ns,
+            storm_then_broadcast_ns,
+            samples: 3,
+        };
+        let mut r = row(
+            100_000,
+            &[
+                ("floor", 1000.0),
+                ("switchboard", 2000.0),
+                ("dashmap", 9000.0),
+            ],
+        );
+        r.burst_ns = [("floor", 400.0), ("switchboard", 500.0)]
+            .into_iter()
+            .collect();
+        r.cold = [
+            ("switchboard", cold(5000.0, 30_000.0)),
+            ("dashmap", cold(9500.0, 90_000.0)),
+        ]
+        .into_iter()
+        .collect();
+        let s = Scenarios {
+            fanout: Some(fanout(vec![r])),
+            ..Scenarios::default()
+        };
+        let ratios = Ratios::from(&s, 100_000);
+        assert_eq!(ratios.cold_broadcast_vs_warm_100k, Some(2.5));
+        assert_eq!(
+            ratios.storm_then_broadcast_speedup_vs_dashmap_100k,
+            Some(3.0)
+        );
+        assert_eq!(ratios.broadcast_cost_vs_floor_100k_burst, Some(1.25));
+        assert_eq!(ratios.broadcast_overhead_vs_own_channel_100k, None);
+        let table = empty_report_with(ratios).table();
+        assert!(table.contains("cold_broadcast_vs_warm_100k"), "{table}");
+        assert!(
+            table.contains("missed") && table.contains("not measurable"),
+            "{table}"
+        );
+    }
+
+    fn empty_report_with(ratios: Ratios) -> Report {
+        Report {
+            ratios,
+            ..empty_report()
+        }
+    }
+
+    #[test]
     fn targets_point_the_right_way() {
         assert!(meets(1.05, 1.10, false));
         assert!(!meets(1.2, 1.10, false));

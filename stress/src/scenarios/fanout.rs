@@ -354,7 +354,12 @@ async fn size(ctx: &Ctx, n: usize, recorders: &[Arc<Recorder>]) -> Row {
         cost_ns.insert(target.name(), median(xs));
     }
 
-    // Bursts: back to back, the receivers draining while the broadcaster goes on.
+    // Bursts: back to back, the receivers draining while the broadcaster goes on. Their
+    // deliveries wait behind up to a burst's worth of others; that queueing is not what the
+    // latency figures are for, so the recorders pause.
+    for r in recorders {
+        r.pause(true);
+    }
     let burst_len = BURST.min(plan.capacity);
     let min_bursts = if plan.quick { 2 } else { MIN_BURSTS };
     let mut bursts: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
@@ -369,6 +374,9 @@ async fn size(ctx: &Ctx, n: usize, recorders: &[Arc<Recorder>]) -> Row {
             settle(target).await;
         }
         round += 1;
+    }
+    for r in recorders {
+        r.pause(false);
     }
     let burst_samples = bursts.first().map_or(0, Vec::len);
     let mut burst_ns = BTreeMap::new();

@@ -9,7 +9,7 @@
 //! - **Burst.** [`BURST`] broadcasts back to back without waiting for the receivers, as a chat
 //!   room under load sees them; the cost is the burst's time over its length, median over
 //!   bursts.
-//! - **Cold.** A connection storm, then the very first broadcast: see [`cold`](super::cold).
+//! - **Cold.** A connection storm, then the very first broadcast: see [`super::cold`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -118,7 +118,7 @@ fn absent<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, what: &str) -> Resu
     area.draw(&Text::new(
         format!("{what}: did not run"),
         (
-            i32::try_from(w / 3).unwrap_or(0),
+            i32::try_from(w / 10).unwrap_or(0),
             i32::try_from(h / 2).unwrap_or(0),
         ),
         ("sans-serif", 16),

@@ -1,6 +1,7 @@
 //! Delivery latency: striped `hdrhistogram`s filled by receiver tasks, harvested into totals
 //! and into per-tick slices for the chart.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crossbeam_utils::CachePadded;
@@ -41,6 +42,10 @@ pub struct Recorder {
     fresh: Box<[CachePadded<Mutex<Histogram<u64>>>]>,
     /// Everything harvested so far.
     total: Mutex<Histogram<u64>>,
+    /// While set, deliveries are not recorded (FANOUT's bursts, whose queueing would swamp
+    /// the latency of everything else). Relaxed: set and cleared around phases the
+    /// scenario waits out, and a record near the edge is harmless either way.
+    paused: AtomicBool,
 }
 
 impl Recorder {
@@ -54,12 +59,23 @@ impl Recorder {
                 .map(|_| CachePadded::new(Mutex::new(histogram())))
                 .collect(),
             total: Mutex::new(histogram()),
+            paused: AtomicBool::new(false),
         }
     }
 
-    /// Records one delivery that took `ns` nanoseconds.
+    /// Stops (`true`) or resumes (`false`) recording.
+    pub fn pause(&self, paused: bool) {
+        // Relaxed: see `paused`.
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// Records one delivery that took `ns` nanoseconds, unless paused.
     #[inline]
     pub fn record(&self, ns: u64) {
+        // Relaxed: see `paused`.
+        if self.paused.load(Ordering::Relaxed) {
+            return;
+        }
         lock(&self.fresh[thread_stripe() % STRIPES]).saturating_record(ns.max(1));
     }
 
@@ -130,6 +146,17 @@ mod tests {
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() <= b * 0.011
+    }
+
+    #[test]
+    fn a_paused_recorder_records_nothing() {
+        let r = Recorder::new("s", "c");
+        r.pause(true);
+        r.record(1_000);
+        assert_eq!(r.summary().count, 0);
+        r.pause(false);
+        r.record(1_000);
+        assert_eq!(r.summary().count, 1);
     }
 
     #[test]

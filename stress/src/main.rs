@@ -92,7 +92,7 @@ fn main() -> ExitCode {
             report.machine.cpus,
             report.config.workers
         );
-        match chart::draw(&points, path, &title) {
+        match chart::draw(&report, &points, path, &title) {
             Ok(()) => println!("chart written to {}", path.display()),
             Err(e) => {
                 eprintln!("stress: {e}");

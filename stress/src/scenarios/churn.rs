@@ -29,7 +29,7 @@ const SMALL: usize = 10;
 /// Median cost of one attach, in nanoseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct JoinCost {
-    /// Into a session of 10 members.
+    /// Into a session of 10 members (the same session every time, as for the large one).
     pub into_small_ns: f64,
     /// Into a session of `join_big` (100k) members.
     pub into_big_ns: f64,
@@ -177,49 +177,42 @@ fn join_cost<S: Subject>(ctx: &Ctx) -> JoinCost {
         });
     }
 
-    let per_op = |start: Instant| start.elapsed().as_nanos() as f64 / PROBES as f64;
+    // Each probe joins and at once leaves, so both sessions stay at their size and both are
+    // equally hot: the only difference left between the two is the size. Every attach and
+    // detach is timed alone (the clock's cost is the same at both sizes).
     let (mut into_big, mut into_small, mut leave_big) = (Vec::new(), Vec::new(), Vec::new());
+    let mut refused = 0usize;
+    let mut probe = |p, session: u64, into: &mut Vec<f64>, leave: Option<&mut Vec<f64>>| {
+        let start = Instant::now();
+        let joined = registry.attach(p, session);
+        into.push(start.elapsed().as_nanos() as f64);
+        let start = Instant::now();
+        let left = registry.detach(p, session);
+        if let Some(leave) = leave {
+            leave.push(start.elapsed().as_nanos() as f64);
+        }
+        refused += usize::from(!joined) + usize::from(!left);
+    };
+    // One small session, the same one every time, like the one large session.
+    let small = 1 + plan.seed % small_sessions as u64;
     for round in 0..plan.join_rounds {
-        let big_round = |into: &mut Vec<f64>, leave: &mut Vec<f64>| {
-            let start = Instant::now();
-            let joined = probes.iter().filter(|&&p| registry.attach(p, 0)).count();
-            into.push(per_op(start));
-            let start = Instant::now();
-            let left = probes.iter().filter(|&&p| registry.detach(p, 0)).count();
-            leave.push(per_op(start));
-            joined == PROBES && left == PROBES
-        };
-        let small_round = |into: &mut Vec<f64>| {
-            let start = Instant::now();
-            let joined = probes
-                .iter()
-                .enumerate()
-                .filter(|&(i, &p)| registry.attach(p, 1 + i as u64))
-                .count();
-            into.push(per_op(start));
-            let left = probes
-                .iter()
-                .enumerate()
-                .filter(|&(i, &p)| registry.detach(p, 1 + i as u64))
-                .count();
-            joined == PROBES && left == PROBES
-        };
-        // Alternate which size goes first, so neither always runs on a warmer cache.
-        let (big_ok, small_ok) = if round % 2 == 0 {
-            let big_ok = big_round(&mut into_big, &mut leave_big);
-            (big_ok, small_round(&mut into_small))
-        } else {
-            let small_ok = small_round(&mut into_small);
-            (big_round(&mut into_big, &mut leave_big), small_ok)
-        };
-        let ok = big_ok && small_ok;
-        v.expect(ok, scope, || {
-            format!(
-                "{}: a probe's attach or detach was refused",
-                registry.name()
-            )
-        });
+        for &p in &probes {
+            // Alternate which size goes first, so neither always runs on a warmer cache.
+            if round % 2 == 0 {
+                probe(p, 0, &mut into_big, Some(&mut leave_big));
+                probe(p, small, &mut into_small, None);
+            } else {
+                probe(p, small, &mut into_small, None);
+                probe(p, 0, &mut into_big, Some(&mut leave_big));
+            }
+        }
     }
+    v.expect(refused == 0, scope, || {
+        format!(
+            "{}: {refused} probe attaches or detaches were refused",
+            registry.name()
+        )
+    });
     for id in big_members.into_iter().chain(small_members).chain(probes) {
         registry.unregister(id);
     }

@@ -1,11 +1,15 @@
 //! `fanout`: the cost of one broadcast to a session of growing size, for the floor, switchboard
-//! and the baselines side by side.
+//! and the baselines side by side, in three forms.
 //!
-//! At each size every contender holds the same number of clients, all in one session, each
-//! drained by a prompt receiver task. The contenders take turns in short bursts (rotating who
-//! goes first) and the receivers drain completely between bursts, so every broadcast finds
-//! empty channels and parked receivers, as a server's idle writer tasks would be. Only the
-//! broadcast call is timed; the cost is the median over all bursts.
+//! - **Warm.** At each size every contender holds the same number of clients, all in one
+//!   session, each drained by a prompt receiver task. The contenders take turns in short bursts
+//!   (rotating who goes first) and the receivers drain completely between bursts, so every
+//!   broadcast finds empty channels and parked receivers, as a server's idle writer tasks would
+//!   be. Only the broadcast call is timed; the cost is the median over all bursts.
+//! - **Burst.** [`BURST`] broadcasts back to back without waiting for the receivers, as a chat
+//!   room under load sees them; the cost is the burst's time over its length, median over
+//!   bursts.
+//! - **Cold.** A connection storm, then the very first broadcast: see [`super::cold`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +20,7 @@ use baselines::{DashMapRegistry, Floor, Inbox, MutexRegistry, SwitchboardRegistr
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use super::cold::{self, Cold};
 use super::{median, Ctx, HeapCheck};
 use crate::heap;
 use crate::invariants::{outcome_adds_up, Outcome, Violations};
@@ -34,8 +39,13 @@ pub const CONTENDERS: [&str; 4] = ["floor", "switchboard", "dashmap", "mutex"];
 /// Sends per burst to aim for: bursts of many broadcasts to small sessions, of one to the
 /// largest. A burst never exceeds half a channel, so it never fills one.
 const SENDS_PER_BURST: usize = 100_000;
-/// Fewest rounds at any size, however long they take.
-const MIN_ROUNDS: usize = 4;
+/// Fewest warm samples per contender at any size, however long they take (quick mode: 5).
+const MIN_SAMPLES: usize = 20;
+/// Broadcasts in one burst (at most the channel capacity, so none is dropped).
+pub const BURST: usize = 32;
+/// Fewest bursts per contender at any size (quick mode: 2): at 100k members one burst is
+/// 3.2M deliveries for the receivers to drain.
+const MIN_BURSTS: usize = 6;
 
 /// One session size.
 #[derive(Debug, Clone, Serialize)]
@@ -46,12 +56,30 @@ pub struct Row {
     pub cost_ns: BTreeMap<&'static str, f64>,
     /// Broadcasts timed per contender.
     pub samples: usize,
+    /// Median cost of one broadcast within a burst of [`BURST`] per contender, in nanoseconds.
+    pub burst_ns: BTreeMap<&'static str, f64>,
+    /// Bursts timed per contender.
+    pub burst_samples: usize,
+    /// Broadcasts in each burst.
+    pub burst_len: usize,
+    /// The storm and the first broadcast after it, per contender.
+    pub cold: BTreeMap<&'static str, Cold>,
 }
 
 impl Row {
-    /// The median cost of `contender`, if measured.
+    /// The median (warm) cost of `contender`, if measured.
     pub fn cost(&self, contender: &str) -> Option<f64> {
         self.cost_ns.get(contender).copied()
+    }
+
+    /// The median cost of one broadcast within a burst, if measured.
+    pub fn burst(&self, contender: &str) -> Option<f64> {
+        self.burst_ns.get(contender).copied()
+    }
+
+    /// The cold figures of `contender`, if measured.
+    pub fn cold(&self, contender: &str) -> Option<&Cold> {
+        self.cold.get(contender)
     }
 }
 
@@ -257,7 +285,10 @@ pub async fn run(ctx: &Ctx) -> Fanout {
     for &n in &ctx.plan.fanout_sizes {
         ctx.progress
             .phase(format!("fanout: {n} members, 4 contenders"));
-        rows.push(size(ctx, n, &recorders).await);
+        let mut row = size(ctx, n, &recorders).await;
+        // After `size` has balanced its messages: the cold runs keep their own checks.
+        row.cold = cold::measure(ctx, n).await;
+        rows.push(row);
     }
     let heap = ctx.heap_check("fanout/teardown", start);
     let mut latency = BTreeMap::new();
@@ -302,24 +333,18 @@ async fn size(ctx: &Ctx, n: usize, recorders: &[Arc<Recorder>]) -> Row {
 
     let targets: [&dyn Target; 4] = [&floor, &*sb, &*dm, &*mx];
     let burst = (SENDS_PER_BURST / n).clamp(1, (plan.capacity / 2).max(1));
+    let min_samples = if plan.quick { 5 } else { MIN_SAMPLES };
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
     let begin = Instant::now();
     let mut round = 0;
-    while round < MIN_ROUNDS || begin.elapsed() < plan.fanout_time {
+    while samples[0].len() < min_samples || begin.elapsed() < plan.fanout_time {
         for k in 0..targets.len() {
             let i = (round + k) % targets.len();
             let target = targets[i];
             for _ in 0..burst {
                 samples[i].push(target.fire(n).as_nanos() as f64);
             }
-            let ok = drained(target).await;
-            target.violations().expect(ok, "fanout", || {
-                format!(
-                    "{}: receivers still had {} messages a minute after a burst",
-                    target.name(),
-                    target.pending()
-                )
-            });
+            settle(target).await;
         }
         round += 1;
     }
@@ -327,6 +352,36 @@ async fn size(ctx: &Ctx, n: usize, recorders: &[Arc<Recorder>]) -> Row {
     let mut cost_ns = BTreeMap::new();
     for (target, xs) in targets.iter().zip(samples.iter_mut()) {
         cost_ns.insert(target.name(), median(xs));
+    }
+
+    // Bursts: back to back, the receivers draining while the broadcaster goes on. Their
+    // deliveries wait behind up to a burst's worth of others; that queueing is not what the
+    // latency figures are for, so the recorders pause.
+    for r in recorders {
+        r.pause(true);
+    }
+    let burst_len = BURST.min(plan.capacity);
+    let min_bursts = if plan.quick { 2 } else { MIN_BURSTS };
+    let mut bursts: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    let begin = Instant::now();
+    let mut round = 0;
+    while bursts[0].len() < min_bursts || begin.elapsed() < plan.fanout_time / 2 {
+        for k in 0..targets.len() {
+            let i = (round + k) % targets.len();
+            let target = targets[i];
+            let total: Duration = (0..burst_len).map(|_| target.fire(n)).sum();
+            bursts[i].push(total.as_nanos() as f64 / burst_len as f64);
+            settle(target).await;
+        }
+        round += 1;
+    }
+    for r in recorders {
+        r.pause(false);
+    }
+    let burst_samples = bursts.first().map_or(0, Vec::len);
+    let mut burst_ns = BTreeMap::new();
+    for (target, xs) in targets.iter().zip(bursts.iter_mut()) {
+        burst_ns.insert(target.name(), median(xs));
     }
     let floor = floor.teardown().await;
     sb.teardown().await;
@@ -343,5 +398,21 @@ async fn size(ctx: &Ctx, n: usize, recorders: &[Arc<Recorder>]) -> Row {
         members: n,
         cost_ns,
         samples: count,
+        burst_ns,
+        burst_samples,
+        burst_len,
+        cold: BTreeMap::new(),
     }
+}
+
+/// Waits for `target`'s receivers to take everything; a violation if they do not.
+async fn settle(target: &dyn Target) {
+    let ok = drained(target).await;
+    target.violations().expect(ok, "fanout", || {
+        format!(
+            "{}: receivers still had {} messages a minute after a burst",
+            target.name(),
+            target.pending()
+        )
+    });
 }

@@ -2,25 +2,28 @@
 //!
 //! Method, per contender: with the receivers' `Vec` already allocated, note live heap; build
 //! the registry; register N clients, each attached to one session of `--members`; note live
-//! heap again: the difference over N is the **total per client** (registry plus channel).
-//! Then unregister everyone and note what the registry **retains** (switchboard keeps its
+//! heap again: the difference over N is the **idle** total per client (registry plus channel,
+//! no message ever sent). Then broadcast one message to every session and drain every
+//! receiver: live heap now, over N, is the **active** total per client, what a client costs
+//! once it has received a message (a design that allocates its queue on the first push pays
+//! for it here). Then unregister everyone and note what the registry **retains** (switchboard keeps its
 //! slot arrays at their high-water mark, 12 bytes a slot, until dropped). Then drop the
 //! registry while keeping every receiver: receivers keep their channels alive, so what the
-//! drop freed is the **registry's own** memory and what is left is the **channels'**. Finally
-//! drop the receivers: live heap must be back where it started.
+//! drop freed is the **registry's own** memory and what is left is the **channels'** (both
+//! active). Finally drop the receivers: live heap must be back where it started.
 //!
 //! The floor is measured the same way (its "registry" is a `Vec` of senders). No receiver
 //! tasks run here: a task costs the same whichever registry feeds it.
 
 use std::collections::BTreeMap;
 
-use baselines::{DashMapRegistry, Floor, MutexRegistry, SwitchboardRegistry};
+use baselines::{DashMapRegistry, Floor, Inbox, MutexRegistry, SwitchboardRegistry};
 use serde::Serialize;
 
 use super::Ctx;
 use crate::heap::{self, Footprint};
 use crate::invariants::heap_returned;
-use crate::message::Msg;
+use crate::message::{Msg, EVERYONE};
 use crate::subject::Subject;
 
 /// Order in which contenders appear in results.
@@ -31,11 +34,13 @@ pub const CONTENDERS: [&str; 4] = ["switchboard", "dashmap", "mutex", "floor"];
 pub struct Bytes {
     /// Clients.
     pub clients: usize,
-    /// Registry plus channel, per client.
+    /// Registry plus channel, per active client (received one message and drained it).
     pub total_per_client: f64,
-    /// The registry alone, per client.
+    /// Registry plus channel, per idle client (never sent anything).
+    pub idle_per_client: f64,
+    /// The registry alone, per (active) client.
     pub registry_per_client: f64,
-    /// The channel alone, per client.
+    /// The channel alone, per active client.
     pub channel_per_client: f64,
     /// What the registry still held once every client had left, before it was dropped.
     pub retained_after_unregister: i64,
@@ -103,8 +108,27 @@ fn measure<S: Subject>(ctx: &Ctx, n: usize) -> Bytes {
         ids.push(id);
         inboxes.push(rx);
     }
-    let full = Footprint::now();
+    let idle = heap::live_bytes();
     let scope = format!("memory/{}", registry.name());
+    let sessions = n.div_ceil(members);
+    let mut delivered = 0;
+    for s in 0..sessions {
+        let msg = Msg::new(s as u64, 0, EVERYONE, plan.message_size);
+        delivered += registry.broadcast(s as u64, msg).delivered;
+    }
+    let mut received = 0;
+    for rx in &mut inboxes {
+        while let Some(msg) = rx.try_recv() {
+            received += 1;
+            msg.received();
+        }
+    }
+    ctx.violations.expect(
+        delivered == n && received == n,
+        &scope,
+        || format!("{delivered} delivered and {received} received of one message to each of {n} clients"),
+    );
+    let full = Footprint::now();
     for &id in &ids {
         registry.unregister(id);
     }
@@ -126,6 +150,7 @@ fn measure<S: Subject>(ctx: &Ctx, n: usize) -> Bytes {
     Bytes {
         clients: n,
         total_per_client: per(full.heap - start, n),
+        idle_per_client: per(idle - start, n),
         registry_per_client: per(full.heap - channels_only, n),
         channel_per_client: per(channels_only - start, n),
         retained_after_unregister: retained - channels_only,
@@ -135,11 +160,27 @@ fn measure<S: Subject>(ctx: &Ctx, n: usize) -> Bytes {
 
 fn floor(ctx: &Ctx, n: usize) -> Bytes {
     let start = heap::live_bytes();
-    let (floor, inboxes) = Floor::<Msg>::new(n, ctx.plan.capacity);
+    let (floor, mut inboxes) = Floor::<Msg>::new(n, ctx.plan.capacity);
     // The floor hands back its receivers in a `Vec` it allocated; the others' is allocated
     // before `start`, so leave it out here too.
     let vec_bytes =
         (inboxes.capacity() * std::mem::size_of::<tokio::sync::mpsc::Receiver<Msg>>()) as i64;
+    let idle = heap::live_bytes() - vec_bytes;
+    let delivered = floor
+        .broadcast(Msg::new(0, 0, EVERYONE, ctx.plan.message_size))
+        .delivered;
+    let mut received = 0;
+    for rx in &mut inboxes {
+        while let Ok(msg) = rx.try_recv() {
+            received += 1;
+            msg.received();
+        }
+    }
+    ctx.violations.expect(
+        delivered == n && received == n,
+        "memory/floor",
+        || format!("{delivered} delivered and {received} received of one message to each of {n} clients"),
+    );
     let full = Footprint::now();
     drop(floor);
     let channels_only = heap::live_bytes() - vec_bytes;
@@ -152,6 +193,7 @@ fn floor(ctx: &Ctx, n: usize) -> Bytes {
     Bytes {
         clients: n,
         total_per_client: per(full.heap - vec_bytes - start, n),
+        idle_per_client: per(idle - start, n),
         registry_per_client: per(full.heap - vec_bytes - channels_only, n),
         channel_per_client: per(channels_only - start, n),
         retained_after_unregister: 0,

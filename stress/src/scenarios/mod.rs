@@ -1,6 +1,7 @@
 //! The scenarios, the plan that sizes them, and what they share.
 
 pub mod churn;
+pub mod cold;
 pub mod fanout;
 pub mod load;
 pub mod memory;

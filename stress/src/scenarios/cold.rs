@@ -1,0 +1,245 @@
+//! The cold broadcast: a connection storm, then the very first message to everyone.
+//!
+//! A live event sees this: N viewers connect and join one session, and then the first
+//! broadcast goes out. Each repetition builds a fresh registry (or floor), registers and
+//! attaches N clients (timed: the **storm**), spawns one prompt receiver task per client and
+//! lets them all park, then times the **first broadcast** alone. The floor and the baselines
+//! create their channels when a client registers; a design that defers work to the first
+//! message pays it here, on the broadcaster's thread.
+//!
+//! Contenders take turns, rotating who goes first, and each repetition tears down completely
+//! before the next, so every first broadcast meets clients nobody has sent to yet. Before each
+//! one the allocator gives its free pages back to the system ([`fresh_pages`]), so the storm
+//! and the first broadcast find memory as a server's first event does: never touched, paid for
+//! in page faults by whoever touches it first. Without that, each repetition would reuse the
+//! pages the one before it freed and the first broadcast would look warmer than it is.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baselines::{DashMapRegistry, Fanout, Floor, Inbox, MutexRegistry, SwitchboardRegistry};
+use serde::Serialize;
+
+use super::{median, Ctx};
+use crate::invariants::Violations;
+use crate::message::{Msg, EVERYONE};
+use crate::subject::Subject;
+use crate::tasks::{TaskCount, TaskGuard};
+
+/// One contender's cold figures at one size: medians over [`samples`](Self::samples).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Cold {
+    /// Registering and attaching every member, in nanoseconds.
+    pub storm_ns: f64,
+    /// The first broadcast after the storm, in nanoseconds.
+    pub first_ns: f64,
+    /// The storm and the first broadcast, end to end (the median of their sums).
+    pub storm_then_broadcast_ns: f64,
+    /// Repetitions.
+    pub samples: usize,
+}
+
+/// Repetitions at `n` members: fewer at the sizes where one takes a second.
+pub fn repetitions(n: usize, quick: bool) -> usize {
+    match (quick, n >= 100_000) {
+        (true, true) => 2,
+        (true, false) => 3,
+        (false, true) => 5,
+        (false, false) => 9,
+    }
+}
+
+/// What the receivers of one repetition share.
+#[derive(Debug, Default)]
+struct Receivers {
+    tasks: TaskCount,
+    /// Tasks that have run at least once. Relaxed everywhere: only counted, and the count is
+    /// read after the tasks had time to park, which no ordering could make exact anyway.
+    started: AtomicUsize,
+    /// Messages received. Relaxed: the waiter only needs to see it reach the total.
+    received: AtomicUsize,
+}
+
+/// `_task` first: it must drop last (parameters drop in reverse order).
+async fn receive<R: Inbox<Msg>>(_task: TaskGuard, shared: Arc<Receivers>, mut rx: R) {
+    shared.started.fetch_add(1, Ordering::Relaxed);
+    while let Some(msg) = rx.recv().await {
+        shared.received.fetch_add(1, Ordering::Relaxed);
+        msg.received();
+    }
+}
+
+impl Receivers {
+    fn spawn<R: Inbox<Msg>>(self: &Arc<Self>, inboxes: Vec<R>) {
+        for rx in inboxes {
+            let task = self.tasks.enter();
+            tokio::spawn(receive(task, Arc::clone(self), rx));
+        }
+    }
+
+    /// Waits until `n` tasks ran and parked on their empty channel.
+    async fn parked(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.started.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // A started task parks on its first `recv` without yielding in between.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    /// Waits until `n` messages were received; false after a minute.
+    async fn received(&self, n: usize) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.received.load(Ordering::Relaxed) < n {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        true
+    }
+}
+
+/// One repetition's `(storm, first broadcast)`.
+type Sample = (Duration, Duration);
+
+fn check(v: &Violations, scope: &str, n: usize, f: &Fanout) {
+    v.expect(f.recipients == n && f.delivered == n, scope, || {
+        format!("the first broadcast to {n} fresh members reported {f:?}")
+    });
+}
+
+async fn finish(v: &Violations, scope: &str, shared: &Receivers, n: usize) {
+    let all = shared.received(n).await;
+    v.expect(all, scope, || {
+        format!(
+            "{} of {n} receivers got the first broadcast within a minute",
+            shared.received.load(Ordering::Relaxed)
+        )
+    });
+}
+
+async fn ended(v: &Violations, scope: &str, shared: &Receivers) {
+    let stuck = shared.tasks.wait_idle(Duration::from_secs(60)).await;
+    v.expect(stuck == 0, scope, || {
+        format!("{stuck} receivers still running after the registry let them go")
+    });
+}
+
+/// Returns the allocator's free memory to the system, so that the next allocations fault in
+/// fresh pages. Only glibc can be asked; elsewhere this does nothing and the cold figures are
+/// warmer than a first event's.
+pub fn fresh_pages() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only releases memory the allocator holds free; it takes no
+    // pointer and invalidates no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+async fn design<S: Subject>(ctx: &Ctx, n: usize) -> Sample {
+    let plan = &ctx.plan;
+    fresh_pages();
+    let v = &ctx.violations;
+    let registry = S::build(plan.capacity, plan.policy);
+    let scope = format!("fanout/cold/{}", registry.name());
+    let mut ids = Vec::with_capacity(n);
+    let mut inboxes = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let (id, rx) = registry.register();
+        registry.attach(id, 0);
+        ids.push(id);
+        inboxes.push(rx);
+    }
+    let storm = start.elapsed();
+    let shared = Arc::new(Receivers::default());
+    shared.spawn(inboxes);
+    shared.parked(n).await;
+    let msg = Msg::new(0, 0, EVERYONE, plan.message_size);
+    let start = Instant::now();
+    let f = registry.broadcast(0, msg);
+    let first = start.elapsed();
+    check(v, &scope, n, &f);
+    finish(v, &scope, &shared, n).await;
+    for id in ids {
+        registry.unregister(id);
+    }
+    ended(v, &scope, &shared).await;
+    (storm, first)
+}
+
+async fn floor(ctx: &Ctx, n: usize) -> Sample {
+    let plan = &ctx.plan;
+    let v = &ctx.violations;
+    let scope = "fanout/cold/floor";
+    fresh_pages();
+    let start = Instant::now();
+    let (floor, inboxes) = Floor::<Msg>::new(n, plan.capacity);
+    let storm = start.elapsed();
+    let shared = Arc::new(Receivers::default());
+    shared.spawn(inboxes);
+    shared.parked(n).await;
+    let msg = Msg::new(0, 0, EVERYONE, plan.message_size);
+    let start = Instant::now();
+    let f = floor.broadcast(msg);
+    let first = start.elapsed();
+    check(v, scope, n, &f);
+    finish(v, scope, &shared, n).await;
+    drop(floor);
+    ended(v, scope, &shared).await;
+    (storm, first)
+}
+
+/// Measures every contender's storm and first broadcast at `n` members, in
+/// [`fanout::CONTENDERS`](super::fanout::CONTENDERS) order.
+pub async fn measure(ctx: &Ctx, n: usize) -> BTreeMap<&'static str, Cold> {
+    let reps = repetitions(n, ctx.plan.quick);
+    let names = super::fanout::CONTENDERS;
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::with_capacity(reps); names.len()];
+    for rep in 0..reps {
+        for k in 0..names.len() {
+            let i = (rep + k) % names.len();
+            let s = match i {
+                0 => floor(ctx, n).await,
+                1 => design::<SwitchboardRegistry<Msg>>(ctx, n).await,
+                2 => design::<DashMapRegistry<Msg>>(ctx, n).await,
+                _ => design::<MutexRegistry<Msg>>(ctx, n).await,
+            };
+            samples[i].push(s);
+        }
+    }
+    let ns = |d: Duration| d.as_nanos() as f64;
+    names
+        .iter()
+        .zip(samples)
+        .map(|(&name, xs)| {
+            let mut storm: Vec<f64> = xs.iter().map(|s| ns(s.0)).collect();
+            let mut first: Vec<f64> = xs.iter().map(|s| ns(s.1)).collect();
+            let mut both: Vec<f64> = xs.iter().map(|s| ns(s.0 + s.1)).collect();
+            let cold = Cold {
+                storm_ns: median(&mut storm),
+                first_ns: median(&mut first),
+                storm_then_broadcast_ns: median(&mut both),
+                samples: xs.len(),
+            };
+            (name, cold)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repetitions;
+
+    #[test]
+    fn the_default_run_repeats_more_than_the_quick_one() {
+        for n in [10, 100_000] {
+            assert!(repetitions(n, false) > repetitions(n, true));
+            assert!(repetitions(n, true) >= 2, "a median of one is no median");
+        }
+    }
+}

@@ -29,7 +29,10 @@ const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'u
 /// The dashboard's routes, for any router state.
 pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route("/dashboard", get(|| asset("text/html; charset=utf-8", PAGE)))
+        .route(
+            "/dashboard",
+            get(|| asset("text/html; charset=utf-8", PAGE)),
+        )
         .route(
             "/dashboard/app.js",
             get(|| asset("text/javascript; charset=utf-8", SCRIPT)),

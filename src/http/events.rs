@@ -330,7 +330,10 @@ mod tests {
         };
         let (top, rest) = top_platforms(&stats);
         assert_eq!(top.len(), TOP_PLATFORMS);
-        assert_eq!(top[0], (format!("p{:02}", TOP_PLATFORMS + 2), TOP_PLATFORMS + 3));
+        assert_eq!(
+            top[0],
+            (format!("p{:02}", TOP_PLATFORMS + 2), TOP_PLATFORMS + 3)
+        );
         assert_eq!(rest, 1 + 2 + 3);
     }
 }

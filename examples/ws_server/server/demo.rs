@@ -56,10 +56,7 @@ pub async fn room(State(shared): State<Arc<Shared>>, Path(room): Path<String>) -
         return (StatusCode::BAD_REQUEST, Json(body)).into_response();
     }
     // An unknown room is an empty one: the page asks before anyone has joined.
-    let ids = shared
-        .registry
-        .members(room.as_str())
-        .unwrap_or_default();
+    let ids = shared.registry.members(room.as_str()).unwrap_or_default();
     let count = ids.len();
     let mut members: Vec<String> = ids
         .into_iter()

@@ -194,8 +194,8 @@ impl Server {
         )));
         let app = Router::new()
             .route("/ws", get(upgrade))
-        .route("/", get(demo::page))
-        .route("/rooms/{room}", get(demo::room))
+            .route("/", get(demo::page))
+            .route("/rooms/{room}", get(demo::room))
             .with_state(Arc::clone(&shared));
         drop(shared);
         // Small frames should leave at once, not wait for Nagle.

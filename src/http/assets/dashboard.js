@@ -135,9 +135,11 @@ function makeChart() {
       { label: "drops/s", stroke: "#f0b429", width: 2, scale: "bad", value: (u, v) => rate(v) },
       { label: "disconnects/s", stroke: "#ff6b6b", width: 2, scale: "bad", value: (u, v) => rate(v) },
     ],
-    scales: { msg: { range: (u, min, max) => [0, Math.max(1, max)] }, bad: { range: (u, min, max) => [0, Math.max(1, max)] } },
+    // The last five minutes once there are five; at least one minute before that.
+    scales: { x: { time: true, range: (u, min, max) => [Math.min(Math.max(min, max - HISTORY), max - 60), max] }, msg: { range: (u, min, max) => [0, Math.max(1, max)] }, bad: { range: (u, min, max) => [0, Math.max(1, max)] } },
     axes: [
-      { stroke: "#8696a7", grid: { stroke: "#26313d" }, ticks: { stroke: "#26313d" } },
+      { stroke: "#8696a7", grid: { stroke: "#26313d" }, ticks: { stroke: "#26313d" }, space: 80,
+        values: (u, splits) => splits.map((t) => new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" })) },
       { scale: "msg", stroke: "#8696a7", grid: { stroke: "#26313d" }, ticks: { stroke: "#26313d" }, size: 60 },
       { scale: "bad", side: 1, stroke: "#8696a7", grid: { show: false }, size: 50 },
     ],

@@ -99,10 +99,26 @@ struct Rates {
     disconnected: f64,
 }
 
-#[derive(Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Serialize, PartialEq, Eq)]
 struct SessionSize {
     members: usize,
     id: SessionId,
+}
+
+/// Bigger is larger: more members, then, among equals, the smaller id, so that
+/// ties list in id order (`room-1` before `room-2`).
+impl Ord for SessionSize {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.members
+            .cmp(&other.members)
+            .then_with(|| other.id.cmp(&self.id))
+    }
+}
+
+impl PartialOrd for SessionSize {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// What one stream carries from tick to tick.
@@ -318,6 +334,122 @@ mod tests {
         let sizes: Vec<_> = top.iter().map(|s| s.members).collect();
         let expected: Vec<_> = (6..=TOP_SESSIONS + 5).rev().collect();
         assert_eq!(sizes, expected);
+    }
+
+    #[tokio::test]
+    async fn equal_sessions_list_in_id_order() {
+        let registry = Registry::<u8>::new();
+        let feed = feed(&registry);
+        let mut held = Vec::new();
+        for session in (0..TOP_SESSIONS as u64 + 5).rev() {
+            let (id, rx) = registry.register(ClientInfo::default()).unwrap();
+            registry.attach(id, session).unwrap();
+            held.push(rx);
+        }
+        let ids: Vec<_> = feed.top_sessions().into_iter().map(|s| s.id).collect();
+        let expected: Vec<SessionId> = (0..TOP_SESSIONS as u64).map(SessionId::from).collect();
+        assert_eq!(ids, expected);
+    }
+
+    mod over_http {
+        use axum::body::Body;
+        use axum::http::{header, Request, StatusCode};
+        use axum::response::Response;
+        use axum::Router;
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+
+        use super::super::MAX_SUBSCRIBERS;
+        use crate::http::{router_with, AdminConfig};
+        use crate::Registry;
+
+        fn app() -> Router {
+            let registry = Registry::<serde_json::Value>::new();
+            router_with(registry, AdminConfig::new().token("s3cret")).unwrap()
+        }
+
+        async fn get(app: &Router, path: &str, token: Option<&str>) -> Response {
+            let mut request = Request::get(path);
+            if let Some(token) = token {
+                request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            let request = request.body(Body::empty()).unwrap();
+            app.clone().oneshot(request).await.unwrap()
+        }
+
+        #[tokio::test]
+        async fn the_stream_needs_the_token_and_sends_snapshots() {
+            let app = app();
+            assert_eq!(
+                get(&app, "/events", None).await.status(),
+                StatusCode::UNAUTHORIZED
+            );
+            assert_eq!(
+                get(&app, "/events", Some("wrong")).await.status(),
+                StatusCode::UNAUTHORIZED
+            );
+            let response = get(&app, "/events", Some("s3cret")).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(
+                response.headers()[header::CONTENT_TYPE],
+                "text/event-stream"
+            );
+            let mut body = response.into_body();
+            let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            let text = std::str::from_utf8(&frame).unwrap();
+            assert!(text.starts_with("event: snapshot\ndata: {"), "{text}");
+            let data = text.lines().nth(1).unwrap().strip_prefix("data: ").unwrap();
+            let snapshot: serde_json::Value = serde_json::from_str(data).unwrap();
+            assert_eq!(snapshot["clients"], 0);
+            assert_eq!(snapshot["cluster"], serde_json::Value::Null);
+        }
+
+        #[tokio::test]
+        async fn one_subscriber_too_many_is_refused_until_one_leaves() {
+            let app = app();
+            let mut open = Vec::new();
+            for _ in 0..MAX_SUBSCRIBERS {
+                let response = get(&app, "/events", Some("s3cret")).await;
+                assert_eq!(response.status(), StatusCode::OK);
+                open.push(response);
+            }
+            let refused = get(&app, "/events", Some("s3cret")).await;
+            assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let body = refused.into_body().collect().await.unwrap().to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["error"], "too_many_subscribers");
+            drop(open.pop());
+            assert_eq!(
+                get(&app, "/events", Some("s3cret")).await.status(),
+                StatusCode::OK
+            );
+        }
+
+        #[tokio::test]
+        async fn the_page_needs_no_token_and_forbids_other_origins() {
+            let app = app();
+            let page = get(&app, "/dashboard", None).await;
+            assert_eq!(page.status(), StatusCode::OK);
+            let policy = page.headers()[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .unwrap();
+            assert!(policy.contains("connect-src 'self'"), "{policy}");
+            assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+            for asset in [
+                "app.js",
+                "style.css",
+                "uplot.min.js",
+                "uplot.min.css",
+                "uplot-license.txt",
+            ] {
+                let path = format!("/dashboard/{asset}");
+                assert_eq!(
+                    get(&app, &path, None).await.status(),
+                    StatusCode::OK,
+                    "{path}"
+                );
+            }
+        }
     }
 
     #[test]

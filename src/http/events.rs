@@ -208,6 +208,8 @@ impl<M> Feed<M> {
             top_sessions: self.top_sessions(),
             events,
             skipped_events,
+            // The hook for the cluster layer: fill this with its nodes, in the
+            // shape the field's doc gives, and the dashboard shows them.
             cluster: None,
         }
     }

@@ -305,6 +305,48 @@ async fn the_dashboard_shows_nothing_without_the_token() {
     server.shutdown().await;
 }
 
+/// The demo page's member list, over plain HTTP: no browser needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_room_list_names_at_most_a_hundred_members_and_counts_them_all() {
+    let server = start(Config::default()).await;
+    let mut crowd = Vec::new();
+    for i in 0..105 {
+        let mut ws = ws_client(&server, json!({"key": format!("m{i:03}")})).await;
+        send(&mut ws, json!({"type": "join", "session": "lobby"})).await;
+        crowd.push(ws);
+    }
+    // An anonymous member counts but has no name to list.
+    let mut anonymous = ws_client(&server, json!({})).await;
+    send(&mut anonymous, json!({"type": "join", "session": "lobby"})).await;
+    let room = loop {
+        let (status, body) = http(server.ws_addr(), "GET", "/rooms/lobby", None).await;
+        assert_eq!(status, 200, "{body}");
+        let room: Value = serde_json::from_str(&body).expect("JSON");
+        if room["count"] == 106 {
+            break room;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let names = room["members"].as_array().expect("a list");
+    assert_eq!(names.len(), 100);
+    assert!(
+        names.windows(2).all(|w| w[0].as_str() < w[1].as_str()),
+        "sorted: {room}"
+    );
+
+    let (status, body) = http(server.ws_addr(), "GET", "/rooms/nobody-here", None).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"room":"nobody-here","count":0,"members":[]}"#)
+    );
+    let long = "x".repeat(65);
+    let (status, body) = http(server.ws_addr(), "GET", &format!("/rooms/{long}"), None).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("bad_room"), "{body}");
+    drop((crowd, anonymous));
+    server.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------
 // Pages.
 

@@ -7,7 +7,8 @@
 //! operator can kick it by name (`DELETE /clients/{name}`, close 4001).
 //!
 //! `GET /rooms/{room}` answers `{"room", "count", "members": [names]}`, the names of
-//! at most [`MAX_LISTED`] members, sorted. The page polls it while joined: the
+//! at most [`MAX_LISTED`] members, sorted. The page polls it while joined (every
+//! 2 s, and more slowly in big rooms: each answer lists the whole room once): the
 //! protocol has no presence frames, and this keeps the example's protocol as it is.
 //! Anyone who can reach the WebSocket port can read it, as they could join the room.
 

@@ -642,7 +642,13 @@ async fn measure_both_pages_under_load() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(10_000);
-    let (mut process, ws_addr, admin) = spawn_release_server();
+    let (_server, ws_addr, admin) = spawn_release_server();
+    let (status, page) = http(ws_addr, "GET", "/", None).await;
+    assert!(
+        status == 200 && page.contains("switchboard demo room"),
+        "the ws_server binary serves no demo page (status {status}): it is older than this \
+         branch or another's; rebuild it, or name one with SWITCHBOARD_WS_SERVER_BIN"
+    );
 
     // Registered clients in 100 sessions, 128 handshakes at a time.
     let platforms = ["android", "ios", "linux", "windows", "web"];
@@ -749,14 +755,23 @@ async fn measure_both_pages_under_load() {
 
     browser.close(vec![dashboard, demo]).await;
     drop(crowd);
-    let _ = process.kill();
-    let _ = process.wait();
+}
+
+/// A child process killed when this is dropped, so that a failing test leaves
+/// none behind.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The release `ws_server` example as a process of its own (so that its sockets
 /// and this test's count against separate open-file limits); its child, and the
 /// WebSocket and admin addresses from its first line.
-fn spawn_release_server() -> (Child, SocketAddr, SocketAddr) {
+fn spawn_release_server() -> (KillOnDrop, SocketAddr, SocketAddr) {
     use std::io::BufRead;
     let bin = std::env::var_os("SWITCHBOARD_WS_SERVER_BIN")
         .map(PathBuf::from)
@@ -772,7 +787,7 @@ fn spawn_release_server() -> (Child, SocketAddr, SocketAddr) {
     // average of 6 on two cores). 256 frames is a quarter of a second.
     let extra =
         std::env::var("SWITCHBOARD_LOAD_SERVER_ARGS").unwrap_or_else(|_| "--queue 256".into());
-    let mut child = Command::new(&bin)
+    let child = Command::new(&bin)
         .args(["--ws", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .args(extra.split_whitespace())
         .stdout(Stdio::piped())
@@ -784,8 +799,9 @@ fn spawn_release_server() -> (Child, SocketAddr, SocketAddr) {
                 bin.display()
             )
         });
+    let mut child = KillOnDrop(child);
     let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+    std::io::BufReader::new(child.0.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("the listening line");
     let field = |name: &str| -> SocketAddr {

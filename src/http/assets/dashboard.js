@@ -48,7 +48,7 @@ let retry = 0;
 async function connect() {
   clearTimeout(retry);
   if (controller) controller.abort();
-  controller = new AbortController();
+  const mine = controller = new AbortController();
   const headers = { Accept: "text/event-stream" };
   if (token) headers.Authorization = "Bearer " + token;
   status("connecting…", "wait");
@@ -57,7 +57,8 @@ async function connect() {
     // Relative, so the page works wherever the admin router is mounted.
     res = await fetch("events", { headers, cache: "no-store", signal: controller.signal });
   } catch (err) {
-    return again("offline");
+    if (mine === controller) again("offline");
+    return;
   }
   if (res.status === 401) {
     askForToken(token ? "That token was refused. Try again." :
@@ -84,7 +85,8 @@ async function connect() {
       if (buffer.length > 4 << 20) break;
     }
   } catch (err) { /* aborted or dropped: retry below */ }
-  again("disconnected");
+  // A stream that a newer connect() replaced retries nothing.
+  if (mine === controller) again("disconnected");
 }
 
 function again(why) {

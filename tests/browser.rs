@@ -124,10 +124,18 @@ async fn an_admin_kick_closes_the_page_which_shows_the_reason() {
     };
     let server = start(Config::default()).await;
     let home = format!("http://{}/", server.ws_addr());
+    let first = browser.page().await;
+    join(&first, &home, "mallory", "lobby").await;
+
+    // A second tab with the same name takes the name over: the first is closed
+    // with 4002 and says so.
     let page = browser.page().await;
     join(&page, &home, "mallory", "lobby").await;
-    say(&page, "spam spam spam").await;
+    let (code, text) = close_notice(&first).await;
+    assert_eq!(code, "4002", "{text}");
+    assert!(text.contains("taken over"), "{text}");
 
+    say(&page, "spam spam spam").await;
     let admin = server.admin_addr().expect("the admin API is on");
     let (status, body) = http(
         admin,
@@ -138,15 +146,8 @@ async fn an_admin_kick_closes_the_page_which_shows_the_reason() {
     .await;
     assert_eq!(status, 200, "the kick succeeds: {body}");
 
-    let notice = wait_js(
-        &page,
-        "const n = document.getElementById('notice'); return n.checkVisibility() ? [n.dataset.code, n.textContent] : null",
-        PATIENCE,
-        |v| !v.is_null(),
-    )
-    .await;
-    assert_eq!(notice[0], "4001", "the close code: {notice}");
-    let text = notice[1].as_str().unwrap();
+    let (code, text) = close_notice(&page).await;
+    assert_eq!(code, "4001", "the close code: {text}");
     assert!(text.contains("4001"), "the notice shows the code: {text}");
     assert!(
         text.contains("kicked"),
@@ -158,8 +159,17 @@ async fn an_admin_kick_closes_the_page_which_shows_the_reason() {
     );
     screenshot(&page, "demo-kicked.png").await;
 
-    browser.close(vec![page]).await;
+    browser.close(vec![first, page]).await;
     server.shutdown().await;
+}
+
+/// The close code and the text of the page's close notice, once it shows.
+async fn close_notice(page: &Client) -> (String, String) {
+    let script = "const n = document.getElementById('notice'); \
+                  return n.checkVisibility() ? [n.dataset.code, n.textContent] : null";
+    let notice = wait_js(page, script, PATIENCE, |v| !v.is_null()).await;
+    let text = |i: usize| notice[i].as_str().unwrap_or_default().to_owned();
+    (text(0), text(1))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,13 @@
 //! ports when given port 0). Ctrl-C (or SIGTERM) shuts down gracefully: every
 //! client gets close code 1001 and the registry ends empty.
 //!
+//! # In a browser
+//!
+//! `http://HOST:PORT/` on the WebSocket listener is a demo room page: pick a name
+//! and a room, join, publish, see who is in the room, and see the close code and
+//! reason when the server ends the connection. The admin listener serves the
+//! operations dashboard at `/dashboard` (see `switchboard::http`).
+//!
 //! # Flags
 //!
 //! | Flag | Default | Meaning |

@@ -55,6 +55,15 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_path", detail)
     }
 
+    /// 503: every `/events` stream is taken.
+    pub(crate) fn too_many_subscribers(limit: usize) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_subscribers",
+            format!("at most {limit} event streams at once; close one and retry"),
+        )
+    }
+
     /// 400: a body that is not JSON.
     pub(crate) fn malformed_json(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "malformed_json", detail)

@@ -41,6 +41,8 @@
 //! | `GET /stats` | [`Stats`](crate::Stats) as JSON |
 //! | `GET /metrics` | Prometheus text (below) |
 //! | `GET /healthz` | `{"status": "ok"}`, without authentication, for probes |
+//! | `GET /events` | Server-Sent Events: a `snapshot` each second for the dashboard (see [Dashboard](#dashboard)) |
+//! | `GET /dashboard` | the operations page, without authentication (it holds no data; it asks for the token) |
 //!
 //! **Filters of `GET /clients`** map onto [`Filter`](crate::Filter), so they only
 //! see profiled clients (those with a key, kind or platform): `kind` (`device` or
@@ -102,6 +104,21 @@
 //! ([`AdminConfigError::TokenRequired`]). The config cannot see the socket; the
 //! application states the bind with [`AdminConfig::for_addr`].
 //!
+//! # Dashboard
+//!
+//! `GET /dashboard` is a self-contained page (HTML, script, style and the
+//! vendored uPlot chart library, all embedded in the binary) that follows
+//! `GET /events`: clients by kind and platform, sessions, tasks, deliveries, drops
+//! and disconnects per second over the last five minutes, the largest sessions,
+//! and a feed of presence events. Each `snapshot` event's data is one JSON object
+//! (`clients`, `devices`, `orchestrators`, `other`, `by_platform`, `sessions`,
+//! `tasks`, `totals`, `rates`, `top_sessions`, `events`, `skipped_events`,
+//! `cluster`). The stream is bounded: at most 16 at once (then 503
+//! `too_many_subscribers`), at most 200 presence events a snapshot, and a
+//! subscriber that reads slowly skips snapshots and events instead of buffering
+//! them. With a token configured, `/events` needs it like every other endpoint;
+//! the page asks for it and sends it as a bearer header, never in a URL.
+//!
 //! # Metrics
 //!
 //! `GET /metrics` renders, through the `metrics` crate and a recorder owned by the
@@ -118,7 +135,9 @@
 
 mod clients;
 mod config;
+mod dashboard;
 mod error;
+mod events;
 mod metrics;
 mod params;
 mod sessions;
@@ -149,6 +168,7 @@ struct Admin<M> {
     token: Option<Box<[u8]>>,
     body_limit: usize,
     metrics: Metrics,
+    subscribers: events::Subscribers,
 }
 
 type Shared<M> = Arc<Admin<M>>;
@@ -248,6 +268,7 @@ where
         token: config.token.map(|t| t.into_bytes().into_boxed_slice()),
         body_limit: config.body_limit,
         metrics: Metrics::new(),
+        subscribers: events::Subscribers::new(),
     });
     let guarded = Router::new()
         .route("/clients", get(clients::list::<M>))
@@ -260,12 +281,14 @@ where
         .route("/sessions/{id}/broadcast", post(sessions::broadcast::<M>))
         .route("/stats", get(stats::<M>))
         .route("/metrics", get(scrape::<M>))
+        .route("/events", get(events::stream::<M>))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&admin),
             authenticate::<M>,
         ));
     Router::new()
         .route("/healthz", get(healthz))
+        .merge(dashboard::routes())
         .merge(guarded)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -7,6 +7,7 @@
 //! loopback ports; `main.rs` adds the command line and Ctrl-C.
 
 mod connection;
+mod demo;
 pub mod protocol;
 
 use std::io;
@@ -193,6 +194,8 @@ impl Server {
         )));
         let app = Router::new()
             .route("/ws", get(upgrade))
+            .route("/", get(demo::page))
+            .route("/rooms/{room}", get(demo::room))
             .with_state(Arc::clone(&shared));
         drop(shared);
         // Small frames should leave at once, not wait for Nagle.

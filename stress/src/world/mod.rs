@@ -398,7 +398,8 @@ impl<S: Subject> World<S> {
     pub async fn abrupt(&self, client: &Client<S::Id>, rx: S::Rx) {
         let _no_checkpoint = self.gate.read().await;
         let mut ledger = client.ledger();
-        drop(rx);
+        let lost = crate::message::dropping(rx);
+        self.tally.abrupt_lost.add(lost);
         self.tally.abrupt_drops.add(1);
         if !ledger.is_registered() {
             return;

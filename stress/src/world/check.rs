@@ -35,8 +35,13 @@ impl<S: Subject> World<S> {
             }
         }
         let registered = self.subject.client_count();
-        v.expect(registered == clients, &scope, || {
-            format!("client_count is {registered}, the model holds {clients}")
+        // Relaxed: see `outside`; stored under the gate this checkpoint holds.
+        let outside = self.outside.load(Ordering::Relaxed);
+        v.expect(registered == clients + outside, &scope, || {
+            format!(
+                "client_count is {registered}, the model holds {clients} (and {outside} \
+                 beside it)"
+            )
         });
         let sessions = self.subject.session_count();
         v.expect(sessions == expected.len(), &scope, || {

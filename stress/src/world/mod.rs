@@ -10,12 +10,12 @@ mod check;
 
 use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use baselines::Inbox;
-use tokio::sync::RwLock;
+use tokio::sync::{RwLock, RwLockReadGuard};
 
 use crate::cli::Policy;
 use crate::client::{Client, Kind};
@@ -108,6 +108,11 @@ pub struct World<S: Subject> {
     /// Abrupt disconnects take it shared, checkpoints exclusively, so no client vanishes
     /// while a checkpoint compares the model with the registry.
     gate: RwLock<()>,
+    /// Clients the scenario keeps registered beside the world's own (the soak's profile
+    /// holders); a checkpoint counts them in. Set under [`beside`](Self::beside).
+    ///
+    /// Ordering: `Relaxed`; the gate orders its stores before a checkpoint's load.
+    pub outside: Arc<AtomicUsize>,
     /// Live heap once the world and its empty registry existed, to tell what the registry
     /// retains at teardown. Ordering: `Relaxed`; written once before any other thread runs.
     heap_at_birth: AtomicI64,
@@ -150,6 +155,7 @@ impl<S: Subject> World<S> {
             tasks: TaskCount::default(),
             draining: AtomicBool::new(false),
             gate: RwLock::new(()),
+            outside: Arc::new(AtomicUsize::new(0)),
             heap_at_birth: AtomicI64::new(0),
         });
         // Relaxed: see `heap_at_birth`.
@@ -409,6 +415,12 @@ impl<S: Subject> World<S> {
             self.tally.abrupt_early.add(1);
         }
         self.cut_all(client, &mut ledger, Status::Abrupt);
+    }
+
+    /// Holds checkpoints off while an operation beside the world's own (a profile holder's)
+    /// changes the registry and `outside`.
+    pub async fn beside(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().await
     }
 
     /// Fills every seat with a client attached to its home sessions, each with a receiver

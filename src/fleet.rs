@@ -243,17 +243,18 @@ impl<M> Registry<M> {
     /// totally ordered and each reads the one before, so whichever comes second
     /// synchronises with the first: either this load sees the reload's config, or
     /// the reload's walk sees this key (and then waits for this client's lock). Plain
-    /// loads and stores would allow both to miss (issue 10, race 2).
+    /// loads and stores would allow both to miss (issue 10, race 2). Returns whether
+    /// it merged again.
     pub(crate) fn merge_latest_config(
         &self,
         entry: &ClientEntry<M>,
         state: &mut ClientState<M>,
         used: &Arc<DeviceConfig>,
-    ) {
+    ) -> bool {
         self.inner.config_epoch.fetch_add(0, Ordering::AcqRel);
         let latest = self.inner.device_config.load_full();
         if Arc::ptr_eq(&latest, used) {
-            return;
+            return false;
         }
         let current = entry.info();
         let reported = state
@@ -266,6 +267,7 @@ impl<M> Registry<M> {
         if remembered.is_some() || state.fleet.is_some() {
             state.fleet().reported = remembered;
         }
+        true
     }
 
     /// Follows presence events: joins, leaves, takeovers and task cancellations of

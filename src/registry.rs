@@ -271,6 +271,7 @@ impl<M> Registry<M> {
             merged_with = Some(config);
         }
         let profiled = info.is_profiled();
+        let mut indexed = index_keys(&info);
         let key = info.key.clone();
         let chan = Arc::new(Channel::new(inner.config.channel_capacity));
         let entry = Arc::new(ClientEntry {
@@ -300,9 +301,11 @@ impl<M> Registry<M> {
                 .as_deref()
                 .and_then(|key| inner.keys.insert(ValueArc::from(key), id));
             if let Some(used) = merged_with {
-                self.merge_latest_config(&entry, &mut state, &used);
+                if self.merge_latest_config(&entry, &mut state, &used) {
+                    indexed = index_keys(&entry.info());
+                }
             }
-            for index_key in &index_keys(&entry.info()) {
+            for index_key in &indexed {
                 self.join_index(index_key, id, &entry.chan);
             }
             old

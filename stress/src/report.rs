@@ -433,7 +433,7 @@ impl Report {
             let _ = writeln!(
                 o,
                 "  checkpoints {}  clients {}..{}  delivered {}  churn {}  dropped {}  \
-                 evicted {}  abrupt {}",
+                 evicted {}  abrupt {}  profile ops {}",
                 r.checkpoints,
                 k.clients_min_max.0,
                 k.clients_min_max.1,
@@ -441,7 +441,8 @@ impl Report {
                 rate(k.churn_per_s),
                 r.counts.dropped,
                 r.counts.evicted,
-                r.counts.abrupt_drops
+                r.counts.abrupt_drops,
+                k.profile_ops
             );
             let _ = writeln!(
                 o,

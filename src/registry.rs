@@ -423,7 +423,10 @@ impl<M> Registry<M> {
             }
             state.connected = false;
             if let Some(successor) = successor {
-                state.fleet().successor = Some(Arc::clone(successor));
+                // Only rooms follow the chain; without moves there is nothing to find.
+                if self.inner.config.takeover_moves_sessions {
+                    state.fleet().successor = Some(Arc::clone(successor));
+                }
             }
             let tasks = state.fleet.as_mut().map(|f| std::mem::take(&mut f.tasks));
             (

@@ -268,7 +268,8 @@ impl<M> Registry<M> {
                     ..FleetState::default()
                 }));
             }
-            merged_with = Some(config);
+            // Only a keyed client has a config entry a reload could change.
+            merged_with = info.key.is_some().then_some(config);
         }
         let profiled = info.is_profiled();
         let mut indexed = index_keys(&info);

@@ -8,7 +8,7 @@
 //! no profile operation is half done while it compares.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use switchboard::{ClientId, ClientInfo, ClientKind, Filter, Receiver, Registry, SystemInfo};
@@ -83,6 +83,9 @@ impl Profiles {
         let mut slot = lock(&self.keys[k]);
         // Relaxed: see `ops`.
         self.ops.fetch_add(1, Ordering::Relaxed);
+        if rng.below(8) == 0 {
+            return self.register_against_a_sweep(k, &mut slot, rng);
+        }
         match (rng.below(4), slot.as_ref()) {
             (0, _) | (_, None) => {
                 let tags = draw_tags(rng);
@@ -128,6 +131,70 @@ impl Profiles {
                 // Relaxed: see `held`.
                 self.held.fetch_sub(1, Ordering::Relaxed);
             }
+        }
+        Ok(())
+    }
+
+    /// Registers a new holder of key `k` while another thread sweeps the registry as an
+    /// admin kick or a server shutdown does: it lists the profiled clients over and over
+    /// until the registration returns, and kicks any whose profile names the key, other
+    /// than the holder the model knows. The sweep can
+    /// find the new id while its registration is still in flight; whatever it removed,
+    /// the registry must end with nothing of it (issue 10, race 1). The model follows
+    /// what the two calls returned.
+    fn register_against_a_sweep(
+        &self,
+        k: usize,
+        slot: &mut Option<Holder>,
+        rng: &mut Rng,
+    ) -> Result<(), String> {
+        let tags = draw_tags(rng);
+        let mut sys = SystemInfo::default();
+        sys.tags = tags.clone();
+        let info = ClientInfo::new()
+            .with_key(key(k))
+            .with_kind(ClientKind::Device)
+            .with_system_info(sys);
+        let old = slot.as_ref().map(|h| h.id);
+        let name = key(k);
+        let done = AtomicBool::new(false);
+        let (registered, swept) = std::thread::scope(|scope| {
+            let sweeper = scope.spawn(|| {
+                let mut kicked = Vec::new();
+                loop {
+                    // Relaxed: a stop flag; the pass after it is set still runs.
+                    let last = done.load(Ordering::Relaxed);
+                    for id in self.registry.list(&Filter::new()) {
+                        let mine = self
+                            .registry
+                            .info(id)
+                            .is_ok_and(|i| i.key.as_deref() == Some(name.as_str()));
+                        if mine && Some(id) != old && self.registry.kick(id, "sweep").is_ok() {
+                            kicked.push(id);
+                        }
+                    }
+                    if last {
+                        return kicked;
+                    }
+                }
+            });
+            let registered = self.registry.register(info);
+            // Relaxed: see the sweeper.
+            done.store(true, Ordering::Relaxed);
+            (registered, sweeper.join().unwrap_or_default())
+        });
+        let (id, rx) = registered.map_err(|e| format!("registering key {k}: {e}"))?;
+        let held_before = slot.is_some();
+        *slot = (!swept.contains(&id)).then(|| Holder { id, tags, _rx: rx });
+        // Relaxed: see `held`.
+        match (held_before, slot.is_some()) {
+            (false, true) => {
+                self.held.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.held.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
         }
         Ok(())
     }

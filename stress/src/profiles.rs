@@ -158,10 +158,13 @@ impl Profiles {
         let old = slot.as_ref().map(|h| h.id);
         let name = key(k);
         let done = AtomicBool::new(false);
+        let sweeping = AtomicBool::new(false);
         let (registered, swept) = std::thread::scope(|scope| {
             let sweeper = scope.spawn(|| {
                 let mut kicked = Vec::new();
                 loop {
+                    // Relaxed: a start signal; it orders nothing else.
+                    sweeping.store(true, Ordering::Relaxed);
                     // Relaxed: a stop flag; the pass after it is set still runs.
                     let last = done.load(Ordering::Relaxed);
                     for id in self.registry.list(&Filter::new()) {
@@ -178,6 +181,12 @@ impl Profiles {
                     }
                 }
             });
+            // The sweep is already listing when the registration starts, or it would
+            // rarely meet it: a thread takes longer to start than a registration takes.
+            // Relaxed: see the sweeper.
+            while !sweeping.load(Ordering::Relaxed) {
+                std::thread::yield_now();
+            }
             let registered = self.registry.register(info);
             // Relaxed: see the sweeper.
             done.store(true, Ordering::Relaxed);

@@ -28,15 +28,28 @@ pub(crate) struct ClientState<M> {
     /// False from the moment an unregister starts; every change then refuses.
     pub(crate) connected: bool,
     pub(crate) sessions: Vec<(SessionId, Arc<Session<M>>)>,
-    /// Tasks and reported info of fleet clients; `None` for plain ones.
-    pub(crate) fleet: Option<Box<FleetState>>,
+    /// Tasks and reported info of fleet clients, and the successor of a client
+    /// that was taken over; `None` for plain ones.
+    pub(crate) fleet: Option<Box<FleetState<M>>>,
 }
 
-#[derive(Default)]
-pub(crate) struct FleetState {
+pub(crate) struct FleetState<M> {
     pub(crate) tasks: Vec<TaskId>,
     /// What the client itself reported, when a device-config entry changed it.
     pub(crate) reported: Option<SystemInfo>,
+    /// The connection that took this one over, set when `connected` turns false
+    /// because of it. Rooms still on their way to this client follow it there.
+    pub(crate) successor: Option<Arc<ClientEntry<M>>>,
+}
+
+impl<M> Default for FleetState<M> {
+    fn default() -> Self {
+        Self {
+            tasks: Vec::new(),
+            reported: None,
+            successor: None,
+        }
+    }
 }
 
 impl<M> ClientState<M> {
@@ -48,7 +61,7 @@ impl<M> ClientState<M> {
         self.fleet.as_deref().map_or(&[], |f| &f.tasks)
     }
 
-    pub(crate) fn fleet(&mut self) -> &mut FleetState {
+    pub(crate) fn fleet(&mut self) -> &mut FleetState<M> {
         self.fleet.get_or_insert_with(Default::default)
     }
 }

@@ -4,8 +4,9 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use crate::device_config::DeviceConfig;
-use crate::error::BuildError;
-use crate::registry::Registry;
+use crate::error::{BuildError, ProfileLimit};
+use crate::profile::ClientInfo;
+use crate::registry::{json_size, Registry};
 use crate::ClientId;
 
 /// What a broadcast does with a member whose channel is full.
@@ -32,9 +33,50 @@ pub(crate) struct Config {
     pub(crate) slow_consumer: SlowConsumerPolicy,
     pub(crate) max_clients: Option<usize>,
     pub(crate) max_metadata_bytes: usize,
+    pub(crate) profile_bounds: ProfileBounds,
     pub(crate) takeover_moves_sessions: bool,
     pub(crate) event_capacity: usize,
     pub(crate) device_config: DeviceConfig,
+}
+
+/// The bounds on a peer-reported profile; see [`ProfileLimit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProfileBounds {
+    pub(crate) bytes: usize,
+    pub(crate) tags: usize,
+    pub(crate) capabilities: usize,
+    pub(crate) installed_applications: usize,
+}
+
+impl ProfileBounds {
+    /// The first bound `info` breaks, with its actual value. Counts are checked
+    /// first, so an oversized list is refused without serialising it.
+    pub(crate) fn check(&self, info: &ClientInfo) -> Result<(), (ProfileLimit, usize, usize)> {
+        let s = &info.system_info;
+        let counts = [
+            (ProfileLimit::Tags, s.tags.len(), self.tags),
+            (
+                ProfileLimit::Capabilities,
+                s.capabilities.len(),
+                self.capabilities,
+            ),
+            (
+                ProfileLimit::InstalledApplications,
+                s.installed_applications.len(),
+                self.installed_applications,
+            ),
+        ];
+        for (what, actual, limit) in counts {
+            if actual > limit {
+                return Err((what, actual, limit));
+            }
+        }
+        let bytes = json_size(info);
+        if bytes > self.bytes {
+            return Err((ProfileLimit::Bytes, bytes, self.bytes));
+        }
+        Ok(())
+    }
 }
 
 /// Configures and builds a [`Registry`].
@@ -60,6 +102,7 @@ pub struct Builder<M> {
     slow_consumer: SlowConsumerPolicy,
     max_clients: Option<usize>,
     max_metadata_bytes: usize,
+    profile_bounds: ProfileBounds,
     takeover_moves_sessions: bool,
     event_capacity: usize,
     device_config: DeviceConfig,
@@ -78,6 +121,12 @@ impl Default for Config {
             slow_consumer: SlowConsumerPolicy::Drop,
             max_clients: None,
             max_metadata_bytes: 16 * 1024,
+            profile_bounds: ProfileBounds {
+                bytes: 64 * 1024,
+                tags: 64,
+                capabilities: 256,
+                installed_applications: 1024,
+            },
             takeover_moves_sessions: false,
             event_capacity: 1024,
             device_config: DeviceConfig::default(),
@@ -94,6 +143,7 @@ impl<M> Default for Builder<M> {
             slow_consumer: defaults.slow_consumer,
             max_clients: defaults.max_clients,
             max_metadata_bytes: defaults.max_metadata_bytes,
+            profile_bounds: defaults.profile_bounds,
             takeover_moves_sessions: defaults.takeover_moves_sessions,
             event_capacity: defaults.event_capacity,
             device_config: defaults.device_config,
@@ -119,6 +169,7 @@ impl<M> fmt::Debug for Builder<M> {
             .field("slow_consumer", &self.slow_consumer)
             .field("max_clients", &self.max_clients)
             .field("max_metadata_bytes", &self.max_metadata_bytes)
+            .field("profile_bounds", &self.profile_bounds)
             .field("takeover_moves_sessions", &self.takeover_moves_sessions)
             .field("event_capacity", &self.event_capacity)
             .field("device_config", &self.device_config.len())
@@ -161,6 +212,40 @@ impl<M> Builder<M> {
     /// measured as compact JSON. Default: 16 KiB.
     pub fn max_metadata_bytes(mut self, limit: usize) -> Self {
         self.max_metadata_bytes = limit;
+        self
+    }
+
+    /// Largest whole profile ([`ClientInfo`] as compact JSON, everything the peer
+    /// reports) a registration or update may carry. Default: 64 KiB.
+    ///
+    /// A larger one is refused with [`ProfileLimit::Bytes`]. Fields a device-config
+    /// entry merges in do not count: the bound is on what the peer sends.
+    pub fn max_profile_bytes(mut self, limit: usize) -> Self {
+        self.profile_bounds.bytes = limit;
+        self
+    }
+
+    /// Most tags a profile may carry; each is an index set. Default: 64.
+    ///
+    /// More are refused with [`ProfileLimit::Tags`].
+    pub fn max_tags(mut self, limit: usize) -> Self {
+        self.profile_bounds.tags = limit;
+        self
+    }
+
+    /// Most capabilities a profile may carry; each is an index set. Default: 256.
+    ///
+    /// More are refused with [`ProfileLimit::Capabilities`].
+    pub fn max_capabilities(mut self, limit: usize) -> Self {
+        self.profile_bounds.capabilities = limit;
+        self
+    }
+
+    /// Most installed applications a profile may list. Default: 1024.
+    ///
+    /// More are refused with [`ProfileLimit::InstalledApplications`].
+    pub fn max_installed_applications(mut self, limit: usize) -> Self {
+        self.profile_bounds.installed_applications = limit;
         self
     }
 
@@ -216,6 +301,7 @@ impl<M> Builder<M> {
             slow_consumer: self.slow_consumer,
             max_clients: self.max_clients,
             max_metadata_bytes: self.max_metadata_bytes,
+            profile_bounds: self.profile_bounds,
             takeover_moves_sessions: self.takeover_moves_sessions,
             event_capacity: self.event_capacity,
             device_config: self.device_config,

@@ -44,6 +44,49 @@ pub enum RegisterError {
         /// The configured limit.
         limit: usize,
     },
+    /// The profile breaks one of the builder's profile bounds (see [`ProfileLimit`]).
+    /// Nothing was registered.
+    #[error("{what} is {actual}, over the limit of {limit}")]
+    ProfileTooLarge {
+        /// Which bound.
+        what: ProfileLimit,
+        /// What the profile has.
+        actual: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+}
+
+/// One bound on the size of a client's profile, as a peer reports it.
+///
+/// A profile comes from the remote peer (a `hello` frame), so each part that grows
+/// with it is bounded by a [`Builder`](crate::Builder) setting: every tag and
+/// capability costs an index set, and the whole profile is copied on each update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProfileLimit {
+    /// The whole profile as compact JSON, in bytes:
+    /// [`Builder::max_profile_bytes`](crate::Builder::max_profile_bytes).
+    Bytes,
+    /// `system_info.tags`: [`Builder::max_tags`](crate::Builder::max_tags).
+    Tags,
+    /// `system_info.capabilities`:
+    /// [`Builder::max_capabilities`](crate::Builder::max_capabilities).
+    Capabilities,
+    /// `system_info.installed_applications`:
+    /// [`Builder::max_installed_applications`](crate::Builder::max_installed_applications).
+    InstalledApplications,
+}
+
+impl fmt::Display for ProfileLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Bytes => "the profile's size in bytes",
+            Self::Tags => "the number of tags",
+            Self::Capabilities => "the number of capabilities",
+            Self::InstalledApplications => "the number of installed applications",
+        })
+    }
 }
 
 /// Why [`Registry::attach`](crate::Registry::attach) failed.
@@ -222,6 +265,17 @@ pub enum UpdateError {
     MetadataTooLarge {
         /// Its size as compact JSON.
         size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The updated profile breaks one of the builder's profile bounds (see
+    /// [`ProfileLimit`]). The profile is unchanged.
+    #[error("{what} is {actual}, over the limit of {limit}")]
+    ProfileTooLarge {
+        /// Which bound.
+        what: ProfileLimit,
+        /// What the updated profile has.
+        actual: usize,
         /// The configured limit.
         limit: usize,
     },

@@ -2,14 +2,14 @@
 
 use std::path::Path;
 
-use crate::client::ClientEntry;
+use crate::client::{ClientEntry, ClientState};
 use crate::device_config::DeviceConfig;
 use crate::error::{ClientError, ConfigError, UpdateError};
 use crate::events::Event;
 use crate::profile::{ClientInfo, ClientKind, SystemInfo};
 use crate::query::index_keys;
 use crate::registry::{json_size, Registry};
-use crate::sync::{lock, Arc};
+use crate::sync::{lock, Arc, Ordering};
 use crate::ClientId;
 
 /// Names a client by id or by key, for the calls that accept either.
@@ -124,11 +124,14 @@ impl<M> Registry<M> {
     ) -> Result<Arc<ClientInfo>, UpdateError> {
         let entry = self.lookup(who.into())?;
         let id = entry.id;
-        let config = self.inner.device_config.load_full();
         let mut state = lock(&entry.state);
         if !state.connected {
             return Err(ClientError::Gone(id).into());
         }
+        // Loaded under the client's lock: a reload that stored its config before
+        // this load sees its store here; one that stores later locks this client
+        // after us and merges its config in again (issue 10, race 2).
+        let config = self.inner.device_config.load_full();
         let current = entry.info();
         let mut reported = state
             .fleet
@@ -141,7 +144,16 @@ impl<M> Registry<M> {
         if size > limit {
             return Err(UpdateError::MetadataTooLarge { size, limit });
         }
-        let next = self.apply_profile(&entry, &current, reported, &config);
+        let mut candidate = (*current).clone();
+        candidate.system_info = reported;
+        if let Err((what, actual, limit)) = self.inner.config.profile_bounds.check(&candidate) {
+            return Err(UpdateError::ProfileTooLarge {
+                what,
+                actual,
+                limit,
+            });
+        }
+        let next = self.apply_profile(&entry, &current, candidate.system_info, &config);
         state.fleet().reported = next.1;
         Ok(next.0)
     }
@@ -167,6 +179,9 @@ impl<M> Registry<M> {
         let _reload = lock(&self.inner.reload);
         let config = Arc::new(config);
         self.inner.device_config.store(Arc::clone(&config));
+        // AcqRel RMW after the store and before the walk over the keys: see
+        // `merge_latest_config`, which pairs with it.
+        self.inner.config_epoch.fetch_add(1, Ordering::AcqRel);
         let mut updated = 0;
         for (_, id) in self.inner.keys.entries() {
             let Ok(entry) = self.entry(id) else { continue };
@@ -204,17 +219,7 @@ impl<M> Registry<M> {
         reported: SystemInfo,
         config: &DeviceConfig,
     ) -> (Arc<ClientInfo>, Option<SystemInfo>) {
-        let mut next = current.clone();
-        let remembered = match config.merge(current.key.as_deref(), &reported) {
-            Some(merged) => {
-                next.system_info = merged;
-                Some(reported)
-            }
-            None => {
-                next.system_info = reported;
-                None
-            }
-        };
+        let (next, remembered) = merged(current, reported, config);
         let before = index_keys(current);
         let after = index_keys(&next);
         for key in before.iter().filter(|k| !after.contains(k)) {
@@ -226,6 +231,43 @@ impl<M> Registry<M> {
         let next = Arc::new(next);
         entry.profile.store(Some(Arc::clone(&next)));
         (next, remembered)
+    }
+
+    /// Merges the config again into a client whose registration merged `used`, if
+    /// a reload replaced it since. Called by the registration under the client's
+    /// lock, after its key is mapped and before it joins its index sets.
+    ///
+    /// A reload stores its config and then walks the keys; a registration maps its
+    /// key and then reads the config. Both do an `AcqRel` read-modify-write on
+    /// `config_epoch` between the two steps. Read-modify-writes of one word are
+    /// totally ordered and each reads the one before, so whichever comes second
+    /// synchronises with the first: either this load sees the reload's config, or
+    /// the reload's walk sees this key (and then waits for this client's lock). Plain
+    /// loads and stores would allow both to miss (issue 10, race 2). Returns whether
+    /// it merged again.
+    pub(crate) fn merge_latest_config(
+        &self,
+        entry: &ClientEntry<M>,
+        state: &mut ClientState<M>,
+        used: &Arc<DeviceConfig>,
+    ) -> bool {
+        self.inner.config_epoch.fetch_add(0, Ordering::AcqRel);
+        let latest = self.inner.device_config.load_full();
+        if Arc::ptr_eq(&latest, used) {
+            return false;
+        }
+        let current = entry.info();
+        let reported = state
+            .fleet
+            .as_ref()
+            .and_then(|f| f.reported.clone())
+            .unwrap_or_else(|| current.system_info.clone());
+        let (next, remembered) = merged(&current, reported, &latest);
+        entry.profile.store(Some(Arc::new(next)));
+        if remembered.is_some() || state.fleet.is_some() {
+            state.fleet().reported = remembered;
+        }
+        true
     }
 
     /// Follows presence events: joins, leaves, takeovers and task cancellations of
@@ -250,4 +292,25 @@ impl<M> Registry<M> {
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
         self.inner.events.subscribe()
     }
+}
+
+/// `current` with `reported` merged with its config entry, and what to remember as
+/// reported (`None` when the config changed nothing).
+fn merged(
+    current: &ClientInfo,
+    reported: SystemInfo,
+    config: &DeviceConfig,
+) -> (ClientInfo, Option<SystemInfo>) {
+    let mut next = current.clone();
+    let remembered = match config.merge(current.key.as_deref(), &reported) {
+        Some(merged) => {
+            next.system_info = merged;
+            Some(reported)
+        }
+        None => {
+            next.system_info = reported;
+            None
+        }
+    };
+    (next, remembered)
 }

@@ -133,8 +133,8 @@ pub use config::{Builder, SlowConsumerPolicy};
 pub use delivery::{BroadcastReport, MultiBroadcastReport};
 pub use device_config::DeviceConfig;
 pub use error::{
-    AttachError, BroadcastError, BuildError, ClientError, ConfigError, DetachError, RegisterError,
-    SendError, TaskError, TryRecvError, UnknownKind, UnknownSession, UpdateError,
+    AttachError, BroadcastError, BuildError, ClientError, ConfigError, DetachError, ProfileLimit,
+    RegisterError, SendError, TaskError, TryRecvError, UnknownKind, UnknownSession, UpdateError,
 };
 pub use events::Event;
 pub use fleet::{ClientRef, Reloaded};

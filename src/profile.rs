@@ -213,12 +213,14 @@ impl ClientInfo {
         self.key.is_some() || self.kind.is_some() || self.platform.is_some()
     }
 
-    /// Whether the platform matches `platform`, ignoring case.
+    /// Whether the platform matches `platform`, ignoring case by Unicode
+    /// lower-casing: the same rule the platform index and every filter use, so
+    /// `"ÉCLAIR"` matches `"éclair"` whichever query asks.
     #[must_use]
     pub fn platform_is(&self, platform: &str) -> bool {
         self.platform
             .as_deref()
-            .is_some_and(|p| p.eq_ignore_ascii_case(platform))
+            .is_some_and(|p| fold_platform(p) == fold_platform(platform))
     }
 
     /// How long ago the client connected (zero if the clock went backwards).
@@ -236,6 +238,12 @@ impl ClientInfo {
             .get("max_concurrent_tasks")
             .and_then(Value::as_u64)
     }
+}
+
+/// The one case-folding rule for platforms, in the index and in every match:
+/// Unicode lower-casing ([`str::to_lowercase`]).
+pub(crate) fn fold_platform(platform: &str) -> String {
+    platform.to_lowercase()
 }
 
 /// `SystemTime` as whole milliseconds since the Unix epoch.

@@ -4,9 +4,10 @@
 //!
 //! Every profiled client (one with a key, kind or platform) is a member of a few
 //! *index sets*: all profiled clients, its kind, its platform (lowercased), each of
-//! its capabilities and each of its tags. An index set is the same structure as a
-//! session (see [`session`](crate::session)): O(1) joins and leaves, published as
-//! snapshots, read without a lock. Sets are kept up to date by the one path that
+//! its capabilities and each of its tags. Platforms are case-folded by one rule
+//! (Unicode lower-casing) wherever they are indexed or matched. An index set is the
+//! same structure as a session (see [`session`](crate::session)): O(1) joins and
+//! leaves, published as snapshots, read without a lock. Sets are kept up to date by the one path that
 //! changes a profile: register, unregister (including takeover), and profile
 //! updates, always under the client's own lock.
 //!
@@ -19,7 +20,7 @@
 use std::cmp::Reverse;
 use std::time::{Duration, SystemTime};
 
-use crate::profile::{ClientInfo, ClientKind};
+use crate::profile::{fold_platform, ClientInfo, ClientKind};
 use crate::registry::Registry;
 use crate::session::Session;
 use crate::sync::{Arc, ValueArc};
@@ -47,7 +48,7 @@ pub(crate) fn index_keys(info: &ClientInfo) -> Vec<IndexKey> {
     let mut keys = vec![IndexKey::Profiled];
     keys.extend(info.kind.map(IndexKey::Kind));
     if let Some(p) = &info.platform {
-        keys.push(IndexKey::Platform(ValueArc::from(p.to_lowercase())));
+        keys.push(IndexKey::Platform(ValueArc::from(fold_platform(p))));
     }
     for c in &info.system_info.capabilities {
         keys.push(IndexKey::Capability(ValueArc::from(c.as_str())));
@@ -133,7 +134,7 @@ impl Filter {
         let mut keys = Vec::new();
         keys.extend(self.kind.map(IndexKey::Kind));
         if let Some(p) = &self.platform {
-            keys.push(IndexKey::Platform(ValueArc::from(p.to_lowercase())));
+            keys.push(IndexKey::Platform(ValueArc::from(fold_platform(p))));
         }
         for c in &self.capabilities {
             keys.push(IndexKey::Capability(ValueArc::from(c.as_str())));

@@ -15,7 +15,8 @@ use crate::session::{Joined, Left, Session};
 use crate::shard::{self, Shard};
 use crate::stats::{Counters, Stats};
 use crate::sync::{
-    lock, Arc, AtomicUsize, ConcurrentMap, Mutex, Ordering, SlotCell, SnapshotCell, ValueArc,
+    lock, Arc, AtomicU64, AtomicUsize, ConcurrentMap, Mutex, Ordering, SlotCell, SnapshotCell,
+    ValueArc,
 };
 use crate::task::{CancelReason, CancelledTask, Task, TaskId, TaskIds};
 use crate::{ClientId, SessionId};
@@ -46,6 +47,10 @@ pub(crate) struct Inner<M> {
     pub(crate) device_config: SnapshotCell<DeviceConfig>,
     /// Serialises config reloads with each other.
     pub(crate) reload: Mutex<()>,
+    /// Bumped by every reload after it stores its config; registrations touch it
+    /// too. Its value means nothing: it is the one word whose read-modify-writes
+    /// order a reload against a registration (see `merge_latest_config`).
+    pub(crate) config_epoch: AtomicU64,
     /// Connected clients, kept only when `max_clients` is set.
     ///
     /// Ordering: `Relaxed`; the limit check needs only the modification order of
@@ -147,6 +152,7 @@ impl<M> Registry<M> {
                 events,
                 device_config: SnapshotCell::new(device_config),
                 reload: Mutex::new(()),
+                config_epoch: AtomicU64::new(0),
                 admitted: AtomicUsize::new(0),
                 counters: Counters::new(),
             }),
@@ -190,7 +196,9 @@ impl<M> Registry<M> {
     ///
     /// # Errors
     ///
-    /// As [`register`](Self::register), plus [`RegisterError::MetadataTooLarge`].
+    /// As [`register`](Self::register), plus [`RegisterError::MetadataTooLarge`] and
+    /// [`RegisterError::ProfileTooLarge`] (see [`Builder::max_profile_bytes`] and
+    /// the count limits next to it); nothing is registered then.
     ///
     /// # Examples
     ///
@@ -211,6 +219,17 @@ impl<M> Registry<M> {
     ) -> Result<Registration<M>, RegisterError> {
         let inner = &*self.inner;
         check_metadata(&info, inner.config.max_metadata_bytes)?;
+        if !info.is_blank() {
+            inner
+                .config
+                .profile_bounds
+                .check(&info)
+                .map_err(|(what, actual, limit)| RegisterError::ProfileTooLarge {
+                    what,
+                    actual,
+                    limit,
+                })?;
+        }
         if let Some(limit) = inner.config.max_clients {
             // Relaxed: see `admitted`.
             let admitted = inner
@@ -238,19 +257,22 @@ impl<M> Registry<M> {
         let connected_at = now_millis();
         let plain = info.is_blank();
         let mut fleet = None;
+        let mut merged_with = None;
         if !plain {
             info.connected_at = millis_to_time(connected_at);
-            let config = inner.device_config.load();
+            let config = inner.device_config.load_full();
             if let Some(merged) = config.merge(info.key.as_deref(), &info.system_info) {
                 let reported = std::mem::replace(&mut info.system_info, merged);
                 fleet = Some(Box::new(FleetState {
-                    tasks: Vec::new(),
                     reported: Some(reported),
+                    ..FleetState::default()
                 }));
             }
+            // Only a keyed client has a config entry a reload could change.
+            merged_with = info.key.is_some().then_some(config);
         }
         let profiled = info.is_profiled();
-        let indexed = index_keys(&info);
+        let mut indexed = index_keys(&info);
         let key = info.key.clone();
         let chan = Arc::new(Channel::new(inner.config.channel_capacity));
         let entry = Arc::new(ClientEntry {
@@ -267,26 +289,37 @@ impl<M> Registry<M> {
         if !plain {
             entry.profile.store(Some(Arc::new(info)));
         }
-        if let Some(slot) = inner.shards[shard].slot(index) {
-            slot.store(Some(Arc::clone(&entry)));
-        }
-        if !indexed.is_empty() {
-            // Under the client's lock, like every other index change of this client.
-            let _state = lock(&entry.state);
+        // The client's lock is taken before the entry becomes findable and held
+        // until its index sets and key are in place. An unregister, update or attach
+        // that finds the id meanwhile waits, and then sees the whole registration:
+        // nothing it removes can be added back by this one (issue 10, race 1).
+        let old = {
+            let mut state = lock(&entry.state);
+            if let Some(slot) = inner.shards[shard].slot(index) {
+                slot.store(Some(Arc::clone(&entry)));
+            }
+            let old = key
+                .as_deref()
+                .and_then(|key| inner.keys.insert(ValueArc::from(key), id));
+            if let Some(used) = merged_with {
+                if self.merge_latest_config(&entry, &mut state, &used) {
+                    indexed = index_keys(&entry.info());
+                }
+            }
             for index_key in &indexed {
                 self.join_index(index_key, id, &entry.chan);
             }
-        }
+            old
+        };
         if profiled {
             inner.events.publish(|| Event::Joined {
                 id,
                 key: key.clone(),
             });
         }
-        let took_over = key.and_then(|key| {
-            let old = inner.keys.insert(ValueArc::from(key.as_str()), id)?;
+        let took_over = key.zip(old).and_then(|(key, old)| {
             let report = self
-                .unregister_because(old, CloseReason::TakenOver { by: id })
+                .depart(old, CloseReason::TakenOver { by: id }, Some(&entry))
                 .ok()?;
             inner
                 .events
@@ -371,6 +404,18 @@ impl<M> Registry<M> {
         id: ClientId,
         cause: CloseReason,
     ) -> Result<Unregistered, ClientError> {
+        self.depart(id, cause, None)
+    }
+
+    /// [`unregister_because`](Self::unregister_because), naming the connection
+    /// that takes `id` over, if any: rooms moved to it follow it onwards if it was
+    /// itself taken over meanwhile.
+    fn depart(
+        &self,
+        id: ClientId,
+        cause: CloseReason,
+        successor: Option<&Arc<ClientEntry<M>>>,
+    ) -> Result<Unregistered, ClientError> {
         let entry = self.entry(id)?;
         let (sessions, tasks) = {
             let mut state = lock(&entry.state);
@@ -378,6 +423,12 @@ impl<M> Registry<M> {
                 return Err(ClientError::Gone(id));
             }
             state.connected = false;
+            if let Some(successor) = successor {
+                // Only rooms follow the chain; without moves there is nothing to find.
+                if self.inner.config.takeover_moves_sessions {
+                    state.fleet().successor = Some(Arc::clone(successor));
+                }
+            }
             let tasks = state.fleet.as_mut().map(|f| std::mem::take(&mut f.tasks));
             (
                 std::mem::take(&mut state.sessions),
@@ -392,16 +443,13 @@ impl<M> Registry<M> {
                 .keys
                 .remove_if(&ValueArc::from(key), |current| *current == id);
         }
-        let taken_over_by = match cause {
-            CloseReason::TakenOver { by } => Some(by),
-            _ => None,
-        };
         entry.chan.close_because(cause);
         let mut keys = Vec::with_capacity(sessions.len());
         for (key, session) in sessions {
-            if let Some(by) = taken_over_by {
+            if let Some(successor) = successor {
                 if self.inner.config.takeover_moves_sessions {
-                    let _ = self.attach(by, key.clone());
+                    // Joined before this client leaves, so the room never empties.
+                    self.join_successor(successor, &key);
                 }
             }
             self.leave(&key, &session, id);
@@ -430,6 +478,32 @@ impl<M> Registry<M> {
             sessions: keys,
             cancelled_tasks,
         })
+    }
+
+    /// Adds the connection that took a client over to one of that client's rooms.
+    ///
+    /// If the successor was itself taken over meanwhile, the room goes to its
+    /// successor, and so on: the key's final holder ends in every room (issue 10,
+    /// race 3). A successor that simply left ends the chain, and the room with it.
+    /// Each step looks at one client under its lock, where `connected` and
+    /// `successor` change together.
+    fn join_successor(&self, successor: &Arc<ClientEntry<M>>, key: &SessionId) {
+        let mut to = Arc::clone(successor);
+        loop {
+            let next = {
+                let mut state = lock(&to.state);
+                if state.connected {
+                    // A full session leaves the room behind, as `attach` would.
+                    let _ = self.attach_locked(&to, &mut state, key.clone());
+                    return;
+                }
+                match state.fleet.as_ref().and_then(|f| f.successor.clone()) {
+                    Some(next) => next,
+                    None => return,
+                }
+            };
+            to = next;
+        }
     }
 
     /// Cancels `task` because `gone` left, unless it already ended; tells the
@@ -484,6 +558,17 @@ impl<M> Registry<M> {
         if !state.connected {
             return Err(ClientError::Gone(id).into());
         }
+        self.attach_locked(&entry, &mut state, key)
+    }
+
+    /// [`attach`](Self::attach) for a connected client whose lock the caller holds.
+    fn attach_locked(
+        &self,
+        entry: &ClientEntry<M>,
+        state: &mut ClientState<M>,
+        key: SessionId,
+    ) -> Result<bool, AttachError> {
+        let id = entry.id;
         if state.position(&key).is_some() {
             return Ok(false);
         }

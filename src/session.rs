@@ -165,7 +165,8 @@ impl<'de> serde::Deserialize<'de> for SessionId {
 
 /// `removed_at` of a member that has not left.
 const PRESENT: u32 = u32::MAX;
-/// The last version a layout may reach before a compaction restarts the count.
+/// The last version a layout may reach; a join or leave that finds it restarts
+/// the count with a compaction first, so no stamp ever reaches `PRESENT`.
 const MAX_VERSION: u32 = u32::MAX - 1;
 /// Cells one layout may address: `len` is 32 bits of the state word.
 const MAX_CELLS: usize = u32::MAX as usize;
@@ -386,6 +387,15 @@ impl<M> Session<M> {
     /// Removes `id`.
     pub(crate) fn leave(&self, id: ClientId) -> Left {
         let mut w = lock(&self.writer);
+        if !w.positions.contains_key(&id) {
+            return Left::NotMember;
+        }
+        // The stamp below is `version + 1`; at the limit that would be `PRESENT`,
+        // so restart the count first, as a join does (a join may publish
+        // `MAX_VERSION` itself).
+        if w.version >= MAX_VERSION {
+            self.compact(&mut w);
+        }
         let Some(cell) = w.positions.remove(&id) else {
             return Left::NotMember;
         };
@@ -431,6 +441,19 @@ impl<M> Session<M> {
             return true;
         }
         false
+    }
+
+    /// A session whose version count starts at `version` rather than 0, so that a
+    /// test reaches the `MAX_VERSION` boundary in a few steps, not 2^32.
+    #[cfg(all(test, not(switchboard_loom)))]
+    pub(crate) fn starting_at_version(version: u32) -> Self {
+        let s = Self::new();
+        {
+            let mut w = lock(&s.writer);
+            w.version = version;
+            publish(&w);
+        }
+        s
     }
 
     /// Whether the session is retired (out of the directory or on its way out).
@@ -619,6 +642,53 @@ mod tests {
         assert_eq!(ids(&s.snapshot()).len(), 3);
         assert_eq!(s.join(id(7), &c), Joined::Added);
         assert_eq!(ids(&s.snapshot()).len(), 4);
+    }
+
+    #[test]
+    fn versions_never_reach_the_value_that_means_present() {
+        // Three steps below the limit: the joins publish MAX_VERSION - 2 up to
+        // MAX_VERSION itself, so the leaves that follow must restart the count
+        // rather than stamp MAX_VERSION + 1, which is PRESENT.
+        let s = Session::starting_at_version(MAX_VERSION - 3);
+        let c = chan();
+        for n in 0..3 {
+            assert_eq!(s.join(id(n), &c), Joined::Added);
+        }
+        for n in 0..3 {
+            assert_eq!(
+                s.leave(id(n)),
+                if n < 2 {
+                    Left::Removed
+                } else {
+                    Left::RemovedAndRetired
+                }
+            );
+            let left: Vec<_> = (0..=n).map(id).collect();
+            let members = ids(&s.snapshot());
+            assert!(
+                members.iter().all(|m| !left.contains(m)),
+                "left members {left:?} still in {members:?}"
+            );
+            let w = lock(&s.writer);
+            assert!(
+                w.version <= MAX_VERSION,
+                "version {} past the limit",
+                w.version
+            );
+        }
+    }
+
+    #[test]
+    fn a_leave_at_the_limit_keeps_the_other_members() {
+        let s = Session::starting_at_version(MAX_VERSION - 2);
+        let c = chan();
+        for n in 0..2 {
+            s.join(id(n), &c);
+        }
+        assert_eq!(s.leave(id(0)), Left::Removed);
+        assert_eq!(ids(&s.snapshot()), vec![id(1)]);
+        assert_eq!(s.join(id(2), &c), Joined::Added);
+        assert_eq!(ids(&s.snapshot()), vec![id(1), id(2)]);
     }
 
     #[test]

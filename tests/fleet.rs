@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use switchboard::{
     CancelReason, ClientError, ClientInfo, ClientKind, ConfigError, DeviceConfig, Event, Filter,
-    RegisterError, Registry, Requirements, SystemInfo, TaskError, TryRecvError,
+    ProfileLimit, RegisterError, Registry, Requirements, SystemInfo, TaskError, TryRecvError,
+    UpdateError,
 };
 
 fn device(key: &str, platform: &str, caps: &[&str], tags: &[&str]) -> ClientInfo {
@@ -594,4 +595,152 @@ fn fleet_scenario() {
     );
     assert_eq!(registry.select_device(&wanted), Some(again.id));
     assert_eq!(registry.client_count(), 1);
+}
+
+#[test]
+fn a_non_ascii_platform_matches_the_same_way_in_every_query() {
+    let registry = Registry::<u8>::new();
+    let (id, _rx) = registry
+        .register(device("d", "éclair", &["cad"], &[]))
+        .expect("room");
+    let shouted = "ÉCLAIR";
+    // One criterion: answered from the index set alone.
+    assert_eq!(registry.list(&Filter::new().platform(shouted)), vec![id]);
+    // Several criteria: the set is walked and each profile matched.
+    assert_eq!(
+        registry.list(&Filter::new().platform(shouted).capability("cad")),
+        vec![id]
+    );
+    assert_eq!(
+        registry.select_device(&Requirements::new().platform(shouted)),
+        Some(id)
+    );
+    assert!(registry.info(id).expect("online").platform_is(shouted));
+    assert_eq!(registry.stats().by_platform, vec![("éclair".to_owned(), 1)]);
+}
+
+fn tags(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("t{i}")).collect()
+}
+
+#[test]
+fn an_oversized_profile_is_a_typed_error_and_changes_nothing() {
+    let registry = Registry::<u8>::builder()
+        .max_tags(4)
+        .max_capabilities(2)
+        .max_installed_applications(3)
+        .max_profile_bytes(1024)
+        .build()
+        .expect("valid");
+    let mut events = registry.subscribe();
+    let with = |f: &dyn Fn(&mut SystemInfo)| {
+        let mut sys = SystemInfo::default();
+        f(&mut sys);
+        ClientInfo::new()
+            .with_key("big")
+            .with_kind(ClientKind::Device)
+            .with_system_info(sys)
+    };
+    let cases: [(ClientInfo, ProfileLimit, usize, usize); 4] = [
+        (with(&|s| s.tags = tags(5)), ProfileLimit::Tags, 5, 4),
+        (
+            with(&|s| s.capabilities = tags(3)),
+            ProfileLimit::Capabilities,
+            3,
+            2,
+        ),
+        (
+            with(&|s| s.installed_applications = tags(4)),
+            ProfileLimit::InstalledApplications,
+            4,
+            3,
+        ),
+        (
+            with(&|s| s.os = Some("x".repeat(2000))),
+            ProfileLimit::Bytes,
+            0,
+            1024,
+        ),
+    ];
+    for (info, what, actual, limit) in cases {
+        match registry.register(info) {
+            Err(RegisterError::ProfileTooLarge {
+                what: w,
+                actual: a,
+                limit: l,
+            }) => {
+                assert_eq!((w, l), (what, limit));
+                if what == ProfileLimit::Bytes {
+                    assert!(a > limit, "{a} bytes reported");
+                } else {
+                    assert_eq!(a, actual);
+                }
+            }
+            other => panic!("{what:?}: expected ProfileTooLarge, got {other:?}"),
+        }
+    }
+    assert_eq!(registry.client_count(), 0);
+    assert_eq!(registry.id_of("big"), None);
+    assert!(registry.list(&Filter::new()).is_empty());
+    assert!(events.try_recv().is_err(), "no event for a refused client");
+
+    // At the limits: accepted. Then an update past one is refused, unchanged.
+    let info = with(&|s| {
+        s.tags = tags(4);
+        s.capabilities = tags(2);
+    });
+    let (id, _rx) = registry.register(info).expect("at the limits");
+    let before = registry.info(id).expect("online");
+    let grown = registry.update_system_info(id, |s| s.tags.push("one-more".into()));
+    assert!(
+        matches!(
+            grown,
+            Err(UpdateError::ProfileTooLarge {
+                what: ProfileLimit::Tags,
+                actual: 5,
+                limit: 4
+            })
+        ),
+        "{grown:?}"
+    );
+    assert_eq!(registry.info(id).expect("online"), before);
+    assert!(registry.list(&Filter::new().tag("one-more")).is_empty());
+    let huge = registry.update_system_info(id, |s| s.processor = Some("p".repeat(4096)));
+    assert!(
+        matches!(
+            huge,
+            Err(UpdateError::ProfileTooLarge {
+                what: ProfileLimit::Bytes,
+                ..
+            })
+        ),
+        "{huge:?}"
+    );
+    assert_eq!(registry.info(id).expect("online"), before);
+}
+
+#[test]
+fn the_default_bounds_refuse_a_flood_of_tags() {
+    // The review's hello: 200,000 tags and capabilities under a 1 KiB metadata
+    // limit. Refused by count before anything is serialised or indexed.
+    let registry = Registry::<u8>::builder()
+        .max_metadata_bytes(1024)
+        .build()
+        .expect("valid");
+    let mut sys = SystemInfo::default();
+    sys.tags = tags(100_000);
+    sys.capabilities = tags(100_000);
+    let flood = ClientInfo::new()
+        .with_kind(ClientKind::Device)
+        .with_system_info(sys);
+    assert!(matches!(
+        registry.register(flood),
+        Err(RegisterError::ProfileTooLarge {
+            what: ProfileLimit::Tags,
+            actual: 100_000,
+            limit: 64
+        })
+    ));
+    assert_eq!(registry.client_count(), 0);
+    assert_eq!(registry.stats().devices, 0);
 }

@@ -260,6 +260,21 @@ async fn rooms_direct_messages_and_admin_broadcasts_reach_the_right_clients() {
 }
 
 #[tokio::test]
+async fn an_oversized_hello_gets_an_error_frame_and_the_connection_stays_open() {
+    let server = start(config()).await;
+    let mut ws = connect(&server).await;
+    // 100 tags: a small frame (well under max_frame), over the registry's default
+    // bound of 64 tags.
+    let tags: Vec<String> = (0..100).map(|i| format!("t{i}")).collect();
+    let flood = json!({"type": "hello", "key": "k", "kind": "device",
+        "system_info": {"tags": tags}});
+    expect_error(&mut ws, flood, "profile_too_large").await;
+    // Nothing was registered, and the same connection can still say hello.
+    let _me = hello(&mut ws, json!({"key": "k", "kind": "device"})).await;
+    let _ = server.shutdown().await;
+}
+
+#[tokio::test]
 async fn bad_frames_get_error_frames_and_the_connection_stays_open() {
     let server = start(config()).await;
     let mut ws = connect(&server).await;

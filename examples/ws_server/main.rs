@@ -75,7 +75,9 @@
 //! Error codes: `bad_json` (not JSON), `bad_frame` (not an object with a string
 //! `type`, or a field missing or of the wrong type), `unknown_type`,
 //! `binary_unsupported`, `hello_required`, `already_registered`,
-//! `metadata_too_large`, `server_full`, `unknown_session`, `not_attached`,
+//! `metadata_too_large`, `profile_too_large` (more tags, capabilities or
+//! installed applications, or a bigger profile, than the registry allows),
+//! `server_full`, `unknown_session`, `not_attached`,
 //! `unknown_client`, `queue_full` (a `direct` whose recipient's queue is full),
 //! `task_refused` (wrong kinds, or the device is at its task limit),
 //! `unknown_task`.

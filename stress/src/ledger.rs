@@ -17,6 +17,17 @@
 //! before an attach until the attach returns. So a message checked against `Left { cut }`
 //! was received before any later re-attach began, and could not owe its delivery to it.
 //! Unregistering cuts every attached session and the direct-send counter the same way.
+//!
+//! # Membership periods
+//!
+//! A re-attach starts a new membership period, and must not forgive what arrived between
+//! two periods: a message queued while the client was detached may sit in its channel and
+//! be received after the re-attach. When an attach begins, the world reads the session's
+//! *floor*: the lowest sequence number of a broadcast still in flight (or the counter, if
+//! none is). Every broadcast numbered below the floor had returned before the attach began,
+//! so one numbered in `[cut, floor)` began after the previous period ended and finished
+//! before the next began: it may never reach the client, whenever it is received. Those
+//! *gaps* stay in the ledger for the client's life.
 
 use std::fmt;
 
@@ -57,6 +68,16 @@ pub enum Breach {
         /// The cut taken when it left.
         cut: u64,
     },
+    /// A broadcast that began after the client left and returned before it re-attached
+    /// reached it: it was queued while the client was not a member.
+    BetweenPeriods {
+        /// The session.
+        session: u64,
+        /// The broadcast's sequence number.
+        seq: u64,
+        /// The gap between the two periods, `[cut, floor)`.
+        gap: (u64, u64),
+    },
     /// A message from a session the client never joined.
     NeverJoined {
         /// The session.
@@ -83,6 +104,12 @@ impl fmt::Display for Breach {
                 f,
                 "got broadcast #{seq} of session {session}, which began after it left (cut {cut})"
             ),
+            Self::BetweenPeriods { session, seq, gap } => write!(
+                f,
+                "got broadcast #{seq} of session {session}, made while it was detached \
+                 (between cut {} and re-attach floor {}) and received after it re-attached",
+                gap.0, gap.1
+            ),
             Self::NeverJoined { session } => {
                 write!(
                     f,
@@ -106,7 +133,16 @@ pub struct Ledger {
     serial: u64,
     status: Status,
     sessions: Vec<(u64, Membership)>,
+    /// Per session, the `[cut, floor)` gaps between membership periods; see the module docs.
+    gaps: Vec<(u64, (u64, u64))>,
     direct_cut: Option<u64>,
+}
+
+/// What [`Ledger::joining`] changed, for [`Ledger::join_refused`] to restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joining {
+    before: Option<Membership>,
+    added_gap: bool,
 }
 
 impl Ledger {
@@ -116,6 +152,7 @@ impl Ledger {
             serial,
             status: Status::Registered,
             sessions: Vec::new(),
+            gaps: Vec::new(),
             direct_cut: None,
         }
     }
@@ -157,16 +194,27 @@ impl Ledger {
         }
     }
 
-    /// Records an attach about to be made; returns what to restore if it fails.
-    pub fn joining(&mut self, session: u64) -> Option<Membership> {
+    /// Records an attach about to be made, whose session's floor (see the module docs) was
+    /// `floor` when it began; returns what to restore if it fails.
+    pub fn joining(&mut self, session: u64, floor: u64) -> Joining {
         let before = self.membership(session);
+        let mut added_gap = false;
+        if let Some(Membership::Left { cut }) = before {
+            if floor > cut {
+                self.gaps.push((session, (cut, floor)));
+                added_gap = true;
+            }
+        }
         self.set(session, Some(Membership::Attached));
-        before
+        Joining { before, added_gap }
     }
 
     /// Undoes [`joining`](Self::joining) after the registry refused the attach.
-    pub fn join_refused(&mut self, session: u64, before: Option<Membership>) {
-        self.set(session, before);
+    pub fn join_refused(&mut self, session: u64, joining: Joining) {
+        if joining.added_gap {
+            self.gaps.pop();
+        }
+        self.set(session, joining.before);
     }
 
     /// Records a detach that returned, with the cut read after it.
@@ -203,6 +251,13 @@ impl Ledger {
                 _ => Ok(()),
             };
         }
+        let gap = self
+            .gaps
+            .iter()
+            .find(|(s, (cut, floor))| *s == session && (*cut..*floor).contains(&seq));
+        if let Some(&(_, gap)) = gap {
+            return Err(Breach::BetweenPeriods { session, seq, gap });
+        }
         match self.membership(session) {
             None => Err(Breach::NeverJoined { session }),
             Some(Membership::Attached) => Ok(()),
@@ -222,7 +277,7 @@ mod tests {
     #[test]
     fn broadcasts_before_the_cut_may_arrive_after_the_detach() {
         let mut l = Ledger::new(1);
-        l.joining(5);
+        l.joining(5, 0);
         assert_eq!(l.check(5, 0, EVERYONE), Ok(()));
         l.left(5, 10);
         assert_eq!(
@@ -243,7 +298,7 @@ mod tests {
     #[test]
     fn a_session_never_joined_is_a_breach() {
         let mut l = Ledger::new(1);
-        l.joining(5);
+        l.joining(5, 0);
         assert_eq!(
             l.check(6, 0, EVERYONE),
             Err(Breach::NeverJoined { session: 6 })
@@ -253,13 +308,13 @@ mod tests {
     #[test]
     fn a_refused_attach_restores_the_previous_standing() {
         let mut l = Ledger::new(1);
-        l.joining(5);
+        l.joining(5, 0);
         l.left(5, 3);
-        let before = l.joining(5);
+        let before = l.joining(5, 3);
         assert!(l.is_attached(5));
         l.join_refused(5, before);
         assert!(l.check(5, 3, EVERYONE).is_err(), "the old cut is back");
-        let fresh = l.joining(8);
+        let fresh = l.joining(8, 0);
         l.join_refused(8, fresh);
         assert_eq!(l.attached().count(), 0);
         assert_eq!(
@@ -269,19 +324,55 @@ mod tests {
     }
 
     #[test]
-    fn reattaching_lifts_the_cut() {
+    fn reattaching_lifts_the_cut_for_broadcasts_still_in_flight() {
         let mut l = Ledger::new(1);
-        l.joining(5);
+        l.joining(5, 0);
         l.left(5, 3);
-        l.joining(5);
+        // Broadcast #3 was still in flight when the re-attach began: it may have read the
+        // new membership.
+        l.joining(5, 3);
         assert_eq!(l.check(5, 100, EVERYONE), Ok(()));
+        assert_eq!(l.check(5, 3, EVERYONE), Ok(()));
+    }
+
+    #[test]
+    fn a_message_made_between_two_periods_is_a_breach_after_the_reattach() {
+        let mut l = Ledger::new(1);
+        l.joining(5, 0);
+        l.left(5, 3);
+        // Broadcasts #3 and #4 began after the cut and returned before the re-attach.
+        l.joining(5, 5);
+        assert!(l.is_attached(5));
+        assert_eq!(l.check(5, 2, EVERYONE), Ok(()), "before the cut");
+        assert_eq!(
+            l.check(5, 4, EVERYONE),
+            Err(Breach::BetweenPeriods {
+                session: 5,
+                seq: 4,
+                gap: (3, 5)
+            })
+        );
+        assert_eq!(
+            l.check(5, 5, EVERYONE),
+            Ok(()),
+            "in flight at the re-attach"
+        );
+        // A refused re-attach takes its gap back with it.
+        l.left(5, 9);
+        let joining = l.joining(5, 12);
+        l.join_refused(5, joining);
+        assert!(
+            l.check(5, 10, EVERYONE).is_err(),
+            "after the cut of 9 anyway"
+        );
+        assert_eq!(l.gaps.len(), 1);
     }
 
     #[test]
     fn going_cuts_every_attached_session_and_direct_sends() {
         let mut l = Ledger::new(7);
-        l.joining(1);
-        l.joining(2);
+        l.joining(1, 0);
+        l.joining(2, 0);
         l.left(2, 4);
         l.gone(Status::Unregistered, |s| s * 100, 50);
         assert!(!l.is_registered());

@@ -19,6 +19,7 @@ mod latency;
 mod layout;
 mod ledger;
 mod message;
+mod profiles;
 mod progress;
 mod receiver;
 mod report;

@@ -11,6 +11,7 @@
 //! [`DISCARDED`], which makes an exact end-of-run identity possible: see
 //! [`invariants::message_balance`](crate::invariants::message_balance).
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,6 +25,21 @@ pub const EVERYONE: u64 = u64::MAX;
 
 /// Handles dropped without being received, since the process started.
 pub static DISCARDED: Striped = Striped::new();
+
+thread_local! {
+    /// While a receiver is being dropped on this thread ([`dropping`]), the unreceived
+    /// handles its drop frees; `None` otherwise.
+    static DROPPING: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Drops `rx` and returns how many unreceived handles its drop freed: the messages that
+/// were queued in it, counted exactly (switchboard's receiver, like tokio's, frees what is
+/// queued when it is dropped).
+pub fn dropping<R>(rx: R) -> u64 {
+    DROPPING.with(|d| d.set(Some(0)));
+    drop(rx);
+    DROPPING.with(|d| d.take()).unwrap_or(0)
+}
 
 /// What one broadcast or send carries.
 #[derive(Debug)]
@@ -86,6 +102,11 @@ impl Drop for Msg {
     fn drop(&mut self) {
         if !self.received {
             DISCARDED.add(1);
+            DROPPING.with(|d| {
+                if let Some(n) = d.get() {
+                    d.set(Some(n + 1));
+                }
+            });
         }
     }
 }
@@ -105,5 +126,19 @@ mod tests {
         copy.received();
         drop(original);
         assert!(DISCARDED.get() > before);
+    }
+
+    #[test]
+    fn dropping_a_receiver_counts_exactly_what_it_held() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for seq in 0..3 {
+            tx.send(Msg::new(1, seq, EVERYONE, 8)).unwrap_or_default();
+        }
+        let received = Msg::new(1, 9, EVERYONE, 8);
+        received.received();
+        assert_eq!(dropping(rx), 3);
+        assert_eq!(dropping(Msg::new(1, 1, EVERYONE, 8)), 1);
+        drop(Msg::new(1, 1, EVERYONE, 8));
+        assert_eq!(dropping(()), 0, "nothing counted outside a drop");
     }
 }

@@ -551,7 +551,7 @@ impl Report {
             let _ = writeln!(
                 o,
                 "  checkpoints {}  clients {}..{}  delivered {}  churn {}  dropped {}  \
-                 evicted {}  abrupt {}",
+                 evicted {}  abrupt {}  profile ops {}",
                 r.checkpoints,
                 k.clients_min_max.0,
                 k.clients_min_max.1,
@@ -559,7 +559,8 @@ impl Report {
                 rate(k.churn_per_s),
                 r.counts.dropped,
                 r.counts.evicted,
-                r.counts.abrupt_drops
+                r.counts.abrupt_drops,
+                k.profile_ops
             );
             let _ = writeln!(
                 o,

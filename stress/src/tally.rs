@@ -36,6 +36,8 @@ pub struct Tally {
     pub abrupt_drops: Striped,
     /// Abrupt disconnects whose unregister found the client already gone.
     pub abrupt_early: Striped,
+    /// Messages queued in abruptly dropped receivers, counted as the drop freed them.
+    pub abrupt_lost: Striped,
 }
 
 impl Tally {
@@ -66,6 +68,7 @@ impl Tally {
             evicted: self.evicted.get(),
             abrupt_drops: self.abrupt_drops.get(),
             abrupt_early: self.abrupt_early.get(),
+            abrupt_lost: self.abrupt_lost.get(),
         }
     }
 }
@@ -88,6 +91,7 @@ pub struct Counts {
     pub evicted: u64,
     pub abrupt_drops: u64,
     pub abrupt_early: u64,
+    pub abrupt_lost: u64,
 }
 
 impl Counts {
@@ -108,6 +112,7 @@ impl Counts {
             evicted: self.evicted - earlier.evicted,
             abrupt_drops: self.abrupt_drops - earlier.abrupt_drops,
             abrupt_early: self.abrupt_early - earlier.abrupt_early,
+            abrupt_lost: self.abrupt_lost - earlier.abrupt_lost,
         }
     }
 

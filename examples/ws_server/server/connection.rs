@@ -185,6 +185,9 @@ async fn greet(
                         Err(e @ RegisterError::MetadataTooLarge { .. }) => {
                             Refusal::new("metadata_too_large", e.to_string())
                         }
+                        Err(e @ RegisterError::ProfileTooLarge { .. }) => {
+                            Refusal::new("profile_too_large", e.to_string())
+                        }
                         Err(e) => {
                             let refusal = Refusal::new("server_full", e.to_string());
                             let _ = say(socket, refusal.frame(), config.write_timeout).await;

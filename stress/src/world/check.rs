@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use super::{lock, World, TEARDOWN_WAIT};
-use crate::invariants::{membership_diff, undelivered_bound};
+use crate::invariants::{membership_diff, undelivered_bound, Loss};
 use crate::subject::Subject;
 
 impl<S: Subject> World<S> {
@@ -35,8 +35,13 @@ impl<S: Subject> World<S> {
             }
         }
         let registered = self.subject.client_count();
-        v.expect(registered == clients, &scope, || {
-            format!("client_count is {registered}, the model holds {clients}")
+        // Relaxed: see `outside`; stored under the gate this checkpoint holds.
+        let outside = self.outside.load(Ordering::Relaxed);
+        v.expect(registered == clients + outside, &scope, || {
+            format!(
+                "client_count is {registered}, the model holds {clients} (and {outside} \
+                 beside it)"
+            )
         });
         let sessions = self.subject.session_count();
         v.expect(sessions == expected.len(), &scope, || {
@@ -108,13 +113,28 @@ impl<S: Subject> World<S> {
             )
         });
         let t = self.tally.snapshot();
-        let bound = undelivered_bound(
-            t.queued(),
-            t.received,
-            t.abrupt_drops,
-            self.setup.capacity as u64,
-        );
+        let loss = Loss {
+            queued: t.queued(),
+            received: t.received,
+            abrupt_lost: t.abrupt_lost,
+            abrupt_drops: t.abrupt_drops,
+            capacity: self.setup.capacity as u64,
+        };
+        let bound = undelivered_bound(&loss);
         v.expect(bound.is_ok(), &scope, || bound.err().unwrap_or_default());
+        if loss.abrupt_drops > 0 {
+            // The one place slack stays: say how much, and how much was used.
+            println!(
+                "{scope}: loss check: {} queued, {} received, {} freed by {} abrupt drops \
+                 (counted exactly); residual {} of slack {}",
+                loss.queued,
+                loss.received,
+                loss.abrupt_lost,
+                loss.abrupt_drops,
+                loss.residual(),
+                loss.slack()
+            );
+        }
         if let Some(stats) = self.subject.stats() {
             let ours = (
                 t.queued(),

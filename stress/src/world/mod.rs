@@ -8,13 +8,14 @@
 
 mod check;
 
+use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use baselines::Inbox;
-use tokio::sync::RwLock;
+use tokio::sync::{RwLock, RwLockReadGuard};
 
 use crate::cli::Policy;
 use crate::client::{Client, Kind};
@@ -80,6 +81,11 @@ pub struct World<S: Subject> {
     /// Ordering: `AcqRel` read-modify-writes only, so that a broadcast numbered at or above a
     /// cut is ordered after the detach the cut followed.
     seqs: Box<[AtomicU64]>,
+    /// Per session, the numbers of broadcasts drawn and not yet returned. A number is drawn
+    /// and entered under the same lock, so the smallest entry (or the counter, if none) is
+    /// the session's *floor*: every broadcast numbered below it has returned. See
+    /// [`ledger`](crate::ledger) for what membership periods do with it.
+    in_flight: Box<[Mutex<BTreeSet<u64>>]>,
     /// The sequence counter of direct sends; same ordering contract as `seqs`.
     direct_seq: AtomicU64,
     /// Ordering: `Relaxed`; only uniqueness matters.
@@ -102,6 +108,11 @@ pub struct World<S: Subject> {
     /// Abrupt disconnects take it shared, checkpoints exclusively, so no client vanishes
     /// while a checkpoint compares the model with the registry.
     gate: RwLock<()>,
+    /// Clients the scenario keeps registered beside the world's own (the soak's profile
+    /// holders); a checkpoint counts them in. Set under [`beside`](Self::beside).
+    ///
+    /// Ordering: `Relaxed`; the gate orders its stores before a checkpoint's load.
+    pub outside: Arc<AtomicUsize>,
     /// Live heap once the world and its empty registry existed, to tell what the registry
     /// retains at teardown. Ordering: `Relaxed`; written once before any other thread runs.
     heap_at_birth: AtomicI64,
@@ -126,6 +137,9 @@ impl<S: Subject> World<S> {
             seqs: (0..setup.layout.sessions)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            in_flight: (0..setup.layout.sessions)
+                .map(|_| Mutex::new(BTreeSet::new()))
+                .collect(),
             direct_seq: AtomicU64::new(0),
             serials: AtomicU64::new(0),
             seats: (0..setup.layout.clients)
@@ -141,6 +155,7 @@ impl<S: Subject> World<S> {
             tasks: TaskCount::default(),
             draining: AtomicBool::new(false),
             gate: RwLock::new(()),
+            outside: Arc::new(AtomicUsize::new(0)),
             heap_at_birth: AtomicI64::new(0),
         });
         // Relaxed: see `heap_at_birth`.
@@ -209,6 +224,18 @@ impl<S: Subject> World<S> {
         self.seqs
             .get(session as usize)
             .map_or(0, |c| c.fetch_add(0, Ordering::AcqRel))
+    }
+
+    /// The session's floor: no broadcast numbered below it is still in flight.
+    fn floor(&self, session: u64) -> u64 {
+        let Some(in_flight) = self.in_flight.get(session as usize) else {
+            return 0;
+        };
+        let in_flight = lock(in_flight);
+        let counter = self.cut(session);
+        in_flight
+            .first()
+            .map_or(counter, |&oldest| oldest.min(counter))
     }
 
     /// Records that the client is gone, cutting every session it was in.
@@ -295,7 +322,7 @@ impl<S: Subject> World<S> {
         if !ledger.is_registered() {
             return false;
         }
-        let before = ledger.joining(session);
+        let before = ledger.joining(session, self.floor(session));
         self.tally.churn_ops.add(1);
         match self.guarded(|r| r.attach(client.id, session)) {
             Some(true) => true,
@@ -377,7 +404,8 @@ impl<S: Subject> World<S> {
     pub async fn abrupt(&self, client: &Client<S::Id>, rx: S::Rx) {
         let _no_checkpoint = self.gate.read().await;
         let mut ledger = client.ledger();
-        drop(rx);
+        let lost = crate::message::dropping(rx);
+        self.tally.abrupt_lost.add(lost);
         self.tally.abrupt_drops.add(1);
         if !ledger.is_registered() {
             return;
@@ -387,6 +415,12 @@ impl<S: Subject> World<S> {
             self.tally.abrupt_early.add(1);
         }
         self.cut_all(client, &mut ledger, Status::Abrupt);
+    }
+
+    /// Holds checkpoints off while an operation beside the world's own (a profile holder's)
+    /// changes the registry and `outside`.
+    pub async fn beside(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().await
     }
 
     /// Fills every seat with a client attached to its home sessions, each with a receiver
@@ -454,17 +488,28 @@ impl<S: Subject> World<S> {
     /// Broadcasts a fresh message to `session`; returns the report and how long the registry
     /// call took.
     pub fn broadcast(&self, session: u64) -> (Outcome, Duration) {
-        let seq = self
-            .seqs
-            .get(session as usize)
-            // AcqRel RMW: see `seqs`.
-            .map_or(0, |c| c.fetch_add(1, Ordering::AcqRel));
+        let in_flight = self.in_flight.get(session as usize);
+        let seq = {
+            let entered = in_flight.map(|f| lock(f));
+            let seq = self
+                .seqs
+                .get(session as usize)
+                // AcqRel RMW: see `seqs`.
+                .map_or(0, |c| c.fetch_add(1, Ordering::AcqRel));
+            if let Some(mut entered) = entered {
+                entered.insert(seq);
+            }
+            seq
+        };
         let msg = Msg::new(session, seq, EVERYONE, self.setup.message_size);
         let start = Instant::now();
         let outcome = self
             .guarded(|r| r.deliver(session, msg))
             .unwrap_or_default();
         let took = start.elapsed();
+        if let Some(in_flight) = in_flight {
+            lock(in_flight).remove(&seq);
+        }
         self.tally.broadcast(&outcome);
         if !outcome_adds_up(&outcome) {
             self.violations.push(

@@ -170,7 +170,8 @@ impl<M> Channel<M> {
 
     /// Waits up to `timeout` for capacity, then queues `msg`.
     pub(crate) async fn send_timeout(&self, msg: M, timeout: Duration) -> Result<(), Rejected<M>> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        // A timeout too large to add to `now` waits without a deadline.
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
         let mut msg = msg;
         loop {
             match self.try_send(msg) {
@@ -186,8 +187,15 @@ impl<M> Channel<M> {
             // freed permit or the close.
             let state = self.state.load(Ordering::SeqCst);
             let ready = state & CLOSED != 0 || state / PERMIT < self.capacity;
-            if !ready && tokio::time::timeout_at(deadline, space).await.is_err() {
-                return Err(Rejected::Timeout(msg));
+            if !ready {
+                match deadline {
+                    Some(deadline) => {
+                        if tokio::time::timeout_at(deadline, space).await.is_err() {
+                            return Err(Rejected::Timeout(msg));
+                        }
+                    }
+                    None => space.await,
+                }
             }
             drop(waiting);
         }

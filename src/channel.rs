@@ -10,22 +10,35 @@
 //!
 //! One word, `state`, holds a `CLOSED` flag and the number of *permits* in use
 //! (messages accepted and not yet received). A send takes a permit with a CAS that
-//! fails if the channel is closed or full, then pushes into a lock-free queue that the
-//! permits keep from ever overflowing. Receiving pops, then returns the permit.
+//! fails if the channel is closed or full, then pushes into a lock-free ring that the
+//! permits keep from ever overflowing ([`BoundedQueue`], whose first slots live in the
+//! channel itself, so a client's first message allocates nothing). Receiving pops,
+//! then returns the permit.
 //!
 //! * A send succeeds iff its CAS precedes the close in `state`'s modification order,
 //!   so after `close` returns, every send fails with `Closed`.
 //! * The receiver reports the end only when `CLOSED` is set and no permit is in use,
 //!   so every message accepted before the close is received first: nothing is lost.
+//! * No lost wakeup: the receiver registers its waker, then re-checks the queue,
+//!   while a send publishes its message, then wakes; a sender waiting for capacity
+//!   registers in `waiters`, counts itself in `waiting`, then re-checks `state`, while
+//!   a receive or close changes `state`, then checks `waiting` (all `SeqCst`). The
+//!   loom models in `loom-tests/tests/channel.rs` check both.
 //! * The unregister that closes a channel first records why ([`CloseReason`]), so the
 //!   connection's writer can tell a kick from a takeover or a slow-consumer disconnect.
 
-use std::future::poll_fn;
-use std::task::{Context, Poll};
+#![allow(
+    unsafe_code,
+    reason = "the ring's push and pop contracts; see each SAFETY"
+)]
+
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::error::TryRecvError;
-use crate::sync::{Arc, AtomicUsize, AtomicWaker, BoundedQueue, Notify, OnceLock, Ordering};
+use crate::sync::{lock, Arc, AtomicUsize, AtomicWaker, BoundedQueue, Mutex, OnceLock, Ordering};
 use crate::ClientId;
 
 /// `state` bit: no more sends are accepted.
@@ -83,42 +96,99 @@ pub(crate) struct Channel<M> {
     /// `CLOSED | permits * PERMIT`.
     ///
     /// Ordering: every decision (full, closed, drained) is made on this one word, and
-    /// RMWs on one location are totally ordered whatever their ordering, so
-    /// `Relaxed` is enough for the count and the flag. The messages themselves are
-    /// handed over by the queue, which synchronises its own slots. The exceptions
-    /// are `SeqCst`: the close and the permit release, which must not miss a sender
-    /// waiting for space (see `send_timeout`); the close, being `SeqCst`, also
-    /// releases a `reason` stored before it to the `Acquire` load in `close_reason`.
+    /// RMWs on one location are totally ordered whatever their ordering. A permit
+    /// is taken with an `Acquire` CAS and given back with a `Release` (`SeqCst`)
+    /// RMW: that chain is what hands a ring slot from the receiver that freed it to
+    /// the next sender that fills it (see `sync/bounded_queue.rs`). The close and
+    /// the permit release are `SeqCst`, so that they never miss a sender waiting for
+    /// space (see `Waiter`); the close also releases a `reason` stored before it to
+    /// the `Acquire` load in `close_reason`. Plain reads are `Relaxed`: a momentary
+    /// count is all they can use.
     state: AtomicUsize,
     /// Set at most once, by the unregister that closes the channel, before the close.
-    /// A std `OnceLock` in both builds (see `sync`): loom models never read it.
+    /// A std `OnceLock` in both builds (see `sync`).
     reason: OnceLock<CloseReason>,
     capacity: usize,
     queue: BoundedQueue<M>,
     rx_waker: AtomicWaker,
-    /// Notified when a receive frees a permit while a sender waits, or on close.
-    space: Notify,
-    /// Senders inside `send_timeout`; lets receives and closes skip `space`.
+    /// Senders inside `send_timeout`; lets receives and closes skip `waiters`.
     ///
-    /// Ordering: `SeqCst`, see `send_timeout`.
+    /// Ordering: `SeqCst`, see `Waiter`.
     waiting: AtomicUsize,
+    /// The wakers of senders waiting for capacity; each receive or close that sees
+    /// `waiting > 0` wakes them all, and each re-checks.
+    waiters: Mutex<Waiters>,
 }
 
-/// Counts one sender in `Channel::waiting` until dropped, even if its future is.
-struct Waiting<'a>(&'a AtomicUsize);
+/// Senders waiting for capacity, by token.
+#[derive(Default)]
+struct Waiters {
+    next_token: u64,
+    wakers: Vec<(u64, Waker)>,
+}
 
-impl<'a> Waiting<'a> {
-    fn register(count: &'a AtomicUsize) -> Self {
-        // SeqCst: see `Channel::send_timeout`.
-        count.fetch_add(1, Ordering::SeqCst);
-        Self(count)
+impl Waiters {
+    fn take_all(&mut self) -> Vec<(u64, Waker)> {
+        std::mem::take(&mut self.wakers)
     }
 }
 
-impl Drop for Waiting<'_> {
+/// One sender's place in `Channel::waiters`, counted in `Channel::waiting` from its
+/// first registration until dropped, even if its future is dropped.
+///
+/// No lost wakeup: a waiter stores its waker, then (on its first registration)
+/// increments `waiting`, then re-reads `state`, all `SeqCst` or under the lock. A
+/// receive or close changes `state` (`SeqCst`), then reads `waiting` (`SeqCst`). In
+/// the single order of `SeqCst` operations, either the change precedes the re-read,
+/// which sees it, or the waiter's increment precedes the `waiting` read, which then
+/// takes the lock after the store and wakes it. A re-registration after a wake is
+/// still counted, and its store and the waker's take are ordered by the lock.
+struct Waiter<'a, M> {
+    chan: &'a Channel<M>,
+    token: Option<u64>,
+}
+
+impl<'a, M> Waiter<'a, M> {
+    fn new(chan: &'a Channel<M>) -> Self {
+        Self { chan, token: None }
+    }
+
+    /// Registers `waker`; returns whether the channel may have room or be closed
+    /// now, in which case the caller retries instead of sleeping.
+    fn register(&mut self, waker: &Waker) -> bool {
+        {
+            let mut waiters = lock(&self.chan.waiters);
+            let token = match self.token {
+                Some(token) => token,
+                None => {
+                    let token = waiters.next_token;
+                    waiters.next_token += 1;
+                    token
+                }
+            };
+            match waiters.wakers.iter_mut().find(|(t, _)| *t == token) {
+                Some((_, old)) => old.clone_from(waker),
+                None => waiters.wakers.push((token, waker.clone())),
+            }
+            if self.token.is_none() {
+                self.token = Some(token);
+                // SeqCst: see `Waiter`.
+                self.chan.waiting.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        // SeqCst: see `Waiter`.
+        let state = self.chan.state.load(Ordering::SeqCst);
+        state & CLOSED != 0 || state / PERMIT < self.chan.capacity
+    }
+}
+
+impl<M> Drop for Waiter<'_, M> {
     fn drop(&mut self) {
-        // SeqCst: see `Channel::send_timeout`.
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        if let Some(token) = self.token {
+            lock(&self.chan.waiters).wakers.retain(|(t, _)| *t != token);
+            // SeqCst: see `Waiter`.
+            self.chan.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -130,8 +200,8 @@ impl<M> Channel<M> {
             capacity,
             queue: BoundedQueue::new(capacity),
             rx_waker: AtomicWaker::new(),
-            space: Notify::new(),
             waiting: AtomicUsize::new(0),
+            waiters: Mutex::new(Waiters::default()),
         }
     }
 
@@ -147,57 +217,68 @@ impl<M> Channel<M> {
             if state / PERMIT >= self.capacity {
                 return Err(Rejected::Full(msg));
             }
-            // Relaxed: see `state`.
+            // Acquire on success: see `state` (the slot hand-over); a failed CAS
+            // decides nothing.
             match self.state.compare_exchange_weak(
                 state,
                 state + PERMIT,
-                Ordering::Relaxed,
+                Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
                 Ok(_) => break,
                 Err(actual) => state = actual,
             }
         }
-        if let Err(msg) = self.queue.push(msg) {
-            // Unreachable while permits bound the queue; give the permit back rather
-            // than lose the message if that ever stops holding.
-            self.release_permit();
-            return Err(Rejected::Full(msg));
-        }
+        // SAFETY: this send holds a permit, taken with the `Acquire` CAS above; at
+        // most `capacity` exist, and `try_recv` gives one back (`SeqCst`) only after
+        // popping.
+        unsafe { self.queue.push(msg) };
         self.rx_waker.wake();
         Ok(())
     }
 
-    /// Waits up to `timeout` for capacity, then queues `msg`.
+    /// Waits up to `timeout` for capacity, then queues `msg`. A timeout too large
+    /// to add to the current instant waits without a deadline.
     pub(crate) async fn send_timeout(&self, msg: M, timeout: Duration) -> Result<(), Rejected<M>> {
-        // A timeout too large to add to `now` waits without a deadline.
+        let mut msg = match self.try_send(msg) {
+            Err(Rejected::Full(back)) => Some(back),
+            other => return other,
+        };
         let deadline = tokio::time::Instant::now().checked_add(timeout);
-        let mut msg = msg;
-        loop {
-            match self.try_send(msg) {
-                Err(Rejected::Full(back)) => msg = back,
-                other => return other,
+        let mut sleep = pin!(deadline.map(tokio::time::sleep_until));
+        let mut waiter = Waiter::new(self);
+        poll_fn(|cx| loop {
+            let Some(back) = msg.take() else {
+                return Poll::Pending; // polled after completion
+            };
+            let back = match self.try_send(back) {
+                Err(Rejected::Full(back)) => back,
+                other => return Poll::Ready(other),
+            };
+            if waiter.register(cx.waker()) {
+                msg = Some(back);
+                continue;
             }
-            let space = self.space.notified();
-            tokio::pin!(space);
-            space.as_mut().enable();
-            let waiting = Waiting::register(&self.waiting);
-            // SeqCst, with the SeqCst pair in `release_permit` and `close`: either
-            // they see this sender waiting and notify it, or this load sees the
-            // freed permit or the close.
-            let state = self.state.load(Ordering::SeqCst);
-            let ready = state & CLOSED != 0 || state / PERMIT < self.capacity;
-            if !ready {
-                match deadline {
-                    Some(deadline) => {
-                        if tokio::time::timeout_at(deadline, space).await.is_err() {
-                            return Err(Rejected::Timeout(msg));
-                        }
-                    }
-                    None => space.await,
+            if let Some(sleep) = sleep.as_mut().as_pin_mut() {
+                if sleep.poll(cx).is_ready() {
+                    return Poll::Ready(Err(Rejected::Timeout(back)));
                 }
             }
-            drop(waiting);
+            msg = Some(back);
+            return Poll::Pending;
+        })
+        .await
+    }
+
+    /// Wakes every sender waiting for capacity, if there is one.
+    fn wake_waiters(&self) {
+        // SeqCst: see `Waiter`.
+        if self.waiting.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let wakers = lock(&self.waiters).take_all();
+        for (_, waker) in wakers {
+            waker.wake();
         }
     }
 
@@ -205,12 +286,10 @@ impl<M> Channel<M> {
     ///
     /// Returns whether this call closed it (false if it was closed already).
     pub(crate) fn close(&self) -> bool {
-        // SeqCst: see `send_timeout`; it also publishes a `reason` stored before it.
+        // SeqCst: see `Waiter`; it also publishes a `reason` stored before it.
         let before = self.state.fetch_or(CLOSED, Ordering::SeqCst);
         self.rx_waker.wake();
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.space.notify_waiters();
-        }
+        self.wake_waiters();
         before & CLOSED == 0
     }
 
@@ -241,15 +320,17 @@ impl<M> Channel<M> {
     }
 
     fn release_permit(&self) {
-        // SeqCst: see `send_timeout`.
+        // SeqCst: see `Waiter`; its `Release` half also hands the freed ring slot on
+        // (see `state`).
         self.state.fetch_sub(PERMIT, Ordering::SeqCst);
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.space.notify_waiters();
-        }
+        self.wake_waiters();
     }
 
+    /// The consumer's side; only the channel's one [`Receiver`] calls it.
     fn try_recv(&self) -> Result<M, TryRecvError> {
-        if let Some(msg) = self.queue.pop() {
+        // SAFETY: only `Receiver` calls this, through `&mut self` or its `Drop`, and
+        // there is one `Receiver` per channel: one consumer at a time.
+        if let Some(msg) = unsafe { self.queue.pop() } {
             self.release_permit();
             return Ok(msg);
         }

@@ -8,7 +8,8 @@
 //!
 //! # Protocol
 //!
-//! One word, `state`, holds a `CLOSED` flag and the number of *permits* in use
+//! One word, `state`, holds a `CLOSED` flag, a `WAITERS` flag and the number of
+//! *permits* in use
 //! (messages accepted and not yet received). A send takes a permit with a CAS that
 //! fails if the channel is closed or full, then pushes into a lock-free ring that the
 //! permits keep from ever overflowing ([`BoundedQueue`], whose first slots live in the
@@ -21,9 +22,9 @@
 //!   so every message accepted before the close is received first: nothing is lost.
 //! * No lost wakeup: the receiver registers its waker, then re-checks the queue,
 //!   while a send publishes its message, then wakes; a sender waiting for capacity
-//!   registers in `waiters`, counts itself in `waiting`, then re-checks `state`, while
-//!   a receive or close changes `state`, then checks `waiting` (all `SeqCst`). The
-//!   loom models in `loom-tests/tests/channel.rs` check both.
+//!   sets `WAITERS` in the same word a receive or close changes, so one of the two
+//!   RMWs sees the other (see `Waiter`). The loom models in
+//!   `loom-tests/tests/channel.rs` check both.
 //! * The unregister that closes a channel first records why ([`CloseReason`]), so the
 //!   connection's writer can tell a kick from a takeover or a slow-consumer disconnect.
 
@@ -43,8 +44,10 @@ use crate::ClientId;
 
 /// `state` bit: no more sends are accepted.
 const CLOSED: usize = 1;
+/// `state` bit: a sender may be waiting in `Channel::waiters`.
+const WAITERS: usize = 2;
 /// `state` increment for one permit; the permit count sits above the flag.
-const PERMIT: usize = 2;
+const PERMIT: usize = 4;
 
 /// Why the registry closed a client's channel, as its [`Receiver`] reports it.
 ///
@@ -93,17 +96,18 @@ pub(crate) enum Rejected<M> {
 }
 
 pub(crate) struct Channel<M> {
-    /// `CLOSED | permits * PERMIT`.
+    /// `CLOSED | WAITERS | permits * PERMIT`.
     ///
     /// Ordering: every decision (full, closed, drained) is made on this one word, and
     /// RMWs on one location are totally ordered whatever their ordering. A permit
-    /// is taken with an `Acquire` CAS and given back with a `Release` (`SeqCst`)
-    /// RMW: that chain is what hands a ring slot from the receiver that freed it to
-    /// the next sender that fills it (see `sync/bounded_queue.rs`). The close and
-    /// the permit release are `SeqCst`, so that they never miss a sender waiting for
-    /// space (see `Waiter`); the close also releases a `reason` stored before it to
-    /// the `Acquire` load in `close_reason`. Plain reads are `Relaxed`: a momentary
-    /// count is all they can use.
+    /// is taken with an `Acquire` CAS and given back with an `AcqRel` RMW: that
+    /// chain is what hands a ring slot from the receiver that freed it to the next
+    /// sender that fills it (see `sync/bounded_queue.rs`). A waiting sender's
+    /// `WAITERS` flag and the releases and close that must see it are RMWs on this
+    /// one word, so no `SeqCst` is needed (see `Waiter`); the `AcqRel` close also
+    /// releases a `reason` stored before it to the `Acquire` load in
+    /// `close_reason`. Plain reads are `Relaxed`: a momentary count is all they can
+    /// use.
     state: AtomicUsize,
     /// Set at most once, by the unregister that closes the channel, before the close.
     /// A std `OnceLock` in both builds (see `sync`).
@@ -111,12 +115,8 @@ pub(crate) struct Channel<M> {
     capacity: usize,
     queue: BoundedQueue<M>,
     rx_waker: AtomicWaker,
-    /// Senders inside `send_timeout`; lets receives and closes skip `waiters`.
-    ///
-    /// Ordering: `SeqCst`, see `Waiter`.
-    waiting: AtomicUsize,
     /// The wakers of senders waiting for capacity; each receive or close that sees
-    /// `waiting > 0` wakes them all, and each re-checks.
+    /// `WAITERS` wakes them all, and each re-checks.
     waiters: Mutex<Waiters>,
 }
 
@@ -133,16 +133,17 @@ impl Waiters {
     }
 }
 
-/// One sender's place in `Channel::waiters`, counted in `Channel::waiting` from its
-/// first registration until dropped, even if its future is dropped.
+/// One sender's place in `Channel::waiters`, removed when dropped, even if its
+/// future is dropped.
 ///
-/// No lost wakeup: a waiter stores its waker, then (on its first registration)
-/// increments `waiting`, then re-reads `state`, all `SeqCst` or under the lock. A
-/// receive or close changes `state` (`SeqCst`), then reads `waiting` (`SeqCst`). In
-/// the single order of `SeqCst` operations, either the change precedes the re-read,
-/// which sees it, or the waiter's increment precedes the `waiting` read, which then
-/// takes the lock after the store and wakes it. A re-registration after a wake is
-/// still counted, and its store and the waker's take are ordered by the lock.
+/// No lost wakeup: a waiter stores its waker and sets `WAITERS` in `state` (one
+/// RMW, under the `waiters` lock), and reads the state that RMW returns. A receive
+/// or close changes `state` with one RMW too and reads the flag from its result.
+/// RMWs on one word are totally ordered: if the waiter's comes first, the release
+/// or close sees `WAITERS`, takes the lock (after the waiter released it) and wakes
+/// it; otherwise the waiter's RMW returns the freed permit or the close and it
+/// retries at once. The waker clears `WAITERS` under the lock it takes the wakers
+/// with, so a waiter registering later sets it again.
 struct Waiter<'a, M> {
     chan: &'a Channel<M>,
     token: Option<u64>,
@@ -156,28 +157,20 @@ impl<'a, M> Waiter<'a, M> {
     /// Registers `waker`; returns whether the channel may have room or be closed
     /// now, in which case the caller retries instead of sleeping.
     fn register(&mut self, waker: &Waker) -> bool {
-        {
-            let mut waiters = lock(&self.chan.waiters);
-            let token = match self.token {
-                Some(token) => token,
-                None => {
-                    let token = waiters.next_token;
-                    waiters.next_token += 1;
-                    token
-                }
-            };
-            match waiters.wakers.iter_mut().find(|(t, _)| *t == token) {
-                Some((_, old)) => old.clone_from(waker),
-                None => waiters.wakers.push((token, waker.clone())),
-            }
-            if self.token.is_none() {
-                self.token = Some(token);
-                // SeqCst: see `Waiter`.
-                self.chan.waiting.fetch_add(1, Ordering::SeqCst);
-            }
+        let mut waiters = lock(&self.chan.waiters);
+        let token = *self.token.get_or_insert_with(|| {
+            let token = waiters.next_token;
+            waiters.next_token += 1;
+            token
+        });
+        match waiters.wakers.iter_mut().find(|(t, _)| *t == token) {
+            Some((_, old)) => old.clone_from(waker),
+            None => waiters.wakers.push((token, waker.clone())),
         }
-        // SeqCst: see `Waiter`.
-        let state = self.chan.state.load(Ordering::SeqCst);
+        // AcqRel: see `Waiter`; it reads the latest state whatever the ordering,
+        // and acquires the permit releases it reads.
+        let state = self.chan.state.fetch_or(WAITERS, Ordering::AcqRel);
+        drop(waiters);
         state & CLOSED != 0 || state / PERMIT < self.chan.capacity
     }
 }
@@ -185,9 +178,13 @@ impl<'a, M> Waiter<'a, M> {
 impl<M> Drop for Waiter<'_, M> {
     fn drop(&mut self) {
         if let Some(token) = self.token {
-            lock(&self.chan.waiters).wakers.retain(|(t, _)| *t != token);
-            // SeqCst: see `Waiter`.
-            self.chan.waiting.fetch_sub(1, Ordering::SeqCst);
+            let mut waiters = lock(&self.chan.waiters);
+            waiters.wakers.retain(|(t, _)| *t != token);
+            if waiters.wakers.is_empty() {
+                // Relaxed: under the lock, like every change of `WAITERS`; a waiter
+                // woken but not yet re-registered sets it again before it sleeps.
+                self.chan.state.fetch_and(!WAITERS, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -200,7 +197,6 @@ impl<M> Channel<M> {
             capacity,
             queue: BoundedQueue::new(capacity),
             rx_waker: AtomicWaker::new(),
-            waiting: AtomicUsize::new(0),
             waiters: Mutex::new(Waiters::default()),
         }
     }
@@ -230,7 +226,7 @@ impl<M> Channel<M> {
             }
         }
         // SAFETY: this send holds a permit, taken with the `Acquire` CAS above; at
-        // most `capacity` exist, and `try_recv` gives one back (`SeqCst`) only after
+        // most `capacity` exist, and `try_recv` gives one back (`AcqRel`) only after
         // popping.
         unsafe { self.queue.push(msg) };
         self.rx_waker.wake();
@@ -270,13 +266,18 @@ impl<M> Channel<M> {
         .await
     }
 
-    /// Wakes every sender waiting for capacity, if there is one.
-    fn wake_waiters(&self) {
-        // SeqCst: see `Waiter`.
-        if self.waiting.load(Ordering::SeqCst) == 0 {
+    /// Wakes every waiting sender if `before`, the state a release or close
+    /// changed, had `WAITERS` set.
+    fn wake_waiters(&self, before: usize) {
+        if before & WAITERS == 0 {
             return;
         }
-        let wakers = lock(&self.waiters).take_all();
+        let wakers = {
+            let mut waiters = lock(&self.waiters);
+            // Relaxed: under the lock; see `Waiter`.
+            self.state.fetch_and(!WAITERS, Ordering::Relaxed);
+            waiters.take_all()
+        };
         for (_, waker) in wakers {
             waker.wake();
         }
@@ -286,10 +287,10 @@ impl<M> Channel<M> {
     ///
     /// Returns whether this call closed it (false if it was closed already).
     pub(crate) fn close(&self) -> bool {
-        // SeqCst: see `Waiter`; it also publishes a `reason` stored before it.
-        let before = self.state.fetch_or(CLOSED, Ordering::SeqCst);
+        // AcqRel: see `state`; it also publishes a `reason` stored before it.
+        let before = self.state.fetch_or(CLOSED, Ordering::AcqRel);
         self.rx_waker.wake();
-        self.wake_waiters();
+        self.wake_waiters(before);
         before & CLOSED == 0
     }
 
@@ -320,10 +321,10 @@ impl<M> Channel<M> {
     }
 
     fn release_permit(&self) {
-        // SeqCst: see `Waiter`; its `Release` half also hands the freed ring slot on
-        // (see `state`).
-        self.state.fetch_sub(PERMIT, Ordering::SeqCst);
-        self.wake_waiters();
+        // AcqRel: its `Release` half hands the freed ring slot on, and it reads
+        // `WAITERS` (see `state` and `Waiter`).
+        let before = self.state.fetch_sub(PERMIT, Ordering::AcqRel);
+        self.wake_waiters(before);
     }
 
     /// The consumer's side; only the channel's one [`Receiver`] calls it.

@@ -31,10 +31,11 @@
 //!
 //! # What loom sees, and what it does not
 //!
-//! Every atomic, `Arc`, mutex, snapshot cell, queue and map of the registry is a
-//! loom type under the cfg (see the library's `src/sync.rs`). Write-once cells
-//! (`OnceLock`), the receiver's waker slot and tokio's `Notify` stay `std`: the
-//! scenarios never poll a receiver or wait for capacity, they use `try_recv`.
+//! Every atomic, `Arc`, mutex, snapshot cell, queue, waker slot and map of the
+//! registry is a loom type under the cfg, and the lock-free ones keep their real
+//! algorithm; the library's `src/sync.rs` lists exactly what stays outside loom's
+//! view. `tests/channel.rs` polls receivers and waiting senders with [`block_on`],
+//! so a lost wakeup is a deadlock that fails the model.
 //!
 //! The harness's own bookkeeping ([`Cases`], the run counter) is `std` and outside
 //! the model; it never holds a lock across a loom operation.
@@ -63,6 +64,46 @@ pub mod thread {
     pub use loom::thread::{spawn, JoinHandle};
     #[cfg(not(switchboard_loom))]
     pub use std::thread::{spawn, JoinHandle};
+}
+
+/// Runs a future to completion on the calling thread: loom's `block_on` under the
+/// cfg (a future that is never woken is a deadlock, which fails the model), a
+/// thread-parking executor otherwise.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    #[cfg(switchboard_loom)]
+    return loom::future::block_on(future);
+    #[cfg(not(switchboard_loom))]
+    return park::block_on(future);
+}
+
+#[cfg(not(switchboard_loom))]
+mod park {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    use std::thread::Thread;
+
+    struct Unpark(Thread);
+
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+        let mut future = pin!(future);
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            match future.as_mut().poll(&mut cx) {
+                Poll::Ready(out) => return out,
+                // A wake that came before the park leaves its token: no lost wakeup.
+                Poll::Pending => std::thread::park(),
+            }
+        }
+    }
 }
 
 /// Times each smoke test (no cfg) runs its scenario.

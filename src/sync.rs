@@ -28,10 +28,23 @@
 //! Each lock-free primitive keeps its real algorithm under loom: the same atomics
 //! with the same orderings, so a weakened ordering or a lost wakeup fails a model.
 //!
-//! * [`SlotCell`]: the epoch cell's pointer swap and `Acquire` reads, with the
-//!   value in a loom `UnsafeCell` so that loom checks its publication.
-//! * [`SnapshotCell`]: arc-swap's observable protocol (pointer swap, `Acquire`
-//!   load, `Arc` clone) over loom atomics.
+//! * [`SlotCell`]: the epoch cell's boxed value and `AcqRel` pointer swap, with
+//!   the value in a loom `UnsafeCell` so that loom checks its publication.
+//! * [`SnapshotCell`]: arc-swap's observable protocol (pointer swap, a read that
+//!   returns the latest store, `Arc` clone) over loom atomics.
+//!
+//! Both cells read with an RMW under loom (`fetch_add(0)` on the pointer's
+//! address). arc-swap documents a `SeqCst` RMW in every load, and crossbeam-epoch
+//! pins with a `SeqCst` fence; loom models `SeqCst` only as `AcqRel`, under which a
+//! plain load may return a pointer replaced before the read began. The registry's
+//! linearizability arguments (models 1, 2, 2b) need a read to see the latest
+//! store, and with plain `Acquire` loads loom duly reported broadcasts missing a
+//! join that had returned before them. Note for the std [`SlotCell`]: its read is
+//! an `Acquire` load after the pin's fence, and the writer's fence comes before its
+//! swap, not after; on x86 (locked swap) and ARMv8 (multi-copy atomic) that read
+//! sees any swap that completed before it, but the C++ model alone does not promise
+//! it. Moving the swap to `SeqCst` with a `SeqCst` load would make it a language
+//! guarantee.
 //! * [`BoundedQueue`]: the same code in both builds, over this module's atomics
 //!   and [`UnsafeCell`], so loom checks every slot hand-over.
 //! * The channel's receiver waker is loom's `AtomicWaker` and its capacity waiters

@@ -110,15 +110,16 @@ mod epoch_cell {
 
 #[cfg(switchboard_loom)]
 mod loom_cell {
-    use crate::sync::{Arc, AtomicPtr, Ordering, UnsafeCell};
+    use crate::sync::{Arc, AtomicUsize, Ordering, UnsafeCell};
 
     type Node<T> = UnsafeCell<Arc<T>>;
 
     /// The epoch cell's protocol over loom atomics; see the module docs.
     pub(crate) struct SlotCell<T> {
-        /// Null, or a node from `Box::into_raw`. Ordering as in the std build: swaps
-        /// `AcqRel`, loads `Acquire`.
-        ptr: AtomicPtr<Node<T>>,
+        /// 0 (null), or the address of a node from `Box::into_raw`: a word rather
+        /// than an `AtomicPtr` because loom's has no `fetch_add` for `read`. Swaps
+        /// `AcqRel` as in the std build; reads are RMWs (see `read`).
+        ptr: AtomicUsize,
         /// Unlinked nodes, freed with the cell (the reclamation stand-in). A `std`
         /// mutex: bookkeeping outside the model, never held across a loom operation.
         retired: std::sync::Mutex<Vec<*mut Node<T>>>,
@@ -132,13 +133,13 @@ mod loom_cell {
     impl<T> SlotCell<T> {
         pub(crate) fn empty() -> Self {
             Self {
-                ptr: AtomicPtr::new(std::ptr::null_mut()),
+                ptr: AtomicUsize::new(0),
                 retired: std::sync::Mutex::new(Vec::new()),
             }
         }
 
         pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&Arc<T>>) -> R) -> R {
-            let current = self.ptr.load(Ordering::Acquire);
+            let current = self.read();
             if current.is_null() {
                 return f(None);
             }
@@ -150,11 +151,23 @@ mod loom_cell {
             node.with(|value| f(Some(unsafe { &*value })))
         }
 
+        /// The current node. crossbeam-epoch's `pin` issues a `SeqCst` fence before
+        /// every read and swap, and the registry's arguments need a read that
+        /// begins after a store returned to see it. loom treats `SeqCst` as
+        /// `AcqRel`, under which a plain load may return a replaced pointer; so the
+        /// loom build reads with an RMW (`fetch_add(0)`), which always
+        /// reads the latest store.
+        fn read(&self) -> *mut Node<T> {
+            // AcqRel: acquires the swap that published the node; as an RMW it
+            // reads the latest value in the word's modification order.
+            self.ptr.fetch_add(0, Ordering::AcqRel) as *mut Node<T>
+        }
+
         pub(crate) fn store(&self, value: Option<Arc<T>>) {
             let new = value.map_or(std::ptr::null_mut(), |value| {
                 Box::into_raw(Box::new(UnsafeCell::new(value)))
             });
-            let old = self.ptr.swap(new, Ordering::AcqRel);
+            let old = self.ptr.swap(new as usize, Ordering::AcqRel) as *mut Node<T>;
             if !old.is_null() {
                 self.retired
                     .lock()
@@ -166,7 +179,7 @@ mod loom_cell {
 
     impl<T> Drop for SlotCell<T> {
         fn drop(&mut self) {
-            let current = self.ptr.load(Ordering::Relaxed);
+            let current = self.ptr.load(Ordering::Relaxed) as *mut Node<T>;
             let retired = self.retired.get_mut().unwrap_or_else(|e| e.into_inner());
             for node in retired.drain(..).chain(Some(current)) {
                 if !node.is_null() {

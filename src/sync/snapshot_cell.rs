@@ -10,9 +10,10 @@
 //! machinery, which loom could not follow anyway. The loom build keeps the
 //! observable protocol of the snapshot-cell contract (see the parent module) over
 //! loom atomics: the `Arc` is boxed and published by a pointer swap (`AcqRel`), a
-//! read loads the pointer (`Acquire`) and clones the `Arc` out of a loom
-//! `UnsafeCell`, so loom reports a read the publication does not order after the
-//! write. What loom does not see is arc-swap itself: its debt lists and its
+//! read takes the pointer with a read-modify-write (arc-swap documents a `SeqCst`
+//! RMW in every load, which gives loads and stores one global order) and clones
+//! the `Arc` out of a loom `UnsafeCell`, so loom reports a read the publication
+//! does not order after the write. What loom does not see is arc-swap itself: its debt lists and its
 //! wait-free fast path. Replaced boxes are kept until the cell drops, in place of
 //! arc-swap's reclamation.
 //!
@@ -58,14 +59,16 @@ mod arc_swap_cell {
 mod loom_cell {
     #![allow(unsafe_code, reason = "a pointer swap; see each SAFETY")]
 
-    use crate::sync::{Arc, AtomicPtr, Ordering, UnsafeCell};
+    use crate::sync::{Arc, AtomicUsize, Ordering, UnsafeCell};
 
     type Node<T> = UnsafeCell<Arc<T>>;
 
     /// arc-swap's observable protocol over loom atomics; see the module docs.
     pub(crate) struct SnapshotCell<T> {
-        /// Never null: a node from `Box::into_raw`. Swaps `AcqRel`, loads `Acquire`.
-        ptr: AtomicPtr<Node<T>>,
+        /// The address of a node from `Box::into_raw`, never null: a word rather than
+        /// an `AtomicPtr` because loom's has no `fetch_add`. Swaps `AcqRel`; reads
+        /// are RMWs (see `load_full`).
+        ptr: AtomicUsize,
         /// Replaced nodes, freed with the cell. A `std` mutex: bookkeeping outside
         /// the model, never held across a loom operation.
         retired: std::sync::Mutex<Vec<*mut Node<T>>>,
@@ -93,7 +96,7 @@ mod loom_cell {
     impl<T> SnapshotCell<T> {
         pub(crate) fn new(value: Arc<T>) -> Self {
             Self {
-                ptr: AtomicPtr::new(node(value)),
+                ptr: AtomicUsize::new(node(value) as usize),
                 retired: std::sync::Mutex::new(Vec::new()),
             }
         }
@@ -103,7 +106,14 @@ mod loom_cell {
         }
 
         pub(crate) fn load_full(&self) -> Arc<T> {
-            let current = self.ptr.load(Ordering::Acquire);
+            // arc-swap documents that every load contains a `SeqCst` RMW, so loads
+            // and stores have one global order and a load never returns a value
+            // replaced before it began. loom treats `SeqCst` as `AcqRel`, so a plain
+            // load here could return such a value; an RMW (`fetch_add(0)`) reads the
+            // latest store, as arc-swap's load does.
+            // AcqRel: acquires the swap that published the node; as an RMW it
+            // reads the latest value in the word's modification order.
+            let current = self.ptr.fetch_add(0, Ordering::AcqRel) as *mut Node<T>;
             // SAFETY: the pointer is a node from `node`, freed only by `Drop`, which
             // has `&mut self`.
             let current = unsafe { &*current };
@@ -113,7 +123,7 @@ mod loom_cell {
         }
 
         pub(crate) fn store(&self, value: Arc<T>) {
-            let old = self.ptr.swap(node(value), Ordering::AcqRel);
+            let old = self.ptr.swap(node(value) as usize, Ordering::AcqRel) as *mut Node<T>;
             self.retired
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -123,7 +133,7 @@ mod loom_cell {
 
     impl<T> Drop for SnapshotCell<T> {
         fn drop(&mut self) {
-            let current = self.ptr.load(Ordering::Relaxed);
+            let current = self.ptr.load(Ordering::Relaxed) as *mut Node<T>;
             let retired = self.retired.get_mut().unwrap_or_else(|e| e.into_inner());
             for node in retired.drain(..).chain(Some(current)) {
                 // SAFETY: every node came from `node` and is owned by this cell alone

@@ -22,7 +22,7 @@
 //! model 4 alone explores 22,272 interleavings in 2.4 s; 0.6 s for `channel.rs`,
 //! 205 to 2,534 interleavings each). Add `-- --nocapture --test-threads=1` to see
 //! each model's interleaving count, time and reached cases (see [`check`]).
-
+//!
 //! `RUSTFLAGS` applies to every crate in the graph, so it must stay the same
 //! between runs to reuse the build; `-C debug-assertions` keeps the library's
 //! `debug_assert!`s armed in the release build. Without `LOOM_MAX_PREEMPTIONS`,

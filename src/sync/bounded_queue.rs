@@ -67,6 +67,19 @@ impl<T> Slot<T> {
     }
 }
 
+/// What a producer does if its slot is not yet free, which the permit hand-off
+/// rules out (see the module docs): spin in the std build, fail the model under loom.
+#[cfg(not(switchboard_loom))]
+#[inline]
+fn slot_not_yet_free(_index: usize) {
+    std::hint::spin_loop();
+}
+
+#[cfg(switchboard_loom)]
+fn slot_not_yet_free(index: usize) {
+    panic!("slot for index {index} not yet free: the permit hand-off failed");
+}
+
 fn free(index: usize) -> usize {
     index.wrapping_mul(2)
 }
@@ -131,10 +144,7 @@ impl<T> BoundedQueue<T> {
         };
         // Acquire: pairs with the consumer's `Release` free of this slot.
         while slot.stamp.load(Ordering::Acquire) != free(index) {
-            #[cfg(switchboard_loom)]
-            panic!("slot for index {index} not yet free: the permit hand-off failed");
-            #[cfg(not(switchboard_loom))]
-            std::hint::spin_loop();
+            slot_not_yet_free(index);
         }
         slot.value.with_mut(|cell| {
             // SAFETY: the stamp says the slot is free for `index`, which only this

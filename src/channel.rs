@@ -8,30 +8,46 @@
 //!
 //! # Protocol
 //!
-//! One word, `state`, holds a `CLOSED` flag and the number of *permits* in use
+//! One word, `state`, holds a `CLOSED` flag, a `WAITERS` flag and the number of
+//! *permits* in use
 //! (messages accepted and not yet received). A send takes a permit with a CAS that
-//! fails if the channel is closed or full, then pushes into a lock-free queue that the
-//! permits keep from ever overflowing. Receiving pops, then returns the permit.
+//! fails if the channel is closed or full, then pushes into a lock-free ring that the
+//! permits keep from ever overflowing ([`BoundedQueue`], whose first slots live in the
+//! channel itself, so a client's first message allocates nothing). Receiving pops,
+//! then returns the permit.
 //!
 //! * A send succeeds iff its CAS precedes the close in `state`'s modification order,
 //!   so after `close` returns, every send fails with `Closed`.
 //! * The receiver reports the end only when `CLOSED` is set and no permit is in use,
 //!   so every message accepted before the close is received first: nothing is lost.
+//! * No lost wakeup: the receiver registers its waker, then re-checks the queue,
+//!   while a send publishes its message, then wakes; a sender waiting for capacity
+//!   sets `WAITERS` in the same word a receive or close changes, so one of the two
+//!   RMWs sees the other (see `Waiter`). The loom models in
+//!   `loom-tests/tests/channel.rs` check both.
 //! * The unregister that closes a channel first records why ([`CloseReason`]), so the
 //!   connection's writer can tell a kick from a takeover or a slow-consumer disconnect.
 
-use std::future::poll_fn;
-use std::task::{Context, Poll};
+#![allow(
+    unsafe_code,
+    reason = "the ring's push and pop contracts; see each SAFETY"
+)]
+
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::error::TryRecvError;
-use crate::sync::{Arc, AtomicUsize, AtomicWaker, BoundedQueue, Notify, OnceLock, Ordering};
+use crate::sync::{lock, Arc, AtomicUsize, AtomicWaker, BoundedQueue, Mutex, OnceLock, Ordering};
 use crate::ClientId;
 
 /// `state` bit: no more sends are accepted.
 const CLOSED: usize = 1;
+/// `state` bit: a sender may be waiting in `Channel::waiters`.
+const WAITERS: usize = 2;
 /// `state` increment for one permit; the permit count sits above the flag.
-const PERMIT: usize = 2;
+const PERMIT: usize = 4;
 
 /// Why the registry closed a client's channel, as its [`Receiver`] reports it.
 ///
@@ -80,45 +96,96 @@ pub(crate) enum Rejected<M> {
 }
 
 pub(crate) struct Channel<M> {
-    /// `CLOSED | permits * PERMIT`.
+    /// `CLOSED | WAITERS | permits * PERMIT`.
     ///
     /// Ordering: every decision (full, closed, drained) is made on this one word, and
-    /// RMWs on one location are totally ordered whatever their ordering, so
-    /// `Relaxed` is enough for the count and the flag. The messages themselves are
-    /// handed over by the queue, which synchronises its own slots. The exceptions
-    /// are `SeqCst`: the close and the permit release, which must not miss a sender
-    /// waiting for space (see `send_timeout`); the close, being `SeqCst`, also
-    /// releases a `reason` stored before it to the `Acquire` load in `close_reason`.
+    /// RMWs on one location are totally ordered whatever their ordering. A permit
+    /// is taken with an `Acquire` CAS and given back with an `AcqRel` RMW: that
+    /// chain is what hands a ring slot from the receiver that freed it to the next
+    /// sender that fills it (see `sync/bounded_queue.rs`). A waiting sender's
+    /// `WAITERS` flag and the releases and close that must see it are RMWs on this
+    /// one word, so no `SeqCst` is needed (see `Waiter`); the `AcqRel` close also
+    /// releases a `reason` stored before it to the `Acquire` load in
+    /// `close_reason`. Plain reads are `Relaxed`: a momentary count is all they can
+    /// use.
     state: AtomicUsize,
     /// Set at most once, by the unregister that closes the channel, before the close.
-    /// A std `OnceLock` in both builds (see `sync`): loom models never read it.
+    /// A std `OnceLock` in both builds (see `sync`).
     reason: OnceLock<CloseReason>,
     capacity: usize,
     queue: BoundedQueue<M>,
     rx_waker: AtomicWaker,
-    /// Notified when a receive frees a permit while a sender waits, or on close.
-    space: Notify,
-    /// Senders inside `send_timeout`; lets receives and closes skip `space`.
-    ///
-    /// Ordering: `SeqCst`, see `send_timeout`.
-    waiting: AtomicUsize,
+    /// The wakers of senders waiting for capacity; each receive or close that sees
+    /// `WAITERS` wakes them all, and each re-checks.
+    waiters: Mutex<Waiters>,
 }
 
-/// Counts one sender in `Channel::waiting` until dropped, even if its future is.
-struct Waiting<'a>(&'a AtomicUsize);
+/// Senders waiting for capacity, by token.
+#[derive(Default)]
+struct Waiters {
+    next_token: u64,
+    wakers: Vec<(u64, Waker)>,
+}
 
-impl<'a> Waiting<'a> {
-    fn register(count: &'a AtomicUsize) -> Self {
-        // SeqCst: see `Channel::send_timeout`.
-        count.fetch_add(1, Ordering::SeqCst);
-        Self(count)
+impl Waiters {
+    fn take_all(&mut self) -> Vec<(u64, Waker)> {
+        std::mem::take(&mut self.wakers)
     }
 }
 
-impl Drop for Waiting<'_> {
+/// One sender's place in `Channel::waiters`, removed when dropped, even if its
+/// future is dropped.
+///
+/// No lost wakeup: a waiter stores its waker and sets `WAITERS` in `state` (one
+/// RMW, under the `waiters` lock), and reads the state that RMW returns. A receive
+/// or close changes `state` with one RMW too and reads the flag from its result.
+/// RMWs on one word are totally ordered: if the waiter's comes first, the release
+/// or close sees `WAITERS`, takes the lock (after the waiter released it) and wakes
+/// it; otherwise the waiter's RMW returns the freed permit or the close and it
+/// retries at once. The waker clears `WAITERS` under the lock it takes the wakers
+/// with, so a waiter registering later sets it again.
+struct Waiter<'a, M> {
+    chan: &'a Channel<M>,
+    token: Option<u64>,
+}
+
+impl<'a, M> Waiter<'a, M> {
+    fn new(chan: &'a Channel<M>) -> Self {
+        Self { chan, token: None }
+    }
+
+    /// Registers `waker`; returns whether the channel may have room or be closed
+    /// now, in which case the caller retries instead of sleeping.
+    fn register(&mut self, waker: &Waker) -> bool {
+        let mut waiters = lock(&self.chan.waiters);
+        let token = *self.token.get_or_insert_with(|| {
+            let token = waiters.next_token;
+            waiters.next_token += 1;
+            token
+        });
+        match waiters.wakers.iter_mut().find(|(t, _)| *t == token) {
+            Some((_, old)) => old.clone_from(waker),
+            None => waiters.wakers.push((token, waker.clone())),
+        }
+        // AcqRel: see `Waiter`; it reads the latest state whatever the ordering,
+        // and acquires the permit releases it reads.
+        let state = self.chan.state.fetch_or(WAITERS, Ordering::AcqRel);
+        drop(waiters);
+        state & CLOSED != 0 || state / PERMIT < self.chan.capacity
+    }
+}
+
+impl<M> Drop for Waiter<'_, M> {
     fn drop(&mut self) {
-        // SeqCst: see `Channel::send_timeout`.
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        if let Some(token) = self.token {
+            let mut waiters = lock(&self.chan.waiters);
+            waiters.wakers.retain(|(t, _)| *t != token);
+            if waiters.wakers.is_empty() {
+                // Relaxed: under the lock, like every change of `WAITERS`; a waiter
+                // woken but not yet re-registered sets it again before it sleeps.
+                self.chan.state.fetch_and(!WAITERS, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -130,8 +197,7 @@ impl<M> Channel<M> {
             capacity,
             queue: BoundedQueue::new(capacity),
             rx_waker: AtomicWaker::new(),
-            space: Notify::new(),
-            waiting: AtomicUsize::new(0),
+            waiters: Mutex::new(Waiters::default()),
         }
     }
 
@@ -147,49 +213,73 @@ impl<M> Channel<M> {
             if state / PERMIT >= self.capacity {
                 return Err(Rejected::Full(msg));
             }
-            // Relaxed: see `state`.
+            // Acquire on success: see `state` (the slot hand-over); a failed CAS
+            // decides nothing.
             match self.state.compare_exchange_weak(
                 state,
                 state + PERMIT,
-                Ordering::Relaxed,
+                Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
                 Ok(_) => break,
                 Err(actual) => state = actual,
             }
         }
-        if let Err(msg) = self.queue.push(msg) {
-            // Unreachable while permits bound the queue; give the permit back rather
-            // than lose the message if that ever stops holding.
-            self.release_permit();
-            return Err(Rejected::Full(msg));
-        }
+        // SAFETY: this send holds a permit, taken with the `Acquire` CAS above; at
+        // most `capacity` exist, and `try_recv` gives one back (`AcqRel`) only after
+        // popping.
+        unsafe { self.queue.push(msg) };
         self.rx_waker.wake();
         Ok(())
     }
 
-    /// Waits up to `timeout` for capacity, then queues `msg`.
+    /// Waits up to `timeout` for capacity, then queues `msg`. A timeout too large
+    /// to add to the current instant waits without a deadline.
     pub(crate) async fn send_timeout(&self, msg: M, timeout: Duration) -> Result<(), Rejected<M>> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut msg = msg;
-        loop {
-            match self.try_send(msg) {
-                Err(Rejected::Full(back)) => msg = back,
-                other => return other,
+        let mut msg = match self.try_send(msg) {
+            Err(Rejected::Full(back)) => Some(back),
+            other => return other,
+        };
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
+        let mut sleep = pin!(deadline.map(tokio::time::sleep_until));
+        let mut waiter = Waiter::new(self);
+        poll_fn(|cx| loop {
+            let Some(back) = msg.take() else {
+                return Poll::Pending; // polled after completion
+            };
+            let back = match self.try_send(back) {
+                Err(Rejected::Full(back)) => back,
+                other => return Poll::Ready(other),
+            };
+            if waiter.register(cx.waker()) {
+                msg = Some(back);
+                continue;
             }
-            let space = self.space.notified();
-            tokio::pin!(space);
-            space.as_mut().enable();
-            let waiting = Waiting::register(&self.waiting);
-            // SeqCst, with the SeqCst pair in `release_permit` and `close`: either
-            // they see this sender waiting and notify it, or this load sees the
-            // freed permit or the close.
-            let state = self.state.load(Ordering::SeqCst);
-            let ready = state & CLOSED != 0 || state / PERMIT < self.capacity;
-            if !ready && tokio::time::timeout_at(deadline, space).await.is_err() {
-                return Err(Rejected::Timeout(msg));
+            if let Some(sleep) = sleep.as_mut().as_pin_mut() {
+                if sleep.poll(cx).is_ready() {
+                    return Poll::Ready(Err(Rejected::Timeout(back)));
+                }
             }
-            drop(waiting);
+            msg = Some(back);
+            return Poll::Pending;
+        })
+        .await
+    }
+
+    /// Wakes every waiting sender if `before`, the state a release or close
+    /// changed, had `WAITERS` set.
+    fn wake_waiters(&self, before: usize) {
+        if before & WAITERS == 0 {
+            return;
+        }
+        let wakers = {
+            let mut waiters = lock(&self.waiters);
+            // Relaxed: under the lock; see `Waiter`.
+            self.state.fetch_and(!WAITERS, Ordering::Relaxed);
+            waiters.take_all()
+        };
+        for (_, waker) in wakers {
+            waker.wake();
         }
     }
 
@@ -197,12 +287,10 @@ impl<M> Channel<M> {
     ///
     /// Returns whether this call closed it (false if it was closed already).
     pub(crate) fn close(&self) -> bool {
-        // SeqCst: see `send_timeout`; it also publishes a `reason` stored before it.
-        let before = self.state.fetch_or(CLOSED, Ordering::SeqCst);
+        // AcqRel: see `state`; it also publishes a `reason` stored before it.
+        let before = self.state.fetch_or(CLOSED, Ordering::AcqRel);
         self.rx_waker.wake();
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.space.notify_waiters();
-        }
+        self.wake_waiters(before);
         before & CLOSED == 0
     }
 
@@ -233,15 +321,17 @@ impl<M> Channel<M> {
     }
 
     fn release_permit(&self) {
-        // SeqCst: see `send_timeout`.
-        self.state.fetch_sub(PERMIT, Ordering::SeqCst);
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.space.notify_waiters();
-        }
+        // AcqRel: its `Release` half hands the freed ring slot on, and it reads
+        // `WAITERS` (see `state` and `Waiter`).
+        let before = self.state.fetch_sub(PERMIT, Ordering::AcqRel);
+        self.wake_waiters(before);
     }
 
+    /// The consumer's side; only the channel's one [`Receiver`] calls it.
     fn try_recv(&self) -> Result<M, TryRecvError> {
-        if let Some(msg) = self.queue.pop() {
+        // SAFETY: only `Receiver` calls this, through `&mut self` or its `Drop`, and
+        // there is one `Receiver` per channel: one consumer at a time.
+        if let Some(msg) = unsafe { self.queue.pop() } {
             self.release_permit();
             return Ok(msg);
         }

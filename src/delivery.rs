@@ -119,6 +119,8 @@ impl<M: Clone + Send + 'static> Registry<M> {
     /// # Errors
     ///
     /// As [`send`](Self::send), with [`SendError::Timeout`] instead of `Full`.
+    /// A `timeout` too large to add to the current instant, such as
+    /// [`Duration::MAX`], waits without a deadline.
     ///
     /// # Panics
     ///

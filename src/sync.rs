@@ -3,7 +3,8 @@
 //! Every atomic, `Arc`, mutex, snapshot cell, queue and concurrent map the registry
 //! uses comes from here. Built with `RUSTFLAGS="--cfg switchboard_loom"`, the module
 //! swaps in [loom]'s types so that the model checker sees every access; otherwise it
-//! re-exports `std`, `arc-swap`, `crossbeam-epoch`, `crossbeam-queue` and `papaya`.
+//! re-exports `std`, `arc-swap`, `crossbeam-epoch` and `papaya`, and the
+//! channel's queue ([`BoundedQueue`]) runs on whichever atomics it gets.
 //!
 //! # The snapshot-cell contract
 //!
@@ -17,18 +18,61 @@
 //! 2. A store *happens-before* every read that returns its value: whatever the
 //!    writer wrote before the store is visible to the reader (release/acquire).
 //! 3. A read never blocks on a writer in the std build (wait-free on arc-swap's fast
-//!    path, an epoch pin for [`SlotCell`]). Under loom each cell is a mutex around
-//!    the value, which gives the same visibility with coarser progress; progress is
-//!    not what loom checks.
+//!    path, an epoch pin for [`SlotCell`]).
 //! 4. A read keeps its value alive while it lasts. Reads are short-lived: the
 //!    registry never holds one across an `.await`, and clones the `Arc` for a long
 //!    hold.
 //!
-//! Three things are deliberately outside loom's view and documented where they are
-//! used: write-once cells ([`std::sync::OnceLock`]), which the registry only
-//! initialises under a writer lock and publishes through a loom-visible word; the
-//! lazily allocated queue buffer, likewise; and the waker slot of a channel, which
-//! loom models never poll.
+//! # What loom sees
+//!
+//! Each lock-free primitive keeps its real algorithm under loom: the same atomics
+//! with the same orderings, so a weakened ordering or a lost wakeup fails a model.
+//!
+//! * [`SlotCell`]: the epoch cell's boxed value and `AcqRel` pointer swap, with
+//!   the value in a loom `UnsafeCell` so that loom checks its publication.
+//! * [`SnapshotCell`]: arc-swap's observable protocol (pointer swap, a read that
+//!   returns the latest store, `Arc` clone) over loom atomics.
+//!
+//! Both cells read with an RMW under loom (`fetch_add(0)` on the pointer's
+//! address). arc-swap documents a `SeqCst` RMW in every load, and crossbeam-epoch
+//! pins with a `SeqCst` fence; loom models `SeqCst` only as `AcqRel`, under which a
+//! plain load may return a pointer replaced before the read began. The registry's
+//! linearizability arguments (models 1, 2, 2b) need a read to see the latest
+//! store, and with plain `Acquire` loads loom duly reported broadcasts missing a
+//! join that had returned before them. Note for the std [`SlotCell`]: its read is
+//! an `Acquire` load after the pin's fence, and the writer's fence comes before its
+//! swap, not after; on x86 (locked swap) and ARMv8 (multi-copy atomic) that read
+//! sees any swap that completed before it, but the C++ model alone does not promise
+//! it. Moving the swap to `SeqCst` with a `SeqCst` load would make it a language
+//! guarantee.
+//! * [`BoundedQueue`]: the same code in both builds, over this module's atomics
+//!   and [`UnsafeCell`], so loom checks every slot hand-over.
+//! * The channel's receiver waker is loom's `AtomicWaker` and its capacity waiters
+//!   a facade [`Mutex`] around a list of wakers (the same code in both builds).
+//!
+//! # What stays outside loom's view, and why
+//!
+//! * **Memory reclamation of the two cells.** crossbeam-epoch's global epoch and
+//!   arc-swap's debt lists are reclamation machinery that loom cannot follow (they
+//!   use their own `std` atomics and thread-locals). Under loom a replaced value is
+//!   freed when its cell drops instead; so loom checks that readers see published
+//!   values, not that the std build frees them late enough. That rests on the
+//!   crates' own tests (both are model-checked upstream) and on the SAFETY
+//!   arguments in `sync/slot_cell.rs`.
+//! * **arc-swap's fast path** (wait-freedom) is not modelled; progress is not what
+//!   loom checks.
+//! * **The receiver waker's own algorithm.** `atomic-waker`'s `AtomicWaker` in the
+//!   std build, loom's mutex-based mock under loom: loom checks that the channel
+//!   registers before its re-check and wakes after its publish, not the waker's
+//!   internals (which are the `futures` crate's, model-checked there).
+//! * **Write-once cells** ([`OnceLock`]): the registry only initialises them under
+//!   a writer lock and publishes them through a loom-visible word; the channel's
+//!   close reason is set before the `SeqCst` close that publishes it.
+//! * **[`ConcurrentMap`]** is a loom mutex around a `HashMap` under loom: papaya's
+//!   algorithm is not modelled, only the registry's use of its atomic operations.
+//! * **The send deadline.** `send_timeout`'s timer is tokio's; loom models drive
+//!   it with no deadline (`Duration::MAX`), which is the path that waits only on the
+//!   channel's own wakeups.
 //!
 //! [loom]: https://docs.rs/loom
 
@@ -40,77 +84,78 @@ pub(crate) use std::sync::OnceLock;
 /// `Hash`/`Eq`/`Ord` nor buildable from a `&str`.
 pub(crate) use std::sync::Arc as ValueArc;
 
-/// The receiver's waker slot. Not loom-visible: loom models never poll a receiver.
-pub(crate) use atomic_waker::AtomicWaker;
-/// Wakes senders waiting for channel capacity. Not loom-visible, as above.
-pub(crate) use tokio::sync::Notify;
+mod bounded_queue;
+mod slot_cell;
+mod snapshot_cell;
+
+pub(crate) use bounded_queue::BoundedQueue;
+pub(crate) use slot_cell::SlotCell;
+pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};
+
+/// A waker slot for one task: `atomic-waker` in the std build, loom's otherwise.
+pub(crate) struct AtomicWaker {
+    #[cfg(not(switchboard_loom))]
+    inner: atomic_waker::AtomicWaker,
+    #[cfg(switchboard_loom)]
+    inner: loom::future::AtomicWaker,
+}
+
+impl AtomicWaker {
+    pub(crate) fn new() -> Self {
+        Self {
+            #[cfg(not(switchboard_loom))]
+            inner: atomic_waker::AtomicWaker::new(),
+            #[cfg(switchboard_loom)]
+            inner: loom::future::AtomicWaker::new(),
+        }
+    }
+
+    /// Makes `waker` the one the next [`wake`](Self::wake) wakes.
+    #[inline]
+    pub(crate) fn register(&self, waker: &std::task::Waker) {
+        #[cfg(not(switchboard_loom))]
+        self.inner.register(waker);
+        #[cfg(switchboard_loom)]
+        self.inner.register_by_ref(waker);
+    }
+
+    /// Wakes the registered task, if any.
+    #[inline]
+    pub(crate) fn wake(&self) {
+        self.inner.wake();
+    }
+}
+
+/// `UnsafeCell` with loom's closure API, so that loom checks every access.
+#[cfg(not(switchboard_loom))]
+pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
 
 #[cfg(not(switchboard_loom))]
-mod slot_cell;
+impl<T> UnsafeCell<T> {
+    pub(crate) const fn new(value: T) -> Self {
+        Self(std::cell::UnsafeCell::new(value))
+    }
+
+    /// Calls `f` with a pointer for reading.
+    #[inline]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+
+    /// Calls `f` with a pointer for writing.
+    #[inline]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
+#[cfg(switchboard_loom)]
+pub(crate) use loom::cell::UnsafeCell;
 
 #[cfg(not(switchboard_loom))]
 mod imp {
-    pub(crate) use super::slot_cell::SlotCell;
-    pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
     pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
-
-    /// An atomically replaceable `Arc<T>`; see the module docs for its contract.
-    pub(crate) struct SnapshotCell<T>(arc_swap::ArcSwap<T>);
-
-    /// What [`SnapshotCell::load`] returns: derefs to the `Arc<T>`.
-    pub(crate) type Snapshot<T> = arc_swap::Guard<Arc<T>>;
-
-    impl<T> SnapshotCell<T> {
-        pub(crate) fn new(value: Arc<T>) -> Self {
-            Self(arc_swap::ArcSwap::new(value))
-        }
-
-        #[inline]
-        pub(crate) fn load(&self) -> Snapshot<T> {
-            self.0.load()
-        }
-
-        #[allow(dead_code, reason = "the long-hold load; used by tests and adapters")]
-        pub(crate) fn load_full(&self) -> Arc<T> {
-            self.0.load_full()
-        }
-
-        pub(crate) fn store(&self, value: Arc<T>) {
-            self.0.store(value)
-        }
-    }
-
-    /// A bounded lock-free MPMC queue; the channel bounds its length with permits.
-    ///
-    /// The queue's header sits inline in the channel, so a broadcast reaches it in
-    /// the same hop as the permit word; its buffer is allocated by the first push,
-    /// so a registration that never receives (or is undone at once) allocates none.
-    /// Pushers racing on that first allocation wait for it, once per channel.
-    pub(crate) struct BoundedQueue<T> {
-        queue: std::sync::OnceLock<crossbeam_queue::ArrayQueue<T>>,
-        capacity: usize,
-    }
-
-    impl<T> BoundedQueue<T> {
-        pub(crate) fn new(capacity: usize) -> Self {
-            Self {
-                queue: std::sync::OnceLock::new(),
-                capacity,
-            }
-        }
-
-        #[inline]
-        pub(crate) fn push(&self, value: T) -> Result<(), T> {
-            self.queue
-                .get_or_init(|| crossbeam_queue::ArrayQueue::new(self.capacity))
-                .push(value)
-        }
-
-        #[inline]
-        pub(crate) fn pop(&self) -> Option<T> {
-            self.queue.get()?.pop()
-        }
-    }
 
     /// A concurrent hash map with lock-free reads (papaya), hashed with foldhash:
     /// keys are the application's, but a flood of colliding keys only slows its own
@@ -175,97 +220,9 @@ mod imp {
 
 #[cfg(switchboard_loom)]
 mod imp {
-    pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
     pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
-    use std::collections::{HashMap, VecDeque};
-
-    /// Loom stand-in for arc-swap: a mutex around the `Arc`. Same contract.
-    pub(crate) struct SnapshotCell<T>(Mutex<Arc<T>>);
-
-    /// Derefs to the `Arc<T>` like arc-swap's guard does.
-    pub(crate) struct Snapshot<T>(Arc<T>);
-
-    impl<T> std::ops::Deref for Snapshot<T> {
-        type Target = Arc<T>;
-        fn deref(&self) -> &Arc<T> {
-            &self.0
-        }
-    }
-
-    impl<T> SnapshotCell<T> {
-        pub(crate) fn new(value: Arc<T>) -> Self {
-            Self(Mutex::new(value))
-        }
-
-        pub(crate) fn load(&self) -> Snapshot<T> {
-            Snapshot(self.load_full())
-        }
-
-        pub(crate) fn load_full(&self) -> Arc<T> {
-            Arc::clone(&self.0.lock().unwrap_or_else(|e| e.into_inner()))
-        }
-
-        pub(crate) fn store(&self, value: Arc<T>) {
-            let old = std::mem::replace(
-                &mut *self.0.lock().unwrap_or_else(|e| e.into_inner()),
-                value,
-            );
-            drop(old);
-        }
-    }
-
-    /// Loom stand-in for the epoch-based slot cell: a mutex around the value.
-    pub(crate) struct SlotCell<T>(Mutex<Option<Arc<T>>>);
-
-    impl<T> SlotCell<T> {
-        pub(crate) fn empty() -> Self {
-            Self(Mutex::new(None))
-        }
-
-        pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&Arc<T>>) -> R) -> R {
-            let value = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            f(value.as_ref())
-        }
-
-        pub(crate) fn store(&self, value: Option<Arc<T>>) {
-            let old = std::mem::replace(
-                &mut *self.0.lock().unwrap_or_else(|e| e.into_inner()),
-                value,
-            );
-            drop(old);
-        }
-    }
-
-    /// Loom stand-in for the lock-free queue.
-    pub(crate) struct BoundedQueue<T> {
-        items: Mutex<VecDeque<T>>,
-        capacity: usize,
-    }
-
-    impl<T> BoundedQueue<T> {
-        pub(crate) fn new(capacity: usize) -> Self {
-            Self {
-                items: Mutex::new(VecDeque::new()),
-                capacity,
-            }
-        }
-
-        pub(crate) fn push(&self, value: T) -> Result<(), T> {
-            let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
-            if items.len() == self.capacity {
-                return Err(value);
-            }
-            items.push_back(value);
-            Ok(())
-        }
-
-        pub(crate) fn pop(&self) -> Option<T> {
-            self.items
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop_front()
-        }
-    }
+    use std::collections::HashMap;
 
     /// Loom stand-in for papaya: a mutex around a `HashMap`.
     pub(crate) struct ConcurrentMap<K, V>(Mutex<HashMap<K, V>>);

@@ -14,15 +14,14 @@
 //! # Running the models
 //!
 //! ```text
-//! RUSTFLAGS="--cfg switchboard_loom -C debug-assertions" LOOM_MAX_PREEMPTIONS=2 cargo test -p loom-tests --release
+//! RUSTFLAGS="--cfg switchboard_loom -C debug-assertions" LOOM_MAX_PREEMPTIONS=3 cargo test -p loom-tests --release
 //! ```
 //!
-//! Measured on the 2-core machine: 2 min 24 s to build from a clean target
-//! directory, then 1.2 s for every model and the canary (each model explores 78 to
-//! 1,395 interleavings, none takes more than 0.3 s). Add
-//! `-- --nocapture --test-threads=1` to see each model's interleaving count, time
-//! and reached cases (see [`check`]). `LOOM_MAX_PREEMPTIONS=3` takes about 4 s and
-//! 4 about 40 s, should CI want a deeper search.
+//! Measured on the shared 2-core machine at `LOOM_MAX_PREEMPTIONS=3`: 16 s end to
+//! end with a warm build, of which 5.0 s in the models (4.4 s for `models.rs`, whose
+//! model 4 alone explores 22,272 interleavings in 2.4 s; 0.6 s for `channel.rs`,
+//! 205 to 2,534 interleavings each). Add `-- --nocapture --test-threads=1` to see
+//! each model's interleaving count, time and reached cases (see [`check`]).
 //!
 //! `RUSTFLAGS` applies to every crate in the graph, so it must stay the same
 //! between runs to reuse the build; `-C debug-assertions` keeps the library's
@@ -31,10 +30,11 @@
 //!
 //! # What loom sees, and what it does not
 //!
-//! Every atomic, `Arc`, mutex, snapshot cell, queue and map of the registry is a
-//! loom type under the cfg (see the library's `src/sync.rs`). Write-once cells
-//! (`OnceLock`), the receiver's waker slot and tokio's `Notify` stay `std`: the
-//! scenarios never poll a receiver or wait for capacity, they use `try_recv`.
+//! Every atomic, `Arc`, mutex, snapshot cell, queue, waker slot and map of the
+//! registry is a loom type under the cfg, and the lock-free ones keep their real
+//! algorithm; the library's `src/sync.rs` lists exactly what stays outside loom's
+//! view. `tests/channel.rs` polls receivers and waiting senders with [`block_on`],
+//! so a lost wakeup is a deadlock that fails the model.
 //!
 //! The harness's own bookkeeping ([`Cases`], the run counter) is `std` and outside
 //! the model; it never holds a lock across a loom operation.
@@ -63,6 +63,46 @@ pub mod thread {
     pub use loom::thread::{spawn, JoinHandle};
     #[cfg(not(switchboard_loom))]
     pub use std::thread::{spawn, JoinHandle};
+}
+
+/// Runs a future to completion on the calling thread: loom's `block_on` under the
+/// cfg (a future that is never woken is a deadlock, which fails the model), a
+/// thread-parking executor otherwise.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    #[cfg(switchboard_loom)]
+    return loom::future::block_on(future);
+    #[cfg(not(switchboard_loom))]
+    return park::block_on(future);
+}
+
+#[cfg(not(switchboard_loom))]
+mod park {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    use std::thread::Thread;
+
+    struct Unpark(Thread);
+
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+        let mut future = pin!(future);
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            match future.as_mut().poll(&mut cx) {
+                Poll::Ready(out) => return out,
+                // A wake that came before the park leaves its token: no lost wakeup.
+                Poll::Pending => std::thread::park(),
+            }
+        }
+    }
 }
 
 /// Times each smoke test (no cfg) runs its scenario.

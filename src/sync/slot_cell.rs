@@ -10,9 +10,18 @@
 //! the value of some store that was current during the read, and a store
 //! happens-before every read that returns its value.
 //!
-//! This is the crate's only `unsafe` code: three blocks, each relying on the one
-//! epoch rule that a pointer unlinked while other threads may still read it is freed
-//! only after every thread pinned at that time has unpinned.
+//! The std build's three `unsafe` blocks each rely on the one epoch rule that a
+//! pointer unlinked while other threads may still read it is freed only after every
+//! thread pinned at that time has unpinned.
+//!
+//! # Under loom
+//!
+//! The same protocol over loom's atomics: the value is boxed, published by a
+//! pointer swap (`AcqRel`) and read by an `Acquire` load, and the box holds the
+//! value in a loom `UnsafeCell`, so loom reports a read that the publication does
+//! not order after the write. Only reclamation differs, because loom cannot follow
+//! crossbeam-epoch's global epoch: an unlinked box is kept until the cell is
+//! dropped, instead of until every reader pinned at the swap has unpinned.
 //!
 //! [crossbeam-epoch]: https://docs.rs/crossbeam-epoch
 #![allow(
@@ -20,80 +29,174 @@
     reason = "epoch reclamation needs raw pointers; see each SAFETY"
 )]
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+#[cfg(not(switchboard_loom))]
+pub(crate) use epoch_cell::SlotCell;
+#[cfg(switchboard_loom)]
+pub(crate) use loom_cell::SlotCell;
 
-use crossbeam_epoch::{self as epoch, Atomic, Owned, Shared};
+#[cfg(not(switchboard_loom))]
+mod epoch_cell {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
 
-/// A replaceable `Option<Arc<T>>` read without locks.
-pub(crate) struct SlotCell<T> {
-    /// Null, or a pointer from `Owned::new` that only `store` unlinks.
-    ///
-    /// Ordering: stores `AcqRel` (release the new value, acquire the old one before
-    /// handing it to the collector), loads `Acquire`.
-    ptr: Atomic<Arc<T>>,
-}
+    use crossbeam_epoch::{self as epoch, Atomic, Owned, Shared};
 
-impl<T> SlotCell<T> {
-    pub(crate) fn empty() -> Self {
-        Self {
-            ptr: Atomic::null(),
+    /// A replaceable `Option<Arc<T>>` read without locks.
+    pub(crate) struct SlotCell<T> {
+        /// Null, or a pointer from `Owned::new` that only `store` unlinks.
+        ///
+        /// Ordering: stores `AcqRel` (release the new value, acquire the old one before
+        /// handing it to the collector), loads `Acquire`.
+        ptr: Atomic<Arc<T>>,
+    }
+
+    impl<T> SlotCell<T> {
+        pub(crate) fn empty() -> Self {
+            Self {
+                ptr: Atomic::null(),
+            }
+        }
+
+        /// Calls `f` with the current value.
+        #[inline]
+        pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&Arc<T>>) -> R) -> R {
+            let guard = epoch::pin();
+            let current = self.ptr.load(Ordering::Acquire, &guard);
+            // SAFETY: `current` is null or came from `Owned::new` in `store`. Memory it
+            // points to is freed only by `defer_destroy` after it was unlinked, and not
+            // before every thread pinned at that moment unpins; `guard` keeps this thread
+            // pinned until after `f` returns, and the reference does not escape `f`.
+            f(unsafe { current.as_ref() })
+        }
+
+        /// A clone of the current value.
+        #[cfg(test)]
+        pub(crate) fn load_full(&self) -> Option<Arc<T>> {
+            self.with(|value| value.cloned())
+        }
+
+        /// Replaces the value. The old one is dropped once no reader can see it.
+        pub(crate) fn store(&self, value: Option<Arc<T>>) {
+            let guard = epoch::pin();
+            let new = match value {
+                Some(value) => Owned::new(value).into_shared(&guard),
+                None => Shared::null(),
+            };
+            let old = self.ptr.swap(new, Ordering::AcqRel, &guard);
+            if !old.is_null() {
+                // SAFETY: the swap unlinked `old`, so no later read can reach it, and it
+                // is unlinked exactly once because only this swap returned it. Readers
+                // that reached it earlier are pinned; `defer_destroy` frees it only
+                // after they unpin.
+                unsafe { guard.defer_destroy(old) };
+            }
         }
     }
 
-    /// Calls `f` with the current value.
-    #[inline]
-    pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&Arc<T>>) -> R) -> R {
-        let guard = epoch::pin();
-        let current = self.ptr.load(Ordering::Acquire, &guard);
-        // SAFETY: `current` is null or came from `Owned::new` in `store`. Memory it
-        // points to is freed only by `defer_destroy` after it was unlinked, and not
-        // before every thread pinned at that moment unpins; `guard` keeps this thread
-        // pinned until after `f` returns, and the reference does not escape `f`.
-        f(unsafe { current.as_ref() })
-    }
-
-    /// A clone of the current value.
-    #[cfg(test)]
-    pub(crate) fn load_full(&self) -> Option<Arc<T>> {
-        self.with(|value| value.cloned())
-    }
-
-    /// Replaces the value. The old one is dropped once no reader can see it.
-    pub(crate) fn store(&self, value: Option<Arc<T>>) {
-        let guard = epoch::pin();
-        let new = match value {
-            Some(value) => Owned::new(value).into_shared(&guard),
-            None => Shared::null(),
-        };
-        let old = self.ptr.swap(new, Ordering::AcqRel, &guard);
-        if !old.is_null() {
-            // SAFETY: the swap unlinked `old`, so no later read can reach it, and it
-            // is unlinked exactly once because only this swap returned it. Readers
-            // that reached it earlier are pinned; `defer_destroy` frees it only
-            // after they unpin.
-            unsafe { guard.defer_destroy(old) };
-        }
-    }
-}
-
-impl<T> Drop for SlotCell<T> {
-    fn drop(&mut self) {
-        // SAFETY: `&mut self` means no other thread can read or store this cell, and
-        // no reference from `with` outlives its call, so the current pointer (if any)
-        // is owned by this cell alone and can be freed now.
-        unsafe {
-            let current = self.ptr.load(Ordering::Relaxed, epoch::unprotected());
-            if !current.is_null() {
-                drop(current.into_owned());
+    impl<T> Drop for SlotCell<T> {
+        fn drop(&mut self) {
+            // SAFETY: `&mut self` means no other thread can read or store this cell, and
+            // no reference from `with` outlives its call, so the current pointer (if any)
+            // is owned by this cell alone and can be freed now.
+            unsafe {
+                let current = self.ptr.load(Ordering::Relaxed, epoch::unprotected());
+                if !current.is_null() {
+                    drop(current.into_owned());
+                }
             }
         }
     }
 }
 
-#[cfg(test)]
+#[cfg(switchboard_loom)]
+mod loom_cell {
+    use crate::sync::{Arc, AtomicUsize, Ordering, UnsafeCell};
+
+    type Node<T> = UnsafeCell<Arc<T>>;
+
+    /// The epoch cell's protocol over loom atomics; see the module docs.
+    pub(crate) struct SlotCell<T> {
+        /// 0 (null), or the address of a node from `Box::into_raw`: a word rather
+        /// than an `AtomicPtr` because loom's has no `fetch_add` for `read`. Swaps
+        /// `AcqRel` as in the std build; reads are RMWs (see `read`).
+        ptr: AtomicUsize,
+        /// Unlinked nodes, freed with the cell (the reclamation stand-in). A `std`
+        /// mutex: bookkeeping outside the model, never held across a loom operation.
+        retired: std::sync::Mutex<Vec<*mut Node<T>>>,
+    }
+
+    // SAFETY: as crossbeam's `Atomic<Arc<T>>`: the cell shares and moves `Arc<T>`s.
+    unsafe impl<T: Send + Sync> Send for SlotCell<T> {}
+    // SAFETY: as above; nodes are only read through `&`, and freed under `&mut`.
+    unsafe impl<T: Send + Sync> Sync for SlotCell<T> {}
+
+    impl<T> SlotCell<T> {
+        pub(crate) fn empty() -> Self {
+            Self {
+                ptr: AtomicUsize::new(0),
+                retired: std::sync::Mutex::new(Vec::new()),
+            }
+        }
+
+        pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&Arc<T>>) -> R) -> R {
+            let current = self.read();
+            if current.is_null() {
+                return f(None);
+            }
+            // SAFETY: a non-null pointer came from `Box::into_raw` in `store`, and
+            // nodes are freed only by `Drop`, which has `&mut self`.
+            let node = unsafe { &*current };
+            // SAFETY: nodes are never written after publication; loom checks that the
+            // write that built this one happens-before this read.
+            node.with(|value| f(Some(unsafe { &*value })))
+        }
+
+        /// The current node. crossbeam-epoch's `pin` issues a `SeqCst` fence before
+        /// every read and swap, and the registry's arguments need a read that
+        /// begins after a store returned to see it. loom treats `SeqCst` as
+        /// `AcqRel`, under which a plain load may return a replaced pointer; so the
+        /// loom build reads with an RMW (`fetch_add(0)`), which always
+        /// reads the latest store.
+        fn read(&self) -> *mut Node<T> {
+            // AcqRel: acquires the swap that published the node; as an RMW it
+            // reads the latest value in the word's modification order.
+            self.ptr.fetch_add(0, Ordering::AcqRel) as *mut Node<T>
+        }
+
+        pub(crate) fn store(&self, value: Option<Arc<T>>) {
+            let new = value.map_or(std::ptr::null_mut(), |value| {
+                Box::into_raw(Box::new(UnsafeCell::new(value)))
+            });
+            let old = self.ptr.swap(new as usize, Ordering::AcqRel) as *mut Node<T>;
+            if !old.is_null() {
+                self.retired
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(old);
+            }
+        }
+    }
+
+    impl<T> Drop for SlotCell<T> {
+        fn drop(&mut self) {
+            let current = self.ptr.load(Ordering::Relaxed) as *mut Node<T>;
+            let retired = self.retired.get_mut().unwrap_or_else(|e| e.into_inner());
+            for node in retired.drain(..).chain(Some(current)) {
+                if !node.is_null() {
+                    // SAFETY: every node came from `Box::into_raw` and is unlinked or
+                    // owned by this cell alone (`&mut self`); each is listed once.
+                    drop(unsafe { Box::from_raw(node) });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(all(test, not(switchboard_loom)))]
 mod tests {
     use super::*;
+    use crossbeam_epoch as epoch;
+    use std::sync::Arc;
 
     #[test]
     fn stores_and_reads_back() {

@@ -39,12 +39,10 @@
 //! plain load may return a pointer replaced before the read began. The registry's
 //! linearizability arguments (models 1, 2, 2b) need a read to see the latest
 //! store, and with plain `Acquire` loads loom duly reported broadcasts missing a
-//! join that had returned before them. Note for the std [`SlotCell`]: its read is
-//! an `Acquire` load after the pin's fence, and the writer's fence comes before its
-//! swap, not after; on x86 (locked swap) and ARMv8 (multi-copy atomic) that read
-//! sees any swap that completed before it, but the C++ model alone does not promise
-//! it. Moving the swap to `SeqCst` with a `SeqCst` load would make it a language
-//! guarantee.
+//! join that had returned before them. The std [`SlotCell`] gets the
+//! same guarantee from the language rather than the hardware: its swap and load
+//! are both `SeqCst` (a plain load on x86), because the pin's fence comes before
+//! the writer's swap, not after it, and so does not order the two by itself.
 //! * [`BoundedQueue`]: the same code in both builds, over this module's atomics
 //!   and [`UnsafeCell`], so loom checks every slot hand-over.
 //! * The channel's receiver waker is loom's `AtomicWaker` and its capacity waiters

@@ -17,7 +17,8 @@
 //! # Under loom
 //!
 //! The same protocol over loom's atomics: the value is boxed, published by a
-//! pointer swap (`AcqRel`) and read by an `Acquire` load, and the box holds the
+//! pointer swap and read by an RMW that returns the latest store (the std build's
+//! `SeqCst` swap and load; loom models `SeqCst` only as `AcqRel`), and the box holds the
 //! value in a loom `UnsafeCell`, so loom reports a read that the publication does
 //! not order after the write. Only reclamation differs, because loom cannot follow
 //! crossbeam-epoch's global epoch: an unlinked box is kept until the cell is
@@ -45,8 +46,12 @@ mod epoch_cell {
     pub(crate) struct SlotCell<T> {
         /// Null, or a pointer from `Owned::new` that only `store` unlinks.
         ///
-        /// Ordering: stores `AcqRel` (release the new value, acquire the old one before
-        /// handing it to the collector), loads `Acquire`.
+        /// Ordering: stores and loads are `SeqCst`. Release/acquire alone would publish
+        /// the value, but the registry's linearizability arguments (a send or
+        /// broadcast that begins after an unregister or takeover returned must not
+        /// see the replaced entry) need every load and swap of a slot in one total
+        /// order, and the pin's fence comes before the swap, not after it. On x86 a
+        /// `SeqCst` load is a plain load and the swap is locked either way.
         ptr: Atomic<Arc<T>>,
     }
 
@@ -61,7 +66,7 @@ mod epoch_cell {
         #[inline]
         pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&Arc<T>>) -> R) -> R {
             let guard = epoch::pin();
-            let current = self.ptr.load(Ordering::Acquire, &guard);
+            let current = self.ptr.load(Ordering::SeqCst, &guard);
             // SAFETY: `current` is null or came from `Owned::new` in `store`. Memory it
             // points to is freed only by `defer_destroy` after it was unlinked, and not
             // before every thread pinned at that moment unpins; `guard` keeps this thread
@@ -82,7 +87,7 @@ mod epoch_cell {
                 Some(value) => Owned::new(value).into_shared(&guard),
                 None => Shared::null(),
             };
-            let old = self.ptr.swap(new, Ordering::AcqRel, &guard);
+            let old = self.ptr.swap(new, Ordering::SeqCst, &guard);
             if !old.is_null() {
                 // SAFETY: the swap unlinked `old`, so no later read can reach it, and it
                 // is unlinked exactly once because only this swap returned it. Readers
@@ -151,12 +156,11 @@ mod loom_cell {
             node.with(|value| f(Some(unsafe { &*value })))
         }
 
-        /// The current node. crossbeam-epoch's `pin` issues a `SeqCst` fence before
-        /// every read and swap, and the registry's arguments need a read that
-        /// begins after a store returned to see it. loom treats `SeqCst` as
-        /// `AcqRel`, under which a plain load may return a replaced pointer; so the
-        /// loom build reads with an RMW (`fetch_add(0)`), which always
-        /// reads the latest store.
+        /// The current node. The std build swaps and loads with `SeqCst`, and the
+        /// registry's arguments need a read that begins after a store returned to
+        /// see it. loom treats `SeqCst` as `AcqRel`, under which a plain load may
+        /// return a replaced pointer; so the loom build reads with an RMW
+        /// (`fetch_add(0)`), which always reads the latest store.
         fn read(&self) -> *mut Node<T> {
             // AcqRel: acquires the swap that published the node; as an RMW it
             // reads the latest value in the word's modification order.

@@ -109,6 +109,8 @@
 
 mod channel;
 mod client;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 mod config;
 mod delivery;
 mod device_config;

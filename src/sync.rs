@@ -42,6 +42,9 @@ pub(crate) use std::sync::Arc as ValueArc;
 
 /// The receiver's waker slot. Not loom-visible: loom models never poll a receiver.
 pub(crate) use atomic_waker::AtomicWaker;
+/// The cluster layer serialises its subscription changes, which await Redis.
+#[cfg(feature = "cluster")]
+pub(crate) use tokio::sync::Mutex as AsyncMutex;
 /// Wakes senders waiting for channel capacity. Not loom-visible, as above.
 pub(crate) use tokio::sync::Notify;
 

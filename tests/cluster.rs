@@ -478,3 +478,88 @@ async fn redis_restart_fails_publishes_resumes_and_counts_the_gap_exactly() {
     assert_eq!(a.locate("sub").await.unwrap().as_deref(), Some("b"));
     assert_eq!(a.member_count("room").await.unwrap(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_shows_the_cluster_and_its_gaps() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let Some(redis) = Redis::start("admin_api_cluster") else {
+        return;
+    };
+    let a = node(&redis, "t7", "a", TTL).await;
+    let b = node(&redis, "t7", "b", TTL).await;
+    let (b1, _b1_rx) = b.register(ClientInfo::new()).await.unwrap();
+    b.attach(b1, "room").await.unwrap();
+    let config = switchboard::http::AdminConfig::new().token("t0ken");
+    let router = switchboard::http::router_with_cluster(b.clone(), config, |_, body| {
+        Msg::from(body.to_string())
+    })
+    .unwrap();
+    let get = |path: &str, token: bool| {
+        let mut req = axum::http::Request::get(path);
+        if token {
+            req = req.header("authorization", "Bearer t0ken");
+        }
+        router
+            .clone()
+            .oneshot(req.body(axum::body::Body::empty()).unwrap())
+    };
+    assert_eq!(get("/cluster", false).await.unwrap().status(), 401);
+    let res = get("/cluster", true).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let view: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(view["node"], "b");
+    assert_eq!(view["subscriptions"], serde_json::json!(["room"]));
+    let nodes: Vec<_> = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].clone(), n["clients"].clone()))
+        .collect();
+    assert_eq!(nodes, vec![("a".into(), 0.into()), ("b".into(), 1.into())]);
+
+    // A gap: a publication numbered past the last one b saw from a, as after a loss.
+    a.broadcast("room", Msg::from("1")).await.unwrap();
+    let frame = |seq: u64| {
+        let mut f = vec![1u8, 0, 1, b'a'];
+        f.extend_from_slice(&seq.to_be_bytes());
+        f.extend_from_slice(b"x");
+        f
+    };
+    let cli = |f: Vec<u8>| {
+        let status = Command::new("redis-cli")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &redis.port.to_string(),
+                "-x",
+                "PUBLISH",
+                "t7:s:s:room",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin.take().unwrap().write_all(&f)?;
+                c.wait()
+            });
+        assert!(status.is_ok_and(|s| s.success()));
+    };
+    cli(frame(5)); // 2, 3 and 4 never came
+    let gapped = eventually(Duration::from_secs(2), || b.stats().gaps == 3).await;
+    assert!(gapped, "{:?}", b.stats());
+    let res = get("/metrics", true).await.unwrap();
+    let text =
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(
+        text.contains("switchboard_cluster_gaps_total{node=\"b\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("switchboard_clients{"),
+        "the registry's own lines stay"
+    );
+}

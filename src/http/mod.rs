@@ -41,6 +41,7 @@
 //! | `GET /stats` | [`Stats`](crate::Stats) as JSON |
 //! | `GET /metrics` | Prometheus text (below) |
 //! | `GET /healthz` | `{"status": "ok"}`, without authentication, for probes |
+//! | `GET /cluster` | with [`router_with_cluster`] (the `cluster` feature): this node, its cluster counters and subscriptions, and every live node with its client count |
 //!
 //! **Filters of `GET /clients`** map onto [`Filter`](crate::Filter), so they only
 //! see profiled clients (those with a key, kind or platform): `kind` (`device` or
@@ -117,6 +118,8 @@
 //!   admin broadcast took to reach every member's queue.
 
 mod clients;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod config;
 mod error;
 mod metrics;
@@ -133,6 +136,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use subtle::ConstantTimeEq;
 
+#[cfg(feature = "cluster")]
+pub use cluster::router_with_cluster;
 pub use config::{AdminConfig, AdminConfigError};
 
 use self::error::ApiError;
@@ -142,6 +147,9 @@ use crate::{Registry, SessionId};
 /// Turns a broadcast body into the registry's message type.
 type Encoder<M> = Box<dyn Fn(&SessionId, serde_json::Value) -> M + Send + Sync>;
 
+/// More Prometheus text appended to `/metrics` (the cluster's counters).
+type ExtraMetrics = Box<dyn Fn() -> String + Send + Sync>;
+
 /// What every handler shares.
 struct Admin<M> {
     registry: Registry<M>,
@@ -149,6 +157,7 @@ struct Admin<M> {
     token: Option<Box<[u8]>>,
     body_limit: usize,
     metrics: Metrics,
+    extra_metrics: Option<ExtraMetrics>,
 }
 
 type Shared<M> = Arc<Admin<M>>;
@@ -242,12 +251,26 @@ fn build<M>(registry: Registry<M>, config: AdminConfig, encode: Encoder<M>) -> R
 where
     M: Clone + Send + Sync + 'static,
 {
+    build_with(registry, config, encode, None)
+}
+
+/// As [`build`], with more text for `/metrics`.
+fn build_with<M>(
+    registry: Registry<M>,
+    config: AdminConfig,
+    encode: Encoder<M>,
+    extra_metrics: Option<ExtraMetrics>,
+) -> Router
+where
+    M: Clone + Send + Sync + 'static,
+{
     let admin = Arc::new(Admin {
         registry,
         encode,
         token: config.token.map(|t| t.into_bytes().into_boxed_slice()),
         body_limit: config.body_limit,
         metrics: Metrics::new(),
+        extra_metrics,
     });
     let guarded = Router::new()
         .route("/clients", get(clients::list::<M>))
@@ -314,7 +337,10 @@ async fn stats<M>(State(admin): State<Shared<M>>) -> Response {
 
 /// `GET /metrics`.
 async fn scrape<M>(State(admin): State<Shared<M>>) -> Response {
-    let text = admin.metrics.render(&admin.registry.stats());
+    let mut text = admin.metrics.render(&admin.registry.stats());
+    if let Some(extra) = &admin.extra_metrics {
+        text.push_str(&extra());
+    }
     (
         [(
             header::CONTENT_TYPE,

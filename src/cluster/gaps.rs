@@ -20,15 +20,21 @@ pub(crate) enum Seen {
 /// publications updates it; the subscription task forgets sessions it leaves.
 #[derive(Debug, Default)]
 pub(crate) struct GapTracker {
-    last: HashMap<(String, SessionId), u64>,
+    /// Per sending node, per session: nested so that a lookup borrows the node id.
+    last: HashMap<String, HashMap<SessionId, u64>>,
 }
 
 impl GapTracker {
     pub(crate) fn observe(&mut self, node: &str, session: &SessionId, seq: u64) -> Seen {
-        let key = (node.to_owned(), session.clone());
-        match self.last.get_mut(&key) {
+        if !self.last.contains_key(node) {
+            self.last.insert(node.to_owned(), HashMap::new());
+        }
+        let Some(sessions) = self.last.get_mut(node) else {
+            return Seen::First;
+        };
+        match sessions.get_mut(session) {
             None => {
-                self.last.insert(key, seq);
+                sessions.insert(session.clone(), seq);
                 Seen::First
             }
             Some(last) if seq > *last => {
@@ -43,12 +49,14 @@ impl GapTracker {
     /// Forgets a session this node unsubscribed from: what others publish while it
     /// is away is not a gap.
     pub(crate) fn forget_session(&mut self, session: &SessionId) {
-        self.last.retain(|(_, s), _| s != session);
+        for sessions in self.last.values_mut() {
+            sessions.remove(session);
+        }
     }
 
     /// Forgets a node that went down.
     pub(crate) fn forget_node(&mut self, node: &str) {
-        self.last.retain(|(n, _), _| n != node);
+        self.last.remove(node);
     }
 }
 

@@ -1,8 +1,9 @@
 //! Presence: the heartbeat, the reaper, and the cluster-wide views built on them.
 //!
 //! Every third of the TTL a node renews its deadline in `B:nodes` with its client
-//! count and counters, reconciles its subscriptions, and runs the reaper, which
-//! releases every node whose deadline passed and announces it on the ctl channel.
+//! count and counters and reconciles its subscriptions; every ninth it runs the
+//! reaper, which releases every node whose deadline passed and announces it on the
+//! ctl channel.
 //! Any node may reap; the script is atomic, so each dead node is released once.
 //!
 //! A heartbeat that finds its node unknown (Redis restarted empty, or the node was
@@ -141,19 +142,19 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
     }
 }
 
-/// The heartbeat task: beat, reconcile, reap, every third of the TTL. Errors (Redis
-/// down) are retried at the next beat.
+/// The heartbeat task: beat and reconcile every third of the TTL, reap three times
+/// as often, so that a dead node is released at most a ninth of the TTL after its
+/// deadline. Errors (Redis down) are retried at the next tick.
 pub(crate) async fn run<M: Clone + Send + Sync + 'static>(shared: Arc<Shared<M>>) {
-    let period = (shared.ttl / 3).max(Duration::from_millis(50));
+    let period = (shared.ttl / 9).max(Duration::from_millis(20));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for n in 0u64.. {
         tick.tick().await;
-        if shared.heartbeat().await.is_err() {
-            continue;
+        if n % 3 == 0 && shared.heartbeat().await.is_ok() {
+            let sessions = shared.known_sessions().await;
+            let _ = shared.sync_sessions(sessions).await;
         }
-        let sessions = shared.known_sessions().await;
-        let _ = shared.sync_sessions(sessions).await;
         let _ = shared.reap(None).await;
     }
 }

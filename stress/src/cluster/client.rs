@@ -55,6 +55,8 @@ pub struct Seen {
     pub high: Vec<u64>,
     /// Whether the connection ended before the run did (its node was killed).
     pub cut: bool,
+    /// The close frame, if the server sent one, as `code reason`.
+    pub close: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +122,7 @@ pub async fn run(
         received: vec![0; n],
         high: vec![0; n],
         cut: false,
+        close: None,
     };
     let mut next = tokio::time::Instant::now();
     let mut published = 0u64;
@@ -132,7 +135,15 @@ pub async fn run(
         tokio::select! {
             frame = ws.next() => match frame {
                 Some(Ok(Message::Text(text))) => on_text(&shared, role, &mut seen, &text),
-                Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                Some(Ok(Message::Close(frame))) => {
+                    seen.cut = true;
+                    seen.close = Some(frame.map_or_else(
+                        || "no close frame".to_owned(),
+                        |f| format!("{} {}", u16::from(f.code), f.reason),
+                    ));
+                    return seen;
+                }
+                Some(Err(_)) | None => {
                     seen.cut = true;
                     return seen;
                 }

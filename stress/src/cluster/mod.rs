@@ -15,9 +15,12 @@
 //! 4. With `--chaos`: SIGKILLs the last node a fifth of the way in, checks its keys
 //!    are released within its TTL (3 s) + 1 s, then kills Redis and restarts it on
 //!    the same port. The documented outcome, checked: survivors' listeners miss
-//!    nothing from their own node, miss from other nodes exactly what the cluster's
-//!    gap counters say, and no more than their publishers were told failed.
-//!    Without `--chaos` nothing may be missed at all.
+//!    nothing from their own node; from other nodes they miss exactly what their
+//!    node's gap counter says, and no more than their publishers were told failed
+//!    plus what was published while Redis was down and in the second after it
+//!    came back (a node that has not resubscribed yet cannot hear a publication
+//!    that succeeded; pub/sub gives the publisher no way to know). Without
+//!    `--chaos` nothing may be missed at all.
 
 mod client;
 mod rate;
@@ -193,6 +196,7 @@ pub async fn run(
     let go = Instant::now();
     let _ = phase.send(Phase::Publishing);
     let mut released_s = None;
+    let mut outage = Duration::ZERO;
     if args.chaos {
         tokio::time::sleep(duration / 5).await;
         let victim = nodes - 1;
@@ -222,9 +226,11 @@ pub async fn run(
         );
         let at = (duration * 11 / 20).saturating_sub(go.elapsed());
         tokio::time::sleep(at).await;
+        let down = Instant::now();
         redis.kill();
         tokio::time::sleep(Duration::from_millis(500)).await;
         redis.spawn()?;
+        outage = down.elapsed();
         eprintln!("stress cluster: killed n{victim}, restarted redis");
     }
     let publish_deadline = go + duration * 2 + Duration::from_secs(5);
@@ -315,10 +321,16 @@ pub async fn run(
                     format!("n{node} listener {index} has holes in the killed node's stream")
                 });
             } else {
-                violations.expect(missed <= failed[p], "cluster/loss", || {
+                // Lost: what failed, plus what was published while this node was not
+                // yet subscribed again (Redis down, then up to 1 s to resubscribe).
+                let window = outage + Duration::from_secs(1);
+                let bound = failed[p] + (per_publisher_rate * window.as_secs_f64()).ceil() as u64;
+                violations.expect(missed <= bound, "cluster/loss", || {
                     format!(
-                        "n{node} listener {index} missed {missed} from n{p}, which was told only {} failed",
-                        failed[p]
+                        "n{node} listener {index} missed {missed} from n{p}: more than the {} it \
+                         was told failed plus {:.1} s of publishing",
+                        failed[p],
+                        window.as_secs_f64()
                     )
                 });
                 missed_here += missed;

@@ -111,12 +111,10 @@ impl Drop for Redis {
 /// The last `NNN.NN requests per second` in `redis-benchmark -q` output (it redraws
 /// the line with `\r` while it runs).
 pub fn parse_benchmark(text: &str) -> Option<f64> {
-    text.split(['\r', '\n'])
-        .filter_map(|line| {
-            let (_, rest) = line.rsplit_once(": ")?;
-            rest.split_whitespace().next()?.parse::<f64>().ok()
-        })
-        .last()
+    text.split(['\r', '\n']).rev().find_map(|line| {
+        let (_, rest) = line.rsplit_once(": ")?;
+        rest.split_whitespace().next()?.parse::<f64>().ok()
+    })
 }
 
 /// `GET path` on a node's admin API, as JSON.

@@ -168,6 +168,27 @@ async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 
 const TTL: Duration = Duration::from_secs(3);
 
+/// `nodes()` as (id, clients), once it equals `want` (client counts are as of each
+/// node's last heartbeat, at most a third of the TTL old), or as last seen.
+async fn nodes_settle(n: &Cluster<Msg>, want: &[(&str, u64)]) -> Vec<(String, u64)> {
+    let deadline = Instant::now() + TTL;
+    loop {
+        let got: Vec<(String, u64)> = n
+            .nodes()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| (n.id, n.clients))
+            .collect();
+        let same =
+            got.len() == want.len() && got.iter().zip(want).all(|(g, w)| g.0 == w.0 && g.1 == w.1);
+        if same || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_crosses_nodes_once_and_subscriptions_follow_members() {
     let Some(redis) = Redis::start("broadcast_crosses_nodes") else {
@@ -286,9 +307,8 @@ async fn send_to_key_reaches_the_client_on_any_node() {
         .unwrap_err();
     assert_eq!(&*missing.into_inner(), "lost?", "the message comes back");
 
-    let nodes = a.nodes().await.unwrap();
-    let ids: Vec<_> = nodes.iter().map(|n| (n.id.as_str(), n.clients)).collect();
-    assert_eq!(ids, vec![("a", 0), ("b", 1)]);
+    let nodes = nodes_settle(&a, &[("a", 0), ("b", 1)]).await;
+    assert_eq!(nodes, vec![("a".to_owned(), 0), ("b".to_owned(), 1)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -505,6 +525,7 @@ async fn admin_api_shows_the_cluster_and_its_gaps() {
             .clone()
             .oneshot(req.body(axum::body::Body::empty()).unwrap())
     };
+    nodes_settle(&b, &[("a", 0), ("b", 1)]).await;
     assert_eq!(get("/cluster", false).await.unwrap().status(), 401);
     let res = get("/cluster", true).await.unwrap();
     assert_eq!(res.status(), 200);

@@ -6,6 +6,13 @@
 //! `redis-server` on the PATH each test prints one line saying how to install it
 //! and passes; with `SWITCHBOARD_REQUIRE_EXTERNAL=1` it fails instead.
 
+#[allow(
+    dead_code,
+    reason = "the example's module is shared with its main; not every item is used here"
+)]
+#[path = "../examples/ws_server/server/mod.rs"]
+mod server;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -583,4 +590,97 @@ async fn admin_api_shows_the_cluster_and_its_gaps() {
         text.contains("switchboard_clients{"),
         "the registry's own lines stay"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_server_nodes_share_rooms_keys_and_takeover() {
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{json, Value};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let Some(redis) = Redis::start("ws_server_nodes") else {
+        return;
+    };
+    let start = |id: &str| {
+        server::Server::start(server::Config {
+            ws_addr: "127.0.0.1:0".parse().unwrap(),
+            admin_addr: None,
+            close_linger: Duration::from_millis(200),
+            redis: Some(redis.url()),
+            node_id: Some(id.to_owned()),
+            ..server::Config::default()
+        })
+    };
+    let (a, b) = (start("gw-a").await.unwrap(), start("gw-b").await.unwrap());
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+    async fn open(addr: std::net::SocketAddr, hello: Value) -> Ws {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .unwrap();
+        ws.send(Message::text(hello.to_string())).await.unwrap();
+        assert_eq!(next(&mut ws).await["type"], "welcome");
+        ws
+    }
+    async fn next(ws: &mut Ws) -> Value {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(&t).unwrap(),
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    return json!({"close": f.map(|f| u16::from(f.code))})
+                }
+                Ok(Some(Ok(_))) => {}
+                other => panic!("no frame: {other:?}"),
+            }
+        }
+    }
+    let mut dev = open(a.ws_addr(), json!({"type": "hello", "key": "dev"})).await;
+    dev.send(Message::text(
+        json!({"type": "join", "session": "room"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next(&mut dev).await["type"], "joined");
+    let mut ops = open(b.ws_addr(), json!({"type": "hello", "key": "ops"})).await;
+
+    // A publish on node b reaches the room's member on node a; a direct to a key too.
+    ops.send(Message::text(
+        json!({"type": "publish", "session": "room", "data": 1}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let got = next(&mut dev).await;
+    assert_eq!(
+        (got["type"].clone(), got["data"].clone()),
+        (json!("message"), json!(1)),
+        "{got}"
+    );
+    ops.send(Message::text(
+        json!({"type": "direct", "to": "dev", "data": 2}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next(&mut dev).await["data"], 2);
+
+    // The same key on node b takes over: node a closes its connection with 4002.
+    let _dev2 = open(b.ws_addr(), json!({"type": "hello", "key": "dev"})).await;
+    assert_eq!(next(&mut dev).await, json!({"close": 4002}));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_id_that_cannot_travel_is_refused() {
+    for bad in ["", "has space", "x".repeat(65).as_str(), "ünï"] {
+        let r = Cluster::builder(Registry::<Msg>::new(), Raw)
+            .url("redis://127.0.0.1:1")
+            .node_id(bad)
+            .connect()
+            .await;
+        assert!(
+            matches!(r, Err(switchboard::cluster::ClusterError::Config(_))),
+            "{bad:?}: {r:?}"
+        );
+    }
 }

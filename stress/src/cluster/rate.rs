@@ -44,8 +44,14 @@ pub async fn measure(url: &str, payload_len: usize, duration: Duration) -> Resul
         .map(|_| {
             let (a, payload) = (a.clone(), Arc::clone(&payload));
             tokio::spawn(async move {
-                while start.elapsed() < duration {
-                    let _ = a.broadcast("rate", Arc::clone(&payload)).await;
+                let end = start + duration;
+                loop {
+                    for _ in 0..64 {
+                        let _ = a.broadcast("rate", Arc::clone(&payload)).await;
+                    }
+                    if Instant::now() >= end {
+                        break;
+                    }
                 }
             })
         })

@@ -270,6 +270,20 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// [`ClusterError::Register`] as [`Registry::register`];
     /// [`ClusterError::Redis`] if the claim failed, in which case the client is
     /// unregistered again: a key is never held without Redis knowing.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// let (id, rx) = cluster.register(ClientInfo::new().with_key("dev-7")).await?;
+    /// assert_eq!(cluster.locate("dev-7").await?.as_deref(), Some(cluster.node_id()));
+    /// # drop((id, rx));
+    /// # Ok(()) }
+    /// ```
     pub async fn register(
         &self,
         info: ClientInfo,
@@ -296,6 +310,21 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// [`ClusterError::Client`] if it is not connected here; [`ClusterError::Redis`]
     /// if Redis could not be told (the client is gone locally all the same, and the
     /// next heartbeat corrects the counts).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// let (id, _rx) = cluster.register(ClientInfo::new().with_key("dev-7")).await?;
+    /// let gone = cluster.unregister(id).await?;
+    /// assert_eq!(cluster.locate("dev-7").await?, None);
+    /// # drop(gone);
+    /// # Ok(()) }
+    /// ```
     pub async fn unregister(&self, id: ClientId) -> Result<Unregistered, ClusterError> {
         let key = self
             .shared
@@ -321,6 +350,19 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     ///
     /// [`ClusterError::Attach`] as [`Registry::attach`]; [`ClusterError::Redis`] if
     /// the subscription failed (the heartbeat retries it).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// let (id, _rx) = cluster.register(ClientInfo::new()).await?;
+    /// cluster.attach(id, "lobby").await?; // subscribed to "lobby" now
+    /// # Ok(()) }
+    /// ```
     pub async fn attach(
         &self,
         id: ClientId,
@@ -338,6 +380,20 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// # Errors
     ///
     /// As [`attach`](Self::attach), with [`ClusterError::Detach`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// let (id, _rx) = cluster.register(ClientInfo::new()).await?;
+    /// cluster.attach(id, "lobby").await?;
+    /// cluster.detach(id, "lobby").await?; // the last local member: unsubscribed
+    /// # Ok(()) }
+    /// ```
     pub async fn detach(
         &self,
         id: ClientId,
@@ -355,6 +411,24 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     ///
     /// [`PublishError`] with the message when it could not be published; local
     /// members got it all the same unless the error is [`PublishError::Codec`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// match cluster.broadcast("lobby", Arc::from("hi")).await {
+    ///     Ok(local) => println!("{local} local members; published for the others"),
+    ///     Err(e) => {
+    ///         let why = e.to_string();
+    ///         println!("not published ({why}); the message is back: {}", e.into_inner());
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn broadcast(
         &self,
         session: impl Into<SessionId>,
@@ -431,6 +505,24 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// [`SendToKeyError::NotFound`] if no live node holds the key; the other
     /// variants when the local send or the publication failed. Each gives the
     /// message back.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// use switchboard::cluster::Delivered;
+    /// match cluster.send_to_key("dev-7", Arc::from("reboot")).await {
+    ///     Ok(Delivered::Local) => println!("connected here"),
+    ///     Ok(Delivered::Remote(node)) => println!("published to {node}"),
+    ///     Ok(_) => {}
+    ///     Err(e) => println!("{e}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn send_to_key(&self, key: &str, msg: M) -> Result<Delivered, SendToKeyError<M>> {
         use fred::interfaces::LuaInterface;
         let shared = &self.shared;
@@ -481,6 +573,20 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// # Errors
     ///
     /// [`ClusterError::Redis`] if Redis could not be asked.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// if let Some(node) = cluster.locate("dev-7").await? {
+    ///     println!("dev-7 is on {node}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn locate(&self, key: &str) -> Result<Option<String>, ClusterError> {
         self.shared.locate(key).await
     }
@@ -490,6 +596,18 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// # Errors
     ///
     /// [`ClusterError::Redis`] if Redis could not be asked.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// println!("{} in the lobby, on every node", cluster.member_count("lobby").await?);
+    /// # Ok(()) }
+    /// ```
     pub async fn member_count(&self, session: impl Into<SessionId>) -> Result<usize, ClusterError> {
         self.shared.members(Names::token(&session.into())).await
     }
@@ -499,11 +617,38 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// # Errors
     ///
     /// [`ClusterError::Redis`] if Redis could not be asked.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// for node in cluster.nodes().await? {
+    ///     println!("{}: {} clients", node.id, node.clients);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
         self.shared.nodes().await
     }
 
     /// This node's counters: publications, round trips, gaps, ...
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// let stats = cluster.stats();
+    /// println!("{} publications lost on the way here", stats.gaps);
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> ClusterStats {
         self.shared.counters.snapshot(&self.shared.node)
     }
@@ -517,6 +662,24 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
 
     /// Follows cluster events: nodes going down, keys taken over, reconnections.
     /// Lossy like [`Registry::subscribe`]: a follower that falls behind skips ahead.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// use switchboard::cluster::ClusterEvent;
+    /// let mut events = cluster.events();
+    /// while let Ok(event) = events.recv().await {
+    ///     if let ClusterEvent::NodeDown { node, keys } = event {
+    ///         println!("{node} died holding {keys:?}");
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn events(&self) -> broadcast::Receiver<ClusterEvent> {
         self.shared.events.subscribe()
     }
@@ -529,6 +692,18 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     ///
     /// [`ClusterError::Redis`] if Redis could not be told; the node then expires
     /// within its TTL.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// cluster.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn shutdown(self) -> Result<(), ClusterError> {
         for task in lock(&self.tasks.0).drain(..) {
             task.abort();

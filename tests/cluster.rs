@@ -421,6 +421,12 @@ async fn a_node_dropped_without_cleanup_is_released_within_its_ttl() {
     assert_eq!(a.member_count("room").await.unwrap(), 0);
     let ids: Vec<_> = a.nodes().await.unwrap().into_iter().map(|n| n.id).collect();
     assert_eq!(ids, vec!["a".to_owned()]);
+    // Its connections went with it: nothing is left subscribed.
+    let gone = eventually(Duration::from_secs(1), || redis.numsub("t4:s:s:room") == 0).await;
+    assert!(
+        gone,
+        "the dropped node's subscriber connection is still open"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

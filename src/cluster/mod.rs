@@ -128,13 +128,21 @@ impl<M> std::fmt::Debug for Cluster<M> {
     }
 }
 
-/// Aborts the node's tasks when the last handle goes.
-struct Tasks(Mutex<Vec<JoinHandle<()>>>);
+/// Aborts the node's tasks and closes its connections when the last handle goes.
+/// Presence is left to expire: that is what other nodes see of a crash.
+struct Tasks(Mutex<Vec<JoinHandle<()>>>, Client, SubscriberClient);
 
 impl Drop for Tasks {
     fn drop(&mut self) {
         for task in lock(&self.0).drain(..) {
             task.abort();
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (client, subscriber) = (self.1.clone(), self.2.clone());
+            runtime.spawn(async move {
+                let _ = subscriber.quit().await;
+                let _ = client.quit().await;
+            });
         }
     }
 }
@@ -240,6 +248,7 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
                 .run(rx),
             ),
         ];
+        let client_handle = shared.client.clone();
         subscriber
             .subscribe(vec![names.node_channel(&node), names.ctl.clone()])
             .await?;
@@ -247,7 +256,7 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         tasks.push(tokio::spawn(presence::run(Arc::clone(&shared))));
         Ok(Self {
             shared,
-            tasks: Arc::new(Tasks(Mutex::new(tasks))),
+            tasks: Arc::new(Tasks(Mutex::new(tasks), client_handle, subscriber)),
         })
     }
 

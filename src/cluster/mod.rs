@@ -509,6 +509,12 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
 
     /// Sends `msg` to the client holding `key`, on whichever node it is connected.
     ///
+    /// Redis is asked who holds the key (and the message published to that node) in
+    /// one round trip, even when the key is connected here: during a takeover the
+    /// old node still has its connection for the moment its notice is in flight,
+    /// and only Redis knows it is no longer the holder. For a key known to be
+    /// local, [`Registry::send`] skips the round trip.
+    ///
     /// # Errors
     ///
     /// [`SendToKeyError::NotFound`] if no live node holds the key; the other
@@ -535,13 +541,6 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     pub async fn send_to_key(&self, key: &str, msg: M) -> Result<Delivered, SendToKeyError<M>> {
         use fred::interfaces::LuaInterface;
         let shared = &self.shared;
-        if let Ok(entry) = shared.registry.lookup(crate::fleet::ClientRef::Key(key)) {
-            return shared
-                .registry
-                .send(entry.id, msg)
-                .map(|()| Delivered::Local)
-                .map_err(SendToKeyError::Local);
-        }
         let payload = match shared.codec.encode(&msg) {
             Ok(p) => p,
             Err(e) => return Err(SendToKeyError::Publish(PublishError::Codec(msg, e))),
@@ -554,6 +553,7 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             key.into(),
             shared.names.node_base.clone().into(),
             frame.into(),
+            shared.node.clone().into(),
         ];
         let routed: Result<fred::prelude::Value, _> = shared
             .client
@@ -561,6 +561,17 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             .await;
         match routed {
             Ok(v) => match v.as_string().filter(|_| !v.is_null()) {
+                // Redis says the key is here: deliver without a publication.
+                Some(node) if node == shared.node => {
+                    match shared.registry.lookup(crate::fleet::ClientRef::Key(key)) {
+                        Ok(entry) => shared
+                            .registry
+                            .send(entry.id, msg)
+                            .map(|()| Delivered::Local)
+                            .map_err(SendToKeyError::Local),
+                        Err(_) => Err(SendToKeyError::NotFound(msg)),
+                    }
+                }
                 Some(node) => {
                     Counters::add(&shared.counters.published, 1);
                     Ok(Delivered::Remote(node))

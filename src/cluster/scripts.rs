@@ -116,12 +116,13 @@ if n and alive(n) then return n end
 return false
 ";
 
-/// ARGV: base, key, node channel base, frame. Publishes the frame to the key's live
-/// node and returns that node, or false: locate and send in one round trip.
+/// ARGV: base, key, node channel base, frame, this node. Returns the key's live
+/// node, or false; publishes the frame to that node unless it is this one. Locate
+/// and send in one round trip, by the only authority on who holds the key.
 const ROUTE: &str = r"
 local n = holder(redis.call('HGET', B .. ':keys', ARGV[2]))
 if n and alive(n) then
-  redis.call('PUBLISH', ARGV[3] .. n, ARGV[4])
+  if n ~= ARGV[5] then redis.call('PUBLISH', ARGV[3] .. n, ARGV[4]) end
   return n
 end
 return false

@@ -7,7 +7,7 @@ use switchboard::cluster::{
     Cluster, ClusterError, Codec, CodecError, PublishError, SendToKeyError,
 };
 use switchboard::{
-    ClientId, ClientInfo, DetachError, Receiver, RegisterError, Registry, SessionId,
+    ClientId, ClientInfo, DetachError, Receiver, RegisterError, Registry, SendError, SessionId,
 };
 
 use super::protocol::{Frame, Refusal};
@@ -105,16 +105,24 @@ pub(super) async fn publish(
     }
 }
 
-/// A `direct` to a key held on another node; `None` without a cluster.
-pub(super) async fn direct_elsewhere(
+/// A `direct` to a key, through the cluster; `None` without a cluster or when `to`
+/// is a connection id (ids are per node).
+pub(super) async fn direct_by_key(
     shared: &Shared,
     to: &str,
     frame: Frame,
 ) -> Option<Result<(), Refusal>> {
     let cluster = shared.cluster.as_ref()?;
+    if to.parse::<ClientId>().is_ok() {
+        return None;
+    }
     Some(match cluster.send_to_key(to, frame).await {
         Ok(_) => Ok(()),
         Err(SendToKeyError::Publish(e)) => Err(publish_failed(&e)),
+        Err(SendToKeyError::Local(SendError::Full(_))) => Err(Refusal::new(
+            "queue_full",
+            format!("{to}'s queue is full; the message was not queued"),
+        )),
         Err(_) => Err(super::connection::unknown_client(to)),
     })
 }

@@ -338,15 +338,11 @@ async fn handle(shared: &Shared, me: ClientId, text: &str) -> Result<(), Stop> {
                 Some(data) => protocol::message(None, Some(me), data),
                 None => protocol::message(None, Some(me), &serde_json::Value::Null),
             };
-            let target = match resolve(shared, &to) {
-                Ok(target) => target,
-                Err(refusal) => {
-                    return match super::cluster::direct_elsewhere(shared, &to, frame).await {
-                        Some(sent) => sent.map_err(Stop::from),
-                        None => Err(refusal.into()),
-                    }
-                }
-            };
+            // With a cluster, a key goes wherever Redis says it is held.
+            if let Some(sent) = super::cluster::direct_by_key(shared, &to, frame.clone()).await {
+                return sent.map_err(Stop::from);
+            }
+            let target = resolve(shared, &to)?;
             match registry.send(target, frame) {
                 Ok(()) => {}
                 Err(SendError::Full(_)) => {

@@ -99,6 +99,8 @@
 //!   over a registry. `examples/ws_server` embeds the registry in a WebSocket
 //!   server end to end. Build with `default-features = false` for the registry
 //!   alone.
+//! * [`cluster`] (the `cluster` feature, on by default): sessions, keys and presence
+//!   across several nodes over Redis, with the `fred` client.
 //!
 //! [arc-swap]: https://docs.rs/arc-swap
 //! [loom]: https://docs.rs/loom
@@ -109,6 +111,8 @@
 
 mod channel;
 mod client;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 mod config;
 mod delivery;
 mod device_config;

@@ -90,6 +90,10 @@ pub(crate) use bounded_queue::BoundedQueue;
 pub(crate) use slot_cell::SlotCell;
 pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};
 
+/// The cluster layer serialises its subscription changes, which await Redis.
+#[cfg(feature = "cluster")]
+pub(crate) use tokio::sync::Mutex as AsyncMutex;
+
 /// A waker slot for one task: `atomic-waker` in the std build, loom's otherwise.
 pub(crate) struct AtomicWaker {
     #[cfg(not(switchboard_loom))]

@@ -33,6 +33,8 @@
 //! | `--idle-timeout D` | `60s` | silence (no frame, no pong) before close 4003 |
 //! | `--write-timeout D` | `10s` | a write or a wait for queue room longer than this ends the client |
 //! | `--max-clients N` | none | refuse more (error `server_full`, close 1013) |
+//! | `--redis URL` | none | join the cluster at this Redis (`redis://127.0.0.1:6379`): rooms, `direct` and keys span every node on it; the admin API gains `/cluster` |
+//! | `--node-id ID` | random | this node's id in the cluster (1–64 of `A-Za-z0-9._-`) |
 //!
 //! Durations are `<integer><unit>` with unit `ms`, `s` or `m`.
 //!
@@ -80,7 +82,10 @@
 //! `server_full`, `unknown_session`, `not_attached`,
 //! `unknown_client`, `queue_full` (a `direct` whose recipient's queue is full),
 //! `task_refused` (wrong kinds, or the device is at its task limit),
-//! `unknown_task`.
+//! `unknown_task`; with `--redis`, `publish_failed` (Redis refused or is down:
+//! members on this node got the message, other nodes did not) and
+//! `cluster_unavailable` (a `hello` with a key or a `join` that Redis could not
+//! record).
 //!
 //! ## Close codes
 //!
@@ -236,6 +241,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config, String> 
             "--ping-interval" => config.ping_interval = duration(&flag, &value()?)?,
             "--idle-timeout" => config.idle_timeout = duration(&flag, &value()?)?,
             "--write-timeout" => config.write_timeout = duration(&flag, &value()?)?,
+            "--redis" => config.redis = Some(value()?),
+            "--node-id" => config.node_id = Some(value()?),
             other => return Err(format!("unknown flag {other:?}")),
         }
     }

@@ -43,6 +43,7 @@
 //! | `GET /healthz` | `{"status": "ok"}`, without authentication, for probes |
 //! | `GET /events` | Server-Sent Events: a `snapshot` each second for the dashboard (see [Dashboard](#dashboard)) |
 //! | `GET /dashboard` | the operations page, without authentication (it holds no data; it asks for the token) |
+//! | `GET /cluster` | with [`router_with_cluster`] (the `cluster` feature): this node, its cluster counters and subscriptions, and every live node with its client count |
 //!
 //! **Filters of `GET /clients`** map onto [`Filter`](crate::Filter), so they only
 //! see profiled clients (those with a key, kind or platform): `kind` (`device` or
@@ -134,6 +135,8 @@
 //!   admin broadcast took to reach every member's queue.
 
 mod clients;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod config;
 mod dashboard;
 mod error;
@@ -152,6 +155,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use subtle::ConstantTimeEq;
 
+#[cfg(feature = "cluster")]
+pub use cluster::router_with_cluster;
 pub use config::{AdminConfig, AdminConfigError};
 
 use self::error::ApiError;
@@ -161,6 +166,9 @@ use crate::{Registry, SessionId};
 /// Turns a broadcast body into the registry's message type.
 type Encoder<M> = Box<dyn Fn(&SessionId, serde_json::Value) -> M + Send + Sync>;
 
+/// More Prometheus text appended to `/metrics` (the cluster's counters).
+type ExtraMetrics = Box<dyn Fn() -> String + Send + Sync>;
+
 /// What every handler shares.
 struct Admin<M> {
     registry: Registry<M>,
@@ -169,6 +177,7 @@ struct Admin<M> {
     body_limit: usize,
     metrics: Metrics,
     subscribers: events::Subscribers,
+    extra_metrics: Option<ExtraMetrics>,
 }
 
 type Shared<M> = Arc<Admin<M>>;
@@ -262,6 +271,19 @@ fn build<M>(registry: Registry<M>, config: AdminConfig, encode: Encoder<M>) -> R
 where
     M: Clone + Send + Sync + 'static,
 {
+    build_with(registry, config, encode, None)
+}
+
+/// As [`build`], with more text for `/metrics`.
+fn build_with<M>(
+    registry: Registry<M>,
+    config: AdminConfig,
+    encode: Encoder<M>,
+    extra_metrics: Option<ExtraMetrics>,
+) -> Router
+where
+    M: Clone + Send + Sync + 'static,
+{
     let admin = Arc::new(Admin {
         registry,
         encode,
@@ -269,6 +291,7 @@ where
         body_limit: config.body_limit,
         metrics: Metrics::new(),
         subscribers: events::Subscribers::new(),
+        extra_metrics,
     });
     let guarded = Router::new()
         .route("/clients", get(clients::list::<M>))
@@ -337,7 +360,10 @@ async fn stats<M>(State(admin): State<Shared<M>>) -> Response {
 
 /// `GET /metrics`.
 async fn scrape<M>(State(admin): State<Shared<M>>) -> Response {
-    let text = admin.metrics.render(&admin.registry.stats());
+    let mut text = admin.metrics.render(&admin.registry.stats());
+    if let Some(extra) = &admin.extra_metrics {
+        text.push_str(&extra());
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -42,6 +42,10 @@ pub enum Command {
     /// separate process unless --target is given): connect rate, deliveries per second,
     /// end-to-end latency, errors, lost messages and the server's RSS per connection.
     Ws(WsArgs),
+    /// Several ws_server nodes over one Redis (started here, with redis-server): the
+    /// publish rate against redis-benchmark, same- and cross-node latency, ordering,
+    /// gaps; with --chaos a node is SIGKILLed and Redis restarted mid-run.
+    Cluster(ClusterArgs),
 }
 
 /// The scenarios.
@@ -63,6 +67,9 @@ pub enum Scenario {
     /// The wire-level run; chosen with the `ws` subcommand (see [`Command::Ws`]).
     #[command(skip)]
     Ws,
+    /// The multi-node run; chosen with the `cluster` subcommand (see [`Command::Cluster`]).
+    #[command(skip)]
+    Cluster,
 }
 
 impl Scenario {
@@ -76,6 +83,7 @@ impl Scenario {
             Self::Soak => "soak",
             Self::All => "all",
             Self::Ws => "ws",
+            Self::Cluster => "cluster",
         }
     }
 }
@@ -89,6 +97,33 @@ pub enum Policy {
     Drop,
     /// Unregister the member.
     Disconnect,
+}
+
+/// The options of `stress cluster`. The global knobs it uses: `--duration` (the wire
+/// phase's publishing time, default 4 s, 10 s with `--chaos`), `--message-size`
+/// (padding in `data`), `--workers` and `--json`.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct ClusterArgs {
+    /// ws_server nodes to start.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..=8))]
+    pub nodes: u64,
+
+    /// Listening clients per node (each node also has one publisher).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub listeners: u64,
+
+    /// SIGKILL the last node, then restart Redis, mid-run.
+    #[arg(long)]
+    pub chaos: bool,
+
+    /// The wire phase's publications per second, at most (it runs at a tenth of the
+    /// measured cluster publish rate, split over the publishers).
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_rate: u64,
+
+    /// The ws_server binary [default: `TARGET_DIR/release/examples/ws_server`].
+    #[arg(long, value_name = "PATH")]
+    pub server_bin: Option<PathBuf>,
 }
 
 /// The options of `stress ws`. The global knobs it uses: `--sessions` and `--members`

@@ -13,6 +13,7 @@
 mod chart;
 mod cli;
 mod client;
+mod cluster;
 mod heap;
 mod invariants;
 mod latency;
@@ -39,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, Knobs, Scenario, WsArgs};
+use crate::cli::{Cli, ClusterArgs, Command, Knobs, Scenario, WsArgs};
 use crate::invariants::Violations;
 use crate::latency::{histogram, Percentiles};
 use crate::progress::Progress;
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
         None => Scenario::All,
         Some(Command::Scenario(s)) => s,
         Some(Command::Ws(args)) => return ws_main(&args, &cli.knobs),
+        Some(Command::Cluster(args)) => return cluster_main(&args, &cli.knobs),
     };
     let plan = Plan::new(scenario, &cli.knobs);
     let runtime = match runtime(plan.workers) {
@@ -179,6 +181,79 @@ fn ws_main(args: &WsArgs, knobs: &Knobs) -> ExitCode {
         wire: serde_json::to_value(&wire).ok(),
     };
     print!("{}", wire.table());
+    if report.invariants.ok {
+        println!("\nINVARIANTS  ok ({} checks)", report.invariants.checks);
+    } else {
+        println!(
+            "\nINVARIANTS  {} VIOLATED",
+            report.invariants.violation_count
+        );
+        for v in &report.invariants.violations {
+            println!("  {v}");
+        }
+    }
+    let mut code = if report.invariants.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
+    if let Some(path) = &knobs.json {
+        if !write_json(&report, path) {
+            code = ExitCode::from(2);
+        }
+    }
+    code
+}
+
+/// `stress cluster`: the multi-node run, reported in the same JSON layout, under `wire`
+/// (the keys `cluster_publish_rate_vs_redis_benchmark`,
+/// `cluster_cross_node_p50_minus_local_ms` and `cluster_redis_round_trips_per_broadcast`
+/// are at its top level).
+fn cluster_main(args: &ClusterArgs, knobs: &Knobs) -> ExitCode {
+    let started = Instant::now();
+    let plan = Plan::new(Scenario::Cluster, knobs);
+    let runtime = match runtime(plan.workers) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let violations = Arc::new(Violations::default());
+    let run = {
+        let (args, knobs, violations) = (args.clone(), knobs.clone(), Arc::clone(&violations));
+        async move { cluster::run(&args, &knobs, &violations).await }
+    };
+    let result = match runtime.block_on(async { tokio::spawn(run).await }) {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => {
+            eprintln!("stress cluster: {e}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("stress cluster: the harness task failed: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    drop(runtime);
+    violations.collect_panics();
+    let groups = violations.groups();
+    let report = Report {
+        version: VERSION,
+        machine: Machine::here(),
+        config: plan,
+        latency_us: result.cross_node_latency_us,
+        invariants: Invariants {
+            ok: violations.total() == 0,
+            violation_count: violations.total(),
+            checks: violations.checks(),
+            violations: groups.iter().flat_map(|g| g.examples.clone()).collect(),
+            groups,
+        },
+        ratios: Ratios::default(),
+        registry_bytes_per_client: None,
+        wall_s: started.elapsed().as_secs_f64(),
+        scenarios: Scenarios::default(),
+        wire: serde_json::to_value(&result).ok(),
+    };
+    print!("{}", result.table());
     if report.invariants.ok {
         println!("\nINVARIANTS  ok ({} checks)", report.invariants.checks);
     } else {

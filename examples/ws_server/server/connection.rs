@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite;
 
+use super::cluster::Refused;
 use super::protocol::{self, close, close_frame, Frame, Inbound, Refusal};
 use super::{stopped, Shared};
 
@@ -82,12 +83,11 @@ pub(super) async fn serve(shared: Arc<Shared>, mut socket: WebSocket) {
         shared.config.write_timeout,
     ));
     let end = read(&shared, id, &mut stream, &mut shutdown, &mut writer).await;
-    let registry = &shared.registry;
     let linger = shared.config.close_linger;
     match end {
         End::Close(code, reason) => {
             let _ = close_tx.send(close_frame(code, reason));
-            let _ = registry.unregister(id);
+            super::cluster::unregister(&shared, id).await;
             finish(writer, shared.config.write_timeout).await;
             // Wait for the peer's close reply, as RFC 6455 asks, so the peer reads our
             // close frame before the TCP connection goes. Not after an oversized
@@ -98,24 +98,24 @@ pub(super) async fn serve(shared: Arc<Shared>, mut socket: WebSocket) {
         }
         End::PeerClosed => {
             drop(close_tx);
-            let _ = registry.unregister(id);
+            super::cluster::unregister(&shared, id).await;
             finish(writer, shared.config.write_timeout).await;
             drain(&mut stream, linger).await;
         }
         End::Gone => {
             drop(close_tx);
-            let _ = registry.unregister(id);
+            super::cluster::unregister(&shared, id).await;
             writer.abort();
         }
         End::Shutdown => {
             let _ = close_tx.send(close_frame(close::GOING_AWAY, "server shutting down"));
             finish(writer, shared.config.write_timeout).await;
             drain(&mut stream, linger).await;
-            let _ = registry.unregister(id);
+            super::cluster::unregister(&shared, id).await;
         }
         End::WriterDone => {
             drain(&mut stream, linger).await;
-            let _ = registry.unregister(id);
+            super::cluster::unregister(&shared, id).await;
         }
     }
 }
@@ -171,24 +171,25 @@ async fn greet(
             Ok(inbound) if inbound.kind == "hello" => {
                 match serde_json::from_str::<ClientInfo>(&text) {
                     Err(e) => Refusal::new("bad_frame", e.to_string()),
-                    Ok(info) => match shared.registry.register(info) {
+                    Ok(info) => match super::cluster::register(shared, info).await {
                         Ok((id, rx)) => {
                             if say(socket, protocol::welcome(id), config.write_timeout)
                                 .await
                                 .is_none()
                             {
-                                let _ = shared.registry.unregister(id);
+                                super::cluster::unregister(shared, id).await;
                                 return None;
                             }
                             return Some((id, rx));
                         }
-                        Err(e @ RegisterError::MetadataTooLarge { .. }) => {
+                        Err(Refused::Register(e @ RegisterError::MetadataTooLarge { .. })) => {
                             Refusal::new("metadata_too_large", e.to_string())
                         }
-                        Err(e @ RegisterError::ProfileTooLarge { .. }) => {
+                        Err(Refused::Register(e @ RegisterError::ProfileTooLarge { .. })) => {
                             Refusal::new("profile_too_large", e.to_string())
                         }
-                        Err(e) => {
+                        Err(Refused::Cluster(e)) => Refusal::new("cluster_unavailable", e),
+                        Err(Refused::Register(e)) => {
                             let refusal = Refusal::new("server_full", e.to_string());
                             let _ = say(socket, refusal.frame(), config.write_timeout).await;
                             say_close(
@@ -310,14 +311,14 @@ async fn handle(shared: &Shared, me: ClientId, text: &str) -> Result<(), Stop> {
     match kind {
         "join" => {
             let session = protocol::required(inbound.session, kind, "session")?;
-            // An error means this client was just unregistered; the writer closes.
-            if registry.attach(me, &session).is_ok() {
+            // False means this client was just unregistered; the writer closes.
+            if super::cluster::join(shared, me, &session).await? {
                 send_own(shared, me, protocol::membership("joined", &session)).await?;
             }
         }
         "leave" => {
             let session = protocol::required(inbound.session, kind, "session")?;
-            match registry.detach(me, &session) {
+            match super::cluster::leave(shared, me, &session).await {
                 Ok(()) => send_own(shared, me, protocol::membership("left", &session)).await?,
                 Err(e @ DetachError::NotAttached { .. }) => {
                     return Err(Refusal::new("not_attached", e.to_string()).into())
@@ -332,17 +333,19 @@ async fn handle(shared: &Shared, me: ClientId, text: &str) -> Result<(), Stop> {
                 Some(data) => protocol::message(Some(&session), Some(me), data),
                 None => protocol::message(Some(&session), Some(me), &serde_json::Value::Null),
             };
-            if let Err(e) = registry.broadcast_except(&session, me, frame) {
-                return Err(Refusal::new("unknown_session", e.to_string()).into());
-            }
+            super::cluster::publish(shared, me, &session, frame).await?;
         }
         "direct" => {
             let to = protocol::required(inbound.to, kind, "to")?;
-            let target = resolve(shared, &to)?;
             let frame = match inbound.data {
                 Some(data) => protocol::message(None, Some(me), data),
                 None => protocol::message(None, Some(me), &serde_json::Value::Null),
             };
+            // With a cluster, a key goes wherever Redis says it is held.
+            if let Some(sent) = super::cluster::direct_by_key(shared, &to, frame.clone()).await {
+                return sent.map_err(Stop::from);
+            }
+            let target = resolve(shared, &to)?;
             match registry.send(target, frame) {
                 Ok(()) => {}
                 Err(SendError::Full(_)) => {
@@ -412,7 +415,7 @@ fn resolve(shared: &Shared, who: &str) -> Result<ClientId, Refusal> {
     }
 }
 
-fn unknown_client(who: &str) -> Refusal {
+pub(super) fn unknown_client(who: &str) -> Refusal {
     Refusal::new("unknown_client", format!("no connected client {who:?}"))
 }
 

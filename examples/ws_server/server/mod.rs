@@ -6,6 +6,7 @@
 //! with 1001 and leaves the registry empty. The tests start it on ephemeral
 //! loopback ports; `main.rs` adds the command line and Ctrl-C.
 
+pub mod cluster;
 mod connection;
 mod demo;
 pub mod protocol;
@@ -20,8 +21,9 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::Router;
+use switchboard::cluster::Cluster;
 use switchboard::http::{self, AdminConfig, AdminConfigError};
-use switchboard::{CancelReason, Event, Registry, SendError, SlowConsumerPolicy};
+use switchboard::{CancelReason, Event, Registry, SendError, SessionId, SlowConsumerPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, watch};
@@ -62,6 +64,10 @@ pub struct Config {
     pub close_linger: Duration,
     /// Refuse clients beyond this many (they get `server_full` and 1013).
     pub max_clients: Option<usize>,
+    /// Join the cluster at this Redis URL (`--redis`); `None` runs alone.
+    pub redis: Option<String>,
+    /// This node's id in the cluster (`--node-id`); random if `None`.
+    pub node_id: Option<String>,
 }
 
 impl Default for Config {
@@ -83,6 +89,8 @@ impl Default for Config {
             write_timeout: Duration::from_secs(10),
             close_linger: Duration::from_secs(2),
             max_clients: None,
+            redis: None,
+            node_id: None,
         }
     }
 }
@@ -104,11 +112,15 @@ pub enum StartError {
     /// The admin API settings are invalid (no token beyond loopback, say).
     #[error("admin API: {0}")]
     Admin(#[from] AdminConfigError),
+    /// `--redis` was given and the cluster could not be joined.
+    #[error("cluster: {0}")]
+    Cluster(#[from] switchboard::cluster::ClusterError),
 }
 
 /// What every connection shares.
 struct Shared {
     registry: Registry<Frame>,
+    cluster: Option<Cluster<Frame>>,
     config: Config,
     shutdown: watch::Receiver<bool>,
     /// Held by every connection; the server's receiver sees the end when the last
@@ -129,6 +141,7 @@ pub struct ShutdownReport {
 /// A running server.
 pub struct Server {
     registry: Registry<Frame>,
+    cluster: Option<Cluster<Frame>>,
     ws_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
@@ -154,16 +167,23 @@ impl Server {
             builder = builder.max_clients(limit);
         }
         let registry = builder.build()?;
+        let cluster = match &config.redis {
+            Some(url) => Some(cluster::connect(&registry, url, config.node_id.as_deref()).await?),
+            None => None,
+        };
         let admin = match config.admin_addr {
             Some(addr) => {
                 let mut admin_config = AdminConfig::for_addr(addr);
                 if let Some(token) = &config.admin_token {
                     admin_config = admin_config.token(token.clone());
                 }
-                let router =
-                    http::router_with_encoder(registry.clone(), admin_config, |session, body| {
-                        protocol::message(Some(session), None, &body)
-                    })?;
+                let encode = |session: &SessionId, body: serde_json::Value| {
+                    protocol::message(Some(session), None, &body)
+                };
+                let router = match &cluster {
+                    Some(c) => http::router_with_cluster(c.clone(), admin_config, encode)?,
+                    None => http::router_with_encoder(registry.clone(), admin_config, encode)?,
+                };
                 Some((bind(addr).await?, router))
             }
             None => None,
@@ -180,6 +200,7 @@ impl Server {
         let events = registry.subscribe();
         let shared = Arc::new(Shared {
             registry: registry.clone(),
+            cluster: cluster.clone(),
             config,
             shutdown: shutdown.clone(),
             _live: live_tx,
@@ -222,6 +243,7 @@ impl Server {
         }
         Ok(Self {
             registry,
+            cluster,
             ws_addr,
             admin_addr,
             stop,
@@ -268,6 +290,10 @@ impl Server {
             {
                 abort.abort();
             }
+        }
+        if let Some(cluster) = self.cluster {
+            // Leave at once rather than expire: other nodes release our keys now.
+            let _ = cluster.shutdown().await;
         }
         ShutdownReport { clients, forced }
     }

@@ -24,7 +24,7 @@ mod client;
 mod fdlimit;
 mod loss;
 mod result;
-mod server;
+pub mod server;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;

@@ -1,0 +1,155 @@
+//! `--redis URL`: the server as one node of a cluster. Rooms span every node
+//! started against the same Redis, a `direct` reaches a key on any node, and a
+//! `hello` with a key held on another node takes it over (that connection closes
+//! with 4002). Without `--redis` every helper here is the plain registry call.
+
+use switchboard::cluster::{
+    Cluster, ClusterError, Codec, CodecError, PublishError, SendToKeyError,
+};
+use switchboard::{
+    ClientId, ClientInfo, DetachError, Receiver, RegisterError, Registry, SendError, SessionId,
+};
+
+use super::protocol::{Frame, Refusal};
+use super::Shared;
+
+/// Frames cross Redis as their UTF-8 bytes.
+pub struct FrameCodec;
+
+impl Codec<Frame> for FrameCodec {
+    fn encode(&self, frame: &Frame) -> Result<bytes::Bytes, CodecError> {
+        Ok(bytes::Bytes::copy_from_slice(frame.as_str().as_bytes()))
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Frame, CodecError> {
+        std::str::from_utf8(bytes)
+            .map(Frame::from)
+            .map_err(|e| CodecError(e.to_string()))
+    }
+}
+
+/// Joins `registry` to the cluster at `url`.
+pub async fn connect(
+    registry: &Registry<Frame>,
+    url: &str,
+    node: Option<&str>,
+) -> Result<Cluster<Frame>, ClusterError> {
+    let mut builder = Cluster::builder(registry.clone(), FrameCodec).url(url);
+    if let Some(node) = node {
+        builder = builder.node_id(node);
+    }
+    builder.connect().await
+}
+
+/// Why a `hello` did not register.
+pub(super) enum Refused {
+    Register(RegisterError),
+    Cluster(String),
+}
+
+pub(super) async fn register(
+    shared: &Shared,
+    info: ClientInfo,
+) -> Result<(ClientId, Receiver<Frame>), Refused> {
+    match &shared.cluster {
+        None => shared.registry.register(info).map_err(Refused::Register),
+        Some(cluster) => cluster.register(info).await.map_err(|e| match e {
+            ClusterError::Register(e) => Refused::Register(e),
+            e => Refused::Cluster(e.to_string()),
+        }),
+    }
+}
+
+pub(super) async fn unregister(shared: &Shared, id: ClientId) {
+    match &shared.cluster {
+        None => drop(shared.registry.unregister(id)),
+        // Gone locally whatever Redis says; the heartbeat corrects Redis later.
+        Some(cluster) => drop(cluster.unregister(id).await),
+    }
+}
+
+/// Attaches; `Ok(false)` if this client was just unregistered (the writer closes).
+pub(super) async fn join(
+    shared: &Shared,
+    me: ClientId,
+    session: &SessionId,
+) -> Result<bool, Refusal> {
+    match &shared.cluster {
+        None => Ok(shared.registry.attach(me, session).is_ok()),
+        Some(cluster) => match cluster.attach(me, session).await {
+            Ok(_) => Ok(true),
+            Err(ClusterError::Attach(_)) => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        },
+    }
+}
+
+/// The session's members everywhere but `me` get `frame`.
+pub(super) async fn publish(
+    shared: &Shared,
+    me: ClientId,
+    session: &SessionId,
+    frame: Frame,
+) -> Result<(), Refusal> {
+    match &shared.cluster {
+        None => shared
+            .registry
+            .broadcast_except(session, me, frame)
+            .map(drop)
+            .map_err(|e| Refusal::new("unknown_session", e.to_string())),
+        Some(cluster) => cluster
+            .broadcast_except(session, me, frame)
+            .await
+            .map(drop)
+            .map_err(|e| publish_failed(&e)),
+    }
+}
+
+/// A `direct` to a key, through the cluster; `None` without a cluster or when `to`
+/// is a connection id (ids are per node).
+pub(super) async fn direct_by_key(
+    shared: &Shared,
+    to: &str,
+    frame: Frame,
+) -> Option<Result<(), Refusal>> {
+    let cluster = shared.cluster.as_ref()?;
+    if to.parse::<ClientId>().is_ok() {
+        return None;
+    }
+    Some(match cluster.send_to_key(to, frame).await {
+        Ok(_) => Ok(()),
+        Err(SendToKeyError::Publish(e)) => Err(publish_failed(&e)),
+        Err(SendToKeyError::Local(SendError::Full(_))) => Err(Refusal::new(
+            "queue_full",
+            format!("{to}'s queue is full; the message was not queued"),
+        )),
+        Err(_) => Err(super::connection::unknown_client(to)),
+    })
+}
+
+fn publish_failed(e: &PublishError<Frame>) -> Refusal {
+    Refusal::new(
+        "publish_failed",
+        format!("{e}; members on this node got it, other nodes did not"),
+    )
+}
+
+fn unavailable(e: ClusterError) -> Refusal {
+    Refusal::new("cluster_unavailable", e.to_string())
+}
+
+/// Detaches; with a cluster, unsubscribes after the last local member (if Redis
+/// is down the detach stands and the heartbeat unsubscribes later).
+pub(super) async fn leave(
+    shared: &Shared,
+    me: ClientId,
+    session: &SessionId,
+) -> Result<(), DetachError> {
+    match &shared.cluster {
+        None => shared.registry.detach(me, session),
+        Some(cluster) => match cluster.detach(me, session).await {
+            Err(ClusterError::Detach(e)) => Err(e),
+            _ => Ok(()),
+        },
+    }
+}

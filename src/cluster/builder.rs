@@ -1,0 +1,175 @@
+//! Configuring a node: the Redis URL, its id, timings and options.
+
+use std::time::Duration;
+
+use fred::prelude::{ClientLike, Config, ReconnectPolicy};
+
+use crate::sync::Arc;
+use crate::Registry;
+
+use super::codec::Codec;
+use super::envelope::MAX_NODE_ID;
+use super::error::ClusterError;
+use super::Cluster;
+
+/// A builder that connects a [`Registry`] to Redis; see [`Cluster::builder`].
+#[must_use = "a builder does nothing until `connect` is awaited"]
+pub struct ClusterBuilder<M> {
+    pub(crate) registry: Registry<M>,
+    pub(crate) codec: Arc<dyn Codec<M>>,
+    pub(crate) url: String,
+    pub(crate) node: Option<String>,
+    pub(crate) prefix: String,
+    pub(crate) ttl: Duration,
+    pub(crate) sharded: bool,
+    pub(crate) reconnect_delay: Duration,
+    pub(crate) command_timeout: Duration,
+    pub(crate) max_payload: usize,
+    pub(crate) publish_queue: usize,
+    pub(crate) publish_deadline: Duration,
+}
+
+impl<M> std::fmt::Debug for ClusterBuilder<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterBuilder")
+            .field("node", &self.node)
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .field("sharded", &self.sharded)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A node id that cannot travel in a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("node id must be 1 to {MAX_NODE_ID} bytes of [A-Za-z0-9._-], got {0:?}")]
+pub struct BadNodeId(pub String);
+
+impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
+    pub(crate) fn new(registry: Registry<M>, codec: impl Codec<M>) -> Self {
+        Self {
+            registry,
+            codec: Arc::new(codec),
+            url: "redis://127.0.0.1:6379".to_owned(),
+            node: None,
+            prefix: "switchboard".to_owned(),
+            ttl: Duration::from_secs(3),
+            sharded: false,
+            reconnect_delay: Duration::from_millis(100),
+            command_timeout: Duration::from_secs(2),
+            max_payload: 1 << 20,
+            publish_queue: 65_536,
+            publish_deadline: Duration::from_millis(500),
+        }
+    }
+
+    /// The Redis server, as a `redis://host:port` URL. Default `redis://127.0.0.1:6379`.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = url.into();
+        self
+    }
+
+    /// This node's id, unique in the cluster. Default: random.
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.node = Some(id.into());
+        self
+    }
+
+    /// The prefix of every Redis key and channel, so that several clusters can share
+    /// one server. Default `switchboard`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long a node's heartbeat lives; a node silent this long is dead and its
+    /// keys are released. It beats every third of this. Default 3 s.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl.max(Duration::from_millis(300));
+        self
+    }
+
+    /// Session channels use sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7), for
+    /// Redis Cluster deployments. Default off.
+    pub fn sharded(mut self, on: bool) -> Self {
+        self.sharded = on;
+        self
+    }
+
+    /// The pause between reconnection attempts. Default 100 ms.
+    pub fn reconnect_delay(mut self, delay: Duration) -> Self {
+        self.reconnect_delay = delay;
+        self
+    }
+
+    /// The largest payload accepted from Redis; larger publications count as
+    /// malformed. Default 1 MiB.
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// Publications waiting for Redis, at most; more fail with
+    /// [`PublishError::Busy`](super::PublishError::Busy). Default 65,536.
+    pub fn publish_queue(mut self, n: usize) -> Self {
+        self.publish_queue = n.max(1);
+        self
+    }
+
+    /// How long after it is sent Redis still accepts a publication. A publication
+    /// that cannot be confirmed fails after twice this, and Redis refuses it from
+    /// then on, so that "failed" is final. Default 500 ms.
+    pub fn publish_deadline(mut self, deadline: Duration) -> Self {
+        self.publish_deadline = deadline.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Connects to Redis, subscribes to this node's channels, announces the node
+    /// and starts its background tasks (heartbeat, reaper, subscriptions).
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Redis`] if Redis cannot be reached or the URL is invalid;
+    /// a [`BadNodeId`] inside [`ClusterError::Config`].
+    pub async fn connect(self) -> Result<Cluster<M>, ClusterError> {
+        let node = self.node.clone().unwrap_or_else(random_id);
+        let valid = (1..=MAX_NODE_ID).contains(&node.len())
+            && node
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !valid {
+            return Err(ClusterError::Config(BadNodeId(node)));
+        }
+        let config = Config::from_url(&self.url)?;
+        let delay = u32::try_from(self.reconnect_delay.as_millis()).unwrap_or(u32::MAX);
+        let mut builder = fred::types::Builder::from_config(config);
+        builder
+            .set_policy(ReconnectPolicy::new_constant(0, delay))
+            .with_connection_config(|c| {
+                c.connection_timeout = self.command_timeout;
+                c.internal_command_timeout = self.command_timeout;
+                c.max_command_attempts = 1;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = self.command_timeout;
+                p.broadcast_channel_capacity = 1 << 14;
+            });
+        let client = builder.build()?;
+        let subscriber = builder.build_subscriber_client()?;
+        client.init().await?;
+        subscriber.init().await?;
+        Cluster::start(self, node, client, subscriber).await
+    }
+}
+
+fn random_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    format!("node-{:016x}", h.finish())
+}

@@ -1,0 +1,214 @@
+//! The frame around every message that crosses Redis: who sent it, its number, and
+//! for whom it is.
+//!
+//! ```text
+//! broadcast  [1][0][n][node: n bytes][seq: u64 BE][payload]
+//! direct     [1][1][n][node: n bytes][k: u16 BE][key: k bytes][payload]
+//! takeover   [1][2][JSON {"key","gen","node","by"}]   written by the claim script
+//! node down  [1][3][JSON {"node","keys"}]             written by the reap script
+//! ```
+//!
+//! Every length is checked against the frame before it is used: the bytes come from
+//! Redis, which any client of that server can publish to.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+
+/// The only frame version this build reads.
+const VERSION: u8 = 1;
+const BROADCAST: u8 = 0;
+const DIRECT: u8 = 1;
+pub(crate) const TAKEOVER: u8 = 2;
+pub(crate) const NODE_DOWN: u8 = 3;
+
+/// The longest node id; ids travel in every frame.
+pub(crate) const MAX_NODE_ID: usize = 64;
+
+/// A decoded frame; byte fields borrow from the publication.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Envelope<'a> {
+    Broadcast {
+        node: &'a str,
+        seq: u64,
+        payload: &'a [u8],
+    },
+    Direct {
+        node: &'a str,
+        key: &'a str,
+        payload: &'a [u8],
+    },
+    TakeOver(TakeOver),
+    NodeDown(NodeDown),
+}
+
+/// A claim script's notice to the key's previous node.
+#[derive(Debug, PartialEq, Deserialize)]
+pub(crate) struct TakeOver {
+    pub(crate) key: String,
+    /// The claim's generation; a node closes its holder only if it claimed earlier.
+    pub(crate) gen: u64,
+    /// The node that claimed the key.
+    pub(crate) node: String,
+    /// The new connection on that node.
+    pub(crate) by: String,
+}
+
+/// The reap script's notice that a node's heartbeat expired.
+#[derive(Debug, PartialEq)]
+pub(crate) struct NodeDown {
+    pub(crate) node: String,
+    pub(crate) keys: Vec<String>,
+}
+
+/// A frame that is not one this build writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Malformed;
+
+pub(crate) fn broadcast(node: &str, seq: u64, payload: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(3 + node.len() + 8 + payload.len());
+    header(&mut b, BROADCAST, node);
+    b.put_u64(seq);
+    b.put_slice(payload);
+    b.freeze()
+}
+
+pub(crate) fn direct(node: &str, key: &str, payload: &[u8]) -> Option<Bytes> {
+    let k = u16::try_from(key.len()).ok()?;
+    let mut b = BytesMut::with_capacity(3 + node.len() + 2 + key.len() + payload.len());
+    header(&mut b, DIRECT, node);
+    b.put_u16(k);
+    b.put_slice(key.as_bytes());
+    b.put_slice(payload);
+    Some(b.freeze())
+}
+
+fn header(b: &mut BytesMut, kind: u8, node: &str) {
+    // The builder bounds node ids to MAX_NODE_ID bytes, so the length fits a byte.
+    b.put_u8(VERSION);
+    b.put_u8(kind);
+    b.put_u8(node.len() as u8);
+    b.put_slice(node.as_bytes());
+}
+
+fn split(bytes: &[u8], n: usize) -> Result<(&[u8], &[u8]), Malformed> {
+    if bytes.len() < n {
+        return Err(Malformed);
+    }
+    Ok(bytes.split_at(n))
+}
+
+fn text(bytes: &[u8]) -> Result<&str, Malformed> {
+    std::str::from_utf8(bytes).map_err(|_| Malformed)
+}
+
+pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>, Malformed> {
+    let (head, rest) = split(bytes, 2)?;
+    if head[0] != VERSION {
+        return Err(Malformed);
+    }
+    match head[1] {
+        TAKEOVER => serde_json::from_slice(rest)
+            .map(Envelope::TakeOver)
+            .map_err(|_| Malformed),
+        NODE_DOWN => node_down(rest).map(Envelope::NodeDown),
+        kind @ (BROADCAST | DIRECT) => {
+            let (n, rest) = split(rest, 1)?;
+            let (node, rest) = split(rest, usize::from(n[0]))?;
+            let node = text(node)?;
+            if kind == BROADCAST {
+                let (seq, payload) = split(rest, 8)?;
+                let seq = u64::from_be_bytes(seq.try_into().map_err(|_| Malformed)?);
+                Ok(Envelope::Broadcast { node, seq, payload })
+            } else {
+                let (k, rest) = split(rest, 2)?;
+                let k = u16::from_be_bytes([k[0], k[1]]);
+                let (key, payload) = split(rest, usize::from(k))?;
+                Ok(Envelope::Direct {
+                    node,
+                    key: text(key)?,
+                    payload,
+                })
+            }
+        }
+        _ => Err(Malformed),
+    }
+}
+
+/// Lua's cjson writes an empty table as `{}`, so `keys` may be an object.
+fn node_down(bytes: &[u8]) -> Result<NodeDown, Malformed> {
+    #[derive(Deserialize)]
+    struct Raw {
+        node: String,
+        keys: serde_json::Value,
+    }
+    let raw: Raw = serde_json::from_slice(bytes).map_err(|_| Malformed)?;
+    let keys = match raw.keys {
+        serde_json::Value::Array(keys) => keys
+            .into_iter()
+            .map(|k| match k {
+                serde_json::Value::String(k) => Ok(k),
+                _ => Err(Malformed),
+            })
+            .collect::<Result<_, _>>()?,
+        serde_json::Value::Object(map) if map.is_empty() => Vec::new(),
+        _ => return Err(Malformed),
+    };
+    Ok(NodeDown {
+        node: raw.node,
+        keys,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let b = broadcast("a", 7, b"hi");
+        assert_eq!(
+            decode(&b),
+            Ok(Envelope::Broadcast {
+                node: "a",
+                seq: 7,
+                payload: b"hi"
+            })
+        );
+        let d = direct("node-2", "dev", b"x").unwrap();
+        assert_eq!(
+            decode(&d),
+            Ok(Envelope::Direct {
+                node: "node-2",
+                key: "dev",
+                payload: b"x"
+            })
+        );
+    }
+
+    #[test]
+    fn every_truncation_is_refused_not_panicked() {
+        let b = broadcast("node", 1, b"");
+        for n in 0..b.len() {
+            assert_eq!(decode(&b[..n]), Err(Malformed), "prefix of {n} bytes");
+        }
+        let d = direct("node", "key", b"").unwrap();
+        for n in 0..d.len() {
+            assert_eq!(decode(&d[..n]), Err(Malformed), "prefix of {n} bytes");
+        }
+        assert_eq!(decode(&[2, 0]), Err(Malformed));
+        assert_eq!(decode(&[1, 9]), Err(Malformed));
+    }
+
+    #[test]
+    fn node_down_accepts_cjson_empty_table() {
+        let mut f = vec![1, NODE_DOWN];
+        f.extend_from_slice(br#"{"node":"a","keys":{}}"#);
+        assert_eq!(
+            decode(&f),
+            Ok(Envelope::NodeDown(NodeDown {
+                node: "a".into(),
+                keys: vec![]
+            }))
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! The receiving side: every publication this node hears, from its session
+//! channels, its node channel and the ctl channel.
+
+use fred::prelude::EventInterface;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::fleet::ClientRef;
+use crate::sync::{lock, Arc};
+
+use super::envelope::{self, Envelope};
+use super::gaps::Seen;
+use super::stats::{ClusterEvent, Counters};
+use super::Shared;
+
+impl<M: Clone + Send + Sync + 'static> Shared<M> {
+    fn on_message(&self, channel: &str, bytes: &[u8]) {
+        let c = &self.counters;
+        let Ok(env) = envelope::decode(bytes) else {
+            Counters::add(&c.malformed, 1);
+            return;
+        };
+        match env {
+            Envelope::Broadcast { node, seq, payload } => {
+                if node == self.node {
+                    // Skip-self: local members got it before it was published.
+                    return;
+                }
+                let Some(session) = self.names.session_of(channel) else {
+                    Counters::add(&c.malformed, 1);
+                    return;
+                };
+                Counters::add(&c.received, 1);
+                match lock(&self.gaps).observe(node, &session, seq) {
+                    Seen::Next { missed } => Counters::add(&c.gaps, missed),
+                    Seen::Stale => Counters::add(&c.reordered, 1),
+                    Seen::First => {}
+                }
+                if payload.len() > self.max_payload {
+                    Counters::add(&c.malformed, 1);
+                    return;
+                }
+                match self.codec.decode(payload) {
+                    // No local members left (a leave raced the publication): nothing to do.
+                    Ok(msg) => drop(self.registry.broadcast(session, msg)),
+                    Err(_) => Counters::add(&c.malformed, 1),
+                }
+            }
+            Envelope::Direct { key, payload, .. } => {
+                Counters::add(&c.received, 1);
+                if payload.len() > self.max_payload {
+                    Counters::add(&c.malformed, 1);
+                    return;
+                }
+                let Ok(msg) = self.codec.decode(payload) else {
+                    Counters::add(&c.malformed, 1);
+                    return;
+                };
+                let sent = self
+                    .registry
+                    .lookup(ClientRef::Key(key))
+                    .map(|e| self.registry.send(e.id, msg));
+                if !matches!(sent, Ok(Ok(()))) {
+                    Counters::add(&c.undeliverable, 1);
+                }
+            }
+            Envelope::TakeOver(notice) => self.on_takeover(notice),
+            Envelope::NodeDown(down) => {
+                lock(&self.gaps).forget_node(&down.node);
+                let _ = self.events.send(ClusterEvent::NodeDown {
+                    node: down.node,
+                    keys: down.keys,
+                });
+            }
+        }
+    }
+}
+
+/// Reads every publication the subscriber connection delivers.
+pub(crate) async fn run<M: Clone + Send + Sync + 'static>(shared: Arc<Shared<M>>) {
+    let mut rx = shared.subscriber.message_rx();
+    loop {
+        match rx.recv().await {
+            Ok(message) => {
+                let Some(bytes) = message.value.as_bytes() else {
+                    Counters::add(&shared.counters.malformed, 1);
+                    continue;
+                };
+                shared.on_message(&message.channel, bytes);
+            }
+            // Lost in the client's buffer: the numbering counts them as gaps.
+            Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Renews everything after the connection to Redis comes back.
+pub(crate) async fn reconnects<M: Clone + Send + Sync + 'static>(shared: Arc<Shared<M>>) {
+    let mut rx = shared.subscriber.reconnect_rx();
+    loop {
+        match rx.recv().await {
+            Ok(_) | Err(RecvError::Lagged(_)) => {
+                Counters::add(&shared.counters.reconnects, 1);
+                let _ = shared.resubscribe().await;
+                let _ = shared.heartbeat().await;
+                let _ = shared.events.send(ClusterEvent::Reconnected);
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}

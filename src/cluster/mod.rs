@@ -1,0 +1,736 @@
+//! Sessions that span several nodes, over Redis (the `cluster` feature).
+//!
+//! A [`Cluster`] sits on a [`Registry`] and a Redis server. Each gateway node runs
+//! one; together they behave like one registry:
+//!
+//! * **Broadcast across nodes.** [`Cluster::broadcast`] delivers to local members
+//!   and publishes once to the session's Redis channel. Every other node with
+//!   members there delivers to them; a node ignores its own publications. A node
+//!   subscribes to a session's channel when it gets its first local member and
+//!   unsubscribes after its last leaves, so traffic reaches only nodes that need
+//!   it. [`ClusterBuilder::sharded`] uses `SPUBLISH`/`SSUBSCRIBE` for Redis Cluster.
+//! * **Presence.** Each node renews a heartbeat with a TTL and records the keys its
+//!   clients hold. [`Cluster::locate`], [`Cluster::send_to_key`],
+//!   [`Cluster::member_count`] and [`Cluster::nodes`] read that state. A node that
+//!   dies without cleaning up is released within its TTL, and
+//!   [`ClusterEvent::NodeDown`] lists the keys it held.
+//! * **Takeover across nodes.** A key registered on node B while it is online on
+//!   node A is claimed atomically in Redis (a Lua script); A closes its connection
+//!   with [`CloseReason::TakenOver`](crate::CloseReason::TakenOver).
+//! * **Gaps are counted.** Pub/sub is at-most-once. Each node numbers its
+//!   publications per session; receivers count the numbers they never saw
+//!   ([`ClusterStats::gaps`]). When Redis restarts, every node reconnects,
+//!   subscribes again to each session it has members in, and re-announces itself.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use switchboard::cluster::{Cluster, Raw};
+//! use switchboard::{ClientInfo, Registry};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let registry: Registry<Arc<str>> = Registry::new();
+//! let cluster = Cluster::builder(registry, Raw)
+//!     .url("redis://127.0.0.1:6379")
+//!     .node_id("gw-1")
+//!     .connect()
+//!     .await?;
+//! let (alice, mut rx) = cluster.register(ClientInfo::new().with_key("alice")).await?;
+//! cluster.attach(alice, "lobby").await?;
+//! // Reaches lobby members on every node, with one Redis round trip.
+//! cluster.broadcast("lobby", Arc::from("hello")).await?;
+//! # let _ = rx.recv().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Trade-offs
+//!
+//! * Membership changes made through the cluster ([`Cluster::attach`],
+//!   [`Cluster::register`], ...) take effect in Redis before they return. Changes
+//!   made on the [`Registry`] directly are picked up by the next heartbeat.
+//! * While Redis is unreachable, cross-node publications fail (and come back to
+//!   the caller), registrations with a key fail, and local delivery goes on.
+//! * Delivery across nodes is at-most-once and in order per publishing node and
+//!   session; losses are counted, never hidden.
+//!
+//! # Correctness
+//!
+//! `tests/cluster.rs` runs two or three nodes in one process against a real
+//! `redis-server`, including one restarted mid-run; `stress cluster` runs three
+//! `ws_server` processes.
+
+mod builder;
+mod clock;
+mod codec;
+mod envelope;
+mod error;
+mod gaps;
+mod inbound;
+mod names;
+mod presence;
+mod publisher;
+mod scripts;
+mod stats;
+mod subscription;
+mod takeover;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, PubsubInterface};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::sync::{lock, Arc, AsyncMutex, Mutex};
+use crate::{ClientId, ClientInfo, Receiver, Registry, SessionId, Unregistered};
+
+pub use builder::{BadNodeId, ClusterBuilder};
+pub use codec::{Codec, CodecError, Json, Raw};
+pub use error::{ClusterError, PublishError, RedisError, SendToKeyError};
+pub use presence::NodeInfo;
+pub use stats::{ClusterEvent, ClusterStats};
+
+use clock::RedisClock;
+use gaps::GapTracker;
+use names::Names;
+use publisher::{Outgoing, Publisher};
+use scripts::Scripts;
+use stats::Counters;
+use takeover::{Keys, Mode};
+
+/// One node of a cluster: a [`Registry`] joined to the others through Redis.
+///
+/// Cloning gives another handle to the same node. The node's background tasks
+/// (heartbeat, subscriptions, receiver) stop when the last handle is dropped; the
+/// other nodes then release it within its TTL. [`Cluster::shutdown`] leaves at
+/// once instead.
+pub struct Cluster<M> {
+    shared: Arc<Shared<M>>,
+    tasks: Arc<Tasks>,
+}
+
+impl<M> Clone for Cluster<M> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            tasks: Arc::clone(&self.tasks),
+        }
+    }
+}
+
+impl<M> std::fmt::Debug for Cluster<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.shared.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Aborts the node's tasks and closes its connections when the last handle goes.
+/// Presence is left to expire: that is what other nodes see of a crash.
+struct Tasks(Mutex<Vec<JoinHandle<()>>>, Client, SubscriberClient);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in lock(&self.0).drain(..) {
+            task.abort();
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (client, subscriber) = (self.1.clone(), self.2.clone());
+            runtime.spawn(async move {
+                let _ = subscriber.quit().await;
+                let _ = client.quit().await;
+            });
+        }
+    }
+}
+
+pub(crate) struct Shared<M> {
+    registry: Registry<M>,
+    codec: Arc<dyn Codec<M>>,
+    node: String,
+    names: Arc<Names>,
+    scripts: Scripts,
+    ttl: Duration,
+    sharded: bool,
+    max_payload: usize,
+    client: Client,
+    subscriber: SubscriberClient,
+    counters: Arc<Counters>,
+    gaps: Mutex<GapTracker>,
+    /// Sessions whose channel this node is subscribed to; the lock serialises
+    /// every subscription change.
+    subs: AsyncMutex<HashSet<SessionId>>,
+    /// Keys this node's clients hold, and claims in flight.
+    keys: Mutex<Keys>,
+    publish: mpsc::Sender<Outgoing>,
+    clock: Arc<RedisClock>,
+    events: broadcast::Sender<ClusterEvent>,
+}
+
+/// Where [`Cluster::send_to_key`] delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Delivered {
+    /// To a connection on this node.
+    Local,
+    /// Published to the node holding the key.
+    Remote(String),
+}
+
+impl<M: Clone + Send + Sync + 'static> Cluster<M> {
+    /// Starts configuring a node over `registry`, with `codec` for its messages.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use switchboard::cluster::{Cluster, Raw};
+    ///
+    /// let builder = Cluster::builder(switchboard::Registry::<String>::new(), Raw)
+    ///     .url("redis://127.0.0.1:6400")
+    ///     .node_id("gw-1");
+    /// # drop(builder);
+    /// ```
+    pub fn builder(registry: Registry<M>, codec: impl Codec<M>) -> ClusterBuilder<M> {
+        ClusterBuilder::new(registry, codec)
+    }
+
+    async fn start(
+        b: ClusterBuilder<M>,
+        node: String,
+        client: Client,
+        subscriber: SubscriberClient,
+    ) -> Result<Self, ClusterError> {
+        let names = Arc::new(Names::new(&b.prefix));
+        let counters = Arc::new(Counters::default());
+        let (publish, rx) = mpsc::channel(b.publish_queue);
+        let (events, _) = broadcast::channel(1024);
+        let clock = Arc::new(RedisClock::default());
+        let scripts = Scripts::new();
+        let publish_script = scripts.publish.text().to_owned();
+        let shared = Arc::new(Shared {
+            registry: b.registry,
+            codec: b.codec,
+            node: node.clone(),
+            names: Arc::clone(&names),
+            scripts,
+            ttl: b.ttl,
+            sharded: b.sharded,
+            max_payload: b.max_payload,
+            client: client.clone(),
+            subscriber: subscriber.clone(),
+            counters: Arc::clone(&counters),
+            gaps: Mutex::new(GapTracker::default()),
+            subs: AsyncMutex::new(HashSet::new()),
+            keys: Mutex::new(Keys::default()),
+            publish,
+            clock: Arc::clone(&clock),
+            events,
+        });
+        let mut tasks = vec![
+            tokio::spawn(inbound::run(Arc::clone(&shared))),
+            tokio::spawn(inbound::reconnects(Arc::clone(&shared))),
+            // fred's own resubscription after a reconnect; `reconnects` checks it.
+            subscriber.manage_subscriptions(),
+            tokio::spawn(
+                Publisher {
+                    client,
+                    node: node.clone(),
+                    names: Arc::clone(&names),
+                    sharded: b.sharded,
+                    counters,
+                    clock,
+                    script: publish_script,
+                    deadline: b.publish_deadline,
+                }
+                .run(rx),
+            ),
+        ];
+        let client_handle = shared.client.clone();
+        subscriber
+            .subscribe(vec![names.node_channel(&node), names.ctl.clone()])
+            .await?;
+        shared.heartbeat().await?;
+        tasks.push(tokio::spawn(presence::run(Arc::clone(&shared))));
+        Ok(Self {
+            shared,
+            tasks: Arc::new(Tasks(Mutex::new(tasks), client_handle, subscriber)),
+        })
+    }
+
+    /// The local registry.
+    pub fn registry(&self) -> &Registry<M> {
+        &self.shared.registry
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.shared.node
+    }
+
+    /// Registers a client here; a keyed client is claimed cluster-wide, and a
+    /// connection holding the key on another node is closed with
+    /// [`CloseReason::TakenOver`](crate::CloseReason::TakenOver).
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Register`] as [`Registry::register`];
+    /// [`ClusterError::Redis`] if the claim failed, in which case the client is
+    /// unregistered again: a key is never held without Redis knowing.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// let (id, rx) = cluster.register(ClientInfo::new().with_key("dev-7")).await?;
+    /// assert_eq!(cluster.locate("dev-7").await?.as_deref(), Some(cluster.node_id()));
+    /// # drop((id, rx));
+    /// # Ok(()) }
+    /// ```
+    pub async fn register(
+        &self,
+        info: ClientInfo,
+    ) -> Result<(ClientId, Receiver<M>), ClusterError> {
+        let key = info.key.clone();
+        let reg = self.shared.registry.register_with_report(info)?;
+        if let Some(key) = key {
+            if let Err(e) = self.shared.claim(&key, reg.id, Mode::Force).await {
+                let _ = self.shared.registry.unregister(reg.id);
+                return Err(e);
+            }
+        }
+        if let Some(old) = reg.took_over {
+            self.shared.sync_sessions(old.sessions).await?;
+        }
+        Ok((reg.id, reg.receiver))
+    }
+
+    /// Unregisters a client, releases its key and leaves the session channels it
+    /// was the last local member of.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Client`] if it is not connected here; [`ClusterError::Redis`]
+    /// if Redis could not be told (the client is gone locally all the same, and the
+    /// next heartbeat corrects the counts).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// let (id, _rx) = cluster.register(ClientInfo::new().with_key("dev-7")).await?;
+    /// let gone = cluster.unregister(id).await?;
+    /// assert_eq!(cluster.locate("dev-7").await?, None);
+    /// # drop(gone);
+    /// # Ok(()) }
+    /// ```
+    pub async fn unregister(&self, id: ClientId) -> Result<Unregistered, ClusterError> {
+        let key = self
+            .shared
+            .registry
+            .info(id)
+            .ok()
+            .and_then(|i| i.key.clone());
+        let gone = self.shared.registry.unregister(id)?;
+        if let Some(key) = key {
+            self.shared.release(&key, id).await?;
+        }
+        self.shared
+            .sync_sessions(gone.sessions.iter().cloned())
+            .await?;
+        Ok(gone)
+    }
+
+    /// Adds a client to a session; the node subscribes to the session's channel
+    /// before this returns if it is the first local member, so every later
+    /// publication from any node reaches the client.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Attach`] as [`Registry::attach`]; [`ClusterError::Redis`] if
+    /// the subscription failed (the heartbeat retries it).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// let (id, _rx) = cluster.register(ClientInfo::new()).await?;
+    /// cluster.attach(id, "lobby").await?; // subscribed to "lobby" now
+    /// # Ok(()) }
+    /// ```
+    pub async fn attach(
+        &self,
+        id: ClientId,
+        session: impl Into<SessionId>,
+    ) -> Result<bool, ClusterError> {
+        let session = session.into();
+        let new = self.shared.registry.attach(id, session.clone())?;
+        self.shared.sync_sessions([session]).await?;
+        Ok(new)
+    }
+
+    /// Removes a client from a session; the node unsubscribes after its last local
+    /// member leaves.
+    ///
+    /// # Errors
+    ///
+    /// As [`attach`](Self::attach), with [`ClusterError::Detach`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// let (id, _rx) = cluster.register(ClientInfo::new()).await?;
+    /// cluster.attach(id, "lobby").await?;
+    /// cluster.detach(id, "lobby").await?; // the last local member: unsubscribed
+    /// # Ok(()) }
+    /// ```
+    pub async fn detach(
+        &self,
+        id: ClientId,
+        session: impl Into<SessionId>,
+    ) -> Result<(), ClusterError> {
+        let session = session.into();
+        self.shared.registry.detach(id, session.clone())?;
+        self.shared.sync_sessions([session]).await
+    }
+
+    /// Delivers `msg` to the session's local members and publishes it once for
+    /// the other nodes. Returns how many local members got it.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError`] with the message when it could not be published; local
+    /// members got it all the same unless the error is [`PublishError::Codec`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// match cluster.broadcast("lobby", Arc::from("hi")).await {
+    ///     Ok(local) => println!("{local} local members; published for the others"),
+    ///     Err(e) => {
+    ///         let why = e.to_string();
+    ///         println!("not published ({why}); the message is back: {}", e.into_inner());
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn broadcast(
+        &self,
+        session: impl Into<SessionId>,
+        msg: M,
+    ) -> Result<usize, PublishError<M>> {
+        self.publish_session(session.into(), None, msg).await
+    }
+
+    /// As [`broadcast`](Self::broadcast), except to `except` (the author).
+    ///
+    /// # Errors
+    ///
+    /// As [`broadcast`](Self::broadcast).
+    pub async fn broadcast_except(
+        &self,
+        session: impl Into<SessionId>,
+        except: ClientId,
+        msg: M,
+    ) -> Result<usize, PublishError<M>> {
+        self.publish_session(session.into(), Some(except), msg)
+            .await
+    }
+
+    async fn publish_session(
+        &self,
+        session: SessionId,
+        except: Option<ClientId>,
+        msg: M,
+    ) -> Result<usize, PublishError<M>> {
+        let payload = match self.shared.codec.encode(&msg) {
+            Ok(p) => p,
+            Err(e) => return Err(PublishError::Codec(msg, e)),
+        };
+        let local = match except {
+            Some(id) => self
+                .shared
+                .registry
+                .broadcast_except(session.clone(), id, msg.clone()),
+            None => self.shared.registry.broadcast(session.clone(), msg.clone()),
+        };
+        let delivered = local.map_or(0, |r| r.delivered);
+        self.enqueue(session, payload, msg).await?;
+        Ok(delivered)
+    }
+
+    async fn enqueue(
+        &self,
+        session: SessionId,
+        payload: bytes::Bytes,
+        msg: M,
+    ) -> Result<(), PublishError<M>> {
+        let (done, answer) = oneshot::channel();
+        let out = Outgoing {
+            session,
+            payload,
+            done,
+        };
+        match self.shared.publish.try_send(out) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(PublishError::Busy(msg)),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(PublishError::Closed(msg)),
+        }
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(PublishError::Redis(msg, RedisError(e))),
+            Err(_) => Err(PublishError::Closed(msg)),
+        }
+    }
+
+    /// Sends `msg` to the client holding `key`, on whichever node it is connected.
+    ///
+    /// Redis is asked who holds the key (and the message published to that node) in
+    /// one round trip, even when the key is connected here: during a takeover the
+    /// old node still has its connection for the moment its notice is in flight,
+    /// and only Redis knows it is no longer the holder. For a key known to be
+    /// local, [`Registry::send`] skips the round trip.
+    ///
+    /// # Errors
+    ///
+    /// [`SendToKeyError::NotFound`] if no live node holds the key; the other
+    /// variants when the local send or the publication failed. Each gives the
+    /// message back.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// use switchboard::cluster::Delivered;
+    /// match cluster.send_to_key("dev-7", Arc::from("reboot")).await {
+    ///     Ok(Delivered::Local) => println!("connected here"),
+    ///     Ok(Delivered::Remote(node)) => println!("published to {node}"),
+    ///     Ok(_) => {}
+    ///     Err(e) => println!("{e}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_to_key(&self, key: &str, msg: M) -> Result<Delivered, SendToKeyError<M>> {
+        use fred::interfaces::LuaInterface;
+        let shared = &self.shared;
+        let payload = match shared.codec.encode(&msg) {
+            Ok(p) => p,
+            Err(e) => return Err(SendToKeyError::Publish(PublishError::Codec(msg, e))),
+        };
+        let Some(frame) = envelope::direct(&shared.node, key, &payload) else {
+            return Err(SendToKeyError::NotFound(msg));
+        };
+        let args: Vec<fred::prelude::Value> = vec![
+            shared.names.base.clone().into(),
+            key.into(),
+            shared.names.node_base.clone().into(),
+            frame.into(),
+            shared.node.clone().into(),
+        ];
+        let routed: Result<fred::prelude::Value, _> = shared
+            .client
+            .eval(shared.scripts.route.text(), Vec::<String>::new(), args)
+            .await;
+        match routed {
+            Ok(v) => match v.as_string().filter(|_| !v.is_null()) {
+                // Redis says the key is here: deliver without a publication.
+                Some(node) if node == shared.node => {
+                    match shared.registry.lookup(crate::fleet::ClientRef::Key(key)) {
+                        Ok(entry) => shared
+                            .registry
+                            .send(entry.id, msg)
+                            .map(|()| Delivered::Local)
+                            .map_err(SendToKeyError::Local),
+                        Err(_) => Err(SendToKeyError::NotFound(msg)),
+                    }
+                }
+                Some(node) => {
+                    Counters::add(&shared.counters.published, 1);
+                    Ok(Delivered::Remote(node))
+                }
+                None => Err(SendToKeyError::NotFound(msg)),
+            },
+            Err(e) => {
+                Counters::add(&shared.counters.publish_failed, 1);
+                Err(SendToKeyError::Publish(PublishError::Redis(
+                    msg,
+                    RedisError(e),
+                )))
+            }
+        }
+    }
+
+    /// The live node whose client holds `key`, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Redis`] if Redis could not be asked.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// if let Some(node) = cluster.locate("dev-7").await? {
+    ///     println!("dev-7 is on {node}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn locate(&self, key: &str) -> Result<Option<String>, ClusterError> {
+        self.shared.locate(key).await
+    }
+
+    /// Members of `session` on every live node, as their nodes last recorded.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Redis`] if Redis could not be asked.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// println!("{} in the lobby, on every node", cluster.member_count("lobby").await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn member_count(&self, session: impl Into<SessionId>) -> Result<usize, ClusterError> {
+        self.shared.members(Names::token(&session.into())).await
+    }
+
+    /// Every live node with its client count, sorted by id.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Redis`] if Redis could not be asked.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// for node in cluster.nodes().await? {
+    ///     println!("{}: {} clients", node.id, node.clients);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
+        self.shared.nodes().await
+    }
+
+    /// This node's counters: publications, round trips, gaps, ...
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// let stats = cluster.stats();
+    /// println!("{} publications lost on the way here", stats.gaps);
+    /// # Ok(()) }
+    /// ```
+    pub fn stats(&self) -> ClusterStats {
+        self.shared.counters.snapshot(&self.shared.node)
+    }
+
+    /// The sessions this node is subscribed to now.
+    pub async fn subscriptions(&self) -> Vec<SessionId> {
+        let mut subs: Vec<_> = self.shared.subs.lock().await.iter().cloned().collect();
+        subs.sort();
+        subs
+    }
+
+    /// Follows cluster events: nodes going down, keys taken over, reconnections.
+    /// Lossy like [`Registry::subscribe`]: a follower that falls behind skips ahead.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// use switchboard::cluster::ClusterEvent;
+    /// let mut events = cluster.events();
+    /// while let Ok(event) = events.recv().await {
+    ///     if let ClusterEvent::NodeDown { node, keys } = event {
+    ///         println!("{node} died holding {keys:?}");
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn events(&self) -> broadcast::Receiver<ClusterEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Leaves the cluster cleanly: releases this node's keys and member counts at
+    /// once (other nodes see a [`ClusterEvent::NodeDown`]), stops the background
+    /// tasks and closes the Redis connections. Local clients stay registered.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Redis`] if Redis could not be told; the node then expires
+    /// within its TTL.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// cluster.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn shutdown(self) -> Result<(), ClusterError> {
+        for task in lock(&self.tasks.0).drain(..) {
+            task.abort();
+        }
+        let left = self.shared.reap(Some(&self.shared.node)).await;
+        let _ = self.shared.subscriber.quit().await;
+        let _ = self.shared.client.quit().await;
+        left
+    }
+}

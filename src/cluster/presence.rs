@@ -1,0 +1,160 @@
+//! Presence: the heartbeat, the reaper, and the cluster-wide views built on them.
+//!
+//! Every third of the TTL a node renews its deadline in `B:nodes` with its client
+//! count and counters and reconciles its subscriptions; every ninth it runs the
+//! reaper, which releases every node whose deadline passed and announces it on the
+//! ctl channel.
+//! Any node may reap; the script is atomic, so each dead node is released once.
+//!
+//! A heartbeat that finds its node unknown (Redis restarted empty, or the node was
+//! presumed dead during a long pause) re-announces: it claims its keys again where
+//! no one else took them, and records its member counts.
+
+use std::time::Duration;
+
+use fred::interfaces::LuaInterface;
+use fred::prelude::Value;
+use serde::Serialize;
+
+use crate::sync::{lock, Arc};
+
+use super::takeover::Mode;
+use super::{ClusterError, Shared};
+
+/// A live node, from [`Cluster::nodes`](super::Cluster::nodes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct NodeInfo {
+    /// Its id.
+    pub id: String,
+    /// Clients connected to it, at its last heartbeat.
+    pub clients: u64,
+    /// Session channels it is subscribed to.
+    pub subscriptions: u64,
+    /// Gaps it has counted.
+    pub gaps: u64,
+}
+
+impl<M: Clone + Send + Sync + 'static> Shared<M> {
+    /// Renews this node's heartbeat; re-announces it if Redis did not know it.
+    pub(crate) async fn heartbeat(&self) -> Result<(), ClusterError> {
+        let s = self.counters.snapshot(&self.node);
+        let ttl = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        let args = vec![
+            self.names.base.clone(),
+            self.node.clone(),
+            ttl.to_string(),
+            "clients".into(),
+            self.registry.client_count().to_string(),
+            "subscriptions".into(),
+            s.subscriptions.to_string(),
+            "gaps".into(),
+            s.gaps.to_string(),
+        ];
+        let (known, now): (i64, u64) = self
+            .client
+            .eval(self.scripts.heartbeat.text(), Vec::<String>::new(), args)
+            .await?;
+        self.clock.observe(now);
+        if known == 0 {
+            self.announce().await?;
+        }
+        Ok(())
+    }
+
+    /// Claims every key held here that no other live node took meanwhile, closes
+    /// the local holders of those it did take, and records every member count.
+    async fn announce(&self) -> Result<(), ClusterError> {
+        let held: Vec<(String, crate::ClientId)> = lock(&self.keys)
+            .held
+            .iter()
+            .map(|(k, h)| (k.clone(), h.id))
+            .collect();
+        for (key, id) in held {
+            self.claim(&key, id, Mode::IfFree).await?;
+        }
+        let sessions = self.known_sessions().await;
+        self.sync_sessions(sessions).await
+    }
+
+    /// Releases every node whose heartbeat expired; each is announced on the ctl
+    /// channel, where every node (this one too) turns it into a
+    /// [`ClusterEvent::NodeDown`](super::ClusterEvent::NodeDown).
+    pub(crate) async fn reap(&self, node: Option<&str>) -> Result<(), ClusterError> {
+        let args = vec![
+            self.names.base.clone(),
+            self.names.ctl.clone(),
+            node.unwrap_or("").to_owned(),
+        ];
+        let _: Value = self
+            .client
+            .eval(self.scripts.down.text(), Vec::<String>::new(), args)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn members(&self, token: String) -> Result<usize, ClusterError> {
+        let n: i64 = self
+            .client
+            .eval(
+                self.scripts.members.text(),
+                Vec::<String>::new(),
+                vec![self.names.base.clone(), token],
+            )
+            .await?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    pub(crate) async fn nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
+        let raw: Vec<Value> = self
+            .client
+            .eval(
+                self.scripts.nodes.text(),
+                Vec::<String>::new(),
+                vec![self.names.base.clone()],
+            )
+            .await?;
+        let mut out = Vec::with_capacity(raw.len() / 2);
+        let mut it = raw.into_iter();
+        while let (Some(id), Some(info)) = (it.next(), it.next()) {
+            let Some(id) = id.as_string() else { continue };
+            let fields: Vec<Value> = info.convert().unwrap_or_default();
+            let mut node = NodeInfo {
+                id,
+                clients: 0,
+                subscriptions: 0,
+                gaps: 0,
+            };
+            let mut f = fields.into_iter();
+            while let (Some(k), Some(v)) = (f.next(), f.next()) {
+                let v = v.as_string().and_then(|v| v.parse().ok()).unwrap_or(0);
+                match k.as_string().as_deref() {
+                    Some("clients") => node.clients = v,
+                    Some("subscriptions") => node.subscriptions = v,
+                    Some("gaps") => node.gaps = v,
+                    _ => {}
+                }
+            }
+            out.push(node);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+}
+
+/// The heartbeat task: beat and reconcile every third of the TTL, reap three times
+/// as often, so that a dead node is released at most a ninth of the TTL after its
+/// deadline. Errors (Redis down) are retried at the next tick.
+pub(crate) async fn run<M: Clone + Send + Sync + 'static>(shared: Arc<Shared<M>>) {
+    let period = (shared.ttl / 9).max(Duration::from_millis(20));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for n in 0u64.. {
+        tick.tick().await;
+        if n % 3 == 0 && shared.heartbeat().await.is_ok() {
+            let sessions = shared.known_sessions().await;
+            let _ = shared.sync_sessions(sessions).await;
+        }
+        let _ = shared.reap(None).await;
+    }
+}

@@ -1,0 +1,210 @@
+//! The Lua scripts that keep presence consistent. Each runs atomically in Redis,
+//! with Redis's own clock (`TIME`), so nodes' clocks need not agree.
+//!
+//! Every script gets the key base `{prefix}` as `ARGV[1]`. Keys:
+//!
+//! | Key | Type | Holds |
+//! | --- | --- | --- |
+//! | `B:nodes` | sorted set | node → heartbeat deadline (ms) |
+//! | `B:info:N` | hash | node N's `clients`, `subscriptions`, `gaps`, ... |
+//! | `B:keys` | hash | client key → `gen|node` |
+//! | `B:gen` | counter | claim generations |
+//! | `B:nkeys:N` | set | keys node N holds |
+//! | `B:members:T` | hash | node → member count of the session with token T |
+//! | `B:nsess:N` | set | session tokens node N counts members in |
+
+/// The time in milliseconds, and a helper reading the node out of `gen|node`.
+const PRELUDE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local B = ARGV[1]
+local function holder(v)
+  if not v then return nil end
+  local i = string.find(v, '|', 1, true)
+  if not i then return nil end
+  return string.sub(v, i + 1)
+end
+local function alive(n)
+  local s = redis.call('ZSCORE', B .. ':nodes', n)
+  return s and tonumber(s) >= now
+end
+";
+
+/// ARGV: base, node, ttl ms, then field/value pairs for the node's info hash.
+/// Returns `{known, now}`: known is 1 for a renewal, 0 if the node is new to this
+/// Redis; now is Redis's time in ms.
+const HEARTBEAT: &str = r"
+local node, ttl = ARGV[2], tonumber(ARGV[3])
+local known = redis.call('ZSCORE', B .. ':nodes', node)
+redis.call('ZADD', B .. ':nodes', now + ttl, node)
+local info = B .. ':info:' .. node
+for i = 4, #ARGV, 2 do redis.call('HSET', info, ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', info, ttl * 2)
+if known then return { 1, now } else return { 0, now } end
+";
+
+/// ARGV: base (unused), deadline ms, `PUBLISH` or `SPUBLISH`, then channel/frame
+/// pairs. Publishes the batch unless Redis's clock is past the deadline: a batch
+/// the client replays after a reconnect, when its callers were already told it
+/// failed, is refused here. Returns how many it published, or -1.
+const PUBLISH: &str = r"
+if now > tonumber(ARGV[2]) then return -1 end
+local cmd = ARGV[3]
+for i = 4, #ARGV, 2 do redis.call(cmd, ARGV[i], ARGV[i + 1]) end
+return (#ARGV - 3) / 2
+";
+
+/// ARGV: base, ctl channel, node or ''. Releases every expired node (or the one
+/// named, on a clean shutdown) and announces each on the ctl channel. Returns how
+/// many it released.
+const DOWN: &str = r"
+local dead
+if ARGV[3] ~= '' then dead = { ARGV[3] }
+else dead = redis.call('ZRANGEBYSCORE', B .. ':nodes', '-inf', '(' .. now) end
+for _, n in ipairs(dead) do
+  redis.call('ZREM', B .. ':nodes', n)
+  local released = {}
+  for _, k in ipairs(redis.call('SMEMBERS', B .. ':nkeys:' .. n)) do
+    if holder(redis.call('HGET', B .. ':keys', k)) == n then
+      redis.call('HDEL', B .. ':keys', k)
+      table.insert(released, k)
+    end
+  end
+  for _, s in ipairs(redis.call('SMEMBERS', B .. ':nsess:' .. n)) do
+    redis.call('HDEL', B .. ':members:' .. s, n)
+  end
+  redis.call('DEL', B .. ':nkeys:' .. n, B .. ':nsess:' .. n, B .. ':info:' .. n)
+  redis.call('PUBLISH', ARGV[2], string.char(1, 3) .. cjson.encode({ node = n, keys = released }))
+end
+return #dead
+";
+
+/// ARGV: base, key, node, new connection id, mode (`force` or `ifree`), node
+/// channel base. Returns `{1, gen}` when the key is now this node's, `{0, holder}`
+/// when `ifree` found it on another node. A previous holder elsewhere gets a
+/// takeover notice on its node channel.
+const CLAIM: &str = r"
+local key, node, by, mode = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local cur = holder(redis.call('HGET', B .. ':keys', key))
+if mode == 'ifree' and cur and cur ~= node and alive(cur) then return { 0, cur } end
+local gen = redis.call('INCR', B .. ':gen')
+redis.call('HSET', B .. ':keys', key, gen .. '|' .. node)
+redis.call('SADD', B .. ':nkeys:' .. node, key)
+if cur and cur ~= node then
+  redis.call('SREM', B .. ':nkeys:' .. cur, key)
+  redis.call('PUBLISH', ARGV[6] .. cur,
+    string.char(1, 2) .. cjson.encode({ key = key, gen = gen, node = node, by = by }))
+end
+return { 1, gen }
+";
+
+/// ARGV: base, key, node, gen. Releases the key if that claim still holds it.
+const RELEASE: &str = r"
+local key, node, gen = ARGV[2], ARGV[3], ARGV[4]
+if redis.call('HGET', B .. ':keys', key) == gen .. '|' .. node then
+  redis.call('HDEL', B .. ':keys', key)
+  redis.call('SREM', B .. ':nkeys:' .. node, key)
+  return 1
+end
+return 0
+";
+
+/// ARGV: base, key. The live node holding the key, or false.
+const LOCATE: &str = r"
+local n = holder(redis.call('HGET', B .. ':keys', ARGV[2]))
+if n and alive(n) then return n end
+return false
+";
+
+/// ARGV: base, key, node channel base, frame, this node. Returns the key's live
+/// node, or false; publishes the frame to that node unless it is this one. Locate
+/// and send in one round trip, by the only authority on who holds the key.
+const ROUTE: &str = r"
+local n = holder(redis.call('HGET', B .. ':keys', ARGV[2]))
+if n and alive(n) then
+  if n ~= ARGV[5] then redis.call('PUBLISH', ARGV[3] .. n, ARGV[4]) end
+  return n
+end
+return false
+";
+
+/// ARGV: base, node, then token/count pairs. Records this node's member counts.
+const COUNTS: &str = r"
+local node = ARGV[2]
+for i = 3, #ARGV, 2 do
+  local tok, c = ARGV[i], tonumber(ARGV[i + 1])
+  if c > 0 then
+    redis.call('HSET', B .. ':members:' .. tok, node, c)
+    redis.call('SADD', B .. ':nsess:' .. node, tok)
+  else
+    redis.call('HDEL', B .. ':members:' .. tok, node)
+    redis.call('SREM', B .. ':nsess:' .. node, tok)
+  end
+end
+return 1
+";
+
+/// ARGV: base, token. The members of the session summed over live nodes.
+const MEMBERS: &str = r"
+local all = redis.call('HGETALL', B .. ':members:' .. ARGV[2])
+local sum = 0
+for i = 1, #all, 2 do
+  if alive(all[i]) then sum = sum + tonumber(all[i + 1]) end
+end
+return sum
+";
+
+/// ARGV: base. Every live node and its info hash, flattened:
+/// `{node, {field, value, ...}, node, {...}}`.
+const NODES: &str = r"
+local live = redis.call('ZRANGEBYSCORE', B .. ':nodes', now, '+inf')
+local out = {}
+for _, n in ipairs(live) do
+  table.insert(out, n)
+  table.insert(out, redis.call('HGETALL', B .. ':info:' .. n))
+end
+return out
+";
+
+/// A script with the prelude in front.
+pub(crate) struct Script(String);
+
+impl Script {
+    fn new(body: &str) -> Self {
+        Self(format!("{PRELUDE}{body}"))
+    }
+    pub(crate) fn text(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Every script, with its prelude, built once per node.
+pub(crate) struct Scripts {
+    pub(crate) heartbeat: Script,
+    pub(crate) publish: Script,
+    pub(crate) down: Script,
+    pub(crate) claim: Script,
+    pub(crate) release: Script,
+    pub(crate) locate: Script,
+    pub(crate) route: Script,
+    pub(crate) counts: Script,
+    pub(crate) members: Script,
+    pub(crate) nodes: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        Self {
+            heartbeat: Script::new(HEARTBEAT),
+            publish: Script::new(PUBLISH),
+            down: Script::new(DOWN),
+            claim: Script::new(CLAIM),
+            release: Script::new(RELEASE),
+            locate: Script::new(LOCATE),
+            route: Script::new(ROUTE),
+            counts: Script::new(COUNTS),
+            members: Script::new(MEMBERS),
+            nodes: Script::new(NODES),
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The subscription lifecycle: a node listens on a session's channel exactly while
+//! it has local members there.
+//!
+//! Every change goes through [`Shared::sync_session`], serialised by one lock: it
+//! reads the session's local member count *now*, subscribes on the first member,
+//! unsubscribes after the last, and records the count in Redis for the cluster-wide
+//! [`member_count`](super::Cluster::member_count). Because it reads the count
+//! rather than trusting the caller's event, two racing changes cannot leave a
+//! wrong subscription behind: the later sync sees the final count.
+
+use std::collections::HashSet;
+
+use fred::interfaces::{LuaInterface, PubsubInterface};
+use fred::prelude::Value;
+
+use crate::sync::{lock, Ordering};
+use crate::SessionId;
+
+use super::names::Names;
+use super::{ClusterError, Shared};
+
+impl<M: Clone + Send + Sync + 'static> Shared<M> {
+    /// Brings the subscription and recorded member count of each session in line
+    /// with its local members.
+    pub(crate) async fn sync_sessions(
+        &self,
+        sessions: impl IntoIterator<Item = SessionId>,
+    ) -> Result<(), ClusterError> {
+        let mut subs = self.subs.lock().await;
+        let mut counts: Vec<String> = Vec::new();
+        let mut failed = None;
+        for session in sessions {
+            let n = self.registry.member_count(&session).unwrap_or(0);
+            let have = subs.contains(&session);
+            let channel = self.names.channel(&session);
+            if n > 0 && !have {
+                let r = if self.sharded {
+                    self.subscriber.ssubscribe(channel).await
+                } else {
+                    self.subscriber.subscribe(channel).await
+                };
+                match r {
+                    Ok(()) => {
+                        subs.insert(session.clone());
+                    }
+                    Err(e) => {
+                        // The heartbeat's reconcile retries.
+                        failed = Some(e);
+                        continue;
+                    }
+                }
+            } else if n == 0 && have {
+                let r = if self.sharded {
+                    self.subscriber.sunsubscribe(channel).await
+                } else {
+                    self.subscriber.unsubscribe(channel).await
+                };
+                if let Err(e) = r {
+                    failed = Some(e);
+                    continue;
+                }
+                subs.remove(&session);
+                lock(&self.gaps).forget_session(&session);
+            }
+            counts.push(Names::token(&session));
+            counts.push(n.to_string());
+        }
+        self.set_subscriptions(&subs);
+        drop(subs);
+        if !counts.is_empty() {
+            let mut args = vec![self.names.base.clone(), self.node.clone()];
+            args.extend(counts);
+            let _: Value = self
+                .client
+                .eval(self.scripts.counts.text(), Vec::<String>::new(), args)
+                .await?;
+        }
+        failed.map_or(Ok(()), |e| Err(e.into()))
+    }
+
+    fn set_subscriptions(&self, subs: &HashSet<SessionId>) {
+        // Relaxed: a gauge read alone, for reports.
+        self.counters
+            .subscriptions
+            .store(subs.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Every session that has local members or a subscription: what a reconcile
+    /// must look at.
+    pub(crate) async fn known_sessions(&self) -> Vec<SessionId> {
+        let mut all: HashSet<SessionId> = self.registry.session_ids().into_iter().collect();
+        all.extend(self.subs.lock().await.iter().cloned());
+        all.into_iter().collect()
+    }
+
+    /// After a reconnect: subscribe again to every session held, whatever the
+    /// client library already restored (`SUBSCRIBE` to a channel already
+    /// subscribed is harmless).
+    pub(crate) async fn resubscribe(&self) -> Result<(), ClusterError> {
+        let subs: Vec<String> = self
+            .subs
+            .lock()
+            .await
+            .iter()
+            .map(|s| self.names.channel(s))
+            .collect();
+        if subs.is_empty() {
+            return Ok(());
+        }
+        if self.sharded {
+            self.subscriber.ssubscribe(subs).await?;
+        } else {
+            self.subscriber.subscribe(subs).await?;
+        }
+        Ok(())
+    }
+}

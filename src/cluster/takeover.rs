@@ -1,0 +1,201 @@
+//! Keys across nodes: the claim that makes a key this node's, its release, and
+//! what a node does when it hears that another node took one of its keys.
+//!
+//! The claim script sets `B:keys[key] = gen|node` atomically with a fresh
+//! generation, and publishes a takeover notice to the previous holder's node
+//! channel. Redis holds exactly one holder per key at every moment. The previous
+//! node closes its connection with [`CloseReason::TakenOver`] when the notice
+//! arrives, unless it has claimed the key again since (a higher generation).
+//!
+//! The notice travels on the subscriber connection and the claim's answer on the
+//! command connection, so a notice can overtake the answer to the very claim it
+//! supersedes. A notice that finds a claim of this node in flight is therefore
+//! kept, and the claim's answer is checked against it when it lands.
+
+use std::collections::HashMap;
+
+use fred::interfaces::LuaInterface;
+use fred::prelude::Value;
+
+use crate::fleet::ClientRef;
+use crate::sync::lock;
+use crate::{ClientId, CloseReason};
+
+use super::envelope::TakeOver;
+use super::stats::ClusterEvent;
+use super::{ClusterError, Shared};
+
+/// What this node holds for one key.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Held {
+    pub(crate) gen: u64,
+    pub(crate) id: ClientId,
+}
+
+/// This node's view of its keys, under one lock.
+#[derive(Debug, Default)]
+pub(crate) struct Keys {
+    /// Keys its clients hold, with the claim that gave them.
+    pub(crate) held: HashMap<String, Held>,
+    /// Claims sent and not yet answered, per key.
+    pending: HashMap<String, usize>,
+    /// The newest takeover (generation, node) heard for a key while a claim of
+    /// this node was pending.
+    revoked: HashMap<String, (u64, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// A new connection: take the key from whoever holds it.
+    Force,
+    /// A re-announcement: take it back only if no live node took it meanwhile.
+    IfFree,
+}
+
+impl<M: Clone + Send + Sync + 'static> Shared<M> {
+    /// Claims `key` for the local connection `id`. Returns whether this node holds
+    /// it now; under [`Mode::IfFree`] a key another node took is given up and its
+    /// local connection closed.
+    pub(crate) async fn claim(
+        &self,
+        key: &str,
+        id: ClientId,
+        mode: Mode,
+    ) -> Result<bool, ClusterError> {
+        let args = vec![
+            self.names.base.clone(),
+            key.to_owned(),
+            self.node.clone(),
+            id.to_string(),
+            if mode == Mode::Force {
+                "force"
+            } else {
+                "ifree"
+            }
+            .to_owned(),
+            self.names.node_base.clone(),
+        ];
+        *lock(&self.keys).pending.entry(key.to_owned()).or_insert(0) += 1;
+        let answer: Result<(i64, Value), _> = self
+            .client
+            .eval(self.scripts.claim.text(), Vec::<String>::new(), args)
+            .await;
+        let superseded = {
+            let mut keys = lock(&self.keys);
+            let revoked = keys.revoked.get(key).cloned();
+            match keys.pending.get_mut(key) {
+                Some(n) if *n > 1 => *n -= 1,
+                _ => {
+                    keys.pending.remove(key);
+                    keys.revoked.remove(key);
+                }
+            }
+            match answer {
+                Err(e) => return Err(e.into()),
+                Ok((1, value)) => {
+                    let gen = value.as_u64().unwrap_or(0);
+                    match revoked {
+                        Some((r, node)) if r > gen => {
+                            keys.held.remove(key);
+                            Some(node)
+                        }
+                        _ => {
+                            let slot = keys.held.entry(key.to_owned()).or_insert(Held { gen, id });
+                            if gen >= slot.gen {
+                                *slot = Held { gen, id };
+                            }
+                            return Ok(true);
+                        }
+                    }
+                }
+                Ok((_, value)) => {
+                    keys.held.remove(key);
+                    value.as_string()
+                }
+            }
+        };
+        // Another node holds the key: it claimed after this claim, or kept it.
+        self.close_holder(key, id, superseded.unwrap_or_default());
+        Ok(false)
+    }
+
+    /// Releases `key` if this node's claim for connection `id` still holds it.
+    pub(crate) async fn release(&self, key: &str, id: ClientId) -> Result<(), ClusterError> {
+        let gen = {
+            let mut keys = lock(&self.keys);
+            match keys.held.get(key) {
+                Some(h) if h.id == id => {
+                    let gen = h.gen;
+                    keys.held.remove(key);
+                    gen
+                }
+                _ => return Ok(()),
+            }
+        };
+        let args = vec![
+            self.names.base.clone(),
+            key.to_owned(),
+            self.node.clone(),
+            gen.to_string(),
+        ];
+        let _: Value = self
+            .client
+            .eval(self.scripts.release.text(), Vec::<String>::new(), args)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn locate(&self, key: &str) -> Result<Option<String>, ClusterError> {
+        let v: Value = self
+            .client
+            .eval(
+                self.scripts.locate.text(),
+                Vec::<String>::new(),
+                vec![self.names.base.clone(), key.to_owned()],
+            )
+            .await?;
+        Ok(v.as_string().filter(|_| !v.is_null()))
+    }
+
+    /// Another node claimed a key this node held.
+    pub(crate) fn on_takeover(&self, notice: TakeOver) {
+        {
+            let mut keys = lock(&self.keys);
+            if keys.pending.contains_key(&notice.key) {
+                let r = keys
+                    .revoked
+                    .entry(notice.key.clone())
+                    .or_insert((0, String::new()));
+                if notice.gen > r.0 {
+                    *r = (notice.gen, notice.node.clone());
+                }
+            }
+            match keys.held.get(&notice.key) {
+                Some(h) if h.gen < notice.gen => {
+                    keys.held.remove(&notice.key);
+                }
+                // Claimed again here since, or not held yet (a pending claim
+                // checks the notice kept above): nothing to close now.
+                _ => return,
+            }
+        }
+        let by = notice.by.parse().unwrap_or(ClientId::pack(0, 0, 0));
+        self.close_holder(&notice.key, by, notice.node);
+    }
+
+    /// Closes the local connection holding `key`, which now belongs to `node`.
+    fn close_holder(&self, key: &str, by: ClientId, node: String) {
+        if let Ok(entry) = self.registry.lookup(ClientRef::Key(key)) {
+            if self
+                .registry
+                .unregister_because(entry.id, CloseReason::TakenOver { by })
+                .is_ok()
+            {
+                let _ = self.events.send(ClusterEvent::TakenOver {
+                    key: key.to_owned(),
+                    node,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! `GET /cluster` and the cluster's lines in `/metrics`, for a node built with
+//! [`Cluster`].
+
+use std::fmt::Write as _;
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::{bearer, build_with, token_matches, AdminConfig, AdminConfigError};
+use crate::cluster::{Cluster, ClusterStats, NodeInfo};
+use crate::SessionId;
+
+/// The admin API of [`router_with_encoder`](super::router_with_encoder) for a
+/// cluster node, plus `GET /cluster`, and the cluster's counters in `/metrics`:
+/// `switchboard_cluster_published_total`, `switchboard_cluster_publish_failed_total`,
+/// `switchboard_cluster_received_total`, `switchboard_cluster_gaps_total`,
+/// `switchboard_cluster_redis_round_trips_total`, `switchboard_cluster_reconnects_total`
+/// and the gauge `switchboard_cluster_subscriptions`.
+///
+/// `GET /cluster` answers `{"node", "stats", "subscriptions", "nodes",
+/// "redis_error"}`: this node's [`ClusterStats`], the sessions it is subscribed to,
+/// every live node with its client count, subscriptions and gaps ([`NodeInfo`]),
+/// and, while Redis cannot be reached, `nodes: null` and the error.
+///
+/// # Errors
+///
+/// As [`router_with`](super::router_with).
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use switchboard::cluster::{Cluster, Raw};
+/// use switchboard::http::{router_with_cluster, AdminConfig};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let registry = switchboard::Registry::<Arc<str>>::new();
+/// let cluster = Cluster::builder(registry, Raw).connect().await?;
+/// let router = router_with_cluster(cluster, AdminConfig::new(), |_, body| {
+///     Arc::from(body.to_string())
+/// })?;
+/// # let _ = router;
+/// # Ok(()) }
+/// ```
+pub fn router_with_cluster<M, F>(
+    cluster: Cluster<M>,
+    config: AdminConfig,
+    encode: F,
+) -> Result<Router, AdminConfigError>
+where
+    M: Clone + Send + Sync + 'static,
+    F: Fn(&SessionId, serde_json::Value) -> M + Send + Sync + 'static,
+{
+    config.validate()?;
+    let token: Option<Box<[u8]>> = config
+        .token
+        .clone()
+        .map(|t| t.into_bytes().into_boxed_slice());
+    let for_metrics = cluster.clone();
+    let admin = build_with(
+        cluster.registry().clone(),
+        config,
+        Box::new(encode),
+        Some(Box::new(move || render(&for_metrics.stats()))),
+    );
+    let guarded = Router::new()
+        .route("/cluster", get(show::<M>))
+        .route_layer(middleware::from_fn(move |request: Request, next: Next| {
+            let token = token.clone();
+            async move {
+                if let Some(expected) = &token {
+                    let given = request
+                        .headers()
+                        .get(header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(bearer);
+                    if !given.is_some_and(|g| token_matches(g.as_bytes(), expected)) {
+                        return ApiError::unauthorized().into_response();
+                    }
+                }
+                next.run(request).await
+            }
+        }))
+        .with_state(cluster);
+    Ok(admin.merge(guarded))
+}
+
+#[derive(Serialize)]
+struct ClusterView {
+    node: String,
+    stats: ClusterStats,
+    subscriptions: Vec<SessionId>,
+    nodes: Option<Vec<NodeInfo>>,
+    redis_error: Option<String>,
+}
+
+/// `GET /cluster`.
+async fn show<M: Clone + Send + Sync + 'static>(State(cluster): State<Cluster<M>>) -> Response {
+    let (nodes, redis_error) = match cluster.nodes().await {
+        Ok(nodes) => (Some(nodes), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    Json(ClusterView {
+        node: cluster.node_id().to_owned(),
+        stats: cluster.stats(),
+        subscriptions: cluster.subscriptions().await,
+        nodes,
+        redis_error,
+    })
+    .into_response()
+}
+
+/// The cluster's counters in Prometheus text.
+fn render(s: &ClusterStats) -> String {
+    let mut out = String::new();
+    let node = s.node.replace(['\\', '"', '\n'], "_");
+    for (name, kind, help, value) in [
+        (
+            "switchboard_cluster_published_total",
+            "counter",
+            "Publications Redis accepted.",
+            s.published,
+        ),
+        (
+            "switchboard_cluster_publish_failed_total",
+            "counter",
+            "Publications that failed and came back to their caller.",
+            s.publish_failed,
+        ),
+        (
+            "switchboard_cluster_received_total",
+            "counter",
+            "Publications received from other nodes.",
+            s.received,
+        ),
+        (
+            "switchboard_cluster_gaps_total",
+            "counter",
+            "Publications from other nodes that never arrived, from gaps in their numbering.",
+            s.gaps,
+        ),
+        (
+            "switchboard_cluster_redis_round_trips_total",
+            "counter",
+            "Batches sent to Redis to carry publications.",
+            s.round_trips,
+        ),
+        (
+            "switchboard_cluster_reconnects_total",
+            "counter",
+            "Reconnections to Redis.",
+            s.reconnects,
+        ),
+        (
+            "switchboard_cluster_subscriptions",
+            "gauge",
+            "Session channels this node is subscribed to.",
+            s.subscriptions,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}"
+        );
+    }
+    out
+}

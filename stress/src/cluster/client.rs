@@ -1,0 +1,211 @@
+//! One WebSocket client of `stress cluster`: says hello with a key, joins the
+//! shared session, and either publishes stamped, numbered messages or reads them,
+//! checking each publisher's numbers arrive in order and recording latency as
+//! same-node or cross-node.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::latency::Recorder;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What every client shares.
+pub struct Shared {
+    pub epoch: Instant,
+    pub same_node: Recorder,
+    pub cross_node: Recorder,
+    pub padding: String,
+    /// Messages each publisher sends.
+    pub per_publisher: u64,
+    pub interval: Duration,
+    pub nodes: usize,
+    /// Messages sent, per publishing node.
+    pub sent: Box<[AtomicU64]>,
+    /// `publish_failed` errors each publisher got.
+    pub failed: Box<[AtomicU64]>,
+    pub delivered: AtomicU64,
+    pub out_of_order: AtomicU64,
+    pub other_errors: AtomicU64,
+}
+
+/// Where a client runs and what it does.
+#[derive(Debug, Clone, Copy)]
+pub struct Role {
+    pub node: usize,
+    pub index: usize,
+    pub publisher: bool,
+}
+
+/// What one listener saw, per publishing node: the numbers it received.
+#[derive(Debug, Default, Clone)]
+pub struct Seen {
+    pub role: Option<(usize, usize)>,
+    /// Per publishing node: messages received.
+    pub received: Vec<u64>,
+    /// Per publishing node: the highest number seen, plus one (0 if none).
+    pub high: Vec<u64>,
+    /// Whether the connection ended before the run did (its node was killed).
+    pub cut: bool,
+    /// The close frame, if the server sent one, as `code reason`.
+    pub close: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Inbound<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    data: Option<Stamp>,
+    #[serde(default, borrow)]
+    code: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Stamp {
+    t: u64,
+    s: u64,
+    n: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Ready,
+    Publishing,
+    Closing,
+}
+
+pub async fn connect(url: &str, role: Role) -> Result<Ws, String> {
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        .await
+        .map_err(|e| format!("connect {url}: {e}"))?;
+    let key = format!("n{}-c{}", role.node, role.index);
+    for (frame, answer) in [
+        (format!(r#"{{"type":"hello","key":"{key}"}}"#), "welcome"),
+        (r#"{"type":"join","session":"stress"}"#.to_owned(), "joined"),
+    ] {
+        ws.send(Message::text(frame))
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => match serde_json::from_str::<Inbound<'_>>(&t) {
+                    Ok(f) if f.kind == answer => break,
+                    Ok(f) if f.kind == "error" => return Err(format!("{key}: {t}")),
+                    _ => {}
+                },
+                Some(Ok(_)) => {}
+                _ => return Err(format!("{key}: closed while joining")),
+            }
+        }
+    }
+    Ok(ws)
+}
+
+pub async fn run(
+    shared: Arc<Shared>,
+    role: Role,
+    mut ws: Ws,
+    mut phase: watch::Receiver<Phase>,
+) -> Seen {
+    let n = shared.nodes;
+    let mut seen = Seen {
+        role: Some((role.node, role.index)),
+        received: vec![0; n],
+        high: vec![0; n],
+        cut: false,
+        close: None,
+    };
+    let mut next = tokio::time::Instant::now();
+    let mut published = 0u64;
+    loop {
+        let now = *phase.borrow();
+        if now == Phase::Closing {
+            break;
+        }
+        let due = role.publisher && now == Phase::Publishing && published < shared.per_publisher;
+        tokio::select! {
+            frame = ws.next() => match frame {
+                Some(Ok(Message::Text(text))) => on_text(&shared, role, &mut seen, &text),
+                Some(Ok(Message::Close(frame))) => {
+                    seen.cut = true;
+                    seen.close = Some(frame.map_or_else(
+                        || "no close frame".to_owned(),
+                        |f| format!("{} {}", u16::from(f.code), f.reason),
+                    ));
+                    return seen;
+                }
+                Some(Err(_)) | None => {
+                    seen.cut = true;
+                    return seen;
+                }
+                Some(Ok(_)) => {}
+            },
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                next = tokio::time::Instant::now();
+            }
+            () = tokio::time::sleep_until(next), if due => {
+                let t = u64::try_from(shared.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let frame = format!(
+                    r#"{{"type":"publish","session":"stress","data":{{"t":{t},"s":{published},"n":{},"p":"{}"}}}}"#,
+                    role.node, shared.padding
+                );
+                if ws.send(Message::text(frame)).await.is_err() {
+                    seen.cut = true;
+                    return seen;
+                }
+                published += 1;
+                shared.sent[role.node].store(published, Relaxed);
+                next += shared.interval;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+    seen
+}
+
+fn on_text(shared: &Shared, role: Role, seen: &mut Seen, text: &str) {
+    let Ok(f) = serde_json::from_str::<Inbound<'_>>(text) else {
+        shared.other_errors.fetch_add(1, Relaxed);
+        return;
+    };
+    if f.kind == "error" {
+        if f.code.as_deref() == Some("publish_failed") {
+            shared.failed[role.node].fetch_add(1, Relaxed);
+        } else {
+            shared.other_errors.fetch_add(1, Relaxed);
+        }
+        return;
+    }
+    let Some(stamp) = f.data else { return };
+    if stamp.n >= seen.high.len() {
+        shared.other_errors.fetch_add(1, Relaxed);
+        return;
+    }
+    let at = u64::try_from(shared.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let latency = at.saturating_sub(stamp.t);
+    if stamp.n == role.node {
+        shared.same_node.record(latency);
+    } else {
+        shared.cross_node.record(latency);
+    }
+    // In order: each number above every one seen before. A jump is a loss, counted later.
+    if stamp.s < seen.high[stamp.n] {
+        shared.out_of_order.fetch_add(1, Relaxed);
+    } else {
+        seen.high[stamp.n] = stamp.s + 1;
+    }
+    seen.received[stamp.n] += 1;
+    shared.delivered.fetch_add(1, Relaxed);
+}

@@ -1,0 +1,440 @@
+//! `stress cluster`: several ws_server nodes over one Redis.
+//!
+//! 1. Starts a redis-server of its own (loopback, free port, no persistence) and
+//!    measures `redis-benchmark -P 16 -n 200000 PUBLISH` against it: the engine's
+//!    pipelined ceiling for publications of this size.
+//! 2. The publish-rate phase, in process: two cluster nodes, many concurrent
+//!    publishers on one, a member on the other; cross-node publications per second
+//!    over that ceiling is `cluster_publish_rate_vs_redis_benchmark`.
+//! 3. Starts `--nodes` ws_server processes with `--redis`, and on each one
+//!    publisher and `--listeners` listeners, all in one session. Each publisher sends
+//!    numbered, time-stamped messages at a tenth of the measured rate (capped by
+//!    `--max-rate`), split over the publishers. Every listener checks each
+//!    publisher's numbers arrive in order and records latency as same-node or
+//!    cross-node.
+//! 4. With `--chaos`: SIGKILLs the last node a fifth of the way in, checks its keys
+//!    are released within its TTL (3 s) + 1 s, then kills Redis and restarts it on
+//!    the same port. The documented outcome, checked: survivors' listeners miss
+//!    nothing from their own node; from other nodes they miss exactly what their
+//!    node's gap counter says, and no more than their publishers were told failed
+//!    plus what was published while Redis was down and in the second after it
+//!    came back (a node that has not resubscribed yet cannot hear a publication
+//!    that succeeded; pub/sub gives the publisher no way to know). Without
+//!    `--chaos` nothing may be missed at all.
+
+mod client;
+mod rate;
+mod redis;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::cli::{ClusterArgs, Knobs};
+use crate::invariants::Violations;
+use crate::latency::{Percentiles, Recorder};
+use crate::wire::server::{self, Spawned};
+use client::{Phase, Role, Seen};
+use redis::Redis;
+
+/// A node's TTL (the cluster builder's default).
+const TTL: Duration = Duration::from_secs(3);
+
+/// What `stress cluster` reports.
+#[derive(Debug, Serialize)]
+pub struct ClusterRun {
+    /// Cross-node publications per second through one Redis, over
+    /// `redis-benchmark -P 16` PUBLISH against the same server in the same run.
+    pub cluster_publish_rate_vs_redis_benchmark: f64,
+    /// Cross-node p50 latency minus same-node p50, in ms, at `latency_rate`.
+    pub cluster_cross_node_p50_minus_local_ms: f64,
+    /// Redis round trips per broadcast (batches over publications), rate phase.
+    pub cluster_redis_round_trips_per_broadcast: f64,
+    pub nodes: usize,
+    pub chaos: bool,
+    pub payload_bytes: usize,
+    pub redis_benchmark_publish_per_sec: f64,
+    pub cluster_publish_per_sec: f64,
+    pub rate_phase_published: u64,
+    pub rate_phase_received: u64,
+    pub rate_phase_gaps: u64,
+    /// Total publications per second in the wire phase (a tenth of the measured
+    /// rate, capped by `--max-rate`).
+    pub latency_rate: f64,
+    pub listeners: usize,
+    pub published: u64,
+    pub delivered: u64,
+    pub deliveries_per_sec: f64,
+    pub same_node_latency_us: Percentiles,
+    pub cross_node_latency_us: Percentiles,
+    /// Redis round trips per broadcast in the wire phase, from the nodes' counters.
+    pub wire_round_trips_per_broadcast: f64,
+    /// Gaps the surviving nodes counted.
+    pub gaps: u64,
+    /// Publications the publishers were told failed.
+    pub publish_failed: u64,
+    /// Publications missed by surviving listeners from other nodes' publishers.
+    pub missed_cross_node: u64,
+    pub out_of_order: u64,
+    /// With `--chaos`: seconds from SIGKILL until the killed node's keys were released.
+    pub killed_node_released_s: Option<f64>,
+}
+
+pub async fn run(
+    args: &ClusterArgs,
+    knobs: &Knobs,
+    violations: &Violations,
+) -> Result<ClusterRun, String> {
+    let nodes = args.nodes as usize;
+    let listeners = args.listeners as usize;
+    let bin = server::locate(args.server_bin.as_deref())?;
+    let mut redis = tokio::task::spawn_blocking(Redis::start)
+        .await
+        .map_err(|e| e.to_string())??;
+    let url = redis.url();
+    // The frame a publication carries: the message JSON and the envelope around it.
+    let padding = "x".repeat(knobs.message_size as usize);
+    let payload_bytes = 110 + padding.len() + 16;
+
+    // 1. The engine's ceiling.
+    let port = redis.port;
+    let bench =
+        tokio::task::spawn_blocking(move || Redis::benchmark_publish_on(port, payload_bytes))
+            .await
+            .map_err(|e| e.to_string())??;
+    eprintln!("stress cluster: redis-benchmark -P 16 PUBLISH ({payload_bytes} B): {bench:.0}/s");
+
+    // 2. Publish rate through the cluster layer.
+    let rate = rate::measure(&url, payload_bytes, Duration::from_secs(2)).await?;
+    eprintln!(
+        "stress cluster: cluster publish rate {:.0}/s ({:.3} round trips per broadcast)",
+        rate.per_sec, rate.round_trips_per_broadcast
+    );
+    violations.checked(1);
+    violations.expect(rate.gaps == 0, "cluster/rate", || {
+        format!("{} gaps while Redis was up", rate.gaps)
+    });
+
+    // 3. The nodes.
+    let mut spawned = Vec::with_capacity(nodes);
+    for i in 0..nodes {
+        let bin = bin.clone();
+        let args = vec![
+            "--redis".to_owned(),
+            url.clone(),
+            "--node-id".to_owned(),
+            format!("n{i}"),
+        ];
+        let s = tokio::task::spawn_blocking(move || Spawned::start(&bin, &args))
+            .await
+            .map_err(|e| e.to_string())??;
+        spawned.push(Some(s));
+    }
+    let admins: Vec<_> = spawned
+        .iter()
+        .map(|s| s.as_ref().and_then(|s| s.admin))
+        .collect();
+    let urls: Vec<_> = spawned
+        .iter()
+        .map(|s| format!("ws://{}/ws", s.as_ref().map(|s| s.ws).expect("started")))
+        .collect();
+
+    let duration = knobs.duration.unwrap_or(if args.chaos {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(4)
+    });
+    let latency_rate = (rate.per_sec * 0.1)
+        .min(args.max_rate as f64)
+        .max(nodes as f64);
+    let per_publisher_rate = latency_rate / nodes as f64;
+    let shared = Arc::new(client::Shared {
+        epoch: Instant::now(),
+        same_node: Recorder::new("cluster", "same-node"),
+        cross_node: Recorder::new("cluster", "cross-node"),
+        padding,
+        per_publisher: (per_publisher_rate * duration.as_secs_f64())
+            .round()
+            .max(1.0) as u64,
+        interval: Duration::from_secs_f64(1.0 / per_publisher_rate),
+        nodes,
+        sent: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+        failed: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+        delivered: AtomicU64::new(0),
+        out_of_order: AtomicU64::new(0),
+        other_errors: AtomicU64::new(0),
+    });
+    let (phase, phase_rx) = watch::channel(Phase::Ready);
+    let mut tasks = Vec::new();
+    for (node, url) in urls.iter().enumerate() {
+        for index in 0..=listeners {
+            let role = Role {
+                node,
+                index,
+                publisher: index == 0,
+            };
+            let ws = client::connect(url, role).await?;
+            tasks.push(tokio::spawn(client::run(
+                Arc::clone(&shared),
+                role,
+                ws,
+                phase_rx.clone(),
+            )));
+        }
+    }
+    eprintln!(
+        "stress cluster: {nodes} nodes, {} listeners, {latency_rate:.0} publications/s for {:.1}s{}",
+        nodes * listeners,
+        duration.as_secs_f64(),
+        if args.chaos { ", with chaos" } else { "" }
+    );
+
+    // 4. Publish, with chaos on the side.
+    let go = Instant::now();
+    let _ = phase.send(Phase::Publishing);
+    let mut released_s = None;
+    let mut outage = Duration::ZERO;
+    if args.chaos {
+        tokio::time::sleep(duration / 5).await;
+        let victim = nodes - 1;
+        if let Some(s) = spawned[victim].take() {
+            drop(s); // Spawned's drop is SIGKILL
+        }
+        let killed = Instant::now();
+        let dead = format!("|n{victim}");
+        loop {
+            let held = redis
+                .cli(&["HVALS", "{switchboard}:keys"])
+                .unwrap_or_default();
+            if !held.lines().any(|v| v.ends_with(&dead)) {
+                released_s = Some(killed.elapsed().as_secs_f64());
+                break;
+            }
+            if killed.elapsed() > TTL * 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        violations.checked(1);
+        violations.expect(
+            released_s.is_some_and(|s| s <= (TTL + Duration::from_secs(1)).as_secs_f64()),
+            "cluster/chaos",
+            || format!("killed node's keys released after {released_s:?} s, past TTL + 1 s"),
+        );
+        let at = (duration * 11 / 20).saturating_sub(go.elapsed());
+        tokio::time::sleep(at).await;
+        let down = Instant::now();
+        redis.kill();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        redis.spawn()?;
+        outage = down.elapsed();
+        eprintln!("stress cluster: killed n{victim}, restarted redis");
+    }
+    let publish_deadline = go + duration * 2 + Duration::from_secs(5);
+    while shared.sent.iter().zip(0..).any(|(s, i)| {
+        let alive = !args.chaos || i != nodes - 1;
+        alive && s.load(Relaxed) < shared.per_publisher
+    }) && Instant::now() < publish_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let publish_window = go.elapsed();
+    // Drain: until nothing has moved for a second.
+    let mut last = (shared.delivered.load(Relaxed), Instant::now());
+    while last.1.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let d = shared.delivered.load(Relaxed);
+        if d != last.0 {
+            last = (d, Instant::now());
+        }
+    }
+    let mut stats = Vec::new();
+    for admin in admins
+        .iter()
+        .zip(&spawned)
+        .filter_map(|(a, s)| s.as_ref().and(*a))
+    {
+        let view = tokio::task::spawn_blocking(move || redis::get_json(admin, "/cluster"))
+            .await
+            .map_err(|e| e.to_string())??;
+        stats.push(view);
+    }
+    let _ = phase.send(Phase::Closing);
+    let mut seen: Vec<Seen> = Vec::new();
+    for t in tasks {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(10), t).await {
+            seen.push(s);
+        }
+    }
+    for s in spawned.into_iter().flatten() {
+        let stopped = tokio::task::spawn_blocking(move || s.stop())
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        violations.checked(1);
+        if let Err(e) = stopped {
+            violations.push("cluster/server", e);
+        }
+    }
+    drop(redis);
+
+    // 5. Accounting.
+    let sent: Vec<u64> = shared.sent.iter().map(|s| s.load(Relaxed)).collect();
+    let failed: Vec<u64> = shared.failed.iter().map(|s| s.load(Relaxed)).collect();
+    let victim = args.chaos.then_some(nodes - 1);
+    let stat = |view: &serde_json::Value, field: &str| view["stats"][field].as_u64().unwrap_or(0);
+    let gap_of = |node: usize| {
+        stats
+            .iter()
+            .find(|v| v["node"] == format!("n{node}"))
+            .map_or(0, |v| stat(v, "gaps"))
+    };
+    let mut missed_cross = 0;
+    for s in &seen {
+        let Some((node, index)) = s.role else {
+            continue;
+        };
+        if Some(node) == victim || index == 0 {
+            continue;
+        }
+        violations.checked(1);
+        if s.cut {
+            violations.push(
+                "cluster/listener",
+                format!("n{node} listener {index} was disconnected"),
+            );
+            continue;
+        }
+        let mut missed_here = 0;
+        for p in 0..nodes {
+            let missed = sent[p].saturating_sub(s.received[p]);
+            if p == node {
+                violations.expect(missed == 0, "cluster/same-node", || {
+                    format!("n{node} listener {index} missed {missed} of its own node's messages")
+                });
+            } else if Some(p) == victim {
+                // Published up to the kill; what was in flight in the dead process is
+                // gone with it, and never numbered past, so never a gap.
+                violations.expect(s.received[p] == s.high[p], "cluster/killed-node", || {
+                    format!("n{node} listener {index} has holes in the killed node's stream")
+                });
+            } else {
+                // Lost: what failed, plus what was published while this node was not
+                // yet subscribed again (Redis down, then up to 1 s to resubscribe).
+                let window = outage + Duration::from_secs(1);
+                let bound = failed[p] + (per_publisher_rate * window.as_secs_f64()).ceil() as u64;
+                violations.expect(missed <= bound, "cluster/loss", || {
+                    format!(
+                        "n{node} listener {index} missed {missed} from n{p}: more than the {} it \
+                         was told failed plus {:.1} s of publishing",
+                        failed[p],
+                        window.as_secs_f64()
+                    )
+                });
+                missed_here += missed;
+            }
+        }
+        violations.expect(missed_here == gap_of(node), "cluster/gaps", || {
+            format!(
+                "n{node} listener {index} missed {missed_here} cross-node messages, the node counted {} gaps",
+                gap_of(node)
+            )
+        });
+        if index == 1 {
+            missed_cross += missed_here;
+        }
+    }
+    if !args.chaos {
+        violations.expect(missed_cross == 0, "cluster/loss", || {
+            format!("{missed_cross} cross-node messages lost with Redis up")
+        });
+    }
+    let out_of_order = shared.out_of_order.load(Relaxed);
+    let other = shared.other_errors.load(Relaxed);
+    violations.checked(1);
+    violations.expect(out_of_order == 0 && other == 0, "cluster/order", || {
+        format!("{out_of_order} out of order, {other} unexpected frames")
+    });
+
+    let published: u64 = stats.iter().map(|v| stat(v, "published")).sum();
+    let trips: u64 = stats.iter().map(|v| stat(v, "round_trips")).sum();
+    let same = shared.same_node.summary();
+    let cross = shared.cross_node.summary();
+    let delivered = shared.delivered.load(Relaxed);
+    Ok(ClusterRun {
+        cluster_publish_rate_vs_redis_benchmark: if bench > 0.0 {
+            rate.per_sec / bench
+        } else {
+            0.0
+        },
+        cluster_cross_node_p50_minus_local_ms: (cross.p50 - same.p50) / 1000.0,
+        cluster_redis_round_trips_per_broadcast: rate.round_trips_per_broadcast,
+        nodes,
+        chaos: args.chaos,
+        payload_bytes,
+        redis_benchmark_publish_per_sec: bench,
+        cluster_publish_per_sec: rate.per_sec,
+        rate_phase_published: rate.published,
+        rate_phase_received: rate.received,
+        rate_phase_gaps: rate.gaps,
+        latency_rate,
+        listeners: nodes * listeners,
+        published: sent.iter().sum(),
+        delivered,
+        deliveries_per_sec: delivered as f64 / publish_window.as_secs_f64(),
+        same_node_latency_us: same,
+        cross_node_latency_us: cross,
+        wire_round_trips_per_broadcast: if published > 0 {
+            trips as f64 / published as f64
+        } else {
+            0.0
+        },
+        gaps: stats.iter().map(|v| stat(v, "gaps")).sum(),
+        publish_failed: failed.iter().sum(),
+        missed_cross_node: missed_cross,
+        out_of_order,
+        killed_node_released_s: released_s,
+    })
+}
+
+impl ClusterRun {
+    /// The human-readable summary.
+    pub fn table(&self) -> String {
+        format!(
+            "CLUSTER  {} nodes{}, {} listeners, payload {} B\n\
+             publish rate      {:.0}/s through the cluster vs {:.0}/s redis-benchmark -P 16: {:.2}x\n\
+             round trips       {:.3} per broadcast (rate phase), {:.3} (wire phase)\n\
+             wire phase        {:.0} publications/s, {} published, {} delivered, {:.0} deliveries/s\n\
+             latency same-node p50 {:.0} µs p99 {:.0} µs; cross-node p50 {:.0} µs p99 {:.0} µs; \
+             cross - local p50 {:.3} ms\n\
+             gaps              {} counted, {} missed cross-node, {} publications failed, {} out of order\n\
+             killed node       {}\n",
+            self.nodes,
+            if self.chaos { " (chaos)" } else { "" },
+            self.listeners,
+            self.payload_bytes,
+            self.cluster_publish_per_sec,
+            self.redis_benchmark_publish_per_sec,
+            self.cluster_publish_rate_vs_redis_benchmark,
+            self.cluster_redis_round_trips_per_broadcast,
+            self.wire_round_trips_per_broadcast,
+            self.latency_rate,
+            self.published,
+            self.delivered,
+            self.deliveries_per_sec,
+            self.same_node_latency_us.p50,
+            self.same_node_latency_us.p99,
+            self.cross_node_latency_us.p50,
+            self.cross_node_latency_us.p99,
+            self.cluster_cross_node_p50_minus_local_ms,
+            self.gaps,
+            self.missed_cross_node,
+            self.publish_failed,
+            self.out_of_order,
+            self.killed_node_released_s
+                .map_or_else(|| "-".to_owned(), |s| format!("keys released {s:.2}s after SIGKILL")),
+        )
+    }
+}

@@ -1,0 +1,692 @@
+//! The cluster layer against a real `redis-server`: two or three nodes (each a
+//! `Registry` with its `Cluster`) in one process.
+//!
+//! Each test starts its own `redis-server` on a free loopback port (never 6379, no
+//! system service) with persistence off, in a temporary directory. Without
+//! `redis-server` on the PATH each test prints one line saying how to install it
+//! and passes; with `SWITCHBOARD_REQUIRE_EXTERNAL=1` it fails instead.
+
+#[allow(
+    dead_code,
+    reason = "the example's module is shared with its main; not every item is used here"
+)]
+#[path = "../examples/ws_server/server/mod.rs"]
+mod server;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchboard::cluster::{Cluster, ClusterEvent, Delivered, PublishError, Raw};
+use switchboard::{ClientInfo, CloseReason, Receiver, Registry};
+
+type Msg = Arc<str>;
+
+/// A `redis-server` of the test's own, stopped on drop.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    /// Starts one, or returns `None` after one line on stderr if there is no
+    /// `redis-server`. Panics instead under `SWITCHBOARD_REQUIRE_EXTERNAL=1`.
+    fn start(test: &str) -> Option<Self> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            let message = format!(
+                "cluster test {test}: redis-server not found; install it with \
+                 `apt-get install redis-server`"
+            );
+            if std::env::var("SWITCHBOARD_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
+                panic!("{message} (SWITCHBOARD_REQUIRE_EXTERNAL=1 makes this a failure)");
+            }
+            // Straight to stderr: libtest would swallow eprintln! of a passing test.
+            let _ = writeln!(std::io::stderr(), "skipped: {message}");
+            return None;
+        }
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("switchboard-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut redis = Self {
+            child: None,
+            port,
+            dir,
+        };
+        redis.spawn();
+        Some(redis)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.cli(&["PING"]).as_deref() != Some("PONG") {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL: no goodbye to any client.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// One command through `redis-cli`; its output trimmed, or `None` if it failed.
+    fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
+    }
+
+    /// Subscribers of `channel`, from `PUBSUB NUMSUB`.
+    fn numsub(&self, channel: &str) -> usize {
+        let out = self.cli(&["PUBSUB", "NUMSUB", channel]).unwrap_or_default();
+        out.lines()
+            .nth(1)
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind")
+            .port();
+        if port != 6379 {
+            return port;
+        }
+    }
+}
+
+async fn node(redis: &Redis, prefix: &str, id: &str, ttl: Duration) -> Cluster<Msg> {
+    Cluster::builder(Registry::new(), Raw)
+        .url(redis.url())
+        .prefix(prefix)
+        .node_id(id)
+        .ttl(ttl)
+        .connect()
+        .await
+        .expect("node connects")
+}
+
+async fn recv(rx: &mut Receiver<Msg>) -> Msg {
+    tokio::time::timeout(Duration::from_secs(2), rx.recv())
+        .await
+        .expect("a message within 2 s")
+        .expect("channel open")
+}
+
+/// Waits up to `limit` for `check`, polling.
+async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+const TTL: Duration = Duration::from_secs(3);
+
+/// `nodes()` as (id, clients), once it equals `want` (client counts are as of each
+/// node's last heartbeat, at most a third of the TTL old), or as last seen.
+async fn nodes_settle(n: &Cluster<Msg>, want: &[(&str, u64)]) -> Vec<(String, u64)> {
+    let deadline = Instant::now() + TTL;
+    loop {
+        let got: Vec<(String, u64)> = n
+            .nodes()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| (n.id, n.clients))
+            .collect();
+        let same =
+            got.len() == want.len() && got.iter().zip(want).all(|(g, w)| g.0 == w.0 && g.1 == w.1);
+        if same || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_crosses_nodes_once_and_subscriptions_follow_members() {
+    let Some(redis) = Redis::start("broadcast_crosses_nodes") else {
+        return;
+    };
+    let (a, b, c) = (
+        node(&redis, "t1", "a", TTL).await,
+        node(&redis, "t1", "b", TTL).await,
+        node(&redis, "t1", "c", TTL).await,
+    );
+    let channel = "t1:s:s:room";
+    assert_eq!(redis.numsub(channel), 0);
+
+    let (a1, mut a1_rx) = a.register(ClientInfo::new()).await.unwrap();
+    let (b1, mut b1_rx) = b.register(ClientInfo::new()).await.unwrap();
+    let (b2, mut b2_rx) = b.register(ClientInfo::new()).await.unwrap();
+    a.attach(a1, "room").await.unwrap();
+    assert_eq!(redis.numsub(channel), 1, "first local member subscribes");
+    b.attach(b1, "room").await.unwrap();
+    b.attach(b2, "room").await.unwrap();
+    assert_eq!(
+        redis.numsub(channel),
+        2,
+        "one subscription per node, not per member"
+    );
+    assert_eq!(a.member_count("room").await.unwrap(), 3);
+
+    // A publishes: its own member gets it from the local delivery only (skip-self),
+    // B's members get it once through Redis, C (no members) is never involved.
+    assert_eq!(a.broadcast("room", Msg::from("one")).await.unwrap(), 1);
+    assert_eq!(&*recv(&mut a1_rx).await, "one");
+    assert_eq!(&*recv(&mut b1_rx).await, "one");
+    assert_eq!(&*recv(&mut b2_rx).await, "one");
+    b.broadcast_except("room", b1, Msg::from("two"))
+        .await
+        .unwrap();
+    assert_eq!(&*recv(&mut a1_rx).await, "two");
+    assert_eq!(&*recv(&mut b2_rx).await, "two");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        a1_rx.try_recv().is_err(),
+        "a node must not deliver its own publication twice"
+    );
+    assert!(b1_rx.try_recv().is_err(), "the author was excluded");
+    assert!(b2_rx.try_recv().is_err());
+    assert_eq!(c.stats().received, 0);
+    assert_eq!(b.stats().received, 1);
+    assert_eq!(a.stats().received, 1);
+
+    // Leaving: B stays subscribed while it has a member, and unsubscribes after its last.
+    b.detach(b1, "room").await.unwrap();
+    assert_eq!(redis.numsub(channel), 2);
+    let _ = b.unregister(b2).await.unwrap();
+    assert_eq!(redis.numsub(channel), 1, "last local member left");
+    assert_eq!(b.subscriptions().await, vec![]);
+    assert_eq!(a.member_count("room").await.unwrap(), 1);
+    a.detach(a1, "room").await.unwrap();
+    assert_eq!(redis.numsub(channel), 0);
+    for n in [&a, &b, &c] {
+        assert_eq!(n.stats().gaps, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_pubsub_crosses_nodes() {
+    let Some(redis) = Redis::start("sharded_pubsub_crosses_nodes") else {
+        return;
+    };
+    let mk = |id: &'static str| {
+        Cluster::builder(Registry::<Msg>::new(), Raw)
+            .url(redis.url())
+            .prefix("t6")
+            .node_id(id)
+            .sharded(true)
+            .connect()
+    };
+    let (a, b) = (mk("a").await.unwrap(), mk("b").await.unwrap());
+    let (b1, mut b1_rx) = b.register(ClientInfo::new()).await.unwrap();
+    b.attach(b1, 7u64).await.unwrap();
+    let shard = redis.cli(&["PUBSUB", "SHARDNUMSUB", "t6:s:n:7"]).unwrap();
+    assert_eq!(shard.lines().nth(1).map(str::trim), Some("1"), "{shard}");
+    a.broadcast(7u64, Msg::from("sharded")).await.unwrap();
+    assert_eq!(&*recv(&mut b1_rx).await, "sharded");
+    b.detach(b1, 7u64).await.unwrap();
+    let shard = redis.cli(&["PUBSUB", "SHARDNUMSUB", "t6:s:n:7"]).unwrap();
+    assert_eq!(shard.lines().nth(1).map(str::trim), Some("0"), "{shard}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_to_key_reaches_the_client_on_any_node() {
+    let Some(redis) = Redis::start("send_to_key") else {
+        return;
+    };
+    let (a, b) = (
+        node(&redis, "t2", "a", TTL).await,
+        node(&redis, "t2", "b", TTL).await,
+    );
+    let (_dev, mut dev_rx) = b
+        .register(ClientInfo::new().with_key("dev-1"))
+        .await
+        .unwrap();
+    assert_eq!(a.locate("dev-1").await.unwrap().as_deref(), Some("b"));
+    assert_eq!(
+        a.send_to_key("dev-1", Msg::from("reboot")).await.unwrap(),
+        Delivered::Remote("b".into())
+    );
+    assert_eq!(&*recv(&mut dev_rx).await, "reboot");
+    assert_eq!(
+        b.send_to_key("dev-1", Msg::from("local")).await.unwrap(),
+        Delivered::Local
+    );
+    assert_eq!(&*recv(&mut dev_rx).await, "local");
+    let missing = a
+        .send_to_key("nobody", Msg::from("lost?"))
+        .await
+        .unwrap_err();
+    assert_eq!(&*missing.into_inner(), "lost?", "the message comes back");
+
+    let nodes = nodes_settle(&a, &[("a", 0), ("b", 1)]).await;
+    assert_eq!(nodes, vec![("a".to_owned(), 0), ("b".to_owned(), 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_race_leaves_one_holder_cluster_wide() {
+    let Some(redis) = Redis::start("takeover_race") else {
+        return;
+    };
+    let nodes = [
+        node(&redis, "t3", "a", TTL).await,
+        node(&redis, "t3", "b", TTL).await,
+        node(&redis, "t3", "c", TTL).await,
+    ];
+    let mut events = nodes[0].events();
+    let (_first, mut first_rx) = nodes[0]
+        .register(ClientInfo::new().with_key("dev"))
+        .await
+        .unwrap();
+    for round in 0..20 {
+        // B and C register the same key at once; A (or the last winner) loses it.
+        let (b, c) = tokio::join!(
+            nodes[1].register(ClientInfo::new().with_key("dev")),
+            nodes[2].register(ClientInfo::new().with_key("dev")),
+        );
+        let (_, mut b_rx) = b.unwrap();
+        let (_, mut c_rx) = c.unwrap();
+        let holder = nodes[0]
+            .locate("dev")
+            .await
+            .unwrap()
+            .expect("someone holds it");
+        let online = |n: &Cluster<Msg>| n.registry().is_online("dev");
+        let settled = eventually(Duration::from_secs(2), || {
+            nodes.iter().filter(|n| online(n)).count() == 1
+        })
+        .await;
+        assert!(
+            settled,
+            "round {round}: more than one connection holds the key"
+        );
+        let winner = nodes.iter().find(|n| online(n)).unwrap();
+        assert_eq!(
+            winner.node_id(),
+            holder,
+            "round {round}: Redis and the nodes agree"
+        );
+        let loser_rx = if holder == "b" { &mut c_rx } else { &mut b_rx };
+        assert!(matches!(
+            loser_rx.close_reason(),
+            Some(CloseReason::TakenOver { .. })
+        ));
+        // B and C drop their connections for the next round.
+        for n in &nodes[1..] {
+            let ids = n.registry().client_ids();
+            for id in ids {
+                let _ = n.unregister(id).await.unwrap();
+            }
+        }
+    }
+    assert!(matches!(
+        first_rx.close_reason(),
+        Some(CloseReason::TakenOver { .. })
+    ));
+    assert!(first_rx.recv().await.is_none());
+    let ev = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;
+    assert!(
+        matches!(ev, Ok(Ok(ClusterEvent::TakenOver { ref key, .. })) if key == "dev"),
+        "{ev:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_dropped_without_cleanup_is_released_within_its_ttl() {
+    let Some(redis) = Redis::start("dropped_node_expires") else {
+        return;
+    };
+    let ttl = Duration::from_secs(1);
+    let a = node(&redis, "t4", "a", ttl).await;
+    let b = node(&redis, "t4", "b", ttl).await;
+    let (d, _d_rx) = b
+        .register(ClientInfo::new().with_key("dev-9"))
+        .await
+        .unwrap();
+    b.attach(d, "room").await.unwrap();
+    assert_eq!(a.member_count("room").await.unwrap(), 1);
+    assert_eq!(a.locate("dev-9").await.unwrap().as_deref(), Some("b"));
+    let mut events = a.events();
+
+    let dropped = Instant::now();
+    drop(b); // no shutdown: a crash, as far as Redis can tell
+    let down = tokio::time::timeout(ttl + Duration::from_secs(1), async {
+        loop {
+            if let Ok(ClusterEvent::NodeDown { node, keys }) = events.recv().await {
+                return (node, keys);
+            }
+        }
+    })
+    .await
+    .expect("node-down within TTL + 1 s");
+    let took = dropped.elapsed();
+    assert_eq!(down, ("b".to_owned(), vec!["dev-9".to_owned()]));
+    assert!(took <= ttl + Duration::from_secs(1), "{took:?}");
+    assert_eq!(a.locate("dev-9").await.unwrap(), None);
+    assert_eq!(a.member_count("room").await.unwrap(), 0);
+    let ids: Vec<_> = a.nodes().await.unwrap().into_iter().map(|n| n.id).collect();
+    assert_eq!(ids, vec!["a".to_owned()]);
+    // Its connections went with it: nothing is left subscribed.
+    let gone = eventually(Duration::from_secs(1), || redis.numsub("t4:s:s:room") == 0).await;
+    assert!(
+        gone,
+        "the dropped node's subscriber connection is still open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_fails_publishes_resumes_and_counts_the_gap_exactly() {
+    let Some(mut redis) = Redis::start("redis_restart") else {
+        return;
+    };
+    let a = node(&redis, "t5", "a", TTL).await;
+    let b = node(&redis, "t5", "b", TTL).await;
+    let (a1, _a1_rx) = a.register(ClientInfo::new().with_key("pub")).await.unwrap();
+    let (b1, mut b1_rx) = b.register(ClientInfo::new().with_key("sub")).await.unwrap();
+    a.attach(a1, "room").await.unwrap();
+    b.attach(b1, "room").await.unwrap();
+    for i in 0..10 {
+        a.broadcast("room", Msg::from(format!("before {i}")))
+            .await
+            .unwrap();
+    }
+    for i in 0..10 {
+        assert_eq!(*recv(&mut b1_rx).await, *format!("before {i}"));
+    }
+
+    redis.kill();
+    // Every publish while Redis is down fails and gives the message back.
+    let down = 5;
+    for i in 0..down {
+        let msg = Msg::from(format!("during {i}"));
+        match a.broadcast("room", msg.clone()).await {
+            Err(e @ PublishError::Redis(..)) => assert_eq!(e.into_inner(), msg),
+            other => panic!("publish {i} while Redis is down: {other:?}"),
+        }
+    }
+
+    redis.spawn();
+    let restarted = Instant::now();
+    // Resubscribed by itself: no call into the cluster is needed for that.
+    let resubscribed =
+        eventually(Duration::from_secs(1), || redis.numsub("t5:s:s:room") == 2).await;
+    assert!(
+        resubscribed,
+        "both nodes subscribe again within 1 s of the restart"
+    );
+    // Delivery resumes: publish until one gets through; each failure is one more gap.
+    let mut n = 0;
+    loop {
+        let sent = a.broadcast("room", Msg::from(format!("after {n}"))).await;
+        n += 1;
+        if sent.is_ok() {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(1),
+            "publishing still fails"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first = recv(&mut b1_rx).await;
+    assert_eq!(*first, *format!("after {}", n - 1));
+    assert!(
+        restarted.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        restarted.elapsed()
+    );
+
+    let failed = a.stats().publish_failed;
+    assert!(failed >= down);
+    assert_eq!(
+        b.stats().gaps,
+        failed,
+        "the gap is exactly what failed to cross"
+    );
+    assert!(a.stats().reconnects >= 1 && b.stats().reconnects >= 1);
+
+    // Presence was re-announced into the empty Redis: keys and counts are back.
+    let back = eventually(Duration::from_secs(2), || {
+        redis
+            .cli(&["HGET", "{t5}:keys", "sub"])
+            .is_some_and(|v| v.ends_with("|b"))
+    })
+    .await;
+    assert!(back, "node b re-announced its key");
+    assert_eq!(a.locate("sub").await.unwrap().as_deref(), Some("b"));
+    assert_eq!(a.member_count("room").await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_shows_the_cluster_and_its_gaps() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let Some(redis) = Redis::start("admin_api_cluster") else {
+        return;
+    };
+    let a = node(&redis, "t7", "a", TTL).await;
+    let b = node(&redis, "t7", "b", TTL).await;
+    let (b1, _b1_rx) = b.register(ClientInfo::new()).await.unwrap();
+    b.attach(b1, "room").await.unwrap();
+    let config = switchboard::http::AdminConfig::new().token("t0ken");
+    let router = switchboard::http::router_with_cluster(b.clone(), config, |_, body| {
+        Msg::from(body.to_string())
+    })
+    .unwrap();
+    let get = |path: &str, token: bool| {
+        let mut req = axum::http::Request::get(path);
+        if token {
+            req = req.header("authorization", "Bearer t0ken");
+        }
+        router
+            .clone()
+            .oneshot(req.body(axum::body::Body::empty()).unwrap())
+    };
+    nodes_settle(&b, &[("a", 0), ("b", 1)]).await;
+    assert_eq!(get("/cluster", false).await.unwrap().status(), 401);
+    let res = get("/cluster", true).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let view: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(view["node"], "b");
+    assert_eq!(view["subscriptions"], serde_json::json!(["room"]));
+    let nodes: Vec<_> = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].clone(), n["clients"].clone()))
+        .collect();
+    assert_eq!(nodes, vec![("a".into(), 0.into()), ("b".into(), 1.into())]);
+
+    // A gap: a publication numbered past the last one b saw from a, as after a loss.
+    a.broadcast("room", Msg::from("1")).await.unwrap();
+    let frame = |seq: u64| {
+        let mut f = vec![1u8, 0, 1, b'a'];
+        f.extend_from_slice(&seq.to_be_bytes());
+        f.extend_from_slice(b"x");
+        f
+    };
+    let cli = |f: Vec<u8>| {
+        let status = Command::new("redis-cli")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &redis.port.to_string(),
+                "-x",
+                "PUBLISH",
+                "t7:s:s:room",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin.take().unwrap().write_all(&f)?;
+                c.wait()
+            });
+        assert!(status.is_ok_and(|s| s.success()));
+    };
+    cli(frame(5)); // 2, 3 and 4 never came
+    let gapped = eventually(Duration::from_secs(2), || b.stats().gaps == 3).await;
+    assert!(gapped, "{:?}", b.stats());
+    let res = get("/metrics", true).await.unwrap();
+    let text =
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(
+        text.contains("switchboard_cluster_gaps_total{node=\"b\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("switchboard_clients{"),
+        "the registry's own lines stay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_server_nodes_share_rooms_keys_and_takeover() {
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{json, Value};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let Some(redis) = Redis::start("ws_server_nodes") else {
+        return;
+    };
+    let start = |id: &str| {
+        server::Server::start(server::Config {
+            ws_addr: "127.0.0.1:0".parse().unwrap(),
+            admin_addr: None,
+            close_linger: Duration::from_millis(200),
+            redis: Some(redis.url()),
+            node_id: Some(id.to_owned()),
+            ..server::Config::default()
+        })
+    };
+    let (a, b) = (start("gw-a").await.unwrap(), start("gw-b").await.unwrap());
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+    async fn open(addr: std::net::SocketAddr, hello: Value) -> Ws {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .unwrap();
+        ws.send(Message::text(hello.to_string())).await.unwrap();
+        assert_eq!(next(&mut ws).await["type"], "welcome");
+        ws
+    }
+    async fn next(ws: &mut Ws) -> Value {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(&t).unwrap(),
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    return json!({"close": f.map(|f| u16::from(f.code))})
+                }
+                Ok(Some(Ok(_))) => {}
+                other => panic!("no frame: {other:?}"),
+            }
+        }
+    }
+    let mut dev = open(a.ws_addr(), json!({"type": "hello", "key": "dev"})).await;
+    dev.send(Message::text(
+        json!({"type": "join", "session": "room"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next(&mut dev).await["type"], "joined");
+    let mut ops = open(b.ws_addr(), json!({"type": "hello", "key": "ops"})).await;
+
+    // A publish on node b reaches the room's member on node a; a direct to a key too.
+    ops.send(Message::text(
+        json!({"type": "publish", "session": "room", "data": 1}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let got = next(&mut dev).await;
+    assert_eq!(
+        (got["type"].clone(), got["data"].clone()),
+        (json!("message"), json!(1)),
+        "{got}"
+    );
+    ops.send(Message::text(
+        json!({"type": "direct", "to": "dev", "data": 2}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next(&mut dev).await["data"], 2);
+
+    // The same key on node b takes over: node a closes its connection with 4002.
+    let _dev2 = open(b.ws_addr(), json!({"type": "hello", "key": "dev"})).await;
+    assert_eq!(next(&mut dev).await, json!({"close": 4002}));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_id_that_cannot_travel_is_refused() {
+    for bad in ["", "has space", "x".repeat(65).as_str(), "ünï"] {
+        let r = Cluster::builder(Registry::<Msg>::new(), Raw)
+            .url("redis://127.0.0.1:1")
+            .node_id(bad)
+            .connect()
+            .await;
+        assert!(
+            matches!(r, Err(switchboard::cluster::ClusterError::Config(_))),
+            "{bad:?}: {r:?}"
+        );
+    }
+}

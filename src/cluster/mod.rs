@@ -89,7 +89,7 @@ use crate::{ClientId, ClientInfo, Receiver, Registry, SessionId, Unregistered};
 pub use builder::{BadNodeId, ClusterBuilder};
 pub use codec::{Codec, CodecError, Json, Raw};
 pub use error::{ClusterError, PublishError, RedisError, SendToKeyError};
-pub use presence::NodeInfo;
+pub use presence::{NodeInfo, NodeState};
 pub use stats::{ClusterEvent, ClusterStats};
 
 use clock::RedisClock;

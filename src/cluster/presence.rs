@@ -33,6 +33,34 @@ pub struct NodeInfo {
     pub subscriptions: u64,
     /// Gaps it has counted.
     pub gaps: u64,
+    /// Milliseconds since its last heartbeat, on Redis's clock; `None` for a node
+    /// that does not record when it beat (an older version).
+    pub heartbeat_age_ms: Option<u64>,
+    /// Whether it is beating on time.
+    pub state: NodeState,
+}
+
+/// Whether a live node is beating on time, in [`NodeInfo::state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum NodeState {
+    /// Its last heartbeat is at most two heartbeat periods (two thirds of its TTL)
+    /// old, or its age is unknown.
+    Up,
+    /// It missed a heartbeat: stalled, overloaded or cut off from Redis. It is
+    /// released when its TTL runs out unless it beats again.
+    Late,
+}
+
+impl NodeState {
+    /// A node beats every third of its TTL; one beat older than two periods missed one.
+    fn of(age_ms: Option<u64>, ttl_ms: Option<u64>) -> Self {
+        match (age_ms, ttl_ms) {
+            (Some(age), Some(ttl)) if age > ttl / 3 * 2 => Self::Late,
+            _ => Self::Up,
+        }
+    }
 }
 
 impl<M: Clone + Send + Sync + 'static> Shared<M> {
@@ -50,6 +78,8 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             s.subscriptions.to_string(),
             "gaps".into(),
             s.gaps.to_string(),
+            "ttl".into(),
+            ttl.to_string(),
         ];
         let (known, now): (i64, u64) = self
             .client
@@ -124,17 +154,23 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 clients: 0,
                 subscriptions: 0,
                 gaps: 0,
+                heartbeat_age_ms: None,
+                state: NodeState::Up,
             };
+            let mut ttl = None;
             let mut f = fields.into_iter();
             while let (Some(k), Some(v)) = (f.next(), f.next()) {
-                let v = v.as_string().and_then(|v| v.parse().ok()).unwrap_or(0);
+                let v: Option<u64> = v.as_string().and_then(|v| v.parse().ok());
                 match k.as_string().as_deref() {
-                    Some("clients") => node.clients = v,
-                    Some("subscriptions") => node.subscriptions = v,
-                    Some("gaps") => node.gaps = v,
+                    Some("clients") => node.clients = v.unwrap_or(0),
+                    Some("subscriptions") => node.subscriptions = v.unwrap_or(0),
+                    Some("gaps") => node.gaps = v.unwrap_or(0),
+                    Some("age") => node.heartbeat_age_ms = v,
+                    Some("ttl") => ttl = v,
                     _ => {}
                 }
             }
+            node.state = NodeState::of(node.heartbeat_age_ms, ttl);
             out.push(node);
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -156,5 +192,19 @@ pub(crate) async fn run<M: Clone + Send + Sync + 'static>(shared: Arc<Shared<M>>
             let _ = shared.sync_sessions(sessions).await;
         }
         let _ = shared.reap(None).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NodeState;
+
+    #[test]
+    fn a_node_is_late_once_it_missed_a_beat() {
+        assert_eq!(NodeState::of(Some(1000), Some(3000)), NodeState::Up);
+        assert_eq!(NodeState::of(Some(2000), Some(3000)), NodeState::Up);
+        assert_eq!(NodeState::of(Some(2001), Some(3000)), NodeState::Late);
+        assert_eq!(NodeState::of(None, Some(3000)), NodeState::Up);
+        assert_eq!(NodeState::of(Some(9000), None), NodeState::Up);
     }
 }

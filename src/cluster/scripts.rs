@@ -6,7 +6,7 @@
 //! | Key | Type | Holds |
 //! | --- | --- | --- |
 //! | `B:nodes` | sorted set | node → heartbeat deadline (ms) |
-//! | `B:info:N` | hash | node N's `clients`, `subscriptions`, `gaps`, ... |
+//! | `B:info:N` | hash | node N's `clients`, `subscriptions`, `gaps`, `ttl`, `beat` (ms), ... |
 //! | `B:keys` | hash | client key → `gen|node` |
 //! | `B:gen` | counter | claim generations |
 //! | `B:nkeys:N` | set | keys node N holds |
@@ -39,6 +39,7 @@ local known = redis.call('ZSCORE', B .. ':nodes', node)
 redis.call('ZADD', B .. ':nodes', now + ttl, node)
 local info = B .. ':info:' .. node
 for i = 4, #ARGV, 2 do redis.call('HSET', info, ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', info, 'beat', string.format('%d', now))
 redis.call('PEXPIRE', info, ttl * 2)
 if known then return { 1, now } else return { 0, now } end
 ";
@@ -155,13 +156,21 @@ return sum
 ";
 
 /// ARGV: base. Every live node and its info hash, flattened:
-/// `{node, {field, value, ...}, node, {...}}`.
+/// `{node, {field, value, ...}, node, {...}}`, with the field `age`: the time
+/// since its last heartbeat, in ms on Redis's clock (so nodes' clocks need not agree).
 const NODES: &str = r"
 local live = redis.call('ZRANGEBYSCORE', B .. ':nodes', now, '+inf')
 local out = {}
 for _, n in ipairs(live) do
+  local info = redis.call('HGETALL', B .. ':info:' .. n)
+  for i = 1, #info, 2 do
+    if info[i] == 'beat' then
+      table.insert(info, 'age')
+      table.insert(info, string.format('%d', math.max(0, now - tonumber(info[i + 1]))))
+    end
+  end
   table.insert(out, n)
-  table.insert(out, redis.call('HGETALL', B .. ':info:' .. n))
+  table.insert(out, info)
 end
 return out
 ";

@@ -598,6 +598,110 @@ async fn admin_api_shows_the_cluster_and_its_gaps() {
     );
 }
 
+/// The next `snapshot` event's data from a `/events` body.
+async fn next_snapshot(body: &mut axum::body::Body) -> serde_json::Value {
+    use http_body_util::BodyExt;
+    let frame = tokio::time::timeout(Duration::from_secs(3), body.frame())
+        .await
+        .expect("a snapshot within 3 s")
+        .expect("the stream goes on")
+        .expect("a frame")
+        .into_data()
+        .expect("data");
+    let text = std::str::from_utf8(&frame).unwrap();
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap_or_else(|| panic!("no data line in {text:?}"));
+    serde_json::from_str(data).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_events_carry_the_nodes_and_node_down() {
+    use tower::ServiceExt;
+
+    let Some(redis) = Redis::start("dashboard_cluster") else {
+        return;
+    };
+    let a = node(&redis, "t8", "a", TTL).await;
+    let b = node(&redis, "t8", "b", TTL).await;
+    let (b1, _b1_rx) = b
+        .register(ClientInfo::new().with_key("dev-1"))
+        .await
+        .unwrap();
+    let (b2, _b2_rx) = b.register(ClientInfo::new()).await.unwrap();
+    b.attach(b1, "room").await.unwrap();
+    b.attach(b2, "hall").await.unwrap();
+    let (_a1, _a1_rx) = a
+        .register(ClientInfo::new().with_key("dev-2"))
+        .await
+        .unwrap();
+    nodes_settle(&b, &[("a", 1), ("b", 2)]).await;
+    let router = switchboard::http::router_with_cluster(
+        b.clone(),
+        switchboard::http::AdminConfig::new(),
+        |_, body| Msg::from(body.to_string()),
+    )
+    .unwrap();
+    let res = router
+        .oneshot(
+            axum::http::Request::get("/events")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.into_body();
+
+    let snap = next_snapshot(&mut body).await;
+    let cluster = &snap["cluster"];
+    assert_eq!(cluster["node"], "b", "{snap}");
+    let nodes: Vec<_> = cluster["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no nodes in {cluster}"))
+        .iter()
+        .map(|n| (n["id"].clone(), n["clients"].clone(), n["state"].clone()))
+        .collect();
+    assert_eq!(
+        nodes,
+        vec![
+            ("a".into(), 1.into(), "up".into()),
+            ("b".into(), 2.into(), "up".into())
+        ]
+    );
+    for n in cluster["nodes"].as_array().unwrap() {
+        let age = n["heartbeat_age_ms"].as_u64().expect("a heartbeat age");
+        assert!(age <= TTL.as_millis() as u64, "{n}");
+    }
+    assert_eq!(cluster["subscriptions"], 2);
+    assert_eq!(cluster["gaps"], 0);
+
+    // Node a leaves: its departure, with the key it held, reaches the feed.
+    a.shutdown().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let down = loop {
+        assert!(Instant::now() < deadline, "no node_down in the feed");
+        let snap = next_snapshot(&mut body).await;
+        let found = snap["cluster"]["events"]
+            .as_array()
+            .and_then(|events| events.iter().find(|e| e["event"] == "node_down").cloned());
+        if let Some(event) = found {
+            break (event, snap);
+        }
+    };
+    let (event, snap) = down;
+    assert_eq!(event["node"], "a", "{event}");
+    assert_eq!(event["keys"], serde_json::json!(["dev-2"]), "{event}");
+    let ids: Vec<_> = snap["cluster"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].clone())
+        .collect();
+    assert_eq!(ids, vec![serde_json::Value::from("b")]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_server_nodes_share_rooms_keys_and_takeover() {
     use futures_util::{SinkExt, StreamExt};

@@ -11,7 +11,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use super::cluster_feed::Tap;
 use super::error::ApiError;
+use super::events::ClusterFeed;
 use super::{bearer, build_with, token_matches, AdminConfig, AdminConfigError};
 use crate::cluster::{Cluster, ClusterStats, NodeInfo};
 use crate::SessionId;
@@ -21,7 +23,9 @@ use crate::SessionId;
 /// `switchboard_cluster_published_total`, `switchboard_cluster_publish_failed_total`,
 /// `switchboard_cluster_received_total`, `switchboard_cluster_gaps_total`,
 /// `switchboard_cluster_redis_round_trips_total`, `switchboard_cluster_reconnects_total`
-/// and the gauge `switchboard_cluster_subscriptions`.
+/// and the gauge `switchboard_cluster_subscriptions`. The dashboard's `/events`
+/// snapshots then carry the cluster too: this node, its subscriptions and gaps,
+/// every live node, and node-down events for the live feed.
 ///
 /// `GET /cluster` answers `{"node", "stats", "subscriptions", "nodes",
 /// "redis_error"}`: this node's [`ClusterStats`], the sessions it is subscribed to,
@@ -63,11 +67,15 @@ where
         .clone()
         .map(|t| t.into_bytes().into_boxed_slice());
     let for_metrics = cluster.clone();
+    let for_events = cluster.clone();
     let admin = build_with(
         cluster.registry().clone(),
         config,
         Box::new(encode),
         Some(Box::new(move || render(&for_metrics.stats()))),
+        Some(Box::new(move || -> Box<dyn ClusterFeed> {
+            Box::new(Tap::new(for_events.clone()))
+        })),
     );
     let guarded = Router::new()
         .route("/cluster", get(show::<M>))

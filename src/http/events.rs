@@ -17,6 +17,9 @@
 //!   events beyond [`MAX_EVENTS`] per tick are counted in `skipped_events`.
 //! * Lists are capped: [`TOP_SESSIONS`] sessions and [`TOP_PLATFORMS`] platforms
 //!   (the rest summed), since platforms are strings clients choose.
+//! * With a cluster, its part of the snapshot ([`ClusterFeed`]) follows the same
+//!   rules: its events wait in the cluster's shared, bounded buffer, and its lists
+//!   are capped (see `src/http/cluster.rs`).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -27,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
@@ -46,6 +50,18 @@ pub(crate) const MAX_EVENTS: usize = 200;
 pub(crate) const TOP_SESSIONS: usize = 10;
 /// Platforms listed, most clients first; the rest are summed into `other_platforms`.
 pub(crate) const TOP_PLATFORMS: usize = 20;
+
+/// The `cluster` part of one subscriber's snapshots: each call gives the next
+/// one. Built per stream by the router's [`ClusterFeeds`], so that each subscriber
+/// follows the cluster's events on its own, as it does the registry's.
+pub(crate) trait ClusterFeed: Send {
+    /// The `cluster` field of the next snapshot. It must answer within a tick
+    /// even when the cluster's store does not.
+    fn next(&mut self) -> BoxFuture<'_, serde_json::Value>;
+}
+
+/// Makes a [`ClusterFeed`] for each new stream; `None` on a single node.
+pub(crate) type ClusterFeeds = Box<dyn Fn() -> Box<dyn ClusterFeed> + Send + Sync>;
 
 /// The router's subscriber limit.
 pub(crate) struct Subscribers(Arc<Semaphore>);
@@ -78,9 +94,8 @@ struct Snapshot {
     top_sessions: Vec<SessionSize>,
     events: Vec<Event>,
     skipped_events: u64,
-    /// The cluster's nodes, once a cluster layer feeds them; `None` (JSON `null`)
-    /// on a single node, and the dashboard then hides its nodes section. The
-    /// dashboard reads `{"nodes": [{"id", "addr", "state", "clients"}]}`.
+    /// The cluster, from the router's [`ClusterFeed`]; `None` (JSON `null`) on a
+    /// single node, and the dashboard then hides its cluster section.
     cluster: Option<serde_json::Value>,
 }
 
@@ -127,6 +142,7 @@ struct Feed<M> {
     events: broadcast::Receiver<Event>,
     tick: Interval,
     last: Option<(Instant, Totals)>,
+    cluster: Option<Box<dyn ClusterFeed>>,
     /// Held for the stream's life: one of [`MAX_SUBSCRIBERS`].
     _permit: OwnedSemaphorePermit,
 }
@@ -147,11 +163,16 @@ where
         events: admin.registry.subscribe(),
         tick,
         last: None,
+        cluster: admin.cluster_feeds.as_ref().map(|make| make()),
         _permit: permit,
     };
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         feed.tick.tick().await;
-        let snapshot = feed.snapshot();
+        let cluster = match &mut feed.cluster {
+            Some(cluster) => Some(cluster.next().await),
+            None => None,
+        };
+        let snapshot = feed.snapshot(cluster);
         // Serialising plain data cannot fail; an empty event would be harmless.
         let event = SseEvent::default()
             .event("snapshot")
@@ -168,7 +189,8 @@ where
 }
 
 impl<M> Feed<M> {
-    fn snapshot(&mut self) -> Snapshot {
+    /// The next snapshot, with `cluster` as its cluster field.
+    fn snapshot(&mut self, cluster: Option<serde_json::Value>) -> Snapshot {
         let (events, skipped_events) = self.drain();
         let stats = self.registry.stats();
         let now = Instant::now();
@@ -208,9 +230,7 @@ impl<M> Feed<M> {
             top_sessions: self.top_sessions(),
             events,
             skipped_events,
-            // The hook for the cluster layer: fill this with its nodes, in the
-            // shape the field's doc gives, and the dashboard shows them.
-            cluster: None,
+            cluster,
         }
     }
 
@@ -272,6 +292,7 @@ mod tests {
             events: registry.subscribe(),
             tick: tokio::time::interval(TICK),
             last: None,
+            cluster: None,
             _permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
         }
     }
@@ -292,7 +313,7 @@ mod tests {
         let (_a, _rx_a) = registry.register(device("a", "linux")).unwrap();
         let (b, _rx_b) = registry.register(device("b", "android")).unwrap();
         let _ = registry.unregister(b).unwrap();
-        let snap = feed.snapshot();
+        let snap = feed.snapshot(None);
         assert_eq!((snap.clients, snap.devices, snap.other), (1, 1, 0));
         assert_eq!(snap.by_platform, vec![("linux".to_owned(), 1)]);
         let kinds: Vec<_> = snap
@@ -302,7 +323,7 @@ mod tests {
             .collect();
         assert_eq!(kinds, ["joined", "joined", "left"]);
         assert!(snap.rates.is_none());
-        assert!(feed.snapshot().rates.is_some());
+        assert!(feed.snapshot(None).rates.is_some());
     }
 
     #[tokio::test]
@@ -314,10 +335,10 @@ mod tests {
         for i in 0..n {
             held.push(registry.register(device(&format!("d{i}"), "x")).unwrap());
         }
-        let snap = feed.snapshot();
+        let snap = feed.snapshot(None);
         assert_eq!(snap.events.len(), MAX_EVENTS);
         assert_eq!(snap.skipped_events, 50);
-        assert!(feed.snapshot().events.is_empty());
+        assert!(feed.snapshot(None).events.is_empty());
     }
 
     #[tokio::test]

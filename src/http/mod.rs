@@ -137,6 +137,8 @@
 mod clients;
 #[cfg(feature = "cluster")]
 mod cluster;
+#[cfg(feature = "cluster")]
+mod cluster_feed;
 mod config;
 mod dashboard;
 mod error;
@@ -178,6 +180,7 @@ struct Admin<M> {
     metrics: Metrics,
     subscribers: events::Subscribers,
     extra_metrics: Option<ExtraMetrics>,
+    cluster_feeds: Option<events::ClusterFeeds>,
 }
 
 type Shared<M> = Arc<Admin<M>>;
@@ -271,15 +274,16 @@ fn build<M>(registry: Registry<M>, config: AdminConfig, encode: Encoder<M>) -> R
 where
     M: Clone + Send + Sync + 'static,
 {
-    build_with(registry, config, encode, None)
+    build_with(registry, config, encode, None, None)
 }
 
-/// As [`build`], with more text for `/metrics`.
+/// As [`build`], with more text for `/metrics` and a cluster for `/events`.
 fn build_with<M>(
     registry: Registry<M>,
     config: AdminConfig,
     encode: Encoder<M>,
     extra_metrics: Option<ExtraMetrics>,
+    cluster_feeds: Option<events::ClusterFeeds>,
 ) -> Router
 where
     M: Clone + Send + Sync + 'static,
@@ -292,6 +296,7 @@ where
         metrics: Metrics::new(),
         subscribers: events::Subscribers::new(),
         extra_metrics,
+        cluster_feeds,
     });
     let guarded = Router::new()
         .route("/clients", get(clients::list::<M>))

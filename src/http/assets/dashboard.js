@@ -121,6 +121,12 @@ function absorb(snap) {
   }
   const at = new Date(snap.t);
   for (const e of snap.events) feed.push({ at, e });
+  // Cluster events share the feed; a kind whose name clashes gets its own.
+  const c = snap.cluster;
+  if (c && Array.isArray(c.events)) {
+    for (const e of c.events) feed.push({ at, e: e.event === "taken_over" ? { ...e, event: "node_taken_over" } : e });
+    skipped += c.skipped_events || 0;
+  }
   if (feed.length > FEED_MAX) feed = feed.slice(-FEED_MAX);
   skipped += snap.skipped_events;
   if (!frame) frame = requestAnimationFrame(render);
@@ -156,7 +162,8 @@ function text(id, value) {
   if (el.textContent !== s) el.textContent = s;
 }
 
-function rows(tbody, items, cells) {
+// `numeric` columns (by index) align right; by default the last, the count.
+function rows(tbody, items, cells, numeric) {
   const out = document.createDocumentFragment();
   for (const item of items) {
     const tr = document.createElement("tr");
@@ -164,7 +171,7 @@ function rows(tbody, items, cells) {
     values.forEach((value, i) => {
       const td = document.createElement("td");
       td.textContent = value;
-      if (i === values.length - 1) td.className = "num"; // the count column
+      if (numeric ? numeric.includes(i) : i === values.length - 1) td.className = "num";
       tr.appendChild(td);
     });
     out.appendChild(tr);
@@ -172,7 +179,10 @@ function rows(tbody, items, cells) {
   tbody.replaceChildren(out);
 }
 
-const LABEL = { joined: "joined", left: "left", taken_over: "taken over", task_cancelled: "task cancelled" };
+const LABEL = {
+  joined: "joined", left: "left", taken_over: "taken over", task_cancelled: "task cancelled",
+  node_down: "node down", node_taken_over: "moved node", reconnected: "redis back",
+};
 
 function describe(e) {
   switch (e.event) {
@@ -180,6 +190,13 @@ function describe(e) {
     case "left": return (e.key ?? "(no key)") + " · " + e.id;
     case "taken_over": return e.key + " · " + e.old + " → " + e.new;
     case "task_cancelled": return "task " + e.task + " · " + String(e.reason).replace(/_/g, " ");
+    case "node_down": {
+      const keys = Array.isArray(e.keys) ? e.keys : [];
+      const more = e.more_keys > 0 ? " and " + fmt.format(e.more_keys) + " more" : "";
+      return "node " + e.node + (keys.length ? " · released " + keys.join(", ") + more : " · held no keys");
+    }
+    case "node_taken_over": return e.key + " · now on node " + e.node;
+    case "reconnected": return "subscriptions and presence renewed";
     default: return JSON.stringify(e);
   }
 }
@@ -228,14 +245,38 @@ function render() {
   $("feed").replaceChildren(list);
   text("feed-note", skipped > 0 ? "(last " + FEED_MAX + "; " + fmt.format(skipped) + " skipped)" : "(last " + FEED_MAX + ")");
 
-  const nodes = s.cluster && Array.isArray(s.cluster.nodes) ? s.cluster.nodes : null;
-  $("cluster").hidden = !nodes;
-  if (nodes) {
-    const node = (n) => [String(n.id ?? "?"), String(n.addr ?? ""), String(n.state ?? ""), n.clients == null ? "–" : fmt.format(n.clients)];
-    rows($("nodes"), nodes.slice(0, 100), node);
-  }
+  renderCluster(s.cluster);
 
   if (chart) chart.setData(series);
+}
+
+// Milliseconds as "0.4 s ago".
+const age = (ms) => (ms == null ? "–" : (ms / 1000).toFixed(1) + " s ago");
+const count = (n) => (n == null ? "–" : fmt.format(n));
+
+// The cluster section: shown only when the snapshot has a cluster.
+function renderCluster(c) {
+  $("cluster").hidden = !c;
+  if (!c) return;
+  text("cluster-node", c.node ?? "?");
+  text("cluster-subscriptions", count(c.subscriptions));
+  text("cluster-gaps", count(c.gaps));
+  const err = $("cluster-error");
+  err.hidden = !c.redis_error;
+  if (c.redis_error) text("cluster-error", "Redis: " + c.redis_error + " (nodes unknown until it answers)");
+  const live = Array.isArray(c.nodes);
+  const nodes = live ? c.nodes.slice(0, 100) : [];
+  const total = nodes.length + (c.more_nodes || 0);
+  text("cluster-note", live ? "(" + fmt.format(total) + " live" + (total > nodes.length ? ", first " + nodes.length + " shown" : "") + ")" : "");
+  rows($("nodes"), nodes, (n) => [
+    String(n.id ?? "?") + (n.id === c.node ? " (this node)" : ""),
+    String(n.state ?? "?"),
+    age(n.heartbeat_age_ms),
+    count(n.subscriptions),
+    count(n.gaps),
+    count(n.clients),
+  ], [2, 3, 4, 5]);
+  for (const tr of $("nodes").children) tr.children[1].className = "state-" + tr.children[1].textContent;
 }
 
 connect();

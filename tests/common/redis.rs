@@ -1,0 +1,124 @@
+//! A `redis-server` of a test's own, on a free loopback port, for the tests that
+//! need one (`tests/cluster.rs`, `tests/browser.rs`).
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` of the test's own, stopped on drop.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    /// Starts one, or returns `None` after one line on stderr if there is no
+    /// `redis-server`. Panics instead under `SWITCHBOARD_REQUIRE_EXTERNAL=1`.
+    pub fn start(test: &str) -> Option<Self> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            let message = format!(
+                "test {test}: redis-server not found; install it with \
+                 `apt-get install redis-server`"
+            );
+            if std::env::var("SWITCHBOARD_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
+                panic!("{message} (SWITCHBOARD_REQUIRE_EXTERNAL=1 makes this a failure)");
+            }
+            // Straight to stderr: libtest would swallow eprintln! of a passing test.
+            let _ = writeln!(std::io::stderr(), "skipped: {message}");
+            return None;
+        }
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("switchboard-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut redis = Self {
+            child: None,
+            port,
+            dir,
+        };
+        redis.spawn();
+        Some(redis)
+    }
+
+    pub fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.cli(&["PING"]).as_deref() != Some("PONG") {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL: no goodbye to any client.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// One command through `redis-cli`; its output trimmed, or `None` if it failed.
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
+    }
+
+    /// Subscribers of `channel`, from `PUBSUB NUMSUB`.
+    pub fn numsub(&self, channel: &str) -> usize {
+        let out = self.cli(&["PUBSUB", "NUMSUB", channel]).unwrap_or_default();
+        out.lines()
+            .nth(1)
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind")
+            .port();
+        if port != 6379 {
+            return port;
+        }
+    }
+}

@@ -13,6 +13,12 @@
 
 #[allow(
     dead_code,
+    reason = "shared with tests/cluster.rs; only starting one is needed here"
+)]
+#[path = "common/redis.rs"]
+mod redis;
+#[allow(
+    dead_code,
     reason = "the example's module is shared with its main; not every item is used here"
 )]
 #[path = "../examples/ws_server/server/mod.rs"]
@@ -313,6 +319,121 @@ async fn the_dashboard_shows_nothing_without_the_token() {
 
     browser.close(vec![page]).await;
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_cluster_nodes_and_a_node_going_down() {
+    let test = "the_dashboard_shows_the_cluster_nodes_and_a_node_going_down";
+    let Some(redis) = redis::Redis::start(test) else {
+        return;
+    };
+    let Some(browser) = Browser::launch(test).await else {
+        return;
+    };
+    let node = |id: &str| Config {
+        redis: Some(redis.url()),
+        node_id: Some(id.to_owned()),
+        ..Config::default()
+    };
+    let a = start(node("gw-a")).await;
+    let b = start(node("gw-b")).await;
+    // A third node that is not a server, holding a key when it leaves.
+    let c_registry = switchboard::Registry::new();
+    let c = server::cluster::connect(&c_registry, &redis.url(), Some("gw-c"))
+        .await
+        .expect("gw-c joins");
+    let (_kiosk, _kiosk_rx) = c
+        .register(switchboard::ClientInfo::new().with_key("kiosk-9"))
+        .await
+        .expect("gw-c registers");
+    let mut on_a = Vec::new();
+    for key in ["sensor-1", "sensor-2"] {
+        let mut ws = ws_client(
+            &a,
+            json!({"key": key, "kind": "device", "platform": "linux"}),
+        )
+        .await;
+        send(&mut ws, json!({"type": "join", "session": "plant"})).await;
+        on_a.push(ws);
+    }
+    let mut on_b = ws_client(
+        &b,
+        json!({"key": "ops", "kind": "orchestrator", "platform": "web"}),
+    )
+    .await;
+    send(&mut on_b, json!({"type": "join", "session": "plant"})).await;
+
+    let admin = a.admin_addr().expect("the admin API is on");
+    let page = browser.page().await;
+    page.goto(&format!("http://{admin}/dashboard"))
+        .await
+        .expect("the dashboard loads");
+    let nodes = "const s = document.getElementById('cluster'); \
+                 return s.checkVisibility() ? [...document.querySelectorAll('#nodes tr')] \
+                   .map(tr => [...tr.children].map(td => td.textContent)) : null";
+    // Client counts are as of each node's last heartbeat, a third of its TTL old at most.
+    wait_js(&page, nodes, PATIENCE, |v| {
+        v.as_array().is_some_and(|rows| rows.len() == 3)
+    })
+    .await;
+
+    c.shutdown().await.expect("gw-c leaves");
+    let shown = wait_js(&page, nodes, PATIENCE, |v| {
+        let rows: Vec<(String, String)> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|row| {
+                let cell = |i: usize| row[i].as_str().unwrap_or_default().to_owned();
+                (cell(0), cell(5))
+            })
+            .collect();
+        rows == [
+            ("gw-a (this node)".to_owned(), "2".to_owned()),
+            ("gw-b".to_owned(), "1".to_owned()),
+        ]
+    })
+    .await;
+    for row in shown.as_array().unwrap() {
+        assert_eq!(row[1], "up", "{row}");
+        assert!(row[2].as_str().unwrap().ends_with("s ago"), "{row}");
+    }
+    let counters = "return ['cluster-node', 'cluster-subscriptions', 'cluster-gaps'] \
+                    .map(id => document.getElementById(id).textContent)";
+    let counters = wait_js(&page, counters, PATIENCE, |v| v[0] == "gw-a").await;
+    assert_eq!(counters, json!(["gw-a", "1", "0"]));
+    let feed = "return [...document.querySelectorAll('#feed li')].map(li => li.textContent)";
+    wait_js(&page, feed, PATIENCE, |v| {
+        v.as_array().is_some_and(|entries| {
+            entries.iter().any(|e| {
+                e.as_str().is_some_and(|e| {
+                    e.contains("node down") && e.contains("gw-c") && e.contains("kiosk-9")
+                })
+            })
+        })
+    })
+    .await;
+
+    // Traffic for the chart, then the cluster section in view for the picture.
+    for round in 0..20 {
+        send(
+            &mut on_b,
+            json!({"type": "publish", "session": "plant", "data": {"reading": round}}),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    page.execute(
+        "document.getElementById('cluster').scrollIntoView(false)",
+        vec![],
+    )
+    .await
+    .expect("the page scrolls");
+    screenshot(&page, "dashboard-cluster.png").await;
+
+    browser.close(vec![page]).await;
+    a.shutdown().await;
+    b.shutdown().await;
 }
 
 /// The demo page's member list, over plain HTTP: no browser needed.

@@ -29,7 +29,8 @@ use crate::SessionId;
 ///
 /// `GET /cluster` answers `{"node", "stats", "subscriptions", "nodes",
 /// "redis_error"}`: this node's [`ClusterStats`], the sessions it is subscribed to,
-/// every live node with its client count, subscriptions and gaps ([`NodeInfo`]),
+/// every live node with its client count, subscriptions, gaps, heartbeat age and
+/// state ([`NodeInfo`]),
 /// and, while Redis cannot be reached, `nodes: null` and the error.
 ///
 /// # Errors

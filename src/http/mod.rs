@@ -114,7 +114,11 @@
 //! and a feed of presence events. Each `snapshot` event's data is one JSON object
 //! (`clients`, `devices`, `orchestrators`, `other`, `by_platform`, `sessions`,
 //! `tasks`, `totals`, `rates`, `top_sessions`, `events`, `skipped_events`,
-//! `cluster`). The stream is bounded: at most 16 at once (then 503
+//! `cluster`). `cluster` is `null` unless the router was built with
+//! [`router_with_cluster`], whose snapshots carry `{"node", "subscriptions",
+//! "gaps", "nodes", "more_nodes", "redis_error", "events", "skipped_events"}`:
+//! every live node ([`NodeInfo`](crate::cluster::NodeInfo)) and the cluster events
+//! for the page's feed. The stream is bounded: at most 16 at once (then 503
 //! `too_many_subscribers`), at most 200 presence events a snapshot, and a
 //! subscriber that reads slowly skips snapshots and events instead of buffering
 //! them. With a token configured, `/events` needs it like every other endpoint;

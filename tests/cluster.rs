@@ -505,7 +505,7 @@ async fn next_snapshot(body: &mut axum::body::Body) -> serde_json::Value {
 async fn dashboard_events_carry_the_nodes_and_node_down() {
     use tower::ServiceExt;
 
-    let Some(redis) = Redis::start("dashboard_cluster") else {
+    let Some(mut redis) = Redis::start("dashboard_cluster") else {
         return;
     };
     let a = node(&redis, "t8", "a", TTL).await;
@@ -585,6 +585,37 @@ async fn dashboard_events_carry_the_nodes_and_node_down() {
         .map(|n| n["id"].clone())
         .collect();
     assert_eq!(ids, vec![serde_json::Value::from("b")]);
+
+    // Redis stuck (nothing answers, nothing closes): snapshots keep coming, and
+    // say why the nodes are unknown. The snapshot waits for Redis less than the
+    // node's own command timeout (2 s), so a tick is late by that wait at most.
+    redis.freeze();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let unanswered = loop {
+        assert!(Instant::now() < deadline, "no redis_error in the snapshots");
+        let snap = next_snapshot(&mut body).await;
+        if snap["cluster"]["redis_error"].is_string() {
+            break snap;
+        }
+    };
+    let cluster = &unanswered["cluster"];
+    assert_eq!(cluster["nodes"], serde_json::Value::Null, "{cluster}");
+    assert!(
+        cluster["redis_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not answer within")),
+        "the snapshot's own wait ran out first: {cluster}"
+    );
+    assert_eq!(cluster["node"], "b", "{cluster}");
+    assert_eq!(
+        unanswered["clients"], 2,
+        "the registry's part is unaffected"
+    );
+    redis.kill();
+
+    // Redis gone: the same, from a failed call rather than a wait.
+    let snap = next_snapshot(&mut body).await;
+    assert!(snap["cluster"]["redis_error"].is_string(), "{snap}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

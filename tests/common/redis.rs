@@ -70,6 +70,17 @@ impl Redis {
         }
     }
 
+    /// SIGSTOP: connections stay open and nothing answers, as with a Redis stuck
+    /// in a long command or a dead network path. SIGKILL on drop still ends it.
+    pub fn freeze(&self) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args(["-STOP", &child.id().to_string()])
+                .status();
+            assert!(status.is_ok_and(|s| s.success()), "redis-server stops");
+        }
+    }
+
     /// SIGKILL: no goodbye to any client.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

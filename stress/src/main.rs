@@ -137,72 +137,20 @@ fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
 
 /// `stress ws`: the wire run, reported in the same JSON layout, under `wire`.
 fn ws_main(args: &WsArgs, knobs: &Knobs) -> ExitCode {
-    let started = Instant::now();
-    let plan = Plan::new(Scenario::Ws, knobs);
-    let runtime = match runtime(plan.workers) {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let violations = Arc::new(Violations::default());
-    let run = {
-        let (args, knobs, violations) = (args.clone(), knobs.clone(), Arc::clone(&violations));
-        async move { wire::run(&args, &knobs, &violations).await }
-    };
-    let wire = match runtime.block_on(async { tokio::spawn(run).await }) {
-        Ok(Ok(wire)) => wire,
-        Ok(Err(e)) => {
-            eprintln!("stress ws: {e}");
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            eprintln!("stress ws: the harness task failed: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    drop(runtime);
-    violations.collect_panics();
-    let groups = violations.groups();
-    let report = Report {
-        version: VERSION,
-        machine: Machine::here(),
-        config: plan,
-        latency_us: wire.latency_us,
-        invariants: Invariants {
-            ok: violations.total() == 0,
-            violation_count: violations.total(),
-            checks: violations.checks(),
-            violations: groups.iter().flat_map(|g| g.examples.clone()).collect(),
-            groups,
+    let args = args.clone();
+    process_main(
+        "stress ws",
+        Scenario::Ws,
+        knobs,
+        move |knobs, violations| async move {
+            let wire = wire::run(&args, &knobs, &violations).await?;
+            Ok(Outcome {
+                latency_us: wire.latency_us,
+                table: wire.table(),
+                json: serde_json::to_value(&wire).ok(),
+            })
         },
-        ratios: Ratios::default(),
-        registry_bytes_per_client: None,
-        wall_s: started.elapsed().as_secs_f64(),
-        scenarios: Scenarios::default(),
-        wire: serde_json::to_value(&wire).ok(),
-    };
-    print!("{}", wire.table());
-    if report.invariants.ok {
-        println!("\nINVARIANTS  ok ({} checks)", report.invariants.checks);
-    } else {
-        println!(
-            "\nINVARIANTS  {} VIOLATED",
-            report.invariants.violation_count
-        );
-        for v in &report.invariants.violations {
-            println!("  {v}");
-        }
-    }
-    let mut code = if report.invariants.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    };
-    if let Some(path) = &knobs.json {
-        if !write_json(&report, path) {
-            code = ExitCode::from(2);
-        }
-    }
-    code
+    )
 }
 
 /// `stress cluster`: the multi-node run, reported in the same JSON layout, under `wire`
@@ -210,25 +158,52 @@ fn ws_main(args: &WsArgs, knobs: &Knobs) -> ExitCode {
 /// `cluster_cross_node_p50_minus_local_ms` and `cluster_redis_round_trips_per_broadcast`
 /// are at its top level).
 fn cluster_main(args: &ClusterArgs, knobs: &Knobs) -> ExitCode {
+    let args = args.clone();
+    process_main(
+        "stress cluster",
+        Scenario::Cluster,
+        knobs,
+        move |knobs, violations| async move {
+            let run = cluster::run(&args, &knobs, &violations).await?;
+            Ok(Outcome {
+                latency_us: run.cross_node_latency_us,
+                table: run.table(),
+                json: serde_json::to_value(&run).ok(),
+            })
+        },
+    )
+}
+
+/// What a run against servers in their own processes hands back to [`process_main`].
+struct Outcome {
+    latency_us: Percentiles,
+    table: String,
+    json: Option<serde_json::Value>,
+}
+
+/// Runs `run` (`stress ws`, `stress cluster`) on its own runtime, prints its table and
+/// the invariants, and writes the report, with the run's figures under `wire`.
+fn process_main<F, Fut>(name: &str, scenario: Scenario, knobs: &Knobs, run: F) -> ExitCode
+where
+    F: FnOnce(Knobs, Arc<Violations>) -> Fut,
+    Fut: std::future::Future<Output = Result<Outcome, String>> + Send + 'static,
+{
     let started = Instant::now();
-    let plan = Plan::new(Scenario::Cluster, knobs);
+    let plan = Plan::new(scenario, knobs);
     let runtime = match runtime(plan.workers) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
     let violations = Arc::new(Violations::default());
-    let run = {
-        let (args, knobs, violations) = (args.clone(), knobs.clone(), Arc::clone(&violations));
-        async move { cluster::run(&args, &knobs, &violations).await }
-    };
-    let result = match runtime.block_on(async { tokio::spawn(run).await }) {
-        Ok(Ok(result)) => result,
+    let run = run(knobs.clone(), Arc::clone(&violations));
+    let outcome = match runtime.block_on(async { tokio::spawn(run).await }) {
+        Ok(Ok(outcome)) => outcome,
         Ok(Err(e)) => {
-            eprintln!("stress cluster: {e}");
+            eprintln!("{name}: {e}");
             return ExitCode::from(2);
         }
         Err(e) => {
-            eprintln!("stress cluster: the harness task failed: {e}");
+            eprintln!("{name}: the harness task failed: {e}");
             return ExitCode::from(2);
         }
     };
@@ -239,7 +214,7 @@ fn cluster_main(args: &ClusterArgs, knobs: &Knobs) -> ExitCode {
         version: VERSION,
         machine: Machine::here(),
         config: plan,
-        latency_us: result.cross_node_latency_us,
+        latency_us: outcome.latency_us,
         invariants: Invariants {
             ok: violations.total() == 0,
             violation_count: violations.total(),
@@ -251,9 +226,9 @@ fn cluster_main(args: &ClusterArgs, knobs: &Knobs) -> ExitCode {
         registry_bytes_per_client: None,
         wall_s: started.elapsed().as_secs_f64(),
         scenarios: Scenarios::default(),
-        wire: serde_json::to_value(&result).ok(),
+        wire: outcome.json,
     };
-    print!("{}", result.table());
+    print!("{}", outcome.table);
     if report.invariants.ok {
         println!("\nINVARIANTS  ok ({} checks)", report.invariants.checks);
     } else {

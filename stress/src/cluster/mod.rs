@@ -257,7 +257,7 @@ pub async fn run(
         .zip(&spawned)
         .filter_map(|(a, s)| s.as_ref().and(*a))
     {
-        let view = tokio::task::spawn_blocking(move || redis::get_json(admin, "/cluster"))
+        let view = tokio::task::spawn_blocking(move || server::get_json(admin, "/cluster"))
             .await
             .map_err(|e| e.to_string())??;
         stats.push(view);

@@ -1,8 +1,7 @@
 //! A redis-server of the run's own (loopback, a free port, no persistence), the
 //! `redis-benchmark` ceiling, and small reads of a node's admin API.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -115,27 +114,6 @@ pub fn parse_benchmark(text: &str) -> Option<f64> {
         let (_, rest) = line.rsplit_once(": ")?;
         rest.split_whitespace().next()?.parse::<f64>().ok()
     })
-}
-
-/// `GET path` on a node's admin API, as JSON.
-pub fn get_json(admin: SocketAddr, path: &str) -> Result<serde_json::Value, String> {
-    let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(5))
-        .map_err(|e| format!("admin {admin}: {e}"))?;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("admin {admin}: {e}"))?;
-    let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .map_err(|e| format!("admin {admin}: {e}"))?;
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body)
-        .ok_or_else(|| format!("admin {admin}: no HTTP body"))?;
-    serde_json::from_str(body).map_err(|e| format!("admin {admin} {path}: {e}"))
 }
 
 #[cfg(test)]

@@ -268,15 +268,14 @@ pub fn parse_vm_rss(status: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// The server's count of broadcast messages skipped for a full queue, from the admin
-/// API's `GET /stats`.
-pub fn dropped(admin: SocketAddr) -> Result<u64, String> {
+/// `GET path` on a server's admin API, as JSON.
+pub fn get_json(admin: SocketAddr, path: &str) -> Result<serde_json::Value, String> {
     let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(5))
         .map_err(|e| format!("admin {admin}: {e}"))?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     write!(
         stream,
-        "GET /stats HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| format!("admin {admin}: {e}"))?;
     let mut answer = String::new();
@@ -286,10 +285,14 @@ pub fn dropped(admin: SocketAddr) -> Result<u64, String> {
     let body = answer
         .split_once("\r\n\r\n")
         .map(|(_, body)| body)
-        .ok_or_else(|| format!("admin {admin}: no HTTP body in {answer:?}"))?;
-    let stats: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| format!("admin {admin}: /stats: {e}"))?;
-    stats
+        .ok_or_else(|| format!("admin {admin}: no HTTP body"))?;
+    serde_json::from_str(body).map_err(|e| format!("admin {admin} {path}: {e}"))
+}
+
+/// The server's count of broadcast messages skipped for a full queue, from the admin
+/// API's `GET /stats`.
+pub fn dropped(admin: SocketAddr) -> Result<u64, String> {
+    get_json(admin, "/stats")?
         .get("dropped")
         .and_then(serde_json::Value::as_u64)
         .ok_or_else(|| format!("admin {admin}: /stats has no `dropped`"))

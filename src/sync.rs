@@ -182,8 +182,16 @@ mod imp {
         }
 
         /// Returns the present value for `key`, inserting `make()` if there is none.
+        ///
+        /// Looks the key up before trying to insert: papaya's insert path costs
+        /// about twice a read even when the key is present, and the registry's
+        /// callers (a join into an existing session) mostly find it.
         pub(crate) fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> V {
-            self.0.pin().get_or_insert_with(key, make).clone()
+            let map = self.0.pin();
+            if let Some(value) = map.get(&key) {
+                return value.clone();
+            }
+            map.get_or_insert_with(key, make).clone()
         }
 
         /// Removes `key` only while `should_remove` holds for its current value.

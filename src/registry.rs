@@ -3,7 +3,9 @@
 use std::fmt;
 
 use crate::channel::{Channel, CloseReason, Receiver};
-use crate::client::{millis_to_time, now_millis, ClientEntry, ClientState, FleetState};
+use crate::client::{
+    millis_to_time, now_millis, ClientEntry, ClientState, FleetState, Memberships,
+};
 use crate::config::{Builder, Config};
 use crate::device_config::DeviceConfig;
 use crate::error::{AttachError, ClientError, DetachError, RegisterError, UnknownSession};
@@ -282,7 +284,7 @@ impl<M> Registry<M> {
             profile: SlotCell::empty(),
             state: Mutex::new(ClientState {
                 connected: true,
-                sessions: Vec::new(),
+                sessions: Memberships::default(),
                 fleet,
             }),
         });
@@ -576,11 +578,6 @@ impl<M> Registry<M> {
             let session = self.session_or_insert(&key);
             match session.join(id, &entry.chan) {
                 Joined::Added => {
-                    // Most clients join one or two sessions: start the list at one
-                    // slot rather than the default four (96 bytes per client).
-                    if state.sessions.capacity() == 0 {
-                        state.sessions.reserve_exact(1);
-                    }
                     state.sessions.push((key, session));
                     return Ok(true);
                 }
@@ -627,8 +624,9 @@ impl<M> Registry<M> {
                 session: key,
             });
         };
-        let (key, session) = state.sessions.swap_remove(position);
-        self.leave(&key, &session, id);
+        if let Some((key, session)) = state.sessions.swap_remove(position) {
+            self.leave(&key, &session, id);
+        }
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! A connected client's slot occupant: its channel, profile and memberships.
 
 use std::fmt;
+use std::ops::Deref;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::channel::Channel;
@@ -11,9 +12,13 @@ use crate::task::TaskId;
 use crate::{ClientId, SessionId};
 
 /// A client's slot occupant.
+///
+/// One allocation per client: the channel lives inline, and whatever needs the
+/// channel to outlive the slot (the receiver, a session's member cell) holds the
+/// entry through a [`ChannelRef`].
 pub(crate) struct ClientEntry<M> {
     pub(crate) id: ClientId,
-    pub(crate) chan: Arc<Channel<M>>,
+    pub(crate) chan: Channel<M>,
     /// Milliseconds since the Unix epoch at registration.
     pub(crate) connected_at: u64,
     /// The merged profile; empty for a plain client whose profile is all defaults,
@@ -144,7 +149,52 @@ impl<M> ClientState<M> {
     }
 }
 
+/// A counted handle to a client's channel. The channel lives inside the client's
+/// entry, so the handle keeps the entry (one allocation) alive.
+pub(crate) struct ChannelRef<M>(Arc<ClientEntry<M>>);
+
+impl<M> ChannelRef<M> {
+    pub(crate) fn of(entry: &Arc<ClientEntry<M>>) -> Self {
+        Self(Arc::clone(entry))
+    }
+}
+
+impl<M> Clone for ChannelRef<M> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<M> Deref for ChannelRef<M> {
+    type Target = Channel<M>;
+
+    #[inline]
+    fn deref(&self) -> &Channel<M> {
+        &self.0.chan
+    }
+}
+
 impl<M> ClientEntry<M> {
+    /// A connected client with an empty profile and no sessions.
+    pub(crate) fn new(
+        id: ClientId,
+        capacity: usize,
+        connected_at: u64,
+        fleet: Option<Box<FleetState<M>>>,
+    ) -> Self {
+        Self {
+            id,
+            chan: Channel::new(capacity),
+            connected_at,
+            profile: SlotCell::empty(),
+            state: Mutex::new(ClientState {
+                connected: true,
+                sessions: Memberships::default(),
+                fleet,
+            }),
+        }
+    }
+
     /// The client's profile, with `connected_at` filled in.
     pub(crate) fn info(&self) -> Arc<ClientInfo> {
         self.profile.with(|info| match info {

@@ -46,7 +46,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::channel::Channel;
+use crate::client::{ChannelRef, ClientEntry};
 use crate::paging;
 use crate::sync::{
     lock, Arc, AtomicU32, AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering, Snapshot,
@@ -178,7 +178,7 @@ pub(crate) const COMPACT_SLACK: usize = 16;
 /// One member as a broadcast sees it.
 pub(crate) struct Member<M> {
     pub(crate) id: ClientId,
-    pub(crate) chan: Arc<Channel<M>>,
+    pub(crate) chan: ChannelRef<M>,
     /// Version of the first snapshot without this member, or `PRESENT`.
     ///
     /// Ordering: `Relaxed` on both sides. A reader whose snapshot is new enough to
@@ -349,8 +349,8 @@ impl<M> Session<M> {
         }
     }
 
-    /// Adds `id`, whose channel is `chan`.
-    pub(crate) fn join(&self, id: ClientId, chan: &Arc<Channel<M>>) -> Joined {
+    /// Adds `id`, whose entry (and so channel) is `entry`.
+    pub(crate) fn join(&self, id: ClientId, entry: &Arc<ClientEntry<M>>) -> Joined {
         let mut w = lock(&self.writer);
         if w.retired {
             return Joined::Retired;
@@ -371,7 +371,7 @@ impl<M> Session<M> {
         }
         let member = Member {
             id,
-            chan: Arc::clone(chan),
+            chan: ChannelRef::of(entry),
             removed_at: AtomicU32::new(PRESENT),
         };
         // Cells at or past `len` were never written (invariant 1), so this succeeds.
@@ -490,7 +490,7 @@ impl<M> Session<M> {
             let (p, o) = paging::split(next, PAGE_SHIFT);
             let _ = pages[p][o].set(Member {
                 id: member.id,
-                chan: Arc::clone(&member.chan),
+                chan: member.chan.clone(),
                 removed_at: AtomicU32::new(PRESENT),
             });
             w.positions.insert(member.id, next);
@@ -534,8 +534,8 @@ fn new_page<M>(len: usize) -> Page<M> {
 mod tests {
     use super::*;
 
-    fn chan() -> Arc<Channel<u32>> {
-        Arc::new(Channel::new(4))
+    fn chan() -> Arc<ClientEntry<u32>> {
+        Arc::new(ClientEntry::new(id(0), 4, 0, None))
     }
 
     fn ids(m: &Membership<u32>) -> Vec<ClientId> {

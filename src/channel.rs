@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use crate::client::ChannelRef;
 use crate::error::TryRecvError;
-use crate::sync::{lock, AtomicUsize, AtomicWaker, BoundedQueue, Mutex, OnceLock, Ordering};
+use crate::sync::{lock, AtomicUsize, AtomicWaker, BoundedQueue, Mutex, Ordering, WriteOnce};
 use crate::ClientId;
 
 /// `state` bit: no more sends are accepted.
@@ -111,8 +111,7 @@ pub(crate) struct Channel<M> {
     /// use.
     state: AtomicUsize,
     /// Set at most once, by the unregister that closes the channel, before the close.
-    /// A std `OnceLock` in both builds (see `sync`).
-    reason: OnceLock<CloseReason>,
+    reason: WriteOnce<CloseReason>,
     capacity: usize,
     queue: BoundedQueue<M>,
     rx_waker: AtomicWaker,
@@ -194,7 +193,7 @@ impl<M> Channel<M> {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             state: AtomicUsize::new(0),
-            reason: OnceLock::new(),
+            reason: WriteOnce::new(),
             capacity,
             queue: BoundedQueue::new(capacity),
             rx_waker: AtomicWaker::new(),

@@ -49,8 +49,8 @@ use std::fmt;
 use crate::client::{ChannelRef, ClientEntry};
 use crate::paging;
 use crate::sync::{
-    lock, Arc, AtomicU32, AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering, Snapshot,
-    SnapshotCell, ValueArc,
+    lock, Arc, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering, Snapshot, SnapshotCell,
+    ValueArc, WriteOnce,
 };
 use crate::ClientId;
 
@@ -187,7 +187,7 @@ pub(crate) struct Member<M> {
     removed_at: AtomicU32,
 }
 
-type Page<M> = Box<[OnceLock<Member<M>>]>;
+type Page<M> = Box<[WriteOnce<Member<M>>]>;
 
 /// A page list and the state word that says how much of it a snapshot sees.
 pub(crate) struct Layout<M> {
@@ -246,7 +246,7 @@ impl<M> Membership<M> {
                 .pages
                 .get(page)
                 .and_then(|p| p.get(offset))
-                .and_then(OnceLock::get)
+                .and_then(WriteOnce::get)
             else {
                 continue;
             };
@@ -527,7 +527,7 @@ fn publish<M>(w: &Writer<M>) {
 }
 
 fn new_page<M>(len: usize) -> Page<M> {
-    (0..len).map(|_| OnceLock::new()).collect()
+    (0..len).map(|_| WriteOnce::new()).collect()
 }
 
 #[cfg(all(test, not(switchboard_loom)))]

@@ -63,9 +63,9 @@
 //!   std build, loom's mutex-based mock under loom: loom checks that the channel
 //!   registers before its re-check and wakes after its publish, not the waker's
 //!   internals (which are the `futures` crate's, model-checked there).
-//! * **Write-once cells** ([`OnceLock`]): the registry only initialises them under
-//!   a writer lock and publishes them through a loom-visible word; the channel's
-//!   close reason is set before the `SeqCst` close that publishes it.
+//! * **The shard's page cells** ([`OnceLock`]): created once each under the shard's
+//!   allocation lock and read only for indexes that lock handed out. Session member
+//!   cells and the channel's close reason are [`WriteOnce`] cells, which loom sees.
 //! * **[`ConcurrentMap`]** is a loom mutex around a `HashMap` under loom: papaya's
 //!   algorithm is not modelled, only the registry's use of its atomic operations.
 //! * **The send deadline.** `send_timeout`'s timer is tokio's; loom models drive
@@ -85,10 +85,12 @@ pub(crate) use std::sync::Arc as ValueArc;
 mod bounded_queue;
 mod slot_cell;
 mod snapshot_cell;
+mod write_once;
 
 pub(crate) use bounded_queue::BoundedQueue;
 pub(crate) use slot_cell::SlotCell;
 pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};
+pub(crate) use write_once::WriteOnce;
 
 /// A waker slot for one task: `atomic-waker` in the std build, loom's otherwise.
 pub(crate) struct AtomicWaker {

@@ -28,8 +28,9 @@
 //! Each lock-free primitive keeps its real algorithm under loom: the same atomics
 //! with the same orderings, so a weakened ordering or a lost wakeup fails a model.
 //!
-//! * [`SlotCell`]: the epoch cell's boxed value and `AcqRel` pointer swap, with
-//!   the value in a loom `UnsafeCell` so that loom checks its publication.
+//! * [`SlotCell`]: the epoch cell's pointer swap, with the value boxed in a loom
+//!   `UnsafeCell` so that loom checks its publication (the std cell needs no box:
+//!   it holds the `Arc`'s own pointer).
 //! * [`SnapshotCell`]: arc-swap's observable protocol (pointer swap, a read that
 //!   returns the latest store, `Arc` clone) over loom atomics.
 //!

@@ -16,11 +16,11 @@
 //!
 //! # Under loom
 //!
-//! The same protocol over loom's atomics: the value is boxed, published by a
-//! pointer swap and read by an RMW that returns the latest store (the std build's
-//! `SeqCst` swap and load; loom models `SeqCst` only as `AcqRel`), and the box holds the
-//! value in a loom `UnsafeCell`, so loom reports a read that the publication does
-//! not order after the write. Only reclamation differs, because loom cannot follow
+//! The same protocol over loom's atomics: the value is published by a pointer swap
+//! and read by an RMW that returns the latest store (the std build's `SeqCst` swap
+//! and load; loom models `SeqCst` only as `AcqRel`). The loom cell boxes the value
+//! in a loom `UnsafeCell` (the std cell holds the `Arc`'s own pointer), so loom
+//! reports a read that the publication does not order after the write. Only reclamation differs, because loom cannot follow
 //! crossbeam-epoch's global epoch: an unlinked box is kept until the cell is
 //! dropped, instead of until every reader pinned at the swap has unpinned.
 //!

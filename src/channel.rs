@@ -190,6 +190,7 @@ impl<M> Drop for Waiter<'_, M> {
 }
 
 impl<M> Channel<M> {
+    #[inline]
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             state: AtomicUsize::new(0),

@@ -176,6 +176,7 @@ impl<M> Deref for ChannelRef<M> {
 
 impl<M> ClientEntry<M> {
     /// A connected client with an empty profile and no sessions.
+    #[inline]
     pub(crate) fn new(
         id: ClientId,
         capacity: usize,

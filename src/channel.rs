@@ -38,8 +38,9 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use crate::client::ChannelRef;
 use crate::error::TryRecvError;
-use crate::sync::{lock, Arc, AtomicUsize, AtomicWaker, BoundedQueue, Mutex, OnceLock, Ordering};
+use crate::sync::{lock, AtomicUsize, AtomicWaker, BoundedQueue, Mutex, Ordering, WriteOnce};
 use crate::ClientId;
 
 /// `state` bit: no more sends are accepted.
@@ -110,8 +111,7 @@ pub(crate) struct Channel<M> {
     /// use.
     state: AtomicUsize,
     /// Set at most once, by the unregister that closes the channel, before the close.
-    /// A std `OnceLock` in both builds (see `sync`).
-    reason: OnceLock<CloseReason>,
+    reason: WriteOnce<CloseReason>,
     capacity: usize,
     queue: BoundedQueue<M>,
     rx_waker: AtomicWaker,
@@ -190,10 +190,11 @@ impl<M> Drop for Waiter<'_, M> {
 }
 
 impl<M> Channel<M> {
+    #[inline]
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             state: AtomicUsize::new(0),
-            reason: OnceLock::new(),
+            reason: WriteOnce::new(),
             capacity,
             queue: BoundedQueue::new(capacity),
             rx_waker: AtomicWaker::new(),
@@ -384,11 +385,11 @@ impl<M> Channel<M> {
 /// # }
 /// ```
 pub struct Receiver<M> {
-    chan: Arc<Channel<M>>,
+    chan: ChannelRef<M>,
 }
 
 impl<M> Receiver<M> {
-    pub(crate) fn new(chan: Arc<Channel<M>>) -> Self {
+    pub(crate) fn new(chan: ChannelRef<M>) -> Self {
         Self { chan }
     }
 
@@ -483,10 +484,13 @@ impl<M> std::fmt::Debug for Receiver<M> {
 #[cfg(all(test, not(switchboard_loom)))]
 mod tests {
     use super::*;
+    use crate::client::ClientEntry;
+    use crate::sync::Arc;
 
-    fn pair(capacity: usize) -> (Arc<Channel<u32>>, Receiver<u32>) {
-        let chan = Arc::new(Channel::new(capacity));
-        (Arc::clone(&chan), Receiver::new(chan))
+    fn pair(capacity: usize) -> (ChannelRef<u32>, Receiver<u32>) {
+        let entry = Arc::new(ClientEntry::new(ClientId::pack(0, 0, 0), capacity, 0, None));
+        let chan = ChannelRef::of(&entry);
+        (chan.clone(), Receiver::new(chan))
     }
 
     #[test]
@@ -545,7 +549,7 @@ mod tests {
         let timed_out = tx.send_timeout(1, Duration::from_millis(20)).await;
         assert!(matches!(timed_out, Err(Rejected::Timeout(1))));
 
-        let sender = Arc::clone(&tx);
+        let sender = tx.clone();
         let waiter = tokio::spawn(async move {
             sender
                 .send_timeout(2, Duration::from_secs(10))
@@ -562,7 +566,7 @@ mod tests {
     async fn send_timeout_returns_closed_when_closed_while_waiting() {
         let (tx, _rx) = pair(1);
         tx.try_send(0).ok();
-        let sender = Arc::clone(&tx);
+        let sender = tx.clone();
         let waiter = tokio::spawn(async move {
             matches!(
                 sender.send_timeout(1, Duration::from_secs(10)).await,

@@ -1,6 +1,7 @@
 //! A connected client's slot occupant: its channel, profile and memberships.
 
 use std::fmt;
+use std::ops::Deref;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::channel::Channel;
@@ -11,9 +12,13 @@ use crate::task::TaskId;
 use crate::{ClientId, SessionId};
 
 /// A client's slot occupant.
+///
+/// One allocation per client: the channel lives inline, and whatever needs the
+/// channel to outlive the slot (the receiver, a session's member cell) holds the
+/// entry through a [`ChannelRef`].
 pub(crate) struct ClientEntry<M> {
     pub(crate) id: ClientId,
-    pub(crate) chan: Arc<Channel<M>>,
+    pub(crate) chan: Channel<M>,
     /// Milliseconds since the Unix epoch at registration.
     pub(crate) connected_at: u64,
     /// The merged profile; empty for a plain client whose profile is all defaults,
@@ -27,7 +32,7 @@ pub(crate) struct ClientEntry<M> {
 pub(crate) struct ClientState<M> {
     /// False from the moment an unregister starts; every change then refuses.
     pub(crate) connected: bool,
-    pub(crate) sessions: Vec<(SessionId, Arc<Session<M>>)>,
+    pub(crate) sessions: Memberships<M>,
     /// Tasks and reported info of fleet clients, and the successor of a client
     /// that was taken over; `None` for plain ones.
     pub(crate) fleet: Option<Box<FleetState<M>>>,
@@ -52,9 +57,87 @@ impl<M> Default for FleetState<M> {
     }
 }
 
+/// One session a client belongs to, with the handle that spares detach a lookup.
+pub(crate) type Membership<M> = (SessionId, Arc<Session<M>>);
+
+/// A client's sessions in join order, the first held inline: most clients join one
+/// or two, and the first join then allocates nothing. Removal swaps the last into
+/// the removed one's place.
+pub(crate) struct Memberships<M> {
+    first: Option<Membership<M>>,
+    rest: Vec<Membership<M>>,
+}
+
+impl<M> Default for Memberships<M> {
+    fn default() -> Self {
+        Self {
+            first: None,
+            rest: Vec::new(),
+        }
+    }
+}
+
+impl<M> Memberships<M> {
+    pub(crate) fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Membership<M>> {
+        self.first.iter().chain(&self.rest)
+    }
+
+    pub(crate) fn position(&self, key: &SessionId) -> Option<usize> {
+        self.iter().position(|(k, _)| k == key)
+    }
+
+    pub(crate) fn push(&mut self, membership: Membership<M>) {
+        if self.first.is_none() {
+            self.first = Some(membership);
+            return;
+        }
+        // A second session is rarer still: start the spill list at one slot rather
+        // than the default four.
+        if self.rest.capacity() == 0 {
+            self.rest.reserve_exact(1);
+        }
+        self.rest.push(membership);
+    }
+
+    /// Removes the membership at `position` (from [`position`](Self::position)),
+    /// moving the last one into its place.
+    pub(crate) fn swap_remove(&mut self, position: usize) -> Option<Membership<M>> {
+        if position >= self.len() {
+            return None;
+        }
+        let last = match self.rest.pop() {
+            Some(last) => last,
+            None => return self.first.take(),
+        };
+        let slot = match position {
+            0 => self.first.as_mut(),
+            n => self.rest.get_mut(n - 1),
+        };
+        match slot {
+            Some(slot) => Some(std::mem::replace(slot, last)),
+            // `position` named the popped last one.
+            None => Some(last),
+        }
+    }
+}
+
+impl<M> IntoIterator for Memberships<M> {
+    type Item = Membership<M>;
+    type IntoIter =
+        std::iter::Chain<std::option::IntoIter<Membership<M>>, std::vec::IntoIter<Membership<M>>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
+    }
+}
+
 impl<M> ClientState<M> {
     pub(crate) fn position(&self, key: &SessionId) -> Option<usize> {
-        self.sessions.iter().position(|(k, _)| k == key)
+        self.sessions.position(key)
     }
 
     pub(crate) fn tasks(&self) -> &[TaskId] {
@@ -66,7 +149,53 @@ impl<M> ClientState<M> {
     }
 }
 
+/// A counted handle to a client's channel. The channel lives inside the client's
+/// entry, so the handle keeps the entry (one allocation) alive.
+pub(crate) struct ChannelRef<M>(Arc<ClientEntry<M>>);
+
+impl<M> ChannelRef<M> {
+    pub(crate) fn of(entry: &Arc<ClientEntry<M>>) -> Self {
+        Self(Arc::clone(entry))
+    }
+}
+
+impl<M> Clone for ChannelRef<M> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<M> Deref for ChannelRef<M> {
+    type Target = Channel<M>;
+
+    #[inline]
+    fn deref(&self) -> &Channel<M> {
+        &self.0.chan
+    }
+}
+
 impl<M> ClientEntry<M> {
+    /// A connected client with an empty profile and no sessions.
+    #[inline]
+    pub(crate) fn new(
+        id: ClientId,
+        capacity: usize,
+        connected_at: u64,
+        fleet: Option<Box<FleetState<M>>>,
+    ) -> Self {
+        Self {
+            id,
+            chan: Channel::new(capacity),
+            connected_at,
+            profile: SlotCell::empty(),
+            state: Mutex::new(ClientState {
+                connected: true,
+                sessions: Memberships::default(),
+                fleet,
+            }),
+        }
+    }
+
     /// The client's profile, with `connected_at` filled in.
     pub(crate) fn info(&self) -> Arc<ClientInfo> {
         self.profile.with(|info| match info {
@@ -97,5 +226,42 @@ impl<M> fmt::Debug for ClientEntry<M> {
         f.debug_struct("ClientEntry")
             .field("id", &self.id)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, not(switchboard_loom)))]
+mod tests {
+    use super::*;
+
+    fn keys(m: &Memberships<u8>) -> Vec<SessionId> {
+        m.iter().map(|(k, _)| k.clone()).collect()
+    }
+
+    fn filled(n: u64) -> Memberships<u8> {
+        let mut m = Memberships::default();
+        for key in 0..n {
+            m.push((SessionId::from(key), Arc::new(Session::new())));
+        }
+        m
+    }
+
+    #[test]
+    fn removal_moves_the_last_into_the_gap_inline_or_spilled() {
+        let mut m = filled(4);
+        assert_eq!(m.len(), 4);
+        let removed = m.swap_remove(0).map(|(k, _)| k);
+        assert_eq!(removed, Some(SessionId::from(0)));
+        assert_eq!(keys(&m), [3, 1, 2].map(SessionId::from));
+        let removed = m.swap_remove(1).map(|(k, _)| k);
+        assert_eq!(removed, Some(SessionId::from(1)));
+        assert_eq!(keys(&m), [3, 2].map(SessionId::from));
+        assert_eq!(m.swap_remove(1).map(|(k, _)| k), Some(SessionId::from(2)));
+        assert_eq!(m.swap_remove(1).map(|(k, _)| k), None);
+        assert_eq!(m.swap_remove(0).map(|(k, _)| k), Some(SessionId::from(3)));
+        assert_eq!(m.len(), 0);
+        m.push((SessionId::from(9), Arc::new(Session::new())));
+        assert_eq!(m.position(&SessionId::from(9)), Some(0));
+        let all: Vec<_> = filled(3).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(all, [0, 1, 2].map(SessionId::from));
     }
 }

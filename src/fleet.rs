@@ -214,7 +214,7 @@ impl<M> Registry<M> {
     /// config changed nothing).
     fn apply_profile(
         &self,
-        entry: &ClientEntry<M>,
+        entry: &Arc<ClientEntry<M>>,
         current: &ClientInfo,
         reported: SystemInfo,
         config: &DeviceConfig,
@@ -226,7 +226,7 @@ impl<M> Registry<M> {
             self.leave_index(key, entry.id);
         }
         for key in after.iter().filter(|k| !before.contains(k)) {
-            self.join_index(key, entry.id, &entry.chan);
+            self.join_index(key, entry.id, entry);
         }
         let next = Arc::new(next);
         entry.profile.store(Some(Arc::clone(&next)));
@@ -247,7 +247,7 @@ impl<M> Registry<M> {
     /// it merged again.
     pub(crate) fn merge_latest_config(
         &self,
-        entry: &ClientEntry<M>,
+        entry: &Arc<ClientEntry<M>>,
         state: &mut ClientState<M>,
         used: &Arc<DeviceConfig>,
     ) -> bool {

@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use crate::channel::{Channel, CloseReason, Receiver};
-use crate::client::{millis_to_time, now_millis, ClientEntry, ClientState, FleetState};
+use crate::channel::{CloseReason, Receiver};
+use crate::client::{millis_to_time, now_millis, ChannelRef, ClientEntry, ClientState, FleetState};
 use crate::config::{Builder, Config};
 use crate::device_config::DeviceConfig;
 use crate::error::{AttachError, ClientError, DetachError, RegisterError, UnknownSession};
@@ -274,18 +274,12 @@ impl<M> Registry<M> {
         let profiled = info.is_profiled();
         let mut indexed = index_keys(&info);
         let key = info.key.clone();
-        let chan = Arc::new(Channel::new(inner.config.channel_capacity));
-        let entry = Arc::new(ClientEntry {
+        let entry = Arc::new(ClientEntry::new(
             id,
-            chan: Arc::clone(&chan),
+            inner.config.channel_capacity,
             connected_at,
-            profile: SlotCell::empty(),
-            state: Mutex::new(ClientState {
-                connected: true,
-                sessions: Vec::new(),
-                fleet,
-            }),
-        });
+            fleet,
+        ));
         if !plain {
             entry.profile.store(Some(Arc::new(info)));
         }
@@ -307,7 +301,7 @@ impl<M> Registry<M> {
                 }
             }
             for index_key in &indexed {
-                self.join_index(index_key, id, &entry.chan);
+                self.join_index(index_key, id, &entry);
             }
             old
         };
@@ -328,7 +322,7 @@ impl<M> Registry<M> {
         });
         Ok(Registration {
             id,
-            receiver: Receiver::new(chan),
+            receiver: Receiver::new(ChannelRef::of(&entry)),
             took_over,
         })
     }
@@ -564,7 +558,7 @@ impl<M> Registry<M> {
     /// [`attach`](Self::attach) for a connected client whose lock the caller holds.
     fn attach_locked(
         &self,
-        entry: &ClientEntry<M>,
+        entry: &Arc<ClientEntry<M>>,
         state: &mut ClientState<M>,
         key: SessionId,
     ) -> Result<bool, AttachError> {
@@ -574,13 +568,8 @@ impl<M> Registry<M> {
         }
         loop {
             let session = self.session_or_insert(&key);
-            match session.join(id, &entry.chan) {
+            match session.join(id, entry) {
                 Joined::Added => {
-                    // Most clients join one or two sessions: start the list at one
-                    // slot rather than the default four (96 bytes per client).
-                    if state.sessions.capacity() == 0 {
-                        state.sessions.reserve_exact(1);
-                    }
                     state.sessions.push((key, session));
                     return Ok(true);
                 }
@@ -627,8 +616,9 @@ impl<M> Registry<M> {
                 session: key,
             });
         };
-        let (key, session) = state.sessions.swap_remove(position);
-        self.leave(&key, &session, id);
+        if let Some((key, session)) = state.sessions.swap_remove(position) {
+            self.leave(&key, &session, id);
+        }
         Ok(())
     }
 
@@ -892,13 +882,13 @@ impl<M> Registry<M> {
     }
 
     /// Adds `id` to an index set. Called under the client's lock.
-    pub(crate) fn join_index(&self, key: &IndexKey, id: ClientId, chan: &Arc<Channel<M>>) {
+    pub(crate) fn join_index(&self, key: &IndexKey, id: ClientId, entry: &Arc<ClientEntry<M>>) {
         loop {
             let set = self
                 .inner
                 .indexes
                 .get_or_insert_with(key.clone(), || Arc::new(Session::new()));
-            match set.join(id, chan) {
+            match set.join(id, entry) {
                 // An index set that cannot grow leaves the client out of that one
                 // filter; 2^32 members of one platform or tag is not a real fleet.
                 Joined::Added | Joined::AlreadyMember | Joined::Full => return,
@@ -993,12 +983,39 @@ pub(crate) fn json_size(value: &impl serde::Serialize) -> usize {
 }
 
 impl<M> Drop for Inner<M> {
-    /// Closes every channel, so writer tasks see the end when the registry goes.
+    /// Closes every channel, so writer tasks see the end when the registry goes,
+    /// and lets go of every client's sessions: a session's member cells hold the
+    /// client's entry (its channel lives there), so an entry that kept its sessions
+    /// would keep itself alive.
     fn drop(&mut self) {
         for shard in self.shards.iter() {
             shard.for_each_occupied(|entry| {
                 entry.chan.close();
+                let sessions = std::mem::take(&mut lock(&entry.state).sessions);
+                drop(sessions);
             });
         }
+    }
+}
+
+#[cfg(all(test, not(switchboard_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropping_the_registry_frees_entries_still_in_sessions() {
+        let registry = Registry::<u8>::new();
+        let (id, rx) = registry
+            .register(ClientInfo::new())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(registry.attach(id, 1).unwrap_or(false));
+        let entry = registry.entry(id).unwrap_or_else(|e| panic!("{e}"));
+        let weak = std::sync::Arc::downgrade(&entry);
+        drop(entry);
+        drop(registry);
+        drop(rx);
+        // The session's member cell holds the entry and the entry held the session:
+        // the registry's drop must break that cycle.
+        assert!(weak.upgrade().is_none(), "the client's entry leaked");
     }
 }

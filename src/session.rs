@@ -46,11 +46,11 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::channel::Channel;
+use crate::client::{ChannelRef, ClientEntry};
 use crate::paging;
 use crate::sync::{
-    lock, Arc, AtomicU32, AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering, Snapshot,
-    SnapshotCell, ValueArc,
+    lock, Arc, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering, Snapshot, SnapshotCell,
+    ValueArc, WriteOnce,
 };
 use crate::ClientId;
 
@@ -178,7 +178,7 @@ pub(crate) const COMPACT_SLACK: usize = 16;
 /// One member as a broadcast sees it.
 pub(crate) struct Member<M> {
     pub(crate) id: ClientId,
-    pub(crate) chan: Arc<Channel<M>>,
+    pub(crate) chan: ChannelRef<M>,
     /// Version of the first snapshot without this member, or `PRESENT`.
     ///
     /// Ordering: `Relaxed` on both sides. A reader whose snapshot is new enough to
@@ -187,7 +187,7 @@ pub(crate) struct Member<M> {
     removed_at: AtomicU32,
 }
 
-type Page<M> = Box<[OnceLock<Member<M>>]>;
+type Page<M> = Box<[WriteOnce<Member<M>>]>;
 
 /// A page list and the state word that says how much of it a snapshot sees.
 pub(crate) struct Layout<M> {
@@ -246,7 +246,7 @@ impl<M> Membership<M> {
                 .pages
                 .get(page)
                 .and_then(|p| p.get(offset))
-                .and_then(OnceLock::get)
+                .and_then(WriteOnce::get)
             else {
                 continue;
             };
@@ -349,8 +349,8 @@ impl<M> Session<M> {
         }
     }
 
-    /// Adds `id`, whose channel is `chan`.
-    pub(crate) fn join(&self, id: ClientId, chan: &Arc<Channel<M>>) -> Joined {
+    /// Adds `id`, whose entry (and so channel) is `entry`.
+    pub(crate) fn join(&self, id: ClientId, entry: &Arc<ClientEntry<M>>) -> Joined {
         let mut w = lock(&self.writer);
         if w.retired {
             return Joined::Retired;
@@ -371,7 +371,7 @@ impl<M> Session<M> {
         }
         let member = Member {
             id,
-            chan: Arc::clone(chan),
+            chan: ChannelRef::of(entry),
             removed_at: AtomicU32::new(PRESENT),
         };
         // Cells at or past `len` were never written (invariant 1), so this succeeds.
@@ -490,7 +490,7 @@ impl<M> Session<M> {
             let (p, o) = paging::split(next, PAGE_SHIFT);
             let _ = pages[p][o].set(Member {
                 id: member.id,
-                chan: Arc::clone(&member.chan),
+                chan: member.chan.clone(),
                 removed_at: AtomicU32::new(PRESENT),
             });
             w.positions.insert(member.id, next);
@@ -527,15 +527,15 @@ fn publish<M>(w: &Writer<M>) {
 }
 
 fn new_page<M>(len: usize) -> Page<M> {
-    (0..len).map(|_| OnceLock::new()).collect()
+    (0..len).map(|_| WriteOnce::new()).collect()
 }
 
 #[cfg(all(test, not(switchboard_loom)))]
 mod tests {
     use super::*;
 
-    fn chan() -> Arc<Channel<u32>> {
-        Arc::new(Channel::new(4))
+    fn chan() -> Arc<ClientEntry<u32>> {
+        Arc::new(ClientEntry::new(id(0), 4, 0, None))
     }
 
     fn ids(m: &Membership<u32>) -> Vec<ClientId> {

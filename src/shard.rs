@@ -18,8 +18,9 @@
 //!
 //! # Memory
 //!
-//! An entry (its channel handle, profile and session list) is freed when its client
-//! leaves. The slot array itself stays at its high-water mark: 8 bytes per slot, 4
+//! An entry (its channel, profile and session list) is freed once its client has
+//! left, its receiver is gone and no session's member cell still holds it (dead
+//! cells go at the session's next compaction). The slot array itself stays at its high-water mark: 8 bytes per slot, 4
 //! bytes of generation and the slab's 16-byte entry, so a burst of a million clients
 //! leaves about 28 MB behind after they go, and reuses it for the next burst.
 //! Dropping the registry frees it.

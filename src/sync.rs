@@ -28,8 +28,9 @@
 //! Each lock-free primitive keeps its real algorithm under loom: the same atomics
 //! with the same orderings, so a weakened ordering or a lost wakeup fails a model.
 //!
-//! * [`SlotCell`]: the epoch cell's boxed value and `AcqRel` pointer swap, with
-//!   the value in a loom `UnsafeCell` so that loom checks its publication.
+//! * [`SlotCell`]: the epoch cell's pointer swap, with the value boxed in a loom
+//!   `UnsafeCell` so that loom checks its publication (the std cell needs no box:
+//!   it holds the `Arc`'s own pointer).
 //! * [`SnapshotCell`]: arc-swap's observable protocol (pointer swap, a read that
 //!   returns the latest store, `Arc` clone) over loom atomics.
 //!
@@ -63,9 +64,9 @@
 //!   std build, loom's mutex-based mock under loom: loom checks that the channel
 //!   registers before its re-check and wakes after its publish, not the waker's
 //!   internals (which are the `futures` crate's, model-checked there).
-//! * **Write-once cells** ([`OnceLock`]): the registry only initialises them under
-//!   a writer lock and publishes them through a loom-visible word; the channel's
-//!   close reason is set before the `SeqCst` close that publishes it.
+//! * **The shard's page cells** ([`OnceLock`]): created once each under the shard's
+//!   allocation lock and read only for indexes that lock handed out. Session member
+//!   cells and the channel's close reason are [`WriteOnce`] cells, which loom sees.
 //! * **[`ConcurrentMap`]** is a loom mutex around a `HashMap` under loom: papaya's
 //!   algorithm is not modelled, only the registry's use of its atomic operations.
 //! * **The send deadline.** `send_timeout`'s timer is tokio's; loom models drive
@@ -85,10 +86,12 @@ pub(crate) use std::sync::Arc as ValueArc;
 mod bounded_queue;
 mod slot_cell;
 mod snapshot_cell;
+mod write_once;
 
 pub(crate) use bounded_queue::BoundedQueue;
 pub(crate) use slot_cell::SlotCell;
 pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};
+pub(crate) use write_once::WriteOnce;
 
 /// The cluster layer serialises its subscription changes, which await Redis.
 #[cfg(feature = "cluster")]
@@ -186,8 +189,16 @@ mod imp {
         }
 
         /// Returns the present value for `key`, inserting `make()` if there is none.
+        ///
+        /// Looks the key up before trying to insert: papaya's insert path costs
+        /// about twice a read even when the key is present, and the registry's
+        /// callers (a join into an existing session) mostly find it.
         pub(crate) fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> V {
-            self.0.pin().get_or_insert_with(key, make).clone()
+            let map = self.0.pin();
+            if let Some(value) = map.get(&key) {
+                return value.clone();
+            }
+            map.get_or_insert_with(key, make).clone()
         }
 
         /// Removes `key` only while `should_remove` holds for its current value.

@@ -111,6 +111,14 @@ pub const SMOKE_ITERATIONS: usize = 1000;
 /// The preemption bound [`check`] uses when `LOOM_MAX_PREEMPTIONS` is not set.
 pub const DEFAULT_PREEMPTIONS: usize = 2;
 
+/// The longest execution, in scheduling points, [`check`] allows when
+/// `LOOM_MAX_BRANCHES` is not set (loom's own default is 1 000). A bound on
+/// one execution's length, not on what is explored: model 2b's setup (sixteen
+/// attach and detach rounds before its threads start) passes 1 000 once the
+/// session's member cells and the entry's handles are loom-visible, and explores
+/// the same 5 227 interleavings under any larger bound.
+pub const DEFAULT_MAX_BRANCHES: usize = 5_000;
+
 /// Runs the scenario `f`: every interleaving under loom, [`SMOKE_ITERATIONS`]
 /// times on real threads otherwise.
 ///
@@ -160,6 +168,9 @@ where
     let mut builder = loom::model::Builder::new();
     if builder.preemption_bound.is_none() {
         builder.preemption_bound = Some(DEFAULT_PREEMPTIONS);
+    }
+    if std::env::var_os("LOOM_MAX_BRANCHES").is_none() {
+        builder.max_branches = DEFAULT_MAX_BRANCHES;
     }
     let (seen, counter) = (seen.clone(), Arc::clone(runs));
     builder.check(move || {

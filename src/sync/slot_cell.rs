@@ -16,11 +16,11 @@
 //!
 //! # Under loom
 //!
-//! The same protocol over loom's atomics: the value is boxed, published by a
-//! pointer swap and read by an RMW that returns the latest store (the std build's
-//! `SeqCst` swap and load; loom models `SeqCst` only as `AcqRel`), and the box holds the
-//! value in a loom `UnsafeCell`, so loom reports a read that the publication does
-//! not order after the write. Only reclamation differs, because loom cannot follow
+//! The same protocol over loom's atomics: the value is published by a pointer swap
+//! and read by an RMW that returns the latest store (the std build's `SeqCst` swap
+//! and load; loom models `SeqCst` only as `AcqRel`). The loom cell boxes the value
+//! in a loom `UnsafeCell` (the std cell holds the `Arc`'s own pointer), so loom
+//! reports a read that the publication does not order after the write. Only reclamation differs, because loom cannot follow
 //! crossbeam-epoch's global epoch: an unlinked box is kept until the cell is
 //! dropped, instead of until every reader pinned at the swap has unpinned.
 //!
@@ -37,14 +37,22 @@ pub(crate) use loom_cell::SlotCell;
 
 #[cfg(not(switchboard_loom))]
 mod epoch_cell {
-    use std::sync::atomic::Ordering;
+    use std::marker::PhantomData;
+    use std::mem::ManuallyDrop;
+    use std::ptr;
+    use std::sync::atomic::{AtomicPtr, Ordering};
     use std::sync::Arc;
 
-    use crossbeam_epoch::{self as epoch, Atomic, Owned, Shared};
+    use crossbeam_epoch as epoch;
 
     /// A replaceable `Option<Arc<T>>` read without locks.
+    ///
+    /// The cell holds the `Arc`'s own pointer (`Arc::into_raw`), not a box around
+    /// it: a store costs no allocation, and the epoch defers dropping the cell's
+    /// reference rather than freeing a box.
     pub(crate) struct SlotCell<T> {
-        /// Null, or a pointer from `Owned::new` that only `store` unlinks.
+        /// Null, or a pointer from `Arc::into_raw` in `store` whose strong count
+        /// the cell owns until a later `store` unlinks it (or the cell drops).
         ///
         /// Ordering: stores and loads are `SeqCst`. Release/acquire alone would publish
         /// the value, but the registry's linearizability arguments (a send or
@@ -52,26 +60,35 @@ mod epoch_cell {
         /// see the replaced entry) need every load and swap of a slot in one total
         /// order, and the pin's fence comes before the swap, not after it. On x86 a
         /// `SeqCst` load is a plain load and the swap is locked either way.
-        ptr: Atomic<Arc<T>>,
+        ptr: AtomicPtr<T>,
+        /// Send and Sync exactly when `Arc<T>` is.
+        _owns: PhantomData<Arc<T>>,
     }
 
     impl<T> SlotCell<T> {
         pub(crate) fn empty() -> Self {
             Self {
-                ptr: Atomic::null(),
+                ptr: AtomicPtr::new(ptr::null_mut()),
+                _owns: PhantomData,
             }
         }
 
         /// Calls `f` with the current value.
         #[inline]
         pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&Arc<T>>) -> R) -> R {
-            let guard = epoch::pin();
-            let current = self.ptr.load(Ordering::SeqCst, &guard);
-            // SAFETY: `current` is null or came from `Owned::new` in `store`. Memory it
-            // points to is freed only by `defer_destroy` after it was unlinked, and not
-            // before every thread pinned at that moment unpins; `guard` keeps this thread
-            // pinned until after `f` returns, and the reference does not escape `f`.
-            f(unsafe { current.as_ref() })
+            let _guard = epoch::pin();
+            let current = self.ptr.load(Ordering::SeqCst);
+            if current.is_null() {
+                return f(None);
+            }
+            // SAFETY: `current` came from `Arc::into_raw` in `store`, and the cell's
+            // strong count on it is given up only by a closure deferred after it was
+            // unlinked, which runs after every thread pinned at that moment unpins;
+            // `_guard` keeps this thread pinned until after `f` returns. The
+            // `ManuallyDrop` borrows that count without taking it: it is never
+            // dropped, and `f` only gets a reference (a clone takes a count of its own).
+            let borrowed = ManuallyDrop::new(unsafe { Arc::from_raw(current) });
+            f(Some(&borrowed))
         }
 
         /// A clone of the current value.
@@ -83,31 +100,29 @@ mod epoch_cell {
         /// Replaces the value. The old one is dropped once no reader can see it.
         pub(crate) fn store(&self, value: Option<Arc<T>>) {
             let guard = epoch::pin();
-            let new = match value {
-                Some(value) => Owned::new(value).into_shared(&guard),
-                None => Shared::null(),
-            };
-            let old = self.ptr.swap(new, Ordering::SeqCst, &guard);
+            let new = value.map_or(ptr::null_mut(), |v| Arc::into_raw(v).cast_mut());
+            let old = self.ptr.swap(new, Ordering::SeqCst);
             if !old.is_null() {
+                let old = old.cast_const();
                 // SAFETY: the swap unlinked `old`, so no later read can reach it, and it
-                // is unlinked exactly once because only this swap returned it. Readers
-                // that reached it earlier are pinned; `defer_destroy` frees it only
-                // after they unpin.
-                unsafe { guard.defer_destroy(old) };
+                // is unlinked exactly once because only this swap returned it; the
+                // cell's count on it is ours to give up. Readers that reached it earlier
+                // are pinned, and the deferred drop runs only after they unpin. The
+                // closure may run on another thread: dropping an `Arc<T>` there is what
+                // `Arc<T>: Send` (required for the cell to be shared) allows.
+                unsafe { guard.defer_unchecked(move || drop(Arc::from_raw(old))) };
             }
         }
     }
 
     impl<T> Drop for SlotCell<T> {
         fn drop(&mut self) {
-            // SAFETY: `&mut self` means no other thread can read or store this cell, and
-            // no reference from `with` outlives its call, so the current pointer (if any)
-            // is owned by this cell alone and can be freed now.
-            unsafe {
-                let current = self.ptr.load(Ordering::Relaxed, epoch::unprotected());
-                if !current.is_null() {
-                    drop(current.into_owned());
-                }
+            let current = *self.ptr.get_mut();
+            if !current.is_null() {
+                // SAFETY: `&mut self` means no other thread can read or store this cell,
+                // and no reference from `with` outlives its call, so the cell's count on
+                // the current value is released here, once.
+                drop(unsafe { Arc::from_raw(current.cast_const()) });
             }
         }
     }

@@ -354,25 +354,18 @@ pub async fn run(
                     format!("n{node} listener {index} has holes in the killed node's stream")
                 });
             } else {
-                // Holes: numbers below the highest received that never came. Each was
-                // numbered by p and missed by this node, so this node counted it.
-                let holes = s.high[p] - s.received[p];
-                holes_here += holes;
-                // Tail: after the last received. A number nothing followed cannot be
-                // seen as a gap (at-most-once); frames p's server never read were never
-                // numbered at all. Both are slack, printed, not gaps.
-                let numbered = numbered_of(p).unwrap_or(sent[p]).min(sent[p]);
-                let tail_numbered = numbered.saturating_sub(s.high[p]);
-                let unread = sent[p] - numbered;
-                if index == 1 && (tail_numbered > 0 || unread > 0) {
+                let l = StreamLoss::of(sent[p], numbered_of(p), s.received[p], s.high[p]);
+                holes_here += l.holes;
+                if index == 1 && (l.tail_numbered > 0 || l.unread > 0) {
                     slack.push(format!(
-                        "n{node} from n{p}: {tail_numbered} numbered after the last received, \
-                         {unread} written but never numbered by n{p}"
+                        "n{node} from n{p}: {} numbered after the last received, \
+                         {} written but never numbered by n{p}",
+                        l.tail_numbered, l.unread
                     ));
                 }
                 // Lost: what failed, plus what was published while this node was not
                 // yet subscribed again (Redis down, then up to 1 s to resubscribe).
-                let lost = numbered.saturating_sub(s.received[p]);
+                let lost = l.lost;
                 let told = failed[p].max(node_failed_of(p));
                 let window = outage + Duration::from_secs(1);
                 let bound = told + (per_publisher_rate * window.as_secs_f64()).ceil() as u64;
@@ -497,4 +490,64 @@ impl ClusterRun {
 /// a slow consumer (the server's default of 32 frames is 16 ms at 2000/s).
 fn queue_for(latency_rate: f64) -> u64 {
     ((latency_rate * 2.0).ceil() as u64).max(64)
+}
+
+/// One listener's losses from one other node's publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StreamLoss {
+    /// Numbers below the highest received that never came: each was numbered by
+    /// the publishing node and missed by the listener's node, which counted it as
+    /// a gap. Exactly what the node's gap counter must show.
+    holes: u64,
+    /// Numbered after the last one received: nothing followed, so no receiver can
+    /// see the gap (at-most-once). Slack.
+    tail_numbered: u64,
+    /// Written by the harness's publisher but never numbered by its node (the
+    /// server closed that connection before reading them). Slack.
+    unread: u64,
+    /// Numbered by the publishing node and never received.
+    lost: u64,
+}
+
+impl StreamLoss {
+    /// `sent`: frames the publisher wrote; `numbered`: what its node numbered
+    /// (`None` if its stats are unknown: taken as `sent`); `received` and `high`
+    /// (highest number received, plus one) from the listener.
+    fn of(sent: u64, numbered: Option<u64>, received: u64, high: u64) -> Self {
+        let numbered = numbered.unwrap_or(sent).min(sent);
+        Self {
+            holes: high.saturating_sub(received),
+            tail_numbered: numbered.saturating_sub(high),
+            unread: sent - numbered,
+            lost: numbered.saturating_sub(received),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StreamLoss;
+
+    /// The CI failure's shape: the publisher's node cut it with frames unread; the
+    /// listener's node counted only the holes, and that is exact.
+    #[test]
+    fn only_holes_are_gaps_a_cut_publishers_unread_frames_are_not() {
+        // Wrote 4000; its node numbered 3570 (430 unread); the listener got 3560
+        // of them, the highest being number 3566 (high 3567): 7 holes, 3 at the tail.
+        let l = StreamLoss::of(4000, Some(3570), 3560, 3567);
+        assert_eq!(
+            l,
+            StreamLoss {
+                holes: 7,
+                tail_numbered: 3,
+                unread: 430,
+                lost: 10
+            }
+        );
+        // Nothing lost: no holes, no slack.
+        let l = StreamLoss::of(100, Some(100), 100, 100);
+        assert_eq!((l.holes, l.tail_numbered, l.unread, l.lost), (0, 0, 0, 0));
+        // Stats unknown: the tail counts as numbered.
+        assert_eq!(StreamLoss::of(10, None, 5, 6).tail_numbered, 4);
+    }
 }

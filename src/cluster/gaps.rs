@@ -1,5 +1,12 @@
 //! Gap counting: each node numbers its publications per session, and a receiver
 //! counts the numbers it never saw.
+//!
+//! A gap is seen when a later number arrives, so the count is exact for every
+//! missed number that something followed. What it cannot see (pub/sub is
+//! at-most-once): numbers at the end of a stream that nothing followed, and
+//! numbers before the first one a receiver hears. A message the sending node never
+//! took (its caller's connection closed before the server read it) was never
+//! numbered, so it is not a gap either.
 
 use std::collections::HashMap;
 

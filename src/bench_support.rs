@@ -44,6 +44,13 @@ impl<M> BareSender<M> {
             Err(Rejected::Full(msg) | Rejected::Closed(msg) | Rejected::Timeout(msg)) => Err(msg),
         }
     }
+
+    /// Whether the channel is closed (its receiver dropped), to tell a refusal for
+    /// closing from one for being full.
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.chan.is_closed()
+    }
 }
 
 impl<M> std::fmt::Debug for BareSender<M> {
@@ -113,7 +120,9 @@ mod tests {
             (Ok(()), Ok(()), Err(3))
         );
         assert_eq!(rx.try_recv(), Ok(1));
+        assert!(!tx.is_closed());
         drop(rx);
+        assert!(tx.is_closed());
         assert_eq!(tx.try_send(4), Err(4));
     }
 

@@ -26,6 +26,7 @@ use crate::sync::Arc;
 use crate::{ClientId, Receiver};
 
 /// The sending side of a [`bare_channel`]: the channel's own `try_send`, no registry.
+/// Dropping it closes the channel.
 pub struct BareSender<M> {
     chan: ChannelRef<M>,
 }
@@ -50,6 +51,14 @@ impl<M> BareSender<M> {
     #[must_use]
     pub fn is_closed(&self) -> bool {
         self.chan.is_closed()
+    }
+}
+
+/// The channel has one sender and no registry to close it: dropping the sender does,
+/// so the receiver ends once it has taken what was queued, as a tokio receiver would.
+impl<M> Drop for BareSender<M> {
+    fn drop(&mut self) {
+        self.chan.close();
     }
 }
 
@@ -124,6 +133,15 @@ mod tests {
         drop(rx);
         assert!(tx.is_closed());
         assert_eq!(tx.try_send(4), Err(4));
+    }
+
+    #[test]
+    fn dropping_the_sender_ends_the_receiver_after_what_was_queued() {
+        let (tx, mut rx) = bare_channel(4);
+        assert_eq!(tx.try_send(1), Ok(()));
+        drop(tx);
+        assert_eq!(rx.try_recv(), Ok(1));
+        assert_eq!(rx.try_recv(), Err(crate::TryRecvError::Closed));
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! it also includes the difference between the two channels.
 //!
 //! Like [`Floor`](crate::Floor), it has one implicit session and no [`Contender`](crate::Contender)
-//! impl: nothing joins or leaves it.
+//! impl: nothing joins or leaves it. Dropping it closes every channel, so each receiver ends
+//! once it has taken what was queued.
 
 use std::fmt;
 
@@ -220,6 +221,17 @@ mod tests {
         assert!(inboxes.iter().all(|rx| rx.capacity() == 1));
         assert_eq!(floor.broadcast(1).delivered, 2);
         assert_eq!(floor.broadcast(2).dropped, 2);
+    }
+
+    #[test]
+    fn dropping_the_floor_ends_every_receiver_after_what_was_queued() {
+        let (floor, mut inboxes) = OwnFloor::new(2, 4);
+        assert_eq!(floor.broadcast(5).delivered, 2);
+        drop(floor);
+        for inbox in &mut inboxes {
+            assert_eq!(inbox.try_recv(), Ok(5));
+            assert_eq!(inbox.try_recv(), Err(switchboard::TryRecvError::Closed));
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! A [`Receiver`] keeps its client's whole entry alive (the channel lives inside it),
 //! so "what the receivers keep after the registry is dropped" overstates the channel.
 //! [`channel_bytes`] counts the channel alone: the channel struct itself
-//! ([`CHANNEL_SIZE`]) plus the ring's outer slots if they have been allocated. Everything
+//! ([`channel_size`]) plus the ring's outer slots if they have been allocated. Everything
 //! else a client costs (the rest of its entry, its slot, slab entry, session cells and
 //! maps) is the registry's.
 

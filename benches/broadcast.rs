@@ -1,4 +1,6 @@
-//! `broadcast`: one message to every member of one session, per implementation.
+//! `broadcast`: one message to every member of one session, per implementation, beside two
+//! floors: tokio's channels and switchboard's own (`own_floor`), the same bare loop, so that
+//! switchboard over `own_floor` is the registry's overhead apart from the channel's speed.
 //!
 //! Receivers are drained between chunks of [`PER_DRAIN`] broadcasts, outside the timed
 //! section, so no channel is ever full and every `try_send` delivers (checked after each
@@ -6,7 +8,7 @@
 
 use std::hint::black_box;
 
-use baselines::{Contender, Floor};
+use baselines::{Contender, Floor, OwnFloor};
 use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
@@ -22,6 +24,26 @@ const SESSION: u64 = 7;
 
 fn floor(group: &mut BenchmarkGroup<'_, WallTime>, n: usize) {
     let (floor, mut inboxes) = Floor::<Msg>::new(n, CAPACITY);
+    let msg = message();
+    group.bench_function(BenchmarkId::new(floor.name(), n), |b| {
+        b.iter_custom(|iters| {
+            let mut delivered = 0;
+            let spent = timed_chunks(
+                iters,
+                PER_DRAIN,
+                || delivered += black_box(floor.broadcast(msg.clone())).delivered,
+                || {
+                    drain_all(&mut inboxes);
+                },
+            );
+            assert_eq!(delivered as u64, iters * n as u64, "a channel filled up");
+            spent
+        });
+    });
+}
+
+fn own_floor(group: &mut BenchmarkGroup<'_, WallTime>, n: usize) {
+    let (floor, mut inboxes) = OwnFloor::<Msg>::new(n, CAPACITY);
     let msg = message();
     group.bench_function(BenchmarkId::new(floor.name(), n), |b| {
         b.iter_custom(|iters| {
@@ -73,6 +95,7 @@ fn broadcast(c: &mut Criterion) {
         // One implementation alive at a time: 100_000 clients each is memory enough.
         contender(&mut group, common::switchboard(), n);
         floor(&mut group, n);
+        own_floor(&mut group, n);
         contender(&mut group, common::dashmap(), n);
         contender(&mut group, common::mutex(), n);
     }

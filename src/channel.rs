@@ -321,6 +321,12 @@ impl<M> Channel<M> {
         self.state.load(Ordering::Relaxed) / PERMIT
     }
 
+    /// Bytes the channel holds on the heap beyond itself: its ring's outer slots,
+    /// once allocated.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.queue.heap_bytes()
+    }
+
     fn release_permit(&self) {
         // AcqRel: its `Release` half hands the freed ring slot on, and it reads
         // `WAITERS` (see `state` and `Waiter`).
@@ -391,6 +397,11 @@ pub struct Receiver<M> {
 impl<M> Receiver<M> {
     pub(crate) fn new(chan: ChannelRef<M>) -> Self {
         Self { chan }
+    }
+
+    /// The channel this receiver drains.
+    pub(crate) fn channel(&self) -> &Channel<M> {
+        &self.chan
     }
 
     /// Waits for the next message. Returns `None` once the channel is closed and

@@ -109,6 +109,8 @@
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 
+#[doc(hidden)]
+pub mod bench_support;
 mod channel;
 mod client;
 #[cfg(feature = "cluster")]

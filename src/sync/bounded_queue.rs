@@ -188,6 +188,17 @@ impl<T> BoundedQueue<T> {
         Some(value)
     }
 
+    /// Bytes of the outer slots if they are allocated, else 0: what the queue holds
+    /// on the heap beyond itself.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        // Acquire: see `rest`; only null-or-not is read.
+        if self.rest.load(Ordering::Acquire).is_null() {
+            0
+        } else {
+            (self.capacity.max(INLINE) - INLINE) * std::mem::size_of::<Slot<T>>()
+        }
+    }
+
     /// The slot for `index`, if it exists yet.
     #[inline]
     fn slot(&self, index: usize) -> Option<&Slot<T>> {

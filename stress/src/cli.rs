@@ -18,9 +18,9 @@ use serde::Serialize;
 ///
 /// Memory figures are exact live heap bytes from a counting global allocator; RSS is shown
 /// beside them but judged by nothing. `registry_bytes_per_client` is measured by registering
-/// N clients (each in one session), then dropping the registry while keeping every receiver:
-/// what the drop frees is the registry's own memory; what the receivers still hold is the
-/// channels'.
+/// N clients (each in one session) and sending each one message: the heap they take, less
+/// their channels (the channel struct inside each client's entry plus its ring if allocated),
+/// is the registry's own memory.
 #[derive(Debug, Parser)]
 #[command(name = "stress", version, about, long_about)]
 pub struct Cli {

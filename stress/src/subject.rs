@@ -75,6 +75,13 @@ pub trait Subject: Contender<Msg> {
     fn stats(&self) -> Option<Stats> {
         None
     }
+
+    /// Heap bytes of the channel `rx` drains, counted apart from the registry, for designs
+    /// whose receiver keeps more than its channel alive. `None`: a receiver keeps its channel
+    /// and nothing else, so what it holds once the registry is dropped is the channel's.
+    fn channel_bytes(_rx: &Self::Rx) -> Option<usize> {
+        None
+    }
 }
 
 impl Subject for DashMapRegistry<Msg> {
@@ -121,6 +128,12 @@ impl Subject for SwitchboardRegistry<Msg> {
             },
             Err(_) => Outcome::default(),
         }
+    }
+
+    /// A receiver keeps its client's whole entry (the channel lives inside it), so the
+    /// channel's share is counted directly: the channel struct and its ring, if allocated.
+    fn channel_bytes(rx: &Self::Rx) -> Option<usize> {
+        Some(switchboard::bench_support::channel_bytes(rx))
     }
 
     fn direct(&self, id: Self::Id, msg: Msg) -> Sent {

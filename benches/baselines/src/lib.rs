@@ -1,7 +1,7 @@
 //! The registry designs switchboard replaces, for measuring side by side with it.
 //!
 //! Each baseline keeps connected clients, each with its own bounded
-//! [`tokio::sync::mpsc`] channel, and sessions, each a set of clients that a broadcast reaches.
+//! [`tokio::sync::mpsc`] channel (switchboard's own for [`OwnFloor`]), and sessions, each a set of clients that a broadcast reaches.
 //! The criterion benches and the stress harness both drive them, so they live here once and are
 //! written the way their users write them: no tuning that a typical server would not have, and
 //! no handicap either.
@@ -9,6 +9,7 @@
 //! | baseline | what it is | broadcast walks |
 //! | --- | --- | --- |
 //! | [`Floor`] | a `Vec` of senders and nothing else | the `Vec` |
+//! | [`OwnFloor`] | the same over switchboard's own channel | the `Vec` |
 //! | [`DashMapRegistry`] | `DashMap` of clients plus `DashMap` of `DashSet` sessions | the session's ids, one map lookup each |
 //! | [`MutexRegistry`] | one `std::sync::Mutex` around two `HashMap`s | senders cloned out under the lock |
 //!
@@ -42,6 +43,9 @@
 //!
 //! - [`Floor`] is the cost of delivery alone: `try_send(msg.clone())` per client. Nothing can
 //!   join or leave it, so it has no [`Contender`] impl and is no baseline for churn.
+//! - [`OwnFloor`] is the same loop over switchboard's own channel, each built inside a client
+//!   entry as a registration builds it. switchboard's broadcast over it is the registry's
+//!   overhead alone; over [`Floor`] it also carries the two channels' difference.
 //! - [`DashMapRegistry`] is the design of the reference plan. Its locks are sharded, but a
 //!   broadcast pays a hash lookup and a shard read lock per recipient, and clones the member ids
 //!   into a fresh `Vec` first.
@@ -76,10 +80,12 @@ mod contender;
 pub mod dashmap;
 pub mod floor;
 pub mod mutex;
+pub mod own_floor;
 pub mod switchboard;
 
 pub use crate::contender::{Contender, Fanout, Inbox};
 pub use crate::dashmap::DashMapRegistry;
 pub use crate::floor::Floor;
 pub use crate::mutex::MutexRegistry;
+pub use crate::own_floor::OwnFloor;
 pub use crate::switchboard::SwitchboardRegistry;

@@ -5,7 +5,10 @@
 //!   session, each drained by a prompt receiver task. The contenders take turns in short bursts
 //!   (rotating who goes first) and the receivers drain completely between bursts, so every
 //!   broadcast finds empty channels and parked receivers, as a server's idle writer tasks would
-//!   be. Only the broadcast call is timed; the cost is the median over all bursts.
+//!   be. Only the broadcast call is timed; the cost is the median over all bursts. A fifth
+//!   contender takes its turns here too, with as many samples: the [`OWN_FLOOR`], the same bare
+//!   loop as the floor over switchboard's own channel, so that switchboard over it is the
+//!   registry's overhead apart from the channel's speed.
 //! - **Burst.** [`BURST`] broadcasts back to back without waiting for the receivers, as a chat
 //!   room under load sees them; the cost is the burst's time over its length, median over
 //!   bursts.
@@ -16,9 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baselines::{DashMapRegistry, Floor, Inbox, MutexRegistry, SwitchboardRegistry};
+use baselines::{DashMapRegistry, Floor, Inbox, MutexRegistry, OwnFloor, SwitchboardRegistry};
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 use super::cold::{self, Cold};
 use super::{median, Ctx, HeapCheck};
@@ -35,6 +37,9 @@ use crate::world::World;
 
 /// Order in which contenders appear in results.
 pub const CONTENDERS: [&str; 4] = ["floor", "switchboard", "dashmap", "mutex"];
+/// The floor over switchboard's own channel ([`OwnFloor`]): warm broadcasts only, beside
+/// [`CONTENDERS`].
+pub const OWN_FLOOR: &str = "own_floor";
 
 /// Sends per burst to aim for: bursts of many broadcasts to small sessions, of one to the
 /// largest. A burst never exceeds half a channel, so it never fills one.
@@ -52,7 +57,8 @@ const MIN_BURSTS: usize = 6;
 pub struct Row {
     /// Members of the session.
     pub members: usize,
-    /// Median cost of one broadcast per contender, in nanoseconds.
+    /// Median cost of one broadcast per contender, in nanoseconds; warm, so it includes
+    /// [`OWN_FLOOR`].
     pub cost_ns: BTreeMap<&'static str, f64>,
     /// Broadcasts timed per contender.
     pub samples: usize,
@@ -141,9 +147,51 @@ impl<S: Subject> Target for World<S> {
     }
 }
 
-/// What the floor's receivers report into.
+/// A registry-less floor: tokio's channels ([`Floor`]) or switchboard's own ([`OwnFloor`]).
+trait Bare: Send + Sync + Sized + 'static {
+    type Rx: Inbox<Msg>;
+    fn build(n: usize, capacity: usize) -> (Self, Vec<Self::Rx>);
+    fn name(&self) -> &'static str;
+    fn broadcast(&self, msg: Msg) -> baselines::Fanout;
+}
+
+impl Bare for Floor<Msg> {
+    type Rx = tokio::sync::mpsc::Receiver<Msg>;
+
+    fn build(n: usize, capacity: usize) -> (Self, Vec<Self::Rx>) {
+        Floor::new(n, capacity)
+    }
+
+    fn name(&self) -> &'static str {
+        Floor::name(self)
+    }
+
+    fn broadcast(&self, msg: Msg) -> baselines::Fanout {
+        Floor::broadcast(self, msg)
+    }
+}
+
+impl Bare for OwnFloor<Msg> {
+    type Rx = switchboard::Receiver<Msg>;
+
+    fn build(n: usize, capacity: usize) -> (Self, Vec<Self::Rx>) {
+        OwnFloor::new(n, capacity)
+    }
+
+    fn name(&self) -> &'static str {
+        OwnFloor::name(self)
+    }
+
+    fn broadcast(&self, msg: Msg) -> baselines::Fanout {
+        OwnFloor::broadcast(self, msg)
+    }
+}
+
+/// What a floor's receivers report into.
 #[derive(Debug)]
 struct Sink {
+    /// `fanout/<floor's name>`.
+    scope: String,
     tally: Tally,
     latency: Arc<Recorder>,
     violations: Arc<Violations>,
@@ -152,16 +200,16 @@ struct Sink {
     seq: AtomicU64,
 }
 
-/// The floor with its receivers.
+/// A floor with its receivers.
 #[derive(Debug)]
-struct FloorSide {
-    floor: Floor<Msg>,
+struct FloorSide<F> {
+    floor: F,
     sink: Arc<Sink>,
     size: usize,
 }
 
 /// `_task` first: it must drop last (parameters drop in reverse order).
-async fn floor_receiver(_task: TaskGuard, sink: Arc<Sink>, mut rx: mpsc::Receiver<Msg>) {
+async fn floor_receiver<R: Inbox<Msg>>(_task: TaskGuard, sink: Arc<Sink>, mut rx: R) {
     while let Some(msg) = Inbox::recv(&mut rx).await {
         let p = msg.payload();
         sink.latency
@@ -170,7 +218,7 @@ async fn floor_receiver(_task: TaskGuard, sink: Arc<Sink>, mut rx: mpsc::Receive
         let drawn = sink.seq.load(Ordering::Relaxed);
         if p.session != 0 || p.target != EVERYONE || p.seq >= drawn {
             sink.violations.push(
-                "fanout/floor",
+                sink.scope.as_str(),
                 format!("a receiver got a message the floor never sent: {p:?}"),
             );
         }
@@ -179,10 +227,11 @@ async fn floor_receiver(_task: TaskGuard, sink: Arc<Sink>, mut rx: mpsc::Receive
     }
 }
 
-impl FloorSide {
+impl<F: Bare> FloorSide<F> {
     fn new(n: usize, ctx: &Ctx, latency: Arc<Recorder>) -> Self {
-        let (floor, inboxes) = Floor::new(n, ctx.plan.capacity);
+        let (floor, inboxes) = F::build(n, ctx.plan.capacity);
         let sink = Arc::new(Sink {
+            scope: format!("fanout/{}", floor.name()),
             tally: Tally::default(),
             latency,
             violations: Arc::clone(&ctx.violations),
@@ -207,7 +256,7 @@ impl FloorSide {
         let t = sink.tally.snapshot();
         sink.violations.expect(
             stuck == 0 && t.received == t.delivered,
-            "fanout/floor/teardown",
+            &format!("{}/teardown", sink.scope),
             || {
                 format!(
                     "{stuck} receivers still running; {} of {} messages received",
@@ -219,7 +268,7 @@ impl FloorSide {
     }
 }
 
-impl Target for FloorSide {
+impl<F: Bare> Target for FloorSide<F> {
     fn name(&self) -> &'static str {
         self.floor.name()
     }
@@ -239,7 +288,7 @@ impl Target for FloorSide {
             disconnected: 0,
         };
         self.sink.tally.broadcast(&o);
-        check_full_reach(&self.sink.violations, "fanout/floor", n, &o);
+        check_full_reach(&self.sink.violations, &self.sink.scope, n, &o);
         took
     }
 
@@ -275,6 +324,7 @@ async fn drained(target: &dyn Target) -> bool {
 pub async fn run(ctx: &Ctx) -> Fanout {
     let recorders: Vec<Arc<Recorder>> = CONTENDERS
         .iter()
+        .chain([&OWN_FLOOR])
         .map(|c| Arc::new(Recorder::new("fanout", c)))
         .collect();
     for r in &recorders {
@@ -283,8 +333,9 @@ pub async fn run(ctx: &Ctx) -> Fanout {
     let start = heap::live_bytes();
     let mut rows = Vec::new();
     for &n in &ctx.plan.fanout_sizes {
-        ctx.progress
-            .phase(format!("fanout: {n} members, 4 contenders"));
+        ctx.progress.phase(format!(
+            "fanout: {n} members, 4 contenders and the own floor"
+        ));
         let mut row = size(ctx, n, &recorders).await;
         // After `size` has balanced its messages: the cold runs keep their own checks.
         row.cold = cold::measure(ctx, n).await;
@@ -292,7 +343,7 @@ pub async fn run(ctx: &Ctx) -> Fanout {
     }
     let heap = ctx.heap_check("fanout/teardown", start);
     let mut latency = BTreeMap::new();
-    for (name, r) in CONTENDERS.iter().zip(&recorders) {
+    for (name, r) in CONTENDERS.iter().chain([&OWN_FLOOR]).zip(&recorders) {
         ctx.timeline.untrack(r);
         latency.insert(*name, r.summary());
         ctx.absorb(r);
@@ -314,7 +365,8 @@ async fn size(ctx: &Ctx, n: usize, recorders: &[Arc<Recorder>]) -> Row {
     (setup.slow, setup.abrupt) = (0.0, 0.0);
     let mut rng = Rng::new(plan.seed, n as u64);
     let discarded = DISCARDED.get();
-    let floor = FloorSide::new(n, ctx, Arc::clone(&recorders[0]));
+    let floor = FloorSide::<Floor<Msg>>::new(n, ctx, Arc::clone(&recorders[0]));
+    let own = FloorSide::<OwnFloor<Msg>>::new(n, ctx, Arc::clone(&recorders[4]));
     let v = &ctx.violations;
     let sb = World::<SwitchboardRegistry<Msg>>::new(
         setup.clone(),
@@ -331,16 +383,18 @@ async fn size(ctx: &Ctx, n: usize, recorders: &[Arc<Recorder>]) -> Row {
     dm.checkpoint("populated").await;
     mx.checkpoint("populated").await;
 
-    let targets: [&dyn Target; 4] = [&floor, &*sb, &*dm, &*mx];
+    // Warm: the own floor takes its turns with the others, so it is sampled as often and
+    // under the same cache conditions as switchboard's broadcast it is set against.
+    let warm: [&dyn Target; 5] = [&floor, &*sb, &*dm, &*mx, &own];
     let burst = (SENDS_PER_BURST / n).clamp(1, (plan.capacity / 2).max(1));
     let min_samples = if plan.quick { 5 } else { MIN_SAMPLES };
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); warm.len()];
     let begin = Instant::now();
     let mut round = 0;
     while samples[0].len() < min_samples || begin.elapsed() < plan.fanout_time {
-        for k in 0..targets.len() {
-            let i = (round + k) % targets.len();
-            let target = targets[i];
+        for k in 0..warm.len() {
+            let i = (round + k) % warm.len();
+            let target = warm[i];
             for _ in 0..burst {
                 samples[i].push(target.fire(n).as_nanos() as f64);
             }
@@ -350,9 +404,13 @@ async fn size(ctx: &Ctx, n: usize, recorders: &[Arc<Recorder>]) -> Row {
     }
     let count = samples.first().map_or(0, Vec::len);
     let mut cost_ns = BTreeMap::new();
-    for (target, xs) in targets.iter().zip(samples.iter_mut()) {
+    for (target, xs) in warm.iter().zip(samples.iter_mut()) {
         cost_ns.insert(target.name(), median(xs));
     }
+    // Done with it: its receivers would only idle through the bursts.
+    let own = own.teardown().await;
+
+    let targets: [&dyn Target; 4] = [&floor, &*sb, &*dm, &*mx];
 
     // Bursts: back to back, the receivers draining while the broadcaster goes on. Their
     // deliveries wait behind up to a burst's worth of others; that queueing is not what the
@@ -389,6 +447,7 @@ async fn size(ctx: &Ctx, n: usize, recorders: &[Arc<Recorder>]) -> Row {
     mx.teardown().await;
     let counts = [
         (floor, true),
+        (own, true),
         sb.balance_entry(),
         dm.balance_entry(),
         mx.balance_entry(),

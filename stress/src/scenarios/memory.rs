@@ -8,9 +8,21 @@
 //! once it has received a message (a design that allocates its queue on the first push pays
 //! for it here). Then unregister everyone and note what the registry **retains** (switchboard keeps its
 //! slot arrays at their high-water mark, 12 bytes a slot, until dropped). Then drop the
-//! registry while keeping every receiver: receivers keep their channels alive, so what the
-//! drop freed is the **registry's own** memory and what is left is the **channels'** (both
-//! active). Finally drop the receivers: live heap must be back where it started.
+//! registry while keeping every receiver, and note what the receivers alone **hold**.
+//! Finally drop the receivers: live heap must be back where it started.
+//!
+//! The active total is split into the **channel's** share and the **registry's own**:
+//!
+//! - For the tokio baselines a receiver holds its channel and nothing else, so what the
+//!   receivers hold is the channels', and the registry's is the rest (what the drop freed).
+//! - switchboard's channel lives inside the client's entry, so a receiver holds the whole
+//!   entry, and "what the drop freed" would hand the entry's bookkeeping to the channel. Its
+//!   channel share is counted directly instead
+//!   ([`Subject::channel_bytes`]): the channel struct (`size_of::<Channel<M>>()`) plus its
+//!   ring's outer slots if allocated. Everything else per client (the rest of the entry, its
+//!   slot and slab entry, session cells and maps) is the registry's, which is what
+//!   `registry_bytes_per_client` reports. The direct count must not exceed what the receivers
+//!   hold; a violation says if it does.
 //!
 //! The floor is measured the same way (its "registry" is a `Vec` of senders). No receiver
 //! tasks run here: a task costs the same whichever registry feeds it.
@@ -38,10 +50,15 @@ pub struct Bytes {
     pub total_per_client: f64,
     /// Registry plus channel, per idle client (never sent anything).
     pub idle_per_client: f64,
-    /// The registry alone, per (active) client.
+    /// The registry alone, per (active) client: `total_per_client - channel_per_client`.
     pub registry_per_client: f64,
-    /// The channel alone, per active client.
+    /// The channel alone, per active client: for switchboard the channel struct inside the
+    /// entry plus its ring if allocated, counted directly; for the others what the receivers
+    /// held once the registry was dropped (see the module docs).
     pub channel_per_client: f64,
+    /// What the receivers alone kept alive once the registry was dropped, per client. For
+    /// switchboard this is whole client entries, more than the channel.
+    pub held_by_receivers_per_client: f64,
     /// What the registry still held once every client had left, before it was dropped.
     pub retained_after_unregister: i64,
     /// RSS with every client registered (informational only).
@@ -129,6 +146,11 @@ fn measure<S: Subject>(ctx: &Ctx, n: usize) -> Bytes {
         || format!("{delivered} delivered and {received} received of one message to each of {n} clients"),
     );
     let full = Footprint::now();
+    let own_channels = inboxes
+        .iter()
+        .map(S::channel_bytes)
+        .sum::<Option<usize>>()
+        .map(|b| i64::try_from(b).unwrap_or(i64::MAX));
     for &id in &ids {
         registry.unregister(id);
     }
@@ -140,6 +162,13 @@ fn measure<S: Subject>(ctx: &Ctx, n: usize) -> Bytes {
     );
     drop(registry);
     let channels_only = heap::live_bytes();
+    let held = channels_only - start;
+    if let Some(own) = own_channels {
+        ctx.violations.expect(own <= held, &scope, || {
+            format!("channels counted at {own} B, more than the {held} B their receivers hold")
+        });
+    }
+    let channels = own_channels.unwrap_or(held);
     // Drop the receivers but keep the `Vec`, which was allocated before `start`.
     inboxes.clear();
     let end = heap::live_bytes();
@@ -151,8 +180,9 @@ fn measure<S: Subject>(ctx: &Ctx, n: usize) -> Bytes {
         clients: n,
         total_per_client: per(full.heap - start, n),
         idle_per_client: per(idle - start, n),
-        registry_per_client: per(full.heap - channels_only, n),
-        channel_per_client: per(channels_only - start, n),
+        registry_per_client: per(full.heap - start - channels, n),
+        channel_per_client: per(channels, n),
+        held_by_receivers_per_client: per(held, n),
         retained_after_unregister: retained - channels_only,
         rss: full.rss,
     }
@@ -196,6 +226,7 @@ fn floor(ctx: &Ctx, n: usize) -> Bytes {
         idle_per_client: per(idle - start, n),
         registry_per_client: per(full.heap - vec_bytes - channels_only, n),
         channel_per_client: per(channels_only - start, n),
+        held_by_receivers_per_client: per(channels_only - start, n),
         retained_after_unregister: 0,
         rss: full.rss,
     }

@@ -48,15 +48,19 @@
 //!   to one dead cell per live one.
 //! * **Registrations swap, not publish.** Client slots are epoch-reclaimed cells
 //!   (crossbeam-epoch): a registration or departure is a pointer swap plus a deferred
-//!   free, where an arc-swap store would walk every thread's debt list. This is the
-//!   crate's only `unsafe` code, three blocks in `sync/slot_cell.rs`.
+//!   free, where an arc-swap store would walk every thread's debt list. The crate's
+//!   `unsafe` code lives in `src/sync/` (this cell, the channel's ring and the
+//!   write-once member cells) and the ring's push/pop contracts in `channel.rs`; every
+//!   block has its SAFETY argument and a loom model that runs the real algorithm.
 //! * **Writers lock, readers don't.** Register, unregister, attach and detach take
 //!   small locks (a shard's allocator, a client's membership list, a session's
 //!   writer). Lookups, sends and broadcasts take none.
 //! * **Channels are the registry's own.** The registry must close a client's channel
 //!   from the sending side (unregister, disconnect) while a concurrent broadcast may
 //!   still hold a handle to it; a `tokio::sync::mpsc` channel only closes when its
-//!   last sender drops. See [`Receiver`].
+//!   last sender drops. The channel lives inside the client's entry (one allocation
+//!   per client), and its first four slots inside the channel, so the first message
+//!   to a new client allocates nothing. See [`Receiver`].
 //! * **Messages are cloned per recipient.** Use an `Arc` or `bytes::Bytes` payload
 //!   so that a clone is a reference-count increment.
 //!

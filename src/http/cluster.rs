@@ -4,7 +4,6 @@
 use std::fmt::Write as _;
 
 use axum::extract::{Request, State};
-use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -14,7 +13,7 @@ use serde::Serialize;
 use super::cluster_feed::Tap;
 use super::error::ApiError;
 use super::events::ClusterFeed;
-use super::{bearer, build_with, token_matches, AdminConfig, AdminConfigError};
+use super::{authorized, build_with, AdminConfig, AdminConfigError};
 use crate::cluster::{Cluster, ClusterStats, NodeInfo};
 use crate::SessionId;
 
@@ -83,15 +82,8 @@ where
         .route_layer(middleware::from_fn(move |request: Request, next: Next| {
             let token = token.clone();
             async move {
-                if let Some(expected) = &token {
-                    let given = request
-                        .headers()
-                        .get(header::AUTHORIZATION)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(bearer);
-                    if !given.is_some_and(|g| token_matches(g.as_bytes(), expected)) {
-                        return ApiError::unauthorized().into_response();
-                    }
+                if !authorized(&request, token.as_deref()) {
+                    return ApiError::unauthorized().into_response();
                 }
                 next.run(request).await
             }

@@ -330,17 +330,23 @@ where
 
 /// Lets a request through if no token is configured or it bears the token.
 async fn authenticate<M>(State(admin): State<Shared<M>>, request: Request, next: Next) -> Response {
-    if let Some(expected) = &admin.token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer);
-        if !given.is_some_and(|given| token_matches(given.as_bytes(), expected)) {
-            return ApiError::unauthorized().into_response();
-        }
+    if !authorized(&request, admin.token.as_deref()) {
+        return ApiError::unauthorized().into_response();
     }
     next.run(request).await
+}
+
+/// Whether `request` may pass: no token is configured, or it bears the token.
+pub(crate) fn authorized(request: &Request, expected: Option<&[u8]>) -> bool {
+    let Some(expected) = expected else {
+        return true;
+    };
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .is_some_and(|given| token_matches(given.as_bytes(), expected))
 }
 
 /// The credentials of a `Bearer` authorization (the scheme is case-insensitive).

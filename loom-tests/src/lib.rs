@@ -65,6 +65,30 @@ pub mod thread {
     pub use std::thread::{spawn, JoinHandle};
 }
 
+/// A one-shard registry of `u32` messages whose channels hold `capacity`: the shape
+/// every model starts from.
+pub fn registry(capacity: usize) -> switchboard::Registry<u32> {
+    switchboard::Registry::builder()
+        .shards(1)
+        .channel_capacity(capacity)
+        .build()
+        .expect("valid settings")
+}
+
+/// Registers a plain client.
+pub fn register(
+    registry: &switchboard::Registry<u32>,
+) -> (switchboard::ClientId, switchboard::Receiver<u32>) {
+    registry
+        .register(switchboard::ClientInfo::new())
+        .expect("no client limit and slots to spare")
+}
+
+/// Joins a scenario thread, failing the scenario if it panicked.
+pub fn join<T>(handle: thread::JoinHandle<T>) -> T {
+    handle.join().expect("scenario thread panicked")
+}
+
 /// Runs a future to completion on the calling thread: loom's `block_on` under the
 /// cfg (a future that is never woken is a deadlock, which fails the model), a
 /// thread-parking executor otherwise.

@@ -8,27 +8,9 @@
 
 use std::time::Duration;
 
-use loom_tests::thread::{spawn, JoinHandle};
-use loom_tests::{block_on, check, StartLine};
-use switchboard::{ClientId, ClientInfo, Receiver, Registry, SendError};
-
-fn registry(capacity: usize) -> Registry<u32> {
-    Registry::builder()
-        .shards(1)
-        .channel_capacity(capacity)
-        .build()
-        .expect("valid settings")
-}
-
-fn join<T>(handle: JoinHandle<T>) -> T {
-    handle.join().expect("scenario thread panicked")
-}
-
-fn register(registry: &Registry<u32>) -> (ClientId, Receiver<u32>) {
-    registry
-        .register(ClientInfo::new())
-        .expect("no client limit and slots to spare")
-}
+use loom_tests::thread::spawn;
+use loom_tests::{block_on, check, join, register, registry, StartLine};
+use switchboard::{Receiver, SendError};
 
 /// Everything `recv` yields until it reports the end.
 fn recv_all(rx: &mut Receiver<u32>) -> Vec<u32> {

@@ -7,32 +7,14 @@
 
 use std::collections::BTreeSet;
 
-use loom_tests::thread::{spawn, JoinHandle};
-use loom_tests::{check, linearizations, Clock, Span, StartLine};
+use loom_tests::thread::spawn;
+use loom_tests::{check, join, linearizations, register, registry, Clock, Span, StartLine};
 use switchboard::{
     BroadcastError, BroadcastReport, ClientError, ClientId, ClientInfo, Receiver, RegisterError,
     Registry, SendError, SessionId, SlowConsumerPolicy, TryRecvError,
 };
 
 const ROOM: u64 = 7;
-
-fn registry(capacity: usize) -> Registry<u32> {
-    Registry::builder()
-        .shards(1)
-        .channel_capacity(capacity)
-        .build()
-        .expect("valid settings")
-}
-
-fn join<T>(handle: JoinHandle<T>) -> T {
-    handle.join().expect("scenario thread panicked")
-}
-
-fn register(registry: &Registry<u32>) -> (ClientId, Receiver<u32>) {
-    registry
-        .register(ClientInfo::new())
-        .expect("no client limit and slots to spare")
-}
 
 /// Everything the receiver holds, and how it ended.
 fn drain(rx: &mut Receiver<u32>) -> (Vec<u32>, TryRecvError) {

@@ -6,24 +6,13 @@
 //! answers agrees with itself: the index sets, the key map and the profiles name
 //! exactly the clients that are online, with the last config applied.
 
-use loom_tests::thread::{spawn, JoinHandle};
-use loom_tests::{check, StartLine};
+use loom_tests::thread::spawn;
+use loom_tests::{check, join, registry, StartLine};
 use switchboard::{
     ClientId, ClientInfo, ClientKind, DeviceConfig, Filter, Receiver, Registry, SystemInfo,
 };
 
 const KEY: &str = "k";
-
-fn join<T>(handle: JoinHandle<T>) -> T {
-    handle.join().expect("scenario thread panicked")
-}
-
-fn registry() -> Registry<u32> {
-    Registry::builder()
-        .shards(1)
-        .build()
-        .expect("valid settings")
-}
 
 /// A keyed device with the given tags.
 fn device(tags: &[&str]) -> ClientInfo {
@@ -82,7 +71,7 @@ fn a_registration_racing_an_unregister_of_its_id_leaves_nothing_behind() {
         "R1 register | unregister same id",
         &[REMOVED, MISSED],
         |seen| {
-            let registry = registry();
+            let registry = registry(32);
             // The key's previous connection, which the registration takes over.
             let (previous, _previous_rx) = registry.register(device(&[])).expect("room");
             let guess = next_id(&registry);
@@ -119,7 +108,7 @@ fn an_update_racing_a_registration_leaves_the_tag_index_right() {
         "R1b register | update same id",
         &[UPDATED, TOO_EARLY],
         |seen| {
-            let registry = registry();
+            let registry = registry(32);
             let guess = next_id(&registry);
             let start = StartLine::new(2);
             let registrar = {

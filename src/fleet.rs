@@ -3,43 +3,15 @@
 use std::path::Path;
 
 use crate::client::{ClientEntry, ClientState};
+use crate::client_ref::ClientRef;
 use crate::device_config::DeviceConfig;
 use crate::error::{ClientError, ConfigError, UpdateError};
 use crate::events::Event;
-use crate::profile::{ClientInfo, ClientKind, SystemInfo};
+use crate::profile::{json_size, ClientInfo, ClientKind, SystemInfo};
 use crate::query::index_keys;
-use crate::registry::{json_size, Registry};
+use crate::registry::Registry;
 use crate::sync::{lock, Arc, Ordering};
 use crate::ClientId;
-
-/// Names a client by id or by key, for the calls that accept either.
-///
-/// Built implicitly: pass a [`ClientId`], a `&str` or a `&String`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientRef<'k> {
-    /// A connection id.
-    Id(ClientId),
-    /// An application key; resolves to its current connection.
-    Key(&'k str),
-}
-
-impl From<ClientId> for ClientRef<'_> {
-    fn from(id: ClientId) -> Self {
-        Self::Id(id)
-    }
-}
-
-impl<'k> From<&'k str> for ClientRef<'k> {
-    fn from(key: &'k str) -> Self {
-        Self::Key(key)
-    }
-}
-
-impl<'k> From<&'k String> for ClientRef<'k> {
-    fn from(key: &'k String) -> Self {
-        Self::Key(key)
-    }
-}
 
 /// What [`Registry::reload_config`] changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -117,6 +117,7 @@
 pub mod bench_support;
 mod channel;
 mod client;
+mod client_ref;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 mod config;
@@ -139,6 +140,7 @@ mod sync;
 mod task;
 
 pub use channel::{CloseReason, Receiver};
+pub use client_ref::ClientRef;
 pub use config::{Builder, SlowConsumerPolicy};
 pub use delivery::{BroadcastReport, MultiBroadcastReport};
 pub use device_config::DeviceConfig;
@@ -147,7 +149,7 @@ pub use error::{
     RegisterError, SendError, TaskError, TryRecvError, UnknownKind, UnknownSession, UpdateError,
 };
 pub use events::Event;
-pub use fleet::{ClientRef, Reloaded};
+pub use fleet::Reloaded;
 pub use id::{ClientId, ParseClientIdError};
 pub use profile::{ClientInfo, ClientKind, SystemInfo};
 pub use query::{Filter, Requirements};

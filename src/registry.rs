@@ -4,12 +4,12 @@ use std::fmt;
 
 use crate::channel::{CloseReason, Receiver};
 use crate::client::{millis_to_time, now_millis, ChannelRef, ClientEntry, ClientState, FleetState};
+use crate::client_ref::ClientRef;
 use crate::config::{Builder, Config};
 use crate::device_config::DeviceConfig;
 use crate::error::{AttachError, ClientError, DetachError, RegisterError, UnknownSession};
 use crate::events::{Event, EventBus};
-use crate::fleet::ClientRef;
-use crate::profile::ClientInfo;
+use crate::profile::{json_size, ClientInfo};
 use crate::query::{index_keys, IndexKey};
 use crate::session::{Joined, Left, Session};
 use crate::shard::{self, Shard};
@@ -962,24 +962,6 @@ fn check_metadata(info: &ClientInfo, limit: usize) -> Result<(), RegisterError> 
         return Err(RegisterError::MetadataTooLarge { size, limit });
     }
     Ok(())
-}
-
-/// Bytes `value` takes as compact JSON, counted without building the string.
-pub(crate) fn json_size(value: &impl serde::Serialize) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // Serialising a JSON value into a counter cannot fail.
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
 }
 
 impl<M> Drop for Inner<M> {

@@ -9,14 +9,13 @@ use crate::config::{Builder, Config};
 use crate::device_config::DeviceConfig;
 use crate::error::{AttachError, ClientError, DetachError, RegisterError, UnknownSession};
 use crate::events::{Event, EventBus};
+use crate::fleet::{index_keys, Fleet, IndexKey};
 use crate::profile::{json_size, ClientInfo};
-use crate::query::{index_keys, IndexKey};
 use crate::session::{Joined, Left, Session};
 use crate::shard::{self, Shard};
 use crate::stats::{Counters, Stats};
 use crate::sync::{
     lock, Arc, AtomicU64, AtomicUsize, ConcurrentMap, Mutex, Ordering, SlotCell, SnapshotCell,
-    ValueArc,
 };
 use crate::task::{CancelReason, CancelledTask, Task, TaskId, TaskIds};
 use crate::{ClientId, SessionId};
@@ -37,10 +36,8 @@ pub(crate) struct Inner<M> {
     pub(crate) config: Config,
     pub(crate) shards: Box<[Shard<ClientEntry<M>>]>,
     pub(crate) sessions: ConcurrentMap<SessionId, Arc<Session<M>>>,
-    /// Profile index sets; see [`query`](crate::query).
-    pub(crate) indexes: ConcurrentMap<IndexKey, Arc<Session<M>>>,
-    /// The current connection of every key.
-    pub(crate) keys: ConcurrentMap<ValueArc<str>, ClientId>,
+    /// Keys and profile index sets.
+    pub(crate) fleet: Fleet<M>,
     pub(crate) tasks: ConcurrentMap<TaskId, Task>,
     pub(crate) task_ids: TaskIds,
     pub(crate) events: EventBus,
@@ -145,8 +142,7 @@ impl<M> Registry<M> {
                 config,
                 shards,
                 sessions: ConcurrentMap::new(),
-                indexes: ConcurrentMap::new(),
-                keys: ConcurrentMap::new(),
+                fleet: Fleet::new(),
                 tasks: ConcurrentMap::new(),
                 task_ids: TaskIds::new(),
                 events,
@@ -294,14 +290,14 @@ impl<M> Registry<M> {
             }
             let old = key
                 .as_deref()
-                .and_then(|key| inner.keys.insert(ValueArc::from(key), id));
+                .and_then(|key| inner.fleet.claim_key(key, id));
             if let Some(used) = merged_with {
                 if self.merge_latest_config(&entry, &mut state, &used) {
                     indexed = index_keys(&entry.info());
                 }
             }
             for index_key in &indexed {
-                self.join_index(index_key, id, &entry);
+                inner.fleet.join_index(index_key, id, &entry);
             }
             old
         };
@@ -433,9 +429,7 @@ impl<M> Registry<M> {
         // The key stops resolving before the slot is freed; a successor's mapping
         // (takeover) is left alone.
         if let Some(key) = info.as_ref().and_then(|i| i.key.as_deref()) {
-            self.inner
-                .keys
-                .remove_if(&ValueArc::from(key), |current| *current == id);
+            self.inner.fleet.release_key(key, id);
         }
         entry.chan.close_because(cause);
         let mut keys = Vec::with_capacity(sessions.len());
@@ -451,7 +445,7 @@ impl<M> Registry<M> {
         }
         if let Some(info) = &info {
             for index_key in index_keys(info) {
-                self.leave_index(&index_key, id);
+                self.inner.fleet.leave_index(&index_key, id);
             }
         }
         let cancelled_tasks = tasks
@@ -822,24 +816,12 @@ impl<M> Registry<M> {
     /// ```
     pub fn stats(&self) -> Stats {
         let c = &self.inner.counters;
-        let count = |key: &IndexKey| self.inner.indexes.get(key).map_or(0, |s| s.live());
-        let mut by_platform: Vec<(String, usize)> = self
-            .inner
-            .indexes
-            .entries()
-            .into_iter()
-            .filter_map(|(key, set)| match key {
-                IndexKey::Platform(p) => Some((p.to_string(), set.live())),
-                _ => None,
-            })
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        by_platform.sort();
+        let fleet = &self.inner.fleet;
         Stats {
             clients: self.client_count(),
-            devices: count(&IndexKey::Kind(crate::ClientKind::Device)),
-            orchestrators: count(&IndexKey::Kind(crate::ClientKind::Orchestrator)),
-            by_platform,
+            devices: fleet.index_len(&IndexKey::Kind(crate::ClientKind::Device)),
+            orchestrators: fleet.index_len(&IndexKey::Kind(crate::ClientKind::Orchestrator)),
+            by_platform: fleet.platform_counts(),
             sessions: self.session_count(),
             tasks: self.inner.tasks.len(),
             delivered: c.delivered.sum(),
@@ -881,32 +863,6 @@ impl<M> Registry<M> {
         }
     }
 
-    /// Adds `id` to an index set. Called under the client's lock.
-    pub(crate) fn join_index(&self, key: &IndexKey, id: ClientId, entry: &Arc<ClientEntry<M>>) {
-        loop {
-            let set = self
-                .inner
-                .indexes
-                .get_or_insert_with(key.clone(), || Arc::new(Session::new()));
-            match set.join(id, entry) {
-                // An index set that cannot grow leaves the client out of that one
-                // filter; 2^32 members of one platform or tag is not a real fleet.
-                Joined::Added | Joined::AlreadyMember | Joined::Full => return,
-                Joined::Retired => forget(&self.inner.indexes, key, &set),
-            }
-        }
-    }
-
-    /// Removes `id` from an index set. Called under the client's lock, or after its
-    /// unregister made it unreachable.
-    pub(crate) fn leave_index(&self, key: &IndexKey, id: ClientId) {
-        if let Some(set) = self.inner.indexes.get(key) {
-            if set.leave(id) == Left::RemovedAndRetired {
-                forget(&self.inner.indexes, key, &set);
-            }
-        }
-    }
-
     /// The connected client `who` names: the id's occupant, or the key's current
     /// connection.
     ///
@@ -918,11 +874,15 @@ impl<M> Registry<M> {
             ClientRef::Id(id) => return self.entry(id),
             ClientRef::Key(key) => key,
         };
-        let mut id = self.inner.keys.get(key).ok_or(ClientError::NoSuchKey)?;
+        let mut id = self
+            .inner
+            .fleet
+            .key_holder(key)
+            .ok_or(ClientError::NoSuchKey)?;
         loop {
             match self.entry(id) {
                 Ok(entry) => return Ok(entry),
-                Err(gone) => match self.inner.keys.get(key) {
+                Err(gone) => match self.inner.fleet.key_holder(key) {
                     Some(now) if now != id => id = now,
                     Some(_) => return Err(gone),
                     None => return Err(ClientError::NoSuchKey),

@@ -8,10 +8,15 @@ use crate::device_config::DeviceConfig;
 use crate::error::{ClientError, ConfigError, UpdateError};
 use crate::events::Event;
 use crate::profile::{json_size, ClientInfo, ClientKind, SystemInfo};
-use crate::query::index_keys;
 use crate::registry::Registry;
 use crate::sync::{lock, Arc, Ordering};
 use crate::ClientId;
+
+mod index;
+mod state;
+
+pub(crate) use index::{index_keys, IndexKey};
+pub(crate) use state::Fleet;
 
 /// What [`Registry::reload_config`] changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -155,7 +160,7 @@ impl<M> Registry<M> {
         // `merge_latest_config`, which pairs with it.
         self.inner.config_epoch.fetch_add(1, Ordering::AcqRel);
         let mut updated = 0;
-        for (_, id) in self.inner.keys.entries() {
+        for id in self.inner.fleet.key_holders() {
             let Ok(entry) = self.entry(id) else { continue };
             let mut state = lock(&entry.state);
             if !state.connected {
@@ -195,10 +200,10 @@ impl<M> Registry<M> {
         let before = index_keys(current);
         let after = index_keys(&next);
         for key in before.iter().filter(|k| !after.contains(k)) {
-            self.leave_index(key, entry.id);
+            self.inner.fleet.leave_index(key, entry.id);
         }
         for key in after.iter().filter(|k| !before.contains(k)) {
-            self.join_index(key, entry.id, entry);
+            self.inner.fleet.join_index(key, entry.id, entry);
         }
         let next = Arc::new(next);
         entry.profile.store(Some(Arc::clone(&next)));

@@ -1,0 +1,108 @@
+//! [`Fleet`]: the registry's fleet state (keys and profile index sets), owned in one
+//! place behind a small API.
+//!
+//! The registry's register, unregister and update paths orchestrate these calls
+//! under a client's lock; this type keeps the maps private, so how a key is held or
+//! an index set retired is decided here and nowhere else.
+
+use crate::client::ClientEntry;
+use crate::session::{Joined, Left, Session};
+use crate::sync::{Arc, ConcurrentMap, ValueArc};
+use crate::ClientId;
+
+use super::index::IndexKey;
+
+/// Keys and the profile index sets.
+pub(crate) struct Fleet<M> {
+    /// The current connection of every key.
+    keys: ConcurrentMap<ValueArc<str>, ClientId>,
+    /// Profile index sets; see [`query`](crate::query).
+    indexes: ConcurrentMap<IndexKey, Arc<Session<M>>>,
+}
+
+impl<M> Fleet<M> {
+    pub(crate) fn new() -> Self {
+        Self {
+            keys: ConcurrentMap::new(),
+            indexes: ConcurrentMap::new(),
+        }
+    }
+
+    /// Makes `id` the current connection of `key`, returning the one it replaced.
+    pub(crate) fn claim_key(&self, key: &str, id: ClientId) -> Option<ClientId> {
+        self.keys.insert(ValueArc::from(key), id)
+    }
+
+    /// Stops `key` resolving to `id`; a successor's claim (takeover) is left alone.
+    pub(crate) fn release_key(&self, key: &str, id: ClientId) {
+        self.keys
+            .remove_if(&ValueArc::from(key), |current| *current == id);
+    }
+
+    /// The connection `key` resolves to. Takes no lock.
+    pub(crate) fn key_holder(&self, key: &str) -> Option<ClientId> {
+        self.keys.get(key)
+    }
+
+    /// Every key's current connection, in no particular order.
+    pub(crate) fn key_holders(&self) -> Vec<ClientId> {
+        self.keys.entries().into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Adds `id` to an index set. Called under the client's lock.
+    pub(crate) fn join_index(&self, key: &IndexKey, id: ClientId, entry: &Arc<ClientEntry<M>>) {
+        loop {
+            let set = self
+                .indexes
+                .get_or_insert_with(key.clone(), || Arc::new(Session::new()));
+            match set.join(id, entry) {
+                // An index set that cannot grow leaves the client out of that one
+                // filter; 2^32 members of one platform or tag is not a real fleet.
+                Joined::Added | Joined::AlreadyMember | Joined::Full => return,
+                Joined::Retired => self.forget_index(key, &set),
+            }
+        }
+    }
+
+    /// Removes `id` from an index set. Called under the client's lock, or after its
+    /// unregister made it unreachable.
+    pub(crate) fn leave_index(&self, key: &IndexKey, id: ClientId) {
+        if let Some(set) = self.indexes.get(key) {
+            if set.leave(id) == Left::RemovedAndRetired {
+                self.forget_index(key, &set);
+            }
+        }
+    }
+
+    /// The index set `key` names, if any client is (or was just) in it.
+    pub(crate) fn index(&self, key: &IndexKey) -> Option<Arc<Session<M>>> {
+        self.indexes.get(key)
+    }
+
+    /// Members of the index set `key` names.
+    pub(crate) fn index_len(&self, key: &IndexKey) -> usize {
+        self.indexes.get(key).map_or(0, |set| set.live())
+    }
+
+    /// Members per platform index set, sorted by platform, empty sets left out.
+    pub(crate) fn platform_counts(&self) -> Vec<(String, usize)> {
+        let mut counts: Vec<(String, usize)> = self
+            .indexes
+            .entries()
+            .into_iter()
+            .filter_map(|(key, set)| match key {
+                IndexKey::Platform(p) => Some((p.to_string(), set.live())),
+                _ => None,
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        counts.sort();
+        counts
+    }
+
+    /// Removes a retired index set, unless a successor already replaced it.
+    fn forget_index(&self, key: &IndexKey, set: &Arc<Session<M>>) {
+        self.indexes
+            .remove_if(key, |current| Arc::ptr_eq(current, set));
+    }
+}

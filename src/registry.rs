@@ -17,7 +17,7 @@ use crate::stats::{Counters, Stats};
 use crate::sync::{
     lock, Arc, AtomicU64, AtomicUsize, ConcurrentMap, Mutex, Ordering, SlotCell, SnapshotCell,
 };
-use crate::task::{CancelReason, CancelledTask, Task, TaskId, TaskIds};
+use crate::task::{CancelReason, CancelledTask, TaskId};
 use crate::{ClientId, SessionId};
 
 /// The registry of connected clients and their sessions.
@@ -36,10 +36,8 @@ pub(crate) struct Inner<M> {
     pub(crate) config: Config,
     pub(crate) shards: Box<[Shard<ClientEntry<M>>]>,
     pub(crate) sessions: ConcurrentMap<SessionId, Arc<Session<M>>>,
-    /// Keys and profile index sets.
+    /// Keys, profile index sets and tasks.
     pub(crate) fleet: Fleet<M>,
-    pub(crate) tasks: ConcurrentMap<TaskId, Task>,
-    pub(crate) task_ids: TaskIds,
     pub(crate) events: EventBus,
     pub(crate) device_config: SnapshotCell<DeviceConfig>,
     /// Serialises config reloads with each other.
@@ -143,8 +141,6 @@ impl<M> Registry<M> {
                 shards,
                 sessions: ConcurrentMap::new(),
                 fleet: Fleet::new(),
-                tasks: ConcurrentMap::new(),
-                task_ids: TaskIds::new(),
                 events,
                 device_config: SnapshotCell::new(device_config),
                 reload: Mutex::new(()),
@@ -498,7 +494,7 @@ impl<M> Registry<M> {
     /// surviving side through the event stream.
     fn cancel_task(&self, task: TaskId, gone: ClientId) -> Option<CancelledTask> {
         // Whoever removes the task from the map cancels it: exactly once.
-        let task = self.inner.tasks.remove(&task)?;
+        let task = self.inner.fleet.remove_task(task)?;
         let (reason, survivor) = if task.orchestrator == gone {
             (CancelReason::OrchestratorDisconnected, task.device)
         } else {
@@ -823,7 +819,7 @@ impl<M> Registry<M> {
             orchestrators: fleet.index_len(&IndexKey::Kind(crate::ClientKind::Orchestrator)),
             by_platform: fleet.platform_counts(),
             sessions: self.session_count(),
-            tasks: self.inner.tasks.len(),
+            tasks: self.inner.fleet.task_count(),
             delivered: c.delivered.sum(),
             dropped: c.dropped.sum(),
             closed: c.closed.sum(),

@@ -5,7 +5,6 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TaskError;
-use crate::sync::{AtomicU64, Ordering};
 use crate::{ClientError, ClientId, ClientKind};
 
 /// A task's identity, unique within its registry.
@@ -71,25 +70,6 @@ pub struct CancelledTask {
     pub reason: CancelReason,
 }
 
-/// Hands out task ids.
-pub(crate) struct TaskIds {
-    /// Ordering: `Relaxed`; only uniqueness matters, which one RMW location gives.
-    next: AtomicU64,
-}
-
-impl TaskIds {
-    pub(crate) fn new() -> Self {
-        Self {
-            next: AtomicU64::new(1),
-        }
-    }
-
-    pub(crate) fn next(&self) -> TaskId {
-        // Relaxed: see `next`.
-        TaskId(self.next.fetch_add(1, Ordering::Relaxed))
-    }
-}
-
 impl<M> crate::Registry<M> {
     /// Opens a task from an orchestrator to a device, recorded on both sides.
     ///
@@ -150,15 +130,7 @@ impl<M> crate::Registry<M> {
                 return Err(TaskError::AtCapacity { device, limit });
             }
         }
-        let id = self.inner.task_ids.next();
-        self.inner.tasks.insert(
-            id,
-            Task {
-                id,
-                orchestrator,
-                device,
-            },
-        );
+        let id = self.inner.fleet.insert_task(orchestrator, device);
         o_state.fleet().tasks.push(id);
         d_state.fleet().tasks.push(id);
         Ok(id)
@@ -173,8 +145,8 @@ impl<M> crate::Registry<M> {
     pub fn complete_task(&self, task: TaskId) -> Result<Task, TaskError> {
         let task = self
             .inner
-            .tasks
-            .remove(&task)
+            .fleet
+            .remove_task(task)
             .ok_or(TaskError::UnknownTask(task))?;
         for side in [task.orchestrator, task.device] {
             if let Ok(entry) = self.entry(side) {
@@ -217,7 +189,7 @@ impl<M> crate::Registry<M> {
         let ids = crate::sync::lock(&entry.state).tasks().to_vec();
         Ok(ids
             .into_iter()
-            .filter_map(|t| self.inner.tasks.get(&t))
+            .filter_map(|t| self.inner.fleet.task(t))
             .collect())
     }
 }

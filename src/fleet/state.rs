@@ -1,5 +1,5 @@
-//! [`Fleet`]: the registry's fleet state (keys and profile index sets), owned in one
-//! place behind a small API.
+//! [`Fleet`]: the registry's fleet state (keys, profile index sets and tasks), owned
+//! in one place behind a small API.
 //!
 //! The registry's register, unregister and update paths orchestrate these calls
 //! under a client's lock; this type keeps the maps private, so how a key is held or
@@ -7,17 +7,24 @@
 
 use crate::client::ClientEntry;
 use crate::session::{Joined, Left, Session};
-use crate::sync::{Arc, ConcurrentMap, ValueArc};
+use crate::sync::{Arc, AtomicU64, ConcurrentMap, Ordering, ValueArc};
+use crate::task::{Task, TaskId};
 use crate::ClientId;
 
 use super::index::IndexKey;
 
-/// Keys and the profile index sets.
+/// Keys, the profile index sets and open tasks.
 pub(crate) struct Fleet<M> {
     /// The current connection of every key.
     keys: ConcurrentMap<ValueArc<str>, ClientId>,
     /// Profile index sets; see [`query`](crate::query).
     indexes: ConcurrentMap<IndexKey, Arc<Session<M>>>,
+    /// Open tasks. Whoever removes a task ends it, so it ends exactly once.
+    tasks: ConcurrentMap<TaskId, Task>,
+    /// The next task id.
+    ///
+    /// Ordering: `Relaxed`; only uniqueness matters, which one RMW location gives.
+    next_task: AtomicU64,
 }
 
 impl<M> Fleet<M> {
@@ -25,6 +32,8 @@ impl<M> Fleet<M> {
         Self {
             keys: ConcurrentMap::new(),
             indexes: ConcurrentMap::new(),
+            tasks: ConcurrentMap::new(),
+            next_task: AtomicU64::new(1),
         }
     }
 
@@ -98,6 +107,36 @@ impl<M> Fleet<M> {
             .collect();
         counts.sort();
         counts
+    }
+
+    /// Records a new task from `orchestrator` to `device` under a fresh id.
+    pub(crate) fn insert_task(&self, orchestrator: ClientId, device: ClientId) -> TaskId {
+        // Relaxed: see `next_task`.
+        let id = TaskId::from_u64(self.next_task.fetch_add(1, Ordering::Relaxed));
+        self.tasks.insert(
+            id,
+            Task {
+                id,
+                orchestrator,
+                device,
+            },
+        );
+        id
+    }
+
+    /// Ends `task`, completed or cancelled; only one of several racing calls gets it.
+    pub(crate) fn remove_task(&self, task: TaskId) -> Option<Task> {
+        self.tasks.remove(&task)
+    }
+
+    /// The open task `task` names.
+    pub(crate) fn task(&self, task: TaskId) -> Option<Task> {
+        self.tasks.get(&task)
+    }
+
+    /// Open tasks.
+    pub(crate) fn task_count(&self) -> usize {
+        self.tasks.len()
     }
 
     /// Removes a retired index set, unless a successor already replaced it.

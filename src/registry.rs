@@ -6,7 +6,6 @@ use crate::channel::{CloseReason, Receiver};
 use crate::client::{millis_to_time, now_millis, ChannelRef, ClientEntry, ClientState, FleetState};
 use crate::client_ref::ClientRef;
 use crate::config::{Builder, Config};
-use crate::device_config::DeviceConfig;
 use crate::error::{AttachError, ClientError, DetachError, RegisterError, UnknownSession};
 use crate::events::{Event, EventBus};
 use crate::fleet::{index_keys, Fleet, IndexKey};
@@ -14,9 +13,7 @@ use crate::profile::{json_size, ClientInfo};
 use crate::session::{Joined, Left, Session};
 use crate::shard::{self, Shard};
 use crate::stats::{Counters, Stats};
-use crate::sync::{
-    lock, Arc, AtomicU64, AtomicUsize, ConcurrentMap, Mutex, Ordering, SlotCell, SnapshotCell,
-};
+use crate::sync::{lock, Arc, AtomicUsize, ConcurrentMap, Ordering, SlotCell};
 use crate::task::{CancelReason, CancelledTask, TaskId};
 use crate::{ClientId, SessionId};
 
@@ -36,16 +33,9 @@ pub(crate) struct Inner<M> {
     pub(crate) config: Config,
     pub(crate) shards: Box<[Shard<ClientEntry<M>>]>,
     pub(crate) sessions: ConcurrentMap<SessionId, Arc<Session<M>>>,
-    /// Keys, profile index sets and tasks.
+    /// Keys, profile index sets, tasks and the device config.
     pub(crate) fleet: Fleet<M>,
     pub(crate) events: EventBus,
-    pub(crate) device_config: SnapshotCell<DeviceConfig>,
-    /// Serialises config reloads with each other.
-    pub(crate) reload: Mutex<()>,
-    /// Bumped by every reload after it stores its config; registrations touch it
-    /// too. Its value means nothing: it is the one word whose read-modify-writes
-    /// order a reload against a registration (see `merge_latest_config`).
-    pub(crate) config_epoch: AtomicU64,
     /// Connected clients, kept only when `max_clients` is set.
     ///
     /// Ordering: `Relaxed`; the limit check needs only the modification order of
@@ -133,18 +123,15 @@ impl<M> Registry<M> {
 
     pub(crate) fn from_config(config: Config) -> Self {
         let shards = (0..config.shards).map(|_| Shard::new()).collect();
-        let device_config = Arc::new(config.device_config.clone());
+        let device_config = config.device_config.clone();
         let events = EventBus::new(config.event_capacity);
         Self {
             inner: Arc::new(Inner {
                 config,
                 shards,
                 sessions: ConcurrentMap::new(),
-                fleet: Fleet::new(),
+                fleet: Fleet::new(device_config),
                 events,
-                device_config: SnapshotCell::new(device_config),
-                reload: Mutex::new(()),
-                config_epoch: AtomicU64::new(0),
                 admitted: AtomicUsize::new(0),
                 counters: Counters::new(),
             }),
@@ -252,7 +239,7 @@ impl<M> Registry<M> {
         let mut merged_with = None;
         if !plain {
             info.connected_at = millis_to_time(connected_at);
-            let config = inner.device_config.load_full();
+            let config = inner.fleet.config();
             if let Some(merged) = config.merge(info.key.as_deref(), &info.system_info) {
                 let reported = std::mem::replace(&mut info.system_info, merged);
                 fleet = Some(Box::new(FleetState {

@@ -1,19 +1,20 @@
-//! [`Fleet`]: the registry's fleet state (keys, profile index sets and tasks), owned
-//! in one place behind a small API.
+//! [`Fleet`]: the registry's fleet state (keys, profile index sets, tasks and the
+//! device config), owned in one place behind a small API.
 //!
 //! The registry's register, unregister and update paths orchestrate these calls
 //! under a client's lock; this type keeps the maps private, so how a key is held or
 //! an index set retired is decided here and nowhere else.
 
 use crate::client::ClientEntry;
+use crate::device_config::DeviceConfig;
 use crate::session::{Joined, Left, Session};
-use crate::sync::{Arc, AtomicU64, ConcurrentMap, Ordering, ValueArc};
+use crate::sync::{lock, Arc, AtomicU64, ConcurrentMap, Mutex, Ordering, SnapshotCell, ValueArc};
 use crate::task::{Task, TaskId};
 use crate::ClientId;
 
 use super::index::IndexKey;
 
-/// Keys, the profile index sets and open tasks.
+/// Keys, the profile index sets, open tasks and the device config.
 pub(crate) struct Fleet<M> {
     /// The current connection of every key.
     keys: ConcurrentMap<ValueArc<str>, ClientId>,
@@ -25,15 +26,34 @@ pub(crate) struct Fleet<M> {
     ///
     /// Ordering: `Relaxed`; only uniqueness matters, which one RMW location gives.
     next_task: AtomicU64,
+    /// The config registrations merge, replaced whole by a reload.
+    device_config: SnapshotCell<DeviceConfig>,
+    /// Serialises reloads with each other, walk included, so that an older
+    /// config's walk never lands after a newer one's.
+    reload: Mutex<()>,
+    /// Orders a reload against a registration of a key (issue 10, race 2).
+    ///
+    /// A reload stores its config and then walks the keys
+    /// ([`reload`](Self::reload)); a registration claims its key and then reads the
+    /// config ([`config_replaced`](Self::config_replaced)). Both do an `AcqRel`
+    /// read-modify-write on this word between their two steps. Read-modify-writes
+    /// of one word are totally ordered and each reads the one before, so whichever
+    /// comes second synchronises with the first: either the registration sees the
+    /// reload's config, or the reload's walk sees the key. Plain loads and stores
+    /// would allow both to miss. The value means nothing.
+    config_epoch: AtomicU64,
 }
 
 impl<M> Fleet<M> {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(device_config: DeviceConfig) -> Self {
         Self {
             keys: ConcurrentMap::new(),
             indexes: ConcurrentMap::new(),
             tasks: ConcurrentMap::new(),
             next_task: AtomicU64::new(1),
+            device_config: SnapshotCell::new(Arc::new(device_config)),
+            reload: Mutex::new(()),
+            config_epoch: AtomicU64::new(0),
         }
     }
 
@@ -51,11 +71,6 @@ impl<M> Fleet<M> {
     /// The connection `key` resolves to. Takes no lock.
     pub(crate) fn key_holder(&self, key: &str) -> Option<ClientId> {
         self.keys.get(key)
-    }
-
-    /// Every key's current connection, in no particular order.
-    pub(crate) fn key_holders(&self) -> Vec<ClientId> {
-        self.keys.entries().into_iter().map(|(_, id)| id).collect()
     }
 
     /// Adds `id` to an index set. Called under the client's lock.
@@ -137,6 +152,41 @@ impl<M> Fleet<M> {
     /// Open tasks.
     pub(crate) fn task_count(&self) -> usize {
         self.tasks.len()
+    }
+
+    /// The device config in force now.
+    pub(crate) fn config(&self) -> Arc<DeviceConfig> {
+        self.device_config.load_full()
+    }
+
+    /// The config in force, if a reload replaced `used` since it was read. A
+    /// registration calls this after [`claim_key`](Self::claim_key): see
+    /// `config_epoch`.
+    pub(crate) fn config_replaced(&self, used: &Arc<DeviceConfig>) -> Option<Arc<DeviceConfig>> {
+        // AcqRel RMW after the key's claim and before the load: see `config_epoch`.
+        self.config_epoch.fetch_add(0, Ordering::AcqRel);
+        let latest = self.device_config.load_full();
+        (!Arc::ptr_eq(&latest, used)).then_some(latest)
+    }
+
+    /// Puts `config` in force, then calls `apply` with it for every key's current
+    /// connection, which the caller re-merges under that client's lock. Returns
+    /// the config. One reload at a time, walk included.
+    pub(crate) fn reload(
+        &self,
+        config: DeviceConfig,
+        mut apply: impl FnMut(&DeviceConfig, ClientId),
+    ) -> Arc<DeviceConfig> {
+        let _reload = lock(&self.reload);
+        let config = Arc::new(config);
+        self.device_config.store(Arc::clone(&config));
+        // AcqRel RMW after the store and before the walk over the keys: see
+        // `config_epoch`.
+        self.config_epoch.fetch_add(1, Ordering::AcqRel);
+        for (_, id) in self.keys.entries() {
+            apply(&config, id);
+        }
+        config
     }
 
     /// Removes a retired index set, unless a successor already replaced it.

@@ -14,7 +14,7 @@ use crate::session::{Joined, Left, Session};
 use crate::shard::{self, Shard};
 use crate::stats::{Counters, Stats};
 use crate::sync::{lock, Arc, AtomicUsize, ConcurrentMap, Ordering, SlotCell};
-use crate::task::{CancelReason, CancelledTask, TaskId};
+use crate::task::CancelledTask;
 use crate::{ClientId, SessionId};
 
 /// The registry of connected clients and their sessions.
@@ -475,30 +475,6 @@ impl<M> Registry<M> {
             };
             to = next;
         }
-    }
-
-    /// Cancels `task` because `gone` left, unless it already ended; tells the
-    /// surviving side through the event stream.
-    fn cancel_task(&self, task: TaskId, gone: ClientId) -> Option<CancelledTask> {
-        // Whoever removes the task from the map cancels it: exactly once.
-        let task = self.inner.fleet.remove_task(task)?;
-        let (reason, survivor) = if task.orchestrator == gone {
-            (CancelReason::OrchestratorDisconnected, task.device)
-        } else {
-            (CancelReason::DeviceDisconnected, task.orchestrator)
-        };
-        if let Ok(entry) = self.entry(survivor) {
-            if let Some(fleet) = lock(&entry.state).fleet.as_mut() {
-                fleet.tasks.retain(|t| *t != task.id);
-            }
-        }
-        self.inner.events.publish(|| Event::TaskCancelled {
-            task: task.id,
-            orchestrator: task.orchestrator,
-            device: task.device,
-            reason,
-        });
-        Some(CancelledTask { task, reason })
     }
 
     /// Adds a client to a session, creating the session if it does not exist.

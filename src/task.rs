@@ -5,6 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TaskError;
+use crate::events::Event;
 use crate::{ClientError, ClientId, ClientKind};
 
 /// A task's identity, unique within its registry.
@@ -191,5 +192,29 @@ impl<M> crate::Registry<M> {
             .into_iter()
             .filter_map(|t| self.inner.fleet.task(t))
             .collect())
+    }
+
+    /// Cancels `task` because `gone` left, unless it already ended; tells the
+    /// surviving side through the event stream.
+    pub(crate) fn cancel_task(&self, task: TaskId, gone: ClientId) -> Option<CancelledTask> {
+        // Whoever removes the task from the map cancels it: exactly once.
+        let task = self.inner.fleet.remove_task(task)?;
+        let (reason, survivor) = if task.orchestrator == gone {
+            (CancelReason::OrchestratorDisconnected, task.device)
+        } else {
+            (CancelReason::DeviceDisconnected, task.orchestrator)
+        };
+        if let Ok(entry) = self.entry(survivor) {
+            if let Some(fleet) = crate::sync::lock(&entry.state).fleet.as_mut() {
+                fleet.tasks.retain(|t| *t != task.id);
+            }
+        }
+        self.inner.events.publish(|| Event::TaskCancelled {
+            task: task.id,
+            orchestrator: task.orchestrator,
+            device: task.device,
+            reason,
+        });
+        Some(CancelledTask { task, reason })
     }
 }

@@ -94,7 +94,9 @@
 //! * `registry`: register, unregister (the one departure path), attach, detach.
 //! * `profile`, `fleet`, `query`, `task`, `device_config`, `events`: client
 //!   profiles, keys and takeover, indexed filters and device selection, tasks, the
-//!   device config merge and presence events.
+//!   device config merge and presence events. The fleet's shared state (keys,
+//!   index sets, tasks, the device config and its reload protocol) is owned by one
+//!   type in `fleet/state.rs`, which the others call rather than reach into.
 //! * `delivery`: send, broadcast, the [`SlowConsumerPolicy`] and reports.
 //! * `channel`: the bounded channel and its [`Receiver`].
 //! * `sync`: every synchronisation primitive, swapped for loom's under

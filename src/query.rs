@@ -9,7 +9,8 @@
 //! same structure as a session (see [`session`](crate::session)): O(1) joins and
 //! leaves, published as snapshots, read without a lock. Sets are kept up to date by the one path that
 //! changes a profile: register, unregister (including takeover), and profile
-//! updates, always under the client's own lock.
+//! updates, always under the client's own lock. The sets belong to the fleet state
+//! (`fleet/state.rs`); queries only read them.
 //!
 //! A filter reads the snapshot of its smallest set and checks the other criteria on
 //! each candidate's profile, so it costs in proportion to that set, not to the

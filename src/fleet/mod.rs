@@ -1,4 +1,9 @@
 //! Fleet operations: keys, kinds, live profile updates, config reloads and presence.
+//!
+//! The state they work on (the key map, the profile index sets, open tasks and the
+//! device config with its reload protocol) is [`Fleet`], in `state.rs`, which the
+//! registry owns and reaches only through its API. The methods here orchestrate it
+//! under each client's lock; `index.rs` names the index sets.
 
 use std::path::Path;
 

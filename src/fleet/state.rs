@@ -58,17 +58,20 @@ impl<M> Fleet<M> {
     }
 
     /// Makes `id` the current connection of `key`, returning the one it replaced.
+    #[inline]
     pub(crate) fn claim_key(&self, key: &str, id: ClientId) -> Option<ClientId> {
         self.keys.insert(ValueArc::from(key), id)
     }
 
     /// Stops `key` resolving to `id`; a successor's claim (takeover) is left alone.
+    #[inline]
     pub(crate) fn release_key(&self, key: &str, id: ClientId) {
         self.keys
             .remove_if(&ValueArc::from(key), |current| *current == id);
     }
 
     /// The connection `key` resolves to. Takes no lock.
+    #[inline]
     pub(crate) fn key_holder(&self, key: &str) -> Option<ClientId> {
         self.keys.get(key)
     }
@@ -99,6 +102,7 @@ impl<M> Fleet<M> {
     }
 
     /// The index set `key` names, if any client is (or was just) in it.
+    #[inline]
     pub(crate) fn index(&self, key: &IndexKey) -> Option<Arc<Session<M>>> {
         self.indexes.get(key)
     }
@@ -140,6 +144,7 @@ impl<M> Fleet<M> {
     }
 
     /// Ends `task`, completed or cancelled; only one of several racing calls gets it.
+    #[inline]
     pub(crate) fn remove_task(&self, task: TaskId) -> Option<Task> {
         self.tasks.remove(&task)
     }
@@ -155,6 +160,7 @@ impl<M> Fleet<M> {
     }
 
     /// The device config in force now.
+    #[inline]
     pub(crate) fn config(&self) -> Arc<DeviceConfig> {
         self.device_config.load_full()
     }
@@ -162,6 +168,7 @@ impl<M> Fleet<M> {
     /// The config in force, if a reload replaced `used` since it was read. A
     /// registration calls this after [`claim_key`](Self::claim_key): see
     /// `config_epoch`.
+    #[inline]
     pub(crate) fn config_replaced(&self, used: &Arc<DeviceConfig>) -> Option<Arc<DeviceConfig>> {
         // AcqRel RMW after the key's claim and before the load: see `config_epoch`.
         self.config_epoch.fetch_add(0, Ordering::AcqRel);

@@ -8,7 +8,7 @@ use crate::client_ref::ClientRef;
 use crate::config::{Builder, Config};
 use crate::error::{AttachError, ClientError, DetachError, RegisterError, UnknownSession};
 use crate::events::{Event, EventBus};
-use crate::fleet::{index_keys, Fleet, IndexKey};
+use crate::fleet::{index_keys, Fleet};
 use crate::profile::{json_size, ClientInfo};
 use crate::session::{Joined, Left, Session};
 use crate::shard::{self, Shard};
@@ -778,11 +778,11 @@ impl<M> Registry<M> {
         let fleet = &self.inner.fleet;
         Stats {
             clients: self.client_count(),
-            devices: fleet.index_len(&IndexKey::Kind(crate::ClientKind::Device)),
-            orchestrators: fleet.index_len(&IndexKey::Kind(crate::ClientKind::Orchestrator)),
+            devices: fleet.kind_count(crate::ClientKind::Device),
+            orchestrators: fleet.kind_count(crate::ClientKind::Orchestrator),
             by_platform: fleet.platform_counts(),
             sessions: self.session_count(),
-            tasks: self.inner.fleet.task_count(),
+            tasks: fleet.task_count(),
             delivered: c.delivered.sum(),
             dropped: c.dropped.sum(),
             closed: c.closed.sum(),

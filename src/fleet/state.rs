@@ -7,6 +7,7 @@
 
 use crate::client::ClientEntry;
 use crate::device_config::DeviceConfig;
+use crate::profile::ClientKind;
 use crate::session::{Joined, Left, Session};
 use crate::sync::{lock, Arc, AtomicU64, ConcurrentMap, Mutex, Ordering, SnapshotCell, ValueArc};
 use crate::task::{Task, TaskId};
@@ -107,9 +108,10 @@ impl<M> Fleet<M> {
         self.indexes.get(key)
     }
 
-    /// Members of the index set `key` names.
-    pub(crate) fn index_len(&self, key: &IndexKey) -> usize {
-        self.indexes.get(key).map_or(0, |set| set.live())
+    /// Connected clients of `kind`.
+    pub(crate) fn kind_count(&self, kind: ClientKind) -> usize {
+        let set = self.indexes.get(&IndexKey::Kind(kind));
+        set.map_or(0, |set| set.live())
     }
 
     /// Members per platform index set, sorted by platform, empty sets left out.

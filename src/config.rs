@@ -5,8 +5,8 @@ use std::marker::PhantomData;
 
 use crate::device_config::DeviceConfig;
 use crate::error::{BuildError, ProfileLimit};
-use crate::profile::ClientInfo;
-use crate::registry::{json_size, Registry};
+use crate::profile::{json_size, ClientInfo};
+use crate::registry::Registry;
 use crate::ClientId;
 
 /// What a broadcast does with a member whose channel is full.

@@ -94,7 +94,9 @@
 //! * `registry`: register, unregister (the one departure path), attach, detach.
 //! * `profile`, `fleet`, `query`, `task`, `device_config`, `events`: client
 //!   profiles, keys and takeover, indexed filters and device selection, tasks, the
-//!   device config merge and presence events.
+//!   device config merge and presence events. The fleet's shared state (keys,
+//!   index sets, tasks, the device config and its reload protocol) is owned by one
+//!   type in `fleet/state.rs`, which the others call rather than reach into.
 //! * `delivery`: send, broadcast, the [`SlowConsumerPolicy`] and reports.
 //! * `channel`: the bounded channel and its [`Receiver`].
 //! * `sync`: every synchronisation primitive, swapped for loom's under
@@ -117,6 +119,7 @@
 pub mod bench_support;
 mod channel;
 mod client;
+mod client_ref;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 mod config;
@@ -139,6 +142,7 @@ mod sync;
 mod task;
 
 pub use channel::{CloseReason, Receiver};
+pub use client_ref::ClientRef;
 pub use config::{Builder, SlowConsumerPolicy};
 pub use delivery::{BroadcastReport, MultiBroadcastReport};
 pub use device_config::DeviceConfig;
@@ -147,7 +151,7 @@ pub use error::{
     RegisterError, SendError, TaskError, TryRecvError, UnknownKind, UnknownSession, UpdateError,
 };
 pub use events::Event;
-pub use fleet::{ClientRef, Reloaded};
+pub use fleet::Reloaded;
 pub use id::{ClientId, ParseClientIdError};
 pub use profile::{ClientInfo, ClientKind, SystemInfo};
 pub use query::{Filter, Requirements};

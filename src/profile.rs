@@ -240,6 +240,24 @@ impl ClientInfo {
     }
 }
 
+/// Bytes `value` takes as compact JSON, counted without building the string.
+pub(crate) fn json_size(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serialising a JSON value into a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 /// The one case-folding rule for platforms, in the index and in every match:
 /// Unicode lower-casing ([`str::to_lowercase`]).
 pub(crate) fn fold_platform(platform: &str) -> String {

@@ -9,7 +9,8 @@
 //! same structure as a session (see [`session`](crate::session)): O(1) joins and
 //! leaves, published as snapshots, read without a lock. Sets are kept up to date by the one path that
 //! changes a profile: register, unregister (including takeover), and profile
-//! updates, always under the client's own lock.
+//! updates, always under the client's own lock. The sets belong to the fleet state
+//! (`fleet/state.rs`); queries only read them.
 //!
 //! A filter reads the snapshot of its smallest set and checks the other criteria on
 //! each candidate's profile, so it costs in proportion to that set, not to the
@@ -20,6 +21,7 @@
 use std::cmp::Reverse;
 use std::time::{Duration, SystemTime};
 
+use crate::fleet::IndexKey;
 use crate::profile::{fold_platform, ClientInfo, ClientKind};
 use crate::registry::Registry;
 use crate::session::Session;
@@ -29,38 +31,6 @@ use crate::ClientId;
 /// Registrations racing each other may join the all-clients set up to this much out
 /// of `connected_at` order; the newest-first walk looks this far past its cutoff.
 const ORDER_ALLOWANCE: Duration = Duration::from_secs(1);
-
-/// The name of one index set.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) enum IndexKey {
-    Profiled,
-    Kind(ClientKind),
-    Platform(ValueArc<str>),
-    Capability(ValueArc<str>),
-    Tag(ValueArc<str>),
-}
-
-/// The index sets a profile belongs to.
-pub(crate) fn index_keys(info: &ClientInfo) -> Vec<IndexKey> {
-    if !info.is_profiled() {
-        return Vec::new();
-    }
-    let mut keys = vec![IndexKey::Profiled];
-    keys.extend(info.kind.map(IndexKey::Kind));
-    if let Some(p) = &info.platform {
-        keys.push(IndexKey::Platform(ValueArc::from(fold_platform(p))));
-    }
-    for c in &info.system_info.capabilities {
-        keys.push(IndexKey::Capability(ValueArc::from(c.as_str())));
-    }
-    for t in &info.system_info.tags {
-        keys.push(IndexKey::Tag(ValueArc::from(t.as_str())));
-    }
-    // A profile may repeat a capability or tag; each set holds a client once.
-    let mut seen = std::collections::HashSet::with_capacity(keys.len());
-    keys.retain(|k| seen.insert(k.clone()));
-    keys
-}
 
 /// Which clients to list; every criterion set must hold.
 ///
@@ -232,7 +202,7 @@ impl<M> Registry<M> {
         let keys = filter.index_keys();
         let mut out = Vec::new();
         if keys.is_empty() {
-            let Some(all) = self.inner.indexes.get(&IndexKey::Profiled) else {
+            let Some(all) = self.inner.fleet.index(&IndexKey::Profiled) else {
                 return out;
             };
             let snapshot = all.snapshot();
@@ -256,7 +226,7 @@ impl<M> Registry<M> {
         let mut smallest: Option<(usize, Arc<Session<M>>)> = None;
         for key in &keys {
             // A criterion nobody meets: the answer is empty.
-            let Some(set) = self.inner.indexes.get(key) else {
+            let Some(set) = self.inner.fleet.index(key) else {
                 return out;
             };
             let size = set.live();

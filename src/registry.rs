@@ -4,21 +4,17 @@ use std::fmt;
 
 use crate::channel::{CloseReason, Receiver};
 use crate::client::{millis_to_time, now_millis, ChannelRef, ClientEntry, ClientState, FleetState};
+use crate::client_ref::ClientRef;
 use crate::config::{Builder, Config};
-use crate::device_config::DeviceConfig;
 use crate::error::{AttachError, ClientError, DetachError, RegisterError, UnknownSession};
 use crate::events::{Event, EventBus};
-use crate::fleet::ClientRef;
-use crate::profile::ClientInfo;
-use crate::query::{index_keys, IndexKey};
+use crate::fleet::{index_keys, Fleet};
+use crate::profile::{json_size, ClientInfo};
 use crate::session::{Joined, Left, Session};
 use crate::shard::{self, Shard};
 use crate::stats::{Counters, Stats};
-use crate::sync::{
-    lock, Arc, AtomicU64, AtomicUsize, ConcurrentMap, Mutex, Ordering, SlotCell, SnapshotCell,
-    ValueArc,
-};
-use crate::task::{CancelReason, CancelledTask, Task, TaskId, TaskIds};
+use crate::sync::{lock, Arc, AtomicUsize, ConcurrentMap, Ordering, SlotCell};
+use crate::task::CancelledTask;
 use crate::{ClientId, SessionId};
 
 /// The registry of connected clients and their sessions.
@@ -37,20 +33,9 @@ pub(crate) struct Inner<M> {
     pub(crate) config: Config,
     pub(crate) shards: Box<[Shard<ClientEntry<M>>]>,
     pub(crate) sessions: ConcurrentMap<SessionId, Arc<Session<M>>>,
-    /// Profile index sets; see [`query`](crate::query).
-    pub(crate) indexes: ConcurrentMap<IndexKey, Arc<Session<M>>>,
-    /// The current connection of every key.
-    pub(crate) keys: ConcurrentMap<ValueArc<str>, ClientId>,
-    pub(crate) tasks: ConcurrentMap<TaskId, Task>,
-    pub(crate) task_ids: TaskIds,
+    /// Keys, profile index sets, tasks and the device config.
+    pub(crate) fleet: Fleet<M>,
     pub(crate) events: EventBus,
-    pub(crate) device_config: SnapshotCell<DeviceConfig>,
-    /// Serialises config reloads with each other.
-    pub(crate) reload: Mutex<()>,
-    /// Bumped by every reload after it stores its config; registrations touch it
-    /// too. Its value means nothing: it is the one word whose read-modify-writes
-    /// order a reload against a registration (see `merge_latest_config`).
-    pub(crate) config_epoch: AtomicU64,
     /// Connected clients, kept only when `max_clients` is set.
     ///
     /// Ordering: `Relaxed`; the limit check needs only the modification order of
@@ -138,21 +123,15 @@ impl<M> Registry<M> {
 
     pub(crate) fn from_config(config: Config) -> Self {
         let shards = (0..config.shards).map(|_| Shard::new()).collect();
-        let device_config = Arc::new(config.device_config.clone());
+        let device_config = config.device_config.clone();
         let events = EventBus::new(config.event_capacity);
         Self {
             inner: Arc::new(Inner {
                 config,
                 shards,
                 sessions: ConcurrentMap::new(),
-                indexes: ConcurrentMap::new(),
-                keys: ConcurrentMap::new(),
-                tasks: ConcurrentMap::new(),
-                task_ids: TaskIds::new(),
+                fleet: Fleet::new(device_config),
                 events,
-                device_config: SnapshotCell::new(device_config),
-                reload: Mutex::new(()),
-                config_epoch: AtomicU64::new(0),
                 admitted: AtomicUsize::new(0),
                 counters: Counters::new(),
             }),
@@ -260,7 +239,7 @@ impl<M> Registry<M> {
         let mut merged_with = None;
         if !plain {
             info.connected_at = millis_to_time(connected_at);
-            let config = inner.device_config.load_full();
+            let config = inner.fleet.config();
             if let Some(merged) = config.merge(info.key.as_deref(), &info.system_info) {
                 let reported = std::mem::replace(&mut info.system_info, merged);
                 fleet = Some(Box::new(FleetState {
@@ -294,14 +273,14 @@ impl<M> Registry<M> {
             }
             let old = key
                 .as_deref()
-                .and_then(|key| inner.keys.insert(ValueArc::from(key), id));
+                .and_then(|key| inner.fleet.claim_key(key, id));
             if let Some(used) = merged_with {
                 if self.merge_latest_config(&entry, &mut state, &used) {
                     indexed = index_keys(&entry.info());
                 }
             }
             for index_key in &indexed {
-                self.join_index(index_key, id, &entry);
+                inner.fleet.join_index(index_key, id, &entry);
             }
             old
         };
@@ -433,9 +412,7 @@ impl<M> Registry<M> {
         // The key stops resolving before the slot is freed; a successor's mapping
         // (takeover) is left alone.
         if let Some(key) = info.as_ref().and_then(|i| i.key.as_deref()) {
-            self.inner
-                .keys
-                .remove_if(&ValueArc::from(key), |current| *current == id);
+            self.inner.fleet.release_key(key, id);
         }
         entry.chan.close_because(cause);
         let mut keys = Vec::with_capacity(sessions.len());
@@ -451,7 +428,7 @@ impl<M> Registry<M> {
         }
         if let Some(info) = &info {
             for index_key in index_keys(info) {
-                self.leave_index(&index_key, id);
+                self.inner.fleet.leave_index(&index_key, id);
             }
         }
         let cancelled_tasks = tasks
@@ -498,30 +475,6 @@ impl<M> Registry<M> {
             };
             to = next;
         }
-    }
-
-    /// Cancels `task` because `gone` left, unless it already ended; tells the
-    /// surviving side through the event stream.
-    fn cancel_task(&self, task: TaskId, gone: ClientId) -> Option<CancelledTask> {
-        // Whoever removes the task from the map cancels it: exactly once.
-        let task = self.inner.tasks.remove(&task)?;
-        let (reason, survivor) = if task.orchestrator == gone {
-            (CancelReason::OrchestratorDisconnected, task.device)
-        } else {
-            (CancelReason::DeviceDisconnected, task.orchestrator)
-        };
-        if let Ok(entry) = self.entry(survivor) {
-            if let Some(fleet) = lock(&entry.state).fleet.as_mut() {
-                fleet.tasks.retain(|t| *t != task.id);
-            }
-        }
-        self.inner.events.publish(|| Event::TaskCancelled {
-            task: task.id,
-            orchestrator: task.orchestrator,
-            device: task.device,
-            reason,
-        });
-        Some(CancelledTask { task, reason })
     }
 
     /// Adds a client to a session, creating the session if it does not exist.
@@ -822,26 +775,14 @@ impl<M> Registry<M> {
     /// ```
     pub fn stats(&self) -> Stats {
         let c = &self.inner.counters;
-        let count = |key: &IndexKey| self.inner.indexes.get(key).map_or(0, |s| s.live());
-        let mut by_platform: Vec<(String, usize)> = self
-            .inner
-            .indexes
-            .entries()
-            .into_iter()
-            .filter_map(|(key, set)| match key {
-                IndexKey::Platform(p) => Some((p.to_string(), set.live())),
-                _ => None,
-            })
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        by_platform.sort();
+        let fleet = &self.inner.fleet;
         Stats {
             clients: self.client_count(),
-            devices: count(&IndexKey::Kind(crate::ClientKind::Device)),
-            orchestrators: count(&IndexKey::Kind(crate::ClientKind::Orchestrator)),
-            by_platform,
+            devices: fleet.kind_count(crate::ClientKind::Device),
+            orchestrators: fleet.kind_count(crate::ClientKind::Orchestrator),
+            by_platform: fleet.platform_counts(),
             sessions: self.session_count(),
-            tasks: self.inner.tasks.len(),
+            tasks: fleet.task_count(),
             delivered: c.delivered.sum(),
             dropped: c.dropped.sum(),
             closed: c.closed.sum(),
@@ -881,32 +822,6 @@ impl<M> Registry<M> {
         }
     }
 
-    /// Adds `id` to an index set. Called under the client's lock.
-    pub(crate) fn join_index(&self, key: &IndexKey, id: ClientId, entry: &Arc<ClientEntry<M>>) {
-        loop {
-            let set = self
-                .inner
-                .indexes
-                .get_or_insert_with(key.clone(), || Arc::new(Session::new()));
-            match set.join(id, entry) {
-                // An index set that cannot grow leaves the client out of that one
-                // filter; 2^32 members of one platform or tag is not a real fleet.
-                Joined::Added | Joined::AlreadyMember | Joined::Full => return,
-                Joined::Retired => forget(&self.inner.indexes, key, &set),
-            }
-        }
-    }
-
-    /// Removes `id` from an index set. Called under the client's lock, or after its
-    /// unregister made it unreachable.
-    pub(crate) fn leave_index(&self, key: &IndexKey, id: ClientId) {
-        if let Some(set) = self.inner.indexes.get(key) {
-            if set.leave(id) == Left::RemovedAndRetired {
-                forget(&self.inner.indexes, key, &set);
-            }
-        }
-    }
-
     /// The connected client `who` names: the id's occupant, or the key's current
     /// connection.
     ///
@@ -918,11 +833,15 @@ impl<M> Registry<M> {
             ClientRef::Id(id) => return self.entry(id),
             ClientRef::Key(key) => key,
         };
-        let mut id = self.inner.keys.get(key).ok_or(ClientError::NoSuchKey)?;
+        let mut id = self
+            .inner
+            .fleet
+            .key_holder(key)
+            .ok_or(ClientError::NoSuchKey)?;
         loop {
             match self.entry(id) {
                 Ok(entry) => return Ok(entry),
-                Err(gone) => match self.inner.keys.get(key) {
+                Err(gone) => match self.inner.fleet.key_holder(key) {
                     Some(now) if now != id => id = now,
                     Some(_) => return Err(gone),
                     None => return Err(ClientError::NoSuchKey),
@@ -962,24 +881,6 @@ fn check_metadata(info: &ClientInfo, limit: usize) -> Result<(), RegisterError> 
         return Err(RegisterError::MetadataTooLarge { size, limit });
     }
     Ok(())
-}
-
-/// Bytes `value` takes as compact JSON, counted without building the string.
-pub(crate) fn json_size(value: &impl serde::Serialize) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // Serialising a JSON value into a counter cannot fail.
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
 }
 
 impl<M> Drop for Inner<M> {

@@ -5,7 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TaskError;
-use crate::sync::{AtomicU64, Ordering};
+use crate::events::Event;
 use crate::{ClientError, ClientId, ClientKind};
 
 /// A task's identity, unique within its registry.
@@ -71,25 +71,6 @@ pub struct CancelledTask {
     pub reason: CancelReason,
 }
 
-/// Hands out task ids.
-pub(crate) struct TaskIds {
-    /// Ordering: `Relaxed`; only uniqueness matters, which one RMW location gives.
-    next: AtomicU64,
-}
-
-impl TaskIds {
-    pub(crate) fn new() -> Self {
-        Self {
-            next: AtomicU64::new(1),
-        }
-    }
-
-    pub(crate) fn next(&self) -> TaskId {
-        // Relaxed: see `next`.
-        TaskId(self.next.fetch_add(1, Ordering::Relaxed))
-    }
-}
-
 impl<M> crate::Registry<M> {
     /// Opens a task from an orchestrator to a device, recorded on both sides.
     ///
@@ -150,15 +131,7 @@ impl<M> crate::Registry<M> {
                 return Err(TaskError::AtCapacity { device, limit });
             }
         }
-        let id = self.inner.task_ids.next();
-        self.inner.tasks.insert(
-            id,
-            Task {
-                id,
-                orchestrator,
-                device,
-            },
-        );
+        let id = self.inner.fleet.insert_task(orchestrator, device);
         o_state.fleet().tasks.push(id);
         d_state.fleet().tasks.push(id);
         Ok(id)
@@ -173,8 +146,8 @@ impl<M> crate::Registry<M> {
     pub fn complete_task(&self, task: TaskId) -> Result<Task, TaskError> {
         let task = self
             .inner
-            .tasks
-            .remove(&task)
+            .fleet
+            .remove_task(task)
             .ok_or(TaskError::UnknownTask(task))?;
         for side in [task.orchestrator, task.device] {
             if let Ok(entry) = self.entry(side) {
@@ -217,7 +190,31 @@ impl<M> crate::Registry<M> {
         let ids = crate::sync::lock(&entry.state).tasks().to_vec();
         Ok(ids
             .into_iter()
-            .filter_map(|t| self.inner.tasks.get(&t))
+            .filter_map(|t| self.inner.fleet.task(t))
             .collect())
+    }
+
+    /// Cancels `task` because `gone` left, unless it already ended; tells the
+    /// surviving side through the event stream.
+    pub(crate) fn cancel_task(&self, task: TaskId, gone: ClientId) -> Option<CancelledTask> {
+        // Whoever removes the task from the map cancels it: exactly once.
+        let task = self.inner.fleet.remove_task(task)?;
+        let (reason, survivor) = if task.orchestrator == gone {
+            (CancelReason::OrchestratorDisconnected, task.device)
+        } else {
+            (CancelReason::DeviceDisconnected, task.orchestrator)
+        };
+        if let Ok(entry) = self.entry(survivor) {
+            if let Some(fleet) = crate::sync::lock(&entry.state).fleet.as_mut() {
+                fleet.tasks.retain(|t| *t != task.id);
+            }
+        }
+        self.inner.events.publish(|| Event::TaskCancelled {
+            task: task.id,
+            orchestrator: task.orchestrator,
+            device: task.device,
+            reason,
+        });
+        Some(CancelledTask { task, reason })
     }
 }

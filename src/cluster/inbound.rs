@@ -4,7 +4,7 @@
 use fred::prelude::EventInterface;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::fleet::ClientRef;
+use crate::client_ref::ClientRef;
 use crate::sync::{lock, Arc};
 
 use super::envelope::{self, Envelope};

@@ -563,7 +563,7 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             Ok(v) => match v.as_string().filter(|_| !v.is_null()) {
                 // Redis says the key is here: deliver without a publication.
                 Some(node) if node == shared.node => {
-                    match shared.registry.lookup(crate::fleet::ClientRef::Key(key)) {
+                    match shared.registry.lookup(crate::ClientRef::Key(key)) {
                         Ok(entry) => shared
                             .registry
                             .send(entry.id, msg)

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use fred::interfaces::LuaInterface;
 use fred::prelude::Value;
 
-use crate::fleet::ClientRef;
+use crate::client_ref::ClientRef;
 use crate::sync::lock;
 use crate::{ClientId, CloseReason};
 

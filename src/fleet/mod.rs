@@ -1,45 +1,27 @@
 //! Fleet operations: keys, kinds, live profile updates, config reloads and presence.
+//!
+//! The state they work on (the key map, the profile index sets, open tasks and the
+//! device config with its reload protocol) is [`Fleet`], in `state.rs`, which the
+//! registry owns and reaches only through its API. The methods here orchestrate it
+//! under each client's lock; `index.rs` names the index sets.
 
 use std::path::Path;
 
 use crate::client::{ClientEntry, ClientState};
+use crate::client_ref::ClientRef;
 use crate::device_config::DeviceConfig;
 use crate::error::{ClientError, ConfigError, UpdateError};
 use crate::events::Event;
-use crate::profile::{ClientInfo, ClientKind, SystemInfo};
-use crate::query::index_keys;
-use crate::registry::{json_size, Registry};
-use crate::sync::{lock, Arc, Ordering};
+use crate::profile::{json_size, ClientInfo, ClientKind, SystemInfo};
+use crate::registry::Registry;
+use crate::sync::{lock, Arc};
 use crate::ClientId;
 
-/// Names a client by id or by key, for the calls that accept either.
-///
-/// Built implicitly: pass a [`ClientId`], a `&str` or a `&String`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientRef<'k> {
-    /// A connection id.
-    Id(ClientId),
-    /// An application key; resolves to its current connection.
-    Key(&'k str),
-}
+mod index;
+mod state;
 
-impl From<ClientId> for ClientRef<'_> {
-    fn from(id: ClientId) -> Self {
-        Self::Id(id)
-    }
-}
-
-impl<'k> From<&'k str> for ClientRef<'k> {
-    fn from(key: &'k str) -> Self {
-        Self::Key(key)
-    }
-}
-
-impl<'k> From<&'k String> for ClientRef<'k> {
-    fn from(key: &'k String) -> Self {
-        Self::Key(key)
-    }
-}
+pub(crate) use index::{index_keys, IndexKey};
+pub(crate) use state::Fleet;
 
 /// What [`Registry::reload_config`] changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -131,7 +113,7 @@ impl<M> Registry<M> {
         // Loaded under the client's lock: a reload that stored its config before
         // this load sees its store here; one that stores later locks this client
         // after us and merges its config in again (issue 10, race 2).
-        let config = self.inner.device_config.load_full();
+        let config = self.inner.fleet.config();
         let current = entry.info();
         let mut reported = state
             .fleet
@@ -176,18 +158,13 @@ impl<M> Registry<M> {
 
     /// Applies an already parsed device config, as [`reload_config`](Self::reload_config).
     pub fn apply_config(&self, config: DeviceConfig) -> Reloaded {
-        let _reload = lock(&self.inner.reload);
-        let config = Arc::new(config);
-        self.inner.device_config.store(Arc::clone(&config));
-        // AcqRel RMW after the store and before the walk over the keys: see
-        // `merge_latest_config`, which pairs with it.
-        self.inner.config_epoch.fetch_add(1, Ordering::AcqRel);
         let mut updated = 0;
-        for (_, id) in self.inner.keys.entries() {
-            let Ok(entry) = self.entry(id) else { continue };
+        // The walk comes after the new config is published; see `Fleet::reload`.
+        let config = self.inner.fleet.reload(config, |config, id| {
+            let Ok(entry) = self.entry(id) else { return };
             let mut state = lock(&entry.state);
             if !state.connected {
-                continue;
+                return;
             }
             let current = entry.info();
             let reported = state
@@ -195,12 +172,12 @@ impl<M> Registry<M> {
                 .as_ref()
                 .and_then(|f| f.reported.clone())
                 .unwrap_or_else(|| current.system_info.clone());
-            let (next, reported) = self.apply_profile(&entry, &current, reported, &config);
+            let (next, reported) = self.apply_profile(&entry, &current, reported, config);
             if *next != *current {
                 updated += 1;
             }
             state.fleet().reported = reported;
-        }
+        });
         Reloaded {
             configured: config.len(),
             updated,
@@ -223,10 +200,10 @@ impl<M> Registry<M> {
         let before = index_keys(current);
         let after = index_keys(&next);
         for key in before.iter().filter(|k| !after.contains(k)) {
-            self.leave_index(key, entry.id);
+            self.inner.fleet.leave_index(key, entry.id);
         }
         for key in after.iter().filter(|k| !before.contains(k)) {
-            self.join_index(key, entry.id, entry);
+            self.inner.fleet.join_index(key, entry.id, entry);
         }
         let next = Arc::new(next);
         entry.profile.store(Some(Arc::clone(&next)));
@@ -235,27 +212,19 @@ impl<M> Registry<M> {
 
     /// Merges the config again into a client whose registration merged `used`, if
     /// a reload replaced it since. Called by the registration under the client's
-    /// lock, after its key is mapped and before it joins its index sets.
-    ///
-    /// A reload stores its config and then walks the keys; a registration maps its
-    /// key and then reads the config. Both do an `AcqRel` read-modify-write on
-    /// `config_epoch` between the two steps. Read-modify-writes of one word are
-    /// totally ordered and each reads the one before, so whichever comes second
-    /// synchronises with the first: either this load sees the reload's config, or
-    /// the reload's walk sees this key (and then waits for this client's lock). Plain
-    /// loads and stores would allow both to miss (issue 10, race 2). Returns whether
-    /// it merged again.
+    /// lock, after its key is claimed and before it joins its index sets: either
+    /// this sees the reload's config, or the reload's walk sees this key and then
+    /// waits for this client's lock (see [`Fleet::config_replaced`], issue 10,
+    /// race 2). Returns whether it merged again.
     pub(crate) fn merge_latest_config(
         &self,
         entry: &Arc<ClientEntry<M>>,
         state: &mut ClientState<M>,
         used: &Arc<DeviceConfig>,
     ) -> bool {
-        self.inner.config_epoch.fetch_add(0, Ordering::AcqRel);
-        let latest = self.inner.device_config.load_full();
-        if Arc::ptr_eq(&latest, used) {
+        let Some(latest) = self.inner.fleet.config_replaced(used) else {
             return false;
-        }
+        };
         let current = entry.info();
         let reported = state
             .fleet

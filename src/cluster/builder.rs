@@ -8,7 +8,7 @@ use crate::sync::Arc;
 use crate::Registry;
 
 use super::codec::Codec;
-use super::envelope::MAX_NODE_ID;
+use super::envelope::{valid_node_id, MAX_NODE_ID};
 use super::error::ClusterError;
 use super::Cluster;
 
@@ -133,11 +133,7 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
     /// a [`BadNodeId`] inside [`ClusterError::Config`].
     pub async fn connect(self) -> Result<Cluster<M>, ClusterError> {
         let node = self.node.clone().unwrap_or_else(random_id);
-        let valid = (1..=MAX_NODE_ID).contains(&node.len())
-            && node
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        if !valid {
+        if !valid_node_id(&node) {
             return Err(ClusterError::Config(BadNodeId(node)));
         }
         let config = Config::from_url(&self.url)?;

@@ -24,6 +24,15 @@ pub(crate) const NODE_DOWN: u8 = 3;
 /// The longest node id; ids travel in every frame.
 pub(crate) const MAX_NODE_ID: usize = 64;
 
+/// Whether `id` can name a node: 1 to [`MAX_NODE_ID`] bytes of `[A-Za-z0-9._-]`.
+/// The builder refuses any other id, so a frame carrying one is forged or corrupt.
+pub(crate) fn valid_node_id(id: &str) -> bool {
+    (1..=MAX_NODE_ID).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 /// A decoded frame; byte fields borrow from the publication.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Envelope<'a> {
@@ -101,6 +110,14 @@ fn text(bytes: &[u8]) -> Result<&str, Malformed> {
     std::str::from_utf8(bytes).map_err(|_| Malformed)
 }
 
+fn node_id(id: &str) -> Result<&str, Malformed> {
+    if valid_node_id(id) {
+        Ok(id)
+    } else {
+        Err(Malformed)
+    }
+}
+
 pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>, Malformed> {
     let (head, rest) = split(bytes, 2)?;
     if head[0] != VERSION {
@@ -108,13 +125,20 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>, Malformed> {
     }
     match head[1] {
         TAKEOVER => serde_json::from_slice(rest)
-            .map(Envelope::TakeOver)
-            .map_err(|_| Malformed),
-        NODE_DOWN => node_down(rest).map(Envelope::NodeDown),
+            .map_err(|_| Malformed)
+            .and_then(|t: TakeOver| {
+                node_id(&t.node)?;
+                Ok(Envelope::TakeOver(t))
+            }),
+        NODE_DOWN => {
+            let down = node_down(rest)?;
+            node_id(&down.node)?;
+            Ok(Envelope::NodeDown(down))
+        }
         kind @ (BROADCAST | DIRECT) => {
             let (n, rest) = split(rest, 1)?;
             let (node, rest) = split(rest, usize::from(n[0]))?;
-            let node = text(node)?;
+            let node = node_id(text(node)?)?;
             if kind == BROADCAST {
                 let (seq, payload) = split(rest, 8)?;
                 let seq = u64::from_be_bytes(seq.try_into().map_err(|_| Malformed)?);
@@ -197,6 +221,16 @@ mod tests {
         }
         assert_eq!(decode(&[2, 0]), Err(Malformed));
         assert_eq!(decode(&[1, 9]), Err(Malformed));
+    }
+
+    #[test]
+    fn a_node_id_no_node_could_have_is_refused() {
+        for node in ["has space", "ünï", &"x".repeat(MAX_NODE_ID + 1), ""] {
+            let f = broadcast(node, 1, b"x");
+            assert_eq!(decode(&f), Err(Malformed), "{node:?}");
+            let d = direct(node, "k", b"x").unwrap();
+            assert_eq!(decode(&d), Err(Malformed), "{node:?}");
+        }
     }
 
     #[test]

@@ -34,6 +34,10 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                     Seen::Next { missed } => Counters::add(&c.gaps, missed),
                     Seen::Stale => Counters::add(&c.reordered, 1),
                     Seen::First => {}
+                    Seen::Implausible => {
+                        Counters::add(&c.malformed, 1);
+                        return;
+                    }
                 }
                 if payload.len() > self.max_payload {
                     Counters::add(&c.malformed, 1);

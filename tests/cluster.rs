@@ -710,3 +710,25 @@ async fn a_node_id_that_cannot_travel_is_refused() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_loses_its_last_member_to_a_takeover_unsubscribes() {
+    let Some(redis) = Redis::start("takeover_unsubscribes") else {
+        return;
+    };
+    // A long TTL: the heartbeat's reconcile does not run during the test.
+    let ttl = Duration::from_secs(30);
+    let a = node(&redis, "t12", "a", ttl).await;
+    let b = node(&redis, "t12", "b", ttl).await;
+    let (d, mut d_rx) = a.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    a.attach(d, "room").await.unwrap();
+    assert_eq!(redis.numsub("t12:s:s:room"), 1);
+    let (_d2, _d2_rx) = b.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(1), d_rx.recv())
+        .await
+        .is_ok_and(|m| m.is_none()));
+    let left = eventually(Duration::from_secs(1), || redis.numsub("t12:s:s:room") == 0).await;
+    assert!(left, "node a kept its subscription with no member left");
+    assert_eq!(a.subscriptions().await, vec![]);
+    assert_eq!(b.member_count("room").await.unwrap(), 0);
+}

@@ -19,7 +19,7 @@ use fred::prelude::Value;
 
 use crate::fleet::ClientRef;
 use crate::sync::lock;
-use crate::{ClientId, CloseReason};
+use crate::{ClientId, CloseReason, SessionId};
 
 use super::envelope::TakeOver;
 use super::stats::ClusterEvent;
@@ -115,7 +115,8 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             }
         };
         // Another node holds the key: it claimed after this claim, or kept it.
-        self.close_holder(key, id, superseded.unwrap_or_default());
+        let left = self.close_holder(key, id, superseded.unwrap_or_default());
+        self.sync_sessions(left).await?;
         Ok(false)
     }
 
@@ -157,8 +158,9 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         Ok(v.as_string().filter(|_| !v.is_null()))
     }
 
-    /// Another node claimed a key this node held.
-    pub(crate) fn on_takeover(&self, notice: TakeOver) {
+    /// Another node claimed a key this node held. Returns the sessions the closed
+    /// connection left, whose subscriptions the caller must sync.
+    pub(crate) fn on_takeover(&self, notice: TakeOver) -> Vec<SessionId> {
         {
             let mut keys = lock(&self.keys);
             if keys.pending.contains_key(&notice.key) {
@@ -176,26 +178,29 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 }
                 // Claimed again here since, or not held yet (a pending claim
                 // checks the notice kept above): nothing to close now.
-                _ => return,
+                _ => return Vec::new(),
             }
         }
         let by = notice.by.parse().unwrap_or(ClientId::pack(0, 0, 0));
-        self.close_holder(&notice.key, by, notice.node);
+        self.close_holder(&notice.key, by, notice.node)
     }
 
-    /// Closes the local connection holding `key`, which now belongs to `node`.
-    fn close_holder(&self, key: &str, by: ClientId, node: String) {
-        if let Ok(entry) = self.registry.lookup(ClientRef::Key(key)) {
-            if self
-                .registry
-                .unregister_because(entry.id, CloseReason::TakenOver { by })
-                .is_ok()
-            {
-                let _ = self.events.send(ClusterEvent::TakenOver {
-                    key: key.to_owned(),
-                    node,
-                });
-            }
-        }
+    /// Closes the local connection holding `key`, which now belongs to `node`;
+    /// returns the sessions it left.
+    fn close_holder(&self, key: &str, by: ClientId, node: String) -> Vec<SessionId> {
+        let Ok(entry) = self.registry.lookup(ClientRef::Key(key)) else {
+            return Vec::new();
+        };
+        let Ok(gone) = self
+            .registry
+            .unregister_because(entry.id, CloseReason::TakenOver { by })
+        else {
+            return Vec::new();
+        };
+        let _ = self.events.send(ClusterEvent::TakenOver {
+            key: key.to_owned(),
+            node,
+        });
+        gone.sessions
     }
 }

@@ -711,6 +711,42 @@ async fn a_node_id_that_cannot_travel_is_refused() {
     }
 }
 
+/// `locate(key)` once it equals `want`, or as last seen after `limit`.
+async fn locate_settles(
+    n: &Cluster<Msg>,
+    key: &str,
+    want: Option<&str>,
+    limit: Duration,
+) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let got = n.locate(key).await.unwrap();
+        if got.as_deref() == want || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_client_the_registry_closed_is_released() {
+    let Some(redis) = Redis::start("registry_closed_key") else {
+        return;
+    };
+    let ttl = Duration::from_secs(1);
+    let a = node(&redis, "t9", "a", ttl).await;
+    let b = node(&redis, "t9", "b", ttl).await;
+    let (_k, _k_rx) = b.register(ClientInfo::new().with_key("kk")).await.unwrap();
+    assert_eq!(a.locate("kk").await.unwrap().as_deref(), Some("b"));
+    // Closed by the registry itself (an admin kick, a slow consumer), not by the cluster.
+    let _ = b.registry().kick("kk", "bye").unwrap();
+    assert_eq!(
+        locate_settles(&a, "kk", None, ttl).await,
+        None,
+        "a key with no connection left must not resolve to node b"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_loses_its_last_member_to_a_takeover_unsubscribes() {
     let Some(redis) = Redis::start("takeover_unsubscribes") else {

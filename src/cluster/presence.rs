@@ -178,7 +178,8 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
     }
 }
 
-/// The heartbeat task: beat and reconcile every third of the TTL, reap three times
+/// The heartbeat task: release keys whose connections left the registry behind
+/// the cluster's back, beat and reconcile every third of the TTL, reap three times
 /// as often, so that a dead node is released at most a ninth of the TTL after its
 /// deadline. Errors (Redis down) are retried at the next tick.
 pub(crate) async fn run<M: Clone + Send + Sync + 'static>(shared: Arc<Shared<M>>) {
@@ -187,6 +188,10 @@ pub(crate) async fn run<M: Clone + Send + Sync + 'static>(shared: Arc<Shared<M>>
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for n in 0u64.. {
         tick.tick().await;
+        if n % 3 == 0 {
+            // Before the heartbeat, so that a re-announcement skips them.
+            let _ = shared.release_orphans().await;
+        }
         if n % 3 == 0 && shared.heartbeat().await.is_ok() {
             let sessions = shared.known_sessions().await;
             let _ = shared.sync_sessions(sessions).await;

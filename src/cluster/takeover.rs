@@ -120,6 +120,30 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         Ok(false)
     }
 
+    /// Releases every key whose connection left the registry without the cluster
+    /// being told (an admin kick, a slow consumer, an unregister made on the
+    /// registry), so that no key resolves to a connection that is gone.
+    pub(crate) async fn release_orphans(&self) -> Result<(), ClusterError> {
+        let orphans: Vec<(String, ClientId)> = {
+            let keys = lock(&self.keys);
+            keys.held
+                .iter()
+                // A key with a claim in flight is settled by that claim.
+                .filter(|(key, _)| !keys.pending.contains_key(*key))
+                .filter(|(key, held)| {
+                    self.registry
+                        .lookup(ClientRef::Key(key))
+                        .map_or(true, |entry| entry.id != held.id)
+                })
+                .map(|(key, held)| (key.clone(), held.id))
+                .collect()
+        };
+        for (key, id) in orphans {
+            self.release(&key, id).await?;
+        }
+        Ok(())
+    }
+
     /// Releases `key` if this node's claim for connection `id` still holds it.
     pub(crate) async fn release(&self, key: &str, id: ClientId) -> Result<(), ClusterError> {
         let gen = {

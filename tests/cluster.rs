@@ -748,6 +748,38 @@ async fn a_key_whose_client_the_registry_closed_is_released() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reannouncement_that_failed_is_retried() {
+    let Some(redis) = Redis::start("reannounce_retry") else {
+        return;
+    };
+    let ttl = Duration::from_secs(1);
+    let a = node(&redis, "t11", "a", ttl).await;
+    let b = node(&redis, "t11", "b", ttl).await;
+    let (_k, _k_rx) = b.register(ClientInfo::new().with_key("k1")).await.unwrap();
+    // Redis forgets node b and its key (as after a restart), and its next claim
+    // fails (the generation counter is not a number).
+    let forgot = redis.cli(&[
+        "EVAL",
+        "redis.call('ZREM', '{t11}:nodes', 'b') \
+         redis.call('HDEL', '{t11}:keys', 'k1') \
+         redis.call('SET', '{t11}:gen', 'x') return 1",
+        "0",
+    ]);
+    assert_eq!(forgot.as_deref(), Some("1"));
+    // b's next heartbeat finds itself unknown and re-announces; the claim fails.
+    tokio::time::sleep(ttl / 2).await;
+    assert_eq!(a.locate("k1").await.unwrap(), None);
+    assert!(redis.cli(&["DEL", "{t11}:gen"]).is_some());
+    assert_eq!(
+        locate_settles(&a, "k1", Some("b"), ttl * 2)
+            .await
+            .as_deref(),
+        Some("b"),
+        "the key comes back once Redis takes claims again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_loses_its_last_member_to_a_takeover_unsubscribes() {
     let Some(redis) = Redis::start("takeover_unsubscribes") else {
         return;

@@ -86,8 +86,19 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             .eval(self.scripts.heartbeat.text(), Vec::<String>::new(), args)
             .await?;
         self.clock.observe(now);
-        if known == 0 {
-            self.announce().await?;
+        // The flag, not `known`, decides: the renewal above makes this node known
+        // even when the announcement that follows fails.
+        let announce = {
+            let mut keys = lock(&self.keys);
+            let due = known == 0 || keys.unannounced;
+            keys.unannounced = false;
+            due
+        };
+        if announce {
+            if let Err(e) = self.announce().await {
+                lock(&self.keys).unannounced = true;
+                return Err(e);
+            }
         }
         Ok(())
     }

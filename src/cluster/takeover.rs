@@ -42,6 +42,9 @@ pub(crate) struct Keys {
     /// The newest takeover (generation, node) heard for a key while a claim of
     /// this node was pending.
     revoked: HashMap<String, (u64, String)>,
+    /// Redis forgot this node and its keys have not all been claimed back yet:
+    /// every heartbeat re-announces until one succeeds.
+    pub(crate) unannounced: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -711,6 +711,30 @@ async fn a_node_id_that_cannot_travel_is_refused() {
     }
 }
 
+/// Publishes raw bytes to `channel`, as any client of the Redis server can.
+fn publish_raw(redis: &Redis, channel: &str, bytes: &[u8]) {
+    let status = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &redis.port.to_string()])
+        .args(["-x", "PUBLISH", channel])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(bytes)?;
+            c.wait()
+        });
+    assert!(status.is_ok_and(|s| s.success()));
+}
+
+/// A broadcast frame as node `node` writes it.
+fn broadcast_frame(node: &str, seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![1u8, 0, u8::try_from(node.len()).unwrap()];
+    f.extend_from_slice(node.as_bytes());
+    f.extend_from_slice(&seq.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
 /// `locate(key)` once it equals `want`, or as last seen after `limit`.
 async fn locate_settles(
     n: &Cluster<Msg>,
@@ -745,6 +769,55 @@ async fn a_key_whose_client_the_registry_closed_is_released() {
         None,
         "a key with no connection left must not resolve to node b"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_under_its_id_releases_what_its_last_run_held() {
+    let Some(redis) = Redis::start("restarted_node_id") else {
+        return;
+    };
+    let a = node(&redis, "t10", "a", TTL).await;
+    let b = node(&redis, "t10", "b", TTL).await;
+    let (a1, mut a1_rx) = a.register(ClientInfo::new()).await.unwrap();
+    a.attach(a1, "room").await.unwrap();
+    let (d, _d_rx) = b.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    b.attach(d, "room").await.unwrap();
+    for i in 0..5 {
+        b.broadcast("room", Msg::from(format!("old {i}")))
+            .await
+            .unwrap();
+        assert_eq!(*recv(&mut a1_rx).await, *format!("old {i}"));
+    }
+    assert_eq!(a.member_count("room").await.unwrap(), 2);
+    let mut events = a.events();
+
+    // A crash, and the process comes back under the same --node-id within its TTL.
+    drop(b);
+    let b = node(&redis, "t10", "b", TTL).await;
+    let down = tokio::time::timeout(TTL + Duration::from_secs(1), async {
+        loop {
+            if let Ok(ClusterEvent::NodeDown { node, keys }) = events.recv().await {
+                return (node, keys);
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        down.ok(),
+        Some(("b".to_owned(), vec!["dev".to_owned()])),
+        "the last run's keys are released and announced"
+    );
+    assert_eq!(a.locate("dev").await.unwrap(), None);
+    assert_eq!(a.member_count("room").await.unwrap(), 1);
+
+    // The new run numbers from 1 again; a's gap count still sees its losses.
+    let (b1, _b1_rx) = b.register(ClientInfo::new()).await.unwrap();
+    b.attach(b1, "room").await.unwrap();
+    b.broadcast("room", Msg::from("new 1")).await.unwrap();
+    assert_eq!(&*recv(&mut a1_rx).await, "new 1");
+    publish_raw(&redis, "t10:s:s:room", &broadcast_frame("b", 3, b"new 3"));
+    assert_eq!(&*recv(&mut a1_rx).await, "new 3");
+    assert_eq!(a.stats().gaps, 1, "{:?}", a.stats());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

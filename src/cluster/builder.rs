@@ -70,6 +70,12 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
     }
 
     /// This node's id, unique in the cluster. Default: random.
+    ///
+    /// A node that connects under the id of a node Redis still counts as live
+    /// takes the id over: the earlier holder is released at once, as after its
+    /// TTL (a [`ClusterEvent::NodeDown`](super::ClusterEvent::NodeDown) lists its
+    /// keys). That is what a process restarted under a fixed id needs; two live
+    /// processes must never share one.
     pub fn node_id(mut self, id: impl Into<String>) -> Self {
         self.node = Some(id.into());
         self

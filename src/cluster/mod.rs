@@ -249,6 +249,10 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             ),
         ];
         let client_handle = shared.client.clone();
+        // A process restarted under this id within its TTL: the earlier run is
+        // dead, so release what it held (other nodes hear a node-down, and forget
+        // its numbering) before this run announces itself.
+        shared.reap(Some(&node)).await?;
         subscriber
             .subscribe(vec![names.node_channel(&node), names.ctl.clone()])
             .await?;

@@ -56,11 +56,13 @@ return (#ARGV - 3) / 2
 ";
 
 /// ARGV: base, ctl channel, node or ''. Releases every expired node (or the one
-/// named, on a clean shutdown) and announces each on the ctl channel. Returns how
-/// many it released.
+/// named, if Redis knows it: on a clean shutdown, or a restart under the same id)
+/// and announces each on the ctl channel. Returns how many it released.
 const DOWN: &str = r"
 local dead
-if ARGV[3] ~= '' then dead = { ARGV[3] }
+if ARGV[3] ~= '' then
+  dead = {}
+  if redis.call('ZSCORE', B .. ':nodes', ARGV[3]) then dead = { ARGV[3] } end
 else dead = redis.call('ZRANGEBYSCORE', B .. ':nodes', '-inf', '(' .. now) end
 for _, n in ipairs(dead) do
   redis.call('ZREM', B .. ':nodes', n)

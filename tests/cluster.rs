@@ -873,3 +873,38 @@ async fn a_node_that_loses_its_last_member_to_a_takeover_unsubscribes() {
     assert_eq!(a.subscriptions().await, vec![]);
     assert_eq!(b.member_count("room").await.unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_notice_lost_while_disconnected_still_closes_the_old_connection() {
+    let Some(redis) = Redis::start("lost_takeover_notice") else {
+        return;
+    };
+    let ttl = Duration::from_secs(30);
+    let a = Cluster::builder(Registry::<Msg>::new(), Raw)
+        .url(redis.url())
+        .prefix("t13")
+        .node_id("a")
+        .ttl(ttl)
+        .reconnect_delay(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap();
+    let b = node(&redis, "t13", "b", ttl).await;
+    let (_d, mut d_rx) = a.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    // Redis drops every subscriber connection (as it does past the pub/sub output
+    // buffer limit); node b takes the key before node a's subscriber is back, so
+    // the notice on a's node channel reaches no one.
+    assert!(redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]).is_some());
+    let (_d2, _d2_rx) = b.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    assert_eq!(a.locate("dev").await.unwrap().as_deref(), Some("b"));
+    let closed = tokio::time::timeout(Duration::from_secs(2), d_rx.recv()).await;
+    assert!(
+        matches!(closed, Ok(None)),
+        "node a still delivers to the connection it lost the key from"
+    );
+    assert!(matches!(
+        d_rx.close_reason(),
+        Some(CloseReason::TakenOver { .. })
+    ));
+    assert!(!a.registry().is_online("dev"));
+}

@@ -100,8 +100,13 @@ pub(crate) async fn run<M: Clone + Send + Sync + 'static>(shared: Arc<Shared<M>>
                     tokio::spawn(async move { shared.sync_sessions(left).await });
                 }
             }
-            // Lost in the client's buffer: the numbering counts them as gaps.
-            Err(RecvError::Lagged(_)) => {}
+            // Lost in the client's buffer: the numbering counts lost broadcasts as
+            // gaps; a lost takeover notice is caught up by checking the keys.
+            Err(RecvError::Lagged(n)) => {
+                Counters::add(&shared.counters.lagged, n);
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move { shared.recheck_keys().await });
+            }
             Err(RecvError::Closed) => return,
         }
     }
@@ -115,6 +120,8 @@ pub(crate) async fn reconnects<M: Clone + Send + Sync + 'static>(shared: Arc<Sha
             Ok(_) | Err(RecvError::Lagged(_)) => {
                 Counters::add(&shared.counters.reconnects, 1);
                 let _ = shared.resubscribe().await;
+                // Takeover notices published while the subscriber was away are lost.
+                let _ = shared.recheck_keys().await;
                 let _ = shared.heartbeat().await;
                 let _ = shared.events.send(ClusterEvent::Reconnected);
             }

@@ -112,6 +112,21 @@ end
 return 0
 ";
 
+/// ARGV: base, node, then key/generation pairs this node believes it holds.
+/// Returns `key, holder` pairs for each key that claim no longer holds; the
+/// holder is `''` when no node holds the key.
+const HELD: &str = r"
+local node, out = ARGV[2], {}
+for i = 3, #ARGV, 2 do
+  local v = redis.call('HGET', B .. ':keys', ARGV[i])
+  if v ~= ARGV[i + 1] .. '|' .. node then
+    table.insert(out, ARGV[i])
+    table.insert(out, holder(v) or '')
+  end
+end
+return out
+";
+
 /// ARGV: base, key. The live node holding the key, or false.
 const LOCATE: &str = r"
 local n = holder(redis.call('HGET', B .. ':keys', ARGV[2]))
@@ -196,6 +211,7 @@ pub(crate) struct Scripts {
     pub(crate) down: Script,
     pub(crate) claim: Script,
     pub(crate) release: Script,
+    pub(crate) held: Script,
     pub(crate) locate: Script,
     pub(crate) route: Script,
     pub(crate) counts: Script,
@@ -211,6 +227,7 @@ impl Scripts {
             down: Script::new(DOWN),
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
+            held: Script::new(HELD),
             locate: Script::new(LOCATE),
             route: Script::new(ROUTE),
             counts: Script::new(COUNTS),

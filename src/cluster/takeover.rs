@@ -147,6 +147,59 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         Ok(())
     }
 
+    /// Checks every key held here against Redis, for takeover notices this node
+    /// missed: they are pub/sub, lost while its subscriber connection was down or
+    /// lagging. Closes each connection whose key another node holds now; a key
+    /// Redis no longer has at all is claimed back by the next heartbeat.
+    pub(crate) async fn recheck_keys(&self) -> Result<(), ClusterError> {
+        let held: HashMap<String, u64> = lock(&self.keys)
+            .held
+            .iter()
+            .map(|(key, h)| (key.clone(), h.gen))
+            .collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        let mut args = vec![self.names.base.clone(), self.node.clone()];
+        for (key, gen) in &held {
+            args.push(key.clone());
+            args.push(gen.to_string());
+        }
+        let lost: Vec<String> = self
+            .client
+            .eval(self.scripts.held.text(), Vec::<String>::new(), args)
+            .await?;
+        let mut left = Vec::new();
+        for pair in lost.chunks_exact(2) {
+            let (key, node) = (&pair[0], &pair[1]);
+            if node == &self.node {
+                // Claimed again here since: that claim settles it.
+                continue;
+            }
+            let taken = {
+                let mut keys = lock(&self.keys);
+                if node.is_empty() {
+                    keys.unannounced = true;
+                    false
+                } else if keys.pending.contains_key(key)
+                    || keys.held.get(key).map(|h| h.gen) != held.get(key).copied()
+                {
+                    // A claim in flight or one answered since the check: it settles it.
+                    false
+                } else {
+                    keys.held.remove(key);
+                    true
+                }
+            };
+            if taken {
+                // Redis does not record which connection took it.
+                let by = ClientId::pack(0, 0, 0);
+                left.extend(self.close_holder(key, by, node.clone()));
+            }
+        }
+        self.sync_sessions(left).await
+    }
+
     /// Releases `key` if this node's claim for connection `id` still holds it.
     pub(crate) async fn release(&self, key: &str, id: ClientId) -> Result<(), ClusterError> {
         let gen = {

@@ -477,6 +477,22 @@ async fn admin_api_shows_the_cluster_and_its_gaps() {
         text.contains("switchboard_cluster_gaps_total{node=\"b\"} 3"),
         "{text}"
     );
+
+    // What a peer sent that this node dropped is in /metrics too.
+    publish_raw(&redis, "t7:s:s:room", b"\x01\x00\x04bad!");
+    let dropped = eventually(Duration::from_secs(2), || b.stats().malformed == 1).await;
+    assert!(dropped, "{:?}", b.stats());
+    let res = get("/metrics", true).await.unwrap();
+    let text =
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    for line in [
+        "switchboard_cluster_malformed_total{node=\"b\"} 1",
+        "switchboard_cluster_reordered_total{node=\"b\"} 0",
+        "switchboard_cluster_undeliverable_total{node=\"b\"} 0",
+        "switchboard_cluster_lagged_total{node=\"b\"} 0",
+    ] {
+        assert!(text.contains(line), "no {line:?} in {text}");
+    }
     assert!(
         text.contains("switchboard_clients{"),
         "the registry's own lines stay"

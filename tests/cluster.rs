@@ -924,3 +924,33 @@ async fn a_takeover_notice_lost_while_disconnected_still_closes_the_old_connecti
     ));
     assert!(!a.registry().is_online("dev"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_send_reported_failed_is_not_delivered_later() {
+    let Some(redis) = Redis::start("direct_failure_is_final") else {
+        return;
+    };
+    let a = node(&redis, "t14", "a", TTL).await;
+    let b = node(&redis, "t14", "b", TTL).await;
+    let (_d, mut d_rx) = b.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    // Redis stops answering (stuck, or a dead network path): the send fails...
+    redis.freeze();
+    let sent = a.send_to_key("dev", Msg::from("late")).await;
+    assert!(sent.is_err(), "{sent:?}");
+    assert_eq!(&*sent.unwrap_err().into_inner(), "late");
+    // ...and once Redis runs the command it was sent, it must not deliver it.
+    redis.thaw();
+    let late = tokio::time::timeout(Duration::from_millis(1500), d_rx.recv()).await;
+    assert!(late.is_err(), "reported failed, delivered anyway: {late:?}");
+    // Redis is back: sends go through again.
+    let mut ok = false;
+    for _ in 0..50 {
+        if a.send_to_key("dev", Msg::from("now")).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok);
+    assert_eq!(&*recv(&mut d_rx).await, "now");
+}

@@ -156,6 +156,8 @@ pub(crate) struct Shared<M> {
     ttl: Duration,
     sharded: bool,
     max_payload: usize,
+    /// How long after sending a publication Redis still accepts it.
+    publish_deadline: Duration,
     client: Client,
     subscriber: SubscriberClient,
     counters: Arc<Counters>,
@@ -219,6 +221,7 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             ttl: b.ttl,
             sharded: b.sharded,
             max_payload: b.max_payload,
+            publish_deadline: b.publish_deadline,
             client: client.clone(),
             subscriber: subscriber.clone(),
             counters: Arc::clone(&counters),
@@ -523,7 +526,8 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     ///
     /// [`SendToKeyError::NotFound`] if no live node holds the key; the other
     /// variants when the local send or the publication failed. Each gives the
-    /// message back.
+    /// message back, and a failure is final: as for a broadcast, Redis refuses
+    /// the send once the caller could have been told it failed.
     ///
     /// # Examples
     ///
@@ -543,7 +547,6 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// # Ok(()) }
     /// ```
     pub async fn send_to_key(&self, key: &str, msg: M) -> Result<Delivered, SendToKeyError<M>> {
-        use fred::interfaces::LuaInterface;
         let shared = &self.shared;
         let payload = match shared.codec.encode(&msg) {
             Ok(p) => p,
@@ -552,17 +555,7 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         let Some(frame) = envelope::direct(&shared.node, key, &payload) else {
             return Err(SendToKeyError::NotFound(msg));
         };
-        let args: Vec<fred::prelude::Value> = vec![
-            shared.names.base.clone().into(),
-            key.into(),
-            shared.names.node_base.clone().into(),
-            frame.into(),
-            shared.node.clone().into(),
-        ];
-        let routed: Result<fred::prelude::Value, _> = shared
-            .client
-            .eval(shared.scripts.route.text(), Vec::<String>::new(), args)
-            .await;
+        let routed = shared.route(key, frame).await;
         match routed {
             Ok(v) => match v.as_string().filter(|_| !v.is_null()) {
                 // Redis says the key is here: deliver without a publication.

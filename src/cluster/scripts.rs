@@ -134,10 +134,15 @@ if n and alive(n) then return n end
 return false
 ";
 
-/// ARGV: base, key, node channel base, frame, this node. Returns the key's live
-/// node, or false; publishes the frame to that node unless it is this one. Locate
-/// and send in one round trip, by the only authority on who holds the key.
+/// ARGV: base, key, node channel base, frame, this node, deadline ms. Returns the
+/// key's live node, or false; publishes the frame to that node unless it is this
+/// one. Locate and send in one round trip, by the only authority on who holds the
+/// key. Past the deadline (the sender already reported failure) it refuses, like
+/// [`PUBLISH`].
 const ROUTE: &str = r"
+if now > tonumber(ARGV[6]) then
+  return redis.error_reply('DEADLINE the send reached redis after its deadline')
+end
 local n = holder(redis.call('HGET', B .. ':keys', ARGV[2]))
 if n and alive(n) then
   if n ~= ARGV[5] then redis.call('PUBLISH', ARGV[3] .. n, ARGV[4]) end

@@ -14,8 +14,10 @@
 
 use std::collections::HashMap;
 
-use fred::interfaces::LuaInterface;
-use fred::prelude::Value;
+use std::time::Duration;
+
+use fred::interfaces::{ClientLike, LuaInterface};
+use fred::prelude::{Options, Value};
 
 use crate::fleet::ClientRef;
 use crate::sync::lock;
@@ -224,6 +226,45 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             .eval(self.scripts.release.text(), Vec::<String>::new(), args)
             .await?;
         Ok(())
+    }
+
+    /// Asks Redis who holds `key` and publishes `frame` to that node, in one
+    /// script call. Failures are final, as for the publisher's batches: the
+    /// script refuses past a deadline on Redis's clock, and the answer is awaited
+    /// twice that long, so a send the client library replays after reporting it
+    /// failed is not delivered behind the caller's back.
+    pub(crate) async fn route(
+        &self,
+        key: &str,
+        frame: bytes::Bytes,
+    ) -> Result<Value, fred::error::Error> {
+        let io = |text| fred::error::Error::new(fred::error::ErrorKind::IO, text);
+        let Some(now) = self.clock.now_ms() else {
+            return Err(io("redis clock not read yet"));
+        };
+        let wait = self.publish_deadline * 2;
+        let deadline = now + u64::try_from(self.publish_deadline.as_millis()).unwrap_or(u64::MAX);
+        let args: Vec<Value> = vec![
+            self.names.base.clone().into(),
+            key.into(),
+            self.names.node_base.clone().into(),
+            frame.into(),
+            self.node.clone().into(),
+            deadline.to_string().into(),
+        ];
+        let client = self.client.with_options(&Options {
+            // Refuse at once while disconnected rather than queue for a reconnect.
+            fail_fast: true,
+            max_attempts: Some(1),
+            timeout: Some(wait),
+            ..Options::default()
+        });
+        let call = client.eval(self.scripts.route.text(), Vec::<String>::new(), args);
+        // A margin past fred's own timeout, in case it does not fire.
+        match tokio::time::timeout(wait + Duration::from_millis(100), call).await {
+            Ok(answer) => answer,
+            Err(_) => Err(io("send timed out")),
+        }
     }
 
     pub(crate) async fn locate(&self, key: &str) -> Result<Option<String>, ClusterError> {

@@ -954,3 +954,71 @@ async fn a_direct_send_reported_failed_is_not_delivered_later() {
     assert!(ok);
     assert_eq!(&*recv(&mut d_rx).await, "now");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_server_a_join_refused_for_redis_leaves_no_membership() {
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{json, Value};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let Some(mut redis) = Redis::start("ws_server_join_refused") else {
+        return;
+    };
+    let server = server::Server::start(server::Config {
+        ws_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: None,
+        close_linger: Duration::from_millis(200),
+        redis: Some(redis.url()),
+        node_id: Some("gw-a".to_owned()),
+        ..server::Config::default()
+    })
+    .await
+    .unwrap();
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+    async fn next(ws: &mut Ws, within: Duration) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(within, ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).unwrap()),
+                Ok(Some(Ok(_))) => {}
+                Ok(other) => panic!("no frame: {other:?}"),
+                Err(_) => return None,
+            }
+        }
+    }
+    async fn open(addr: std::net::SocketAddr) -> Ws {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .unwrap();
+        ws.send(Message::text(json!({"type": "hello"}).to_string()))
+            .await
+            .unwrap();
+        let hello = next(&mut ws, Duration::from_secs(3)).await.unwrap();
+        assert_eq!(hello["type"], "welcome");
+        ws
+    }
+    let join = json!({"type": "join", "session": "room"}).to_string();
+    let (mut x, mut y) = (open(server.ws_addr()).await, open(server.ws_addr()).await);
+    y.send(Message::text(join.clone())).await.unwrap();
+    assert_eq!(
+        next(&mut y, Duration::from_secs(3)).await.unwrap()["type"],
+        "joined"
+    );
+
+    redis.kill();
+    x.send(Message::text(join)).await.unwrap();
+    let refused = next(&mut x, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(refused["code"], "cluster_unavailable", "{refused}");
+    // Told it is not in the room, x must not get the room's messages.
+    y.send(Message::text(
+        json!({"type": "publish", "session": "room", "data": 1}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let answer = next(&mut y, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(answer["code"], "publish_failed", "{answer}");
+    let leaked = next(&mut x, Duration::from_millis(500)).await;
+    assert_eq!(leaked, None, "a client refused the room got its message");
+    server.shutdown().await;
+}

@@ -1022,3 +1022,34 @@ async fn ws_server_a_join_refused_for_redis_leaves_no_membership() {
     assert_eq!(leaked, None, "a client refused the room got its message");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_too_large_for_the_other_nodes_comes_back() {
+    let Some(redis) = Redis::start("payload_too_large") else {
+        return;
+    };
+    let mk = |id: &'static str| {
+        Cluster::builder(Registry::<Msg>::new(), Raw)
+            .url(redis.url())
+            .prefix("t16")
+            .node_id(id)
+            .max_payload(16)
+            .connect()
+    };
+    let (a, b) = (mk("a").await.unwrap(), mk("b").await.unwrap());
+    let (b1, mut b1_rx) = b.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    b.attach(b1, "room").await.unwrap();
+    let big = Msg::from("x".repeat(17));
+    // Every node drops a payload over max_payload: the sender must hear it.
+    let sent = a.broadcast("room", big.clone()).await;
+    assert!(sent.is_err(), "{sent:?}");
+    assert_eq!(sent.unwrap_err().into_inner(), big);
+    let direct = a.send_to_key("dev", big.clone()).await;
+    assert!(direct.is_err(), "{direct:?}");
+    assert_eq!(direct.unwrap_err().into_inner(), big);
+    // At the limit it crosses.
+    let fits = Msg::from("y".repeat(16));
+    a.broadcast("room", fits.clone()).await.unwrap();
+    assert_eq!(recv(&mut b1_rx).await, fits);
+    assert_eq!(b.stats().malformed, 0);
+}

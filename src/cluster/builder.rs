@@ -109,7 +109,9 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
     }
 
     /// The largest payload accepted from Redis; larger publications count as
-    /// malformed. Default 1 MiB.
+    /// malformed. This node refuses to publish larger ones
+    /// ([`PublishError::TooLarge`](super::PublishError::TooLarge)), so give every
+    /// node the same limit. Default 1 MiB.
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.max_payload = bytes;
         self

@@ -172,6 +172,33 @@ pub(crate) struct Shared<M> {
     events: broadcast::Sender<ClusterEvent>,
 }
 
+/// Why a message could not be encoded for the other nodes.
+enum Unsendable {
+    Codec(codec::CodecError),
+    TooLarge(usize),
+}
+
+impl Unsendable {
+    fn with<M>(self, msg: M) -> PublishError<M> {
+        match self {
+            Self::Codec(e) => PublishError::Codec(msg, e),
+            Self::TooLarge(n) => PublishError::TooLarge(msg, n),
+        }
+    }
+}
+
+impl<M: 'static> Shared<M> {
+    /// The payload for `msg`, if the other nodes accept it: they drop payloads
+    /// over `max_payload`, so the sender refuses them rather than report success.
+    fn encode(&self, msg: &M) -> Result<bytes::Bytes, Unsendable> {
+        let payload = self.codec.encode(msg).map_err(Unsendable::Codec)?;
+        if payload.len() > self.max_payload {
+            return Err(Unsendable::TooLarge(payload.len()));
+        }
+        Ok(payload)
+    }
+}
+
 /// Where [`Cluster::send_to_key`] delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -426,7 +453,8 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// # Errors
     ///
     /// [`PublishError`] with the message when it could not be published; local
-    /// members got it all the same unless the error is [`PublishError::Codec`].
+    /// members got it all the same unless the error is [`PublishError::Codec`] or
+    /// [`PublishError::TooLarge`].
     ///
     /// # Examples
     ///
@@ -474,9 +502,9 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         except: Option<ClientId>,
         msg: M,
     ) -> Result<usize, PublishError<M>> {
-        let payload = match self.shared.codec.encode(&msg) {
+        let payload = match self.shared.encode(&msg) {
             Ok(p) => p,
-            Err(e) => return Err(PublishError::Codec(msg, e)),
+            Err(e) => return Err(e.with(msg)),
         };
         let local = match except {
             Some(id) => self
@@ -548,9 +576,9 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// ```
     pub async fn send_to_key(&self, key: &str, msg: M) -> Result<Delivered, SendToKeyError<M>> {
         let shared = &self.shared;
-        let payload = match shared.codec.encode(&msg) {
+        let payload = match shared.encode(&msg) {
             Ok(p) => p,
-            Err(e) => return Err(SendToKeyError::Publish(PublishError::Codec(msg, e))),
+            Err(e) => return Err(SendToKeyError::Publish(e.with(msg))),
         };
         let Some(frame) = envelope::direct(&shared.node, key, &payload) else {
             return Err(SendToKeyError::NotFound(msg));

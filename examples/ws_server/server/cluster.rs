@@ -142,10 +142,11 @@ pub(super) async fn direct_by_key(
 }
 
 fn publish_failed(e: &PublishError<Frame>) -> Refusal {
-    Refusal::new(
-        "publish_failed",
-        format!("{e}; members on this node got it, other nodes did not"),
-    )
+    let reached = match e {
+        PublishError::Codec(..) | PublishError::TooLarge(..) => "no member got it",
+        _ => "members on this node got it, other nodes did not",
+    };
+    Refusal::new("publish_failed", format!("{e}; {reached}"))
 }
 
 fn unavailable(e: ClusterError) -> Refusal {

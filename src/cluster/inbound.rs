@@ -104,12 +104,35 @@ pub(crate) async fn run<M: Clone + Send + Sync + 'static>(shared: Arc<Shared<M>>
             // gaps; a lost takeover notice is caught up by checking the keys.
             Err(RecvError::Lagged(n)) => {
                 Counters::add(&shared.counters.lagged, n);
-                let shared = Arc::clone(&shared);
-                tokio::spawn(async move { shared.recheck_keys().await });
+                recheck_soon(Arc::clone(&shared));
             }
             Err(RecvError::Closed) => return,
         }
     }
+}
+
+/// Rechecks the keys in a task of its own, unless one is running: that one then
+/// runs once more when it is done.
+fn recheck_soon<M: Clone + Send + Sync + 'static>(shared: Arc<Shared<M>>) {
+    {
+        let mut keys = lock(&shared.keys);
+        if keys.recheck.0 {
+            keys.recheck.1 = true;
+            return;
+        }
+        keys.recheck = (true, false);
+    }
+    tokio::spawn(async move {
+        loop {
+            let _ = shared.recheck_keys().await;
+            let mut keys = lock(&shared.keys);
+            if !keys.recheck.1 {
+                keys.recheck = (false, false);
+                return;
+            }
+            keys.recheck.1 = false;
+        }
+    });
 }
 
 /// Renews everything after the connection to Redis comes back.

@@ -47,6 +47,9 @@ pub(crate) struct Keys {
     /// Redis forgot this node and its keys have not all been claimed back yet:
     /// every heartbeat re-announces until one succeeds.
     pub(crate) unannounced: bool,
+    /// A key recheck after a lag: running, and asked for again meanwhile. Lags
+    /// come in bursts under load; one recheck at a time, one more at most.
+    pub(crate) recheck: (bool, bool),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

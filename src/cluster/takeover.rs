@@ -124,7 +124,9 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         };
         // Another node holds the key: it claimed after this claim, or kept it.
         let left = self.close_holder(key, id, superseded.unwrap_or_default());
-        self.sync_sessions(left).await?;
+        if !left.is_empty() {
+            self.sync_sessions(left).await?;
+        }
         Ok(false)
     }
 
@@ -201,6 +203,9 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 let by = ClientId::pack(0, 0, 0);
                 left.extend(self.close_holder(key, by, node.clone()));
             }
+        }
+        if left.is_empty() {
+            return Ok(());
         }
         self.sync_sessions(left).await
     }

@@ -1053,3 +1053,50 @@ async fn a_message_too_large_for_the_other_nodes_comes_back() {
     assert_eq!(recv(&mut b1_rx).await, fits);
     assert_eq!(b.stats().malformed, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_claimed_before_a_redis_restart_can_be_taken_over_and_released_after() {
+    let Some(mut redis) = Redis::start("gens_across_restart") else {
+        return;
+    };
+    let a = node(&redis, "t17", "a", TTL).await;
+    let b = node(&redis, "t17", "b", TTL).await;
+    // Claims before the restart, so that their generations are not small.
+    for i in 0..10 {
+        let key = format!("warm-{i}");
+        let (id, _rx) = a.register(ClientInfo::new().with_key(key)).await.unwrap();
+        let _ = a.unregister(id).await.unwrap();
+    }
+    let (_d, mut d_rx) = a.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    let (k, _k_rx) = a.register(ClientInfo::new().with_key("k2")).await.unwrap();
+
+    // Redis restarts empty; node a re-announces its keys.
+    redis.kill();
+    redis.spawn();
+    let back = eventually(Duration::from_secs(3), || {
+        redis
+            .cli(&["HGET", "{t17}:keys", "k2"])
+            .is_some_and(|v| v.ends_with("|a"))
+            && redis
+                .cli(&["HGET", "{t17}:keys", "dev"])
+                .is_some_and(|v| v.ends_with("|a"))
+    })
+    .await;
+    assert!(back, "node a re-announced its keys");
+
+    // A key released after the restart is released in Redis too.
+    let _ = a.unregister(k).await.unwrap();
+    assert_eq!(
+        a.locate("k2").await.unwrap(),
+        None,
+        "k2 still resolves to a"
+    );
+
+    // A key taken over after the restart closes the old connection.
+    let (_d2, _d2_rx) = b.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(2), d_rx.recv()).await;
+    assert!(
+        matches!(closed, Ok(None)),
+        "node a kept its connection for a key node b took"
+    );
+}

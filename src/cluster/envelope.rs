@@ -4,7 +4,7 @@
 //! ```text
 //! broadcast  [1][0][n][node: n bytes][seq: u64 BE][payload]
 //! direct     [1][1][n][node: n bytes][k: u16 BE][key: k bytes][payload]
-//! takeover   [1][2][JSON {"key","gen","node","by"}]   written by the claim script
+//! takeover   [1][2][JSON {"key","gen","node","by"}]   written by the claim script; gen a decimal string
 //! node down  [1][3][JSON {"node","keys"}]             written by the reap script
 //! ```
 //!
@@ -55,11 +55,26 @@ pub(crate) enum Envelope<'a> {
 pub(crate) struct TakeOver {
     pub(crate) key: String,
     /// The claim's generation; a node closes its holder only if it claimed earlier.
+    /// A decimal string on the wire (a number is accepted too).
+    #[serde(deserialize_with = "decimal")]
     pub(crate) gen: u64,
     /// The node that claimed the key.
     pub(crate) node: String,
     /// The new connection on that node.
     pub(crate) by: String,
+}
+
+fn decimal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Gen {
+        Number(u64),
+        Text(String),
+    }
+    match Gen::deserialize(d)? {
+        Gen::Number(n) => Ok(n),
+        Gen::Text(s) => s.parse().map_err(serde::de::Error::custom),
+    }
 }
 
 /// The reap script's notice that a node's heartbeat expired.
@@ -230,6 +245,21 @@ mod tests {
             assert_eq!(decode(&f), Err(Malformed), "{node:?}");
             let d = direct(node, "k", b"x").unwrap();
             assert_eq!(decode(&d), Err(Malformed), "{node:?}");
+        }
+    }
+
+    #[test]
+    fn a_takeover_generation_reads_as_text_or_number() {
+        for json in [
+            r#"{"key":"k","gen":"1764000000000001","node":"a","by":"c1.1.0"}"#,
+            r#"{"key":"k","gen":1764000000000001,"node":"a","by":"c1.1.0"}"#,
+        ] {
+            let mut f = vec![1, TAKEOVER];
+            f.extend_from_slice(json.as_bytes());
+            match decode(&f) {
+                Ok(Envelope::TakeOver(t)) => assert_eq!(t.gen, 1_764_000_000_000_001),
+                other => panic!("{json}: {other:?}"),
+            }
         }
     }
 

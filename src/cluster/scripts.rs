@@ -8,7 +8,7 @@
 //! | `B:nodes` | sorted set | node → heartbeat deadline (ms) |
 //! | `B:info:N` | hash | node N's `clients`, `subscriptions`, `gaps`, `ttl`, `beat` (ms), ... |
 //! | `B:keys` | hash | client key → `gen|node` |
-//! | `B:gen` | counter | claim generations |
+//! | `B:gen` | counter | the last claim generation (at least the time in µs) |
 //! | `B:nkeys:N` | set | keys node N holds |
 //! | `B:members:T` | hash | node → member count of the session with token T |
 //! | `B:nsess:N` | set | session tokens node N counts members in |
@@ -86,11 +86,20 @@ return #dead
 /// channel base. Returns `{1, gen}` when the key is now this node's, `{0, holder}`
 /// when `ifree` found it on another node. A previous holder elsewhere gets a
 /// takeover notice on its node channel.
+///
+/// Generations must grow across a Redis restart that lost the counter: nodes
+/// re-announce keys claimed before it, and compare the generations of notices
+/// and releases with those. So a generation is never below Redis's time in
+/// microseconds (exact in Lua's doubles until 2255); it travels as a decimal
+/// string, since cjson would write so large a number in exponent form.
 const CLAIM: &str = r"
 local key, node, by, mode = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local cur = holder(redis.call('HGET', B .. ':keys', key))
 if mode == 'ifree' and cur and cur ~= node and alive(cur) then return { 0, cur } end
-local gen = redis.call('INCR', B .. ':gen')
+local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local gen = math.max(tonumber(redis.call('GET', B .. ':gen') or '0') + 1, us)
+gen = string.format('%d', gen)
+redis.call('SET', B .. ':gen', gen)
 redis.call('HSET', B .. ':keys', key, gen .. '|' .. node)
 redis.call('SADD', B .. ':nkeys:' .. node, key)
 if cur and cur ~= node then
@@ -98,7 +107,7 @@ if cur and cur ~= node then
   redis.call('PUBLISH', ARGV[6] .. cur,
     string.char(1, 2) .. cjson.encode({ key = key, gen = gen, node = node, by = by }))
 end
-return { 1, gen }
+return { 1, tonumber(gen) }
 ";
 
 /// ARGV: base, key, node, gen. Releases the key if that claim still holds it.

@@ -354,6 +354,14 @@ async fn redis_restart_fails_publishes_resumes_and_counts_the_gap_exactly() {
         resubscribed,
         "both nodes subscribe again within 1 s of the restart"
     );
+    // Their own channels too: direct sends, takeover notices, node-down notices.
+    let own = eventually(Duration::from_secs(1), || {
+        redis.numsub("t5:node:a") == 1
+            && redis.numsub("t5:node:b") == 1
+            && redis.numsub("t5:ctl") == 2
+    })
+    .await;
+    assert!(own, "node and ctl channels are subscribed again");
     // Delivery resumes: publish until one gets through; each failure is one more gap.
     let mut n = 0;
     loop {

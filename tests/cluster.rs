@@ -1108,3 +1108,42 @@ async fn keys_claimed_before_a_redis_restart_can_be_taken_over_and_released_afte
         "node a kept its connection for a key node b took"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_subscriptions_come_back_after_a_redis_restart() {
+    let Some(mut redis) = Redis::start("sharded_restart") else {
+        return;
+    };
+    let mk = |id: &'static str| {
+        Cluster::builder(Registry::<Msg>::new(), Raw)
+            .url(redis.url())
+            .prefix("t18")
+            .node_id(id)
+            .sharded(true)
+            .connect()
+    };
+    let (a, b) = (mk("a").await.unwrap(), mk("b").await.unwrap());
+    let (b1, mut b1_rx) = b.register(ClientInfo::new()).await.unwrap();
+    b.attach(b1, "room").await.unwrap();
+    let shardnumsub = |redis: &Redis| {
+        redis
+            .cli(&["PUBSUB", "SHARDNUMSUB", "t18:s:s:room"])
+            .and_then(|out| out.lines().nth(1).map(|n| n.trim() == "1"))
+            .unwrap_or(false)
+    };
+    assert!(shardnumsub(&redis));
+    redis.kill();
+    redis.spawn();
+    let back = eventually(Duration::from_secs(1), || shardnumsub(&redis)).await;
+    assert!(back, "the sharded subscription is back within 1 s");
+    let mut sent = false;
+    for _ in 0..50 {
+        if a.broadcast("room", Msg::from("after")).await.is_ok() {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sent, "publishing still fails");
+    assert_eq!(&*recv(&mut b1_rx).await, "after");
+}

@@ -1147,3 +1147,38 @@ async fn sharded_subscriptions_come_back_after_a_redis_restart() {
     assert!(sent, "publishing still fails");
     assert_eq!(&*recv(&mut b1_rx).await, "after");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_live_processes_under_one_id_are_told() {
+    let Some(redis) = Redis::start("duplicate_node_id") else {
+        return;
+    };
+    let ttl = Duration::from_secs(1);
+    let first = node(&redis, "t19", "gw-1", ttl).await;
+    let events = first.events();
+    // A second process started by mistake with the same --node-id.
+    let second = node(&redis, "t19", "gw-1", ttl).await;
+    let second_events = second.events();
+    let told = |mut rx: tokio::sync::broadcast::Receiver<ClusterEvent>| async move {
+        tokio::time::timeout(ttl * 2, async move {
+            loop {
+                if let Ok(ClusterEvent::IdConflict { node }) = rx.recv().await {
+                    return node;
+                }
+            }
+        })
+        .await
+    };
+    let (a, b) = tokio::join!(told(events), told(second_events));
+    assert_eq!(
+        a.ok().as_deref(),
+        Some("gw-1"),
+        "the first process was not told"
+    );
+    assert_eq!(
+        b.ok().as_deref(),
+        Some("gw-1"),
+        "the second process was not told"
+    );
+    drop((first, second));
+}

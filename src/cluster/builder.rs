@@ -75,7 +75,8 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
     /// takes the id over: the earlier holder is released at once, as after its
     /// TTL (a [`ClusterEvent::NodeDown`](super::ClusterEvent::NodeDown) lists its
     /// keys). That is what a process restarted under a fixed id needs; two live
-    /// processes must never share one.
+    /// processes must never share one (each is told, with
+    /// [`ClusterEvent::IdConflict`](super::ClusterEvent::IdConflict)).
     pub fn node_id(mut self, id: impl Into<String>) -> Self {
         self.node = Some(id.into());
         self
@@ -167,6 +168,11 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
 }
 
 fn random_id() -> String {
+    format!("node-{}", random_token())
+}
+
+/// 16 hex digits, different per call and per process.
+pub(crate) fn random_token() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -175,5 +181,5 @@ fn random_id() -> String {
             .map_or(0, |d| d.as_nanos()),
     );
     h.write_u32(std::process::id());
-    format!("node-{:016x}", h.finish())
+    format!("{:016x}", h.finish())
 }

@@ -151,6 +151,9 @@ pub(crate) struct Shared<M> {
     registry: Registry<M>,
     codec: Arc<dyn Codec<M>>,
     node: String,
+    /// This process's token, beside its node id in Redis: a heartbeat that finds
+    /// another one there tells of two live processes under one id.
+    run: String,
     names: Arc<Names>,
     scripts: Scripts,
     ttl: Duration,
@@ -243,6 +246,7 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             registry: b.registry,
             codec: b.codec,
             node: node.clone(),
+            run: builder::random_token(),
             names: Arc::clone(&names),
             scripts,
             ttl: b.ttl,

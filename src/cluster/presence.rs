@@ -72,6 +72,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             self.names.base.clone(),
             self.node.clone(),
             ttl.to_string(),
+            self.run.clone(),
             "clients".into(),
             self.registry.client_count().to_string(),
             "subscriptions".into(),
@@ -81,11 +82,15 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             "ttl".into(),
             ttl.to_string(),
         ];
-        let (known, now): (i64, u64) = self
+        let (known, now, clash): (i64, u64, i64) = self
             .client
             .eval(self.scripts.heartbeat.text(), Vec::<String>::new(), args)
             .await?;
         self.clock.observe(now);
+        if clash == 1 {
+            let node = self.node.clone();
+            let _ = self.events.send(super::ClusterEvent::IdConflict { node });
+        }
         // The flag, not `known`, decides: the renewal above makes this node known
         // even when the announcement that follows fails.
         let announce = {

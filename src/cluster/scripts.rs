@@ -6,7 +6,7 @@
 //! | Key | Type | Holds |
 //! | --- | --- | --- |
 //! | `B:nodes` | sorted set | node → heartbeat deadline (ms) |
-//! | `B:info:N` | hash | node N's `clients`, `subscriptions`, `gaps`, `ttl`, `beat` (ms), ... |
+//! | `B:info:N` | hash | node N's `clients`, `subscriptions`, `gaps`, `ttl`, `beat` (ms), `run`, ... |
 //! | `B:keys` | hash | client key → `gen|node` |
 //! | `B:gen` | counter | the last claim generation (at least the time in µs) |
 //! | `B:nkeys:N` | set | keys node N holds |
@@ -30,18 +30,22 @@ local function alive(n)
 end
 ";
 
-/// ARGV: base, node, ttl ms, then field/value pairs for the node's info hash.
-/// Returns `{known, now}`: known is 1 for a renewal, 0 if the node is new to this
-/// Redis; now is Redis's time in ms.
+/// ARGV: base, node, ttl ms, this process's run token, then field/value pairs for
+/// the node's info hash. Returns `{known, now, clash}`: known is 1 for a renewal,
+/// 0 if the node is new to this Redis; now is Redis's time in ms; clash is 1 when
+/// the live node's last beat came from another process (another run token).
 const HEARTBEAT: &str = r"
-local node, ttl = ARGV[2], tonumber(ARGV[3])
+local node, ttl, run = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local known = redis.call('ZSCORE', B .. ':nodes', node)
-redis.call('ZADD', B .. ':nodes', now + ttl, node)
 local info = B .. ':info:' .. node
-for i = 4, #ARGV, 2 do redis.call('HSET', info, ARGV[i], ARGV[i + 1]) end
-redis.call('HSET', info, 'beat', string.format('%d', now))
+local other = redis.call('HGET', info, 'run')
+local clash = 0
+if known and other and other ~= run then clash = 1 end
+redis.call('ZADD', B .. ':nodes', now + ttl, node)
+for i = 5, #ARGV, 2 do redis.call('HSET', info, ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', info, 'beat', string.format('%d', now), 'run', run)
 redis.call('PEXPIRE', info, ttl * 2)
-if known then return { 1, now } else return { 0, now } end
+if known then return { 1, now, clash } else return { 0, now, clash } end
 ";
 
 /// ARGV: base (unused), deadline ms, `PUBLISH` or `SPUBLISH`, then channel/frame

@@ -108,4 +108,11 @@ pub enum ClusterEvent {
     },
     /// The connection to Redis came back; subscriptions and presence were renewed.
     Reconnected,
+    /// Another process beats under this node's id. Each drops the other's
+    /// publications as its own and takes keys from it: give every node its own id.
+    /// Reported at each heartbeat that finds the other process's mark.
+    IdConflict {
+        /// The id both use.
+        node: String,
+    },
 }

@@ -354,6 +354,14 @@ async fn redis_restart_fails_publishes_resumes_and_counts_the_gap_exactly() {
         resubscribed,
         "both nodes subscribe again within 1 s of the restart"
     );
+    // Their own channels too: direct sends, takeover notices, node-down notices.
+    let own = eventually(Duration::from_secs(1), || {
+        redis.numsub("t5:node:a") == 1
+            && redis.numsub("t5:node:b") == 1
+            && redis.numsub("t5:ctl") == 2
+    })
+    .await;
+    assert!(own, "node and ctl channels are subscribed again");
     // Delivery resumes: publish until one gets through; each failure is one more gap.
     let mut n = 0;
     loop {
@@ -477,6 +485,22 @@ async fn admin_api_shows_the_cluster_and_its_gaps() {
         text.contains("switchboard_cluster_gaps_total{node=\"b\"} 3"),
         "{text}"
     );
+
+    // What a peer sent that this node dropped is in /metrics too.
+    publish_raw(&redis, "t7:s:s:room", b"\x01\x00\x04bad!");
+    let dropped = eventually(Duration::from_secs(2), || b.stats().malformed == 1).await;
+    assert!(dropped, "{:?}", b.stats());
+    let res = get("/metrics", true).await.unwrap();
+    let text =
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    for line in [
+        "switchboard_cluster_malformed_total{node=\"b\"} 1",
+        "switchboard_cluster_reordered_total{node=\"b\"} 0",
+        "switchboard_cluster_undeliverable_total{node=\"b\"} 0",
+        "switchboard_cluster_lagged_total{node=\"b\"} 0",
+    ] {
+        assert!(text.contains(line), "no {line:?} in {text}");
+    }
     assert!(
         text.contains("switchboard_clients{"),
         "the registry's own lines stay"
@@ -709,4 +733,452 @@ async fn a_node_id_that_cannot_travel_is_refused() {
             "{bad:?}: {r:?}"
         );
     }
+}
+
+/// Publishes raw bytes to `channel`, as any client of the Redis server can.
+fn publish_raw(redis: &Redis, channel: &str, bytes: &[u8]) {
+    let status = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &redis.port.to_string()])
+        .args(["-x", "PUBLISH", channel])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(bytes)?;
+            c.wait()
+        });
+    assert!(status.is_ok_and(|s| s.success()));
+}
+
+/// A broadcast frame as node `node` writes it.
+fn broadcast_frame(node: &str, seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![1u8, 0, u8::try_from(node.len()).unwrap()];
+    f.extend_from_slice(node.as_bytes());
+    f.extend_from_slice(&seq.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// `locate(key)` once it equals `want`, or as last seen after `limit`.
+async fn locate_settles(
+    n: &Cluster<Msg>,
+    key: &str,
+    want: Option<&str>,
+    limit: Duration,
+) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let got = n.locate(key).await.unwrap();
+        if got.as_deref() == want || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_client_the_registry_closed_is_released() {
+    let Some(redis) = Redis::start("registry_closed_key") else {
+        return;
+    };
+    let ttl = Duration::from_secs(1);
+    let a = node(&redis, "t9", "a", ttl).await;
+    let b = node(&redis, "t9", "b", ttl).await;
+    let (_k, _k_rx) = b.register(ClientInfo::new().with_key("kk")).await.unwrap();
+    assert_eq!(a.locate("kk").await.unwrap().as_deref(), Some("b"));
+    // Closed by the registry itself (an admin kick, a slow consumer), not by the cluster.
+    let _ = b.registry().kick("kk", "bye").unwrap();
+    assert_eq!(
+        locate_settles(&a, "kk", None, ttl).await,
+        None,
+        "a key with no connection left must not resolve to node b"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_under_its_id_releases_what_its_last_run_held() {
+    let Some(redis) = Redis::start("restarted_node_id") else {
+        return;
+    };
+    let a = node(&redis, "t10", "a", TTL).await;
+    let b = node(&redis, "t10", "b", TTL).await;
+    let (a1, mut a1_rx) = a.register(ClientInfo::new()).await.unwrap();
+    a.attach(a1, "room").await.unwrap();
+    let (d, _d_rx) = b.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    b.attach(d, "room").await.unwrap();
+    for i in 0..5 {
+        b.broadcast("room", Msg::from(format!("old {i}")))
+            .await
+            .unwrap();
+        assert_eq!(*recv(&mut a1_rx).await, *format!("old {i}"));
+    }
+    assert_eq!(a.member_count("room").await.unwrap(), 2);
+    let mut events = a.events();
+
+    // A crash, and the process comes back under the same --node-id within its TTL.
+    drop(b);
+    let b = node(&redis, "t10", "b", TTL).await;
+    let down = tokio::time::timeout(TTL + Duration::from_secs(1), async {
+        loop {
+            if let Ok(ClusterEvent::NodeDown { node, keys }) = events.recv().await {
+                return (node, keys);
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        down.ok(),
+        Some(("b".to_owned(), vec!["dev".to_owned()])),
+        "the last run's keys are released and announced"
+    );
+    assert_eq!(a.locate("dev").await.unwrap(), None);
+    assert_eq!(a.member_count("room").await.unwrap(), 1);
+
+    // The new run numbers from 1 again; a's gap count still sees its losses.
+    let (b1, _b1_rx) = b.register(ClientInfo::new()).await.unwrap();
+    b.attach(b1, "room").await.unwrap();
+    b.broadcast("room", Msg::from("new 1")).await.unwrap();
+    assert_eq!(&*recv(&mut a1_rx).await, "new 1");
+    publish_raw(&redis, "t10:s:s:room", &broadcast_frame("b", 3, b"new 3"));
+    assert_eq!(&*recv(&mut a1_rx).await, "new 3");
+    assert_eq!(a.stats().gaps, 1, "{:?}", a.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reannouncement_that_failed_is_retried() {
+    let Some(redis) = Redis::start("reannounce_retry") else {
+        return;
+    };
+    let ttl = Duration::from_secs(1);
+    let a = node(&redis, "t11", "a", ttl).await;
+    let b = node(&redis, "t11", "b", ttl).await;
+    let (_k, _k_rx) = b.register(ClientInfo::new().with_key("k1")).await.unwrap();
+    // Redis forgets node b and its key (as after a restart), and its next claim
+    // fails (the generation counter is not a number).
+    let forgot = redis.cli(&[
+        "EVAL",
+        "redis.call('ZREM', '{t11}:nodes', 'b') \
+         redis.call('HDEL', '{t11}:keys', 'k1') \
+         redis.call('SET', '{t11}:gen', 'x') return 1",
+        "0",
+    ]);
+    assert_eq!(forgot.as_deref(), Some("1"));
+    // b's next heartbeat finds itself unknown and re-announces; the claim fails.
+    tokio::time::sleep(ttl / 2).await;
+    assert_eq!(a.locate("k1").await.unwrap(), None);
+    assert!(redis.cli(&["DEL", "{t11}:gen"]).is_some());
+    assert_eq!(
+        locate_settles(&a, "k1", Some("b"), ttl * 2)
+            .await
+            .as_deref(),
+        Some("b"),
+        "the key comes back once Redis takes claims again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_loses_its_last_member_to_a_takeover_unsubscribes() {
+    let Some(redis) = Redis::start("takeover_unsubscribes") else {
+        return;
+    };
+    // A long TTL: the heartbeat's reconcile does not run during the test.
+    let ttl = Duration::from_secs(30);
+    let a = node(&redis, "t12", "a", ttl).await;
+    let b = node(&redis, "t12", "b", ttl).await;
+    let (d, mut d_rx) = a.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    a.attach(d, "room").await.unwrap();
+    assert_eq!(redis.numsub("t12:s:s:room"), 1);
+    let (_d2, _d2_rx) = b.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(1), d_rx.recv())
+        .await
+        .is_ok_and(|m| m.is_none()));
+    let left = eventually(Duration::from_secs(1), || redis.numsub("t12:s:s:room") == 0).await;
+    assert!(left, "node a kept its subscription with no member left");
+    assert_eq!(a.subscriptions().await, vec![]);
+    assert_eq!(b.member_count("room").await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_notice_lost_while_disconnected_still_closes_the_old_connection() {
+    let Some(redis) = Redis::start("lost_takeover_notice") else {
+        return;
+    };
+    let ttl = Duration::from_secs(30);
+    let a = Cluster::builder(Registry::<Msg>::new(), Raw)
+        .url(redis.url())
+        .prefix("t13")
+        .node_id("a")
+        .ttl(ttl)
+        .reconnect_delay(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap();
+    let b = node(&redis, "t13", "b", ttl).await;
+    let (_d, mut d_rx) = a.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    // Redis drops every subscriber connection (as it does past the pub/sub output
+    // buffer limit); node b takes the key before node a's subscriber is back, so
+    // the notice on a's node channel reaches no one.
+    assert!(redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]).is_some());
+    let (_d2, _d2_rx) = b.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    assert_eq!(a.locate("dev").await.unwrap().as_deref(), Some("b"));
+    let closed = tokio::time::timeout(Duration::from_secs(2), d_rx.recv()).await;
+    assert!(
+        matches!(closed, Ok(None)),
+        "node a still delivers to the connection it lost the key from"
+    );
+    assert!(matches!(
+        d_rx.close_reason(),
+        Some(CloseReason::TakenOver { .. })
+    ));
+    assert!(!a.registry().is_online("dev"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_send_reported_failed_is_not_delivered_later() {
+    let Some(redis) = Redis::start("direct_failure_is_final") else {
+        return;
+    };
+    let a = node(&redis, "t14", "a", TTL).await;
+    let b = node(&redis, "t14", "b", TTL).await;
+    let (_d, mut d_rx) = b.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    // Redis stops answering (stuck, or a dead network path): the send fails...
+    redis.freeze();
+    let sent = a.send_to_key("dev", Msg::from("late")).await;
+    assert!(sent.is_err(), "{sent:?}");
+    assert_eq!(&*sent.unwrap_err().into_inner(), "late");
+    // ...and once Redis runs the command it was sent, it must not deliver it.
+    redis.thaw();
+    let late = tokio::time::timeout(Duration::from_millis(1500), d_rx.recv()).await;
+    assert!(late.is_err(), "reported failed, delivered anyway: {late:?}");
+    // Redis is back: sends go through again.
+    let mut ok = false;
+    for _ in 0..50 {
+        if a.send_to_key("dev", Msg::from("now")).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok);
+    assert_eq!(&*recv(&mut d_rx).await, "now");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_server_a_join_refused_for_redis_leaves_no_membership() {
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{json, Value};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let Some(mut redis) = Redis::start("ws_server_join_refused") else {
+        return;
+    };
+    let server = server::Server::start(server::Config {
+        ws_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: None,
+        close_linger: Duration::from_millis(200),
+        redis: Some(redis.url()),
+        node_id: Some("gw-a".to_owned()),
+        ..server::Config::default()
+    })
+    .await
+    .unwrap();
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+    async fn next(ws: &mut Ws, within: Duration) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(within, ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).unwrap()),
+                Ok(Some(Ok(_))) => {}
+                Ok(other) => panic!("no frame: {other:?}"),
+                Err(_) => return None,
+            }
+        }
+    }
+    async fn open(addr: std::net::SocketAddr) -> Ws {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .unwrap();
+        ws.send(Message::text(json!({"type": "hello"}).to_string()))
+            .await
+            .unwrap();
+        let hello = next(&mut ws, Duration::from_secs(3)).await.unwrap();
+        assert_eq!(hello["type"], "welcome");
+        ws
+    }
+    let join = json!({"type": "join", "session": "room"}).to_string();
+    let (mut x, mut y) = (open(server.ws_addr()).await, open(server.ws_addr()).await);
+    y.send(Message::text(join.clone())).await.unwrap();
+    assert_eq!(
+        next(&mut y, Duration::from_secs(3)).await.unwrap()["type"],
+        "joined"
+    );
+
+    redis.kill();
+    x.send(Message::text(join)).await.unwrap();
+    let refused = next(&mut x, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(refused["code"], "cluster_unavailable", "{refused}");
+    // Told it is not in the room, x must not get the room's messages.
+    y.send(Message::text(
+        json!({"type": "publish", "session": "room", "data": 1}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let answer = next(&mut y, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(answer["code"], "publish_failed", "{answer}");
+    let leaked = next(&mut x, Duration::from_millis(500)).await;
+    assert_eq!(leaked, None, "a client refused the room got its message");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_too_large_for_the_other_nodes_comes_back() {
+    let Some(redis) = Redis::start("payload_too_large") else {
+        return;
+    };
+    let mk = |id: &'static str| {
+        Cluster::builder(Registry::<Msg>::new(), Raw)
+            .url(redis.url())
+            .prefix("t16")
+            .node_id(id)
+            .max_payload(16)
+            .connect()
+    };
+    let (a, b) = (mk("a").await.unwrap(), mk("b").await.unwrap());
+    let (b1, mut b1_rx) = b.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    b.attach(b1, "room").await.unwrap();
+    let big = Msg::from("x".repeat(17));
+    // Every node drops a payload over max_payload: the sender must hear it.
+    let sent = a.broadcast("room", big.clone()).await;
+    assert!(sent.is_err(), "{sent:?}");
+    assert_eq!(sent.unwrap_err().into_inner(), big);
+    let direct = a.send_to_key("dev", big.clone()).await;
+    assert!(direct.is_err(), "{direct:?}");
+    assert_eq!(direct.unwrap_err().into_inner(), big);
+    // At the limit it crosses.
+    let fits = Msg::from("y".repeat(16));
+    a.broadcast("room", fits.clone()).await.unwrap();
+    assert_eq!(recv(&mut b1_rx).await, fits);
+    assert_eq!(b.stats().malformed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_claimed_before_a_redis_restart_can_be_taken_over_and_released_after() {
+    let Some(mut redis) = Redis::start("gens_across_restart") else {
+        return;
+    };
+    let a = node(&redis, "t17", "a", TTL).await;
+    let b = node(&redis, "t17", "b", TTL).await;
+    // Claims before the restart, so that their generations are not small.
+    for i in 0..10 {
+        let key = format!("warm-{i}");
+        let (id, _rx) = a.register(ClientInfo::new().with_key(key)).await.unwrap();
+        let _ = a.unregister(id).await.unwrap();
+    }
+    let (_d, mut d_rx) = a.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    let (k, _k_rx) = a.register(ClientInfo::new().with_key("k2")).await.unwrap();
+
+    // Redis restarts empty; node a re-announces its keys.
+    redis.kill();
+    redis.spawn();
+    let back = eventually(Duration::from_secs(3), || {
+        redis
+            .cli(&["HGET", "{t17}:keys", "k2"])
+            .is_some_and(|v| v.ends_with("|a"))
+            && redis
+                .cli(&["HGET", "{t17}:keys", "dev"])
+                .is_some_and(|v| v.ends_with("|a"))
+    })
+    .await;
+    assert!(back, "node a re-announced its keys");
+
+    // A key released after the restart is released in Redis too.
+    let _ = a.unregister(k).await.unwrap();
+    assert_eq!(
+        a.locate("k2").await.unwrap(),
+        None,
+        "k2 still resolves to a"
+    );
+
+    // A key taken over after the restart closes the old connection.
+    let (_d2, _d2_rx) = b.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(2), d_rx.recv()).await;
+    assert!(
+        matches!(closed, Ok(None)),
+        "node a kept its connection for a key node b took"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_subscriptions_come_back_after_a_redis_restart() {
+    let Some(mut redis) = Redis::start("sharded_restart") else {
+        return;
+    };
+    let mk = |id: &'static str| {
+        Cluster::builder(Registry::<Msg>::new(), Raw)
+            .url(redis.url())
+            .prefix("t18")
+            .node_id(id)
+            .sharded(true)
+            .connect()
+    };
+    let (a, b) = (mk("a").await.unwrap(), mk("b").await.unwrap());
+    let (b1, mut b1_rx) = b.register(ClientInfo::new()).await.unwrap();
+    b.attach(b1, "room").await.unwrap();
+    let shardnumsub = |redis: &Redis| {
+        redis
+            .cli(&["PUBSUB", "SHARDNUMSUB", "t18:s:s:room"])
+            .and_then(|out| out.lines().nth(1).map(|n| n.trim() == "1"))
+            .unwrap_or(false)
+    };
+    assert!(shardnumsub(&redis));
+    redis.kill();
+    redis.spawn();
+    let back = eventually(Duration::from_secs(1), || shardnumsub(&redis)).await;
+    assert!(back, "the sharded subscription is back within 1 s");
+    let mut sent = false;
+    for _ in 0..50 {
+        if a.broadcast("room", Msg::from("after")).await.is_ok() {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sent, "publishing still fails");
+    assert_eq!(&*recv(&mut b1_rx).await, "after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_live_processes_under_one_id_are_told() {
+    let Some(redis) = Redis::start("duplicate_node_id") else {
+        return;
+    };
+    let ttl = Duration::from_secs(1);
+    let first = node(&redis, "t19", "gw-1", ttl).await;
+    let events = first.events();
+    // A second process started by mistake with the same --node-id.
+    let second = node(&redis, "t19", "gw-1", ttl).await;
+    let second_events = second.events();
+    let told = |mut rx: tokio::sync::broadcast::Receiver<ClusterEvent>| async move {
+        tokio::time::timeout(ttl * 2, async move {
+            loop {
+                if let Ok(ClusterEvent::IdConflict { node }) = rx.recv().await {
+                    return node;
+                }
+            }
+        })
+        .await
+    };
+    let (a, b) = tokio::join!(told(events), told(second_events));
+    assert_eq!(
+        a.ok().as_deref(),
+        Some("gw-1"),
+        "the first process was not told"
+    );
+    assert_eq!(
+        b.ok().as_deref(),
+        Some("gw-1"),
+        "the second process was not told"
+    );
+    drop((first, second));
 }

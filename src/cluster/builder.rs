@@ -8,7 +8,7 @@ use crate::sync::Arc;
 use crate::Registry;
 
 use super::codec::Codec;
-use super::envelope::MAX_NODE_ID;
+use super::envelope::{valid_node_id, MAX_NODE_ID};
 use super::error::ClusterError;
 use super::Cluster;
 
@@ -70,6 +70,13 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
     }
 
     /// This node's id, unique in the cluster. Default: random.
+    ///
+    /// A node that connects under the id of a node Redis still counts as live
+    /// takes the id over: the earlier holder is released at once, as after its
+    /// TTL (a [`ClusterEvent::NodeDown`](super::ClusterEvent::NodeDown) lists its
+    /// keys). That is what a process restarted under a fixed id needs; two live
+    /// processes must never share one (each is told, with
+    /// [`ClusterEvent::IdConflict`](super::ClusterEvent::IdConflict)).
     pub fn node_id(mut self, id: impl Into<String>) -> Self {
         self.node = Some(id.into());
         self
@@ -103,7 +110,9 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
     }
 
     /// The largest payload accepted from Redis; larger publications count as
-    /// malformed. Default 1 MiB.
+    /// malformed. This node refuses to publish larger ones
+    /// ([`PublishError::TooLarge`](super::PublishError::TooLarge)), so give every
+    /// node the same limit. Default 1 MiB.
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.max_payload = bytes;
         self
@@ -133,11 +142,7 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
     /// a [`BadNodeId`] inside [`ClusterError::Config`].
     pub async fn connect(self) -> Result<Cluster<M>, ClusterError> {
         let node = self.node.clone().unwrap_or_else(random_id);
-        let valid = (1..=MAX_NODE_ID).contains(&node.len())
-            && node
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        if !valid {
+        if !valid_node_id(&node) {
             return Err(ClusterError::Config(BadNodeId(node)));
         }
         let config = Config::from_url(&self.url)?;
@@ -163,6 +168,11 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
 }
 
 fn random_id() -> String {
+    format!("node-{}", random_token())
+}
+
+/// 16 hex digits, different per call and per process.
+pub(crate) fn random_token() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -171,5 +181,5 @@ fn random_id() -> String {
             .map_or(0, |d| d.as_nanos()),
     );
     h.write_u32(std::process::id());
-    format!("node-{:016x}", h.finish())
+    format!("{:016x}", h.finish())
 }

@@ -4,7 +4,7 @@
 //! ```text
 //! broadcast  [1][0][n][node: n bytes][seq: u64 BE][payload]
 //! direct     [1][1][n][node: n bytes][k: u16 BE][key: k bytes][payload]
-//! takeover   [1][2][JSON {"key","gen","node","by"}]   written by the claim script
+//! takeover   [1][2][JSON {"key","gen","node","by"}]   written by the claim script; gen a decimal string
 //! node down  [1][3][JSON {"node","keys"}]             written by the reap script
 //! ```
 //!
@@ -23,6 +23,15 @@ pub(crate) const NODE_DOWN: u8 = 3;
 
 /// The longest node id; ids travel in every frame.
 pub(crate) const MAX_NODE_ID: usize = 64;
+
+/// Whether `id` can name a node: 1 to [`MAX_NODE_ID`] bytes of `[A-Za-z0-9._-]`.
+/// The builder refuses any other id, so a frame carrying one is forged or corrupt.
+pub(crate) fn valid_node_id(id: &str) -> bool {
+    (1..=MAX_NODE_ID).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
 
 /// A decoded frame; byte fields borrow from the publication.
 #[derive(Debug, PartialEq)]
@@ -46,11 +55,26 @@ pub(crate) enum Envelope<'a> {
 pub(crate) struct TakeOver {
     pub(crate) key: String,
     /// The claim's generation; a node closes its holder only if it claimed earlier.
+    /// A decimal string on the wire (a number is accepted too).
+    #[serde(deserialize_with = "decimal")]
     pub(crate) gen: u64,
     /// The node that claimed the key.
     pub(crate) node: String,
     /// The new connection on that node.
     pub(crate) by: String,
+}
+
+fn decimal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Gen {
+        Number(u64),
+        Text(String),
+    }
+    match Gen::deserialize(d)? {
+        Gen::Number(n) => Ok(n),
+        Gen::Text(s) => s.parse().map_err(serde::de::Error::custom),
+    }
 }
 
 /// The reap script's notice that a node's heartbeat expired.
@@ -101,6 +125,14 @@ fn text(bytes: &[u8]) -> Result<&str, Malformed> {
     std::str::from_utf8(bytes).map_err(|_| Malformed)
 }
 
+fn node_id(id: &str) -> Result<&str, Malformed> {
+    if valid_node_id(id) {
+        Ok(id)
+    } else {
+        Err(Malformed)
+    }
+}
+
 pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>, Malformed> {
     let (head, rest) = split(bytes, 2)?;
     if head[0] != VERSION {
@@ -108,13 +140,20 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>, Malformed> {
     }
     match head[1] {
         TAKEOVER => serde_json::from_slice(rest)
-            .map(Envelope::TakeOver)
-            .map_err(|_| Malformed),
-        NODE_DOWN => node_down(rest).map(Envelope::NodeDown),
+            .map_err(|_| Malformed)
+            .and_then(|t: TakeOver| {
+                node_id(&t.node)?;
+                Ok(Envelope::TakeOver(t))
+            }),
+        NODE_DOWN => {
+            let down = node_down(rest)?;
+            node_id(&down.node)?;
+            Ok(Envelope::NodeDown(down))
+        }
         kind @ (BROADCAST | DIRECT) => {
             let (n, rest) = split(rest, 1)?;
             let (node, rest) = split(rest, usize::from(n[0]))?;
-            let node = text(node)?;
+            let node = node_id(text(node)?)?;
             if kind == BROADCAST {
                 let (seq, payload) = split(rest, 8)?;
                 let seq = u64::from_be_bytes(seq.try_into().map_err(|_| Malformed)?);
@@ -197,6 +236,31 @@ mod tests {
         }
         assert_eq!(decode(&[2, 0]), Err(Malformed));
         assert_eq!(decode(&[1, 9]), Err(Malformed));
+    }
+
+    #[test]
+    fn a_node_id_no_node_could_have_is_refused() {
+        for node in ["has space", "ünï", &"x".repeat(MAX_NODE_ID + 1), ""] {
+            let f = broadcast(node, 1, b"x");
+            assert_eq!(decode(&f), Err(Malformed), "{node:?}");
+            let d = direct(node, "k", b"x").unwrap();
+            assert_eq!(decode(&d), Err(Malformed), "{node:?}");
+        }
+    }
+
+    #[test]
+    fn a_takeover_generation_reads_as_text_or_number() {
+        for json in [
+            r#"{"key":"k","gen":"1764000000000001","node":"a","by":"c1.1.0"}"#,
+            r#"{"key":"k","gen":1764000000000001,"node":"a","by":"c1.1.0"}"#,
+        ] {
+            let mut f = vec![1, TAKEOVER];
+            f.extend_from_slice(json.as_bytes());
+            match decode(&f) {
+                Ok(Envelope::TakeOver(t)) => assert_eq!(t.gen, 1_764_000_000_000_001),
+                other => panic!("{json}: {other:?}"),
+            }
+        }
     }
 
     #[test]

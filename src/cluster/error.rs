@@ -49,6 +49,10 @@ pub enum PublishError<M> {
     Redis(M, RedisError),
     /// The codec could not encode the message; nothing was delivered.
     Codec(M, CodecError),
+    /// The encoded message is larger than
+    /// [`ClusterBuilder::max_payload`](super::ClusterBuilder::max_payload) (its
+    /// size in bytes), which other nodes would drop; nothing was delivered.
+    TooLarge(M, usize),
     /// The publisher queue is full (Redis is slower than the publishers).
     Busy(M),
     /// The cluster is shutting down.
@@ -59,7 +63,11 @@ impl<M> PublishError<M> {
     /// The message that was not published.
     pub fn into_inner(self) -> M {
         match self {
-            Self::Redis(m, _) | Self::Codec(m, _) | Self::Busy(m) | Self::Closed(m) => m,
+            Self::Redis(m, _)
+            | Self::Codec(m, _)
+            | Self::TooLarge(m, _)
+            | Self::Busy(m)
+            | Self::Closed(m) => m,
         }
     }
 }
@@ -69,6 +77,7 @@ impl<M> fmt::Debug for PublishError<M> {
         match self {
             Self::Redis(_, e) => f.debug_tuple("Redis").field(e).finish_non_exhaustive(),
             Self::Codec(_, e) => f.debug_tuple("Codec").field(e).finish_non_exhaustive(),
+            Self::TooLarge(_, n) => f.debug_tuple("TooLarge").field(n).finish_non_exhaustive(),
             Self::Busy(_) => f.write_str("Busy(..)"),
             Self::Closed(_) => f.write_str("Closed(..)"),
         }
@@ -80,6 +89,12 @@ impl<M> fmt::Display for PublishError<M> {
         match self {
             Self::Redis(_, e) => write!(f, "publish failed: {e}"),
             Self::Codec(_, e) => write!(f, "publish failed: {e}"),
+            Self::TooLarge(_, n) => {
+                write!(
+                    f,
+                    "publish failed: {n} bytes is over the cluster's max_payload"
+                )
+            }
             Self::Busy(_) => f.write_str("publish failed: the publisher queue is full"),
             Self::Closed(_) => f.write_str("publish failed: the cluster is shut down"),
         }

@@ -6,6 +6,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::client_ref::ClientRef;
 use crate::sync::{lock, Arc};
+use crate::SessionId;
 
 use super::envelope::{self, Envelope};
 use super::gaps::Seen;
@@ -13,31 +14,37 @@ use super::stats::{ClusterEvent, Counters};
 use super::Shared;
 
 impl<M: Clone + Send + Sync + 'static> Shared<M> {
-    fn on_message(&self, channel: &str, bytes: &[u8]) {
+    /// Handles one publication; returns the sessions a takeover closed a member
+    /// of, whose subscriptions must be synced.
+    fn on_message(&self, channel: &str, bytes: &[u8]) -> Vec<SessionId> {
         let c = &self.counters;
         let Ok(env) = envelope::decode(bytes) else {
             Counters::add(&c.malformed, 1);
-            return;
+            return Vec::new();
         };
         match env {
             Envelope::Broadcast { node, seq, payload } => {
                 if node == self.node {
                     // Skip-self: local members got it before it was published.
-                    return;
+                    return Vec::new();
                 }
                 let Some(session) = self.names.session_of(channel) else {
                     Counters::add(&c.malformed, 1);
-                    return;
+                    return Vec::new();
                 };
                 Counters::add(&c.received, 1);
                 match lock(&self.gaps).observe(node, &session, seq) {
                     Seen::Next { missed } => Counters::add(&c.gaps, missed),
                     Seen::Stale => Counters::add(&c.reordered, 1),
                     Seen::First => {}
+                    Seen::Implausible => {
+                        Counters::add(&c.malformed, 1);
+                        return Vec::new();
+                    }
                 }
                 if payload.len() > self.max_payload {
                     Counters::add(&c.malformed, 1);
-                    return;
+                    return Vec::new();
                 }
                 match self.codec.decode(payload) {
                     // No local members left (a leave raced the publication): nothing to do.
@@ -49,11 +56,11 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 Counters::add(&c.received, 1);
                 if payload.len() > self.max_payload {
                     Counters::add(&c.malformed, 1);
-                    return;
+                    return Vec::new();
                 }
                 let Ok(msg) = self.codec.decode(payload) else {
                     Counters::add(&c.malformed, 1);
-                    return;
+                    return Vec::new();
                 };
                 let sent = self
                     .registry
@@ -63,7 +70,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                     Counters::add(&c.undeliverable, 1);
                 }
             }
-            Envelope::TakeOver(notice) => self.on_takeover(notice),
+            Envelope::TakeOver(notice) => return self.on_takeover(notice),
             Envelope::NodeDown(down) => {
                 lock(&self.gaps).forget_node(&down.node);
                 let _ = self.events.send(ClusterEvent::NodeDown {
@@ -72,6 +79,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 });
             }
         }
+        Vec::new()
     }
 }
 
@@ -85,13 +93,46 @@ pub(crate) async fn run<M: Clone + Send + Sync + 'static>(shared: Arc<Shared<M>>
                     Counters::add(&shared.counters.malformed, 1);
                     continue;
                 };
-                shared.on_message(&message.channel, bytes);
+                let left = shared.on_message(&message.channel, bytes);
+                if !left.is_empty() {
+                    // Off this loop: syncing waits for Redis.
+                    let shared = Arc::clone(&shared);
+                    tokio::spawn(async move { shared.sync_sessions(left).await });
+                }
             }
-            // Lost in the client's buffer: the numbering counts them as gaps.
-            Err(RecvError::Lagged(_)) => {}
+            // Lost in the client's buffer: the numbering counts lost broadcasts as
+            // gaps; a lost takeover notice is caught up by checking the keys.
+            Err(RecvError::Lagged(n)) => {
+                Counters::add(&shared.counters.lagged, n);
+                recheck_soon(Arc::clone(&shared));
+            }
             Err(RecvError::Closed) => return,
         }
     }
+}
+
+/// Rechecks the keys in a task of its own, unless one is running: that one then
+/// runs once more when it is done.
+fn recheck_soon<M: Clone + Send + Sync + 'static>(shared: Arc<Shared<M>>) {
+    {
+        let mut keys = lock(&shared.keys);
+        if keys.recheck.0 {
+            keys.recheck.1 = true;
+            return;
+        }
+        keys.recheck = (true, false);
+    }
+    tokio::spawn(async move {
+        loop {
+            let _ = shared.recheck_keys().await;
+            let mut keys = lock(&shared.keys);
+            if !keys.recheck.1 {
+                keys.recheck = (false, false);
+                return;
+            }
+            keys.recheck.1 = false;
+        }
+    });
 }
 
 /// Renews everything after the connection to Redis comes back.
@@ -102,6 +143,8 @@ pub(crate) async fn reconnects<M: Clone + Send + Sync + 'static>(shared: Arc<Sha
             Ok(_) | Err(RecvError::Lagged(_)) => {
                 Counters::add(&shared.counters.reconnects, 1);
                 let _ = shared.resubscribe().await;
+                // Takeover notices published while the subscriber was away are lost.
+                let _ = shared.recheck_keys().await;
                 let _ = shared.heartbeat().await;
                 let _ = shared.events.send(ClusterEvent::Reconnected);
             }

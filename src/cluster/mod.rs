@@ -151,11 +151,16 @@ pub(crate) struct Shared<M> {
     registry: Registry<M>,
     codec: Arc<dyn Codec<M>>,
     node: String,
+    /// This process's token, beside its node id in Redis: a heartbeat that finds
+    /// another one there tells of two live processes under one id.
+    run: String,
     names: Arc<Names>,
     scripts: Scripts,
     ttl: Duration,
     sharded: bool,
     max_payload: usize,
+    /// How long after sending a publication Redis still accepts it.
+    publish_deadline: Duration,
     client: Client,
     subscriber: SubscriberClient,
     counters: Arc<Counters>,
@@ -168,6 +173,33 @@ pub(crate) struct Shared<M> {
     publish: mpsc::Sender<Outgoing>,
     clock: Arc<RedisClock>,
     events: broadcast::Sender<ClusterEvent>,
+}
+
+/// Why a message could not be encoded for the other nodes.
+enum Unsendable {
+    Codec(codec::CodecError),
+    TooLarge(usize),
+}
+
+impl Unsendable {
+    fn with<M>(self, msg: M) -> PublishError<M> {
+        match self {
+            Self::Codec(e) => PublishError::Codec(msg, e),
+            Self::TooLarge(n) => PublishError::TooLarge(msg, n),
+        }
+    }
+}
+
+impl<M: 'static> Shared<M> {
+    /// The payload for `msg`, if the other nodes accept it: they drop payloads
+    /// over `max_payload`, so the sender refuses them rather than report success.
+    fn encode(&self, msg: &M) -> Result<bytes::Bytes, Unsendable> {
+        let payload = self.codec.encode(msg).map_err(Unsendable::Codec)?;
+        if payload.len() > self.max_payload {
+            return Err(Unsendable::TooLarge(payload.len()));
+        }
+        Ok(payload)
+    }
 }
 
 /// Where [`Cluster::send_to_key`] delivered.
@@ -214,11 +246,13 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             registry: b.registry,
             codec: b.codec,
             node: node.clone(),
+            run: builder::random_token(),
             names: Arc::clone(&names),
             scripts,
             ttl: b.ttl,
             sharded: b.sharded,
             max_payload: b.max_payload,
+            publish_deadline: b.publish_deadline,
             client: client.clone(),
             subscriber: subscriber.clone(),
             counters: Arc::clone(&counters),
@@ -249,6 +283,10 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             ),
         ];
         let client_handle = shared.client.clone();
+        // A process restarted under this id within its TTL: the earlier run is
+        // dead, so release what it held (other nodes hear a node-down, and forget
+        // its numbering) before this run announces itself.
+        shared.reap(Some(&node)).await?;
         subscriber
             .subscribe(vec![names.node_channel(&node), names.ctl.clone()])
             .await?;
@@ -419,7 +457,8 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// # Errors
     ///
     /// [`PublishError`] with the message when it could not be published; local
-    /// members got it all the same unless the error is [`PublishError::Codec`].
+    /// members got it all the same unless the error is [`PublishError::Codec`] or
+    /// [`PublishError::TooLarge`].
     ///
     /// # Examples
     ///
@@ -467,9 +506,9 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         except: Option<ClientId>,
         msg: M,
     ) -> Result<usize, PublishError<M>> {
-        let payload = match self.shared.codec.encode(&msg) {
+        let payload = match self.shared.encode(&msg) {
             Ok(p) => p,
-            Err(e) => return Err(PublishError::Codec(msg, e)),
+            Err(e) => return Err(e.with(msg)),
         };
         let local = match except {
             Some(id) => self
@@ -519,7 +558,8 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     ///
     /// [`SendToKeyError::NotFound`] if no live node holds the key; the other
     /// variants when the local send or the publication failed. Each gives the
-    /// message back.
+    /// message back, and a failure is final: as for a broadcast, Redis refuses
+    /// the send once the caller could have been told it failed.
     ///
     /// # Examples
     ///
@@ -539,26 +579,15 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// # Ok(()) }
     /// ```
     pub async fn send_to_key(&self, key: &str, msg: M) -> Result<Delivered, SendToKeyError<M>> {
-        use fred::interfaces::LuaInterface;
         let shared = &self.shared;
-        let payload = match shared.codec.encode(&msg) {
+        let payload = match shared.encode(&msg) {
             Ok(p) => p,
-            Err(e) => return Err(SendToKeyError::Publish(PublishError::Codec(msg, e))),
+            Err(e) => return Err(SendToKeyError::Publish(e.with(msg))),
         };
         let Some(frame) = envelope::direct(&shared.node, key, &payload) else {
             return Err(SendToKeyError::NotFound(msg));
         };
-        let args: Vec<fred::prelude::Value> = vec![
-            shared.names.base.clone().into(),
-            key.into(),
-            shared.names.node_base.clone().into(),
-            frame.into(),
-            shared.node.clone().into(),
-        ];
-        let routed: Result<fred::prelude::Value, _> = shared
-            .client
-            .eval(shared.scripts.route.text(), Vec::<String>::new(), args)
-            .await;
+        let routed = shared.route(key, frame).await;
         match routed {
             Ok(v) => match v.as_string().filter(|_| !v.is_null()) {
                 // Redis says the key is here: deliver without a publication.

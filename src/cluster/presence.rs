@@ -1,9 +1,9 @@
 //! Presence: the heartbeat, the reaper, and the cluster-wide views built on them.
 //!
 //! Every third of the TTL a node renews its deadline in `B:nodes` with its client
-//! count and counters and reconciles its subscriptions; every ninth it runs the
-//! reaper, which releases every node whose deadline passed and announces it on the
-//! ctl channel.
+//! count and counters and reconciles its subscriptions; every ninth (and at least
+//! every second) it runs the reaper, which releases every node whose deadline
+//! passed and announces it on the ctl channel.
 //! Any node may reap; the script is atomic, so each dead node is released once.
 //!
 //! A heartbeat that finds its node unknown (Redis restarted empty, or the node was
@@ -72,6 +72,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             self.names.base.clone(),
             self.node.clone(),
             ttl.to_string(),
+            self.run.clone(),
             "clients".into(),
             self.registry.client_count().to_string(),
             "subscriptions".into(),
@@ -81,13 +82,28 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             "ttl".into(),
             ttl.to_string(),
         ];
-        let (known, now): (i64, u64) = self
+        let (known, now, clash): (i64, u64, i64) = self
             .client
             .eval(self.scripts.heartbeat.text(), Vec::<String>::new(), args)
             .await?;
         self.clock.observe(now);
-        if known == 0 {
-            self.announce().await?;
+        if clash == 1 {
+            let node = self.node.clone();
+            let _ = self.events.send(super::ClusterEvent::IdConflict { node });
+        }
+        // The flag, not `known`, decides: the renewal above makes this node known
+        // even when the announcement that follows fails.
+        let announce = {
+            let mut keys = lock(&self.keys);
+            let due = known == 0 || keys.unannounced;
+            keys.unannounced = false;
+            due
+        };
+        if announce {
+            if let Err(e) = self.announce().await {
+                lock(&self.keys).unannounced = true;
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -178,16 +194,23 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
     }
 }
 
-/// The heartbeat task: beat and reconcile every third of the TTL, reap three times
-/// as often, so that a dead node is released at most a ninth of the TTL after its
-/// deadline. Errors (Redis down) are retried at the next tick.
+/// The heartbeat task: release keys whose connections left the registry behind
+/// the cluster's back, beat and reconcile every third of the TTL, and reap at
+/// least three times as often, so that a dead node is released at most a ninth of
+/// the TTL (and at most a second) after its deadline. Errors (Redis down) are
+/// retried at the next tick.
 pub(crate) async fn run<M: Clone + Send + Sync + 'static>(shared: Arc<Shared<M>>) {
-    let period = (shared.ttl / 9).max(Duration::from_millis(20));
+    let (period, beat_every) = schedule(shared.ttl);
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for n in 0u64.. {
         tick.tick().await;
-        if n % 3 == 0 && shared.heartbeat().await.is_ok() {
+        let beat = n % beat_every == 0;
+        if beat {
+            // Before the heartbeat, so that a re-announcement skips them.
+            let _ = shared.release_orphans().await;
+        }
+        if beat && shared.heartbeat().await.is_ok() {
             let sessions = shared.known_sessions().await;
             let _ = shared.sync_sessions(sessions).await;
         }
@@ -195,9 +218,38 @@ pub(crate) async fn run<M: Clone + Send + Sync + 'static>(shared: Arc<Shared<M>>
     }
 }
 
+/// The reaper's period, and every how many periods the node beats (at most every
+/// third of the TTL). The period is a ninth of the TTL, and at most a second, so
+/// that a dead node is released within a second of its deadline whatever the TTL.
+fn schedule(ttl: Duration) -> (Duration, u64) {
+    let period = (ttl / 9).clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let every = (ttl / 3).as_nanos() / period.as_nanos();
+    (period, u64::try_from(every).unwrap_or(u64::MAX).max(1))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::NodeState;
+    use std::time::Duration;
+
+    use super::{schedule, NodeState};
+
+    #[test]
+    fn a_dead_node_is_reaped_within_a_second_of_its_deadline_at_any_ttl() {
+        for ms in [300, 1_000, 3_000, 9_000, 10_000, 30_000, 300_000] {
+            let ttl = Duration::from_millis(ms);
+            let (period, every) = schedule(ttl);
+            assert!(
+                period <= Duration::from_secs(1),
+                "ttl {ttl:?}: reaps every {period:?}"
+            );
+            let beat = period * u32::try_from(every).unwrap();
+            assert!(beat <= ttl / 3, "ttl {ttl:?}: beats every {beat:?}");
+            assert!(
+                beat + period > ttl / 3,
+                "ttl {ttl:?}: beats every {beat:?}, too often"
+            );
+        }
+    }
 
     #[test]
     fn a_node_is_late_once_it_missed_a_beat() {

@@ -6,9 +6,9 @@
 //! | Key | Type | Holds |
 //! | --- | --- | --- |
 //! | `B:nodes` | sorted set | node → heartbeat deadline (ms) |
-//! | `B:info:N` | hash | node N's `clients`, `subscriptions`, `gaps`, `ttl`, `beat` (ms), ... |
+//! | `B:info:N` | hash | node N's `clients`, `subscriptions`, `gaps`, `ttl`, `beat` (ms), `run`, ... |
 //! | `B:keys` | hash | client key → `gen|node` |
-//! | `B:gen` | counter | claim generations |
+//! | `B:gen` | counter | the last claim generation (at least the time in µs) |
 //! | `B:nkeys:N` | set | keys node N holds |
 //! | `B:members:T` | hash | node → member count of the session with token T |
 //! | `B:nsess:N` | set | session tokens node N counts members in |
@@ -30,18 +30,22 @@ local function alive(n)
 end
 ";
 
-/// ARGV: base, node, ttl ms, then field/value pairs for the node's info hash.
-/// Returns `{known, now}`: known is 1 for a renewal, 0 if the node is new to this
-/// Redis; now is Redis's time in ms.
+/// ARGV: base, node, ttl ms, this process's run token, then field/value pairs for
+/// the node's info hash. Returns `{known, now, clash}`: known is 1 for a renewal,
+/// 0 if the node is new to this Redis; now is Redis's time in ms; clash is 1 when
+/// the live node's last beat came from another process (another run token).
 const HEARTBEAT: &str = r"
-local node, ttl = ARGV[2], tonumber(ARGV[3])
+local node, ttl, run = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local known = redis.call('ZSCORE', B .. ':nodes', node)
-redis.call('ZADD', B .. ':nodes', now + ttl, node)
 local info = B .. ':info:' .. node
-for i = 4, #ARGV, 2 do redis.call('HSET', info, ARGV[i], ARGV[i + 1]) end
-redis.call('HSET', info, 'beat', string.format('%d', now))
+local other = redis.call('HGET', info, 'run')
+local clash = 0
+if known and other and other ~= run then clash = 1 end
+redis.call('ZADD', B .. ':nodes', now + ttl, node)
+for i = 5, #ARGV, 2 do redis.call('HSET', info, ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', info, 'beat', string.format('%d', now), 'run', run)
 redis.call('PEXPIRE', info, ttl * 2)
-if known then return { 1, now } else return { 0, now } end
+if known then return { 1, now, clash } else return { 0, now, clash } end
 ";
 
 /// ARGV: base (unused), deadline ms, `PUBLISH` or `SPUBLISH`, then channel/frame
@@ -56,11 +60,13 @@ return (#ARGV - 3) / 2
 ";
 
 /// ARGV: base, ctl channel, node or ''. Releases every expired node (or the one
-/// named, on a clean shutdown) and announces each on the ctl channel. Returns how
-/// many it released.
+/// named, if Redis knows it: on a clean shutdown, or a restart under the same id)
+/// and announces each on the ctl channel. Returns how many it released.
 const DOWN: &str = r"
 local dead
-if ARGV[3] ~= '' then dead = { ARGV[3] }
+if ARGV[3] ~= '' then
+  dead = {}
+  if redis.call('ZSCORE', B .. ':nodes', ARGV[3]) then dead = { ARGV[3] } end
 else dead = redis.call('ZRANGEBYSCORE', B .. ':nodes', '-inf', '(' .. now) end
 for _, n in ipairs(dead) do
   redis.call('ZREM', B .. ':nodes', n)
@@ -84,11 +90,20 @@ return #dead
 /// channel base. Returns `{1, gen}` when the key is now this node's, `{0, holder}`
 /// when `ifree` found it on another node. A previous holder elsewhere gets a
 /// takeover notice on its node channel.
+///
+/// Generations must grow across a Redis restart that lost the counter: nodes
+/// re-announce keys claimed before it, and compare the generations of notices
+/// and releases with those. So a generation is never below Redis's time in
+/// microseconds (exact in Lua's doubles until 2255); it travels as a decimal
+/// string, since cjson would write so large a number in exponent form.
 const CLAIM: &str = r"
 local key, node, by, mode = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local cur = holder(redis.call('HGET', B .. ':keys', key))
 if mode == 'ifree' and cur and cur ~= node and alive(cur) then return { 0, cur } end
-local gen = redis.call('INCR', B .. ':gen')
+local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local gen = math.max(tonumber(redis.call('GET', B .. ':gen') or '0') + 1, us)
+gen = string.format('%d', gen)
+redis.call('SET', B .. ':gen', gen)
 redis.call('HSET', B .. ':keys', key, gen .. '|' .. node)
 redis.call('SADD', B .. ':nkeys:' .. node, key)
 if cur and cur ~= node then
@@ -96,7 +111,7 @@ if cur and cur ~= node then
   redis.call('PUBLISH', ARGV[6] .. cur,
     string.char(1, 2) .. cjson.encode({ key = key, gen = gen, node = node, by = by }))
 end
-return { 1, gen }
+return { 1, tonumber(gen) }
 ";
 
 /// ARGV: base, key, node, gen. Releases the key if that claim still holds it.
@@ -110,6 +125,21 @@ end
 return 0
 ";
 
+/// ARGV: base, node, then key/generation pairs this node believes it holds.
+/// Returns `key, holder` pairs for each key that claim no longer holds; the
+/// holder is `''` when no node holds the key.
+const HELD: &str = r"
+local node, out = ARGV[2], {}
+for i = 3, #ARGV, 2 do
+  local v = redis.call('HGET', B .. ':keys', ARGV[i])
+  if v ~= ARGV[i + 1] .. '|' .. node then
+    table.insert(out, ARGV[i])
+    table.insert(out, holder(v) or '')
+  end
+end
+return out
+";
+
 /// ARGV: base, key. The live node holding the key, or false.
 const LOCATE: &str = r"
 local n = holder(redis.call('HGET', B .. ':keys', ARGV[2]))
@@ -117,10 +147,15 @@ if n and alive(n) then return n end
 return false
 ";
 
-/// ARGV: base, key, node channel base, frame, this node. Returns the key's live
-/// node, or false; publishes the frame to that node unless it is this one. Locate
-/// and send in one round trip, by the only authority on who holds the key.
+/// ARGV: base, key, node channel base, frame, this node, deadline ms. Returns the
+/// key's live node, or false; publishes the frame to that node unless it is this
+/// one. Locate and send in one round trip, by the only authority on who holds the
+/// key. Past the deadline (the sender already reported failure) it refuses, like
+/// [`PUBLISH`].
 const ROUTE: &str = r"
+if now > tonumber(ARGV[6]) then
+  return redis.error_reply('DEADLINE the send reached redis after its deadline')
+end
 local n = holder(redis.call('HGET', B .. ':keys', ARGV[2]))
 if n and alive(n) then
   if n ~= ARGV[5] then redis.call('PUBLISH', ARGV[3] .. n, ARGV[4]) end
@@ -194,6 +229,7 @@ pub(crate) struct Scripts {
     pub(crate) down: Script,
     pub(crate) claim: Script,
     pub(crate) release: Script,
+    pub(crate) held: Script,
     pub(crate) locate: Script,
     pub(crate) route: Script,
     pub(crate) counts: Script,
@@ -209,6 +245,7 @@ impl Scripts {
             down: Script::new(DOWN),
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
+            held: Script::new(HELD),
             locate: Script::new(LOCATE),
             route: Script::new(ROUTE),
             counts: Script::new(COUNTS),

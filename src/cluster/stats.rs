@@ -18,6 +18,7 @@ pub(crate) struct Counters {
     pub(crate) malformed: AtomicU64,
     pub(crate) undeliverable: AtomicU64,
     pub(crate) reconnects: AtomicU64,
+    pub(crate) lagged: AtomicU64,
     pub(crate) subscriptions: AtomicU64,
 }
 
@@ -44,6 +45,7 @@ impl Counters {
             malformed: Self::get(&self.malformed),
             undeliverable: Self::get(&self.undeliverable),
             reconnects: Self::get(&self.reconnects),
+            lagged: Self::get(&self.lagged),
             subscriptions: Self::get(&self.subscriptions),
         }
     }
@@ -76,6 +78,10 @@ pub struct ClusterStats {
     pub undeliverable: u64,
     /// Reconnections to Redis.
     pub reconnects: u64,
+    /// Publications the Redis client received but dropped before this node read
+    /// them (its buffer overflowed). Lost broadcasts among them also count as
+    /// gaps; lost direct sends are lost.
+    pub lagged: u64,
     /// Session channels this node is subscribed to now.
     pub subscriptions: u64,
 }
@@ -102,4 +108,11 @@ pub enum ClusterEvent {
     },
     /// The connection to Redis came back; subscriptions and presence were renewed.
     Reconnected,
+    /// Another process beats under this node's id. Each drops the other's
+    /// publications as its own and takes keys from it: give every node its own id.
+    /// Reported at each heartbeat that finds the other process's mark.
+    IdConflict {
+        /// The id both use.
+        node: String,
+    },
 }

@@ -14,12 +14,14 @@
 
 use std::collections::HashMap;
 
-use fred::interfaces::LuaInterface;
-use fred::prelude::Value;
+use std::time::Duration;
+
+use fred::interfaces::{ClientLike, LuaInterface};
+use fred::prelude::{Options, Value};
 
 use crate::client_ref::ClientRef;
 use crate::sync::lock;
-use crate::{ClientId, CloseReason};
+use crate::{ClientId, CloseReason, SessionId};
 
 use super::envelope::TakeOver;
 use super::stats::ClusterEvent;
@@ -42,6 +44,12 @@ pub(crate) struct Keys {
     /// The newest takeover (generation, node) heard for a key while a claim of
     /// this node was pending.
     revoked: HashMap<String, (u64, String)>,
+    /// Redis forgot this node and its keys have not all been claimed back yet:
+    /// every heartbeat re-announces until one succeeds.
+    pub(crate) unannounced: bool,
+    /// A key recheck after a lag: running, and asked for again meanwhile. Lags
+    /// come in bursts under load; one recheck at a time, one more at most.
+    pub(crate) recheck: (bool, bool),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,8 +123,91 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             }
         };
         // Another node holds the key: it claimed after this claim, or kept it.
-        self.close_holder(key, id, superseded.unwrap_or_default());
+        let left = self.close_holder(key, id, superseded.unwrap_or_default());
+        if !left.is_empty() {
+            self.sync_sessions(left).await?;
+        }
         Ok(false)
+    }
+
+    /// Releases every key whose connection left the registry without the cluster
+    /// being told (an admin kick, a slow consumer, an unregister made on the
+    /// registry), so that no key resolves to a connection that is gone.
+    pub(crate) async fn release_orphans(&self) -> Result<(), ClusterError> {
+        let orphans: Vec<(String, ClientId)> = {
+            let keys = lock(&self.keys);
+            keys.held
+                .iter()
+                // A key with a claim in flight is settled by that claim.
+                .filter(|(key, _)| !keys.pending.contains_key(*key))
+                .filter(|(key, held)| {
+                    self.registry
+                        .lookup(ClientRef::Key(key))
+                        .map_or(true, |entry| entry.id != held.id)
+                })
+                .map(|(key, held)| (key.clone(), held.id))
+                .collect()
+        };
+        for (key, id) in orphans {
+            self.release(&key, id).await?;
+        }
+        Ok(())
+    }
+
+    /// Checks every key held here against Redis, for takeover notices this node
+    /// missed: they are pub/sub, lost while its subscriber connection was down or
+    /// lagging. Closes each connection whose key another node holds now; a key
+    /// Redis no longer has at all is claimed back by the next heartbeat.
+    pub(crate) async fn recheck_keys(&self) -> Result<(), ClusterError> {
+        let held: HashMap<String, u64> = lock(&self.keys)
+            .held
+            .iter()
+            .map(|(key, h)| (key.clone(), h.gen))
+            .collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        let mut args = vec![self.names.base.clone(), self.node.clone()];
+        for (key, gen) in &held {
+            args.push(key.clone());
+            args.push(gen.to_string());
+        }
+        let lost: Vec<String> = self
+            .client
+            .eval(self.scripts.held.text(), Vec::<String>::new(), args)
+            .await?;
+        let mut left = Vec::new();
+        for pair in lost.chunks_exact(2) {
+            let (key, node) = (&pair[0], &pair[1]);
+            if node == &self.node {
+                // Claimed again here since: that claim settles it.
+                continue;
+            }
+            let taken = {
+                let mut keys = lock(&self.keys);
+                if node.is_empty() {
+                    keys.unannounced = true;
+                    false
+                } else if keys.pending.contains_key(key)
+                    || keys.held.get(key).map(|h| h.gen) != held.get(key).copied()
+                {
+                    // A claim in flight or one answered since the check: it settles it.
+                    false
+                } else {
+                    keys.held.remove(key);
+                    true
+                }
+            };
+            if taken {
+                // Redis does not record which connection took it.
+                let by = ClientId::pack(0, 0, 0);
+                left.extend(self.close_holder(key, by, node.clone()));
+            }
+        }
+        if left.is_empty() {
+            return Ok(());
+        }
+        self.sync_sessions(left).await
     }
 
     /// Releases `key` if this node's claim for connection `id` still holds it.
@@ -145,6 +236,45 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         Ok(())
     }
 
+    /// Asks Redis who holds `key` and publishes `frame` to that node, in one
+    /// script call. Failures are final, as for the publisher's batches: the
+    /// script refuses past a deadline on Redis's clock, and the answer is awaited
+    /// twice that long, so a send the client library replays after reporting it
+    /// failed is not delivered behind the caller's back.
+    pub(crate) async fn route(
+        &self,
+        key: &str,
+        frame: bytes::Bytes,
+    ) -> Result<Value, fred::error::Error> {
+        let io = |text| fred::error::Error::new(fred::error::ErrorKind::IO, text);
+        let Some(now) = self.clock.now_ms() else {
+            return Err(io("redis clock not read yet"));
+        };
+        let wait = self.publish_deadline * 2;
+        let deadline = now + u64::try_from(self.publish_deadline.as_millis()).unwrap_or(u64::MAX);
+        let args: Vec<Value> = vec![
+            self.names.base.clone().into(),
+            key.into(),
+            self.names.node_base.clone().into(),
+            frame.into(),
+            self.node.clone().into(),
+            deadline.to_string().into(),
+        ];
+        let client = self.client.with_options(&Options {
+            // Refuse at once while disconnected rather than queue for a reconnect.
+            fail_fast: true,
+            max_attempts: Some(1),
+            timeout: Some(wait),
+            ..Options::default()
+        });
+        let call = client.eval(self.scripts.route.text(), Vec::<String>::new(), args);
+        // A margin past fred's own timeout, in case it does not fire.
+        match tokio::time::timeout(wait + Duration::from_millis(100), call).await {
+            Ok(answer) => answer,
+            Err(_) => Err(io("send timed out")),
+        }
+    }
+
     pub(crate) async fn locate(&self, key: &str) -> Result<Option<String>, ClusterError> {
         let v: Value = self
             .client
@@ -157,8 +287,9 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         Ok(v.as_string().filter(|_| !v.is_null()))
     }
 
-    /// Another node claimed a key this node held.
-    pub(crate) fn on_takeover(&self, notice: TakeOver) {
+    /// Another node claimed a key this node held. Returns the sessions the closed
+    /// connection left, whose subscriptions the caller must sync.
+    pub(crate) fn on_takeover(&self, notice: TakeOver) -> Vec<SessionId> {
         {
             let mut keys = lock(&self.keys);
             if keys.pending.contains_key(&notice.key) {
@@ -176,26 +307,29 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 }
                 // Claimed again here since, or not held yet (a pending claim
                 // checks the notice kept above): nothing to close now.
-                _ => return,
+                _ => return Vec::new(),
             }
         }
         let by = notice.by.parse().unwrap_or(ClientId::pack(0, 0, 0));
-        self.close_holder(&notice.key, by, notice.node);
+        self.close_holder(&notice.key, by, notice.node)
     }
 
-    /// Closes the local connection holding `key`, which now belongs to `node`.
-    fn close_holder(&self, key: &str, by: ClientId, node: String) {
-        if let Ok(entry) = self.registry.lookup(ClientRef::Key(key)) {
-            if self
-                .registry
-                .unregister_because(entry.id, CloseReason::TakenOver { by })
-                .is_ok()
-            {
-                let _ = self.events.send(ClusterEvent::TakenOver {
-                    key: key.to_owned(),
-                    node,
-                });
-            }
-        }
+    /// Closes the local connection holding `key`, which now belongs to `node`;
+    /// returns the sessions it left.
+    fn close_holder(&self, key: &str, by: ClientId, node: String) -> Vec<SessionId> {
+        let Ok(entry) = self.registry.lookup(ClientRef::Key(key)) else {
+            return Vec::new();
+        };
+        let Ok(gone) = self
+            .registry
+            .unregister_because(entry.id, CloseReason::TakenOver { by })
+        else {
+            return Vec::new();
+        };
+        let _ = self.events.send(ClusterEvent::TakenOver {
+            key: key.to_owned(),
+            node,
+        });
+        gone.sessions
     }
 }

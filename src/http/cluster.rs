@@ -21,6 +21,8 @@ use crate::SessionId;
 /// cluster node, plus `GET /cluster`, and the cluster's counters in `/metrics`:
 /// `switchboard_cluster_published_total`, `switchboard_cluster_publish_failed_total`,
 /// `switchboard_cluster_received_total`, `switchboard_cluster_gaps_total`,
+/// `switchboard_cluster_reordered_total`, `switchboard_cluster_malformed_total`,
+/// `switchboard_cluster_undeliverable_total`, `switchboard_cluster_lagged_total`,
 /// `switchboard_cluster_redis_round_trips_total`, `switchboard_cluster_reconnects_total`
 /// and the gauge `switchboard_cluster_subscriptions`. The dashboard's `/events`
 /// snapshots then carry the cluster too: this node, its subscriptions and gaps,
@@ -145,6 +147,30 @@ fn render(s: &ClusterStats) -> String {
             "counter",
             "Publications from other nodes that never arrived, from gaps in their numbering.",
             s.gaps,
+        ),
+        (
+            "switchboard_cluster_reordered_total",
+            "counter",
+            "Publications from other nodes that arrived behind a later one.",
+            s.reordered,
+        ),
+        (
+            "switchboard_cluster_malformed_total",
+            "counter",
+            "Publications dropped as invalid: bad frames, payloads or numbering.",
+            s.malformed,
+        ),
+        (
+            "switchboard_cluster_undeliverable_total",
+            "counter",
+            "Direct sends for a key no longer held here, or refused by its client.",
+            s.undeliverable,
+        ),
+        (
+            "switchboard_cluster_lagged_total",
+            "counter",
+            "Publications the Redis client dropped before this node read them.",
+            s.lagged,
         ),
         (
             "switchboard_cluster_redis_round_trips_total",

@@ -81,6 +81,16 @@ impl Redis {
         }
     }
 
+    /// SIGCONT: undoes [`freeze`](Self::freeze); what clients sent meanwhile runs now.
+    pub fn thaw(&self) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+            assert!(status.is_ok_and(|s| s.success()), "redis-server continues");
+        }
+    }
+
     /// SIGKILL: no goodbye to any client.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -69,6 +69,8 @@ pub(super) async fn unregister(shared: &Shared, id: ClientId) {
 }
 
 /// Attaches; `Ok(false)` if this client was just unregistered (the writer closes).
+/// A join refused because Redis could not record it is undone locally too, so the
+/// client gets no message from a room it was told it is not in.
 pub(super) async fn join(
     shared: &Shared,
     me: ClientId,
@@ -76,11 +78,23 @@ pub(super) async fn join(
 ) -> Result<bool, Refusal> {
     match &shared.cluster {
         None => Ok(shared.registry.attach(me, session).is_ok()),
-        Some(cluster) => match cluster.attach(me, session).await {
-            Ok(_) => Ok(true),
-            Err(ClusterError::Attach(_)) => Ok(false),
-            Err(e) => Err(unavailable(e)),
-        },
+        Some(cluster) => {
+            let member = shared
+                .registry
+                .sessions_of(me)
+                .is_ok_and(|s| s.contains(session));
+            match cluster.attach(me, session).await {
+                Ok(_) => Ok(true),
+                Err(ClusterError::Attach(_)) => Ok(false),
+                Err(e) => {
+                    if !member {
+                        // The heartbeat brings Redis in line later.
+                        let _ = shared.registry.detach(me, session);
+                    }
+                    Err(unavailable(e))
+                }
+            }
+        }
     }
 }
 
@@ -128,10 +142,11 @@ pub(super) async fn direct_by_key(
 }
 
 fn publish_failed(e: &PublishError<Frame>) -> Refusal {
-    Refusal::new(
-        "publish_failed",
-        format!("{e}; members on this node got it, other nodes did not"),
-    )
+    let reached = match e {
+        PublishError::Codec(..) | PublishError::TooLarge(..) => "no member got it",
+        _ => "members on this node got it, other nodes did not",
+    };
+    Refusal::new("publish_failed", format!("{e}; {reached}"))
 }
 
 fn unavailable(e: ClusterError) -> Refusal {

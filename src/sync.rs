@@ -35,7 +35,9 @@
 //!   returns the latest store, `Arc` clone) over loom atomics.
 //!
 //! Both cells read with an RMW under loom (`fetch_add(0)` on the pointer's
-//! address). arc-swap documents a `SeqCst` RMW in every load, and crossbeam-epoch
+//! address; [`SnapshotCell`]'s is `Acquire` only, since arc-swap's RMW is on its
+//! own debt slot and releases nothing to a later store). arc-swap documents a
+//! `SeqCst` RMW in every load, and crossbeam-epoch
 //! pins with a `SeqCst` fence; loom models `SeqCst` only as `AcqRel`, under which a
 //! plain load may return a pointer replaced before the read began. The registry's
 //! linearizability arguments (models 1, 2, 2b) need a read to see the latest

@@ -42,9 +42,14 @@ pub(crate) struct Fleet<M> {
     /// config ([`config_replaced`](Self::config_replaced)). Both do an `AcqRel`
     /// read-modify-write on this word between their two steps. Read-modify-writes
     /// of one word are totally ordered and each reads the one before, so whichever
-    /// comes second synchronises with the first: either the registration sees the
+    /// comes second synchronises with the first, whose first step then
+    /// happens-before the second's read: either the registration sees the
     /// reload's config, or the reload's walk sees the key. Plain loads and stores
-    /// would allow both to miss. The value means nothing.
+    /// would allow both to miss, and nothing else orders the two: papaya's insert
+    /// publishes `Release` and its iteration loads `Acquire`, per entry, and an
+    /// arc-swap read releases nothing to a later store. The loom models check
+    /// this against stand-ins with exactly those orderings (`LockFreeMap`; model
+    /// R2 and `loom-tests/tests/epoch_canary.rs`). The value means nothing.
     config_epoch: AtomicU64,
 }
 

@@ -128,6 +128,9 @@ mod device_config;
 mod error;
 mod events;
 mod fleet;
+#[cfg(switchboard_loom)]
+#[doc(hidden)]
+pub use fleet::loom_canary;
 #[cfg(feature = "http")]
 pub mod http;
 mod id;

@@ -35,7 +35,9 @@
 //!   returns the latest store, `Arc` clone) over loom atomics.
 //!
 //! Both cells read with an RMW under loom (`fetch_add(0)` on the pointer's
-//! address). arc-swap documents a `SeqCst` RMW in every load, and crossbeam-epoch
+//! address; [`SnapshotCell`]'s is `Acquire` only, since arc-swap's RMW is on its
+//! own debt slot and releases nothing to a later store). arc-swap documents a
+//! `SeqCst` RMW in every load, and crossbeam-epoch
 //! pins with a `SeqCst` fence; loom models `SeqCst` only as `AcqRel`, under which a
 //! plain load may return a pointer replaced before the read began. The registry's
 //! linearizability arguments (models 1, 2, 2b) need a read to see the latest
@@ -69,6 +71,11 @@
 //!   cells and the channel's close reason are [`WriteOnce`] cells, which loom sees.
 //! * **[`ConcurrentMap`]** is a loom mutex around a `HashMap` under loom: papaya's
 //!   algorithm is not modelled, only the registry's use of its atomic operations.
+//!   The mutex orders every read after every earlier write, which papaya does
+//!   not; a map whose users' protocol rests on papaya's real orderings (the key
+//!   map: a reload's walk against a registration's key) is a [`LockFreeMap`]
+//!   instead, papaya in the std build and under loom a stand-in with papaya's
+//!   per-entry `Release` publish and `Acquire` reads (`sync/lock_free_map.rs`).
 //! * **The send deadline.** `send_timeout`'s timer is tokio's; loom models drive
 //!   it with no deadline (`Duration::MAX`), which is the path that waits only on the
 //!   channel's own wakeups.
@@ -88,7 +95,12 @@ mod slot_cell;
 mod snapshot_cell;
 mod write_once;
 
+#[cfg(switchboard_loom)]
+mod lock_free_map;
+
 pub(crate) use bounded_queue::BoundedQueue;
+#[cfg(switchboard_loom)]
+pub(crate) use lock_free_map::LockFreeMap;
 pub(crate) use slot_cell::SlotCell;
 pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};
 pub(crate) use write_once::WriteOnce;
@@ -161,6 +173,10 @@ pub(crate) use loom::cell::UnsafeCell;
 mod imp {
     pub(crate) use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
     pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
+
+    /// papaya in the std build, like [`ConcurrentMap`]; the loom build models it
+    /// with papaya's orderings rather than one mutex (see `sync/lock_free_map.rs`).
+    pub(crate) type LockFreeMap<K, V> = ConcurrentMap<K, V>;
 
     /// A concurrent hash map with lock-free reads (papaya), hashed with foldhash:
     /// keys are the application's, but a flood of colliding keys only slows its own

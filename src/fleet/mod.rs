@@ -21,6 +21,8 @@ mod index;
 mod state;
 
 pub(crate) use index::{index_keys, IndexKey};
+#[cfg(switchboard_loom)]
+pub use state::loom_canary;
 pub(crate) use state::Fleet;
 
 /// What [`Registry::reload_config`] changed.

@@ -9,7 +9,9 @@ use crate::client::ClientEntry;
 use crate::device_config::DeviceConfig;
 use crate::profile::ClientKind;
 use crate::session::{Joined, Left, Session};
-use crate::sync::{lock, Arc, AtomicU64, ConcurrentMap, Mutex, Ordering, SnapshotCell, ValueArc};
+use crate::sync::{
+    lock, Arc, AtomicU64, ConcurrentMap, LockFreeMap, Mutex, Ordering, SnapshotCell, ValueArc,
+};
 use crate::task::{Task, TaskId};
 use crate::ClientId;
 
@@ -17,8 +19,9 @@ use super::index::IndexKey;
 
 /// Keys, the profile index sets, open tasks and the device config.
 pub(crate) struct Fleet<M> {
-    /// The current connection of every key.
-    keys: ConcurrentMap<ValueArc<str>, ClientId>,
+    /// The current connection of every key. A [`LockFreeMap`], so that the loom
+    /// models check `config_epoch` against papaya's orderings, not a mutex's.
+    keys: LockFreeMap<ValueArc<str>, ClientId>,
     /// Profile index sets; see [`query`](crate::query).
     indexes: ConcurrentMap<IndexKey, Arc<Session<M>>>,
     /// Open tasks. Whoever removes a task ends it, so it ends exactly once.
@@ -39,16 +42,21 @@ pub(crate) struct Fleet<M> {
     /// config ([`config_replaced`](Self::config_replaced)). Both do an `AcqRel`
     /// read-modify-write on this word between their two steps. Read-modify-writes
     /// of one word are totally ordered and each reads the one before, so whichever
-    /// comes second synchronises with the first: either the registration sees the
+    /// comes second synchronises with the first, whose first step then
+    /// happens-before the second's read: either the registration sees the
     /// reload's config, or the reload's walk sees the key. Plain loads and stores
-    /// would allow both to miss. The value means nothing.
+    /// would allow both to miss, and nothing else orders the two: papaya's insert
+    /// publishes `Release` and its iteration loads `Acquire`, per entry, and an
+    /// arc-swap read releases nothing to a later store. The loom models check
+    /// this against stand-ins with exactly those orderings (`LockFreeMap`; model
+    /// R2 and `loom-tests/tests/epoch_canary.rs`). The value means nothing.
     config_epoch: AtomicU64,
 }
 
 impl<M> Fleet<M> {
     pub(crate) fn new(device_config: DeviceConfig) -> Self {
         Self {
-            keys: ConcurrentMap::new(),
+            keys: LockFreeMap::new(),
             indexes: ConcurrentMap::new(),
             tasks: ConcurrentMap::new(),
             next_task: AtomicU64::new(1),
@@ -172,6 +180,13 @@ impl<M> Fleet<M> {
     /// `config_epoch`.
     #[inline]
     pub(crate) fn config_replaced(&self, used: &Arc<DeviceConfig>) -> Option<Arc<DeviceConfig>> {
+        #[cfg(switchboard_loom)]
+        if loom_canary::weakened() {
+            // The canary's broken protocol: a load releases nothing to the reload.
+            let _ = self.config_epoch.load(Ordering::Acquire);
+            let latest = self.device_config.load_full();
+            return (!Arc::ptr_eq(&latest, used)).then_some(latest);
+        }
         // AcqRel RMW after the key's claim and before the load: see `config_epoch`.
         self.config_epoch.fetch_add(0, Ordering::AcqRel);
         let latest = self.device_config.load_full();
@@ -202,5 +217,29 @@ impl<M> Fleet<M> {
     fn forget_index(&self, key: &IndexKey, set: &Arc<Session<M>>) {
         self.indexes
             .remove_if(key, |current| Arc::ptr_eq(current, set));
+    }
+}
+
+/// The loom canary's switch (`loom-tests/tests/epoch_canary.rs`): weakens the
+/// registration's side of the `config_epoch` protocol to a plain load, on the
+/// calling thread only (loom runs a model's threads on the thread that calls it),
+/// so that a model can show it catches the weakening.
+#[cfg(switchboard_loom)]
+#[doc(hidden)]
+pub mod loom_canary {
+    use std::cell::Cell;
+
+    thread_local! {
+        static WEAKENED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Weakens (`true`) or restores (`false`) the registration's epoch RMW on this
+    /// thread.
+    pub fn weaken_registration_epoch(on: bool) {
+        WEAKENED.with(|w| w.set(on));
+    }
+
+    pub(super) fn weakened() -> bool {
+        WEAKENED.with(Cell::get)
     }
 }

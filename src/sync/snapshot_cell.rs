@@ -10,8 +10,9 @@
 //! machinery, which loom could not follow anyway. The loom build keeps the
 //! observable protocol of the snapshot-cell contract (see the parent module) over
 //! loom atomics: the `Arc` is boxed and published by a pointer swap (`AcqRel`), a
-//! read takes the pointer with a read-modify-write (arc-swap documents a `SeqCst`
-//! RMW in every load, which gives loads and stores one global order) and clones
+//! read takes the pointer with an `Acquire` read-modify-write (arc-swap documents
+//! a `SeqCst` RMW in every load, which gives loads and stores one global order,
+//! but its RMW is on a debt slot: a load releases nothing to later stores) and clones
 //! the `Arc` out of a loom `UnsafeCell`, so loom reports a read the publication
 //! does not order after the write. What loom does not see is arc-swap itself: its debt lists and its
 //! wait-free fast path. Replaced boxes are kept until the cell drops, in place of
@@ -111,9 +112,14 @@ mod loom_cell {
             // replaced before it began. loom treats `SeqCst` as `AcqRel`, so a plain
             // load here could return such a value; an RMW (`fetch_add(0)`) reads the
             // latest store, as arc-swap's load does.
-            // AcqRel: acquires the swap that published the node; as an RMW it
-            // reads the latest value in the word's modification order.
-            let current = self.ptr.fetch_add(0, Ordering::AcqRel) as *mut Node<T>;
+            // Acquire: acquires the swap that published the node; as an RMW it
+            // reads the latest value in the word's modification order. Not
+            // `Release`: arc-swap's RMW is on its own debt slot, not this word, so
+            // a load does not synchronise with a later store, and an `AcqRel` RMW
+            // here would order the reader's earlier writes before every later
+            // store, an edge the std build lacks (it hid a weakened
+            // `Fleet::config_epoch` from the models).
+            let current = self.ptr.fetch_add(0, Ordering::Acquire) as *mut Node<T>;
             // SAFETY: the pointer is a node from `node`, freed only by `Drop`, which
             // has `&mut self`.
             let current = unsafe { &*current };

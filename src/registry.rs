@@ -287,7 +287,14 @@ impl<M> Registry<M> {
         // until its index sets and key are in place. An unregister, update or attach
         // that finds the id meanwhile waits, and then sees the whole registration:
         // nothing it removes can be added back by this one (issue 10, race 1).
-        let old = {
+        let old = if key.is_none() && merged_with.is_none() && indexed.is_empty() {
+            // Nothing to add after the slot: no half-done registration for the
+            // lock to hide, so the common plain client skips it.
+            if let Some(slot) = inner.shards[shard].slot(index) {
+                slot.store(Some(Arc::clone(&entry)));
+            }
+            None
+        } else {
             let mut state = lock(&entry.state);
             if let Some(slot) = inner.shards[shard].slot(index) {
                 slot.store(Some(Arc::clone(&entry)));
@@ -322,7 +329,7 @@ impl<M> Registry<M> {
         });
         Ok(Registration {
             id,
-            receiver: Receiver::new(ChannelRef::of(&entry)),
+            receiver: Receiver::new(ChannelRef::from_entry(entry)),
             took_over,
         })
     }
@@ -410,7 +417,18 @@ impl<M> Registry<M> {
         cause: CloseReason,
         successor: Option<&Arc<ClientEntry<M>>>,
     ) -> Result<Unregistered, ClientError> {
-        let entry = self.entry(id)?;
+        self.with_entry(id, |entry| self.depart_entry(entry, cause, successor))
+    }
+
+    /// [`depart`](Self::depart) for the entry its id names, inside that lookup's
+    /// epoch pin: the slot is emptied near the end, and the pin keeps `entry` alive.
+    fn depart_entry(
+        &self,
+        entry: &Arc<ClientEntry<M>>,
+        cause: CloseReason,
+        successor: Option<&Arc<ClientEntry<M>>>,
+    ) -> Result<Unregistered, ClientError> {
+        let id = entry.id;
         let (sessions, tasks) = {
             let mut state = lock(&entry.state);
             if !state.connected {
@@ -546,13 +564,14 @@ impl<M> Registry<M> {
     /// # Ok::<(), switchboard::AttachError>(())
     /// ```
     pub fn attach(&self, id: ClientId, session: impl Into<SessionId>) -> Result<bool, AttachError> {
-        let entry = self.entry(id)?;
         let key = session.into();
-        let mut state = lock(&entry.state);
-        if !state.connected {
-            return Err(ClientError::Gone(id).into());
-        }
-        self.attach_locked(&entry, &mut state, key)
+        self.with_entry(id, |entry| {
+            let mut state = lock(&entry.state);
+            if !state.connected {
+                return Err(ClientError::Gone(id).into());
+            }
+            self.attach_locked(entry, &mut state, key)
+        })
     }
 
     /// [`attach`](Self::attach) for a connected client whose lock the caller holds.
@@ -604,22 +623,23 @@ impl<M> Registry<M> {
     /// assert_eq!(registry.session_count(), 0);
     /// ```
     pub fn detach(&self, id: ClientId, session: impl Into<SessionId>) -> Result<(), DetachError> {
-        let entry = self.entry(id)?;
         let key = session.into();
-        let mut state = lock(&entry.state);
-        if !state.connected {
-            return Err(ClientError::Gone(id).into());
-        }
-        let Some(position) = state.position(&key) else {
-            return Err(DetachError::NotAttached {
-                client: id,
-                session: key,
-            });
-        };
-        if let Some((key, session)) = state.sessions.swap_remove(position) {
-            self.leave(&key, &session, id);
-        }
-        Ok(())
+        self.with_entry(id, |entry| {
+            let mut state = lock(&entry.state);
+            if !state.connected {
+                return Err(ClientError::Gone(id).into());
+            }
+            let Some(position) = state.position(&key) else {
+                return Err(DetachError::NotAttached {
+                    client: id,
+                    session: key,
+                });
+            };
+            if let Some((key, session)) = state.sessions.swap_remove(position) {
+                self.leave(&key, &session, id);
+            }
+            Ok(())
+        })
     }
 
     /// Creates a session if needed and keeps it open while it has no members.
@@ -858,6 +878,25 @@ impl<M> Registry<M> {
             .get(id.shard())
             .ok_or(ClientError::NoSuchShard(id))?;
         shard.slot(id.index()).ok_or(ClientError::NoSuchSlot(id))
+    }
+
+    /// Calls `f` with the entry `id` names, if it is still the slot's occupant.
+    ///
+    /// The write path's way in: one epoch pin for the whole call (the pins of any
+    /// slot or profile read inside `f` nest in it for free), and no reference count
+    /// taken or given back, where [`entry`](Self::entry) costs two atomic
+    /// read-modify-writes. The pin keeps the entry alive while `f` runs even if `f`
+    /// itself empties the slot (unregister), so `f` must not block or await.
+    #[inline]
+    pub(crate) fn with_entry<R, E: From<ClientError>>(
+        &self,
+        id: ClientId,
+        f: impl FnOnce(&Arc<ClientEntry<M>>) -> Result<R, E>,
+    ) -> Result<R, E> {
+        self.slot(id)?.with(|entry| match entry {
+            Some(entry) if entry.id == id => f(entry),
+            _ => Err(ClientError::Gone(id).into()),
+        })
     }
 
     /// The entry `id` names, if it is still the slot's occupant.

@@ -51,11 +51,12 @@
 //!    compared only within one layout: compaction starts fresh cells, so it may
 //!    restart the count; growth shares the cells, so it keeps counting.
 //! 4. `positions` (writer-side) maps each live member to its cell, and holds exactly
-//!    the live members of the newest snapshot.
+//!    the live members of the newest snapshot whenever the writer lock is free.
 //! 5. The graveyard holds only handles moved out of a layout that no snapshot
 //!    holds and none can load again (it was replaced first), so no broadcast
 //!    reaches them; the writer only ever drops them.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -375,16 +376,24 @@ impl<M> Session<M> {
         if w.retired {
             return Joined::Retired;
         }
-        if w.positions.contains_key(&id) {
-            return Joined::AlreadyMember;
-        }
         if w.version >= MAX_VERSION || w.len >= MAX_CELLS {
+            if w.positions.contains_key(&id) {
+                return Joined::AlreadyMember;
+            }
             self.compact(&mut w);
             if w.len >= MAX_CELLS {
                 return Joined::Full;
             }
         }
         let cell = w.len;
+        // One hash for the membership check and the insert; compaction and growth
+        // below leave the new member's position alone.
+        match w.positions.entry(id) {
+            Entry::Occupied(_) => return Joined::AlreadyMember,
+            Entry::Vacant(slot) => {
+                slot.insert(cell);
+            }
+        }
         let (page, offset) = paging::split(cell, PAGE_SHIFT);
         if page == w.layout.pages.len() {
             self.grow(&mut w);
@@ -398,7 +407,6 @@ impl<M> Session<M> {
         let fresh = w.layout.pages[page][offset].set(member).is_ok();
         debug_assert!(fresh, "cell {cell} written twice");
         w.len += 1;
-        w.positions.insert(id, cell);
         w.version += 1;
         publish(&w);
         Joined::Added
@@ -407,18 +415,21 @@ impl<M> Session<M> {
     /// Removes `id`.
     pub(crate) fn leave(&self, id: ClientId) -> Left {
         let mut w = lock(&self.writer);
-        if !w.positions.contains_key(&id) {
-            return Left::NotMember;
-        }
-        // The stamp below is `version + 1`; at the limit that would be `PRESENT`,
-        // so restart the count first, as a join does (a join may publish
-        // `MAX_VERSION` itself).
-        if w.version >= MAX_VERSION {
-            self.compact(&mut w);
-        }
-        let Some(cell) = w.positions.remove(&id) else {
+        let Some(mut cell) = w.positions.remove(&id) else {
             return Left::NotMember;
         };
+        // The stamp below is `version + 1`; at the limit that would be `PRESENT`,
+        // so restart the count first, as a join does (a join may publish
+        // `MAX_VERSION` itself). Compaction moves the member, so it goes back into
+        // `positions` for that and is looked up again.
+        if w.version >= MAX_VERSION {
+            w.positions.insert(id, cell);
+            self.compact(&mut w);
+            let Some(moved) = w.positions.remove(&id) else {
+                return Left::NotMember;
+            };
+            cell = moved;
+        }
         let (page, offset) = paging::split(cell, PAGE_SHIFT);
         if let Some(member) = w.layout.pages[page][offset].get() {
             // Relaxed: see `Member::removed_at`; the word stored below releases it.
@@ -506,7 +517,7 @@ impl<M> Session<M> {
     /// layout is unshared, else drop with its last snapshot.
     fn compact(&self, w: &mut Writer<M>) {
         let live = w.positions.len();
-        let mut pages: Vec<Page<M>> = Vec::new();
+        let mut pages: Vec<Page<M>> = Vec::with_capacity(w.layout.pages.len());
         while paging::capacity(pages.len(), PAGE_SHIFT) < live.max(1) {
             pages.push(new_page(paging::page_len(pages.len(), PAGE_SHIFT)));
         }
@@ -535,6 +546,7 @@ impl<M> Session<M> {
         // Leftovers of the compaction before, in a session that shrank since.
         w.graveyard.clear();
         if dead <= GRAVEYARD_MAX {
+            w.graveyard.reserve_exact(dead);
             bury(&mut w.graveyard, replaced);
         }
     }

@@ -694,16 +694,12 @@ mod tests {
         assert!(w.len <= 2 * 1000 + 1, "len {} after churn", w.len);
     }
 
+    type Weak = std::sync::Weak<ClientEntry<u32>>;
+
     /// Joins `live` residents, then churns single members through until a
     /// compaction has just happened; returns the residents' entries and the weak
     /// handles of the churned ones.
-    fn churned_room(
-        s: &Session<u32>,
-        live: usize,
-    ) -> (
-        Vec<Arc<ClientEntry<u32>>>,
-        Vec<std::sync::Weak<ClientEntry<u32>>>,
-    ) {
+    fn churned_room(s: &Session<u32>, live: usize) -> (Vec<Arc<ClientEntry<u32>>>, Vec<Weak>) {
         let residents: Vec<_> = (0..live).map(|_| chan()).collect();
         for (n, entry) in residents.iter().enumerate() {
             s.join(id(n), entry);
@@ -725,9 +721,7 @@ mod tests {
     fn a_compaction_frees_departed_entries_one_per_leave() {
         let s = Session::new();
         let (_residents, churned) = churned_room(&s, 10);
-        let alive = |w: &[std::sync::Weak<ClientEntry<u32>>]| {
-            w.iter().filter(|w| w.upgrade().is_some()).count()
-        };
+        let alive = |w: &[Weak]| w.iter().filter(|w| w.upgrade().is_some()).count();
         let dead = churned.len();
         assert_eq!(dead, COMPACT_SLACK + 1);
         // The compacting leave popped one already.

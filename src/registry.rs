@@ -886,7 +886,9 @@ impl<M> Registry<M> {
     /// slot or profile read inside `f` nest in it for free), and no reference count
     /// taken or given back, where [`entry`](Self::entry) costs two atomic
     /// read-modify-writes. The pin keeps the entry alive while `f` runs even if `f`
-    /// itself empties the slot (unregister), so `f` must not block or await.
+    /// itself empties the slot (unregister). A pinned thread holds back every
+    /// thread's reclamation, so `f` takes only the registry's short locks and never
+    /// awaits.
     #[inline]
     pub(crate) fn with_entry<R, E: From<ClientError>>(
         &self,
@@ -1040,6 +1042,35 @@ impl<M> Drop for Inner<M> {
 #[cfg(all(test, not(switchboard_loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_receiver_held_past_its_rooms_compactions_keeps_its_messages() {
+        let registry = Registry::<u32>::new();
+        let join = |registry: &Registry<u32>| {
+            let (id, rx) = registry
+                .register(ClientInfo::new())
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(registry.attach(id, 1).unwrap_or(false));
+            (id, rx)
+        };
+        let _residents: Vec<_> = (0..10).map(|_| join(&registry)).collect();
+        let (id, mut rx) = join(&registry);
+        assert!(registry.broadcast(1, 7).is_ok());
+        assert!(registry.detach(id, 1).is_ok());
+        assert!(registry.unregister(id).is_ok());
+        // Enough churn for its dead cell to be compacted into the graveyard, popped
+        // and then some: the receiver's own count keeps the entry.
+        for _ in 0..4 * crate::session::COMPACT_SLACK {
+            let (other, other_rx) = join(&registry);
+            assert!(registry.detach(other, 1).is_ok());
+            assert!(registry.unregister(other).is_ok());
+            drop(other_rx);
+        }
+        assert_eq!(rx.try_recv().ok(), Some(7));
+        assert!(rx.try_recv().is_err());
+        assert!(matches!(rx.close_reason(), Some(CloseReason::Unregistered)));
+        assert_eq!(registry.members(1).map(|m| m.len()), Ok(10));
+    }
 
     #[test]
     fn dropping_the_registry_frees_entries_still_in_sessions() {

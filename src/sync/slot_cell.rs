@@ -58,7 +58,7 @@ mod epoch_cell {
         /// the value, but the registry's linearizability arguments (a send or
         /// broadcast that begins after an unregister or takeover returned must not
         /// see the replaced entry) need every load and swap of a slot in one total
-        /// order, and the pin's fence comes before the swap, not after it. On x86 a
+        /// order, and the writer's pin (if any) comes after the swap. On x86 a
         /// `SeqCst` load is a plain load and the swap is locked either way.
         ptr: AtomicPtr<T>,
         /// Send and Sync exactly when `Arc<T>` is.

@@ -157,6 +157,11 @@ impl<M> ChannelRef<M> {
     pub(crate) fn of(entry: &Arc<ClientEntry<M>>) -> Self {
         Self(Arc::clone(entry))
     }
+
+    /// The handle that takes over `entry`'s own count: no increment.
+    pub(crate) fn from_entry(entry: Arc<ClientEntry<M>>) -> Self {
+        Self(entry)
+    }
 }
 
 impl<M> Clone for ChannelRef<M> {

@@ -266,7 +266,14 @@ impl<M> Registry<M> {
         // until its index sets and key are in place. An unregister, update or attach
         // that finds the id meanwhile waits, and then sees the whole registration:
         // nothing it removes can be added back by this one (issue 10, race 1).
-        let old = {
+        let old = if key.is_none() && merged_with.is_none() && indexed.is_empty() {
+            // Nothing to add after the slot: no half-done registration for the
+            // lock to hide, so the common plain client skips it.
+            if let Some(slot) = inner.shards[shard].slot(index) {
+                slot.store(Some(Arc::clone(&entry)));
+            }
+            None
+        } else {
             let mut state = lock(&entry.state);
             if let Some(slot) = inner.shards[shard].slot(index) {
                 slot.store(Some(Arc::clone(&entry)));
@@ -301,7 +308,7 @@ impl<M> Registry<M> {
         });
         Ok(Registration {
             id,
-            receiver: Receiver::new(ChannelRef::of(&entry)),
+            receiver: Receiver::new(ChannelRef::from_entry(entry)),
             took_over,
         })
     }
@@ -389,7 +396,18 @@ impl<M> Registry<M> {
         cause: CloseReason,
         successor: Option<&Arc<ClientEntry<M>>>,
     ) -> Result<Unregistered, ClientError> {
-        let entry = self.entry(id)?;
+        self.with_entry(id, |entry| self.depart_entry(entry, cause, successor))
+    }
+
+    /// [`depart`](Self::depart) for the entry its id names, inside that lookup's
+    /// epoch pin: the slot is emptied near the end, and the pin keeps `entry` alive.
+    fn depart_entry(
+        &self,
+        entry: &Arc<ClientEntry<M>>,
+        cause: CloseReason,
+        successor: Option<&Arc<ClientEntry<M>>>,
+    ) -> Result<Unregistered, ClientError> {
+        let id = entry.id;
         let (sessions, tasks) = {
             let mut state = lock(&entry.state);
             if !state.connected {
@@ -499,13 +517,14 @@ impl<M> Registry<M> {
     /// # Ok::<(), switchboard::AttachError>(())
     /// ```
     pub fn attach(&self, id: ClientId, session: impl Into<SessionId>) -> Result<bool, AttachError> {
-        let entry = self.entry(id)?;
         let key = session.into();
-        let mut state = lock(&entry.state);
-        if !state.connected {
-            return Err(ClientError::Gone(id).into());
-        }
-        self.attach_locked(&entry, &mut state, key)
+        self.with_entry(id, |entry| {
+            let mut state = lock(&entry.state);
+            if !state.connected {
+                return Err(ClientError::Gone(id).into());
+            }
+            self.attach_locked(entry, &mut state, key)
+        })
     }
 
     /// [`attach`](Self::attach) for a connected client whose lock the caller holds.
@@ -557,22 +576,23 @@ impl<M> Registry<M> {
     /// assert_eq!(registry.session_count(), 0);
     /// ```
     pub fn detach(&self, id: ClientId, session: impl Into<SessionId>) -> Result<(), DetachError> {
-        let entry = self.entry(id)?;
         let key = session.into();
-        let mut state = lock(&entry.state);
-        if !state.connected {
-            return Err(ClientError::Gone(id).into());
-        }
-        let Some(position) = state.position(&key) else {
-            return Err(DetachError::NotAttached {
-                client: id,
-                session: key,
-            });
-        };
-        if let Some((key, session)) = state.sessions.swap_remove(position) {
-            self.leave(&key, &session, id);
-        }
-        Ok(())
+        self.with_entry(id, |entry| {
+            let mut state = lock(&entry.state);
+            if !state.connected {
+                return Err(ClientError::Gone(id).into());
+            }
+            let Some(position) = state.position(&key) else {
+                return Err(DetachError::NotAttached {
+                    client: id,
+                    session: key,
+                });
+            };
+            if let Some((key, session)) = state.sessions.swap_remove(position) {
+                self.leave(&key, &session, id);
+            }
+            Ok(())
+        })
     }
 
     /// Creates a session if needed and keeps it open while it has no members.
@@ -801,6 +821,27 @@ impl<M> Registry<M> {
         shard.slot(id.index()).ok_or(ClientError::NoSuchSlot(id))
     }
 
+    /// Calls `f` with the entry `id` names, if it is still the slot's occupant.
+    ///
+    /// The write path's way in: one epoch pin for the whole call (the pins of any
+    /// slot or profile read inside `f` nest in it for free), and no reference count
+    /// taken or given back, where [`entry`](Self::entry) costs two atomic
+    /// read-modify-writes. The pin keeps the entry alive while `f` runs even if `f`
+    /// itself empties the slot (unregister). A pinned thread holds back every
+    /// thread's reclamation, so `f` takes only the registry's short locks and never
+    /// awaits.
+    #[inline]
+    pub(crate) fn with_entry<R, E: From<ClientError>>(
+        &self,
+        id: ClientId,
+        f: impl FnOnce(&Arc<ClientEntry<M>>) -> Result<R, E>,
+    ) -> Result<R, E> {
+        self.slot(id)?.with(|entry| match entry {
+            Some(entry) if entry.id == id => f(entry),
+            _ => Err(ClientError::Gone(id).into()),
+        })
+    }
+
     /// The entry `id` names, if it is still the slot's occupant.
     pub(crate) fn entry(&self, id: ClientId) -> Result<Arc<ClientEntry<M>>, ClientError> {
         self.slot(id)?.with(|entry| match entry {
@@ -902,6 +943,35 @@ impl<M> Drop for Inner<M> {
 #[cfg(all(test, not(switchboard_loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_receiver_held_past_its_rooms_compactions_keeps_its_messages() {
+        let registry = Registry::<u32>::new();
+        let join = |registry: &Registry<u32>| {
+            let (id, rx) = registry
+                .register(ClientInfo::new())
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(registry.attach(id, 1).unwrap_or(false));
+            (id, rx)
+        };
+        let _residents: Vec<_> = (0..10).map(|_| join(&registry)).collect();
+        let (id, mut rx) = join(&registry);
+        assert!(registry.broadcast(1, 7).is_ok());
+        assert!(registry.detach(id, 1).is_ok());
+        assert!(registry.unregister(id).is_ok());
+        // Enough churn for its dead cell to be compacted into the graveyard, popped
+        // and then some: the receiver's own count keeps the entry.
+        for _ in 0..4 * crate::session::COMPACT_SLACK {
+            let (other, other_rx) = join(&registry);
+            assert!(registry.detach(other, 1).is_ok());
+            assert!(registry.unregister(other).is_ok());
+            drop(other_rx);
+        }
+        assert_eq!(rx.try_recv().ok(), Some(7));
+        assert!(rx.try_recv().is_err());
+        assert!(matches!(rx.close_reason(), Some(CloseReason::Unregistered)));
+        assert_eq!(registry.members(1).map(|m| m.len()), Ok(10));
+    }
 
     #[test]
     fn dropping_the_registry_frees_entries_still_in_sessions() {

@@ -26,6 +26,16 @@
 //!   version restarted. Each compaction of `n` live members is paid for by more than
 //!   `n` leaves, so joins and leaves cost O(1) amortised whatever the session's size,
 //!   and dead cells never exceed `max(live, COMPACT_SLACK) + 1`.
+//! * **Graveyard.** The departed members of the replaced layout are not all
+//!   dropped with it: when no snapshot holds it any more (the writer's `Arc` is the
+//!   last), their handles move to a writer-side list that each later leave pops
+//!   one of. A compaction of a small room would otherwise free a dozen entries
+//!   at once, overflowing the allocator's per-thread cache, so that the next dozen
+//!   registrations all took its slow path; one free per leave is what the next
+//!   registration allocates. A batch larger than `GRAVEYARD_MAX`, or a layout a
+//!   snapshot still holds, is dropped at once as before. The list holds at most
+//!   one compaction's dead cells and empties on retirement, so a session holds at
+//!   most twice the dead-cell bound above in departed handles.
 //!
 //! # Invariants
 //!
@@ -41,8 +51,12 @@
 //!    compared only within one layout: compaction starts fresh cells, so it may
 //!    restart the count; growth shares the cells, so it keeps counting.
 //! 4. `positions` (writer-side) maps each live member to its cell, and holds exactly
-//!    the live members of the newest snapshot.
+//!    the live members of the newest snapshot whenever the writer lock is free.
+//! 5. The graveyard holds only handles moved out of a layout that no snapshot
+//!    holds and none can load again (it was replaced first), so no broadcast
+//!    reaches them; the writer only ever drops them.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -174,6 +188,9 @@ const MAX_CELLS: usize = u32::MAX as usize;
 const PAGE_SHIFT: u32 = 2;
 /// Dead cells tolerated before compaction regardless of the live count.
 pub(crate) const COMPACT_SLACK: usize = 16;
+/// Most departed members a compaction hands to the graveyard; a larger batch is
+/// freed at once, as its cost is spread over as many leaves anyway.
+const GRAVEYARD_MAX: usize = 4 * COMPACT_SLACK;
 
 /// One member as a broadcast sees it.
 pub(crate) struct Member<M> {
@@ -271,6 +288,9 @@ struct Writer<M> {
     version: u32,
     /// Cell of each live member.
     positions: HashMap<ClientId, usize, foldhash::fast::RandomState>,
+    /// Handles of departed members from the layout the last compaction replaced,
+    /// released one per leave (see "Graveyard" in the module docs).
+    graveyard: Vec<ChannelRef<M>>,
     /// The application keeps this session open while it is empty.
     pinned: bool,
     /// Emptied and unpinned: no longer in the directory, refuses joins.
@@ -319,6 +339,7 @@ impl<M> Session<M> {
                 len: 0,
                 version: 0,
                 positions: HashMap::default(),
+                graveyard: Vec::new(),
                 pinned: false,
                 retired: false,
             }),
@@ -355,16 +376,24 @@ impl<M> Session<M> {
         if w.retired {
             return Joined::Retired;
         }
-        if w.positions.contains_key(&id) {
-            return Joined::AlreadyMember;
-        }
         if w.version >= MAX_VERSION || w.len >= MAX_CELLS {
+            if w.positions.contains_key(&id) {
+                return Joined::AlreadyMember;
+            }
             self.compact(&mut w);
             if w.len >= MAX_CELLS {
                 return Joined::Full;
             }
         }
         let cell = w.len;
+        // One hash for the membership check and the insert; compaction and growth
+        // below leave the new member's position alone.
+        match w.positions.entry(id) {
+            Entry::Occupied(_) => return Joined::AlreadyMember,
+            Entry::Vacant(slot) => {
+                slot.insert(cell);
+            }
+        }
         let (page, offset) = paging::split(cell, PAGE_SHIFT);
         if page == w.layout.pages.len() {
             self.grow(&mut w);
@@ -378,7 +407,6 @@ impl<M> Session<M> {
         let fresh = w.layout.pages[page][offset].set(member).is_ok();
         debug_assert!(fresh, "cell {cell} written twice");
         w.len += 1;
-        w.positions.insert(id, cell);
         w.version += 1;
         publish(&w);
         Joined::Added
@@ -387,18 +415,21 @@ impl<M> Session<M> {
     /// Removes `id`.
     pub(crate) fn leave(&self, id: ClientId) -> Left {
         let mut w = lock(&self.writer);
-        if !w.positions.contains_key(&id) {
-            return Left::NotMember;
-        }
-        // The stamp below is `version + 1`; at the limit that would be `PRESENT`,
-        // so restart the count first, as a join does (a join may publish
-        // `MAX_VERSION` itself).
-        if w.version >= MAX_VERSION {
-            self.compact(&mut w);
-        }
-        let Some(cell) = w.positions.remove(&id) else {
+        let Some(mut cell) = w.positions.remove(&id) else {
             return Left::NotMember;
         };
+        // The stamp below is `version + 1`; at the limit that would be `PRESENT`,
+        // so restart the count first, as a join does (a join may publish
+        // `MAX_VERSION` itself). Compaction moves the member, so it goes back into
+        // `positions` for that and is looked up again.
+        if w.version >= MAX_VERSION {
+            w.positions.insert(id, cell);
+            self.compact(&mut w);
+            let Some(moved) = w.positions.remove(&id) else {
+                return Left::NotMember;
+            };
+            cell = moved;
+        }
         let (page, offset) = paging::split(cell, PAGE_SHIFT);
         if let Some(member) = w.layout.pages[page][offset].get() {
             // Relaxed: see `Member::removed_at`; the word stored below releases it.
@@ -411,9 +442,17 @@ impl<M> Session<M> {
         } else {
             publish(&w);
         }
+        // One departed member of the last compaction goes per leave: its entry's
+        // free then meets the next registration's allocation in the allocator's
+        // thread cache, where a batch of them would overflow it.
+        drop(w.graveyard.pop());
+        if w.graveyard.is_empty() {
+            w.graveyard = Vec::new();
+        }
         let retired = w.positions.is_empty() && !w.pinned;
         if retired {
             w.retired = true;
+            w.graveyard = Vec::new();
         }
         if retired {
             Left::RemovedAndRetired
@@ -468,15 +507,17 @@ impl<M> Session<M> {
         let mut pages = Vec::with_capacity(next + 1);
         pages.extend(w.layout.pages.iter().cloned());
         pages.push(Arc::new(new_page(paging::page_len(next, PAGE_SHIFT))));
-        self.install(w, pages);
+        // The old layout shares every page with the new one: dropping it frees
+        // only its page list.
+        drop(self.install(w, pages));
     }
 
     /// Copies the live members into fresh pages and publishes them with the version
-    /// restarted (invariant 3). Dead cells' handles drop with the last snapshot of
-    /// the old layout.
+    /// restarted (invariant 3). Dead cells' handles go to the graveyard if the old
+    /// layout is unshared, else drop with its last snapshot.
     fn compact(&self, w: &mut Writer<M>) {
         let live = w.positions.len();
-        let mut pages: Vec<Page<M>> = Vec::new();
+        let mut pages: Vec<Page<M>> = Vec::with_capacity(w.layout.pages.len());
         while paging::capacity(pages.len(), PAGE_SHIFT) < live.max(1) {
             pages.push(new_page(paging::page_len(pages.len(), PAGE_SHIFT)));
         }
@@ -498,20 +539,56 @@ impl<M> Session<M> {
         });
         drop(old);
         debug_assert_eq!(next, live);
+        let dead = w.len - live;
         w.len = live;
         w.version = 0;
-        self.install(w, pages.into_iter().map(Arc::new).collect());
+        let replaced = self.install(w, pages.into_iter().map(Arc::new).collect());
+        // Leftovers of the compaction before, in a session that shrank since.
+        w.graveyard.clear();
+        if dead <= GRAVEYARD_MAX {
+            w.graveyard.reserve_exact(dead);
+            bury(&mut w.graveyard, replaced);
+        }
     }
 
-    /// Publishes a new layout holding `pages` and the writer's current word.
-    fn install(&self, w: &mut Writer<M>, pages: Vec<Arc<Page<M>>>) {
+    /// Publishes a new layout holding `pages` and the writer's current word;
+    /// returns the layout it replaced.
+    fn install(&self, w: &mut Writer<M>, pages: Vec<Arc<Page<M>>>) -> Arc<Layout<M>> {
         let layout = Arc::new(Layout {
             pages,
             state: AtomicU64::new(pack(w.len, w.version)),
             live: AtomicUsize::new(w.positions.len()),
         });
         self.layout.store(Arc::clone(&layout));
-        w.layout = layout;
+        std::mem::replace(&mut w.layout, layout)
+    }
+}
+
+/// Moves the departed members' handles of a layout that compaction replaced into
+/// `graveyard`, if no snapshot holds that layout any more; otherwise its last
+/// snapshot drops them all, as it always did.
+///
+/// `Arc::try_unwrap` succeeds only for the last count: the snapshot cell gave up
+/// its own in `install` (arc-swap turns every reader's borrow of the old value
+/// into a count before its store returns), so success means no broadcast can
+/// reach these cells again, and what the graveyard holds is only ever dropped.
+fn bury<M>(graveyard: &mut Vec<ChannelRef<M>>, replaced: Arc<Layout<M>>) {
+    let Ok(layout) = Arc::try_unwrap(replaced) else {
+        return;
+    };
+    for page in layout.pages {
+        // A page is shared only with an older layout some reader still holds.
+        let Ok(mut page) = Arc::try_unwrap(page) else {
+            continue;
+        };
+        for cell in page.iter_mut() {
+            if let Some(member) = cell.take() {
+                // Relaxed: this thread owns the member outright (see above).
+                if member.removed_at.load(Ordering::Relaxed) != PRESENT {
+                    graveyard.push(member.chan);
+                }
+            }
+        }
     }
 }
 
@@ -615,6 +692,100 @@ mod tests {
         let w = lock(&s.writer);
         assert_eq!(w.positions.len(), 1000);
         assert!(w.len <= 2 * 1000 + 1, "len {} after churn", w.len);
+    }
+
+    type Weak = std::sync::Weak<ClientEntry<u32>>;
+
+    /// Joins `live` residents, then churns single members through until a
+    /// compaction has just happened; returns the residents' entries and the weak
+    /// handles of the churned ones.
+    fn churned_room(s: &Session<u32>, live: usize) -> (Vec<Arc<ClientEntry<u32>>>, Vec<Weak>) {
+        let residents: Vec<_> = (0..live).map(|_| chan()).collect();
+        for (n, entry) in residents.iter().enumerate() {
+            s.join(id(n), entry);
+        }
+        let mut churned = Vec::new();
+        for round in 0.. {
+            let entry = chan();
+            s.join(id(live + round), &entry);
+            s.leave(id(live + round));
+            churned.push(Arc::downgrade(&entry));
+            if lock(&s.writer).len == live {
+                break;
+            }
+        }
+        (residents, churned)
+    }
+
+    #[test]
+    fn a_compaction_frees_departed_entries_one_per_leave() {
+        let s = Session::new();
+        let (_residents, churned) = churned_room(&s, 10);
+        let alive = |w: &[Weak]| w.iter().filter(|w| w.upgrade().is_some()).count();
+        let dead = churned.len();
+        assert_eq!(dead, COMPACT_SLACK + 1);
+        // The compacting leave popped one already.
+        assert_eq!(lock(&s.writer).graveyard.len(), dead - 1);
+        assert_eq!(alive(&churned), dead - 1, "buried, not freed at once");
+        for n in 0..3 {
+            let entry = chan();
+            s.join(id(100 + n), &entry);
+            s.leave(id(100 + n));
+            assert_eq!(alive(&churned), dead - 2 - n, "one freed per leave");
+        }
+        assert_eq!(ids(&s.snapshot()), (0..10).map(id).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_snapshot_held_across_compaction_keeps_its_members_and_no_graveyard() {
+        let s = Session::new();
+        let residents: Vec<_> = (0..10).map(|_| chan()).collect();
+        for (n, entry) in residents.iter().enumerate() {
+            s.join(id(n), entry);
+        }
+        let mut churned = Vec::new();
+        let mut held = None;
+        for round in 0..=COMPACT_SLACK {
+            let entry = chan();
+            s.join(id(10 + round), &entry);
+            if round == COMPACT_SLACK {
+                // The last churned member is present in this snapshot, and the
+                // leave below compacts while the snapshot is held.
+                held = Some(s.snapshot());
+            }
+            s.leave(id(10 + round));
+            churned.push(Arc::downgrade(&entry));
+        }
+        assert_eq!(lock(&s.writer).len, 10, "the last leave compacted");
+        assert!(
+            lock(&s.writer).graveyard.is_empty(),
+            "a held layout is not buried"
+        );
+        let held = held.unwrap_or_else(|| s.snapshot());
+        let mut expected: Vec<_> = (0..10).map(id).collect();
+        expected.push(id(10 + COMPACT_SLACK));
+        assert_eq!(
+            ids(&held),
+            expected,
+            "the old snapshot reaches exactly its members"
+        );
+        assert!(churned.iter().all(|w| w.upgrade().is_some()));
+        drop(held);
+        assert!(
+            churned.iter().all(|w| w.upgrade().is_none()),
+            "the last snapshot frees them all"
+        );
+    }
+
+    #[test]
+    fn retiring_empties_the_graveyard() {
+        let s = Session::new();
+        let (_residents, churned) = churned_room(&s, 2);
+        assert!(!lock(&s.writer).graveyard.is_empty());
+        assert_eq!(s.leave(id(0)), Left::Removed);
+        assert_eq!(s.leave(id(1)), Left::RemovedAndRetired);
+        assert!(lock(&s.writer).graveyard.is_empty());
+        assert!(churned.iter().all(|w| w.upgrade().is_none()));
     }
 
     #[test]

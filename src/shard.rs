@@ -103,8 +103,10 @@ impl<T> Shard<T> {
             alloc.generations.push(0);
         }
         alloc.slots.insert(());
-        // Relaxed: see `live`.
-        self.live.fetch_add(1, Ordering::Relaxed);
+        // Relaxed: see `live`. A load and a store, not an RMW: every change to it
+        // is made under `alloc`, which orders them.
+        self.live
+            .store(self.live.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         Some((index, alloc.generations[index]))
     }
 
@@ -125,8 +127,9 @@ impl<T> Shard<T> {
                 alloc.slots.try_remove(index);
             }
         }
-        // Relaxed: see `live`.
-        self.live.fetch_sub(1, Ordering::Relaxed);
+        // Relaxed: see `live`; under `alloc`, as in `reserve`.
+        self.live
+            .store(self.live.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
     }
 
     /// Occupied slots.

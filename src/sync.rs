@@ -44,8 +44,8 @@
 //! store, and with plain `Acquire` loads loom duly reported broadcasts missing a
 //! join that had returned before them. The std [`SlotCell`] gets the
 //! same guarantee from the language rather than the hardware: its swap and load
-//! are both `SeqCst` (a plain load on x86), because the pin's fence comes before
-//! the writer's swap, not after it, and so does not order the two by itself.
+//! are both `SeqCst` (a plain load on x86), because the writer pins, if at all,
+//! only after its swap (to defer the old value), so no fence orders the two.
 //! * [`BoundedQueue`]: the same code in both builds, over this module's atomics
 //!   and [`UnsafeCell`], so loom checks every slot hand-over.
 //! * The channel's receiver waker is loom's `AtomicWaker` and its capacity waiters

@@ -58,7 +58,7 @@ mod epoch_cell {
         /// the value, but the registry's linearizability arguments (a send or
         /// broadcast that begins after an unregister or takeover returned must not
         /// see the replaced entry) need every load and swap of a slot in one total
-        /// order, and the pin's fence comes before the swap, not after it. On x86 a
+        /// order, and the writer's pin (if any) comes after the swap. On x86 a
         /// `SeqCst` load is a plain load and the swap is locked either way.
         ptr: AtomicPtr<T>,
         /// Send and Sync exactly when `Arc<T>` is.
@@ -98,17 +98,23 @@ mod epoch_cell {
         }
 
         /// Replaces the value. The old one is dropped once no reader can see it.
+        ///
+        /// Pins only to defer that drop, after the swap: filling an empty slot (every
+        /// registration) needs no pin at all.
         pub(crate) fn store(&self, value: Option<Arc<T>>) {
-            let guard = epoch::pin();
             let new = value.map_or(ptr::null_mut(), |v| Arc::into_raw(v).cast_mut());
             let old = self.ptr.swap(new, Ordering::SeqCst);
             if !old.is_null() {
                 let old = old.cast_const();
+                let guard = epoch::pin();
                 // SAFETY: the swap unlinked `old`, so no later read can reach it, and it
                 // is unlinked exactly once because only this swap returned it; the
-                // cell's count on it is ours to give up. Readers that reached it earlier
-                // are pinned, and the deferred drop runs only after they unpin. The
-                // closure may run on another thread: dropping an `Arc<T>` there is what
+                // cell's count on it is ours to give up. A reader reaches `old` only
+                // while pinned, so every reader that reached it before the swap has
+                // either unpinned already or is pinned now, and a drop deferred now runs
+                // only after every thread pinned now has unpinned (pinning after the
+                // swap rather than before changes nothing for them). The closure may
+                // run on another thread: dropping an `Arc<T>` there is what
                 // `Arc<T>: Send` (required for the cell to be shared) allows.
                 unsafe { guard.defer_unchecked(move || drop(Arc::from_raw(old))) };
             }

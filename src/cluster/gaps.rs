@@ -33,24 +33,24 @@ pub(crate) struct GapTracker {
 
 impl GapTracker {
     pub(crate) fn observe(&mut self, node: &str, session: &SessionId, seq: u64) -> Seen {
-        if !self.last.contains_key(node) {
-            self.last.insert(node.to_owned(), HashMap::new());
+        // Two lookups on the path every publication takes; a node's first costs more.
+        if let Some(sessions) = self.last.get_mut(node) {
+            return match sessions.get_mut(session) {
+                None => {
+                    sessions.insert(session.clone(), seq);
+                    Seen::First
+                }
+                Some(last) if seq > *last => {
+                    let missed = seq - *last - 1;
+                    *last = seq;
+                    Seen::Next { missed }
+                }
+                Some(_) => Seen::Stale,
+            };
         }
-        let Some(sessions) = self.last.get_mut(node) else {
-            return Seen::First;
-        };
-        match sessions.get_mut(session) {
-            None => {
-                sessions.insert(session.clone(), seq);
-                Seen::First
-            }
-            Some(last) if seq > *last => {
-                let missed = seq - *last - 1;
-                *last = seq;
-                Seen::Next { missed }
-            }
-            Some(_) => Seen::Stale,
-        }
+        self.last
+            .insert(node.to_owned(), HashMap::from([(session.clone(), seq)]));
+        Seen::First
     }
 
     /// Forgets a session this node unsubscribed from: what others publish while it

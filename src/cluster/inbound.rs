@@ -6,14 +6,35 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::fleet::ClientRef;
 use crate::sync::{lock, Arc};
+use crate::SessionId;
 
 use super::envelope::{self, Envelope};
 use super::gaps::Seen;
+use super::names::Names;
 use super::stats::{ClusterEvent, Counters};
 use super::Shared;
 
+/// The session of the channel the last publication came on: consecutive
+/// publications mostly share one, and this spares parsing (and allocating) its
+/// name for each.
+#[derive(Default)]
+struct LastChannel(Option<(String, SessionId)>);
+
+impl LastChannel {
+    fn session(&mut self, names: &Names, channel: &str) -> Option<SessionId> {
+        match &self.0 {
+            Some((c, s)) if c == channel => Some(s.clone()),
+            _ => {
+                let session = names.session_of(channel)?;
+                self.0 = Some((channel.to_owned(), session.clone()));
+                Some(session)
+            }
+        }
+    }
+}
+
 impl<M: Clone + Send + Sync + 'static> Shared<M> {
-    fn on_message(&self, channel: &str, bytes: &[u8]) {
+    fn on_message(&self, channel: &str, bytes: &[u8], last: &mut LastChannel) {
         let c = &self.counters;
         let Ok(env) = envelope::decode(bytes) else {
             Counters::add(&c.malformed, 1);
@@ -25,7 +46,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                     // Skip-self: local members got it before it was published.
                     return;
                 }
-                let Some(session) = self.names.session_of(channel) else {
+                let Some(session) = last.session(&self.names, channel) else {
                     Counters::add(&c.malformed, 1);
                     return;
                 };
@@ -78,6 +99,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
 /// Reads every publication the subscriber connection delivers.
 pub(crate) async fn run<M: Clone + Send + Sync + 'static>(shared: Arc<Shared<M>>) {
     let mut rx = shared.subscriber.message_rx();
+    let mut last = LastChannel::default();
     loop {
         match rx.recv().await {
             Ok(message) => {
@@ -85,7 +107,7 @@ pub(crate) async fn run<M: Clone + Send + Sync + 'static>(shared: Arc<Shared<M>>
                     Counters::add(&shared.counters.malformed, 1);
                     continue;
                 };
-                shared.on_message(&message.channel, bytes);
+                shared.on_message(&message.channel, bytes, &mut last);
             }
             // Lost in the client's buffer: the numbering counts them as gaps.
             Err(RecvError::Lagged(_)) => {}

@@ -118,8 +118,22 @@ pub async fn run(
         rate.per_sec, rate.round_trips_per_broadcast
     );
     violations.checked(1);
-    violations.expect(rate.gaps == 0, "cluster/rate", || {
-        format!("{} gaps while Redis was up", rate.gaps)
+    violations.expect(
+        rate.gaps == 0 && rate.reordered == 0,
+        "cluster/rate",
+        || {
+            format!(
+                "{} gaps and {} out of order while Redis was up",
+                rate.gaps, rate.reordered
+            )
+        },
+    );
+    violations.checked(1);
+    violations.expect(rate.received == rate.published, "cluster/rate", || {
+        format!(
+            "the member received {} of {} publications",
+            rate.received, rate.published
+        )
     });
 
     // 3. The nodes.

@@ -35,6 +35,12 @@ pub struct Rate {
 /// while several are in flight (a gateway node with many publishing clients).
 const PUBLISHERS: usize = 1024;
 
+/// Publications sent but not yet received, at most. Pub/sub has no flow control:
+/// a receiving node that falls further behind than its client's buffer (16384
+/// messages) loses publications, so the phase measures the rate the receiving
+/// side sustains, not how fast the publisher can outrun it.
+const WINDOW: u64 = 8192;
+
 pub async fn measure(url: &str, payload_len: usize, duration: Duration) -> Result<Rate, String> {
     let a = node(url, "rate-a").await?;
     let b = node(url, "rate-b").await?;
@@ -58,15 +64,22 @@ pub async fn measure(url: &str, payload_len: usize, duration: Duration) -> Resul
 
     let payload: Arc<str> = Arc::from("x".repeat(payload_len));
     let session = SessionId::from("rate");
+    let sent = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let tasks: Vec<_> = (0..PUBLISHERS)
         .map(|_| {
             let (a, payload, session) = (a.clone(), Arc::clone(&payload), session.clone());
+            let (sent, got) = (Arc::clone(&sent), Arc::clone(&got));
             tokio::spawn(async move {
                 let end = start + duration;
                 loop {
                     for _ in 0..64 {
-                        let _ = a.broadcast(session.clone(), Arc::clone(&payload)).await;
+                        while sent.load(Relaxed).saturating_sub(got.load(Relaxed)) > WINDOW {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        if a.broadcast(session.clone(), Arc::clone(&payload)).await.is_ok() {
+                            sent.fetch_add(1, Relaxed);
+                        }
                     }
                     if Instant::now() >= end {
                         break;

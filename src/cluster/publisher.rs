@@ -2,9 +2,11 @@
 //! batches, so that many concurrent broadcasts share each round trip.
 //!
 //! Callers queue a publication and await its answer. The task takes everything
-//! queued (up to [`BATCH`]), frames each with this node's id and the session's next
-//! number, and sends the lot as one script call that publishes them all. One task
-//! means numbers are handed out in the order publications reach Redis, so a
+//! queued (up to [`BATCH`] publications, and about
+//! [`MAX_BYTES`](super::batch::MAX_BYTES) of frames), frames each with this
+//! node's id and the session's next number into one buffer (`batch.rs`), and
+//! sends the lot as one script call that publishes them all. One task means
+//! numbers are handed out in the order publications reach Redis, so a
 //! receiver that sees a number jump knows exactly how many it missed.
 //!
 //! Up to [`IN_FLIGHT`] batches are on the wire at once, so that Redis runs one
@@ -20,9 +22,9 @@
 //! command queued while it reconnects and may write it after the caller gave up.
 //! So each batch carries a deadline on Redis's clock ([`RedisClock`]), and the
 //! script publishes nothing once it has passed; the caller hears "failed" only
-//! after the deadline plus a margin. Only a batch in flight at the instant Redis
-//! dies is ambiguous (Redis may have published it before dying); that is pub/sub's
-//! at-most-once, not a silent loss.
+//! after the deadline plus a margin. Only the batches in flight at the instant
+//! Redis dies (at most [`IN_FLIGHT`]) are ambiguous (Redis may have published them
+//! before dying); that is pub/sub's at-most-once, not a silent loss.
 //!
 //! With sharded pub/sub a batch's channels live on different shards, so no one
 //! script can publish them; those batches are pipelined `SPUBLISH`es, failing fast

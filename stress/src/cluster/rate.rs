@@ -77,7 +77,10 @@ pub async fn measure(url: &str, payload_len: usize, duration: Duration) -> Resul
                         while sent.load(Relaxed).saturating_sub(got.load(Relaxed)) > WINDOW {
                             tokio::time::sleep(Duration::from_millis(1)).await;
                         }
-                        if a.broadcast(session.clone(), Arc::clone(&payload)).await.is_ok() {
+                        if a.broadcast(session.clone(), Arc::clone(&payload))
+                            .await
+                            .is_ok()
+                        {
                             sent.fetch_add(1, Relaxed);
                         }
                     }

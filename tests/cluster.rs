@@ -1182,3 +1182,79 @@ async fn two_live_processes_under_one_id_are_told() {
     );
     drop((first, second));
 }
+
+/// Many concurrent broadcasts: the publisher numbers them into batches and keeps
+/// several batches in flight on one connection. Every publication must cross, in
+/// the order its author made it, with no number seen twice or skipped, plain and
+/// sharded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_broadcasts_cross_in_order_with_batches_in_flight() {
+    let Some(redis) = Redis::start("concurrent_broadcasts_cross_in_order") else {
+        return;
+    };
+    const AUTHORS: usize = 64;
+    const EACH: usize = 200;
+    for sharded in [false, true] {
+        let prefix = if sharded { "t9s" } else { "t9" };
+        let mk = |id: &'static str| {
+            // Room for every message: the members read only after publishing ends.
+            let registry = Registry::<Msg>::builder()
+                .channel_capacity(1 << 14)
+                .build()
+                .unwrap();
+            Cluster::builder(registry, Raw)
+                .url(redis.url())
+                .prefix(prefix)
+                .node_id(id)
+                .sharded(sharded)
+                .connect()
+        };
+        let (a, b) = (mk("a").await.unwrap(), mk("b").await.unwrap());
+        let mut rxs = Vec::new();
+        for room in ["x", "y"] {
+            let (id, rx) = b.register(ClientInfo::new()).await.unwrap();
+            b.attach(id, room).await.unwrap();
+            rxs.push(rx);
+        }
+        let authors: Vec<_> = (0..AUTHORS)
+            .map(|author| {
+                let a = a.clone();
+                tokio::spawn(async move {
+                    let room = if author % 2 == 0 { "x" } else { "y" };
+                    for i in 0..EACH {
+                        a.broadcast(room, Msg::from(format!("{author}:{i}")))
+                            .await
+                            .expect("published");
+                    }
+                })
+            })
+            .collect();
+        for t in authors {
+            t.await.unwrap();
+        }
+        // Each author's messages, in the order the member got them.
+        let mut next = vec![0usize; AUTHORS];
+        for rx in &mut rxs {
+            for _ in 0..AUTHORS / 2 * EACH {
+                let msg = recv(rx).await;
+                let (author, i) = msg.split_once(':').unwrap();
+                let (author, i): (usize, usize) = (author.parse().unwrap(), i.parse().unwrap());
+                assert_eq!(
+                    i, next[author],
+                    "author {author} out of order (sharded {sharded})"
+                );
+                next[author] += 1;
+            }
+        }
+        let (sa, sb) = (a.stats(), b.stats());
+        assert_eq!(sa.published, (AUTHORS * EACH) as u64);
+        assert!(
+            sa.round_trips < sa.published / 4,
+            "batched: {} round trips for {} publications",
+            sa.round_trips,
+            sa.published
+        );
+        assert_eq!((sb.gaps, sb.reordered), (0, 0), "sharded {sharded}");
+        assert_eq!(sb.received, (AUTHORS * EACH) as u64);
+    }
+}

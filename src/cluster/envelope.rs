@@ -88,12 +88,24 @@ pub(crate) struct NodeDown {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Malformed;
 
+#[cfg(test)]
 pub(crate) fn broadcast(node: &str, seq: u64, payload: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(3 + node.len() + 8 + payload.len());
-    header(&mut b, BROADCAST, node);
+    let mut b = BytesMut::with_capacity(broadcast_len(node, payload));
+    put_broadcast(&mut b, node, seq, payload);
+    b.freeze()
+}
+
+/// The length of a broadcast frame.
+pub(crate) fn broadcast_len(node: &str, payload: &[u8]) -> usize {
+    3 + node.len() + 8 + payload.len()
+}
+
+/// Appends a broadcast frame to `b`: the publisher writes a whole batch into one
+/// buffer rather than allocating a frame per message.
+pub(crate) fn put_broadcast(b: &mut BytesMut, node: &str, seq: u64, payload: &[u8]) {
+    header(b, BROADCAST, node);
     b.put_u64(seq);
     b.put_slice(payload);
-    b.freeze()
 }
 
 pub(crate) fn direct(node: &str, key: &str, payload: &[u8]) -> Option<Bytes> {

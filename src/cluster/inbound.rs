@@ -10,13 +10,33 @@ use crate::SessionId;
 
 use super::envelope::{self, Envelope};
 use super::gaps::Seen;
+use super::names::Names;
 use super::stats::{ClusterEvent, Counters};
 use super::Shared;
+
+/// The session of the channel the last publication came on: consecutive
+/// publications mostly share one, and this spares parsing (and allocating) its
+/// name for each.
+#[derive(Default)]
+struct LastChannel(Option<(String, SessionId)>);
+
+impl LastChannel {
+    fn session(&mut self, names: &Names, channel: &str) -> Option<SessionId> {
+        match &self.0 {
+            Some((c, s)) if c == channel => Some(s.clone()),
+            _ => {
+                let session = names.session_of(channel)?;
+                self.0 = Some((channel.to_owned(), session.clone()));
+                Some(session)
+            }
+        }
+    }
+}
 
 impl<M: Clone + Send + Sync + 'static> Shared<M> {
     /// Handles one publication; returns the sessions a takeover closed a member
     /// of, whose subscriptions must be synced.
-    fn on_message(&self, channel: &str, bytes: &[u8]) -> Vec<SessionId> {
+    fn on_message(&self, channel: &str, bytes: &[u8], last: &mut LastChannel) -> Vec<SessionId> {
         let c = &self.counters;
         let Ok(env) = envelope::decode(bytes) else {
             Counters::add(&c.malformed, 1);
@@ -28,7 +48,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                     // Skip-self: local members got it before it was published.
                     return Vec::new();
                 }
-                let Some(session) = self.names.session_of(channel) else {
+                let Some(session) = last.session(&self.names, channel) else {
                     Counters::add(&c.malformed, 1);
                     return Vec::new();
                 };
@@ -86,6 +106,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
 /// Reads every publication the subscriber connection delivers.
 pub(crate) async fn run<M: Clone + Send + Sync + 'static>(shared: Arc<Shared<M>>) {
     let mut rx = shared.subscriber.message_rx();
+    let mut last = LastChannel::default();
     loop {
         match rx.recv().await {
             Ok(message) => {
@@ -93,7 +114,7 @@ pub(crate) async fn run<M: Clone + Send + Sync + 'static>(shared: Arc<Shared<M>>
                     Counters::add(&shared.counters.malformed, 1);
                     continue;
                 };
-                let left = shared.on_message(&message.channel, bytes);
+                let left = shared.on_message(&message.channel, bytes, &mut last);
                 if !left.is_empty() {
                     // Off this loop: syncing waits for Redis.
                     let shared = Arc::clone(&shared);

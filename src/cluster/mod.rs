@@ -60,6 +60,7 @@
 //! `redis-server`, including one restarted mid-run; `stress cluster` runs three
 //! `ws_server` processes.
 
+mod batch;
 mod builder;
 mod clock;
 mod codec;
@@ -270,14 +271,17 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             subscriber.manage_subscriptions(),
             tokio::spawn(
                 Publisher {
-                    client,
                     node: node.clone(),
                     names: Arc::clone(&names),
-                    sharded: b.sharded,
-                    counters,
-                    clock,
-                    script: publish_script,
-                    deadline: b.publish_deadline,
+                    link: Arc::new(publisher::Link {
+                        client,
+                        base: names.base.clone().into(),
+                        sharded: b.sharded,
+                        counters,
+                        clock,
+                        script: publish_script,
+                        deadline: b.publish_deadline,
+                    }),
                 }
                 .run(rx),
             ),

@@ -2,10 +2,18 @@
 //! batches, so that many concurrent broadcasts share each round trip.
 //!
 //! Callers queue a publication and await its answer. The task takes everything
-//! queued (up to [`BATCH`]), frames each with this node's id and the session's next
-//! number, and sends the lot as one script call that publishes them all. One task
-//! means numbers are handed out in the order publications reach Redis, so a
+//! queued (up to [`BATCH`] publications, and about
+//! [`MAX_BYTES`](super::batch::MAX_BYTES) of frames), frames each with this
+//! node's id and the session's next number into one buffer (`batch.rs`), and
+//! sends the lot as one script call that publishes them all. One task means
+//! numbers are handed out in the order publications reach Redis, so a
 //! receiver that sees a number jump knows exactly how many it missed.
+//!
+//! Up to [`IN_FLIGHT`] batches are on the wire at once, so that Redis runs one
+//! while the next is framed. They share one connection, and the task hands each
+//! call to the client (its first poll) before numbering the next batch: Redis
+//! receives, and runs, batches in the order they were numbered. Each batch then
+//! waits for its answer in a task of its own, which tells its callers.
 //!
 //! # Failures are final
 //!
@@ -14,33 +22,42 @@
 //! command queued while it reconnects and may write it after the caller gave up.
 //! So each batch carries a deadline on Redis's clock ([`RedisClock`]), and the
 //! script publishes nothing once it has passed; the caller hears "failed" only
-//! after the deadline plus a margin. Only a batch in flight at the instant Redis
-//! dies is ambiguous (Redis may have published it before dying); that is pub/sub's
-//! at-most-once, not a silent loss.
+//! after the deadline plus a margin. Only the batches in flight at the instant
+//! Redis dies (at most [`IN_FLIGHT`]) are ambiguous (Redis may have published them
+//! before dying); that is pub/sub's at-most-once, not a silent loss.
 //!
 //! With sharded pub/sub a batch's channels live on different shards, so no one
-//! script can publish them; those batches are pipelined `SPUBLISH`es, failing fast
-//! when the connection is down but without the deadline.
+//! script can publish them; those batches are pipelined `SPUBLISH`es, one batch
+//! at a time, failing fast when the connection is down but without the deadline.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fred::bytes_utils::Str;
 use fred::clients::{Client, Pipeline};
 use fred::interfaces::{ClientLike, LuaInterface, PubsubInterface};
 use fred::prelude::{Options, Value};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 
 use crate::sync::Arc;
 use crate::SessionId;
 
+use super::batch::{Batch, BatchBuf, TooLong};
 use super::clock::RedisClock;
-use super::envelope;
 use super::names::Names;
 use super::stats::Counters;
 
 /// Publications sent in one batch, at most.
 const BATCH: usize = 512;
+
+/// Batches on the wire at once, at most: enough for Redis to run one while the
+/// next is framed and the answer to the one before is read.
+const IN_FLIGHT: usize = 4;
 
 /// A session publication waiting for the publisher.
 pub(crate) struct Outgoing {
@@ -50,10 +67,17 @@ pub(crate) struct Outgoing {
     pub(crate) done: oneshot::Sender<Result<(), fred::error::Error>>,
 }
 
+/// The numbering task's state and the link it publishes through.
 pub(crate) struct Publisher {
-    pub(crate) client: Client,
     pub(crate) node: String,
     pub(crate) names: Arc<Names>,
+    pub(crate) link: Arc<Link>,
+}
+
+/// What a batch needs on its way to Redis, shared by the batches in flight.
+pub(crate) struct Link {
+    pub(crate) client: Client,
+    pub(crate) base: Value,
     pub(crate) sharded: bool,
     pub(crate) counters: Arc<Counters>,
     pub(crate) clock: Arc<RedisClock>,
@@ -62,43 +86,124 @@ pub(crate) struct Publisher {
     pub(crate) deadline: Duration,
 }
 
+/// A session this node publishes to: its channel, built once, its last number,
+/// and its channel's index in the batch being written.
+struct Stream {
+    channel: Str,
+    seq: u64,
+    slot: Option<(u64, u16)>,
+}
+
+/// A numbered batch and the callers waiting for it.
+struct Pending {
+    batch: Batch,
+    done: Vec<oneshot::Sender<Result<(), fred::error::Error>>>,
+}
+
 fn io_error(text: &'static str) -> fred::error::Error {
     fred::error::Error::new(fred::error::ErrorKind::IO, text)
 }
 
 impl Publisher {
     pub(crate) async fn run(self, mut rx: mpsc::Receiver<Outgoing>) {
-        // The last number per session. Grows with the sessions this node publishes
-        // to: an entry is 8 bytes plus the id.
-        let mut last: HashMap<SessionId, u64> = HashMap::new();
-        let mut batch = Vec::with_capacity(BATCH);
-        while rx.recv_many(&mut batch, BATCH).await > 0 {
-            let mut frames = Vec::with_capacity(batch.len());
-            let mut done = Vec::with_capacity(batch.len());
-            for out in batch.drain(..) {
-                let seq = last.entry(out.session.clone()).or_insert(0);
-                *seq += 1;
-                let frame = envelope::broadcast(&self.node, *seq, &out.payload);
-                frames.push((self.names.channel(&out.session), frame));
-                done.push(out.done);
+        // Grows with the sessions this node publishes to: an entry is the id, its
+        // channel name and 24 bytes.
+        let mut streams: HashMap<SessionId, Stream> = HashMap::new();
+        let mut queued: Vec<Outgoing> = Vec::with_capacity(BATCH);
+        let mut in_flight = JoinSet::new();
+        let mut batches = 0u64;
+        // A pipeline of `SPUBLISH`es is not handed to the client on its first poll
+        // (the order test caught batches overtaking each other), so those wait
+        // for each other.
+        let limit = if self.link.sharded { 1 } else { IN_FLIGHT };
+        loop {
+            while in_flight.try_join_next().is_some() {}
+            while in_flight.len() >= limit {
+                in_flight.join_next().await;
             }
-            let result = if !self.client.is_connected() {
-                Err(io_error("not connected to redis"))
-            } else if self.sharded {
-                self.spublish(frames).await
-            } else {
-                self.publish(frames).await
-            };
-            let counter = if result.is_ok() {
-                &self.counters.published
-            } else {
-                &self.counters.publish_failed
-            };
-            Counters::add(counter, done.len() as u64);
-            for tx in done {
-                // The caller may have stopped waiting; the count above stands.
-                let _ = tx.send(result.clone());
+            // What a full batch left over goes first.
+            if queued.is_empty() && rx.recv_many(&mut queued, BATCH).await == 0 {
+                break;
             }
+            batches += 1;
+            let mut buf = BatchBuf::default();
+            let mut done = Vec::with_capacity(queued.len());
+            let mut items = std::mem::take(&mut queued).into_iter();
+            for out in items.by_ref() {
+                let stream = match streams.get_mut(&out.session) {
+                    Some(s) => s,
+                    None => streams.entry(out.session.clone()).or_insert(Stream {
+                        channel: Str::from(self.names.channel(&out.session)),
+                        seq: 0,
+                        slot: None,
+                    }),
+                };
+                let index = match stream.slot {
+                    Some((b, i)) if b == batches => i,
+                    _ => {
+                        let i = buf.add_channel(&stream.channel);
+                        stream.slot = Some((batches, i));
+                        i
+                    }
+                };
+                match buf.put_broadcast(index, &self.node, stream.seq + 1, &out.payload) {
+                    Ok(()) => {
+                        stream.seq += 1;
+                        done.push(out.done);
+                    }
+                    // Not numbered, so no receiver counts it as a gap.
+                    Err(TooLong) => {
+                        Counters::add(&self.link.counters.publish_failed, 1);
+                        let _ = out.done.send(Err(fred::error::Error::new(
+                            fred::error::ErrorKind::InvalidArgument,
+                            "publication longer than 4 GiB",
+                        )));
+                    }
+                }
+                if buf.full() {
+                    break;
+                }
+            }
+            queued.extend(items);
+            if buf.is_empty() {
+                continue;
+            }
+            let pending = Pending {
+                batch: buf.finish(),
+                done,
+            };
+            let mut call: Pin<Box<dyn Future<Output = ()> + Send>> =
+                Box::pin(Arc::clone(&self.link).send(pending));
+            // The first poll hands the command to the client, in numbering order;
+            // the answer is awaited beside the next batches.
+            let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+            if first.is_pending() {
+                in_flight.spawn(call);
+            }
+        }
+        while in_flight.join_next().await.is_some() {}
+    }
+}
+
+impl Link {
+    /// Publishes one batch and tells its callers how it went.
+    async fn send(self: Arc<Self>, Pending { batch, done }: Pending) {
+        let result = if !self.client.is_connected() {
+            Err(io_error("not connected to redis"))
+        } else if self.sharded {
+            self.spublish(&batch).await
+        } else {
+            self.publish(batch).await
+        };
+        let counter = if result.is_ok() {
+            &self.counters.published
+        } else {
+            &self.counters.publish_failed
+        };
+        Counters::add(counter, done.len() as u64);
+        for tx in done {
+            // The caller may have stopped waiting; the count above stands.
+            let _ = tx.send(result.clone());
         }
     }
 
@@ -112,19 +217,17 @@ impl Publisher {
         }
     }
 
-    async fn publish(&self, frames: Vec<(String, Bytes)>) -> Result<(), fred::error::Error> {
+    async fn publish(&self, batch: Batch) -> Result<(), fred::error::Error> {
         let Some(now) = self.clock.now_ms() else {
             return Err(io_error("redis clock not read yet"));
         };
         let deadline = now + u64::try_from(self.deadline.as_millis()).unwrap_or(u64::MAX);
-        let mut args: Vec<Value> = Vec::with_capacity(3 + 2 * frames.len());
-        args.push(self.names.base.clone().into());
+        let mut args: Vec<Value> = Vec::with_capacity(4 + batch.channels.len());
+        args.push(self.base.clone());
         args.push(deadline.to_string().into());
         args.push("PUBLISH".into());
-        for (channel, frame) in frames {
-            args.push(channel.into());
-            args.push(frame.into());
-        }
+        args.push(Value::Bytes(batch.entries));
+        args.extend(batch.channels.into_iter().map(Value::String));
         Counters::add(&self.counters.round_trips, 1);
         let client = self.client.with_options(&self.options());
         let call = client.eval::<i64, _, _, _>(&self.script, Vec::<String>::new(), args);
@@ -137,9 +240,9 @@ impl Publisher {
         }
     }
 
-    async fn spublish(&self, frames: Vec<(String, Bytes)>) -> Result<(), fred::error::Error> {
+    async fn spublish(&self, batch: &Batch) -> Result<(), fred::error::Error> {
         let pipe = Pipeline::from(self.client.with_options(&self.options()));
-        for (channel, frame) in frames {
+        for (channel, frame) in batch.frames() {
             // Queuing in a pipeline only buffers; the answer comes from `all`.
             let _: Result<Value, _> = pipe.spublish(channel, frame).await;
         }

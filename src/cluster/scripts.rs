@@ -48,15 +48,25 @@ redis.call('PEXPIRE', info, ttl * 2)
 if known then return { 1, now, clash } else return { 0, now, clash } end
 ";
 
-/// ARGV: base (unused), deadline ms, `PUBLISH` or `SPUBLISH`, then channel/frame
-/// pairs. Publishes the batch unless Redis's clock is past the deadline: a batch
-/// the client replays after a reconnect, when its callers were already told it
-/// failed, is refused here. Returns how many it published, or -1.
+/// ARGV: base (unused), deadline ms, `PUBLISH` or `SPUBLISH`, a batch's entries
+/// (`batch.rs`: `[channel index: u16][n: u32][frame: n bytes]`, big-endian, back
+/// to back), then the channels the indexes name. Publishes every frame unless
+/// Redis's clock is past the deadline: a batch the client replays after a
+/// reconnect, when its callers were already told it failed, is refused here.
+/// Returns how many it published, or -1.
 const PUBLISH: &str = r"
 if now > tonumber(ARGV[2]) then return -1 end
-local cmd = ARGV[3]
-for i = 4, #ARGV, 2 do redis.call(cmd, ARGV[i], ARGV[i + 1]) end
-return (#ARGV - 3) / 2
+local cmd, entries = ARGV[3], ARGV[4]
+local byte, sub, call = string.byte, string.sub, redis.call
+local pos, last, sent = 1, #ARGV[4], 0
+while pos <= last do
+  local c1, c2, l1, l2, l3, l4 = byte(entries, pos, pos + 5)
+  local n = ((l1 * 256 + l2) * 256 + l3) * 256 + l4
+  call(cmd, ARGV[5 + c1 * 256 + c2], sub(entries, pos + 6, pos + 5 + n))
+  pos = pos + 6 + n
+  sent = sent + 1
+end
+return sent
 ";
 
 /// ARGV: base, ctl channel, node or ''. Releases every expired node (or the one

@@ -116,8 +116,10 @@ pub struct ClusterArgs {
     #[arg(long)]
     pub chaos: bool,
 
-    /// The wire phase's publications per second, at most (it runs at a tenth of the
-    /// measured cluster publish rate, split over the publishers).
+    /// Stamped publications per second in the wire phase, at most, split over the
+    /// publishers. The wire phase runs at a tenth of the measured cluster publish
+    /// rate; what this leaves of it is sent as load to a session read by one sink per
+    /// node.
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_rate: u64,
 

@@ -1,7 +1,9 @@
-//! One WebSocket client of `stress cluster`: says hello with a key, joins the
-//! shared session, and either publishes stamped, numbered messages or reads them,
+//! One WebSocket client of `stress cluster`: says hello with a key, joins its
+//! session, and either publishes stamped, numbered messages or reads them,
 //! checking each publisher's numbers arrive in order and recording latency as
-//! same-node or cross-node.
+//! same-node or cross-node. Load clients carry the rest of the wire phase's
+//! publication rate in a session of its own, read by one sink per node that only
+//! counts frames, so that the WebSocket fan-out stays within the machine.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -27,6 +29,15 @@ pub struct Shared {
     /// Messages each publisher sends.
     pub per_publisher: u64,
     pub interval: Duration,
+    /// Messages each load client sends, and how far apart.
+    pub per_load: u64,
+    pub load_interval: Duration,
+    /// Load messages sent, per node.
+    pub load_sent: Box<[AtomicU64]>,
+    /// `publish_failed` errors the load clients got.
+    pub load_failed: AtomicU64,
+    /// Load messages each node's sink received.
+    pub sunk: Box<[AtomicU64]>,
     pub nodes: usize,
     /// Messages sent, per publishing node.
     pub sent: Box<[AtomicU64]>,
@@ -42,13 +53,30 @@ pub struct Shared {
 pub struct Role {
     pub node: usize,
     pub index: usize,
-    pub publisher: bool,
+    pub kind: Kind,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Stamped, numbered messages to the measured session.
+    Publisher,
+    /// Reads the measured session.
+    Listener,
+    /// Publishes to the load session without joining it.
+    Load,
+    /// The load session's one member on its node; counts frames.
+    Sink,
+}
+
+/// The session the stamped messages go to.
+pub const MEASURED: &str = "stress";
+/// The session the load goes to.
+pub const LOAD: &str = "load";
 
 /// What one listener saw, per publishing node: the numbers it received.
 #[derive(Debug, Default, Clone)]
 pub struct Seen {
-    pub role: Option<(usize, usize)>,
+    pub role: Option<Role>,
     /// Per publishing node: messages received.
     pub received: Vec<u64>,
     /// Per publishing node: the highest number seen, plus one (0 if none).
@@ -87,11 +115,15 @@ pub async fn connect(url: &str, role: Role) -> Result<Ws, String> {
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
         .await
         .map_err(|e| format!("connect {url}: {e}"))?;
-    let key = format!("n{}-c{}", role.node, role.index);
-    for (frame, answer) in [
-        (format!(r#"{{"type":"hello","key":"{key}"}}"#), "welcome"),
-        (r#"{"type":"join","session":"stress"}"#.to_owned(), "joined"),
-    ] {
+    let key = format!("n{}-{:?}{}", role.node, role.kind, role.index);
+    let session = match role.kind {
+        Kind::Publisher | Kind::Listener => Some(MEASURED),
+        Kind::Sink => Some(LOAD),
+        Kind::Load => None,
+    };
+    let hello = format!(r#"{{"type":"hello","key":"{key}"}}"#);
+    let join = session.map(|s| format!(r#"{{"type":"join","session":"{s}"}}"#));
+    for (frame, answer) in std::iter::once((hello, "welcome")).chain(join.map(|j| (j, "joined"))) {
         ws.send(Message::text(frame))
             .await
             .map_err(|e| e.to_string())?;
@@ -118,7 +150,7 @@ pub async fn run(
 ) -> Seen {
     let n = shared.nodes;
     let mut seen = Seen {
-        role: Some((role.node, role.index)),
+        role: Some(role),
         received: vec![0; n],
         high: vec![0; n],
         cut: false,
@@ -131,10 +163,27 @@ pub async fn run(
         if now == Phase::Closing {
             break;
         }
-        let due = role.publisher && now == Phase::Publishing && published < shared.per_publisher;
+        let (quota, interval) = match role.kind {
+            Kind::Publisher => (shared.per_publisher, shared.interval),
+            Kind::Load => (shared.per_load, shared.load_interval),
+            Kind::Listener | Kind::Sink => (0, Duration::MAX),
+        };
+        let due = now == Phase::Publishing && published < quota;
         tokio::select! {
             frame = ws.next() => match frame {
-                Some(Ok(Message::Text(text))) => on_text(&shared, role, &mut seen, &text),
+                Some(Ok(Message::Text(text))) => match role.kind {
+                    Kind::Sink => {
+                        shared.sunk[role.node].fetch_add(1, Relaxed);
+                    }
+                    Kind::Load => {
+                        if text.contains("publish_failed") {
+                            shared.load_failed.fetch_add(1, Relaxed);
+                        } else {
+                            shared.other_errors.fetch_add(1, Relaxed);
+                        }
+                    }
+                    Kind::Publisher | Kind::Listener => on_text(&shared, role, &mut seen, &text),
+                },
                 Some(Ok(Message::Close(frame))) => {
                     seen.cut = true;
                     seen.close = Some(frame.map_or_else(
@@ -157,8 +206,9 @@ pub async fn run(
             }
             () = tokio::time::sleep_until(next), if due => {
                 let t = u64::try_from(shared.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let session = if role.kind == Kind::Load { LOAD } else { MEASURED };
                 let frame = format!(
-                    r#"{{"type":"publish","session":"stress","data":{{"t":{t},"s":{published},"n":{},"p":"{}"}}}}"#,
+                    r#"{{"type":"publish","session":"{session}","data":{{"t":{t},"s":{published},"n":{},"p":"{}"}}}}"#,
                     role.node, shared.padding
                 );
                 if ws.send(Message::text(frame)).await.is_err() {
@@ -166,8 +216,12 @@ pub async fn run(
                     return seen;
                 }
                 published += 1;
-                shared.sent[role.node].store(published, Relaxed);
-                next += shared.interval;
+                if role.kind == Kind::Load {
+                    shared.load_sent[role.node].fetch_add(1, Relaxed);
+                } else {
+                    shared.sent[role.node].store(published, Relaxed);
+                }
+                next += interval;
             }
         }
     }

@@ -6,12 +6,20 @@
 //! 2. The publish-rate phase, in process: two cluster nodes, many concurrent
 //!    publishers on one, a member on the other; cross-node publications per second
 //!    over that ceiling is `cluster_publish_rate_vs_redis_benchmark`.
-//! 3. Starts `--nodes` ws_server processes with `--redis`, and on each one
-//!    publisher and `--listeners` listeners, all in one session. Each publisher sends
-//!    numbered, time-stamped messages at a tenth of the measured rate (capped by
-//!    `--max-rate`), split over the publishers. Every listener checks each
-//!    publisher's numbers arrive in order and records latency as same-node or
-//!    cross-node.
+//! 3. Starts `--nodes` ws_server processes with `--redis`; the wire phase puts a
+//!    tenth of the measured rate through them. On each node one publisher and
+//!    `--listeners` listeners share the measured session: each publisher sends
+//!    numbered, time-stamped messages (at most `--max-rate` a second in all, split
+//!    over the publishers), and every listener checks each publisher's numbers
+//!    arrive in order and records latency as same-node or cross-node. The rest of
+//!    the tenth is load: unstamped publications of the same size from load clients
+//!    on every node (one per 1000/s) to a second session whose only member on each
+//!    node is a sink that counts frames. Both sessions go through the same node
+//!    publishers, Redis and subscriber connections, so the stamped messages' latency
+//!    is measured at the full rate, while the WebSocket fan-out (members times
+//!    publications) stays within two cores: every member of one session at a tenth
+//!    of the rate would be hundreds of thousands of frames a second. With `--chaos`
+//!    there is no load (see 4).
 //! 4. With `--chaos`: SIGKILLs the last node a fifth of the way in, checks its keys
 //!    are released within its TTL (3 s) + 1 s, then kills Redis and restarts it on
 //!    the same port. The documented outcome, checked: survivors' clients stay
@@ -24,7 +32,9 @@
 //!    after it came back (a node that has not resubscribed yet cannot hear a
 //!    publication that succeeded; pub/sub gives the publisher no way to know).
 //!    Losses at a stream's tail, after the last number received, no receiver can
-//!    count; they are printed as slack. Without `--chaos` nothing may be missed.
+//!    count; they are printed as slack. Without `--chaos` nothing may be missed. A
+//!    node's gap counter covers all its sessions, so the chaos run has no load
+//!    session and its wire phase runs at the stamped rate only.
 
 mod client;
 mod rate;
@@ -41,11 +51,16 @@ use crate::cli::{ClusterArgs, Knobs};
 use crate::invariants::Violations;
 use crate::latency::{Percentiles, Recorder};
 use crate::wire::server::{self, Spawned};
-use client::{Phase, Role, Seen};
+use client::{Kind, Phase, Role, Seen};
 use redis::Redis;
 
 /// A node's TTL (the cluster builder's default).
 const TTL: Duration = Duration::from_secs(3);
+
+/// Load publications per second one load client sends: a node's connection task
+/// waits for each publication's answer from Redis, so one connection carries a
+/// few thousand a second at most.
+const LOAD_PER_CLIENT: f64 = 1000.0;
 
 /// What `stress cluster` reports.
 #[derive(Debug, Serialize)]
@@ -65,9 +80,20 @@ pub struct ClusterRun {
     pub rate_phase_published: u64,
     pub rate_phase_received: u64,
     pub rate_phase_gaps: u64,
-    /// Total publications per second in the wire phase (a tenth of the measured
-    /// rate, capped by `--max-rate`).
+    /// Publications per second the wire phase aimed at: a tenth of the measured
+    /// rate (stamped and load together).
     pub latency_rate: f64,
+    /// Of those, stamped publications per second (at most `--max-rate`).
+    pub stamped_rate: f64,
+    /// Publications per second the wire phase reached (stamped and load written
+    /// by the harness, over the publishing window).
+    pub wire_publications_per_sec: f64,
+    /// Load clients per node, load publications sent, failed, and counted by the
+    /// sinks (every sink gets every load publication).
+    pub load_clients_per_node: usize,
+    pub load_published: u64,
+    pub load_failed: u64,
+    pub load_sunk: u64,
     pub listeners: usize,
     pub published: u64,
     pub delivered: u64,
@@ -118,14 +144,40 @@ pub async fn run(
         rate.per_sec, rate.round_trips_per_broadcast
     );
     violations.checked(1);
-    violations.expect(rate.gaps == 0, "cluster/rate", || {
-        format!("{} gaps while Redis was up", rate.gaps)
+    violations.expect(
+        rate.gaps == 0 && rate.reordered == 0,
+        "cluster/rate",
+        || {
+            format!(
+                "{} gaps and {} out of order while Redis was up",
+                rate.gaps, rate.reordered
+            )
+        },
+    );
+    violations.checked(1);
+    violations.expect(rate.received == rate.published, "cluster/rate", || {
+        format!(
+            "the member received {} of {} publications",
+            rate.received, rate.published
+        )
     });
 
     // 3. The nodes.
-    let latency_rate = (rate.per_sec * 0.1)
-        .min(args.max_rate as f64)
-        .max(nodes as f64);
+    // With --chaos, no load: a node's gap counter covers every session, and the
+    // check that it equals the holes in the listeners' streams must see them all.
+    let latency_rate = (rate.per_sec * 0.1).max(nodes as f64);
+    let stamped_rate = latency_rate.min(args.max_rate as f64);
+    let load_rate = if args.chaos {
+        0.0
+    } else {
+        latency_rate - stamped_rate
+    };
+    let latency_rate = stamped_rate + load_rate;
+    let load_clients = if load_rate >= nodes as f64 {
+        (load_rate / nodes as f64 / LOAD_PER_CLIENT).ceil() as usize
+    } else {
+        0
+    };
     let queue = queue_for(latency_rate);
     let mut spawned = Vec::with_capacity(nodes);
     for i in 0..nodes {
@@ -157,7 +209,12 @@ pub async fn run(
     } else {
         Duration::from_secs(4)
     });
-    let per_publisher_rate = latency_rate / nodes as f64;
+    let per_publisher_rate = stamped_rate / nodes as f64;
+    let per_load_rate = if load_clients > 0 {
+        load_rate / (nodes * load_clients) as f64
+    } else {
+        1.0
+    };
     let shared = Arc::new(client::Shared {
         epoch: Instant::now(),
         same_node: Recorder::new("cluster", "same-node"),
@@ -167,6 +224,15 @@ pub async fn run(
             .round()
             .max(1.0) as u64,
         interval: Duration::from_secs_f64(1.0 / per_publisher_rate),
+        per_load: if load_clients > 0 {
+            (per_load_rate * duration.as_secs_f64()).round().max(1.0) as u64
+        } else {
+            0
+        },
+        load_interval: Duration::from_secs_f64(1.0 / per_load_rate),
+        load_sent: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+        load_failed: AtomicU64::new(0),
+        sunk: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
         nodes,
         sent: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
         failed: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
@@ -177,12 +243,15 @@ pub async fn run(
     let (phase, phase_rx) = watch::channel(Phase::Ready);
     let mut tasks = Vec::new();
     for (node, url) in urls.iter().enumerate() {
-        for index in 0..=listeners {
-            let role = Role {
-                node,
-                index,
-                publisher: index == 0,
+        let sinks = usize::from(load_clients > 0);
+        for index in 0..=listeners + sinks + load_clients {
+            let kind = match index {
+                0 => Kind::Publisher,
+                i if i <= listeners => Kind::Listener,
+                i if i == listeners + 1 && sinks > 0 => Kind::Sink,
+                _ => Kind::Load,
             };
+            let role = Role { node, index, kind };
             let ws = client::connect(url, role).await?;
             tasks.push(tokio::spawn(client::run(
                 Arc::clone(&shared),
@@ -193,7 +262,8 @@ pub async fn run(
         }
     }
     eprintln!(
-        "stress cluster: {nodes} nodes, {} listeners, {latency_rate:.0} publications/s for {:.1}s{}",
+        "stress cluster: {nodes} nodes, {} listeners, {latency_rate:.0} publications/s \
+         ({stamped_rate:.0} stamped, the rest from {load_clients} load clients per node) for {:.1}s{}",
         nodes * listeners,
         duration.as_secs_f64(),
         if args.chaos { ", with chaos" } else { "" }
@@ -241,9 +311,12 @@ pub async fn run(
         eprintln!("stress cluster: killed n{victim}, restarted redis");
     }
     let publish_deadline = go + duration * 2 + Duration::from_secs(5);
-    while shared.sent.iter().zip(0..).any(|(s, i)| {
+    let load_quota = shared.per_load * load_clients as u64;
+    while (0..nodes).any(|i| {
         let alive = !args.chaos || i != nodes - 1;
-        alive && s.load(Relaxed) < shared.per_publisher
+        alive
+            && (shared.sent[i].load(Relaxed) < shared.per_publisher
+                || shared.load_sent[i].load(Relaxed) < load_quota)
     }) && Instant::now() < publish_deadline
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -317,7 +390,7 @@ pub async fn run(
     let mut missed_cross = 0;
     let mut slack: Vec<String> = Vec::new();
     for s in &seen {
-        let Some((node, index)) = s.role else {
+        let Some(Role { node, index, kind }) = s.role else {
             continue;
         };
         if Some(node) == victim {
@@ -327,17 +400,16 @@ pub async fn run(
         if s.cut {
             // A survivor's client cut while Redis is up loses everything after: the
             // spec allows no loss then, and the queue is sized for the outage's burst.
-            let what = if index == 0 { "publisher" } else { "listener" };
             violations.push(
                 "cluster/listener",
                 format!(
-                    "n{node} {what} {index} was disconnected ({})",
+                    "n{node} {kind:?} {index} was disconnected ({})",
                     s.close.as_deref().unwrap_or("no close frame")
                 ),
             );
             continue;
         }
-        if index == 0 {
+        if kind != Kind::Listener {
             continue;
         }
         let mut holes_here = 0;
@@ -391,10 +463,21 @@ pub async fn run(
     for line in &slack {
         eprintln!("stress cluster: slack: {line}");
     }
+    let load_published: u64 = shared.load_sent.iter().map(|s| s.load(Relaxed)).sum();
+    let sunk: Vec<u64> = shared.sunk.iter().map(|s| s.load(Relaxed)).collect();
+    let load_failed = shared.load_failed.load(Relaxed);
     if !args.chaos {
         violations.expect(missed_cross == 0, "cluster/loss", || {
             format!("{missed_cross} cross-node messages lost with Redis up")
         });
+        // Every sink is the load session's one member on its node, and no load
+        // client is a member: each gets every load publication, once.
+        for (node, &got) in sunk.iter().enumerate().filter(|_| load_clients > 0) {
+            violations.checked(1);
+            violations.expect(got == load_published, "cluster/load", || {
+                format!("n{node}'s sink got {got} of {load_published} load publications")
+            });
+        }
     }
     let out_of_order = shared.out_of_order.load(Relaxed);
     let other = shared.other_errors.load(Relaxed);
@@ -425,6 +508,13 @@ pub async fn run(
         rate_phase_received: rate.received,
         rate_phase_gaps: rate.gaps,
         latency_rate,
+        stamped_rate,
+        wire_publications_per_sec: (sent.iter().sum::<u64>() + load_published) as f64
+            / publish_window.as_secs_f64(),
+        load_clients_per_node: load_clients,
+        load_published,
+        load_failed,
+        load_sunk: sunk.iter().sum(),
         listeners: nodes * listeners,
         published: sent.iter().sum(),
         delivered,
@@ -451,7 +541,8 @@ impl ClusterRun {
             "CLUSTER  {} nodes{}, {} listeners, payload {} B\n\
              publish rate      {:.0}/s through the cluster vs {:.0}/s redis-benchmark -P 16: {:.2}x\n\
              round trips       {:.3} per broadcast (rate phase), {:.3} (wire phase)\n\
-             wire phase        {:.0} publications/s, {} published, {} delivered, {:.0} deliveries/s\n\
+             wire phase        {:.0} publications/s aimed ({:.0} stamped + load from {} clients per node), {:.0}/s reached\n\
+             stamped           {} published, {} delivered, {:.0} deliveries/s; load {} published, {} failed, {} counted by sinks\n\
              latency same-node p50 {:.0} µs p99 {:.0} µs; cross-node p50 {:.0} µs p99 {:.0} µs; \
              cross - local p50 {:.3} ms\n\
              gaps              {} counted, {} missed cross-node, {} publications failed, {} out of order\n\
@@ -466,9 +557,15 @@ impl ClusterRun {
             self.cluster_redis_round_trips_per_broadcast,
             self.wire_round_trips_per_broadcast,
             self.latency_rate,
+            self.stamped_rate,
+            self.load_clients_per_node,
+            self.wire_publications_per_sec,
             self.published,
             self.delivered,
             self.deliveries_per_sec,
+            self.load_published,
+            self.load_failed,
+            self.load_sunk,
             self.same_node_latency_us.p50,
             self.same_node_latency_us.p99,
             self.cross_node_latency_us.p50,

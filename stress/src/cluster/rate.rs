@@ -1,28 +1,45 @@
 //! The publish-rate phase, in process: two cluster nodes on the run's Redis, one
 //! member on the receiving node, and many concurrent publishers on the other, so
-//! that the publisher's batches fill. Cross-node publications per second, set
-//! beside `redis-benchmark -P 16` on the same server.
+//! that the publisher's batches fill. The rate is what the member received, per
+//! second: publications that crossed Redis and were delivered on the other node,
+//! set beside `redis-benchmark -P 16` on the same server.
+//!
+//! No WebSocket is in this loop: it measures the cluster layer and Redis. The
+//! harness, both nodes and Redis share the machine's cores, as they would on one
+//! host; `redis-benchmark` had them with only its own client.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchboard::cluster::{Cluster, Raw};
-use switchboard::{ClientInfo, Registry};
+use switchboard::{ClientInfo, Registry, SessionId};
 
 /// What the phase measured.
 pub struct Rate {
-    /// Publications the receiving node got per second.
+    /// Publications the receiving node's member got, per second.
     pub per_sec: f64,
     /// Redis round trips per publication on the publishing node.
     pub round_trips_per_broadcast: f64,
     /// Gaps the receiving node counted (Redis was up: should be 0).
     pub gaps: u64,
+    /// Publications the receiving node saw out of order (should be 0: batches in
+    /// flight together must reach Redis in the order they were numbered).
+    pub reordered: u64,
     pub published: u64,
+    /// Publications the member received.
     pub received: u64,
 }
 
-/// Concurrent publisher tasks: enough to keep a batch in flight while the next fills.
-const PUBLISHERS: usize = 256;
+/// Concurrent publisher tasks: enough that the publisher's batches stay large
+/// while several are in flight (a gateway node with many publishing clients).
+const PUBLISHERS: usize = 1024;
+
+/// Publications sent but not yet received, at most. Pub/sub has no flow control:
+/// a receiving node that falls further behind than its client's buffer (16384
+/// messages) loses publications, so the phase measures the rate the receiving
+/// side sustains, not how fast the publisher can outrun it.
+const WINDOW: u64 = 8192;
 
 pub async fn measure(url: &str, payload_len: usize, duration: Duration) -> Result<Rate, String> {
     let a = node(url, "rate-a").await?;
@@ -34,20 +51,38 @@ pub async fn measure(url: &str, payload_len: usize, duration: Duration) -> Resul
     b.attach(member, "rate")
         .await
         .map_err(|e| format!("rate attach: {e}"))?;
-    // Drain the member so that its queue never fills.
-    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    // Drain the member so that its queue never fills, counting what it got.
+    let got = Arc::new(AtomicU64::new(0));
+    let drain = {
+        let got = Arc::clone(&got);
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                got.fetch_add(1, Relaxed);
+            }
+        })
+    };
 
     let payload: Arc<str> = Arc::from("x".repeat(payload_len));
+    let session = SessionId::from("rate");
+    let sent = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let received_at_start = b.stats().received;
     let tasks: Vec<_> = (0..PUBLISHERS)
         .map(|_| {
-            let (a, payload) = (a.clone(), Arc::clone(&payload));
+            let (a, payload, session) = (a.clone(), Arc::clone(&payload), session.clone());
+            let (sent, got) = (Arc::clone(&sent), Arc::clone(&got));
             tokio::spawn(async move {
                 let end = start + duration;
                 loop {
                     for _ in 0..64 {
-                        let _ = a.broadcast("rate", Arc::clone(&payload)).await;
+                        while sent.load(Relaxed).saturating_sub(got.load(Relaxed)) > WINDOW {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        if a.broadcast(session.clone(), Arc::clone(&payload))
+                            .await
+                            .is_ok()
+                        {
+                            sent.fetch_add(1, Relaxed);
+                        }
                     }
                     if Instant::now() >= end {
                         break;
@@ -62,12 +97,12 @@ pub async fn measure(url: &str, payload_len: usize, duration: Duration) -> Resul
     let published = a.stats().published;
     // Let the last batch arrive.
     let settle = Instant::now();
-    while b.stats().received < published && settle.elapsed() < Duration::from_secs(2) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    while got.load(Relaxed) < published && settle.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let elapsed = start.elapsed().as_secs_f64();
     let s = (a.stats(), b.stats());
-    let received = s.1.received - received_at_start;
+    let received = got.load(Relaxed);
     drain.abort();
     let _ = a.shutdown().await;
     let _ = b.shutdown().await;
@@ -79,6 +114,7 @@ pub async fn measure(url: &str, payload_len: usize, duration: Duration) -> Resul
             0.0
         },
         gaps: s.1.gaps,
+        reordered: s.1.reordered,
         published,
         received,
     })

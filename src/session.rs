@@ -3,9 +3,9 @@
 //! # Design
 //!
 //! A session's members live in an append-only array of write-once cells, in pages
-//! that double in size (see [`paging`](crate::paging)). Each cell holds the member's
-//! id, a handle to its channel, and `removed_at`: the version of the first snapshot
-//! that no longer contains it.
+//! that double in size (see [`paging`](crate::paging)). Each cell is 16 bytes: a
+//! write-once handle to the member's client entry (which holds its id and channel),
+//! and `removed_at`: the version of the first snapshot that no longer contains it.
 //!
 //! The page list and one atomic *state word* form a [`Layout`], published through a
 //! [`SnapshotCell`]. The state word packs the number of cells in use and the version
@@ -46,11 +46,11 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::client::{ChannelRef, ClientEntry};
+use crate::client::ClientEntry;
 use crate::paging;
 use crate::sync::{
-    lock, Arc, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering, Snapshot, SnapshotCell,
-    ValueArc, WriteOnce,
+    lock, Arc, AtomicU32, AtomicU64, AtomicUsize, Mutex, OnceArc, Ordering, Snapshot, SnapshotCell,
+    ValueArc,
 };
 use crate::ClientId;
 
@@ -175,10 +175,11 @@ const PAGE_SHIFT: u32 = 2;
 /// Dead cells tolerated before compaction regardless of the live count.
 pub(crate) const COMPACT_SLACK: usize = 16;
 
-/// One member as a broadcast sees it.
+/// One member cell, as a broadcast sees it: 16 bytes, four to a cache line.
 pub(crate) struct Member<M> {
-    pub(crate) id: ClientId,
-    pub(crate) chan: ChannelRef<M>,
+    /// The member's entry: empty until a join writes the cell, then never changed.
+    /// The id and the channel are read through it, so the cell keeps no copies.
+    entry: OnceArc<ClientEntry<M>>,
     /// Version of the first snapshot without this member, or `PRESENT`.
     ///
     /// Ordering: `Relaxed` on both sides. A reader whose snapshot is new enough to
@@ -187,7 +188,29 @@ pub(crate) struct Member<M> {
     removed_at: AtomicU32,
 }
 
-type Page<M> = Box<[WriteOnce<Member<M>>]>;
+impl<M> Member<M> {
+    fn empty() -> Self {
+        Self {
+            entry: OnceArc::new(),
+            removed_at: AtomicU32::new(PRESENT),
+        }
+    }
+
+    /// The member's entry if the cell is written and the member is in the snapshot
+    /// of `version`. Cells below a published `len` are always written (invariant
+    /// 1); an unwritten one is skipped rather than trusted.
+    #[inline]
+    fn in_snapshot(&self, version: u32) -> Option<&ClientEntry<M>> {
+        // Relaxed: see `removed_at`.
+        if self.removed_at.load(Ordering::Relaxed) > version {
+            self.entry.get()
+        } else {
+            None
+        }
+    }
+}
+
+type Page<M> = Box<[Member<M>]>;
 
 /// A page list and the state word that says how much of it a snapshot sees.
 pub(crate) struct Layout<M> {
@@ -216,18 +239,22 @@ pub(crate) struct Membership<M> {
 }
 
 impl<M> Membership<M> {
-    /// Members of this snapshot, in join order.
+    /// Members of this snapshot, in join order: their entries, which hold the id
+    /// and the channel.
     #[inline]
-    pub(crate) fn for_each(&self, mut f: impl FnMut(&Member<M>)) {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&ClientEntry<M>)) {
+        self.for_each_cell(|_, entry| f(entry));
+    }
+
+    /// [`for_each`](Self::for_each), with each member's cell.
+    #[inline]
+    fn for_each_cell(&self, mut f: impl FnMut(&Member<M>, &ClientEntry<M>)) {
         let mut remaining = self.len;
         for page in self.layout.pages.iter() {
             let n = remaining.min(page.len());
             for cell in &page[..n] {
-                if let Some(member) = cell.get() {
-                    // Relaxed: see `Member::removed_at`.
-                    if member.removed_at.load(Ordering::Relaxed) > self.version {
-                        f(member);
-                    }
+                if let Some(entry) = cell.in_snapshot(self.version) {
+                    f(cell, entry);
                 }
             }
             remaining -= n;
@@ -238,7 +265,7 @@ impl<M> Membership<M> {
     }
 
     /// Members of this snapshot, newest first, while `f` returns true.
-    pub(crate) fn for_each_rev_while(&self, mut f: impl FnMut(&Member<M>) -> bool) {
+    pub(crate) fn for_each_rev_while(&self, mut f: impl FnMut(&ClientEntry<M>) -> bool) {
         for cell in (0..self.len).rev() {
             let (page, offset) = paging::split(cell, PAGE_SHIFT);
             let Some(member) = self
@@ -246,12 +273,11 @@ impl<M> Membership<M> {
                 .pages
                 .get(page)
                 .and_then(|p| p.get(offset))
-                .and_then(WriteOnce::get)
+                .and_then(|cell| cell.in_snapshot(self.version))
             else {
                 continue;
             };
-            // Relaxed: see `Member::removed_at`.
-            if member.removed_at.load(Ordering::Relaxed) > self.version && !f(member) {
+            if !f(member) {
                 return;
             }
         }
@@ -369,13 +395,11 @@ impl<M> Session<M> {
         if page == w.layout.pages.len() {
             self.grow(&mut w);
         }
-        let member = Member {
-            id,
-            chan: ChannelRef::of(entry),
-            removed_at: AtomicU32::new(PRESENT),
-        };
         // Cells at or past `len` were never written (invariant 1), so this succeeds.
-        let fresh = w.layout.pages[page][offset].set(member).is_ok();
+        let fresh = w.layout.pages[page][offset]
+            .entry
+            .set(Arc::clone(entry))
+            .is_ok();
         debug_assert!(fresh, "cell {cell} written twice");
         w.len += 1;
         w.positions.insert(id, cell);
@@ -400,10 +424,10 @@ impl<M> Session<M> {
             return Left::NotMember;
         };
         let (page, offset) = paging::split(cell, PAGE_SHIFT);
-        if let Some(member) = w.layout.pages[page][offset].get() {
-            // Relaxed: see `Member::removed_at`; the word stored below releases it.
-            member.removed_at.store(w.version + 1, Ordering::Relaxed);
-        }
+        // Relaxed: see `Member::removed_at`; the word stored below releases it.
+        w.layout.pages[page][offset]
+            .removed_at
+            .store(w.version + 1, Ordering::Relaxed);
         w.version += 1;
         let dead = w.len - w.positions.len();
         if dead > w.positions.len().max(COMPACT_SLACK) || w.version >= MAX_VERSION {
@@ -486,13 +510,11 @@ impl<M> Session<M> {
             len: w.len,
             version: w.version,
         };
-        old.for_each(|member| {
+        old.for_each_cell(|cell, member| {
             let (p, o) = paging::split(next, PAGE_SHIFT);
-            let _ = pages[p][o].set(Member {
-                id: member.id,
-                chan: member.chan.clone(),
-                removed_at: AtomicU32::new(PRESENT),
-            });
+            if let Some(entry) = cell.entry.get_arc() {
+                let _ = pages[p][o].entry.set(entry);
+            }
             w.positions.insert(member.id, next);
             next += 1;
         });
@@ -527,15 +549,16 @@ fn publish<M>(w: &Writer<M>) {
 }
 
 fn new_page<M>(len: usize) -> Page<M> {
-    (0..len).map(|_| WriteOnce::new()).collect()
+    (0..len).map(|_| Member::empty()).collect()
 }
 
 #[cfg(all(test, not(switchboard_loom)))]
 mod tests {
     use super::*;
 
-    fn chan() -> Arc<ClientEntry<u32>> {
-        Arc::new(ClientEntry::new(id(0), 4, 0, None))
+    /// A client entry for `id(n)`: a cell reads its member's id from the entry.
+    fn entry(n: usize) -> Arc<ClientEntry<u32>> {
+        Arc::new(ClientEntry::new(id(n), 4, 0, None))
     }
 
     fn ids(m: &Membership<u32>) -> Vec<ClientId> {
@@ -551,11 +574,10 @@ mod tests {
     #[test]
     fn join_and_leave_publish_exact_membership() {
         let s = Session::new();
-        let c = chan();
         for n in 0..10 {
-            assert_eq!(s.join(id(n), &c), Joined::Added);
+            assert_eq!(s.join(id(n), &entry(n)), Joined::Added);
         }
-        assert_eq!(s.join(id(3), &c), Joined::AlreadyMember);
+        assert_eq!(s.join(id(3), &entry(3)), Joined::AlreadyMember);
         assert_eq!(s.leave(id(3)), Left::Removed);
         assert_eq!(s.leave(id(3)), Left::NotMember);
         let expected: Vec<_> = (0..10).filter(|&n| n != 3).map(id).collect();
@@ -566,12 +588,11 @@ mod tests {
     #[test]
     fn an_old_snapshot_keeps_its_members_after_they_leave() {
         let s = Session::new();
-        let c = chan();
-        s.join(id(0), &c);
-        s.join(id(1), &c);
+        s.join(id(0), &entry(0));
+        s.join(id(1), &entry(1));
         let before = s.snapshot();
         s.leave(id(0));
-        s.join(id(2), &c);
+        s.join(id(2), &entry(2));
         assert_eq!(ids(&before), vec![id(0), id(1)]);
         assert_eq!(ids(&s.snapshot()), vec![id(1), id(2)]);
     }
@@ -579,9 +600,8 @@ mod tests {
     #[test]
     fn compaction_bounds_dead_cells_and_preserves_members() {
         let s = Session::new();
-        let c = chan();
         for n in 0..100 {
-            s.join(id(n), &c);
+            s.join(id(n), &entry(n));
         }
         let old = s.snapshot();
         for n in (0..100).filter(|n| n % 4 != 0) {
@@ -604,12 +624,11 @@ mod tests {
     #[test]
     fn churn_in_a_large_session_keeps_memory_bounded() {
         let s = Session::new();
-        let c = chan();
         for n in 0..1000 {
-            s.join(id(n), &c);
+            s.join(id(n), &entry(n));
         }
         for round in 0..10_000 {
-            s.join(id(1000 + round), &c);
+            s.join(id(1000 + round), &entry(1000 + round));
             s.leave(id(1000 + round));
         }
         let w = lock(&s.writer);
@@ -620,15 +639,14 @@ mod tests {
     #[test]
     fn compaction_copies_a_rejoined_member_once() {
         let s = Session::new();
-        let c = chan();
         for n in 0..4 {
-            s.join(id(n), &c);
+            s.join(id(n), &entry(n));
         }
         // Member 0 leaves and rejoins: its first cell is dead, its second live.
         s.leave(id(0));
-        s.join(id(0), &c);
+        s.join(id(0), &entry(0));
         for round in 0..COMPACT_SLACK * 2 {
-            s.join(id(100 + round), &c);
+            s.join(id(100 + round), &entry(100 + round));
             s.leave(id(100 + round));
         }
         let members = ids(&s.snapshot());
@@ -640,7 +658,7 @@ mod tests {
         assert_eq!(members.len(), 4);
         assert_eq!(s.leave(id(0)), Left::Removed);
         assert_eq!(ids(&s.snapshot()).len(), 3);
-        assert_eq!(s.join(id(7), &c), Joined::Added);
+        assert_eq!(s.join(id(7), &entry(7)), Joined::Added);
         assert_eq!(ids(&s.snapshot()).len(), 4);
     }
 
@@ -650,9 +668,8 @@ mod tests {
         // MAX_VERSION itself, so the leaves that follow must restart the count
         // rather than stamp MAX_VERSION + 1, which is PRESENT.
         let s = Session::starting_at_version(MAX_VERSION - 3);
-        let c = chan();
         for n in 0..3 {
-            assert_eq!(s.join(id(n), &c), Joined::Added);
+            assert_eq!(s.join(id(n), &entry(n)), Joined::Added);
         }
         for n in 0..3 {
             assert_eq!(
@@ -681,29 +698,27 @@ mod tests {
     #[test]
     fn a_leave_at_the_limit_keeps_the_other_members() {
         let s = Session::starting_at_version(MAX_VERSION - 2);
-        let c = chan();
         for n in 0..2 {
-            s.join(id(n), &c);
+            s.join(id(n), &entry(n));
         }
         assert_eq!(s.leave(id(0)), Left::Removed);
         assert_eq!(ids(&s.snapshot()), vec![id(1)]);
-        assert_eq!(s.join(id(2), &c), Joined::Added);
+        assert_eq!(s.join(id(2), &entry(2)), Joined::Added);
         assert_eq!(ids(&s.snapshot()), vec![id(1), id(2)]);
     }
 
     #[test]
     fn emptying_retires_unless_pinned() {
         let s = Session::new();
-        let c = chan();
         assert!(s.pin());
-        s.join(id(0), &c);
+        s.join(id(0), &entry(0));
         assert_eq!(s.leave(id(0)), Left::Removed);
         assert!(!s.is_retired());
         assert!(s.unpin(), "unpinning an empty session retires it");
-        assert_eq!(s.join(id(1), &c), Joined::Retired);
+        assert_eq!(s.join(id(1), &entry(1)), Joined::Retired);
 
         let t = Session::new();
-        t.join(id(0), &c);
+        t.join(id(0), &entry(0));
         assert_eq!(t.leave(id(0)), Left::RemovedAndRetired);
         assert!(!t.pin(), "a retired session cannot be pinned");
     }

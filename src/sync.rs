@@ -66,7 +66,8 @@
 //!   internals (which are the `futures` crate's, model-checked there).
 //! * **The shard's page cells** ([`OnceLock`]): created once each under the shard's
 //!   allocation lock and read only for indexes that lock handed out. Session member
-//!   cells and the channel's close reason are [`WriteOnce`] cells, which loom sees.
+//!   cells hold [`OnceArc`]s and the channel's close reason is a [`WriteOnce`] cell;
+//!   loom sees both.
 //! * **[`ConcurrentMap`]** is a loom mutex around a `HashMap` under loom: papaya's
 //!   algorithm is not modelled, only the registry's use of its atomic operations.
 //! * **The send deadline.** `send_timeout`'s timer is tokio's; loom models drive
@@ -84,11 +85,13 @@ pub(crate) use std::sync::OnceLock;
 pub(crate) use std::sync::Arc as ValueArc;
 
 mod bounded_queue;
+mod once_arc;
 mod slot_cell;
 mod snapshot_cell;
 mod write_once;
 
 pub(crate) use bounded_queue::BoundedQueue;
+pub(crate) use once_arc::OnceArc;
 pub(crate) use slot_cell::SlotCell;
 pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};
 pub(crate) use write_once::WriteOnce;

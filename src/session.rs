@@ -43,7 +43,6 @@
 //! 4. `positions` (writer-side) maps each live member to its cell, and holds exactly
 //!    the live members of the newest snapshot.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use crate::client::ClientEntry;
@@ -53,6 +52,10 @@ use crate::sync::{
     ValueArc,
 };
 use crate::ClientId;
+
+mod positions;
+
+use positions::Positions;
 
 /// The key of a session (a room, a channel, a task), chosen by the application.
 ///
@@ -186,6 +189,12 @@ pub(crate) struct Member<M> {
     /// exclude the member acquired the state word stored after this store, which
     /// makes the store visible; an older reader delivers whichever value it sees.
     removed_at: AtomicU32,
+    /// The low 32 bits of the member's id, for the writer's [`Positions`]: they
+    /// rehash from the cells rather than the entries. It fills what would be
+    /// padding.
+    ///
+    /// Ordering: `Relaxed`; only writers read or write it, under the writer lock.
+    short: AtomicU32,
 }
 
 impl<M> Member<M> {
@@ -193,7 +202,27 @@ impl<M> Member<M> {
         Self {
             entry: OnceArc::new(),
             removed_at: AtomicU32::new(PRESENT),
+            short: AtomicU32::new(0),
         }
+    }
+
+    /// Writes the cell for the member `entry`; false if it was already written.
+    fn set(&self, entry: Arc<ClientEntry<M>>) -> bool {
+        // Relaxed: see `short`.
+        self.short
+            .store(positions::short(entry.id), Ordering::Relaxed);
+        self.entry.set(entry).is_ok()
+    }
+
+    /// See `short`.
+    fn short(&self) -> u32 {
+        // Relaxed: see `short`.
+        self.short.load(Ordering::Relaxed)
+    }
+
+    /// The member's id, once the cell is written.
+    fn id(&self) -> Option<ClientId> {
+        self.entry.get().map(|entry| entry.id)
     }
 
     /// The member's entry if the cell is written and the member is in the snapshot
@@ -296,7 +325,7 @@ struct Writer<M> {
     len: usize,
     version: u32,
     /// Cell of each live member.
-    positions: HashMap<ClientId, usize, foldhash::fast::RandomState>,
+    positions: Positions,
     /// The application keeps this session open while it is empty.
     pinned: bool,
     /// Emptied and unpinned: no longer in the directory, refuses joins.
@@ -344,7 +373,7 @@ impl<M> Session<M> {
                 layout,
                 len: 0,
                 version: 0,
-                positions: HashMap::default(),
+                positions: Positions::new(),
                 pinned: false,
                 retired: false,
             }),
@@ -381,7 +410,7 @@ impl<M> Session<M> {
         if w.retired {
             return Joined::Retired;
         }
-        if w.positions.contains_key(&id) {
+        if w.positions.get(id, &w.layout.pages).is_some() {
             return Joined::AlreadyMember;
         }
         if w.version >= MAX_VERSION || w.len >= MAX_CELLS {
@@ -396,13 +425,13 @@ impl<M> Session<M> {
             self.grow(&mut w);
         }
         // Cells at or past `len` were never written (invariant 1), so this succeeds.
-        let fresh = w.layout.pages[page][offset]
-            .entry
-            .set(Arc::clone(entry))
-            .is_ok();
+        let fresh = w.layout.pages[page][offset].set(Arc::clone(entry));
         debug_assert!(fresh, "cell {cell} written twice");
         w.len += 1;
-        w.positions.insert(id, cell);
+        let Writer {
+            positions, layout, ..
+        } = &mut *w;
+        positions.insert(id, cell, &layout.pages);
         w.version += 1;
         publish(&w);
         Joined::Added
@@ -411,7 +440,7 @@ impl<M> Session<M> {
     /// Removes `id`.
     pub(crate) fn leave(&self, id: ClientId) -> Left {
         let mut w = lock(&self.writer);
-        if !w.positions.contains_key(&id) {
+        if w.positions.get(id, &w.layout.pages).is_none() {
             return Left::NotMember;
         }
         // The stamp below is `version + 1`; at the limit that would be `PRESENT`,
@@ -420,7 +449,10 @@ impl<M> Session<M> {
         if w.version >= MAX_VERSION {
             self.compact(&mut w);
         }
-        let Some(cell) = w.positions.remove(&id) else {
+        let Writer {
+            positions, layout, ..
+        } = &mut *w;
+        let Some(cell) = positions.remove(id, &layout.pages) else {
             return Left::NotMember;
         };
         let (page, offset) = paging::split(cell, PAGE_SHIFT);
@@ -510,14 +542,16 @@ impl<M> Session<M> {
             len: w.len,
             version: w.version,
         };
+        let mut positions = Positions::with_capacity(live);
         old.for_each_cell(|cell, member| {
             let (p, o) = paging::split(next, PAGE_SHIFT);
             if let Some(entry) = cell.entry.get_arc() {
-                let _ = pages[p][o].entry.set(entry);
+                pages[p][o].set(entry);
             }
-            w.positions.insert(member.id, next);
+            positions.insert(member.id, next, &pages);
             next += 1;
         });
+        w.positions = positions;
         drop(old);
         debug_assert_eq!(next, live);
         w.len = live;
@@ -705,6 +739,43 @@ mod tests {
         assert_eq!(ids(&s.snapshot()), vec![id(1)]);
         assert_eq!(s.join(id(2), &entry(2)), Joined::Added);
         assert_eq!(ids(&s.snapshot()), vec![id(1), id(2)]);
+    }
+
+    #[test]
+    fn positions_tell_apart_ids_that_share_a_slot() {
+        // Two generations of one slot: the cells' short ids are equal, and only the
+        // entry's full id tells them apart.
+        let s = Session::new();
+        let old = ClientId::pack(0, 5, 0);
+        let new = ClientId::pack(0, 5, 1);
+        let entry = |id| Arc::new(ClientEntry::<u32>::new(id, 4, 0, None));
+        assert_eq!(s.join(old, &entry(old)), Joined::Added);
+        assert_eq!(s.join(new, &entry(new)), Joined::Added);
+        assert_eq!(s.join(new, &entry(new)), Joined::AlreadyMember);
+        assert_eq!(s.leave(new), Left::Removed);
+        assert_eq!(s.leave(new), Left::NotMember);
+        assert_eq!(ids(&s.snapshot()), vec![old]);
+        assert_eq!(s.leave(old), Left::RemovedAndRetired);
+    }
+
+    #[test]
+    fn positions_survive_growth_and_compaction() {
+        let s = Session::new();
+        for n in 0..1000 {
+            assert_eq!(s.join(id(n), &entry(n)), Joined::Added);
+        }
+        for n in (0..1000).filter(|n| n % 3 != 0) {
+            assert_eq!(s.leave(id(n)), Left::Removed, "member {n}");
+        }
+        for n in 0..1000 {
+            let expected = if n % 3 == 0 {
+                Joined::AlreadyMember
+            } else {
+                Joined::Added
+            };
+            assert_eq!(s.join(id(n), &entry(n)), expected, "member {n}");
+        }
+        assert_eq!(s.snapshot().live(), 1000);
     }
 
     #[test]

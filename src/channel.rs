@@ -40,9 +40,7 @@ use std::time::Duration;
 
 use crate::client::ChannelRef;
 use crate::error::TryRecvError;
-use crate::sync::{
-    lock, prefetch, AtomicUsize, AtomicWaker, BoundedQueue, Mutex, Ordering, WriteOnce,
-};
+use crate::sync::{lock, AtomicUsize, AtomicWaker, BoundedQueue, Mutex, Ordering, WriteOnce};
 use crate::ClientId;
 
 /// `state` bit: no more sends are accepted.
@@ -202,19 +200,6 @@ impl<M> Channel<M> {
             rx_waker: AtomicWaker::new(),
             waiters: Mutex::new(Waiters::default()),
         }
-    }
-
-    /// Asks the CPU to start loading what a [`try_send`](Self::try_send) on the
-    /// channel at `chan` reads first: the permit word and the queue's tail. `chan`
-    /// is never dereferenced, so it may be null.
-    #[inline(always)]
-    pub(crate) fn prefetch(chan: *const Self) {
-        prefetch(chan.wrapping_byte_add(std::mem::offset_of!(Self, state)));
-        prefetch(
-            chan.wrapping_byte_add(std::mem::offset_of!(Self, queue))
-                .cast::<BoundedQueue<M>>()
-                .wrapping_byte_add(BoundedQueue::<M>::TAIL),
-        );
     }
 
     /// Queues `msg` without waiting.

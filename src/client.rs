@@ -205,17 +205,6 @@ impl<M> ClientEntry<M> {
         }
     }
 
-    /// Asks the CPU to start loading the channel of the entry at `entry` (see
-    /// [`Channel::prefetch`]); `entry` is never dereferenced, so it may be null.
-    #[inline(always)]
-    pub(crate) fn prefetch_channel(entry: *const Self) {
-        Channel::prefetch(
-            entry
-                .wrapping_byte_add(std::mem::offset_of!(Self, chan))
-                .cast::<Channel<M>>(),
-        );
-    }
-
     /// The client's profile, with `connected_at` filled in.
     pub(crate) fn info(&self) -> Arc<ClientInfo> {
         self.profile.with(|info| match info {

@@ -175,13 +175,6 @@ const MAX_VERSION: u32 = u32::MAX - 1;
 const MAX_CELLS: usize = u32::MAX as usize;
 /// The first page holds `2^PAGE_SHIFT` cells: small, since most sessions are.
 const PAGE_SHIFT: u32 = 2;
-/// Snapshots of this many cells or more are walked with prefetching (see
-/// `for_each_cell`): below it the entries of a warm session (about 330 bytes each)
-/// are likely in cache already, and the hints would only cost instructions.
-const PREFETCH_FROM: usize = 16_384;
-/// How many cells ahead a walk asks for an entry: enough to cover a cache miss
-/// with the `try_send`s in between, few enough that the lines are still there.
-const PREFETCH_AHEAD: usize = 8;
 /// Dead cells tolerated before compaction regardless of the live count.
 pub(crate) const COMPACT_SLACK: usize = 16;
 
@@ -283,32 +276,14 @@ impl<M> Membership<M> {
     }
 
     /// [`for_each`](Self::for_each), with each member's cell.
-    ///
-    /// In a snapshot of [`PREFETCH_FROM`] cells or more, each step asks for the
-    /// channel [`PREFETCH_AHEAD`] cells on (see [`prefetch`](crate::sync::prefetch)):
-    /// the entries of a session that large are out of cache, and their loads then
-    /// overlap.
     #[inline]
     fn for_each_cell(&self, mut f: impl FnMut(&Member<M>, &ClientEntry<M>)) {
         let mut remaining = self.len;
-        let ahead = self.len >= PREFETCH_FROM;
         for page in self.layout.pages.iter() {
             let n = remaining.min(page.len());
-            let cells = &page[..n];
-            if !ahead {
-                for cell in cells {
-                    if let Some(entry) = cell.in_snapshot(self.version) {
-                        f(cell, entry);
-                    }
-                }
-            } else {
-                for (i, cell) in cells.iter().enumerate() {
-                    if let Some(ahead) = cells.get(i + PREFETCH_AHEAD) {
-                        ClientEntry::prefetch_channel(ahead.entry.as_ptr());
-                    }
-                    if let Some(entry) = cell.in_snapshot(self.version) {
-                        f(cell, entry);
-                    }
+            for cell in &page[..n] {
+                if let Some(entry) = cell.in_snapshot(self.version) {
+                    f(cell, entry);
                 }
             }
             remaining -= n;

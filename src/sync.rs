@@ -86,14 +86,12 @@ pub(crate) use std::sync::Arc as ValueArc;
 
 mod bounded_queue;
 mod once_arc;
-mod prefetch;
 mod slot_cell;
 mod snapshot_cell;
 mod write_once;
 
 pub(crate) use bounded_queue::BoundedQueue;
 pub(crate) use once_arc::OnceArc;
-pub(crate) use prefetch::prefetch;
 pub(crate) use slot_cell::SlotCell;
 pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};
 pub(crate) use write_once::WriteOnce;

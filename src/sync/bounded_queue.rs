@@ -112,9 +112,6 @@ unsafe impl<T: Send> Send for BoundedQueue<T> {}
 unsafe impl<T: Send> Sync for BoundedQueue<T> {}
 
 impl<T> BoundedQueue<T> {
-    /// Where `tail`, the first word a push touches, sits in the queue.
-    pub(crate) const TAIL: usize = std::mem::offset_of!(Self, tail);
-
     /// An empty queue of `capacity` (at least 1) slots; allocates nothing more.
     pub(crate) fn new(capacity: usize) -> Self {
         debug_assert!(capacity > 0);

@@ -68,14 +68,6 @@ impl<T> OnceArc<T> {
         unsafe { current.cast_const().as_ref() }
     }
 
-    /// The value's address, or null: for a [`prefetch`](super::prefetch) hint,
-    /// never to be dereferenced.
-    #[inline]
-    pub(crate) fn as_ptr(&self) -> *const T {
-        // Relaxed: the address is only a hint; nothing is read through it.
-        self.ptr.load(Ordering::Relaxed).cast_const()
-    }
-
     /// A new handle to the value, once it is set.
     pub(crate) fn get_arc(&self) -> Option<Arc<T>> {
         // Acquire: see `ptr`.

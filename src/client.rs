@@ -67,6 +67,10 @@ pub(crate) type Membership<M> = (SessionId, Arc<Session<M>>);
 pub(crate) struct Memberships<M> {
     first: Option<Membership<M>>,
     /// Never an empty `Vec`: the box goes when its last membership does.
+    #[allow(
+        clippy::box_collection,
+        reason = "8 bytes in every entry instead of an empty Vec's 24; only a client in two or more sessions pays the extra allocation"
+    )]
     rest: Option<Box<Vec<Membership<M>>>>,
 }
 
@@ -252,6 +256,21 @@ mod tests {
             m.push((SessionId::from(key), Arc::new(Session::new())));
         }
         m
+    }
+
+    /// The per-client layout behind the README's `registry_bytes_per_client`
+    /// budget: a field that grows the entry or the member cell fails here first.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn an_entry_and_a_member_cell_stay_within_their_bytes() {
+        use std::mem::size_of;
+        type M = Arc<[u8]>;
+        // Id 8, connection time 8, profile pointer 8, and the state lock 56 (lock
+        // word and flag 8, inline first membership 24, spill pointer 8, fleet
+        // pointer 8, `connected` 8 with padding).
+        assert_eq!(size_of::<ClientEntry<M>>() - size_of::<Channel<M>>(), 80);
+        assert_eq!(size_of::<Memberships<M>>(), 32);
+        assert_eq!(size_of::<crate::session::Member<M>>(), 16);
     }
 
     #[test]

@@ -208,10 +208,13 @@ impl<M> Member<M> {
 
     /// Writes the cell for the member `entry`; false if it was already written.
     fn set(&self, entry: Arc<ClientEntry<M>>) -> bool {
-        // Relaxed: see `short`.
-        self.short
-            .store(positions::short(entry.id), Ordering::Relaxed);
-        self.entry.set(entry).is_ok()
+        let short = positions::short(entry.id);
+        let fresh = self.entry.set(entry).is_ok();
+        if fresh {
+            // Relaxed: see `short`. Only the write that filled the cell names it.
+            self.short.store(short, Ordering::Relaxed);
+        }
+        fresh
     }
 
     /// See `short`.

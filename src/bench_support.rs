@@ -16,7 +16,7 @@
 //! so "what the receivers keep after the registry is dropped" overstates the channel.
 //! [`channel_bytes`] counts the channel alone: the channel struct itself
 //! ([`channel_size`]) plus the ring's outer slots if they have been allocated. Everything
-//! else a client costs (the rest of its entry, its slot, slab entry, session cells and
+//! else a client costs (the rest of its entry, its slot and generation, session cells and
 //! maps) is the registry's.
 
 use crate::channel::{Channel, Rejected};

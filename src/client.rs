@@ -61,29 +61,37 @@ impl<M> Default for FleetState<M> {
 pub(crate) type Membership<M> = (SessionId, Arc<Session<M>>);
 
 /// A client's sessions in join order, the first held inline: most clients join one
-/// or two, and the first join then allocates nothing. Removal swaps the last into
-/// the removed one's place.
+/// or two, and the first join then allocates nothing. The others are behind one
+/// pointer, so a client in one session does not carry an empty `Vec`'s 24 bytes.
+/// Removal swaps the last into the removed one's place.
 pub(crate) struct Memberships<M> {
     first: Option<Membership<M>>,
-    rest: Vec<Membership<M>>,
+    /// Never an empty `Vec`: the box goes when its last membership does.
+    #[allow(
+        clippy::box_collection,
+        reason = "8 bytes in every entry instead of an empty Vec's 24; only a client in two or more sessions pays the extra allocation"
+    )]
+    rest: Option<Box<Vec<Membership<M>>>>,
 }
 
 impl<M> Default for Memberships<M> {
     fn default() -> Self {
         Self {
             first: None,
-            rest: Vec::new(),
+            rest: None,
         }
     }
 }
 
 impl<M> Memberships<M> {
     pub(crate) fn len(&self) -> usize {
-        usize::from(self.first.is_some()) + self.rest.len()
+        usize::from(self.first.is_some()) + self.rest.as_ref().map_or(0, |rest| rest.len())
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Membership<M>> {
-        self.first.iter().chain(&self.rest)
+        self.first
+            .iter()
+            .chain(self.rest.iter().flat_map(|rest| rest.iter()))
     }
 
     pub(crate) fn position(&self, key: &SessionId) -> Option<usize> {
@@ -97,10 +105,9 @@ impl<M> Memberships<M> {
         }
         // A second session is rarer still: start the spill list at one slot rather
         // than the default four.
-        if self.rest.capacity() == 0 {
-            self.rest.reserve_exact(1);
-        }
-        self.rest.push(membership);
+        self.rest
+            .get_or_insert_with(|| Box::new(Vec::with_capacity(1)))
+            .push(membership);
     }
 
     /// Removes the membership at `position` (from [`position`](Self::position)),
@@ -109,13 +116,18 @@ impl<M> Memberships<M> {
         if position >= self.len() {
             return None;
         }
-        let last = match self.rest.pop() {
-            Some(last) => last,
-            None => return self.first.take(),
+        let Some(rest) = self.rest.as_mut() else {
+            return self.first.take();
         };
+        let Some(last) = rest.pop() else {
+            return self.first.take();
+        };
+        if rest.is_empty() {
+            self.rest = None;
+        }
         let slot = match position {
             0 => self.first.as_mut(),
-            n => self.rest.get_mut(n - 1),
+            n => self.rest.as_mut().and_then(|rest| rest.get_mut(n - 1)),
         };
         match slot {
             Some(slot) => Some(std::mem::replace(slot, last)),
@@ -131,7 +143,8 @@ impl<M> IntoIterator for Memberships<M> {
         std::iter::Chain<std::option::IntoIter<Membership<M>>, std::vec::IntoIter<Membership<M>>>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.first.into_iter().chain(self.rest)
+        let rest = self.rest.map_or_else(Vec::new, |rest| *rest);
+        self.first.into_iter().chain(rest)
     }
 }
 
@@ -250,6 +263,21 @@ mod tests {
         m
     }
 
+    /// The per-client layout behind the README's `registry_bytes_per_client`
+    /// budget: a field that grows the entry or the member cell fails here first.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn an_entry_and_a_member_cell_stay_within_their_bytes() {
+        use std::mem::size_of;
+        type M = Arc<[u8]>;
+        // Id 8, connection time 8, profile pointer 8, and the state lock 56 (lock
+        // word and flag 8, inline first membership 24, spill pointer 8, fleet
+        // pointer 8, `connected` 8 with padding).
+        assert_eq!(size_of::<ClientEntry<M>>() - size_of::<Channel<M>>(), 80);
+        assert_eq!(size_of::<Memberships<M>>(), 32);
+        assert_eq!(size_of::<crate::session::Member<M>>(), 16);
+    }
+
     #[test]
     fn removal_moves_the_last_into_the_gap_inline_or_spilled() {
         let mut m = filled(4);
@@ -262,6 +290,10 @@ mod tests {
         assert_eq!(keys(&m), [3, 2].map(SessionId::from));
         assert_eq!(m.swap_remove(1).map(|(k, _)| k), Some(SessionId::from(2)));
         assert_eq!(m.swap_remove(1).map(|(k, _)| k), None);
+        assert!(
+            m.rest.is_none(),
+            "the spill list goes with its last membership"
+        );
         assert_eq!(m.swap_remove(0).map(|(k, _)| k), Some(SessionId::from(3)));
         assert_eq!(m.len(), 0);
         m.push((SessionId::from(9), Arc::new(Session::new())));

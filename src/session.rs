@@ -3,9 +3,9 @@
 //! # Design
 //!
 //! A session's members live in an append-only array of write-once cells, in pages
-//! that double in size (see [`paging`](crate::paging)). Each cell holds the member's
-//! id, a handle to its channel, and `removed_at`: the version of the first snapshot
-//! that no longer contains it.
+//! that double in size (see [`paging`](crate::paging)). Each cell is 16 bytes: a
+//! write-once handle to the member's client entry (which holds its id and channel),
+//! and `removed_at`: the version of the first snapshot that no longer contains it.
 //!
 //! The page list and one atomic *state word* form a [`Layout`], published through a
 //! [`SnapshotCell`]. The state word packs the number of cells in use and the version
@@ -56,17 +56,19 @@
 //!    holds and none can load again (it was replaced first), so no broadcast
 //!    reaches them; the writer only ever drops them.
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::fmt;
 
-use crate::client::{ChannelRef, ClientEntry};
+use crate::client::ClientEntry;
 use crate::paging;
 use crate::sync::{
-    lock, Arc, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering, Snapshot, SnapshotCell,
-    ValueArc, WriteOnce,
+    lock, Arc, AtomicU32, AtomicU64, AtomicUsize, Mutex, OnceArc, Ordering, Snapshot, SnapshotCell,
+    ValueArc,
 };
 use crate::ClientId;
+
+mod positions;
+
+use positions::Positions;
 
 /// The key of a session (a room, a channel, a task), chosen by the application.
 ///
@@ -192,19 +194,71 @@ pub(crate) const COMPACT_SLACK: usize = 16;
 /// freed at once, as its cost is spread over as many leaves anyway.
 const GRAVEYARD_MAX: usize = 4 * COMPACT_SLACK;
 
-/// One member as a broadcast sees it.
+/// One member cell, as a broadcast sees it: 16 bytes, four to a cache line.
 pub(crate) struct Member<M> {
-    pub(crate) id: ClientId,
-    pub(crate) chan: ChannelRef<M>,
+    /// The member's entry: empty until a join writes the cell, then never changed.
+    /// The id and the channel are read through it, so the cell keeps no copies.
+    entry: OnceArc<ClientEntry<M>>,
     /// Version of the first snapshot without this member, or `PRESENT`.
     ///
     /// Ordering: `Relaxed` on both sides. A reader whose snapshot is new enough to
     /// exclude the member acquired the state word stored after this store, which
     /// makes the store visible; an older reader delivers whichever value it sees.
     removed_at: AtomicU32,
+    /// The low 32 bits of the member's id, for the writer's [`Positions`]: they
+    /// rehash from the cells rather than the entries. It fills what would be
+    /// padding.
+    ///
+    /// Ordering: `Relaxed`; only writers read or write it, under the writer lock.
+    short: AtomicU32,
 }
 
-type Page<M> = Box<[WriteOnce<Member<M>>]>;
+impl<M> Member<M> {
+    fn empty() -> Self {
+        Self {
+            entry: OnceArc::new(),
+            removed_at: AtomicU32::new(PRESENT),
+            short: AtomicU32::new(0),
+        }
+    }
+
+    /// Writes the cell for the member `entry`; false if it was already written.
+    fn set(&self, entry: Arc<ClientEntry<M>>) -> bool {
+        let short = positions::short(entry.id);
+        let fresh = self.entry.set(entry).is_ok();
+        if fresh {
+            // Relaxed: see `short`. Only the write that filled the cell names it.
+            self.short.store(short, Ordering::Relaxed);
+        }
+        fresh
+    }
+
+    /// See `short`.
+    fn short(&self) -> u32 {
+        // Relaxed: see `short`.
+        self.short.load(Ordering::Relaxed)
+    }
+
+    /// The member's id, once the cell is written.
+    fn id(&self) -> Option<ClientId> {
+        self.entry.get().map(|entry| entry.id)
+    }
+
+    /// The member's entry if the cell is written and the member is in the snapshot
+    /// of `version`. Cells below a published `len` are always written (invariant
+    /// 1); an unwritten one is skipped rather than trusted.
+    #[inline]
+    fn in_snapshot(&self, version: u32) -> Option<&ClientEntry<M>> {
+        // Relaxed: see `removed_at`.
+        if self.removed_at.load(Ordering::Relaxed) > version {
+            self.entry.get()
+        } else {
+            None
+        }
+    }
+}
+
+type Page<M> = Box<[Member<M>]>;
 
 /// A page list and the state word that says how much of it a snapshot sees.
 pub(crate) struct Layout<M> {
@@ -233,18 +287,22 @@ pub(crate) struct Membership<M> {
 }
 
 impl<M> Membership<M> {
-    /// Members of this snapshot, in join order.
+    /// Members of this snapshot, in join order: their entries, which hold the id
+    /// and the channel.
     #[inline]
-    pub(crate) fn for_each(&self, mut f: impl FnMut(&Member<M>)) {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&ClientEntry<M>)) {
+        self.for_each_cell(|_, entry| f(entry));
+    }
+
+    /// [`for_each`](Self::for_each), with each member's cell.
+    #[inline]
+    fn for_each_cell(&self, mut f: impl FnMut(&Member<M>, &ClientEntry<M>)) {
         let mut remaining = self.len;
         for page in self.layout.pages.iter() {
             let n = remaining.min(page.len());
             for cell in &page[..n] {
-                if let Some(member) = cell.get() {
-                    // Relaxed: see `Member::removed_at`.
-                    if member.removed_at.load(Ordering::Relaxed) > self.version {
-                        f(member);
-                    }
+                if let Some(entry) = cell.in_snapshot(self.version) {
+                    f(cell, entry);
                 }
             }
             remaining -= n;
@@ -255,7 +313,7 @@ impl<M> Membership<M> {
     }
 
     /// Members of this snapshot, newest first, while `f` returns true.
-    pub(crate) fn for_each_rev_while(&self, mut f: impl FnMut(&Member<M>) -> bool) {
+    pub(crate) fn for_each_rev_while(&self, mut f: impl FnMut(&ClientEntry<M>) -> bool) {
         for cell in (0..self.len).rev() {
             let (page, offset) = paging::split(cell, PAGE_SHIFT);
             let Some(member) = self
@@ -263,12 +321,11 @@ impl<M> Membership<M> {
                 .pages
                 .get(page)
                 .and_then(|p| p.get(offset))
-                .and_then(WriteOnce::get)
+                .and_then(|cell| cell.in_snapshot(self.version))
             else {
                 continue;
             };
-            // Relaxed: see `Member::removed_at`.
-            if member.removed_at.load(Ordering::Relaxed) > self.version && !f(member) {
+            if !f(member) {
                 return;
             }
         }
@@ -287,10 +344,10 @@ struct Writer<M> {
     len: usize,
     version: u32,
     /// Cell of each live member.
-    positions: HashMap<ClientId, usize, foldhash::fast::RandomState>,
-    /// Handles of departed members from the layout the last compaction replaced,
+    positions: Positions,
+    /// Entries of departed members from the layout the last compaction replaced,
     /// released one per leave (see "Graveyard" in the module docs).
-    graveyard: Vec<ChannelRef<M>>,
+    graveyard: Vec<Arc<ClientEntry<M>>>,
     /// The application keeps this session open while it is empty.
     pinned: bool,
     /// Emptied and unpinned: no longer in the directory, refuses joins.
@@ -338,7 +395,7 @@ impl<M> Session<M> {
                 layout,
                 len: 0,
                 version: 0,
-                positions: HashMap::default(),
+                positions: Positions::new(),
                 graveyard: Vec::new(),
                 pinned: false,
                 retired: false,
@@ -376,37 +433,28 @@ impl<M> Session<M> {
         if w.retired {
             return Joined::Retired;
         }
+        if w.positions.get(id, &w.layout.pages).is_some() {
+            return Joined::AlreadyMember;
+        }
         if w.version >= MAX_VERSION || w.len >= MAX_CELLS {
-            if w.positions.contains_key(&id) {
-                return Joined::AlreadyMember;
-            }
             self.compact(&mut w);
             if w.len >= MAX_CELLS {
                 return Joined::Full;
             }
         }
         let cell = w.len;
-        // One hash for the membership check and the insert; compaction and growth
-        // below leave the new member's position alone.
-        match w.positions.entry(id) {
-            Entry::Occupied(_) => return Joined::AlreadyMember,
-            Entry::Vacant(slot) => {
-                slot.insert(cell);
-            }
-        }
         let (page, offset) = paging::split(cell, PAGE_SHIFT);
         if page == w.layout.pages.len() {
             self.grow(&mut w);
         }
-        let member = Member {
-            id,
-            chan: ChannelRef::of(entry),
-            removed_at: AtomicU32::new(PRESENT),
-        };
         // Cells at or past `len` were never written (invariant 1), so this succeeds.
-        let fresh = w.layout.pages[page][offset].set(member).is_ok();
+        let fresh = w.layout.pages[page][offset].set(Arc::clone(entry));
         debug_assert!(fresh, "cell {cell} written twice");
         w.len += 1;
+        let Writer {
+            positions, layout, ..
+        } = &mut *w;
+        positions.insert(id, cell, &layout.pages);
         w.version += 1;
         publish(&w);
         Joined::Added
@@ -415,26 +463,26 @@ impl<M> Session<M> {
     /// Removes `id`.
     pub(crate) fn leave(&self, id: ClientId) -> Left {
         let mut w = lock(&self.writer);
-        let Some(mut cell) = w.positions.remove(&id) else {
+        if w.positions.get(id, &w.layout.pages).is_none() {
             return Left::NotMember;
-        };
+        }
         // The stamp below is `version + 1`; at the limit that would be `PRESENT`,
         // so restart the count first, as a join does (a join may publish
-        // `MAX_VERSION` itself). Compaction moves the member, so it goes back into
-        // `positions` for that and is looked up again.
+        // `MAX_VERSION` itself).
         if w.version >= MAX_VERSION {
-            w.positions.insert(id, cell);
             self.compact(&mut w);
-            let Some(moved) = w.positions.remove(&id) else {
-                return Left::NotMember;
-            };
-            cell = moved;
         }
+        let Writer {
+            positions, layout, ..
+        } = &mut *w;
+        let Some(cell) = positions.remove(id, &layout.pages) else {
+            return Left::NotMember;
+        };
         let (page, offset) = paging::split(cell, PAGE_SHIFT);
-        if let Some(member) = w.layout.pages[page][offset].get() {
-            // Relaxed: see `Member::removed_at`; the word stored below releases it.
-            member.removed_at.store(w.version + 1, Ordering::Relaxed);
-        }
+        // Relaxed: see `Member::removed_at`; the word stored below releases it.
+        w.layout.pages[page][offset]
+            .removed_at
+            .store(w.version + 1, Ordering::Relaxed);
         w.version += 1;
         let dead = w.len - w.positions.len();
         if dead > w.positions.len().max(COMPACT_SLACK) || w.version >= MAX_VERSION {
@@ -527,16 +575,16 @@ impl<M> Session<M> {
             len: w.len,
             version: w.version,
         };
-        old.for_each(|member| {
+        let mut positions = Positions::with_capacity(live);
+        old.for_each_cell(|cell, member| {
             let (p, o) = paging::split(next, PAGE_SHIFT);
-            let _ = pages[p][o].set(Member {
-                id: member.id,
-                chan: member.chan.clone(),
-                removed_at: AtomicU32::new(PRESENT),
-            });
-            w.positions.insert(member.id, next);
+            if let Some(entry) = cell.entry.get_arc() {
+                pages[p][o].set(entry);
+            }
+            positions.insert(member.id, next, &pages);
             next += 1;
         });
+        w.positions = positions;
         drop(old);
         debug_assert_eq!(next, live);
         let dead = w.len - live;
@@ -564,7 +612,7 @@ impl<M> Session<M> {
     }
 }
 
-/// Moves the departed members' handles of a layout that compaction replaced into
+/// Moves the departed members' entries of a layout that compaction replaced into
 /// `graveyard`, if no snapshot holds that layout any more; otherwise its last
 /// snapshot drops them all, as it always did.
 ///
@@ -572,7 +620,7 @@ impl<M> Session<M> {
 /// its own in `install` (arc-swap turns every reader's borrow of the old value
 /// into a count before its store returns), so success means no broadcast can
 /// reach these cells again, and what the graveyard holds is only ever dropped.
-fn bury<M>(graveyard: &mut Vec<ChannelRef<M>>, replaced: Arc<Layout<M>>) {
+fn bury<M>(graveyard: &mut Vec<Arc<ClientEntry<M>>>, replaced: Arc<Layout<M>>) {
     let Ok(layout) = Arc::try_unwrap(replaced) else {
         return;
     };
@@ -582,10 +630,10 @@ fn bury<M>(graveyard: &mut Vec<ChannelRef<M>>, replaced: Arc<Layout<M>>) {
             continue;
         };
         for cell in page.iter_mut() {
-            if let Some(member) = cell.take() {
-                // Relaxed: this thread owns the member outright (see above).
-                if member.removed_at.load(Ordering::Relaxed) != PRESENT {
-                    graveyard.push(member.chan);
+            // Relaxed: this thread owns the cell outright (see above).
+            if cell.removed_at.load(Ordering::Relaxed) != PRESENT {
+                if let Some(entry) = cell.entry.take() {
+                    graveyard.push(entry);
                 }
             }
         }
@@ -604,15 +652,16 @@ fn publish<M>(w: &Writer<M>) {
 }
 
 fn new_page<M>(len: usize) -> Page<M> {
-    (0..len).map(|_| WriteOnce::new()).collect()
+    (0..len).map(|_| Member::empty()).collect()
 }
 
 #[cfg(all(test, not(switchboard_loom)))]
 mod tests {
     use super::*;
 
-    fn chan() -> Arc<ClientEntry<u32>> {
-        Arc::new(ClientEntry::new(id(0), 4, 0, None))
+    /// A client entry for `id(n)`: a cell reads its member's id from the entry.
+    fn entry(n: usize) -> Arc<ClientEntry<u32>> {
+        Arc::new(ClientEntry::new(id(n), 4, 0, None))
     }
 
     fn ids(m: &Membership<u32>) -> Vec<ClientId> {
@@ -628,11 +677,10 @@ mod tests {
     #[test]
     fn join_and_leave_publish_exact_membership() {
         let s = Session::new();
-        let c = chan();
         for n in 0..10 {
-            assert_eq!(s.join(id(n), &c), Joined::Added);
+            assert_eq!(s.join(id(n), &entry(n)), Joined::Added);
         }
-        assert_eq!(s.join(id(3), &c), Joined::AlreadyMember);
+        assert_eq!(s.join(id(3), &entry(3)), Joined::AlreadyMember);
         assert_eq!(s.leave(id(3)), Left::Removed);
         assert_eq!(s.leave(id(3)), Left::NotMember);
         let expected: Vec<_> = (0..10).filter(|&n| n != 3).map(id).collect();
@@ -643,12 +691,11 @@ mod tests {
     #[test]
     fn an_old_snapshot_keeps_its_members_after_they_leave() {
         let s = Session::new();
-        let c = chan();
-        s.join(id(0), &c);
-        s.join(id(1), &c);
+        s.join(id(0), &entry(0));
+        s.join(id(1), &entry(1));
         let before = s.snapshot();
         s.leave(id(0));
-        s.join(id(2), &c);
+        s.join(id(2), &entry(2));
         assert_eq!(ids(&before), vec![id(0), id(1)]);
         assert_eq!(ids(&s.snapshot()), vec![id(1), id(2)]);
     }
@@ -656,9 +703,8 @@ mod tests {
     #[test]
     fn compaction_bounds_dead_cells_and_preserves_members() {
         let s = Session::new();
-        let c = chan();
         for n in 0..100 {
-            s.join(id(n), &c);
+            s.join(id(n), &entry(n));
         }
         let old = s.snapshot();
         for n in (0..100).filter(|n| n % 4 != 0) {
@@ -681,12 +727,11 @@ mod tests {
     #[test]
     fn churn_in_a_large_session_keeps_memory_bounded() {
         let s = Session::new();
-        let c = chan();
         for n in 0..1000 {
-            s.join(id(n), &c);
+            s.join(id(n), &entry(n));
         }
         for round in 0..10_000 {
-            s.join(id(1000 + round), &c);
+            s.join(id(1000 + round), &entry(1000 + round));
             s.leave(id(1000 + round));
         }
         let w = lock(&s.writer);
@@ -700,13 +745,13 @@ mod tests {
     /// compaction has just happened; returns the residents' entries and the weak
     /// handles of the churned ones.
     fn churned_room(s: &Session<u32>, live: usize) -> (Vec<Arc<ClientEntry<u32>>>, Vec<Weak>) {
-        let residents: Vec<_> = (0..live).map(|_| chan()).collect();
+        let residents: Vec<_> = (0..live).map(entry).collect();
         for (n, entry) in residents.iter().enumerate() {
             s.join(id(n), entry);
         }
         let mut churned = Vec::new();
         for round in 0.. {
-            let entry = chan();
+            let entry = entry(live + round);
             s.join(id(live + round), &entry);
             s.leave(id(live + round));
             churned.push(Arc::downgrade(&entry));
@@ -728,7 +773,7 @@ mod tests {
         assert_eq!(lock(&s.writer).graveyard.len(), dead - 1);
         assert_eq!(alive(&churned), dead - 1, "buried, not freed at once");
         for n in 0..3 {
-            let entry = chan();
+            let entry = entry(100 + n);
             s.join(id(100 + n), &entry);
             s.leave(id(100 + n));
             assert_eq!(alive(&churned), dead - 2 - n, "one freed per leave");
@@ -739,14 +784,14 @@ mod tests {
     #[test]
     fn a_snapshot_held_across_compaction_keeps_its_members_and_no_graveyard() {
         let s = Session::new();
-        let residents: Vec<_> = (0..10).map(|_| chan()).collect();
+        let residents: Vec<_> = (0..10).map(entry).collect();
         for (n, entry) in residents.iter().enumerate() {
             s.join(id(n), entry);
         }
         let mut churned = Vec::new();
         let mut held = None;
         for round in 0..=COMPACT_SLACK {
-            let entry = chan();
+            let entry = entry(10 + round);
             s.join(id(10 + round), &entry);
             if round == COMPACT_SLACK {
                 // The last churned member is present in this snapshot, and the
@@ -791,15 +836,14 @@ mod tests {
     #[test]
     fn compaction_copies_a_rejoined_member_once() {
         let s = Session::new();
-        let c = chan();
         for n in 0..4 {
-            s.join(id(n), &c);
+            s.join(id(n), &entry(n));
         }
         // Member 0 leaves and rejoins: its first cell is dead, its second live.
         s.leave(id(0));
-        s.join(id(0), &c);
+        s.join(id(0), &entry(0));
         for round in 0..COMPACT_SLACK * 2 {
-            s.join(id(100 + round), &c);
+            s.join(id(100 + round), &entry(100 + round));
             s.leave(id(100 + round));
         }
         let members = ids(&s.snapshot());
@@ -811,7 +855,7 @@ mod tests {
         assert_eq!(members.len(), 4);
         assert_eq!(s.leave(id(0)), Left::Removed);
         assert_eq!(ids(&s.snapshot()).len(), 3);
-        assert_eq!(s.join(id(7), &c), Joined::Added);
+        assert_eq!(s.join(id(7), &entry(7)), Joined::Added);
         assert_eq!(ids(&s.snapshot()).len(), 4);
     }
 
@@ -821,9 +865,8 @@ mod tests {
         // MAX_VERSION itself, so the leaves that follow must restart the count
         // rather than stamp MAX_VERSION + 1, which is PRESENT.
         let s = Session::starting_at_version(MAX_VERSION - 3);
-        let c = chan();
         for n in 0..3 {
-            assert_eq!(s.join(id(n), &c), Joined::Added);
+            assert_eq!(s.join(id(n), &entry(n)), Joined::Added);
         }
         for n in 0..3 {
             assert_eq!(
@@ -852,29 +895,64 @@ mod tests {
     #[test]
     fn a_leave_at_the_limit_keeps_the_other_members() {
         let s = Session::starting_at_version(MAX_VERSION - 2);
-        let c = chan();
         for n in 0..2 {
-            s.join(id(n), &c);
+            s.join(id(n), &entry(n));
         }
         assert_eq!(s.leave(id(0)), Left::Removed);
         assert_eq!(ids(&s.snapshot()), vec![id(1)]);
-        assert_eq!(s.join(id(2), &c), Joined::Added);
+        assert_eq!(s.join(id(2), &entry(2)), Joined::Added);
         assert_eq!(ids(&s.snapshot()), vec![id(1), id(2)]);
+    }
+
+    #[test]
+    fn positions_tell_apart_ids_that_share_a_slot() {
+        // Two generations of one slot: the cells' short ids are equal, and only the
+        // entry's full id tells them apart.
+        let s = Session::new();
+        let old = ClientId::pack(0, 5, 0);
+        let new = ClientId::pack(0, 5, 1);
+        let entry = |id| Arc::new(ClientEntry::<u32>::new(id, 4, 0, None));
+        assert_eq!(s.join(old, &entry(old)), Joined::Added);
+        assert_eq!(s.join(new, &entry(new)), Joined::Added);
+        assert_eq!(s.join(new, &entry(new)), Joined::AlreadyMember);
+        assert_eq!(s.leave(new), Left::Removed);
+        assert_eq!(s.leave(new), Left::NotMember);
+        assert_eq!(ids(&s.snapshot()), vec![old]);
+        assert_eq!(s.leave(old), Left::RemovedAndRetired);
+    }
+
+    #[test]
+    fn positions_survive_growth_and_compaction() {
+        let s = Session::new();
+        for n in 0..1000 {
+            assert_eq!(s.join(id(n), &entry(n)), Joined::Added);
+        }
+        for n in (0..1000).filter(|n| n % 3 != 0) {
+            assert_eq!(s.leave(id(n)), Left::Removed, "member {n}");
+        }
+        for n in 0..1000 {
+            let expected = if n % 3 == 0 {
+                Joined::AlreadyMember
+            } else {
+                Joined::Added
+            };
+            assert_eq!(s.join(id(n), &entry(n)), expected, "member {n}");
+        }
+        assert_eq!(s.snapshot().live(), 1000);
     }
 
     #[test]
     fn emptying_retires_unless_pinned() {
         let s = Session::new();
-        let c = chan();
         assert!(s.pin());
-        s.join(id(0), &c);
+        s.join(id(0), &entry(0));
         assert_eq!(s.leave(id(0)), Left::Removed);
         assert!(!s.is_retired());
         assert!(s.unpin(), "unpinning an empty session retires it");
-        assert_eq!(s.join(id(1), &c), Joined::Retired);
+        assert_eq!(s.join(id(1), &entry(1)), Joined::Retired);
 
         let t = Session::new();
-        t.join(id(0), &c);
+        t.join(id(0), &entry(0));
         assert_eq!(t.leave(id(0)), Left::RemovedAndRetired);
         assert!(!t.pin(), "a retired session cannot be pinned");
     }

@@ -68,7 +68,8 @@
 //!   internals (which are the `futures` crate's, model-checked there).
 //! * **The shard's page cells** ([`OnceLock`]): created once each under the shard's
 //!   allocation lock and read only for indexes that lock handed out. Session member
-//!   cells and the channel's close reason are [`WriteOnce`] cells, which loom sees.
+//!   cells hold [`OnceArc`]s and the channel's close reason is a [`WriteOnce`] cell;
+//!   loom sees both.
 //! * **[`ConcurrentMap`]** is a loom mutex around a `HashMap` under loom: papaya's
 //!   algorithm is not modelled, only the registry's use of its atomic operations.
 //!   The mutex orders every read after every earlier write, which papaya does
@@ -91,6 +92,7 @@ pub(crate) use std::sync::OnceLock;
 pub(crate) use std::sync::Arc as ValueArc;
 
 mod bounded_queue;
+mod once_arc;
 mod slot_cell;
 mod snapshot_cell;
 mod write_once;
@@ -101,6 +103,7 @@ mod lock_free_map;
 pub(crate) use bounded_queue::BoundedQueue;
 #[cfg(switchboard_loom)]
 pub(crate) use lock_free_map::LockFreeMap;
+pub(crate) use once_arc::OnceArc;
 pub(crate) use slot_cell::SlotCell;
 pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};
 pub(crate) use write_once::WriteOnce;

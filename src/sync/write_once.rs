@@ -25,8 +25,7 @@ const READY: u32 = 2;
 
 /// A cell that is set at most once and read by any thread after that.
 pub(crate) struct WriteOnce<T> {
-    /// `EMPTY`, then `WRITING`, then `READY`; never back while the cell is shared
-    /// (only [`take`](Self::take), under `&mut`, empties it).
+    /// `EMPTY`, then `WRITING`, then `READY`; never back.
     ///
     /// Ordering: the claim is a `Relaxed` CAS: RMWs on one word are totally
     /// ordered, so exactly one writer wins whatever the ordering, and the claim
@@ -85,25 +84,6 @@ impl<T> WriteOnce<T> {
         // which cannot coexist with the returned borrow of `self`.
         Some(self.value.with(|slot| unsafe { (*slot).assume_init_ref() }))
     }
-
-    /// Moves the value out, leaving the cell empty. `&mut self`: no reader is left
-    /// to see the cell go back from `READY`, which only this may do.
-    pub(crate) fn take(&mut self) -> Option<T> {
-        #[cfg(not(switchboard_loom))]
-        let state = std::mem::replace(self.state.get_mut(), EMPTY);
-        #[cfg(switchboard_loom)]
-        let state = self.state.with_mut(|state| std::mem::replace(state, EMPTY));
-        if state != READY {
-            return None;
-        }
-        // SAFETY: READY means the value was written; `&mut self` means no reader
-        // holds a borrow; the state is EMPTY now, so neither `Drop` nor another
-        // `take` reads the moved-out value again.
-        Some(
-            self.value
-                .with_mut(|slot| unsafe { (*slot).assume_init_read() }),
-        )
-    }
 }
 
 impl<T> Drop for WriteOnce<T> {
@@ -147,26 +127,6 @@ mod tests {
         drop(cell);
         assert_eq!(Arc::strong_count(&value), 1);
         drop(WriteOnce::<Arc<()>>::new());
-    }
-
-    #[test]
-    fn take_moves_the_value_out_once() {
-        let value = Arc::new(());
-        let mut cell = WriteOnce::new();
-        assert!(cell.take().is_none());
-        assert!(cell.set(Arc::clone(&value)).is_ok());
-        let taken = cell.take();
-        assert!(taken.as_ref().is_some_and(|t| Arc::ptr_eq(t, &value)));
-        assert!(cell.take().is_none(), "taken twice");
-        assert_eq!(cell.get(), None);
-        drop(cell);
-        assert_eq!(
-            Arc::strong_count(&value),
-            2,
-            "the cell dropped a taken value"
-        );
-        drop(taken);
-        assert_eq!(Arc::strong_count(&value), 1);
     }
 
     #[test]

@@ -263,7 +263,7 @@ pub struct Report {
     pub ratios: Ratios,
     /// switchboard's own heap bytes per active client, channel excluded (memory scenario):
     /// the active total less the channel's share, which is the channel struct inside the
-    /// client's entry plus its ring if allocated. The rest of the entry, the slot, slab entry,
+    /// client's entry plus its ring if allocated. The rest of the entry, the slot, its generation,
     /// session cells and maps all count as the registry's.
     pub registry_bytes_per_client: Option<f64>,
     /// Wall-clock seconds of the run.

@@ -7,7 +7,7 @@
 //! receiver: live heap now, over N, is the **active** total per client, what a client costs
 //! once it has received a message (a design that allocates its queue on the first push pays
 //! for it here). Then unregister everyone and note what the registry **retains** (switchboard keeps its
-//! slot arrays at their high-water mark, 12 bytes a slot, until dropped). Then drop the
+//! slot arrays at their high-water mark, 16 bytes a slot, until dropped). Then drop the
 //! registry while keeping every receiver, and note what the receivers alone **hold**.
 //! Finally drop the receivers: live heap must be back where it started.
 //!
@@ -20,7 +20,7 @@
 //!   channel share is counted directly instead
 //!   ([`Subject::channel_bytes`]): the channel struct (`size_of::<Channel<M>>()`) plus its
 //!   ring's outer slots if allocated. Everything else per client (the rest of the entry, its
-//!   slot and slab entry, session cells and maps) is the registry's, which is what
+//!   slot and its generation, session cells and maps) is the registry's, which is what
 //!   `registry_bytes_per_client` reports. The direct count must not exceed what the receivers
 //!   hold; a violation says if it does.
 //!

@@ -1,0 +1,210 @@
+//! [`OnceArc`]: an `Arc` set at most once, held in one pointer-sized word.
+//!
+//! A session's member cell holds one of these beside its removal stamp. A
+//! [`WriteOnce`](super::WriteOnce) of an `Arc` would take a state word of its own,
+//! padded to 16 bytes, before the pointer; here the pointer is the state (null until
+//! set), so the cell is 16 bytes in all and a broadcast walks half the memory. The
+//! value is the `Arc`'s own pointer (`Arc::into_raw`): setting allocates nothing.
+//!
+//! The std and loom builds share this code over the facade's `Arc` and `AtomicPtr`,
+//! so loom checks the publication; the pointee is an `Arc` built before `set`.
+#![allow(
+    unsafe_code,
+    reason = "the cell owns a strong count through a raw pointer; see each SAFETY"
+)]
+
+use std::marker::PhantomData;
+use std::ptr;
+
+use super::{Arc, AtomicPtr, Ordering};
+
+/// An `Option<Arc<T>>` that goes from `None` to `Some` at most once.
+pub(crate) struct OnceArc<T> {
+    /// Null, or a pointer from `Arc::into_raw` whose strong count the cell owns
+    /// until it drops.
+    ///
+    /// Ordering: set with a `Release` compare-and-swap from null, read with
+    /// `Acquire`. RMWs on one word are totally ordered, so exactly one `set` wins
+    /// whatever the ordering; the pair makes everything the setter did before
+    /// (building the `Arc`) visible to a reader that sees the pointer.
+    ptr: AtomicPtr<T>,
+    /// Send and Sync exactly when `Arc<T>` is.
+    _owns: PhantomData<Arc<T>>,
+}
+
+impl<T> OnceArc<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            ptr: AtomicPtr::new(ptr::null_mut()),
+            _owns: PhantomData,
+        }
+    }
+
+    /// Stores `value` if the cell is empty; gives it back if it was already set.
+    pub(crate) fn set(&self, value: Arc<T>) -> Result<(), Arc<T>> {
+        let raw = Arc::into_raw(value).cast_mut();
+        // Release on success, Relaxed on failure: see `ptr`; a failed swap
+        // publishes nothing and reads nothing through the pointer it saw.
+        match self
+            .ptr
+            .compare_exchange(ptr::null_mut(), raw, Ordering::Release, Ordering::Relaxed)
+        {
+            Ok(_) => Ok(()),
+            // SAFETY: `raw` came from `Arc::into_raw` just above and was not stored,
+            // so its count is still ours to take back, once.
+            Err(_) => Err(unsafe { Arc::from_raw(raw) }),
+        }
+    }
+
+    /// The value, once it is set.
+    #[inline]
+    pub(crate) fn get(&self) -> Option<&T> {
+        // Acquire: see `ptr`.
+        let current = self.ptr.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer came from `Arc::into_raw` in `set`, and the
+        // cell's strong count on it is released only by `Drop`, which needs
+        // `&mut self` and so cannot run while this borrow of `self` lives. The
+        // pointer is never replaced once set.
+        unsafe { current.cast_const().as_ref() }
+    }
+
+    /// A new handle to the value, once it is set.
+    pub(crate) fn get_arc(&self) -> Option<Arc<T>> {
+        // Acquire: see `ptr`.
+        let current = self.ptr.load(Ordering::Acquire);
+        if current.is_null() {
+            return None;
+        }
+        let current = current.cast_const();
+        // SAFETY: as in `get`, the pointer came from `Arc::into_raw` and the cell
+        // holds a strong count on it for as long as `&self` lives; incrementing
+        // first gives the new `Arc` a count of its own to take.
+        unsafe {
+            Arc::increment_strong_count(current);
+            Some(Arc::from_raw(current))
+        }
+    }
+}
+
+impl<T> OnceArc<T> {
+    /// Empties the cell and hands back its value: `&mut self`, so no reader is left.
+    pub(crate) fn take(&mut self) -> Option<Arc<T>> {
+        #[cfg(not(switchboard_loom))]
+        let current = std::mem::replace(self.ptr.get_mut(), ptr::null_mut());
+        #[cfg(switchboard_loom)]
+        let current = self
+            .ptr
+            .with_mut(|ptr| std::mem::replace(ptr, ptr::null_mut()));
+        if current.is_null() {
+            return None;
+        }
+        // SAFETY: the pointer came from `Arc::into_raw` in `set`, whose count the
+        // cell owned; the cell is now null, so the count passes to the returned
+        // `Arc` and `Drop` will not release it again.
+        Some(unsafe { Arc::from_raw(current.cast_const()) })
+    }
+}
+
+impl<T> Drop for OnceArc<T> {
+    fn drop(&mut self) {
+        // `&mut self`: no other thread is left, so a plain read of the word will
+        // do (and is no scheduling point for loom).
+        #[cfg(not(switchboard_loom))]
+        let current = *self.ptr.get_mut();
+        #[cfg(switchboard_loom)]
+        let current = self.ptr.with_mut(|ptr| *ptr);
+        if !current.is_null() {
+            // SAFETY: the pointer came from `Arc::into_raw` in `set`, whose count the
+            // cell owns; `&mut self` means no borrow from `get` is alive, and this
+            // runs once.
+            drop(unsafe { Arc::from_raw(current.cast_const()) });
+        }
+    }
+}
+
+#[cfg(all(test, not(switchboard_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_once_then_refuses_and_gives_the_value_back() {
+        let cell = OnceArc::new();
+        assert_eq!(cell.get(), None);
+        assert!(cell.set(Arc::new(1)).is_ok());
+        let refused = cell.set(Arc::new(2));
+        assert_eq!(refused.err().as_deref(), Some(&2));
+        assert_eq!(cell.get(), Some(&1));
+        assert_eq!(cell.get_arc().as_deref(), Some(&1));
+    }
+
+    #[test]
+    fn holds_one_count_and_drops_it_once() {
+        let value = Arc::new(());
+        let cell = OnceArc::new();
+        assert!(cell.set(Arc::clone(&value)).is_ok());
+        assert_eq!(Arc::strong_count(&value), 2);
+        let handle = cell.get_arc();
+        assert_eq!(Arc::strong_count(&value), 3);
+        drop(handle);
+        assert!(cell.set(Arc::clone(&value)).is_err());
+        assert_eq!(
+            Arc::strong_count(&value),
+            2,
+            "a refused value is not leaked"
+        );
+        drop(cell);
+        assert_eq!(Arc::strong_count(&value), 1);
+        drop(OnceArc::<()>::new());
+    }
+
+    #[test]
+    fn one_word() {
+        assert_eq!(
+            std::mem::size_of::<OnceArc<u64>>(),
+            std::mem::size_of::<usize>()
+        );
+    }
+
+    #[test]
+    fn take_moves_the_value_out_once() {
+        let value = Arc::new(());
+        let mut cell = OnceArc::new();
+        assert!(cell.take().is_none());
+        assert!(cell.set(Arc::clone(&value)).is_ok());
+        let taken = cell.take();
+        assert!(taken.as_ref().is_some_and(|t| Arc::ptr_eq(t, &value)));
+        assert!(cell.take().is_none(), "taken twice");
+        assert!(cell.get().is_none());
+        drop(cell);
+        assert_eq!(
+            Arc::strong_count(&value),
+            2,
+            "the cell dropped a taken value"
+        );
+        drop(taken);
+        assert_eq!(Arc::strong_count(&value), 1);
+    }
+
+    #[test]
+    fn racing_setters_store_one_value_that_every_reader_sees() {
+        let cell = Arc::new(OnceArc::new());
+        let handles: Vec<_> = (0..4)
+            .map(|n| {
+                let cell = Arc::clone(&cell);
+                std::thread::spawn(move || (cell.set(Arc::new(n)).is_ok(), cell.get().copied()))
+            })
+            .collect();
+        let results: Vec<_> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or((false, None)))
+            .collect();
+        assert_eq!(results.iter().filter(|(won, _)| *won).count(), 1);
+        let stored = cell.get().copied();
+        assert!(stored.is_some());
+        for (won, seen) in results {
+            if won {
+                assert_eq!(seen, stored);
+            }
+        }
+    }
+}

@@ -89,7 +89,7 @@ use crate::{ClientId, ClientInfo, Receiver, Registry, SessionId, Unregistered};
 pub use builder::{BadNodeId, ClusterBuilder};
 pub use codec::{Codec, CodecError, Json, Raw};
 pub use error::{ClusterError, PublishError, RedisError, SendToKeyError};
-pub use presence::{NodeInfo, NodeState};
+pub use presence::{NodeInfo, NodeState, Nodes};
 pub use stats::{ClusterEvent, ClusterStats};
 
 use clock::RedisClock;
@@ -161,6 +161,9 @@ pub(crate) struct Shared<M> {
     max_payload: usize,
     /// How long after sending a publication Redis still accepts it.
     publish_deadline: Duration,
+    /// The most nodes `nodes()` lists, and keys a node-down event lists.
+    max_nodes_listed: usize,
+    max_keys_listed: usize,
     client: Client,
     subscriber: SubscriberClient,
     counters: Arc<Counters>,
@@ -253,6 +256,8 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             sharded: b.sharded,
             max_payload: b.max_payload,
             publish_deadline: b.publish_deadline,
+            max_nodes_listed: b.max_nodes_listed,
+            max_keys_listed: b.max_keys_listed,
             client: client.clone(),
             subscriber: subscriber.clone(),
             counters: Arc::clone(&counters),
@@ -661,7 +666,9 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         self.shared.members(Names::token(&session.into())).await
     }
 
-    /// Every live node with its client count, sorted by id.
+    /// Live nodes with their client counts, sorted by id: at most
+    /// [`ClusterBuilder::max_nodes_listed`], the others counted in
+    /// [`Nodes::omitted`].
     ///
     /// # Errors
     ///
@@ -680,7 +687,7 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// }
     /// # Ok(()) }
     /// ```
-    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
+    pub async fn nodes(&self) -> Result<Nodes, ClusterError> {
         self.shared.nodes().await
     }
 
@@ -723,8 +730,8 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// use switchboard::cluster::ClusterEvent;
     /// let mut events = cluster.events();
     /// while let Ok(event) = events.recv().await {
-    ///     if let ClusterEvent::NodeDown { node, keys } = event {
-    ///         println!("{node} died holding {keys:?}");
+    ///     if let ClusterEvent::NodeDown { node, keys, omitted } = event {
+    ///         println!("{node} died holding {keys:?} and {omitted} more");
     ///     }
     /// }
     /// # Ok(()) }

@@ -130,11 +130,22 @@ impl<M> std::fmt::Debug for Cluster<M> {
 
 /// Aborts the node's tasks and closes its connections when the last handle goes.
 /// Presence is left to expire: that is what other nodes see of a crash.
-struct Tasks(Mutex<Vec<JoinHandle<()>>>, Client, SubscriberClient);
+/// The publisher is apart, with the signal that stops it between batches
+/// ([`Cluster::shutdown`]).
+struct Tasks(
+    Mutex<Vec<JoinHandle<()>>>,
+    Client,
+    SubscriberClient,
+    Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
+);
 
 impl Drop for Tasks {
     fn drop(&mut self) {
         for task in lock(&self.0).drain(..) {
+            task.abort();
+        }
+        // No caller is left waiting: each held a handle.
+        if let Some((_, task)) = lock(&self.3).take() {
             task.abort();
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -273,20 +284,22 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             tokio::spawn(inbound::reconnects(Arc::clone(&shared))),
             // fred's own resubscription after a reconnect; `reconnects` checks it.
             subscriber.manage_subscriptions(),
-            tokio::spawn(
-                Publisher {
-                    client,
-                    node: node.clone(),
-                    names: Arc::clone(&names),
-                    sharded: b.sharded,
-                    counters,
-                    clock,
-                    script: publish_script,
-                    deadline: b.publish_deadline,
-                }
-                .run(rx),
-            ),
         ];
+        let (stop, stopped) = oneshot::channel();
+        let publisher = tokio::spawn(
+            Publisher {
+                client,
+                node: node.clone(),
+                names: Arc::clone(&names),
+                sharded: b.sharded,
+                counters,
+                clock,
+                script: publish_script,
+                deadline: b.publish_deadline,
+            }
+            .run(rx, stopped),
+        );
+        let publisher = (stop, publisher);
         let client_handle = shared.client.clone();
         // A process restarted under this id within its TTL: the earlier run is
         // dead, so release what it held (other nodes hear a node-down, and forget
@@ -299,7 +312,12 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         tasks.push(tokio::spawn(presence::run(Arc::clone(&shared))));
         Ok(Self {
             shared,
-            tasks: Arc::new(Tasks(Mutex::new(tasks), client_handle, subscriber)),
+            tasks: Arc::new(Tasks(
+                Mutex::new(tasks),
+                client_handle,
+                subscriber,
+                Mutex::new(Some(publisher)),
+            )),
         })
     }
 
@@ -744,6 +762,12 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// once (other nodes see a [`ClusterEvent::NodeDown`]), stops the background
     /// tasks and closes the Redis connections. Local clients stay registered.
     ///
+    /// Publications first: new ones fail with [`PublishError::Closed`] at once,
+    /// the batch already sent to Redis finishes (within twice
+    /// [`ClusterBuilder::publish_deadline`]) and its callers get its true
+    /// outcome, and those still queued come back unsent with
+    /// [`PublishError::Closed`]. A publication reported failed never arrives.
+    ///
     /// # Errors
     ///
     /// [`ClusterError::Redis`] if Redis could not be told; the node then expires
@@ -761,6 +785,16 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// # Ok(()) }
     /// ```
     pub async fn shutdown(self) -> Result<(), ClusterError> {
+        let publisher = lock(&self.tasks.3).take();
+        if let Some((stop, task)) = publisher {
+            let _ = stop.send(());
+            // The publisher's own timeout ends a batch by then; this is a backstop.
+            let limit = self.shared.publish_deadline * 2 + Duration::from_millis(500);
+            let abort = task.abort_handle();
+            if tokio::time::timeout(limit, task).await.is_err() {
+                abort.abort();
+            }
+        }
         for task in lock(&self.tasks.0).drain(..) {
             task.abort();
         }

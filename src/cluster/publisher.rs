@@ -67,12 +67,28 @@ fn io_error(text: &'static str) -> fred::error::Error {
 }
 
 impl Publisher {
-    pub(crate) async fn run(self, mut rx: mpsc::Receiver<Outgoing>) {
+    /// Publishes until every sender is gone or `stop` fires. `stop` is only
+    /// looked at between batches, so a batch sent is always answered with its
+    /// outcome; what is still queued then goes back unsent (its callers get
+    /// [`PublishError::Closed`](super::PublishError::Closed)).
+    pub(crate) async fn run(
+        self,
+        mut rx: mpsc::Receiver<Outgoing>,
+        mut stop: oneshot::Receiver<()>,
+    ) {
         // The last number per session. Grows with the sessions this node publishes
         // to: an entry is 8 bytes plus the id.
         let mut last: HashMap<SessionId, u64> = HashMap::new();
         let mut batch = Vec::with_capacity(BATCH);
-        while rx.recv_many(&mut batch, BATCH).await > 0 {
+        loop {
+            let n = tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                n = rx.recv_many(&mut batch, BATCH) => n,
+            };
+            if n == 0 {
+                break;
+            }
             let mut frames = Vec::with_capacity(batch.len());
             let mut done = Vec::with_capacity(batch.len());
             for out in batch.drain(..) {
@@ -100,6 +116,14 @@ impl Publisher {
                 let _ = tx.send(result.clone());
             }
         }
+        // Refuse new publications, and drop the queued ones' answers unsent.
+        rx.close();
+        let mut unsent = 0;
+        while let Ok(out) = rx.try_recv() {
+            drop(out.done);
+            unsent += 1;
+        }
+        Counters::add(&self.counters.publish_failed, unsent);
     }
 
     fn options(&self) -> Options {

@@ -292,7 +292,7 @@ async fn a_node_dropped_without_cleanup_is_released_within_its_ttl() {
     drop(b); // no shutdown: a crash, as far as Redis can tell
     let down = tokio::time::timeout(ttl + Duration::from_secs(1), async {
         loop {
-            if let Ok(ClusterEvent::NodeDown { node, keys }) = events.recv().await {
+            if let Ok(ClusterEvent::NodeDown { node, keys, .. }) = events.recv().await {
                 return (node, keys);
             }
         }
@@ -820,7 +820,7 @@ async fn a_node_restarted_under_its_id_releases_what_its_last_run_held() {
     let b = node(&redis, "t10", "b", TTL).await;
     let down = tokio::time::timeout(TTL + Duration::from_secs(1), async {
         loop {
-            if let Ok(ClusterEvent::NodeDown { node, keys }) = events.recv().await {
+            if let Ok(ClusterEvent::NodeDown { node, keys, .. }) = events.recv().await {
                 return (node, keys);
             }
         }
@@ -1256,5 +1256,189 @@ async fn concurrent_broadcasts_cross_in_order_with_batches_in_flight() {
         );
         assert_eq!((sb.gaps, sb.reordered), (0, 0), "sharded {sharded}");
         assert_eq!(sb.received, (AUTHORS * EACH) as u64);
+    }
+}
+
+/// A node with `builder`'s options on top of the usual ones.
+async fn node_with(
+    redis: &Redis,
+    prefix: &str,
+    id: &str,
+    f: impl FnOnce(
+        switchboard::cluster::ClusterBuilder<Msg>,
+    ) -> switchboard::cluster::ClusterBuilder<Msg>,
+) -> Cluster<Msg> {
+    f(Cluster::builder(Registry::new(), Raw)
+        .url(redis.url())
+        .prefix(prefix)
+        .node_id(id)
+        .ttl(TTL))
+    .connect()
+    .await
+    .expect("node connects")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_lists_at_most_its_bound_and_counts_the_rest() {
+    let Some(redis) = Redis::start("nodes_bounded") else {
+        return;
+    };
+    let a = node_with(&redis, "t20", "a", |b| b.max_nodes_listed(5)).await;
+    // Any writer to Redis can make nodes up: twenty that never expire.
+    let mut args = vec!["ZADD".to_owned(), "{t20}:nodes".to_owned()];
+    for i in 0..20 {
+        args.push("99999999999999".to_owned());
+        args.push(format!("fake-{i}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(redis.cli(&args).as_deref(), Some("20"));
+    let listed = a.nodes().await.unwrap();
+    assert_eq!(
+        (listed.nodes.len(), listed.omitted),
+        (5, 16),
+        "21 live nodes, 5 listed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_lists_at_most_its_bound_and_counts_the_rest() {
+    let Some(redis) = Redis::start("node_down_bounded") else {
+        return;
+    };
+    let a = node_with(&redis, "t21", "a", |b| b.max_keys_listed(10)).await;
+    let b = node_with(&redis, "t21", "b", |b| b.max_keys_listed(5)).await;
+    let (a_events, b_events) = (a.events(), b.events());
+    // What the reaping node publishes, as any subscriber sees it.
+    let mut ctl = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &redis.port.to_string()])
+        .args(["SUBSCRIBE", "t21:ctl"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redis-cli runs");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A dead node that held fifty keys; its deadline goes in last, so the reaper
+    // sees it whole.
+    for i in 0..50 {
+        let key = format!("k{i}");
+        redis.cli(&["HSET", "{t21}:keys", &key, "1|ghost"]).unwrap();
+        redis.cli(&["SADD", "{t21}:nkeys:ghost", &key]).unwrap();
+    }
+    redis.cli(&["ZADD", "{t21}:nodes", "1", "ghost"]).unwrap();
+    let down = |mut events: tokio::sync::broadcast::Receiver<ClusterEvent>| async move {
+        tokio::time::timeout(TTL, async move {
+            loop {
+                if let Ok(ClusterEvent::NodeDown {
+                    node,
+                    keys,
+                    omitted,
+                }) = events.recv().await
+                {
+                    if node == "ghost" {
+                        return (keys, omitted);
+                    }
+                }
+            }
+        })
+        .await
+        .expect("the ghost is reaped")
+    };
+    let (a_keys, a_omitted) = down(a_events).await;
+    let (b_keys, b_omitted) = down(b_events).await;
+    ctl.kill().unwrap();
+    let out = ctl.wait_with_output().unwrap();
+    let frame = String::from_utf8_lossy(&out.stdout);
+    let listed = (0..50)
+        .filter(|i| frame.contains(&format!("\"k{i}\"")))
+        .count();
+    assert!(
+        (1..=10).contains(&listed),
+        "the reaper's notice lists {listed} keys: {frame}"
+    );
+    // Whichever node reaped listed at most its own bound; each reports at most its.
+    assert!(a_keys.len() <= 10, "a lists {} keys", a_keys.len());
+    assert_eq!(a_keys.len() as u64 + a_omitted, 50);
+    assert_eq!((b_keys.len(), b_omitted), (5, 45));
+    // Every key is released, listed or not.
+    assert_eq!(redis.cli(&["HLEN", "{t21}:keys"]).as_deref(), Some("0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_each_publisher_the_true_outcome() {
+    let Some(redis) = Redis::start("shutdown_true_outcome") else {
+        return;
+    };
+    let a = node(&redis, "t22", "a", TTL).await;
+    let b = node(&redis, "t22", "b", TTL).await;
+    let (b1, mut b1_rx) = b.register(ClientInfo::new()).await.unwrap();
+    b.attach(b1, "room").await.unwrap();
+    // Redis stalls (well within the publish deadline) with as many batches in
+    // flight as the publisher allows and more publications queued behind them.
+    // Each is sent alone, so each sent one is a batch of its own.
+    redis.freeze();
+    let send = |text: String| {
+        let a = a.clone();
+        tokio::spawn(async move { (text.clone(), a.broadcast("room", Msg::from(text)).await) })
+    };
+    let mut sent = Vec::new();
+    for n in 0..8 {
+        sent.push(send(format!("m{n}")));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stopping = tokio::spawn(a.clone().shutdown());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    redis.thaw();
+    // Every caller hears the truth: Ok for a publication Redis published, and
+    // Closed, with the message back, for one never sent.
+    let (mut published, mut closed) = (Vec::new(), 0);
+    for t in sent {
+        match t.await.unwrap() {
+            (text, Ok(_)) => published.push(text),
+            (text, Err(PublishError::Closed(m))) => {
+                assert_eq!(*m, *text, "the message comes back");
+                closed += 1;
+            }
+            (text, other) => panic!("{text} at shutdown: {other:?}"),
+        }
+    }
+    assert!(
+        !published.is_empty(),
+        "the batches in flight were published"
+    );
+    assert!(closed > 0, "publications queued behind them were refused");
+    for text in &published {
+        assert_eq!(&*recv(&mut b1_rx).await, text.as_str(), "reported Ok");
+    }
+    assert!(stopping.await.unwrap().is_ok());
+    let late = tokio::time::timeout(Duration::from_millis(700), b1_rx.recv()).await;
+    assert!(late.is_err(), "reported closed, delivered anyway: {late:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_syncs_leave_the_latest_member_count_in_redis() {
+    let Some(redis) = Redis::start("racing_member_counts") else {
+        return;
+    };
+    // A long TTL: no heartbeat corrects a stale count during the test.
+    let a = node_with(&redis, "t23", "a", |b| b.ttl(Duration::from_secs(600))).await;
+    let (c1, _c1_rx) = a.register(ClientInfo::new()).await.unwrap();
+    let (c2, _c2_rx) = a.register(ClientInfo::new()).await.unwrap();
+    for round in 0..1000 {
+        let (x, y) = (a.clone(), a.clone());
+        let (r1, r2) = tokio::join!(
+            tokio::spawn(async move { x.attach(c1, "room").await }),
+            tokio::spawn(async move { y.attach(c2, "room").await }),
+        );
+        r1.unwrap().unwrap();
+        r2.unwrap().unwrap();
+        assert_eq!(a.member_count("room").await.unwrap(), 2, "round {round}");
+        let (x, y) = (a.clone(), a.clone());
+        let (r1, r2) = tokio::join!(
+            tokio::spawn(async move { x.detach(c1, "room").await }),
+            tokio::spawn(async move { y.detach(c2, "room").await }),
+        );
+        r1.unwrap().unwrap();
+        r2.unwrap().unwrap();
+        assert_eq!(a.member_count("room").await.unwrap(), 0, "round {round}");
     }
 }

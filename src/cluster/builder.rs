@@ -27,6 +27,8 @@ pub struct ClusterBuilder<M> {
     pub(crate) max_payload: usize,
     pub(crate) publish_queue: usize,
     pub(crate) publish_deadline: Duration,
+    pub(crate) max_nodes_listed: usize,
+    pub(crate) max_keys_listed: usize,
 }
 
 impl<M> std::fmt::Debug for ClusterBuilder<M> {
@@ -60,6 +62,8 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
             max_payload: 1 << 20,
             publish_queue: 65_536,
             publish_deadline: Duration::from_millis(500),
+            max_nodes_listed: 1_000,
+            max_keys_listed: 1_000,
         }
     }
 
@@ -130,6 +134,24 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
     /// then on, so that "failed" is final. Default 500 ms.
     pub fn publish_deadline(mut self, deadline: Duration) -> Self {
         self.publish_deadline = deadline.max(Duration::from_millis(10));
+        self
+    }
+
+    /// The most nodes [`Cluster::nodes`] returns; the rest are counted in
+    /// [`Nodes::omitted`](super::Nodes::omitted). Whoever can write to Redis
+    /// decides how many nodes it lists, so the answer (and the script building
+    /// it) is bounded. Default 1,000.
+    pub fn max_nodes_listed(mut self, n: usize) -> Self {
+        self.max_nodes_listed = n.max(1);
+        self
+    }
+
+    /// The most keys a [`ClusterEvent::NodeDown`](super::ClusterEvent::NodeDown)
+    /// lists; the rest are released all the same and counted in its `omitted`.
+    /// Give every node the same limit: the node that reaps writes the list.
+    /// Default 1,000.
+    pub fn max_keys_listed(mut self, n: usize) -> Self {
+        self.max_keys_listed = n;
         self
     }
 

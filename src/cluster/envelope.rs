@@ -82,6 +82,8 @@ fn decimal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 pub(crate) struct NodeDown {
     pub(crate) node: String,
     pub(crate) keys: Vec<String>,
+    /// Released keys the script did not list.
+    pub(crate) omitted: u64,
 }
 
 /// A frame that is not one this build writes.
@@ -191,6 +193,8 @@ fn node_down(bytes: &[u8]) -> Result<NodeDown, Malformed> {
     struct Raw {
         node: String,
         keys: serde_json::Value,
+        #[serde(default)]
+        omitted: u64,
     }
     let raw: Raw = serde_json::from_slice(bytes).map_err(|_| Malformed)?;
     let keys = match raw.keys {
@@ -207,6 +211,7 @@ fn node_down(bytes: &[u8]) -> Result<NodeDown, Malformed> {
     Ok(NodeDown {
         node: raw.node,
         keys,
+        omitted: raw.omitted,
     })
 }
 
@@ -283,7 +288,8 @@ mod tests {
             decode(&f),
             Ok(Envelope::NodeDown(NodeDown {
                 node: "a".into(),
-                keys: vec![]
+                keys: vec![],
+                omitted: 0,
             }))
         );
     }

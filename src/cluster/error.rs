@@ -55,7 +55,8 @@ pub enum PublishError<M> {
     TooLarge(M, usize),
     /// The publisher queue is full (Redis is slower than the publishers).
     Busy(M),
-    /// The cluster is shutting down.
+    /// The cluster shut down before the publication was sent to Redis; it was
+    /// not published, and never will be.
     Closed(M),
 }
 

@@ -91,11 +91,15 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 }
             }
             Envelope::TakeOver(notice) => return self.on_takeover(notice),
-            Envelope::NodeDown(down) => {
+            Envelope::NodeDown(mut down) => {
                 lock(&self.gaps).forget_node(&down.node);
+                // The reaping node may list more than this one's bound.
+                let over = down.keys.len().saturating_sub(self.max_keys_listed);
+                down.keys.truncate(self.max_keys_listed);
                 let _ = self.events.send(ClusterEvent::NodeDown {
                     node: down.node,
                     keys: down.keys,
+                    omitted: down.omitted.saturating_add(over as u64),
                 });
             }
         }

@@ -90,7 +90,7 @@ use crate::{ClientId, ClientInfo, Receiver, Registry, SessionId, Unregistered};
 pub use builder::{BadNodeId, ClusterBuilder};
 pub use codec::{Codec, CodecError, Json, Raw};
 pub use error::{ClusterError, PublishError, RedisError, SendToKeyError};
-pub use presence::{NodeInfo, NodeState};
+pub use presence::{NodeInfo, NodeState, Nodes};
 pub use stats::{ClusterEvent, ClusterStats};
 
 use clock::RedisClock;
@@ -131,11 +131,22 @@ impl<M> std::fmt::Debug for Cluster<M> {
 
 /// Aborts the node's tasks and closes its connections when the last handle goes.
 /// Presence is left to expire: that is what other nodes see of a crash.
-struct Tasks(Mutex<Vec<JoinHandle<()>>>, Client, SubscriberClient);
+/// The publisher is apart, with the signal that stops it between batches
+/// ([`Cluster::shutdown`]).
+struct Tasks(
+    Mutex<Vec<JoinHandle<()>>>,
+    Client,
+    SubscriberClient,
+    Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
+);
 
 impl Drop for Tasks {
     fn drop(&mut self) {
         for task in lock(&self.0).drain(..) {
+            task.abort();
+        }
+        // No caller is left waiting: each held a handle.
+        if let Some((_, task)) = lock(&self.3).take() {
             task.abort();
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -162,6 +173,9 @@ pub(crate) struct Shared<M> {
     max_payload: usize,
     /// How long after sending a publication Redis still accepts it.
     publish_deadline: Duration,
+    /// The most nodes `nodes()` lists, and keys a node-down event lists.
+    max_nodes_listed: usize,
+    max_keys_listed: usize,
     client: Client,
     subscriber: SubscriberClient,
     counters: Arc<Counters>,
@@ -254,6 +268,8 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             sharded: b.sharded,
             max_payload: b.max_payload,
             publish_deadline: b.publish_deadline,
+            max_nodes_listed: b.max_nodes_listed,
+            max_keys_listed: b.max_keys_listed,
             client: client.clone(),
             subscriber: subscriber.clone(),
             counters: Arc::clone(&counters),
@@ -269,23 +285,25 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             tokio::spawn(inbound::reconnects(Arc::clone(&shared))),
             // fred's own resubscription after a reconnect; `reconnects` checks it.
             subscriber.manage_subscriptions(),
-            tokio::spawn(
-                Publisher {
-                    node: node.clone(),
-                    names: Arc::clone(&names),
-                    link: Arc::new(publisher::Link {
-                        client,
-                        base: names.base.clone().into(),
-                        sharded: b.sharded,
-                        counters,
-                        clock,
-                        script: publish_script,
-                        deadline: b.publish_deadline,
-                    }),
-                }
-                .run(rx),
-            ),
         ];
+        let (stop, stopped) = oneshot::channel();
+        let publisher = tokio::spawn(
+            Publisher {
+                node: node.clone(),
+                names: Arc::clone(&names),
+                link: Arc::new(publisher::Link {
+                    client,
+                    base: names.base.clone().into(),
+                    sharded: b.sharded,
+                    counters,
+                    clock,
+                    script: publish_script,
+                    deadline: b.publish_deadline,
+                }),
+            }
+            .run(rx, stopped),
+        );
+        let publisher = (stop, publisher);
         let client_handle = shared.client.clone();
         // A process restarted under this id within its TTL: the earlier run is
         // dead, so release what it held (other nodes hear a node-down, and forget
@@ -298,7 +316,12 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         tasks.push(tokio::spawn(presence::run(Arc::clone(&shared))));
         Ok(Self {
             shared,
-            tasks: Arc::new(Tasks(Mutex::new(tasks), client_handle, subscriber)),
+            tasks: Arc::new(Tasks(
+                Mutex::new(tasks),
+                client_handle,
+                subscriber,
+                Mutex::new(Some(publisher)),
+            )),
         })
     }
 
@@ -665,7 +688,9 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         self.shared.members(Names::token(&session.into())).await
     }
 
-    /// Every live node with its client count, sorted by id.
+    /// Live nodes with their client counts, sorted by id: at most
+    /// [`ClusterBuilder::max_nodes_listed`], the others counted in
+    /// [`Nodes::omitted`].
     ///
     /// # Errors
     ///
@@ -684,7 +709,7 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// }
     /// # Ok(()) }
     /// ```
-    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
+    pub async fn nodes(&self) -> Result<Nodes, ClusterError> {
         self.shared.nodes().await
     }
 
@@ -727,8 +752,8 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// use switchboard::cluster::ClusterEvent;
     /// let mut events = cluster.events();
     /// while let Ok(event) = events.recv().await {
-    ///     if let ClusterEvent::NodeDown { node, keys } = event {
-    ///         println!("{node} died holding {keys:?}");
+    ///     if let ClusterEvent::NodeDown { node, keys, omitted } = event {
+    ///         println!("{node} died holding {keys:?} and {omitted} more");
     ///     }
     /// }
     /// # Ok(()) }
@@ -740,6 +765,12 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// Leaves the cluster cleanly: releases this node's keys and member counts at
     /// once (other nodes see a [`ClusterEvent::NodeDown`]), stops the background
     /// tasks and closes the Redis connections. Local clients stay registered.
+    ///
+    /// Publications first: new ones fail with [`PublishError::Closed`] at once,
+    /// the batch already sent to Redis finishes (within twice
+    /// [`ClusterBuilder::publish_deadline`]) and its callers get its true
+    /// outcome, and those still queued come back unsent with
+    /// [`PublishError::Closed`]. A publication reported failed never arrives.
     ///
     /// # Errors
     ///
@@ -758,6 +789,16 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// # Ok(()) }
     /// ```
     pub async fn shutdown(self) -> Result<(), ClusterError> {
+        let publisher = lock(&self.tasks.3).take();
+        if let Some((stop, task)) = publisher {
+            let _ = stop.send(());
+            // The publisher's own timeout ends a batch by then; this is a backstop.
+            let limit = self.shared.publish_deadline * 2 + Duration::from_millis(500);
+            let abort = task.abort_handle();
+            if tokio::time::timeout(limit, task).await.is_err() {
+                abort.abort();
+            }
+        }
         for task in lock(&self.tasks.0).drain(..) {
             task.abort();
         }

@@ -40,6 +40,26 @@ pub struct NodeInfo {
     pub state: NodeState,
 }
 
+/// Live nodes, from [`Cluster::nodes`](super::Cluster::nodes): at most
+/// [`ClusterBuilder::max_nodes_listed`](super::ClusterBuilder::max_nodes_listed),
+/// those with the earliest heartbeat deadlines, sorted by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Nodes {
+    /// The nodes listed.
+    pub nodes: Vec<NodeInfo>,
+    /// Live nodes left out for the bound.
+    pub omitted: u64,
+}
+
+impl IntoIterator for Nodes {
+    type Item = NodeInfo;
+    type IntoIter = std::vec::IntoIter<NodeInfo>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.nodes.into_iter()
+    }
+}
+
 /// Whether a live node is beating on time, in [`NodeInfo::state`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -131,6 +151,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             self.names.base.clone(),
             self.names.ctl.clone(),
             node.unwrap_or("").to_owned(),
+            self.max_keys_listed.to_string(),
         ];
         let _: Value = self
             .client
@@ -151,19 +172,27 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
-    pub(crate) async fn nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
+    pub(crate) async fn nodes(&self) -> Result<Nodes, ClusterError> {
         let raw: Vec<Value> = self
             .client
             .eval(
                 self.scripts.nodes.text(),
                 Vec::<String>::new(),
-                vec![self.names.base.clone()],
+                vec![
+                    self.names.base.clone(),
+                    self.max_nodes_listed.to_string(),
+                    super::envelope::MAX_NODE_ID.to_string(),
+                ],
             )
             .await?;
         let mut out = Vec::with_capacity(raw.len() / 2);
         let mut it = raw.into_iter();
+        let mut omitted = it.next().and_then(|v| v.as_u64()).unwrap_or(0);
         while let (Some(id), Some(info)) = (it.next(), it.next()) {
-            let Some(id) = id.as_string() else { continue };
+            let Some(id) = id.as_string() else {
+                omitted += 1;
+                continue;
+            };
             let fields: Vec<Value> = info.convert().unwrap_or_default();
             let mut node = NodeInfo {
                 id,
@@ -190,7 +219,10 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             out.push(node);
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        Ok(Nodes {
+            nodes: out,
+            omitted,
+        })
     }
 }
 

@@ -41,6 +41,7 @@ use fred::bytes_utils::Str;
 use fred::clients::{Client, Pipeline};
 use fred::interfaces::{ClientLike, LuaInterface, PubsubInterface};
 use fred::prelude::{Options, Value};
+use tokio::sync::oneshot::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -105,7 +106,15 @@ fn io_error(text: &'static str) -> fred::error::Error {
 }
 
 impl Publisher {
-    pub(crate) async fn run(self, mut rx: mpsc::Receiver<Outgoing>) {
+    /// Publishes until every sender is gone or `stop` fires. `stop` is only
+    /// looked at between batches, so a batch sent is always answered with its
+    /// outcome; what is still queued then goes back unsent (its callers get
+    /// [`PublishError::Closed`](super::PublishError::Closed)).
+    pub(crate) async fn run(
+        self,
+        mut rx: mpsc::Receiver<Outgoing>,
+        mut stop: oneshot::Receiver<()>,
+    ) {
         // Grows with the sessions this node publishes to: an entry is the id, its
         // channel name and 24 bytes.
         let mut streams: HashMap<SessionId, Stream> = HashMap::new();
@@ -122,7 +131,17 @@ impl Publisher {
                 in_flight.join_next().await;
             }
             // What a full batch left over goes first.
-            if queued.is_empty() && rx.recv_many(&mut queued, BATCH).await == 0 {
+            if queued.is_empty() {
+                let n = tokio::select! {
+                    biased;
+                    _ = &mut stop => break,
+                    n = rx.recv_many(&mut queued, BATCH) => n,
+                };
+                if n == 0 {
+                    break;
+                }
+            } else if !matches!(stop.try_recv(), Err(TryRecvError::Empty)) {
+                // Stopped (or the handle that could stop it is gone).
                 break;
             }
             batches += 1;
@@ -181,7 +200,17 @@ impl Publisher {
                 in_flight.spawn(call);
             }
         }
+        // The batches sent get their true outcome before the rest is refused.
         while in_flight.join_next().await.is_some() {}
+        // Refuse new publications, and drop the queued ones' answers unsent.
+        rx.close();
+        let mut unsent = queued.len() as u64;
+        drop(queued);
+        while let Ok(out) = rx.try_recv() {
+            drop(out.done);
+            unsent += 1;
+        }
+        Counters::add(&self.link.counters.publish_failed, unsent);
     }
 }
 

@@ -69,32 +69,43 @@ end
 return sent
 ";
 
-/// ARGV: base, ctl channel, node or ''. Releases every expired node (or the one
-/// named, if Redis knows it: on a clean shutdown, or a restart under the same id)
-/// and announces each on the ctl channel. Returns how many it released.
+/// ARGV: base, ctl channel, node or '', most keys listed per node. Releases
+/// every expired node (or the one named, if Redis knows it: on a clean shutdown,
+/// or a restart under the same id), at most [`REAP_BATCH`] per call, and
+/// announces each on the ctl channel with at most that many of its keys and a
+/// count of the others (`omitted`). Returns how many it released.
+///
+/// Releasing still visits every key the node held (one per client it claimed,
+/// which its own registry bounded): leaving some held by a dead node would be
+/// worse. Only the list, the part every node receives, stops at the bound.
 const DOWN: &str = r"
 local dead
 if ARGV[3] ~= '' then
   dead = {}
   if redis.call('ZSCORE', B .. ':nodes', ARGV[3]) then dead = { ARGV[3] } end
-else dead = redis.call('ZRANGEBYSCORE', B .. ':nodes', '-inf', '(' .. now) end
+else dead = redis.call('ZRANGEBYSCORE', B .. ':nodes', '-inf', '(' .. now, 'LIMIT', 0, REAP_BATCH) end
+local max = tonumber(ARGV[4])
 for _, n in ipairs(dead) do
   redis.call('ZREM', B .. ':nodes', n)
-  local released = {}
+  local released, omitted = {}, 0
   for _, k in ipairs(redis.call('SMEMBERS', B .. ':nkeys:' .. n)) do
     if holder(redis.call('HGET', B .. ':keys', k)) == n then
       redis.call('HDEL', B .. ':keys', k)
-      table.insert(released, k)
+      if #released < max then table.insert(released, k) else omitted = omitted + 1 end
     end
   end
   for _, s in ipairs(redis.call('SMEMBERS', B .. ':nsess:' .. n)) do
     redis.call('HDEL', B .. ':members:' .. s, n)
   end
   redis.call('DEL', B .. ':nkeys:' .. n, B .. ':nsess:' .. n, B .. ':info:' .. n)
-  redis.call('PUBLISH', ARGV[2], string.char(1, 3) .. cjson.encode({ node = n, keys = released }))
+  redis.call('PUBLISH', ARGV[2],
+    string.char(1, 3) .. cjson.encode({ node = n, keys = released, omitted = omitted }))
 end
 return #dead
 ";
+
+/// Expired nodes one reap releases at most; the rest go at the next tick.
+pub(crate) const REAP_BATCH: usize = 64;
 
 /// ARGV: base, key, node, new connection id, mode (`force` or `ifree`), node
 /// channel base. Returns `{1, gen}` when the key is now this node's, `{0, holder}`
@@ -200,23 +211,41 @@ end
 return sum
 ";
 
-/// ARGV: base. Every live node and its info hash, flattened:
-/// `{node, {field, value, ...}, node, {...}}`, with the field `age`: the time
-/// since its last heartbeat, in ms on Redis's clock (so nodes' clocks need not agree).
+/// ARGV: base, most nodes listed, longest node id. Returns how many live nodes
+/// it left out, then at most that many live nodes (earliest deadline first) with
+/// their known info fields, flattened: `{omitted, node, {field, value, ...}, ...}`,
+/// with the field `age`: the time since its last heartbeat, in ms on Redis's
+/// clock (so nodes' clocks need not agree). Every part is bounded whatever
+/// peers wrote: the count by the limit, the fields by name, each value by length,
+/// and an id too long to be a node's is left out (and counted).
 const NODES: &str = r"
-local live = redis.call('ZRANGEBYSCORE', B .. ':nodes', now, '+inf')
-local out = {}
+local max, maxid = tonumber(ARGV[2]), tonumber(ARGV[3])
+local total = redis.call('ZCOUNT', B .. ':nodes', now, '+inf')
+local live = redis.call('ZRANGEBYSCORE', B .. ':nodes', now, '+inf', 'LIMIT', 0, max)
+local fields = { 'clients', 'subscriptions', 'gaps', 'ttl', 'beat' }
+local out = { 0 }
+local listed = 0
 for _, n in ipairs(live) do
-  local info = redis.call('HGETALL', B .. ':info:' .. n)
-  for i = 1, #info, 2 do
-    if info[i] == 'beat' then
-      table.insert(info, 'age')
-      table.insert(info, string.format('%d', math.max(0, now - tonumber(info[i + 1]))))
+  if #n <= maxid then
+    local v = redis.call('HMGET', B .. ':info:' .. n, unpack(fields))
+    local info = {}
+    for i, f in ipairs(fields) do
+      if v[i] then
+        table.insert(info, f)
+        table.insert(info, string.sub(v[i], 1, 20))
+      end
     end
+    local beat = v[5] and tonumber(string.sub(v[5], 1, 20))
+    if beat then
+      table.insert(info, 'age')
+      table.insert(info, string.format('%d', math.max(0, now - beat)))
+    end
+    table.insert(out, n)
+    table.insert(out, info)
+    listed = listed + 1
   end
-  table.insert(out, n)
-  table.insert(out, info)
 end
+out[1] = total - listed
 return out
 ";
 
@@ -225,6 +254,7 @@ pub(crate) struct Script(String);
 
 impl Script {
     fn new(body: &str) -> Self {
+        let body = body.replace("REAP_BATCH", &REAP_BATCH.to_string());
         Self(format!("{PRELUDE}{body}"))
     }
     pub(crate) fn text(&self) -> &str {

@@ -95,8 +95,11 @@ pub enum ClusterEvent {
     NodeDown {
         /// The node.
         node: String,
-        /// The keys it held, now released.
+        /// The keys it held, now released; at most
+        /// [`ClusterBuilder::max_keys_listed`](super::ClusterBuilder::max_keys_listed).
         keys: Vec<String>,
+        /// Keys it held and released that `keys` leaves out, for the bound.
+        omitted: u64,
     },
     /// A connection here lost its key to a newer one on another node, and was
     /// closed with [`CloseReason::TakenOver`](crate::CloseReason::TakenOver).

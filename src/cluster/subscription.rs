@@ -4,9 +4,10 @@
 //! Every change goes through [`Shared::sync_session`], serialised by one lock: it
 //! reads the session's local member count *now*, subscribes on the first member,
 //! unsubscribes after the last, and records the count in Redis for the cluster-wide
-//! [`member_count`](super::Cluster::member_count). Because it reads the count
-//! rather than trusting the caller's event, two racing changes cannot leave a
-//! wrong subscription behind: the later sync sees the final count.
+//! [`member_count`](super::Cluster::member_count), before it lets go of the lock.
+//! Because it reads the count rather than trusting the caller's event, two racing
+//! changes cannot leave a wrong subscription or count behind: the later sync sees
+//! the final count and writes it last.
 
 use std::collections::HashSet;
 
@@ -66,7 +67,8 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             counts.push(n.to_string());
         }
         self.set_subscriptions(&subs);
-        drop(subs);
+        // Under the lock: a sync that read its counts earlier must not write them
+        // after a later one, or Redis keeps a stale count until the next heartbeat.
         if !counts.is_empty() {
             let mut args = vec![self.names.base.clone(), self.node.clone()];
             args.extend(counts);
@@ -75,6 +77,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 .eval(self.scripts.counts.text(), Vec::<String>::new(), args)
                 .await?;
         }
+        drop(subs);
         failed.map_or(Ok(()), |e| Err(e.into()))
     }
 

@@ -100,20 +100,23 @@ struct ClusterView {
     stats: ClusterStats,
     subscriptions: Vec<SessionId>,
     nodes: Option<Vec<NodeInfo>>,
+    /// Live nodes `nodes` leaves out, for the node's bound.
+    more_nodes: u64,
     redis_error: Option<String>,
 }
 
 /// `GET /cluster`.
 async fn show<M: Clone + Send + Sync + 'static>(State(cluster): State<Cluster<M>>) -> Response {
-    let (nodes, redis_error) = match cluster.nodes().await {
-        Ok(nodes) => (Some(nodes), None),
-        Err(e) => (None, Some(e.to_string())),
+    let (nodes, more_nodes, redis_error) = match cluster.nodes().await {
+        Ok(nodes) => (Some(nodes.nodes), nodes.omitted, None),
+        Err(e) => (None, 0, Some(e.to_string())),
     };
     Json(ClusterView {
         node: cluster.node_id().to_owned(),
         stats: cluster.stats(),
         subscriptions: cluster.subscriptions().await,
         nodes,
+        more_nodes,
         redis_error,
     })
     .into_response()

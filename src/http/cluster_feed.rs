@@ -66,10 +66,11 @@ impl<M: Clone + Send + Sync + 'static> Tap<M> {
         let (events, skipped_events) = self.drain();
         let (nodes, more_nodes, redis_error) =
             match tokio::time::timeout(REDIS_WAIT, self.cluster.nodes()).await {
-                Ok(Ok(mut nodes)) => {
-                    let more = nodes.len().saturating_sub(MAX_NODES);
+                Ok(Ok(listed)) => {
+                    let mut nodes = listed.nodes;
+                    let more = nodes.len().saturating_sub(MAX_NODES) as u64;
                     nodes.truncate(MAX_NODES);
-                    (Some(nodes), more, None)
+                    (Some(nodes), more.saturating_add(listed.omitted), None)
                 }
                 Ok(Err(e)) => (None, 0, Some(e.to_string())),
                 Err(_) => (
@@ -113,7 +114,7 @@ struct View {
     /// Live nodes in id order, at most [`MAX_NODES`]; `None` while Redis cannot
     /// be asked.
     nodes: Option<Vec<NodeInfo>>,
-    more_nodes: usize,
+    more_nodes: u64,
     redis_error: Option<String>,
     events: Vec<serde_json::Value>,
     skipped_events: u64,
@@ -122,8 +123,12 @@ struct View {
 /// An event as the dashboard shows it: a node-down lists at most [`MAX_KEYS`] keys.
 fn shown(event: ClusterEvent) -> serde_json::Value {
     let capped = match event {
-        ClusterEvent::NodeDown { node, mut keys } => {
-            let more_keys = keys.len().saturating_sub(MAX_KEYS);
+        ClusterEvent::NodeDown {
+            node,
+            mut keys,
+            omitted,
+        } => {
+            let more_keys = (keys.len().saturating_sub(MAX_KEYS) as u64).saturating_add(omitted);
             keys.truncate(MAX_KEYS);
             return serde_json::json!({
                 "event": "node_down",
@@ -147,11 +152,12 @@ mod tests {
         let event = shown(ClusterEvent::NodeDown {
             node: "gw-2".into(),
             keys: keys.clone(),
+            omitted: 3,
         });
         assert_eq!(event["event"], "node_down");
         assert_eq!(event["node"], "gw-2");
         assert_eq!(event["keys"], serde_json::json!(keys[..MAX_KEYS]));
-        assert_eq!(event["more_keys"], 7);
+        assert_eq!(event["more_keys"], 7 + 3);
         let event = shown(ClusterEvent::Reconnected);
         assert_eq!(event, serde_json::json!({"event": "reconnected"}));
     }

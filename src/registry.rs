@@ -198,7 +198,8 @@ impl<M> Registry<M> {
     ) -> Result<Registration<M>, RegisterError> {
         let inner = &*self.inner;
         check_metadata(&info, inner.config.max_metadata_bytes)?;
-        if !info.is_blank() {
+        let plain = info.is_blank();
+        if !plain {
             inner
                 .config
                 .profile_bounds
@@ -223,7 +224,11 @@ impl<M> Registry<M> {
         let shards = inner.shards.len();
         let home = shard::home(shards);
         let reserved = (0..shards).find_map(|step| {
-            let shard = (home + step) % shards;
+            // `home + step` < 2 × `shards`: a subtraction wraps it, not a division.
+            let shard = match home + step {
+                past if past >= shards => past - shards,
+                shard => shard,
+            };
             inner.shards[shard]
                 .reserve()
                 .map(|(index, generation)| (shard, index, generation))
@@ -234,7 +239,6 @@ impl<M> Registry<M> {
         };
         let id = ClientId::pack(shard, index, generation);
         let connected_at = now_millis();
-        let plain = info.is_blank();
         let mut fleet = None;
         let mut merged_with = None;
         if !plain {
@@ -251,7 +255,11 @@ impl<M> Registry<M> {
             merged_with = info.key.is_some().then_some(config);
         }
         let profiled = info.is_profiled();
-        let mut indexed = index_keys(&info);
+        let mut indexed = if profiled {
+            index_keys(&info)
+        } else {
+            Vec::new()
+        };
         let key = info.key.clone();
         let entry = Arc::new(ClientEntry::new(
             id,
@@ -434,25 +442,34 @@ impl<M> Registry<M> {
         }
         entry.chan.close_because(cause);
         let mut keys = Vec::with_capacity(sessions.len());
-        for (key, session) in sessions {
-            if let Some(successor) = successor {
-                if self.inner.config.takeover_moves_sessions {
-                    // Joined before this client leaves, so the room never empties.
-                    self.join_successor(successor, &key);
+        // Most clients have left their rooms before they go; the empty chained
+        // iterator's drop alone cost ~50 instructions.
+        if sessions.len() != 0 {
+            for (key, session) in sessions {
+                if let Some(successor) = successor {
+                    if self.inner.config.takeover_moves_sessions {
+                        // Joined before this client leaves, so the room never empties.
+                        self.join_successor(successor, &key);
+                    }
                 }
+                self.leave(&key, &session, id);
+                keys.push(key);
             }
-            self.leave(&key, &session, id);
-            keys.push(key);
         }
         if let Some(info) = &info {
             for index_key in index_keys(info) {
                 self.inner.fleet.leave_index(&index_key, id);
             }
         }
-        let cancelled_tasks = tasks
-            .into_iter()
-            .filter_map(|task| self.cancel_task(task, id))
-            .collect();
+        // Most clients own no task; the empty collect alone cost ~30 instructions.
+        let cancelled_tasks = if tasks.is_empty() {
+            Vec::new()
+        } else {
+            tasks
+                .into_iter()
+                .filter_map(|task| self.cancel_task(task, id))
+                .collect()
+        };
         // This call alone flipped `connected`, so it alone frees the slot.
         self.inner.shards[id.shard()].release(id);
         self.release_admission();

@@ -198,22 +198,28 @@ impl<T> Shard<T> {
 }
 
 thread_local! {
-    /// This thread's home shard hint, fixed at first use.
-    static HOME: Cell<Option<usize>> = const { Cell::new(None) };
+    /// This thread's home shard hint, fixed at first use, with the last shard count
+    /// it was reduced for and the result: a register then divides only when the
+    /// count changes, not every time (a 64-bit division takes tens of cycles).
+    static HOME: Cell<Option<(usize, usize, usize)>> = const { Cell::new(None) };
 }
 
 /// A per-thread starting shard: spreads registering threads over the shards.
 pub(crate) fn home(shards: usize) -> usize {
-    let hint = HOME.with(|home| {
-        home.get().unwrap_or_else(|| {
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            std::thread::current().id().hash(&mut hasher);
-            let hint = hasher.finish() as usize;
-            home.set(Some(hint));
-            hint
-        })
-    });
-    hint % shards
+    HOME.with(|home| {
+        let hint = match home.get() {
+            Some((_, count, reduced)) if count == shards => return reduced,
+            Some((hint, _, _)) => hint,
+            None => {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                std::thread::current().id().hash(&mut hasher);
+                hasher.finish() as usize
+            }
+        };
+        let reduced = hint % shards;
+        home.set(Some((hint, shards, reduced)));
+        reduced
+    })
 }
 
 #[cfg(all(test, not(switchboard_loom)))]

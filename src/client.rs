@@ -100,7 +100,11 @@ impl<M> Memberships<M> {
     pub(crate) fn position(&self, key: &SessionId) -> Option<usize> {
         match &self.first {
             Some((k, _)) if k == key => Some(0),
-            _ => self.rest.iter().position(|(k, _)| k == key).map(|n| n + 1),
+            _ => self
+                .rest
+                .as_ref()
+                .and_then(|rest| rest.iter().position(|(k, _)| k == key))
+                .map(|n| n + 1),
         }
     }
 

@@ -1259,9 +1259,13 @@ async fn concurrent_broadcasts_cross_in_order_with_batches_in_flight() {
                 let msg = recv(rx).await;
                 let (author, i) = msg.split_once(':').unwrap();
                 let (author, i): (usize, usize) = (author.parse().unwrap(), i.parse().unwrap());
+                // A loss (i ahead) or a duplicate (i behind); the stats say which
+                // counter saw it (gaps, lagged, reconnects).
                 assert_eq!(
-                    i, next[author],
-                    "author {author} out of order (sharded {sharded})"
+                    i,
+                    next[author],
+                    "author {author} out of order (sharded {sharded}): {:?}",
+                    b.stats()
                 );
                 next[author] += 1;
             }

@@ -1203,6 +1203,55 @@ async fn two_live_processes_under_one_id_are_told() {
     drop((first, second));
 }
 
+/// `attach` promises that every publication made after it returns reaches the
+/// member. fred answers a `SUBSCRIBE` as soon as it queues it, before Redis has
+/// read it, so the node must make sure Redis has. Each round joins a new room
+/// while the subscriber connection is busy delivering, and publishes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_right_after_attach_reaches_the_new_member() {
+    let Some(redis) = Redis::start("publish_after_attach") else {
+        return;
+    };
+    for sharded in [false, true] {
+        let prefix = if sharded { "t24s" } else { "t24" };
+        let mk = |id: &'static str| {
+            Cluster::builder(Registry::<Msg>::new(), Raw)
+                .url(redis.url())
+                .prefix(prefix)
+                .node_id(id)
+                .sharded(sharded)
+                .connect()
+        };
+        let (a, b) = (mk("a").await.unwrap(), mk("b").await.unwrap());
+        // Keeps b's subscriber connection busy reading.
+        let (f, _f_rx) = b.register(ClientInfo::new()).await.unwrap();
+        b.attach(f, "flood").await.unwrap();
+        let flood = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                loop {
+                    let _ = a.broadcast("flood", Msg::from("f")).await;
+                }
+            })
+        };
+        for round in 0..100 {
+            let room = format!("r{round}");
+            let (id, mut rx) = b.register(ClientInfo::new()).await.unwrap();
+            b.attach(id, room.as_str()).await.unwrap();
+            a.broadcast(room.as_str(), Msg::from(room.as_str()))
+                .await
+                .unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+            assert!(
+                matches!(&got, Ok(Some(m)) if **m == *room),
+                "round {round} (sharded {sharded}): {got:?}"
+            );
+            let _ = b.unregister(id).await.unwrap();
+        }
+        flood.abort();
+    }
+}
+
 /// Many concurrent broadcasts: the publisher numbers them into batches and keeps
 /// several batches in flight on one connection. Every publication must cross, in
 /// the order its author made it, with no number seen twice or skipped, plain and

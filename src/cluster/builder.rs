@@ -172,6 +172,12 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
         let mut builder = fred::types::Builder::from_config(config);
         builder
             .set_policy(ReconnectPolicy::new_constant(0, delay))
+            .with_config(|c| {
+                // Already fred's default, stated because the publisher relies on it:
+                // with it, a command reaches fred's queue on its future's first
+                // poll. `Interrupt` would first await a CLIENT UNBLOCK.
+                c.blocking = fred::types::config::Blocking::Block;
+            })
             .with_connection_config(|c| {
                 c.connection_timeout = self.command_timeout;
                 c.internal_command_timeout = self.command_timeout;

@@ -80,7 +80,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, PubsubInterface};
+use fred::interfaces::ClientLike;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -309,7 +309,9 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         // dead, so release what it held (other nodes hear a node-down, and forget
         // its numbering) before this run announces itself.
         shared.reap(Some(&node)).await?;
-        subscriber
+        // Run by Redis before `connect` returns: a send to this node made after it
+        // must find the node channel subscribed.
+        shared
             .subscribe(vec![names.node_channel(&node), names.ctl.clone()])
             .await?;
         shared.heartbeat().await?;

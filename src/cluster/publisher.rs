@@ -193,8 +193,13 @@ impl Publisher {
             };
             let mut call: Pin<Box<dyn Future<Output = ()> + Send>> =
                 Box::pin(Arc::clone(&self.link).send(pending));
-            // The first poll hands the command to the client, in numbering order;
-            // the answer is awaited beside the next batches.
+            // The first poll hands the command to the client, in numbering order:
+            // in fred 10.1 `eval` builds the command and `try_send`s it into the
+            // router's queue before its first await (the blocking-policy check
+            // before it awaits only under `Blocking::Interrupt`, which the builder
+            // rules out; `timeout` polls the call before its timer). The router
+            // writes that queue in order on this one connection. The answer is
+            // awaited beside the next batches.
             let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
             if first.is_pending() {
                 in_flight.spawn(call);

@@ -11,8 +11,9 @@
 
 use std::collections::HashSet;
 
-use fred::interfaces::{LuaInterface, PubsubInterface};
+use fred::interfaces::{ClientLike, FredResult, LuaInterface, PubsubInterface};
 use fred::prelude::Value;
+use fred::types::MultipleStrings;
 
 use crate::sync::{lock, Ordering};
 use crate::SessionId;
@@ -36,9 +37,9 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             let channel = self.names.channel(&session);
             if n > 0 && !have {
                 let r = if self.sharded {
-                    self.subscriber.ssubscribe(channel).await
+                    self.ssubscribe(channel).await
                 } else {
-                    self.subscriber.subscribe(channel).await
+                    self.subscribe(channel).await
                 };
                 match r {
                     Ok(()) => {
@@ -81,6 +82,29 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         failed.map_or(Ok(()), |e| Err(e.into()))
     }
 
+    /// `SUBSCRIBE`, answered once Redis has run it. fred 10.1 answers a
+    /// `SUBSCRIBE` when it queues it, before it is even written, and drops
+    /// Redis's confirmation; a publication made meanwhile on another connection
+    /// would miss this node. A `PING` on the same connection is answered after
+    /// the `SUBSCRIBE` has run.
+    pub(crate) async fn subscribe(
+        &self,
+        channels: impl Into<MultipleStrings> + Send,
+    ) -> FredResult<()> {
+        self.subscriber.subscribe(channels).await?;
+        let _: Value = self.subscriber.ping(None).await?;
+        Ok(())
+    }
+
+    /// `SSUBSCRIBE`, answered once Redis has run it: under load the order test
+    /// lost the first publications after an `SSUBSCRIBE` fred had answered, so
+    /// it gets the same `PING`.
+    async fn ssubscribe(&self, channels: impl Into<MultipleStrings> + Send) -> FredResult<()> {
+        self.subscriber.ssubscribe(channels).await?;
+        let _: Value = self.subscriber.ping(None).await?;
+        Ok(())
+    }
+
     fn set_subscriptions(&self, subs: &HashSet<SessionId>) {
         // Relaxed: a gauge read alone, for reports.
         self.counters
@@ -111,9 +135,9 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             return Ok(());
         }
         if self.sharded {
-            self.subscriber.ssubscribe(subs).await?;
+            self.ssubscribe(subs).await?;
         } else {
-            self.subscriber.subscribe(subs).await?;
+            self.subscribe(subs).await?;
         }
         Ok(())
     }

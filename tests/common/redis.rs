@@ -36,21 +36,43 @@ impl Redis {
             let _ = writeln!(std::io::stderr(), "skipped: {message}");
             return None;
         }
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("switchboard-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut redis = Self {
-            child: None,
-            port,
-            dir,
-        };
-        redis.spawn();
-        Some(redis)
+        // A free port can be taken before the server binds it (by another test's
+        // server, or as the local port of an outgoing connection): then this
+        // server exits, and another port is tried.
+        for _ in 0..20 {
+            let port = free_port();
+            let dir = std::env::temp_dir()
+                .join(format!("switchboard-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let mut redis = Self {
+                child: None,
+                port,
+                dir,
+            };
+            if redis.try_spawn() {
+                return Some(redis);
+            }
+        }
+        panic!("redis-server found no free port in 20 tries");
     }
 
+    /// Starts the server again on its port (after [`kill`](Self::kill)).
     pub fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        // The port may be held for a moment, as above; it is this test's to reuse.
+        for _ in 0..50 {
+            if self.try_spawn() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("redis-server could not bind port {} again", self.port);
+    }
+
+    /// Starts the server; true once it answers, false if it exited first (its port
+    /// was taken). Only this server's answer counts: another test's server on the
+    /// same port would answer PING just as well.
+    fn try_spawn(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -59,13 +81,22 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts");
-        self.child = Some(child);
+        let pid = format!("process_id:{}", child.id());
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.cli(&["PING"]).as_deref() != Some("PONG") {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING"
-            );
+        loop {
+            if child.try_wait().expect("redis-server status").is_some() {
+                return false;
+            }
+            let info = self.cli(&["INFO", "server"]).unwrap_or_default();
+            if info.lines().any(|l| l.trim() == pid) {
+                self.child = Some(child);
+                return true;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-server did not answer within 10 s");
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -351,6 +351,24 @@ impl<M> Channel<M> {
         }
     }
 
+    /// [`try_recv`](Self::try_recv) for the receiver's caller. Senders claim slots
+    /// in order and fill them in any order, so the next slot can be claimed and
+    /// still empty while later ones are full; that is a send in progress, not an
+    /// empty channel, and a message sent before this call may be behind it. It is
+    /// waited for: a few instructions, unless its thread was preempted in between.
+    /// (`poll_recv` returns `Pending` instead: that sender wakes the receiver.)
+    fn try_recv_waiting(&self) -> Result<M, TryRecvError> {
+        let mut spins = 0u32;
+        loop {
+            match self.try_recv() {
+                Err(TryRecvError::Empty) if self.queue.push_in_progress() => {
+                    crate::sync::spin_wait(&mut spins);
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<M>> {
         match self.try_recv() {
             Ok(msg) => return Poll::Ready(Some(msg)),
@@ -422,9 +440,12 @@ impl<M> Receiver<M> {
     /// # Errors
     ///
     /// [`TryRecvError::Empty`] if nothing is queued now, [`TryRecvError::Closed`] once
-    /// the channel is closed and drained.
+    /// the channel is closed and drained. A send that has taken its place in the
+    /// queue but not yet written its message is waited for (briefly, unless its
+    /// thread was preempted), so a message whose send returned before this call is
+    /// never reported missing behind it.
     pub fn try_recv(&mut self) -> Result<M, TryRecvError> {
-        self.chan.try_recv()
+        self.chan.try_recv_waiting()
     }
 
     /// Whether the registry has closed this channel (or this receiver is closing).
@@ -587,6 +608,34 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(10)).await;
         tx.close();
         assert_eq!(waiter.await.ok(), Some(true));
+    }
+
+    /// A message whose `try_send` returned before `try_recv` was called is never
+    /// reported missing: another sender that claimed an earlier slot and has not
+    /// written it yet (preempted between the two) is waited for, not taken for an
+    /// empty queue. Each thread sends its own token, then drains under the lock that
+    /// records every receipt; once `try_recv` says Empty its token must be received.
+    #[test]
+    fn try_recv_waits_for_a_send_in_progress_ahead_of_a_finished_one() {
+        let (tx, rx) = pair(1024);
+        let shared = std::sync::Mutex::new((rx, std::collections::HashSet::new()));
+        std::thread::scope(|s| {
+            for t in 0..4u32 {
+                let (tx, shared) = (&tx, &shared);
+                s.spawn(move || {
+                    for i in 0..20_000u32 {
+                        let token = (t << 24) | i;
+                        assert!(tx.try_send(token).is_ok(), "room for every thread");
+                        let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+                        let (rx, received) = &mut *guard;
+                        while let Ok(m) = rx.try_recv() {
+                            received.insert(m);
+                        }
+                        assert!(received.remove(&token), "sent {token}, then Empty");
+                    }
+                });
+            }
+        });
     }
 
     #[test]

@@ -314,6 +314,27 @@ mod imp {
 
 pub(crate) use imp::*;
 
+/// One step of waiting for another thread that is a few instructions from done:
+/// a spin hint for the first steps, then giving up the CPU, in case that thread was
+/// preempted. Under loom, always a yield, so the model schedules the other thread.
+#[inline]
+pub(crate) fn spin_wait(spins: &mut u32) {
+    #[cfg(not(switchboard_loom))]
+    {
+        if *spins < 64 {
+            *spins += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    #[cfg(switchboard_loom)]
+    {
+        *spins = spins.saturating_add(1);
+        loom::thread::yield_now();
+    }
+}
+
 /// Locks `mutex`, recovering the data if a panicking thread poisoned it.
 ///
 /// Every critical section in the registry leaves its data consistent before any call

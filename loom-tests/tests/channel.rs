@@ -183,3 +183,32 @@ fn send_into_the_outer_slots_races_their_allocation() {
         join(sender);
     });
 }
+
+/// Channel model 6: a send ∥ the receiver's own thread sending, then `try_recv`.
+///
+/// The other sender may claim slot 0 and be preempted before writing it, while
+/// the receiver's thread fills slot 1. Its `try_recv` comes after its own send
+/// returned, so it must get a message, never `Empty`: a claimed, unwritten slot
+/// is a send in progress, which `try_recv` waits for.
+#[test]
+fn try_recv_never_reports_empty_behind_a_send_in_progress() {
+    const OTHER: &str = "the other send came first";
+    const OWN: &str = "its own send came first";
+    check("channel 6: send | send, try_recv", &[OTHER, OWN], |seen| {
+        let registry = registry(2);
+        let (id, mut rx) = register(&registry);
+        let start = StartLine::new(2);
+        let other = {
+            let (registry, start) = (registry.clone(), start.clone());
+            spawn(move || {
+                start.wait();
+                assert_eq!(registry.send(id, 1), Ok(()));
+            })
+        };
+        start.wait();
+        assert_eq!(registry.send(id, 2), Ok(()));
+        let first = rx.try_recv().expect("its own send returned before this");
+        seen.hit(if first == 1 { OTHER } else { OWN });
+        join(other);
+    });
+}

@@ -188,6 +188,16 @@ impl<T> BoundedQueue<T> {
         Some(value)
     }
 
+    /// Whether a push has claimed the slot [`pop`](Self::pop) takes next and not yet
+    /// written it: `pop` said `None` although a message is on its way, possibly
+    /// ahead of others already written. Only the consumer calls this.
+    pub(crate) fn push_in_progress(&self) -> bool {
+        // Relaxed on both: only the consumer writes `head`, and a `tail` read late
+        // only makes the caller stop waiting for a push that did not happen before
+        // it; the caller's own earlier pushes are ordered by program order.
+        self.tail.load(Ordering::Relaxed) != self.head.load(Ordering::Relaxed)
+    }
+
     /// Bytes of the outer slots if they are allocated, else 0: what the queue holds
     /// on the heap beyond itself.
     pub(crate) fn heap_bytes(&self) -> usize {

@@ -159,6 +159,15 @@ impl<M> IntoIterator for Memberships<M> {
 }
 
 impl<M> ClientState<M> {
+    /// What the client last reported about itself, before a device config was
+    /// merged in; `current`'s own system info if it never reported anything else.
+    pub(crate) fn reported(&self, current: &ClientInfo) -> SystemInfo {
+        self.fleet
+            .as_ref()
+            .and_then(|f| f.reported.clone())
+            .unwrap_or_else(|| current.system_info.clone())
+    }
+
     pub(crate) fn position(&self, key: &SessionId) -> Option<usize> {
         self.sessions.position(key)
     }

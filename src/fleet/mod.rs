@@ -117,11 +117,7 @@ impl<M> Registry<M> {
         // after us and merges its config in again (issue 10, race 2).
         let config = self.inner.fleet.config();
         let current = entry.info();
-        let mut reported = state
-            .fleet
-            .as_ref()
-            .and_then(|f| f.reported.clone())
-            .unwrap_or_else(|| current.system_info.clone());
+        let mut reported = state.reported(&current);
         update(&mut reported);
         let limit = self.inner.config.max_metadata_bytes;
         let size = json_size(&reported.custom_metadata);
@@ -169,11 +165,7 @@ impl<M> Registry<M> {
                 return;
             }
             let current = entry.info();
-            let reported = state
-                .fleet
-                .as_ref()
-                .and_then(|f| f.reported.clone())
-                .unwrap_or_else(|| current.system_info.clone());
+            let reported = state.reported(&current);
             let (next, reported) = self.apply_profile(&entry, &current, reported, config);
             if *next != *current {
                 updated += 1;
@@ -228,11 +220,7 @@ impl<M> Registry<M> {
             return false;
         };
         let current = entry.info();
-        let reported = state
-            .fleet
-            .as_ref()
-            .and_then(|f| f.reported.clone())
-            .unwrap_or_else(|| current.system_info.clone());
+        let reported = state.reported(&current);
         let (next, remembered) = merged(&current, reported, &latest);
         entry.profile.store(Some(Arc::new(next)));
         if remembered.is_some() || state.fleet.is_some() {

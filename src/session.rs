@@ -463,13 +463,14 @@ impl<M> Session<M> {
     /// Removes `id`.
     pub(crate) fn leave(&self, id: ClientId) -> Left {
         let mut w = lock(&self.writer);
-        if w.positions.get(id, &w.layout.pages).is_none() {
-            return Left::NotMember;
-        }
         // The stamp below is `version + 1`; at the limit that would be `PRESENT`,
         // so restart the count first, as a join does (a join may publish
-        // `MAX_VERSION` itself).
+        // `MAX_VERSION` itself). Only then is a non-member looked up twice: the
+        // common path finds the member once, in the `remove` below.
         if w.version >= MAX_VERSION {
+            if w.positions.get(id, &w.layout.pages).is_none() {
+                return Left::NotMember;
+            }
             self.compact(&mut w);
         }
         let Writer {

@@ -618,7 +618,7 @@ mod tests {
     #[test]
     fn try_recv_waits_for_a_send_in_progress_ahead_of_a_finished_one() {
         let (tx, rx) = pair(1024);
-        let shared = std::sync::Mutex::new((rx, std::collections::HashSet::new()));
+        let shared = crate::sync::Mutex::new((rx, std::collections::HashSet::new()));
         std::thread::scope(|s| {
             for t in 0..4u32 {
                 let (tx, shared) = (&tx, &shared);
@@ -626,7 +626,7 @@ mod tests {
                     for i in 0..20_000u32 {
                         let token = (t << 24) | i;
                         assert!(tx.try_send(token).is_ok(), "room for every thread");
-                        let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut guard = crate::sync::lock(shared);
                         let (rx, received) = &mut *guard;
                         while let Ok(m) = rx.try_recv() {
                             received.insert(m);

@@ -57,8 +57,9 @@ impl<M> Default for FleetState<M> {
     }
 }
 
-/// One session a client belongs to, with the handle that spares detach a lookup.
-pub(crate) type Membership<M> = (SessionId, Arc<Session<M>>);
+/// One session a client belongs to: its handle, which spares detach a lookup and
+/// knows the session's key ([`Session::key`]), so a membership is 8 bytes.
+pub(crate) type Membership<M> = Arc<Session<M>>;
 
 /// A client's sessions in join order, the first held inline: most clients join one
 /// or two, and the first join then allocates nothing. The others are behind one
@@ -98,14 +99,20 @@ impl<M> Memberships<M> {
     /// the inline first, then the spill list. Checks the inline one before touching
     /// the list: a chained iterator cost attach and detach about 35 instructions each.
     pub(crate) fn position(&self, key: &SessionId) -> Option<usize> {
+        let is = |session: &Membership<M>| session.key() == Some(key);
         match &self.first {
-            Some((k, _)) if k == key => Some(0),
+            Some(session) if is(session) => Some(0),
             _ => self
                 .rest
                 .as_ref()
-                .and_then(|rest| rest.iter().position(|(k, _)| k == key))
+                .and_then(|rest| rest.iter().position(is))
                 .map(|n| n + 1),
         }
+    }
+
+    /// The keys of the client's sessions, in join order.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &SessionId> {
+        self.iter().filter_map(|session| session.key())
     }
 
     pub(crate) fn push(&mut self, membership: Membership<M>) {
@@ -271,13 +278,17 @@ mod tests {
     use super::*;
 
     fn keys(m: &Memberships<u8>) -> Vec<SessionId> {
-        m.iter().map(|(k, _)| k.clone()).collect()
+        m.keys().cloned().collect()
+    }
+
+    fn key_of(session: &Membership<u8>) -> SessionId {
+        session.key().cloned().unwrap_or(SessionId::Num(u64::MAX))
     }
 
     fn filled(n: u64) -> Memberships<u8> {
         let mut m = Memberships::default();
         for key in 0..n {
-            m.push((SessionId::from(key), Arc::new(Session::new())));
+            m.push(Arc::new(Session::named(SessionId::from(key))));
         }
         m
     }
@@ -289,11 +300,12 @@ mod tests {
     fn an_entry_and_a_member_cell_stay_within_their_bytes() {
         use std::mem::size_of;
         type M = Arc<[u8]>;
-        // Id 8, connection time 8, profile pointer 8, and the state lock 56 (lock
-        // word and flag 8, inline first membership 24, spill pointer 8, fleet
-        // pointer 8, `connected` 8 with padding).
-        assert_eq!(size_of::<ClientEntry<M>>() - size_of::<Channel<M>>(), 80);
-        assert_eq!(size_of::<Memberships<M>>(), 32);
+        // Id 8, connection time 8, profile pointer 8, and the state lock 40 (lock
+        // word and flag 8, inline first membership 8: the session's handle, whose
+        // key the session keeps; spill pointer 8, fleet pointer 8, `connected` 8
+        // with padding).
+        assert_eq!(size_of::<ClientEntry<M>>() - size_of::<Channel<M>>(), 64);
+        assert_eq!(size_of::<Memberships<M>>(), 16);
         assert_eq!(size_of::<crate::session::Member<M>>(), 16);
     }
 
@@ -301,23 +313,29 @@ mod tests {
     fn removal_moves_the_last_into_the_gap_inline_or_spilled() {
         let mut m = filled(4);
         assert_eq!(m.len(), 4);
-        let removed = m.swap_remove(0).map(|(k, _)| k);
+        let removed = m.swap_remove(0).map(|s| key_of(&s));
         assert_eq!(removed, Some(SessionId::from(0)));
         assert_eq!(keys(&m), [3, 1, 2].map(SessionId::from));
-        let removed = m.swap_remove(1).map(|(k, _)| k);
+        let removed = m.swap_remove(1).map(|s| key_of(&s));
         assert_eq!(removed, Some(SessionId::from(1)));
         assert_eq!(keys(&m), [3, 2].map(SessionId::from));
-        assert_eq!(m.swap_remove(1).map(|(k, _)| k), Some(SessionId::from(2)));
-        assert_eq!(m.swap_remove(1).map(|(k, _)| k), None);
+        assert_eq!(
+            m.swap_remove(1).map(|s| key_of(&s)),
+            Some(SessionId::from(2))
+        );
+        assert_eq!(m.swap_remove(1).map(|s| key_of(&s)), None);
         assert!(
             m.rest.is_none(),
             "the spill list goes with its last membership"
         );
-        assert_eq!(m.swap_remove(0).map(|(k, _)| k), Some(SessionId::from(3)));
+        assert_eq!(
+            m.swap_remove(0).map(|s| key_of(&s)),
+            Some(SessionId::from(3))
+        );
         assert_eq!(m.len(), 0);
-        m.push((SessionId::from(9), Arc::new(Session::new())));
+        m.push(Arc::new(Session::named(SessionId::from(9))));
         assert_eq!(m.position(&SessionId::from(9)), Some(0));
-        let all: Vec<_> = filled(3).into_iter().map(|(k, _)| k).collect();
+        let all: Vec<_> = filled(3).into_iter().map(|s| key_of(&s)).collect();
         assert_eq!(all, [0, 1, 2].map(SessionId::from));
     }
 
@@ -327,7 +345,7 @@ mod tests {
             let mut m = filled(4);
             let at = m.position(&SessionId::from(key));
             assert_eq!(at, Some(usize::try_from(key).unwrap_or(usize::MAX)));
-            let removed = at.and_then(|n| m.swap_remove(n)).map(|(k, _)| k);
+            let removed = at.and_then(|n| m.swap_remove(n)).map(|s| key_of(&s));
             assert_eq!(removed, Some(SessionId::from(key)));
             assert_eq!(m.position(&SessionId::from(key)), None);
         }

@@ -445,7 +445,11 @@ impl<M> Registry<M> {
         // Most clients have left their rooms before they go; the empty chained
         // iterator's drop alone cost ~50 instructions.
         if sessions.len() != 0 {
-            for (key, session) in sessions {
+            for session in sessions {
+                // Every session in a client's memberships is a named one.
+                let Some(key) = session.key().cloned() else {
+                    continue;
+                };
                 if let Some(successor) = successor {
                     if self.inner.config.takeover_moves_sessions {
                         // Joined before this client leaves, so the room never empties.
@@ -559,7 +563,7 @@ impl<M> Registry<M> {
             let session = self.session_or_insert(&key);
             match session.join(id, entry) {
                 Joined::Added => {
-                    state.sessions.push((key, session));
+                    state.sessions.push(session);
                     return Ok(true);
                 }
                 // The client's state says it is not a member, and the state is only
@@ -605,7 +609,7 @@ impl<M> Registry<M> {
                     session: key,
                 });
             };
-            if let Some((key, session)) = state.sessions.swap_remove(position) {
+            if let Some(session) = state.sessions.swap_remove(position) {
                 self.leave(&key, &session, id);
             }
             Ok(())
@@ -723,7 +727,7 @@ impl<M> Registry<M> {
         if !state.connected {
             return Err(ClientError::Gone(id));
         }
-        Ok(state.sessions.iter().map(|(key, _)| key.clone()).collect())
+        Ok(state.sessions.keys().cloned().collect())
     }
 
     /// The client's profile, after any device-config merge. A cheap snapshot that
@@ -870,7 +874,7 @@ impl<M> Registry<M> {
     fn session_or_insert(&self, key: &SessionId) -> Arc<Session<M>> {
         self.inner
             .sessions
-            .get_or_insert_with(key.clone(), || Arc::new(Session::new()))
+            .get_or_insert_with(key.clone(), || Arc::new(Session::named(key.clone())))
     }
 
     /// Removes `id` from `session`, and a retired session from the directory.

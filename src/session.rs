@@ -376,13 +376,32 @@ pub(crate) enum Left {
 }
 
 /// One member set: its published layout and its writer. Used for sessions and for
-/// the profile indexes alike; the key lives in whichever map holds it.
+/// the profile indexes alike.
 pub(crate) struct Session<M> {
     layout: SnapshotCell<Layout<M>>,
     writer: Mutex<Writer<M>>,
+    /// A session's own key, kept here once so that each member's bookkeeping holds
+    /// only the handle (8 bytes, not 24, per client); `None` for an index set,
+    /// whose key only its map needs.
+    key: Option<SessionId>,
 }
 
 impl<M> Session<M> {
+    /// An empty session named `key`.
+    pub(crate) fn named(key: SessionId) -> Self {
+        Self {
+            key: Some(key),
+            ..Self::new()
+        }
+    }
+
+    /// The key [`named`](Self::named) gave it; `None` for an index set.
+    #[inline]
+    pub(crate) fn key(&self) -> Option<&SessionId> {
+        self.key.as_ref()
+    }
+
+    /// An empty index set: a member set without a key of its own.
     pub(crate) fn new() -> Self {
         let layout = Arc::new(Layout {
             pages: Vec::new(),
@@ -400,6 +419,7 @@ impl<M> Session<M> {
                 pinned: false,
                 retired: false,
             }),
+            key: None,
         }
     }
 

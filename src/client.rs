@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::channel::Channel;
 use crate::profile::{ClientInfo, SystemInfo};
 use crate::session::Session;
+use crate::shard::Occupant;
 use crate::sync::{Arc, Mutex, SlotCell};
 use crate::task::TaskId;
 use crate::{ClientId, SessionId};
@@ -263,6 +264,13 @@ pub(crate) fn millis_to_time(millis: u64) -> SystemTime {
     UNIX_EPOCH
         .checked_add(Duration::from_millis(millis))
         .unwrap_or(UNIX_EPOCH)
+}
+
+impl<M> Occupant for ClientEntry<M> {
+    #[inline]
+    fn id(&self) -> ClientId {
+        self.id
+    }
 }
 
 impl<M> fmt::Debug for ClientEntry<M> {

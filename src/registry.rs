@@ -475,7 +475,8 @@ impl<M> Registry<M> {
                 .collect()
         };
         // This call alone flipped `connected`, so it alone frees the slot.
-        self.inner.shards[id.shard()].release(id);
+        let freed = self.inner.shards[id.shard()].release(entry);
+        debug_assert!(freed, "{id} left its slot twice");
         self.release_admission();
         if info.as_ref().is_some_and(|i| i.is_profiled()) {
             self.inner.events.publish(|| Event::Left {

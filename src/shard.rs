@@ -5,38 +5,41 @@
 //! Slots live in pages that double in size (64, 128, 256, … slots; see
 //! [`paging`](crate::paging)), allocated on first use and never moved, so a
 //! reader indexes straight into them without a lock. Each slot is an
-//! [`SlotCell`]: empty, or the current occupant's entry. Readers load the slot and
-//! accept the entry only if its full [`ClientId`] (generation included) equals the
-//! one they were given, so a stale id never reaches the next occupant.
+//! [`SlotCell`]: the current occupant's entry, or, while the slot is free, a tag
+//! (a word no pointer can equal, never dereferenced) carrying its [`Vacancy`]: the
+//! generation the next occupant gets and the next free slot. Readers load the slot
+//! and accept the entry only if its full [`ClientId`] (generation included) equals
+//! the one they were given, so a stale id never reaches the next occupant; a tag
+//! reads as no occupant at all.
 //!
 //! Allocation sits behind the shard's mutex; only register and unregister take it.
-//! Each slot ever handed out has 8 bytes of bookkeeping there: its generation,
-//! which outlives its occupants, and a 4-byte link that threads the free slots into
-//! a list, reused last-in first-out (the warmest first). A registering thread starts
-//! at its own home shard, so threads rarely meet on one lock.
+//! The free slots form a list threaded through their tags, reused last-in
+//! first-out (the warmest first), and the lock holds only its head and the
+//! high-water mark. A registering thread starts at its own home shard, so threads
+//! rarely meet on one lock.
 //!
-//! The index allocator was a [`slab::Slab<()>`](https://docs.rs/slab) beside the
-//! generations. Its entry is an enum over a `usize` free-list key, 16 bytes a slot,
-//! for what a 4-byte link next to the 4-byte generation does: at 100k clients that
-//! was 21 of the 216 bytes the registry spent per client (`stress memory`,
-//! `registry_bytes_per_client`), and this list took 5 of them back out.
+//! A slot's generation lives in its occupant's id while it is occupied and in its
+//! tag while it is free, so it needs no bookkeeping of its own. The index allocator
+//! was a [`slab::Slab<()>`](https://docs.rs/slab) beside the generations: its entry
+//! is an enum over a `usize` free-list key, 16 bytes a slot. A 4-byte link beside
+//! the 4-byte generation replaced it (8 bytes a slot), and the tag then replaced
+//! those: at 100k clients in 131 072 slots that was 21 and then 10.5 of the bytes
+//! the registry spends per client (`stress memory`, `registry_bytes_per_client`).
 //!
 //! # Memory
 //!
 //! An entry (its channel, profile and session list) is freed once its client has
 //! left, its receiver is gone and no session's member cell still holds it (dead
 //! cells go at the session's next compaction). The slot array itself stays at its
-//! high-water mark: 8 bytes per slot and 8 of generation and free link, so a burst
-//! of a million clients leaves about 16 MB behind after they go, and reuses it for
-//! the next burst. Dropping the registry frees it.
+//! high-water mark: 8 bytes per slot, so a burst of a million clients leaves about
+//! 8 MB behind after they go, and reuses it for the next burst. Dropping the
+//! registry frees it.
 
 use std::cell::Cell;
 use std::hash::{Hash, Hasher};
 
 use crate::paging;
-#[cfg(all(test, not(switchboard_loom)))]
-use crate::sync::Arc;
-use crate::sync::{lock, AtomicUsize, Mutex, OnceLock, Ordering, SlotCell};
+use crate::sync::{lock, Arc, AtomicUsize, Mutex, OnceLock, Ordering, SlotCell};
 use crate::ClientId;
 
 /// The first page holds `2^PAGE_SHIFT` slots.
@@ -48,25 +51,59 @@ pub(crate) const SLOTS_PER_SHARD: usize = (1 << ClientId::INDEX_BITS) - (1 << PA
 
 type Page<T> = Box<[SlotCell<T>]>;
 
-/// `Meta::next_free` of a slot that is not free: occupied, or retired for good
-/// once its generation is exhausted.
-const NOT_FREE: u32 = u32::MAX;
-/// `Allocator::free` when no slot is free, and the last free slot's link.
-const END: u32 = u32::MAX - 1;
+/// What a slot holds: something that knows the id it was registered under.
+pub(crate) trait Occupant {
+    /// The id this occupant holds its slot under.
+    fn id(&self) -> ClientId;
+}
 
-/// One slot's bookkeeping: 8 bytes.
-#[derive(Clone, Copy)]
-struct Meta {
-    /// The slot's current generation.
-    generation: u32,
-    /// The next free slot if this one is free, `END` if it is the last, or
-    /// `NOT_FREE`.
-    next_free: u32,
+/// A free slot's tag payload: the generation its next occupant gets, and the next
+/// free slot.
+///
+/// ```text
+///  55                        24 23                     0
+/// ┌────────────────────────────┬────────────────────────┐
+/// │   generation (32 bits)     │  next free slot (24)   │
+/// └────────────────────────────┴────────────────────────┘
+/// ```
+///
+/// The link is `END` for the last free slot, and for a slot retired because its
+/// generation is exhausted, which is on no list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Vacancy(usize);
+
+/// Bits of a [`Vacancy`]'s link: a slot index.
+const LINK_BITS: u32 = ClientId::INDEX_BITS;
+const LINK_MASK: usize = (1 << LINK_BITS) - 1;
+/// The link after the last free slot, and the list head when no slot is free: no
+/// slot has this index (`SLOTS_PER_SHARD` < `2^LINK_BITS`).
+const END: u32 = (1 << LINK_BITS) - 1;
+
+// A vacancy must fit in a tag: the tagged slot word needs a 64-bit target.
+const _: () = assert!(
+    LINK_BITS + ClientId::GENERATION_BITS <= crate::sync::TAG_PAYLOAD_BITS,
+    "a free slot's generation and link must fit in its tagged slot word (64-bit targets)"
+);
+const _: () = assert!(SLOTS_PER_SHARD <= END as usize);
+
+impl Vacancy {
+    fn pack(generation: u32, next: u32) -> Self {
+        debug_assert!(next <= END);
+        Self(((generation as usize) << LINK_BITS) | (next as usize & LINK_MASK))
+    }
+
+    fn generation(self) -> u32 {
+        (self.0 >> LINK_BITS) as u32
+    }
+
+    fn next(self) -> u32 {
+        (self.0 & LINK_MASK) as u32
+    }
 }
 
 struct Allocator {
-    /// Every slot ever handed out, by index.
-    slots: Vec<Meta>,
+    /// Slots ever handed out; every slot below it has its page.
+    used: usize,
     /// The most recently freed slot, or `END`.
     free: u32,
 }
@@ -86,10 +123,7 @@ impl<T> Shard<T> {
     pub(crate) fn new() -> Self {
         Self {
             pages: std::array::from_fn(|_| OnceLock::new()),
-            alloc: Mutex::new(Allocator {
-                slots: Vec::new(),
-                free: END,
-            }),
+            alloc: Mutex::new(Allocator { used: 0, free: END }),
             live: AtomicUsize::new(0),
         }
     }
@@ -103,70 +137,54 @@ impl<T> Shard<T> {
 
     /// Reserves a free slot; returns its index and current generation, or `None`
     /// when the shard has no slot left.
+    ///
+    /// The slot keeps its tag until the caller stores the occupant: readers find
+    /// nobody there meanwhile, and only the list head says the slot is free.
     pub(crate) fn reserve(&self) -> Option<(usize, u32)> {
         let mut alloc = lock(&self.alloc);
-        let alloc = &mut *alloc;
-        let index = match alloc.slots.get_mut(alloc.free as usize) {
-            Some(meta) => {
-                let index = alloc.free as usize;
-                alloc.free = meta.next_free;
-                meta.next_free = NOT_FREE;
-                index
+        let head = alloc.free;
+        // Free slots' tags are written under `alloc` (in `release`), which orders
+        // them before this read.
+        let listed = match head {
+            END => None,
+            head => self
+                .slot(head as usize)
+                .and_then(SlotCell::tag)
+                .map(Vacancy),
+        };
+        let (index, generation) = match listed {
+            Some(vacancy) => {
+                alloc.free = vacancy.next();
+                (head as usize, vacancy.generation())
             }
             None => {
+                // Only `release` links a slot, right after emptying it, and a slot
+                // leaves the list (here) before it is filled: the head is `END` or
+                // a tagged slot.
+                debug_assert_eq!(head, END, "the free list's head is occupied");
+                alloc.free = END;
                 // A slot never handed out: it needs its page.
-                let index = alloc.slots.len();
+                let index = alloc.used;
                 if index >= SLOTS_PER_SHARD {
                     return None;
                 }
                 let (page, _) = paging::split(index, PAGE_SHIFT);
                 // Pages are created only here, under `alloc`, so never concurrently.
+                // A fresh slot's tag says generation 0, linked nowhere.
                 self.pages[page].get_or_init(|| {
                     (0..paging::page_len(page, PAGE_SHIFT))
-                        .map(|_| SlotCell::empty())
+                        .map(|_| SlotCell::tagged(Vacancy::pack(0, END).0))
                         .collect()
                 });
-                alloc.slots.push(Meta {
-                    generation: 0,
-                    next_free: NOT_FREE,
-                });
-                index
+                alloc.used += 1;
+                (index, 0)
             }
         };
         // Relaxed: see `live`. A load and a store, not an RMW: every change to it
         // is made under `alloc`, which orders them.
         self.live
             .store(self.live.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        Some((index, alloc.slots[index].generation))
-    }
-
-    /// Empties the slot of `id` and makes it reusable under the next generation.
-    ///
-    /// The caller guarantees `id` occupies the slot and that no other call frees it.
-    pub(crate) fn release(&self, id: ClientId) {
-        let index = id.index();
-        if let Some(slot) = self.slot(index) {
-            slot.store(None);
-        }
-        let mut alloc = lock(&self.alloc);
-        let alloc = &mut *alloc;
-        // An index past the slots, or one already free, was not occupied: the
-        // caller's guarantee failed, and pushing it would corrupt the list.
-        if let Some(meta) = alloc.slots.get_mut(index) {
-            // Retire the slot rather than wrap: a wrapped generation could alias an
-            // id still held somewhere. A retired slot never joins the free list.
-            if let (NOT_FREE, Some(next)) = (meta.next_free, meta.generation.checked_add(1)) {
-                meta.generation = next;
-                // `index` < `SLOTS_PER_SHARD` < `END`, so it fits and is no sentinel.
-                if let Ok(link) = u32::try_from(index) {
-                    meta.next_free = alloc.free;
-                    alloc.free = link;
-                }
-            }
-        }
-        // Relaxed: see `live`; under `alloc`, as in `reserve`.
-        self.live
-            .store(self.live.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+        Some((index, generation))
     }
 
     /// Occupied slots.
@@ -177,7 +195,7 @@ impl<T> Shard<T> {
 
     /// Calls `f` with every occupant, for teardown and listings.
     pub(crate) fn for_each_occupied(&self, mut f: impl FnMut(&T)) {
-        let slots = lock(&self.alloc).slots.len();
+        let slots = lock(&self.alloc).used;
         for index in 0..slots {
             if let Some(slot) = self.slot(index) {
                 slot.with(|entry| {
@@ -188,12 +206,42 @@ impl<T> Shard<T> {
             }
         }
     }
+}
 
-    #[cfg(all(test, not(switchboard_loom)))]
-    pub(crate) fn set_generation(&self, index: usize, generation: u32) {
-        if let Some(meta) = lock(&self.alloc).slots.get_mut(index) {
-            meta.generation = generation;
-        }
+impl<T: Occupant> Shard<T> {
+    /// Empties `occupant`'s slot and makes it reusable under the next generation.
+    ///
+    /// Returns false, changing nothing, if `occupant` no longer holds its slot
+    /// (the caller's guarantee that only one call frees it failed). A slot whose
+    /// generation would wrap is retired instead of freed: a wrapped generation
+    /// could alias an id still held somewhere.
+    pub(crate) fn release(&self, occupant: &Arc<T>) -> bool {
+        let id = occupant.id();
+        let index = id.index();
+        let Some(slot) = self.slot(index) else {
+            return false;
+        };
+        let unlinked = {
+            let mut alloc = lock(&self.alloc);
+            let (vacancy, listed) = match id.generation().checked_add(1) {
+                Some(next) => (Vacancy::pack(next, alloc.free), true),
+                None => (Vacancy::pack(u32::MAX, END), false),
+            };
+            let Some(unlinked) = slot.vacate(occupant, vacancy.0) else {
+                return false;
+            };
+            if listed {
+                // `index` < `SLOTS_PER_SHARD` < `END`, so it fits and is no sentinel.
+                alloc.free = index as u32;
+            }
+            // Relaxed: see `live`; under `alloc`, as in `reserve`.
+            self.live
+                .store(self.live.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+            unlinked
+        };
+        // The entry's release (an epoch pin and a deferral) happens after the lock.
+        drop(unlinked);
+        true
     }
 }
 
@@ -226,31 +274,70 @@ pub(crate) fn home(shards: usize) -> usize {
 mod tests {
     use super::*;
 
+    /// A slot occupant that is only its id.
+    #[derive(Debug)]
+    struct Tenant(ClientId);
+
+    impl Occupant for Tenant {
+        fn id(&self) -> ClientId {
+            self.0
+        }
+    }
+
+    /// Reserves a slot and fills it, as a registration does.
+    fn occupy(shard: &Shard<Tenant>) -> Arc<Tenant> {
+        let (index, generation) = shard.reserve().unwrap_or_default();
+        let tenant = Arc::new(Tenant(ClientId::pack(0, index, generation)));
+        if let Some(slot) = shard.slot(index) {
+            slot.store(Some(Arc::clone(&tenant)));
+        }
+        tenant
+    }
+
+    fn at(id: ClientId) -> (usize, u32) {
+        (id.index(), id.generation())
+    }
+
+    #[test]
+    fn vacancies_pack_generation_and_link() {
+        for (generation, next) in [(0, 0), (1, END), (u32::MAX, END), (u32::MAX, 12_345)] {
+            let v = Vacancy::pack(generation, next);
+            assert_eq!((v.generation(), v.next()), (generation, next));
+        }
+        assert!(Vacancy::pack(u32::MAX, END).0 >> crate::sync::TAG_PAYLOAD_BITS == 0);
+    }
+
     #[test]
     fn freed_slots_are_reused_under_a_new_generation() {
-        let shard: Shard<u32> = Shard::new();
-        let (a, ga) = shard.reserve().unwrap_or_default();
-        let (b, _) = shard.reserve().unwrap_or_default();
-        assert_ne!(a, b);
+        let shard = Shard::new();
+        let a = occupy(&shard);
+        let b = occupy(&shard);
+        assert_ne!(a.0.index(), b.0.index());
         assert_eq!(shard.live(), 2);
-        shard.release(ClientId::pack(0, a, ga));
-        assert_eq!(shard.reserve(), Some((a, ga + 1)));
+        assert!(shard.release(&a));
+        let (index, generation) = at(a.0);
+        assert!(
+            shard.slot(index).is_some_and(|s| s.with(|v| v.is_none())),
+            "a freed slot reads as empty"
+        );
+        assert_eq!(shard.reserve(), Some((index, generation + 1)));
         assert_eq!(shard.live(), 2);
     }
 
     #[test]
     fn free_slots_are_reused_warmest_first_and_each_once() {
-        let shard: Shard<u32> = Shard::new();
-        let taken: Vec<_> = (0..4).filter_map(|_| shard.reserve()).collect();
-        let [(a, ga), (b, gb), ..] = taken[..] else {
-            panic!("four reservations in a fresh shard: {taken:?}");
-        };
-        shard.release(ClientId::pack(0, a, ga));
-        shard.release(ClientId::pack(0, b, gb));
+        let shard = Shard::new();
+        let taken: Vec<_> = (0..4).map(|_| occupy(&shard)).collect();
+        let (a, b) = (&taken[0], &taken[1]);
+        assert!(shard.release(a));
+        assert!(shard.release(b));
         // A second release of a free slot must not put it on the list twice.
-        shard.release(ClientId::pack(0, b, gb + 1));
-        assert_eq!(shard.reserve(), Some((b, gb + 1)));
-        assert_eq!(shard.reserve(), Some((a, ga + 1)));
+        assert!(!shard.release(b), "b no longer holds its slot");
+        assert_eq!(shard.live(), 2);
+        let (ia, ga) = at(a.0);
+        let (ib, gb) = at(b.0);
+        assert_eq!(shard.reserve(), Some((ib, gb + 1)));
+        assert_eq!(shard.reserve(), Some((ia, ga + 1)));
         assert_eq!(
             shard.reserve(),
             Some((4, 0)),
@@ -259,13 +346,31 @@ mod tests {
     }
 
     #[test]
+    fn a_release_of_someone_else_changes_nothing() {
+        let shard = Shard::new();
+        let a = occupy(&shard);
+        // An impostor with a's id but not a's entry.
+        let impostor = Arc::new(Tenant(a.0));
+        assert!(!shard.release(&impostor));
+        assert_eq!(shard.live(), 1);
+        let held = shard
+            .slot(a.0.index())
+            .and_then(|s| s.with(|v| v.map(|v| Arc::ptr_eq(v, &a))));
+        assert_eq!(held, Some(true), "a still holds its slot");
+        assert_eq!(shard.reserve().map(|(index, _)| index), Some(1));
+    }
+
+    #[test]
     fn a_slot_whose_generation_would_wrap_is_retired() {
-        let shard: Shard<u32> = Shard::new();
-        let (a, _) = shard.reserve().unwrap_or_default();
-        shard.set_generation(a, u32::MAX);
-        shard.release(ClientId::pack(0, a, u32::MAX));
+        let shard = Shard::new();
+        let (index, _) = shard.reserve().unwrap_or_default();
+        let worn = Arc::new(Tenant(ClientId::pack(0, index, u32::MAX)));
+        if let Some(slot) = shard.slot(index) {
+            slot.store(Some(Arc::clone(&worn)));
+        }
+        assert!(shard.release(&worn));
         let (next, generation) = shard.reserve().unwrap_or_default();
-        assert_ne!(next, a, "the exhausted slot must not come back");
+        assert_ne!(next, index, "the exhausted slot must not come back");
         assert_eq!(generation, 0);
     }
 
@@ -282,6 +387,7 @@ mod tests {
         assert!(shard.slot(64).is_some());
         assert!(shard.slot(64 + 128).is_none());
         assert!(shard.slot(SLOTS_PER_SHARD).is_none());
+        assert!(shard.slot(END as usize).is_none());
         assert!(shard.slot(usize::MAX >> 8).is_none());
     }
 

@@ -30,7 +30,9 @@
 //!
 //! * [`SlotCell`]: the epoch cell's pointer swap, with the value boxed in a loom
 //!   `UnsafeCell` so that loom checks its publication (the std cell needs no box:
-//!   it holds the `Arc`'s own pointer).
+//!   it holds the `Arc`'s own pointer). The tags of free client slots (their
+//!   generation and free-list link, `shard.rs`) are the same words: written by a
+//!   release's exchange and read under the shard's lock, in loom's view too.
 //! * [`SnapshotCell`]: arc-swap's observable protocol (pointer swap, a read that
 //!   returns the latest store, `Arc` clone) over loom atomics.
 //!

@@ -797,3 +797,101 @@ fn takeover_never_resolves_a_key_to_none_or_both() {
         );
     });
 }
+
+/// Model 8: two unregisters ∥ two registrations ∥ a send to a departing id, in one
+/// shard, so the free slots' list runs through the slot words themselves.
+///
+/// A free slot holds a tag (its next generation and the next free slot) instead of
+/// an entry. Whichever way the releases and reservations interleave, each freed
+/// slot comes back at most once, LIFO, under exactly the next generation, and
+/// fresh slots are handed out only while the list is empty; the send to the
+/// departing `a` reaches `a` or fails, never the slot's next occupant.
+#[test]
+fn freed_slots_come_back_once_each_under_the_next_generation() {
+    const STALE: u32 = 1;
+    const NONE_REUSED: &str = "both registrations took fresh slots";
+    const A_REUSED: &str = "a's slot alone came back";
+    const B_REUSED: &str = "b's slot alone came back";
+    const BOTH_REUSED: &str = "both slots came back";
+    const STALE_DELIVERED: &str = "the send reached a before it left";
+    const STALE_REFUSED: &str = "the send was refused";
+    let cases = [
+        NONE_REUSED,
+        A_REUSED,
+        B_REUSED,
+        BOTH_REUSED,
+        STALE_DELIVERED,
+        STALE_REFUSED,
+    ];
+    check("8 unregister x2 | register x2 | send", &cases, |seen| {
+        let registry = registry(2);
+        let (a, mut rx_a) = register(&registry);
+        let (b, mut rx_b) = register(&registry);
+        let start = StartLine::new(3);
+
+        let leaver = {
+            let (registry, start) = (registry.clone(), start.clone());
+            spawn(move || {
+                start.wait();
+                assert!(registry.unregister(a).is_ok());
+                assert!(registry.unregister(b).is_ok());
+            })
+        };
+        let joiner = {
+            let (registry, start) = (registry.clone(), start.clone());
+            spawn(move || {
+                start.wait();
+                let first = register(&registry);
+                let second = register(&registry);
+                [first, second]
+            })
+        };
+        start.wait();
+        let sent = registry.send(a, STALE);
+        join(leaver);
+        let [(c, mut rx_c), (d, mut rx_d)] = join(joiner);
+
+        seen.hit(match sent {
+            Ok(()) => STALE_DELIVERED,
+            Err(SendError::Unknown(STALE, _) | SendError::Closed(STALE)) => STALE_REFUSED,
+            Err(other) => panic!("unexpected send outcome {other:?}"),
+        });
+        let ids = BTreeSet::from([a, b, c, d]);
+        assert_eq!(ids.len(), 4, "ids alias: {a:?} {b:?} {c:?} {d:?}");
+        let (slot_a, gen_a) = slot_of(a);
+        let (slot_b, gen_b) = slot_of(b);
+        let next = |id: ClientId| {
+            let (slot, generation) = slot_of(id);
+            if slot == slot_a {
+                assert_eq!(generation, gen_a + 1, "a's slot under a wrong generation");
+                "a"
+            } else if slot == slot_b {
+                assert_eq!(generation, gen_b + 1, "b's slot under a wrong generation");
+                "b"
+            } else {
+                assert_eq!(generation, 0, "a fresh slot starts at generation 0");
+                "fresh"
+            }
+        };
+        let taken = [next(c), next(d)];
+        // LIFO: b's slot, freed last, is taken before a's whenever both are free; a
+        // fresh slot only while none is; and never one slot twice.
+        seen.hit(match taken {
+            ["fresh", "fresh"] => NONE_REUSED,
+            ["a", "fresh"] | ["fresh", "a"] => A_REUSED,
+            ["fresh", "b"] => B_REUSED,
+            ["a", "b"] | ["b", "a"] => BOTH_REUSED,
+            other => panic!("slots came back out of order: {other:?}"),
+        });
+        assert_ne!(slot_of(c).0, slot_of(d).0, "one slot handed out twice");
+
+        assert!(!registry.is_online(a) && !registry.is_online(b));
+        assert!(registry.send(c, 30).is_ok() && registry.send(d, 40).is_ok());
+        let expected_a = if sent.is_ok() { vec![STALE] } else { vec![] };
+        assert_eq!(drain(&mut rx_a), (expected_a, TryRecvError::Closed));
+        assert_eq!(drain(&mut rx_b), (vec![], TryRecvError::Closed));
+        assert_eq!(drain(&mut rx_c), (vec![30], TryRecvError::Empty));
+        assert_eq!(drain(&mut rx_d), (vec![40], TryRecvError::Empty));
+        assert_eq!(registry.client_count(), 2);
+    });
+}

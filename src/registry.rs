@@ -11,7 +11,7 @@ use crate::events::{Event, EventBus};
 use crate::fleet::{index_keys, Fleet};
 use crate::profile::{json_size, ClientInfo};
 use crate::session::{Joined, Left, Session};
-use crate::shard::{self, Shard};
+use crate::shard::{self, Reserved, Shard};
 use crate::stats::{Counters, Stats};
 use crate::sync::{lock, Arc, AtomicUsize, ConcurrentMap, Ordering, SlotCell};
 use crate::task::CancelledTask;
@@ -229,11 +229,17 @@ impl<M> Registry<M> {
                 past if past >= shards => past - shards,
                 shard => shard,
             };
-            inner.shards[shard]
-                .reserve()
-                .map(|(index, generation)| (shard, index, generation))
+            inner.shards[shard].reserve().map(|r| (shard, r))
         });
-        let Some((shard, index, generation)) = reserved else {
+        let Some((
+            shard,
+            Reserved {
+                index,
+                generation,
+                slot,
+            },
+        )) = reserved
+        else {
             self.release_admission();
             return Err(RegisterError::OutOfSlots);
         };
@@ -277,15 +283,11 @@ impl<M> Registry<M> {
         let old = if key.is_none() && merged_with.is_none() && indexed.is_empty() {
             // Nothing to add after the slot: no half-done registration for the
             // lock to hide, so the common plain client skips it.
-            if let Some(slot) = inner.shards[shard].slot(index) {
-                slot.store(Some(Arc::clone(&entry)));
-            }
+            slot.store(Some(Arc::clone(&entry)));
             None
         } else {
             let mut state = lock(&entry.state);
-            if let Some(slot) = inner.shards[shard].slot(index) {
-                slot.store(Some(Arc::clone(&entry)));
-            }
+            slot.store(Some(Arc::clone(&entry)));
             let old = key
                 .as_deref()
                 .and_then(|key| inner.fleet.claim_key(key, id));

@@ -101,6 +101,15 @@ impl Vacancy {
     }
 }
 
+/// A slot [`Shard::reserve`] handed out, for the caller to fill.
+pub(crate) struct Reserved<'a, T> {
+    pub(crate) index: usize,
+    /// The generation the occupant's id carries.
+    pub(crate) generation: u32,
+    /// The slot itself, found once here rather than again by index.
+    pub(crate) slot: &'a SlotCell<T>,
+}
+
 struct Allocator {
     /// Slots ever handed out; every slot below it has its page.
     used: usize,
@@ -135,27 +144,29 @@ impl<T> Shard<T> {
         self.pages.get(page)?.get()?.get(offset)
     }
 
-    /// Reserves a free slot; returns its index and current generation, or `None`
-    /// when the shard has no slot left.
+    /// Reserves a free slot, or `None` when the shard has no slot left.
     ///
     /// The slot keeps its tag until the caller stores the occupant: readers find
     /// nobody there meanwhile, and only the list head says the slot is free.
-    pub(crate) fn reserve(&self) -> Option<(usize, u32)> {
+    pub(crate) fn reserve(&self) -> Option<Reserved<'_, T>> {
         let mut alloc = lock(&self.alloc);
         let head = alloc.free;
-        // Free slots' tags are written under `alloc` (in `release`), which orders
-        // them before this read.
         let listed = match head {
             END => None,
-            head => self
-                .slot(head as usize)
-                .and_then(SlotCell::tag)
-                .map(Vacancy),
+            head => self.slot(head as usize).and_then(|slot| {
+                // Free slots' tags are written under `alloc` (in `release`), which
+                // orders them before this read.
+                slot.tag().map(|vacancy| (slot, Vacancy(vacancy)))
+            }),
         };
-        let (index, generation) = match listed {
-            Some(vacancy) => {
+        let reserved = match listed {
+            Some((slot, vacancy)) => {
                 alloc.free = vacancy.next();
-                (head as usize, vacancy.generation())
+                Reserved {
+                    index: head as usize,
+                    generation: vacancy.generation(),
+                    slot,
+                }
             }
             None => {
                 // Only `release` links a slot, right after emptying it, and a slot
@@ -168,23 +179,28 @@ impl<T> Shard<T> {
                 if index >= SLOTS_PER_SHARD {
                     return None;
                 }
-                let (page, _) = paging::split(index, PAGE_SHIFT);
+                let (page, offset) = paging::split(index, PAGE_SHIFT);
                 // Pages are created only here, under `alloc`, so never concurrently.
                 // A fresh slot's tag says generation 0, linked nowhere.
-                self.pages[page].get_or_init(|| {
+                let page = self.pages[page].get_or_init(|| {
                     (0..paging::page_len(page, PAGE_SHIFT))
                         .map(|_| SlotCell::tagged(Vacancy::pack(0, END).0))
                         .collect()
                 });
+                let slot = page.get(offset)?;
                 alloc.used += 1;
-                (index, 0)
+                Reserved {
+                    index,
+                    generation: 0,
+                    slot,
+                }
             }
         };
         // Relaxed: see `live`. A load and a store, not an RMW: every change to it
         // is made under `alloc`, which orders them.
         self.live
             .store(self.live.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        Some((index, generation))
+        Some(reserved)
     }
 
     /// Occupied slots.
@@ -284,13 +300,19 @@ mod tests {
         }
     }
 
+    /// Reserves a slot: its index and generation.
+    fn reserve<T>(shard: &Shard<T>) -> Option<(usize, u32)> {
+        shard.reserve().map(|r| (r.index, r.generation))
+    }
+
     /// Reserves a slot and fills it, as a registration does.
     fn occupy(shard: &Shard<Tenant>) -> Arc<Tenant> {
-        let (index, generation) = shard.reserve().unwrap_or_default();
-        let tenant = Arc::new(Tenant(ClientId::pack(0, index, generation)));
-        if let Some(slot) = shard.slot(index) {
-            slot.store(Some(Arc::clone(&tenant)));
-        }
+        let reserved = shard.reserve().expect("a fresh shard has room");
+        let id = ClientId::pack(0, reserved.index, reserved.generation);
+        let tenant = Arc::new(Tenant(id));
+        reserved.slot.store(Some(Arc::clone(&tenant)));
+        let found = shard.slot(reserved.index);
+        assert!(found.is_some_and(|s| std::ptr::eq(s, reserved.slot)));
         tenant
     }
 
@@ -320,7 +342,7 @@ mod tests {
             shard.slot(index).is_some_and(|s| s.with(|v| v.is_none())),
             "a freed slot reads as empty"
         );
-        assert_eq!(shard.reserve(), Some((index, generation + 1)));
+        assert_eq!(reserve(&shard), Some((index, generation + 1)));
         assert_eq!(shard.live(), 2);
     }
 
@@ -336,10 +358,10 @@ mod tests {
         assert_eq!(shard.live(), 2);
         let (ia, ga) = at(a.0);
         let (ib, gb) = at(b.0);
-        assert_eq!(shard.reserve(), Some((ib, gb + 1)));
-        assert_eq!(shard.reserve(), Some((ia, ga + 1)));
+        assert_eq!(reserve(&shard), Some((ib, gb + 1)));
+        assert_eq!(reserve(&shard), Some((ia, ga + 1)));
         assert_eq!(
-            shard.reserve(),
+            reserve(&shard),
             Some((4, 0)),
             "the list is empty: a new slot"
         );
@@ -357,19 +379,19 @@ mod tests {
             .slot(a.0.index())
             .and_then(|s| s.with(|v| v.map(|v| Arc::ptr_eq(v, &a))));
         assert_eq!(held, Some(true), "a still holds its slot");
-        assert_eq!(shard.reserve().map(|(index, _)| index), Some(1));
+        assert_eq!(reserve(&shard).map(|(index, _)| index), Some(1));
     }
 
     #[test]
     fn a_slot_whose_generation_would_wrap_is_retired() {
         let shard = Shard::new();
-        let (index, _) = shard.reserve().unwrap_or_default();
+        let (index, _) = reserve(&shard).unwrap_or_default();
         let worn = Arc::new(Tenant(ClientId::pack(0, index, u32::MAX)));
         if let Some(slot) = shard.slot(index) {
             slot.store(Some(Arc::clone(&worn)));
         }
         assert!(shard.release(&worn));
-        let (next, generation) = shard.reserve().unwrap_or_default();
+        let (next, generation) = reserve(&shard).unwrap_or_default();
         assert_ne!(next, index, "the exhausted slot must not come back");
         assert_eq!(generation, 0);
     }
@@ -382,7 +404,7 @@ mod tests {
             "no page before the first reservation"
         );
         for _ in 0..65 {
-            assert!(shard.reserve().is_some());
+            assert!(reserve(&shard).is_some());
         }
         assert!(shard.slot(64).is_some());
         assert!(shard.slot(64 + 128).is_none());
@@ -394,8 +416,8 @@ mod tests {
     #[test]
     fn occupants_are_listed() {
         let shard: Shard<u32> = Shard::new();
-        let (a, _) = shard.reserve().unwrap_or_default();
-        let (b, _) = shard.reserve().unwrap_or_default();
+        let (a, _) = reserve(&shard).unwrap_or_default();
+        let (b, _) = reserve(&shard).unwrap_or_default();
         for (index, value) in [(a, 10), (b, 20)] {
             if let Some(slot) = shard.slot(index) {
                 slot.store(Some(Arc::new(value)));

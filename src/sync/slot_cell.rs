@@ -122,6 +122,7 @@ mod epoch_cell {
 
     /// Defers giving up the count a cell held on `old`, which a swap or exchange on
     /// the cell just unlinked (and only that one call got back).
+    #[inline]
     fn defer_release<T>(old: *const T) {
         let guard = epoch::pin();
         // SAFETY: the swap or exchange unlinked `old`, so no later read can reach it,

@@ -148,6 +148,7 @@ impl<T> Shard<T> {
     ///
     /// The slot keeps its tag until the caller stores the occupant: readers find
     /// nobody there meanwhile, and only the list head says the slot is free.
+    #[inline]
     pub(crate) fn reserve(&self) -> Option<Reserved<'_, T>> {
         let mut alloc = lock(&self.alloc);
         let head = alloc.free;
@@ -231,6 +232,7 @@ impl<T: Occupant> Shard<T> {
     /// (the caller's guarantee that only one call frees it failed). A slot whose
     /// generation would wrap is retired instead of freed: a wrapped generation
     /// could alias an id still held somewhere.
+    #[inline]
     pub(crate) fn release(&self, occupant: &Arc<T>) -> bool {
         let id = occupant.id();
         let index = id.index();
@@ -269,21 +271,28 @@ thread_local! {
 }
 
 /// A per-thread starting shard: spreads registering threads over the shards.
+///
+/// The common case (the shard count it last reduced for) is one thread-local
+/// read, inlined into the registration; the hashing stays out of line.
+#[inline]
 pub(crate) fn home(shards: usize) -> usize {
-    HOME.with(|home| {
-        let hint = match home.get() {
-            Some((_, count, reduced)) if count == shards => return reduced,
-            Some((hint, _, _)) => hint,
-            None => {
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                std::thread::current().id().hash(&mut hasher);
-                hasher.finish() as usize
-            }
-        };
-        let reduced = hint % shards;
-        home.set(Some((hint, shards, reduced)));
-        reduced
-    })
+    match HOME.get() {
+        Some((_, count, reduced)) if count == shards => reduced,
+        cached => rehome(cached.map(|(hint, _, _)| hint), shards),
+    }
+}
+
+/// [`home`] for a thread's first registration, or after the shard count changed.
+#[cold]
+fn rehome(hint: Option<usize>, shards: usize) -> usize {
+    let hint = hint.unwrap_or_else(|| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::thread::current().id().hash(&mut hasher);
+        hasher.finish() as usize
+    });
+    let reduced = hint % shards;
+    HOME.set(Some((hint, shards, reduced)));
+    reduced
 }
 
 #[cfg(all(test, not(switchboard_loom)))]

@@ -115,6 +115,7 @@ mod epoch_cell {
     pub(crate) struct Unlinked<T>(*const T);
 
     impl<T> Drop for Unlinked<T> {
+        #[inline]
         fn drop(&mut self) {
             defer_release(self.0);
         }

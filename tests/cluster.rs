@@ -1551,3 +1551,44 @@ async fn racing_syncs_leave_the_latest_member_count_in_redis() {
         assert_eq!(a.member_count("room").await.unwrap(), 0, "round {round}");
     }
 }
+
+/// Writes `pairs` into the hash `key` with one `HSET`, as any client of the server can.
+fn hset_many(redis: &Redis, key: &str, pairs: impl IntoIterator<Item = (String, String)>) {
+    let mut args = vec!["HSET".to_owned(), key.to_owned()];
+    for (field, value) in pairs {
+        args.push(field);
+        args.push(value);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert!(redis.cli(&args).is_some(), "HSET {key}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_count_reads_at_most_its_bound_of_nodes() {
+    let Some(redis) = Redis::start("member_count_bounded") else {
+        return;
+    };
+    let a = node_with(&redis, "t24", "a", |b| b.max_nodes_listed(5)).await;
+    let (a1, _a1_rx) = a.register(ClientInfo::new()).await.unwrap();
+    a.attach(a1, "room").await.unwrap();
+    // Fields of no live node, written by anyone, do not count.
+    let junk = (0..1000).map(|i| (format!("junk-{i}"), "1000".to_owned()));
+    hset_many(&redis, "{t24}:members:s:room", junk);
+    assert_eq!(a.member_count("room").await.unwrap(), 1);
+    // Twenty live nodes made up with a member each: more than the five it may read,
+    // so the count is refused rather than short.
+    let mut args = vec!["ZADD".to_owned(), "{t24}:nodes".to_owned()];
+    for i in 0..20 {
+        args.push("99999999999999".to_owned());
+        args.push(format!("fake-{i}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(redis.cli(&args).as_deref(), Some("20"));
+    let fakes = (0..20).map(|i| (format!("fake-{i}"), "1".to_owned()));
+    hset_many(&redis, "{t24}:members:s:room", fakes);
+    let r = a.member_count("room").await;
+    assert!(
+        matches!(r, Err(ClusterError::TooManyNodes { omitted: 16 })),
+        "21 live nodes, 5 read: {r:?}"
+    );
+}

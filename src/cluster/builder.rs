@@ -140,7 +140,10 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
     /// The most nodes [`Cluster::nodes`] returns; the rest are counted in
     /// [`Nodes::omitted`](super::Nodes::omitted). Whoever can write to Redis
     /// decides how many nodes it lists, so the answer (and the script building
-    /// it) is bounded. Default 1,000.
+    /// it) is bounded. [`Cluster::member_count`] reads the counts of as many live
+    /// nodes at most, and fails with
+    /// [`ClusterError::TooManyNodes`](super::ClusterError::TooManyNodes) rather
+    /// than leave some out. Default 1,000.
     pub fn max_nodes_listed(mut self, n: usize) -> Self {
         self.max_nodes_listed = n.max(1);
         self

@@ -671,9 +671,16 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
 
     /// Members of `session` on every live node, as their nodes last recorded.
     ///
+    /// Redis is asked for the counts of at most
+    /// [`ClusterBuilder::max_nodes_listed`] live nodes (those [`nodes`](Self::nodes)
+    /// lists), and of nothing else in the session's record, which any client of
+    /// the server can write to.
+    ///
     /// # Errors
     ///
-    /// [`ClusterError::Redis`] if Redis could not be asked.
+    /// [`ClusterError::Redis`] if Redis could not be asked;
+    /// [`ClusterError::TooManyNodes`] if more live nodes than that bound would have
+    /// to be read: a count that left some out would be short.
     ///
     /// # Examples
     ///
@@ -687,7 +694,9 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// # Ok(()) }
     /// ```
     pub async fn member_count(&self, session: impl Into<SessionId>) -> Result<usize, ClusterError> {
-        self.shared.members(Names::token(&session.into())).await
+        let n = self.shared.members(Names::token(&session.into())).await?;
+        // At most max_nodes_listed counts of at most 2^40 each (the script's bound).
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     /// Live nodes with their client counts, sorted by id: at most

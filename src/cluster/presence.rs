@@ -160,16 +160,28 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         Ok(())
     }
 
-    pub(crate) async fn members(&self, token: String) -> Result<usize, ClusterError> {
-        let n: i64 = self
+    /// The session's members on every live node; refused rather than short when
+    /// more live nodes than [`ClusterBuilder::max_nodes_listed`] would have to be
+    /// read.
+    ///
+    /// [`ClusterBuilder::max_nodes_listed`]: super::ClusterBuilder::max_nodes_listed
+    pub(crate) async fn members(&self, token: String) -> Result<u64, ClusterError> {
+        let (sum, omitted): (u64, u64) = self
             .client
             .eval(
                 self.scripts.members.text(),
                 Vec::<String>::new(),
-                vec![self.names.base.clone(), token],
+                vec![
+                    self.names.base.clone(),
+                    token,
+                    self.max_nodes_listed.to_string(),
+                ],
             )
             .await?;
-        Ok(usize::try_from(n).unwrap_or(0))
+        if omitted > 0 {
+            return Err(ClusterError::TooManyNodes { omitted });
+        }
+        Ok(sum)
     }
 
     pub(crate) async fn nodes(&self) -> Result<Nodes, ClusterError> {

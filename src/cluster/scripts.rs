@@ -201,14 +201,26 @@ end
 return 1
 ";
 
-/// ARGV: base, token. The members of the session summed over live nodes.
+/// ARGV: base, token, most nodes read. Returns `{sum, omitted}`: the members of
+/// the session summed over at most that many live nodes (earliest deadline first,
+/// as [`NODES`] lists them), and how many live nodes it left out. It reads those
+/// nodes' fields of the session's hash and nothing else, so fields any writer
+/// adds to the hash cost nothing; a count that is not a whole number of members
+/// a node could hold (0 to 2^40) is skipped.
 const MEMBERS: &str = r"
-local all = redis.call('HGETALL', B .. ':members:' .. ARGV[2])
+local max = tonumber(ARGV[3])
+local total = redis.call('ZCOUNT', B .. ':nodes', now, '+inf')
+local live = redis.call('ZRANGEBYSCORE', B .. ':nodes', now, '+inf', 'LIMIT', 0, max)
+local h = B .. ':members:' .. ARGV[2]
 local sum = 0
-for i = 1, #all, 2 do
-  if alive(all[i]) then sum = sum + tonumber(all[i + 1]) end
+for i = 1, #live, 256 do
+  local v = redis.call('HMGET', h, unpack(live, i, math.min(i + 255, #live)))
+  for _, c in ipairs(v) do
+    c = c and tonumber(c)
+    if c and c >= 0 and c <= 1099511627776 and c == math.floor(c) then sum = sum + c end
+  end
 end
-return sum
+return { sum, total - #live }
 ";
 
 /// ARGV: base, most nodes listed, longest node id. Returns how many live nodes

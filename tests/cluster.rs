@@ -464,35 +464,12 @@ async fn admin_api_shows_the_cluster_and_its_gaps() {
         .collect();
     assert_eq!(nodes, vec![("a".into(), 0.into()), ("b".into(), 1.into())]);
 
-    // A gap: a publication numbered past the last one b saw from a, as after a loss.
     a.broadcast("room", Msg::from("1")).await.unwrap();
-    let frame = |seq: u64| {
-        let mut f = vec![1u8, 0, 1, b'a'];
-        f.extend_from_slice(&seq.to_be_bytes());
-        f.extend_from_slice(b"x");
-        f
-    };
-    let cli = |f: Vec<u8>| {
-        let status = Command::new("redis-cli")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &redis.port.to_string(),
-                "-x",
-                "PUBLISH",
-                "t7:s:s:room",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .and_then(|mut c| {
-                c.stdin.take().unwrap().write_all(&f)?;
-                c.wait()
-            });
-        assert!(status.is_ok_and(|s| s.success()));
-    };
-    cli(frame(5)); // 2, 3 and 4 never came
+    // A gap: a publication numbered past the last one b saw from a node, as
+    // after a loss. The node is made up: a's epoch is its own.
+    let frame = |seq: u64| broadcast_frame("z", 1, seq, b"x");
+    publish_raw(&redis, "t7:s:s:room", &frame(1));
+    publish_raw(&redis, "t7:s:s:room", &frame(5)); // 2, 3 and 4 never came
     let gapped = eventually(Duration::from_secs(10), || b.stats().gaps == 3).await;
     assert!(gapped, "{:?}", b.stats());
     let res = get("/metrics", true).await.unwrap();
@@ -767,10 +744,11 @@ fn publish_raw(redis: &Redis, channel: &str, bytes: &[u8]) {
     assert!(status.is_ok_and(|s| s.success()));
 }
 
-/// A broadcast frame as node `node` writes it.
-fn broadcast_frame(node: &str, seq: u64, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![1u8, 0, u8::try_from(node.len()).unwrap()];
+/// A broadcast frame (format version 2) as node `node` writes it.
+fn broadcast_frame(node: &str, epoch: u32, seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![2u8, 0, u8::try_from(node.len()).unwrap()];
     f.extend_from_slice(node.as_bytes());
+    f.extend_from_slice(&epoch.to_be_bytes());
     f.extend_from_slice(&seq.to_be_bytes());
     f.extend_from_slice(payload);
     f
@@ -851,14 +829,18 @@ async fn a_node_restarted_under_its_id_releases_what_its_last_run_held() {
     assert_eq!(a.locate("dev").await.unwrap(), None);
     assert_eq!(a.member_count("room").await.unwrap(), 1);
 
-    // The new run numbers from 1 again; a's gap count still sees its losses.
+    // The new run numbers from 1 again, in an epoch of its own: a follows it,
+    // neither stale nor a gap.
     let (b1, _b1_rx) = b.register(ClientInfo::new()).await.unwrap();
     b.attach(b1, "room").await.unwrap();
-    b.broadcast("room", Msg::from("new 1")).await.unwrap();
-    assert_eq!(&*recv(&mut a1_rx).await, "new 1");
-    publish_raw(&redis, "t10:s:s:room", &broadcast_frame("b", 3, b"new 3"));
-    assert_eq!(&*recv(&mut a1_rx).await, "new 3");
-    assert_eq!(a.stats().gaps, 1, "{:?}", a.stats());
+    for i in 1..=3 {
+        b.broadcast("room", Msg::from(format!("new {i}")))
+            .await
+            .unwrap();
+        assert_eq!(*recv(&mut a1_rx).await, *format!("new {i}"));
+    }
+    let s = a.stats();
+    assert_eq!((s.gaps, s.reordered), (0, 0), "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1591,4 +1573,36 @@ async fn member_count_reads_at_most_its_bound_of_nodes() {
         matches!(r, Err(ClusterError::TooManyNodes { omitted: 16 })),
         "21 live nodes, 5 read: {r:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_numbering_the_publisher_forgot_starts_over_at_its_receivers() {
+    let Some(redis) = Redis::start("forgotten_stream") else {
+        return;
+    };
+    let a = node_with(&redis, "t25", "a", |b| b.max_publish_streams(4)).await;
+    let b = node(&redis, "t25", "b", TTL).await;
+    let (b1, mut b1_rx) = b.register(ClientInfo::new()).await.unwrap();
+    b.attach(b1, "room").await.unwrap();
+    for i in 0..3 {
+        a.broadcast("room", Msg::from(format!("first {i}")))
+            .await
+            .unwrap();
+        assert_eq!(*recv(&mut b1_rx).await, *format!("first {i}"));
+    }
+    // Sixteen other sessions push "room" out of a's table of four numberings.
+    for i in 0..16 {
+        a.broadcast(format!("other-{i}"), Msg::from("x"))
+            .await
+            .unwrap();
+    }
+    // Numbered from 1 again: b must deliver it, not drop it as stale.
+    for i in 0..3 {
+        a.broadcast("room", Msg::from(format!("again {i}")))
+            .await
+            .unwrap();
+        assert_eq!(*recv(&mut b1_rx).await, *format!("again {i}"));
+    }
+    let s = b.stats();
+    assert_eq!((s.gaps, s.reordered, s.malformed), (0, 0, 0), "{s:?}");
 }

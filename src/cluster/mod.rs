@@ -73,6 +73,7 @@ mod presence;
 mod publisher;
 mod scripts;
 mod stats;
+mod streams;
 mod subscription;
 mod takeover;
 
@@ -291,6 +292,7 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             Publisher {
                 node: node.clone(),
                 names: Arc::clone(&names),
+                max_streams: b.max_publish_streams,
                 link: Arc::new(publisher::Link {
                     client,
                     base: names.base.clone().into(),

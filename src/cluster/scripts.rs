@@ -99,7 +99,7 @@ for _, n in ipairs(dead) do
   end
   redis.call('DEL', B .. ':nkeys:' .. n, B .. ':nsess:' .. n, B .. ':info:' .. n)
   redis.call('PUBLISH', ARGV[2],
-    string.char(1, 3) .. cjson.encode({ node = n, keys = released, omitted = omitted }))
+    string.char(FRAME_VERSION, 3) .. cjson.encode({ node = n, keys = released, omitted = omitted }))
 end
 return #dead
 ";
@@ -130,7 +130,7 @@ redis.call('SADD', B .. ':nkeys:' .. node, key)
 if cur and cur ~= node then
   redis.call('SREM', B .. ':nkeys:' .. cur, key)
   redis.call('PUBLISH', ARGV[6] .. cur,
-    string.char(1, 2) .. cjson.encode({ key = key, gen = gen, node = node, by = by }))
+    string.char(FRAME_VERSION, 2) .. cjson.encode({ key = key, gen = gen, node = node, by = by }))
 end
 return { 1, tonumber(gen) }
 ";
@@ -266,7 +266,9 @@ pub(crate) struct Script(String);
 
 impl Script {
     fn new(body: &str) -> Self {
-        let body = body.replace("REAP_BATCH", &REAP_BATCH.to_string());
+        let body = body
+            .replace("REAP_BATCH", &REAP_BATCH.to_string())
+            .replace("FRAME_VERSION", &super::envelope::VERSION.to_string());
         Self(format!("{PRELUDE}{body}"))
     }
     pub(crate) fn text(&self) -> &str {

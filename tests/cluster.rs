@@ -1606,3 +1606,91 @@ async fn a_numbering_the_publisher_forgot_starts_over_at_its_receivers() {
     let s = b.stats();
     assert_eq!((s.gaps, s.reordered, s.malformed), (0, 0, 0), "{s:?}");
 }
+
+/// Adds `members` to the set `key` with one `SADD`.
+fn sadd_many(redis: &Redis, key: &str, members: impl IntoIterator<Item = String>) {
+    let mut args = vec!["SADD".to_owned(), key.to_owned()];
+    args.extend(members);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert!(redis.cli(&args).is_some(), "SADD {key}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_holding_thousands_of_keys_is_released_in_chunks_within_its_ttl() {
+    let Some(redis) = Redis::start("reap_in_chunks") else {
+        return;
+    };
+    let ttl = Duration::from_secs(1);
+    let a = node_with(&redis, "t26", "a", |b| b.ttl(ttl).max_keys_listed(10)).await;
+    let b = node_with(&redis, "t26", "b", |b| b.ttl(ttl)).await;
+    let (d, _d_rx) = b.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    b.attach(d, "room").await.unwrap();
+    let mut events = a.events();
+    // A dead node that held 5,000 keys and counted members in 3,000 sessions:
+    // many chunks' worth. Its deadline goes in last, so the reaper sees it whole.
+    const KEYS: usize = 5_000;
+    let keys = (0..KEYS).map(|i| (format!("k{i}"), "1|ghost".to_owned()));
+    hset_many(&redis, "{t26}:keys", keys);
+    sadd_many(
+        &redis,
+        "{t26}:nkeys:ghost",
+        (0..KEYS).map(|i| format!("k{i}")),
+    );
+    sadd_many(
+        &redis,
+        "{t26}:nsess:ghost",
+        (0..3000).map(|i| format!("s:r{i}")),
+    );
+    hset_many(&redis, "{t26}:members:s:r7", [("ghost".into(), "4".into())]);
+    let reaped = Instant::now();
+    redis.cli(&["ZADD", "{t26}:nodes", "1", "ghost"]).unwrap();
+    let down = tokio::time::timeout(ttl + Duration::from_secs(1), async {
+        loop {
+            if let Ok(ClusterEvent::NodeDown {
+                node,
+                keys,
+                omitted,
+            }) = events.recv().await
+            {
+                if node == "ghost" {
+                    return (keys.len(), omitted);
+                }
+            }
+        }
+    })
+    .await
+    .expect("the ghost's node-down within TTL + 1 s");
+    assert_eq!(down, (10, KEYS as u64 - 10), "{:?}", reaped.elapsed());
+    // Every key and count is released; the live node's stay.
+    assert_eq!(redis.cli(&["HLEN", "{t26}:keys"]).as_deref(), Some("1"));
+    assert_eq!(
+        redis.cli(&["EXISTS", "{t26}:members:s:r7"]).as_deref(),
+        Some("0")
+    );
+    for gone in ["{t26}:nkeys:ghost", "{t26}:nsess:ghost", "{t26}:reaping"] {
+        assert_eq!(redis.cli(&["EXISTS", gone]).as_deref(), Some("0"), "{gone}");
+    }
+    assert_eq!(a.locate("dev").await.unwrap().as_deref(), Some("b"));
+
+    // A live node taken for dead (a long pause, here its deadline rewritten) is
+    // released too, and announces itself again at its next heartbeat.
+    redis.cli(&["ZADD", "{t26}:nodes", "1", "b"]).unwrap();
+    assert_eq!(
+        locate_settles(&a, "dev", None, ttl * 2).await,
+        None,
+        "b's key is released"
+    );
+    assert_eq!(
+        locate_settles(&a, "dev", Some("b"), ttl * 3)
+            .await
+            .as_deref(),
+        Some("b"),
+        "b claims its key again"
+    );
+    // Its member counts follow its claims in the same re-announcement.
+    let deadline = Instant::now() + ttl * 3;
+    while a.member_count("room").await.unwrap() != 1 {
+        assert!(Instant::now() < deadline, "b's member count is not back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

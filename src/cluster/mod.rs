@@ -19,7 +19,9 @@
 //!   with [`CloseReason::TakenOver`](crate::CloseReason::TakenOver).
 //! * **Gaps are counted.** Pub/sub is at-most-once. Each node numbers its
 //!   publications per session; receivers count the numbers they never saw
-//!   ([`ClusterStats::gaps`]). When Redis restarts, every node reconnects,
+//!   ([`ClusterStats::gaps`]). A node keeps a bounded number of numberings
+//!   ([`ClusterBuilder::max_publish_streams`]); one it forgot starts again in a
+//!   new epoch, which receivers follow from there. When Redis restarts, every node reconnects,
 //!   subscribes again to each session it has members in, and re-announces itself.
 //!
 //! # Example

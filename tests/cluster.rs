@@ -26,6 +26,17 @@ use switchboard::{ClientError, ClientInfo, CloseReason, Receiver, Registry};
 
 type Msg = Arc<str>;
 
+/// This test's own `redis-server`; without one, the test returns after the one
+/// line [`Redis::start`] prints (or fails, under `SWITCHBOARD_REQUIRE_EXTERNAL=1`).
+macro_rules! redis_or_skip {
+    ($test:expr) => {
+        match Redis::start($test) {
+            Some(redis) => redis,
+            None => return,
+        }
+    };
+}
+
 async fn node(redis: &Redis, prefix: &str, id: &str, ttl: Duration) -> Cluster<Msg> {
     Cluster::builder(Registry::new(), Raw)
         .url(redis.url())
@@ -83,9 +94,7 @@ async fn nodes_settle(n: &Cluster<Msg>, want: &[(&str, u64)]) -> Vec<(String, u6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_crosses_nodes_once_and_subscriptions_follow_members() {
-    let Some(redis) = Redis::start("broadcast_crosses_nodes") else {
-        return;
-    };
+    let redis = redis_or_skip!("broadcast_crosses_nodes");
     let (a, b, c) = (
         node(&redis, "t1", "a", TTL).await,
         node(&redis, "t1", "b", TTL).await,
@@ -146,9 +155,7 @@ async fn broadcast_crosses_nodes_once_and_subscriptions_follow_members() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharded_pubsub_crosses_nodes() {
-    let Some(redis) = Redis::start("sharded_pubsub_crosses_nodes") else {
-        return;
-    };
+    let redis = redis_or_skip!("sharded_pubsub_crosses_nodes");
     let mk = |id: &'static str| {
         Cluster::builder(Registry::<Msg>::new(), Raw)
             .url(redis.url())
@@ -171,9 +178,7 @@ async fn sharded_pubsub_crosses_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_to_key_reaches_the_client_on_any_node() {
-    let Some(redis) = Redis::start("send_to_key") else {
-        return;
-    };
+    let redis = redis_or_skip!("send_to_key");
     let (a, b) = (
         node(&redis, "t2", "a", TTL).await,
         node(&redis, "t2", "b", TTL).await,
@@ -205,9 +210,7 @@ async fn send_to_key_reaches_the_client_on_any_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_race_leaves_one_holder_cluster_wide() {
-    let Some(redis) = Redis::start("takeover_race") else {
-        return;
-    };
+    let redis = redis_or_skip!("takeover_race");
     let nodes = [
         node(&redis, "t3", "a", TTL).await,
         node(&redis, "t3", "b", TTL).await,
@@ -290,9 +293,7 @@ async fn takeover_race_leaves_one_holder_cluster_wide() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_dropped_without_cleanup_is_released_within_its_ttl() {
-    let Some(redis) = Redis::start("dropped_node_expires") else {
-        return;
-    };
+    let redis = redis_or_skip!("dropped_node_expires");
     let ttl = Duration::from_secs(1);
     let a = node(&redis, "t4", "a", ttl).await;
     let b = node(&redis, "t4", "b", ttl).await;
@@ -333,9 +334,7 @@ async fn a_node_dropped_without_cleanup_is_released_within_its_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_fails_publishes_resumes_and_counts_the_gap_exactly() {
-    let Some(mut redis) = Redis::start("redis_restart") else {
-        return;
-    };
+    let mut redis = redis_or_skip!("redis_restart");
     let a = node(&redis, "t5", "a", TTL).await;
     let b = node(&redis, "t5", "b", TTL).await;
     let (a1, _a1_rx) = a.register(ClientInfo::new().with_key("pub")).await.unwrap();
@@ -427,9 +426,7 @@ async fn admin_api_shows_the_cluster_and_its_gaps() {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    let Some(redis) = Redis::start("admin_api_cluster") else {
-        return;
-    };
+    let redis = redis_or_skip!("admin_api_cluster");
     let a = node(&redis, "t7", "a", TTL).await;
     let b = node(&redis, "t7", "b", TTL).await;
     let (b1, _b1_rx) = b.register(ClientInfo::new()).await.unwrap();
@@ -481,7 +478,7 @@ async fn admin_api_shows_the_cluster_and_its_gaps() {
     );
 
     // What a peer sent that this node dropped is in /metrics too.
-    publish_raw(&redis, "t7:s:s:room", b"\x01\x00\x04bad!");
+    publish_raw(&redis, "t7:s:s:room", b"\x02\x00\x04bad!");
     let dropped = eventually(Duration::from_secs(10), || b.stats().malformed == 1).await;
     assert!(dropped, "{:?}", b.stats());
     let res = get("/metrics", true).await.unwrap();
@@ -523,9 +520,7 @@ async fn next_snapshot(body: &mut axum::body::Body) -> serde_json::Value {
 async fn dashboard_events_carry_the_nodes_and_node_down() {
     use tower::ServiceExt;
 
-    let Some(mut redis) = Redis::start("dashboard_cluster") else {
-        return;
-    };
+    let mut redis = redis_or_skip!("dashboard_cluster");
     let a = node(&redis, "t8", "a", TTL).await;
     let b = node(&redis, "t8", "b", TTL).await;
     let (b1, _b1_rx) = b
@@ -642,9 +637,7 @@ async fn ws_server_nodes_share_rooms_keys_and_takeover() {
     use serde_json::{json, Value};
     use tokio_tungstenite::tungstenite::Message;
 
-    let Some(redis) = Redis::start("ws_server_nodes") else {
-        return;
-    };
+    let redis = redis_or_skip!("ws_server_nodes");
     let start = |id: &str| {
         server::Server::start(server::Config {
             ws_addr: "127.0.0.1:0".parse().unwrap(),
@@ -773,9 +766,7 @@ async fn locate_settles(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_whose_client_the_registry_closed_is_released() {
-    let Some(redis) = Redis::start("registry_closed_key") else {
-        return;
-    };
+    let redis = redis_or_skip!("registry_closed_key");
     let ttl = Duration::from_secs(1);
     let a = node(&redis, "t9", "a", ttl).await;
     let b = node(&redis, "t9", "b", ttl).await;
@@ -792,9 +783,7 @@ async fn a_key_whose_client_the_registry_closed_is_released() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_under_its_id_releases_what_its_last_run_held() {
-    let Some(redis) = Redis::start("restarted_node_id") else {
-        return;
-    };
+    let redis = redis_or_skip!("restarted_node_id");
     let a = node(&redis, "t10", "a", TTL).await;
     let b = node(&redis, "t10", "b", TTL).await;
     let (a1, mut a1_rx) = a.register(ClientInfo::new()).await.unwrap();
@@ -845,9 +834,7 @@ async fn a_node_restarted_under_its_id_releases_what_its_last_run_held() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reannouncement_that_failed_is_retried() {
-    let Some(redis) = Redis::start("reannounce_retry") else {
-        return;
-    };
+    let redis = redis_or_skip!("reannounce_retry");
     let ttl = Duration::from_secs(1);
     let a = node(&redis, "t11", "a", ttl).await;
     let b = node(&redis, "t11", "b", ttl).await;
@@ -877,9 +864,7 @@ async fn a_reannouncement_that_failed_is_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_loses_its_last_member_to_a_takeover_unsubscribes() {
-    let Some(redis) = Redis::start("takeover_unsubscribes") else {
-        return;
-    };
+    let redis = redis_or_skip!("takeover_unsubscribes");
     // A long TTL: the heartbeat's reconcile does not run during the test.
     let ttl = Duration::from_secs(30);
     let a = node(&redis, "t12", "a", ttl).await;
@@ -902,9 +887,7 @@ async fn a_node_that_loses_its_last_member_to_a_takeover_unsubscribes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_notice_lost_while_disconnected_still_closes_the_old_connection() {
-    let Some(redis) = Redis::start("lost_takeover_notice") else {
-        return;
-    };
+    let redis = redis_or_skip!("lost_takeover_notice");
     let ttl = Duration::from_secs(30);
     let a = Cluster::builder(Registry::<Msg>::new(), Raw)
         .url(redis.url())
@@ -937,9 +920,7 @@ async fn a_takeover_notice_lost_while_disconnected_still_closes_the_old_connecti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_send_reported_failed_is_not_delivered_later() {
-    let Some(redis) = Redis::start("direct_failure_is_final") else {
-        return;
-    };
+    let redis = redis_or_skip!("direct_failure_is_final");
     let a = node(&redis, "t14", "a", TTL).await;
     let b = node(&redis, "t14", "b", TTL).await;
     let (_d, mut d_rx) = b.register(ClientInfo::new().with_key("dev")).await.unwrap();
@@ -971,9 +952,7 @@ async fn ws_server_a_join_refused_for_redis_leaves_no_membership() {
     use serde_json::{json, Value};
     use tokio_tungstenite::tungstenite::Message;
 
-    let Some(mut redis) = Redis::start("ws_server_join_refused") else {
-        return;
-    };
+    let mut redis = redis_or_skip!("ws_server_join_refused");
     let server = server::Server::start(server::Config {
         ws_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: None,
@@ -1035,9 +1014,7 @@ async fn ws_server_a_join_refused_for_redis_leaves_no_membership() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_too_large_for_the_other_nodes_comes_back() {
-    let Some(redis) = Redis::start("payload_too_large") else {
-        return;
-    };
+    let redis = redis_or_skip!("payload_too_large");
     let mk = |id: &'static str| {
         Cluster::builder(Registry::<Msg>::new(), Raw)
             .url(redis.url())
@@ -1066,9 +1043,7 @@ async fn a_message_too_large_for_the_other_nodes_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_claimed_before_a_redis_restart_can_be_taken_over_and_released_after() {
-    let Some(mut redis) = Redis::start("gens_across_restart") else {
-        return;
-    };
+    let mut redis = redis_or_skip!("gens_across_restart");
     let a = node(&redis, "t17", "a", TTL).await;
     let b = node(&redis, "t17", "b", TTL).await;
     // Claims before the restart, so that their generations are not small.
@@ -1113,9 +1088,7 @@ async fn keys_claimed_before_a_redis_restart_can_be_taken_over_and_released_afte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharded_subscriptions_come_back_after_a_redis_restart() {
-    let Some(mut redis) = Redis::start("sharded_restart") else {
-        return;
-    };
+    let mut redis = redis_or_skip!("sharded_restart");
     let mk = |id: &'static str| {
         Cluster::builder(Registry::<Msg>::new(), Raw)
             .url(redis.url())
@@ -1152,9 +1125,7 @@ async fn sharded_subscriptions_come_back_after_a_redis_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_live_processes_under_one_id_are_told() {
-    let Some(redis) = Redis::start("duplicate_node_id") else {
-        return;
-    };
+    let redis = redis_or_skip!("duplicate_node_id");
     let ttl = Duration::from_secs(1);
     let first = node(&redis, "t19", "gw-1", ttl).await;
     let events = first.events();
@@ -1191,9 +1162,7 @@ async fn two_live_processes_under_one_id_are_told() {
 /// while the subscriber connection is busy delivering, and publishes at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publication_right_after_attach_reaches_the_new_member() {
-    let Some(redis) = Redis::start("publish_after_attach") else {
-        return;
-    };
+    let redis = redis_or_skip!("publish_after_attach");
     for sharded in [false, true] {
         let prefix = if sharded { "t24s" } else { "t24" };
         let mk = |id: &'static str| {
@@ -1240,9 +1209,7 @@ async fn a_publication_right_after_attach_reaches_the_new_member() {
 /// sharded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_broadcasts_cross_in_order_with_batches_in_flight() {
-    let Some(redis) = Redis::start("concurrent_broadcasts_cross_in_order") else {
-        return;
-    };
+    let redis = redis_or_skip!("concurrent_broadcasts_cross_in_order");
     const AUTHORS: usize = 64;
     const EACH: usize = 200;
     for sharded in [false, true] {
@@ -1335,9 +1302,7 @@ async fn node_with(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_lists_at_most_its_bound_and_counts_the_rest() {
-    let Some(redis) = Redis::start("nodes_bounded") else {
-        return;
-    };
+    let redis = redis_or_skip!("nodes_bounded");
     let a = node_with(&redis, "t20", "a", |b| b.max_nodes_listed(5)).await;
     // Any writer to Redis can make nodes up: twenty that never expire.
     let mut args = vec!["ZADD".to_owned(), "{t20}:nodes".to_owned()];
@@ -1383,9 +1348,7 @@ async fn next_line(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>, wha
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_down_lists_at_most_its_bound_and_counts_the_rest() {
-    let Some(redis) = Redis::start("node_down_bounded") else {
-        return;
-    };
+    let redis = redis_or_skip!("node_down_bounded");
     let a = node_with(&redis, "t21", "a", |b| b.max_keys_listed(10)).await;
     let b = node_with(&redis, "t21", "b", |b| b.max_keys_listed(5)).await;
     let (a_events, b_events) = (a.events(), b.events());
@@ -1455,9 +1418,7 @@ async fn a_node_down_lists_at_most_its_bound_and_counts_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_tells_each_publisher_the_true_outcome() {
-    let Some(redis) = Redis::start("shutdown_true_outcome") else {
-        return;
-    };
+    let redis = redis_or_skip!("shutdown_true_outcome");
     let a = node(&redis, "t22", "a", TTL).await;
     let b = node(&redis, "t22", "b", TTL).await;
     let (b1, mut b1_rx) = b.register(ClientInfo::new()).await.unwrap();
@@ -1507,9 +1468,7 @@ async fn shutdown_tells_each_publisher_the_true_outcome() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_syncs_leave_the_latest_member_count_in_redis() {
-    let Some(redis) = Redis::start("racing_member_counts") else {
-        return;
-    };
+    let redis = redis_or_skip!("racing_member_counts");
     // A long TTL: no heartbeat corrects a stale count during the test.
     let a = node_with(&redis, "t23", "a", |b| b.ttl(Duration::from_secs(600))).await;
     let (c1, _c1_rx) = a.register(ClientInfo::new()).await.unwrap();
@@ -1547,9 +1506,7 @@ fn hset_many(redis: &Redis, key: &str, pairs: impl IntoIterator<Item = (String, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_count_reads_at_most_its_bound_of_nodes() {
-    let Some(redis) = Redis::start("member_count_bounded") else {
-        return;
-    };
+    let redis = redis_or_skip!("member_count_bounded");
     let a = node_with(&redis, "t24", "a", |b| b.max_nodes_listed(5)).await;
     let (a1, _a1_rx) = a.register(ClientInfo::new()).await.unwrap();
     a.attach(a1, "room").await.unwrap();
@@ -1577,9 +1534,7 @@ async fn member_count_reads_at_most_its_bound_of_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_numbering_the_publisher_forgot_starts_over_at_its_receivers() {
-    let Some(redis) = Redis::start("forgotten_stream") else {
-        return;
-    };
+    let redis = redis_or_skip!("forgotten_stream");
     let a = node_with(&redis, "t25", "a", |b| b.max_publish_streams(4)).await;
     let b = node(&redis, "t25", "b", TTL).await;
     let (b1, mut b1_rx) = b.register(ClientInfo::new()).await.unwrap();
@@ -1617,9 +1572,7 @@ fn sadd_many(redis: &Redis, key: &str, members: impl IntoIterator<Item = String>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_node_holding_thousands_of_keys_is_released_in_chunks_within_its_ttl() {
-    let Some(redis) = Redis::start("reap_in_chunks") else {
-        return;
-    };
+    let redis = redis_or_skip!("reap_in_chunks");
     let ttl = Duration::from_secs(1);
     let a = node_with(&redis, "t26", "a", |b| b.ttl(ttl).max_keys_listed(10)).await;
     let b = node_with(&redis, "t26", "b", |b| b.ttl(ttl)).await;

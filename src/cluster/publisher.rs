@@ -5,8 +5,8 @@
 //! queued (up to [`BATCH`] publications, and about
 //! [`MAX_BYTES`](super::batch::MAX_BYTES) of frames), frames each with this
 //! node's id and the session's epoch and next number (`streams.rs`) into one
-//! buffer (`batch.rs`), and
-//! sends the lot as one script call that publishes them all. One task means
+//! buffer (`batch.rs`), and sends the lot as one script call that publishes them
+//! all. One task means
 //! numbers are handed out in the order publications reach Redis, so a
 //! receiver that sees a number jump knows exactly how many it missed.
 //!

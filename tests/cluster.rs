@@ -26,6 +26,17 @@ use switchboard::{ClientError, ClientInfo, CloseReason, Receiver, Registry};
 
 type Msg = Arc<str>;
 
+/// This test's own `redis-server`; without one, the test returns after the one
+/// line [`Redis::start`] prints (or fails, under `SWITCHBOARD_REQUIRE_EXTERNAL=1`).
+macro_rules! redis_or_skip {
+    ($test:expr) => {
+        match Redis::start($test) {
+            Some(redis) => redis,
+            None => return,
+        }
+    };
+}
+
 async fn node(redis: &Redis, prefix: &str, id: &str, ttl: Duration) -> Cluster<Msg> {
     Cluster::builder(Registry::new(), Raw)
         .url(redis.url())
@@ -83,9 +94,7 @@ async fn nodes_settle(n: &Cluster<Msg>, want: &[(&str, u64)]) -> Vec<(String, u6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_crosses_nodes_once_and_subscriptions_follow_members() {
-    let Some(redis) = Redis::start("broadcast_crosses_nodes") else {
-        return;
-    };
+    let redis = redis_or_skip!("broadcast_crosses_nodes");
     let (a, b, c) = (
         node(&redis, "t1", "a", TTL).await,
         node(&redis, "t1", "b", TTL).await,
@@ -146,9 +155,7 @@ async fn broadcast_crosses_nodes_once_and_subscriptions_follow_members() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharded_pubsub_crosses_nodes() {
-    let Some(redis) = Redis::start("sharded_pubsub_crosses_nodes") else {
-        return;
-    };
+    let redis = redis_or_skip!("sharded_pubsub_crosses_nodes");
     let mk = |id: &'static str| {
         Cluster::builder(Registry::<Msg>::new(), Raw)
             .url(redis.url())
@@ -171,9 +178,7 @@ async fn sharded_pubsub_crosses_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_to_key_reaches_the_client_on_any_node() {
-    let Some(redis) = Redis::start("send_to_key") else {
-        return;
-    };
+    let redis = redis_or_skip!("send_to_key");
     let (a, b) = (
         node(&redis, "t2", "a", TTL).await,
         node(&redis, "t2", "b", TTL).await,
@@ -205,9 +210,7 @@ async fn send_to_key_reaches_the_client_on_any_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_race_leaves_one_holder_cluster_wide() {
-    let Some(redis) = Redis::start("takeover_race") else {
-        return;
-    };
+    let redis = redis_or_skip!("takeover_race");
     let nodes = [
         node(&redis, "t3", "a", TTL).await,
         node(&redis, "t3", "b", TTL).await,
@@ -290,9 +293,7 @@ async fn takeover_race_leaves_one_holder_cluster_wide() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_dropped_without_cleanup_is_released_within_its_ttl() {
-    let Some(redis) = Redis::start("dropped_node_expires") else {
-        return;
-    };
+    let redis = redis_or_skip!("dropped_node_expires");
     let ttl = Duration::from_secs(1);
     let a = node(&redis, "t4", "a", ttl).await;
     let b = node(&redis, "t4", "b", ttl).await;
@@ -333,9 +334,7 @@ async fn a_node_dropped_without_cleanup_is_released_within_its_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_fails_publishes_resumes_and_counts_the_gap_exactly() {
-    let Some(mut redis) = Redis::start("redis_restart") else {
-        return;
-    };
+    let mut redis = redis_or_skip!("redis_restart");
     let a = node(&redis, "t5", "a", TTL).await;
     let b = node(&redis, "t5", "b", TTL).await;
     let (a1, _a1_rx) = a.register(ClientInfo::new().with_key("pub")).await.unwrap();
@@ -427,9 +426,7 @@ async fn admin_api_shows_the_cluster_and_its_gaps() {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    let Some(redis) = Redis::start("admin_api_cluster") else {
-        return;
-    };
+    let redis = redis_or_skip!("admin_api_cluster");
     let a = node(&redis, "t7", "a", TTL).await;
     let b = node(&redis, "t7", "b", TTL).await;
     let (b1, _b1_rx) = b.register(ClientInfo::new()).await.unwrap();
@@ -464,35 +461,12 @@ async fn admin_api_shows_the_cluster_and_its_gaps() {
         .collect();
     assert_eq!(nodes, vec![("a".into(), 0.into()), ("b".into(), 1.into())]);
 
-    // A gap: a publication numbered past the last one b saw from a, as after a loss.
     a.broadcast("room", Msg::from("1")).await.unwrap();
-    let frame = |seq: u64| {
-        let mut f = vec![1u8, 0, 1, b'a'];
-        f.extend_from_slice(&seq.to_be_bytes());
-        f.extend_from_slice(b"x");
-        f
-    };
-    let cli = |f: Vec<u8>| {
-        let status = Command::new("redis-cli")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &redis.port.to_string(),
-                "-x",
-                "PUBLISH",
-                "t7:s:s:room",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .and_then(|mut c| {
-                c.stdin.take().unwrap().write_all(&f)?;
-                c.wait()
-            });
-        assert!(status.is_ok_and(|s| s.success()));
-    };
-    cli(frame(5)); // 2, 3 and 4 never came
+    // A gap: a publication numbered past the last one b saw from a node, as
+    // after a loss. The node is made up: a's epoch is its own.
+    let frame = |seq: u64| broadcast_frame("z", 1, seq, b"x");
+    publish_raw(&redis, "t7:s:s:room", &frame(1));
+    publish_raw(&redis, "t7:s:s:room", &frame(5)); // 2, 3 and 4 never came
     let gapped = eventually(Duration::from_secs(10), || b.stats().gaps == 3).await;
     assert!(gapped, "{:?}", b.stats());
     let res = get("/metrics", true).await.unwrap();
@@ -504,7 +478,7 @@ async fn admin_api_shows_the_cluster_and_its_gaps() {
     );
 
     // What a peer sent that this node dropped is in /metrics too.
-    publish_raw(&redis, "t7:s:s:room", b"\x01\x00\x04bad!");
+    publish_raw(&redis, "t7:s:s:room", b"\x02\x00\x04bad!");
     let dropped = eventually(Duration::from_secs(10), || b.stats().malformed == 1).await;
     assert!(dropped, "{:?}", b.stats());
     let res = get("/metrics", true).await.unwrap();
@@ -546,9 +520,7 @@ async fn next_snapshot(body: &mut axum::body::Body) -> serde_json::Value {
 async fn dashboard_events_carry_the_nodes_and_node_down() {
     use tower::ServiceExt;
 
-    let Some(mut redis) = Redis::start("dashboard_cluster") else {
-        return;
-    };
+    let mut redis = redis_or_skip!("dashboard_cluster");
     let a = node(&redis, "t8", "a", TTL).await;
     let b = node(&redis, "t8", "b", TTL).await;
     let (b1, _b1_rx) = b
@@ -665,9 +637,7 @@ async fn ws_server_nodes_share_rooms_keys_and_takeover() {
     use serde_json::{json, Value};
     use tokio_tungstenite::tungstenite::Message;
 
-    let Some(redis) = Redis::start("ws_server_nodes") else {
-        return;
-    };
+    let redis = redis_or_skip!("ws_server_nodes");
     let start = |id: &str| {
         server::Server::start(server::Config {
             ws_addr: "127.0.0.1:0".parse().unwrap(),
@@ -767,10 +737,11 @@ fn publish_raw(redis: &Redis, channel: &str, bytes: &[u8]) {
     assert!(status.is_ok_and(|s| s.success()));
 }
 
-/// A broadcast frame as node `node` writes it.
-fn broadcast_frame(node: &str, seq: u64, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![1u8, 0, u8::try_from(node.len()).unwrap()];
+/// A broadcast frame (format version 2) as node `node` writes it.
+fn broadcast_frame(node: &str, epoch: u32, seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![2u8, 0, u8::try_from(node.len()).unwrap()];
     f.extend_from_slice(node.as_bytes());
+    f.extend_from_slice(&epoch.to_be_bytes());
     f.extend_from_slice(&seq.to_be_bytes());
     f.extend_from_slice(payload);
     f
@@ -795,9 +766,7 @@ async fn locate_settles(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_whose_client_the_registry_closed_is_released() {
-    let Some(redis) = Redis::start("registry_closed_key") else {
-        return;
-    };
+    let redis = redis_or_skip!("registry_closed_key");
     let ttl = Duration::from_secs(1);
     let a = node(&redis, "t9", "a", ttl).await;
     let b = node(&redis, "t9", "b", ttl).await;
@@ -814,9 +783,7 @@ async fn a_key_whose_client_the_registry_closed_is_released() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_under_its_id_releases_what_its_last_run_held() {
-    let Some(redis) = Redis::start("restarted_node_id") else {
-        return;
-    };
+    let redis = redis_or_skip!("restarted_node_id");
     let a = node(&redis, "t10", "a", TTL).await;
     let b = node(&redis, "t10", "b", TTL).await;
     let (a1, mut a1_rx) = a.register(ClientInfo::new()).await.unwrap();
@@ -851,21 +818,23 @@ async fn a_node_restarted_under_its_id_releases_what_its_last_run_held() {
     assert_eq!(a.locate("dev").await.unwrap(), None);
     assert_eq!(a.member_count("room").await.unwrap(), 1);
 
-    // The new run numbers from 1 again; a's gap count still sees its losses.
+    // The new run numbers from 1 again, in an epoch of its own: a follows it,
+    // neither stale nor a gap.
     let (b1, _b1_rx) = b.register(ClientInfo::new()).await.unwrap();
     b.attach(b1, "room").await.unwrap();
-    b.broadcast("room", Msg::from("new 1")).await.unwrap();
-    assert_eq!(&*recv(&mut a1_rx).await, "new 1");
-    publish_raw(&redis, "t10:s:s:room", &broadcast_frame("b", 3, b"new 3"));
-    assert_eq!(&*recv(&mut a1_rx).await, "new 3");
-    assert_eq!(a.stats().gaps, 1, "{:?}", a.stats());
+    for i in 1..=3 {
+        b.broadcast("room", Msg::from(format!("new {i}")))
+            .await
+            .unwrap();
+        assert_eq!(*recv(&mut a1_rx).await, *format!("new {i}"));
+    }
+    let s = a.stats();
+    assert_eq!((s.gaps, s.reordered), (0, 0), "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reannouncement_that_failed_is_retried() {
-    let Some(redis) = Redis::start("reannounce_retry") else {
-        return;
-    };
+    let redis = redis_or_skip!("reannounce_retry");
     let ttl = Duration::from_secs(1);
     let a = node(&redis, "t11", "a", ttl).await;
     let b = node(&redis, "t11", "b", ttl).await;
@@ -895,9 +864,7 @@ async fn a_reannouncement_that_failed_is_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_loses_its_last_member_to_a_takeover_unsubscribes() {
-    let Some(redis) = Redis::start("takeover_unsubscribes") else {
-        return;
-    };
+    let redis = redis_or_skip!("takeover_unsubscribes");
     // A long TTL: the heartbeat's reconcile does not run during the test.
     let ttl = Duration::from_secs(30);
     let a = node(&redis, "t12", "a", ttl).await;
@@ -920,9 +887,7 @@ async fn a_node_that_loses_its_last_member_to_a_takeover_unsubscribes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_notice_lost_while_disconnected_still_closes_the_old_connection() {
-    let Some(redis) = Redis::start("lost_takeover_notice") else {
-        return;
-    };
+    let redis = redis_or_skip!("lost_takeover_notice");
     let ttl = Duration::from_secs(30);
     let a = Cluster::builder(Registry::<Msg>::new(), Raw)
         .url(redis.url())
@@ -955,9 +920,7 @@ async fn a_takeover_notice_lost_while_disconnected_still_closes_the_old_connecti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_send_reported_failed_is_not_delivered_later() {
-    let Some(redis) = Redis::start("direct_failure_is_final") else {
-        return;
-    };
+    let redis = redis_or_skip!("direct_failure_is_final");
     let a = node(&redis, "t14", "a", TTL).await;
     let b = node(&redis, "t14", "b", TTL).await;
     let (_d, mut d_rx) = b.register(ClientInfo::new().with_key("dev")).await.unwrap();
@@ -989,9 +952,7 @@ async fn ws_server_a_join_refused_for_redis_leaves_no_membership() {
     use serde_json::{json, Value};
     use tokio_tungstenite::tungstenite::Message;
 
-    let Some(mut redis) = Redis::start("ws_server_join_refused") else {
-        return;
-    };
+    let mut redis = redis_or_skip!("ws_server_join_refused");
     let server = server::Server::start(server::Config {
         ws_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: None,
@@ -1053,9 +1014,7 @@ async fn ws_server_a_join_refused_for_redis_leaves_no_membership() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_too_large_for_the_other_nodes_comes_back() {
-    let Some(redis) = Redis::start("payload_too_large") else {
-        return;
-    };
+    let redis = redis_or_skip!("payload_too_large");
     let mk = |id: &'static str| {
         Cluster::builder(Registry::<Msg>::new(), Raw)
             .url(redis.url())
@@ -1084,9 +1043,7 @@ async fn a_message_too_large_for_the_other_nodes_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_claimed_before_a_redis_restart_can_be_taken_over_and_released_after() {
-    let Some(mut redis) = Redis::start("gens_across_restart") else {
-        return;
-    };
+    let mut redis = redis_or_skip!("gens_across_restart");
     let a = node(&redis, "t17", "a", TTL).await;
     let b = node(&redis, "t17", "b", TTL).await;
     // Claims before the restart, so that their generations are not small.
@@ -1131,9 +1088,7 @@ async fn keys_claimed_before_a_redis_restart_can_be_taken_over_and_released_afte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharded_subscriptions_come_back_after_a_redis_restart() {
-    let Some(mut redis) = Redis::start("sharded_restart") else {
-        return;
-    };
+    let mut redis = redis_or_skip!("sharded_restart");
     let mk = |id: &'static str| {
         Cluster::builder(Registry::<Msg>::new(), Raw)
             .url(redis.url())
@@ -1170,9 +1125,7 @@ async fn sharded_subscriptions_come_back_after_a_redis_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_live_processes_under_one_id_are_told() {
-    let Some(redis) = Redis::start("duplicate_node_id") else {
-        return;
-    };
+    let redis = redis_or_skip!("duplicate_node_id");
     let ttl = Duration::from_secs(1);
     let first = node(&redis, "t19", "gw-1", ttl).await;
     let events = first.events();
@@ -1209,9 +1162,7 @@ async fn two_live_processes_under_one_id_are_told() {
 /// while the subscriber connection is busy delivering, and publishes at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publication_right_after_attach_reaches_the_new_member() {
-    let Some(redis) = Redis::start("publish_after_attach") else {
-        return;
-    };
+    let redis = redis_or_skip!("publish_after_attach");
     for sharded in [false, true] {
         let prefix = if sharded { "t24s" } else { "t24" };
         let mk = |id: &'static str| {
@@ -1258,9 +1209,7 @@ async fn a_publication_right_after_attach_reaches_the_new_member() {
 /// sharded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_broadcasts_cross_in_order_with_batches_in_flight() {
-    let Some(redis) = Redis::start("concurrent_broadcasts_cross_in_order") else {
-        return;
-    };
+    let redis = redis_or_skip!("concurrent_broadcasts_cross_in_order");
     const AUTHORS: usize = 64;
     const EACH: usize = 200;
     for sharded in [false, true] {
@@ -1353,9 +1302,7 @@ async fn node_with(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_lists_at_most_its_bound_and_counts_the_rest() {
-    let Some(redis) = Redis::start("nodes_bounded") else {
-        return;
-    };
+    let redis = redis_or_skip!("nodes_bounded");
     let a = node_with(&redis, "t20", "a", |b| b.max_nodes_listed(5)).await;
     // Any writer to Redis can make nodes up: twenty that never expire.
     let mut args = vec!["ZADD".to_owned(), "{t20}:nodes".to_owned()];
@@ -1401,9 +1348,7 @@ async fn next_line(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>, wha
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_down_lists_at_most_its_bound_and_counts_the_rest() {
-    let Some(redis) = Redis::start("node_down_bounded") else {
-        return;
-    };
+    let redis = redis_or_skip!("node_down_bounded");
     let a = node_with(&redis, "t21", "a", |b| b.max_keys_listed(10)).await;
     let b = node_with(&redis, "t21", "b", |b| b.max_keys_listed(5)).await;
     let (a_events, b_events) = (a.events(), b.events());
@@ -1473,9 +1418,7 @@ async fn a_node_down_lists_at_most_its_bound_and_counts_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_tells_each_publisher_the_true_outcome() {
-    let Some(redis) = Redis::start("shutdown_true_outcome") else {
-        return;
-    };
+    let redis = redis_or_skip!("shutdown_true_outcome");
     let a = node(&redis, "t22", "a", TTL).await;
     let b = node(&redis, "t22", "b", TTL).await;
     let (b1, mut b1_rx) = b.register(ClientInfo::new()).await.unwrap();
@@ -1525,9 +1468,7 @@ async fn shutdown_tells_each_publisher_the_true_outcome() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_syncs_leave_the_latest_member_count_in_redis() {
-    let Some(redis) = Redis::start("racing_member_counts") else {
-        return;
-    };
+    let redis = redis_or_skip!("racing_member_counts");
     // A long TTL: no heartbeat corrects a stale count during the test.
     let a = node_with(&redis, "t23", "a", |b| b.ttl(Duration::from_secs(600))).await;
     let (c1, _c1_rx) = a.register(ClientInfo::new()).await.unwrap();
@@ -1549,5 +1490,160 @@ async fn racing_syncs_leave_the_latest_member_count_in_redis() {
         r1.unwrap().unwrap();
         r2.unwrap().unwrap();
         assert_eq!(a.member_count("room").await.unwrap(), 0, "round {round}");
+    }
+}
+
+/// Writes `pairs` into the hash `key` with one `HSET`, as any client of the server can.
+fn hset_many(redis: &Redis, key: &str, pairs: impl IntoIterator<Item = (String, String)>) {
+    let mut args = vec!["HSET".to_owned(), key.to_owned()];
+    for (field, value) in pairs {
+        args.push(field);
+        args.push(value);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert!(redis.cli(&args).is_some(), "HSET {key}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_count_reads_at_most_its_bound_of_nodes() {
+    let redis = redis_or_skip!("member_count_bounded");
+    let a = node_with(&redis, "t24", "a", |b| b.max_nodes_listed(5)).await;
+    let (a1, _a1_rx) = a.register(ClientInfo::new()).await.unwrap();
+    a.attach(a1, "room").await.unwrap();
+    // Fields of no live node, written by anyone, do not count.
+    let junk = (0..1000).map(|i| (format!("junk-{i}"), "1000".to_owned()));
+    hset_many(&redis, "{t24}:members:s:room", junk);
+    assert_eq!(a.member_count("room").await.unwrap(), 1);
+    // Twenty live nodes made up with a member each: more than the five it may read,
+    // so the count is refused rather than short.
+    let mut args = vec!["ZADD".to_owned(), "{t24}:nodes".to_owned()];
+    for i in 0..20 {
+        args.push("99999999999999".to_owned());
+        args.push(format!("fake-{i}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(redis.cli(&args).as_deref(), Some("20"));
+    let fakes = (0..20).map(|i| (format!("fake-{i}"), "1".to_owned()));
+    hset_many(&redis, "{t24}:members:s:room", fakes);
+    let r = a.member_count("room").await;
+    assert!(
+        matches!(r, Err(ClusterError::TooManyNodes { omitted: 16 })),
+        "21 live nodes, 5 read: {r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_numbering_the_publisher_forgot_starts_over_at_its_receivers() {
+    let redis = redis_or_skip!("forgotten_stream");
+    let a = node_with(&redis, "t25", "a", |b| b.max_publish_streams(4)).await;
+    let b = node(&redis, "t25", "b", TTL).await;
+    let (b1, mut b1_rx) = b.register(ClientInfo::new()).await.unwrap();
+    b.attach(b1, "room").await.unwrap();
+    for i in 0..3 {
+        a.broadcast("room", Msg::from(format!("first {i}")))
+            .await
+            .unwrap();
+        assert_eq!(*recv(&mut b1_rx).await, *format!("first {i}"));
+    }
+    // Sixteen other sessions push "room" out of a's table of four numberings.
+    for i in 0..16 {
+        a.broadcast(format!("other-{i}"), Msg::from("x"))
+            .await
+            .unwrap();
+    }
+    // Numbered from 1 again: b must deliver it, not drop it as stale.
+    for i in 0..3 {
+        a.broadcast("room", Msg::from(format!("again {i}")))
+            .await
+            .unwrap();
+        assert_eq!(*recv(&mut b1_rx).await, *format!("again {i}"));
+    }
+    let s = b.stats();
+    assert_eq!((s.gaps, s.reordered, s.malformed), (0, 0, 0), "{s:?}");
+}
+
+/// Adds `members` to the set `key` with one `SADD`.
+fn sadd_many(redis: &Redis, key: &str, members: impl IntoIterator<Item = String>) {
+    let mut args = vec!["SADD".to_owned(), key.to_owned()];
+    args.extend(members);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert!(redis.cli(&args).is_some(), "SADD {key}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_holding_thousands_of_keys_is_released_in_chunks_within_its_ttl() {
+    let redis = redis_or_skip!("reap_in_chunks");
+    let ttl = Duration::from_secs(1);
+    let a = node_with(&redis, "t26", "a", |b| b.ttl(ttl).max_keys_listed(10)).await;
+    let b = node_with(&redis, "t26", "b", |b| b.ttl(ttl)).await;
+    let (d, _d_rx) = b.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    b.attach(d, "room").await.unwrap();
+    let mut events = a.events();
+    // A dead node that held 5,000 keys and counted members in 3,000 sessions:
+    // many chunks' worth. Its deadline goes in last, so the reaper sees it whole.
+    const KEYS: usize = 5_000;
+    let keys = (0..KEYS).map(|i| (format!("k{i}"), "1|ghost".to_owned()));
+    hset_many(&redis, "{t26}:keys", keys);
+    sadd_many(
+        &redis,
+        "{t26}:nkeys:ghost",
+        (0..KEYS).map(|i| format!("k{i}")),
+    );
+    sadd_many(
+        &redis,
+        "{t26}:nsess:ghost",
+        (0..3000).map(|i| format!("s:r{i}")),
+    );
+    hset_many(&redis, "{t26}:members:s:r7", [("ghost".into(), "4".into())]);
+    let reaped = Instant::now();
+    redis.cli(&["ZADD", "{t26}:nodes", "1", "ghost"]).unwrap();
+    let down = tokio::time::timeout(ttl + Duration::from_secs(1), async {
+        loop {
+            if let Ok(ClusterEvent::NodeDown {
+                node,
+                keys,
+                omitted,
+            }) = events.recv().await
+            {
+                if node == "ghost" {
+                    return (keys.len(), omitted);
+                }
+            }
+        }
+    })
+    .await
+    .expect("the ghost's node-down within TTL + 1 s");
+    assert_eq!(down, (10, KEYS as u64 - 10), "{:?}", reaped.elapsed());
+    // Every key and count is released; the live node's stay.
+    assert_eq!(redis.cli(&["HLEN", "{t26}:keys"]).as_deref(), Some("1"));
+    assert_eq!(
+        redis.cli(&["EXISTS", "{t26}:members:s:r7"]).as_deref(),
+        Some("0")
+    );
+    for gone in ["{t26}:nkeys:ghost", "{t26}:nsess:ghost", "{t26}:reaping"] {
+        assert_eq!(redis.cli(&["EXISTS", gone]).as_deref(), Some("0"), "{gone}");
+    }
+    assert_eq!(a.locate("dev").await.unwrap().as_deref(), Some("b"));
+
+    // A live node taken for dead (a long pause, here its deadline rewritten) is
+    // released too, and announces itself again at its next heartbeat.
+    redis.cli(&["ZADD", "{t26}:nodes", "1", "b"]).unwrap();
+    assert_eq!(
+        locate_settles(&a, "dev", None, ttl * 2).await,
+        None,
+        "b's key is released"
+    );
+    assert_eq!(
+        locate_settles(&a, "dev", Some("b"), ttl * 3)
+            .await
+            .as_deref(),
+        Some("b"),
+        "b claims its key again"
+    );
+    // Its member counts follow its claims in the same re-announcement.
+    let deadline = Instant::now() + ttl * 3;
+    while a.member_count("room").await.unwrap() != 1 {
+        assert!(Instant::now() < deadline, "b's member count is not back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

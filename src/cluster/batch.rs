@@ -52,6 +52,7 @@ impl BatchBuf {
         &mut self,
         channel: u16,
         node: &str,
+        epoch: u32,
         seq: u64,
         payload: &[u8],
     ) -> Result<(), TooLong> {
@@ -60,7 +61,7 @@ impl BatchBuf {
         self.buf.reserve(HEAD + n);
         self.buf.put_u16(channel);
         self.buf.put_u32(len);
-        envelope::put_broadcast(&mut self.buf, node, seq, payload);
+        envelope::put_broadcast(&mut self.buf, node, epoch, seq, payload);
         self.entries += 1;
         Ok(())
     }
@@ -121,9 +122,9 @@ mod tests {
         let mut b = BatchBuf::default();
         let (x, y) = (Str::from("x"), Str::from("y"));
         let (ix, iy) = (b.add_channel(&x), b.add_channel(&y));
-        b.put_broadcast(ix, "n1", 1, b"one").unwrap();
-        b.put_broadcast(iy, "n1", 1, b"").unwrap();
-        b.put_broadcast(ix, "n1", 2, b"three").unwrap();
+        b.put_broadcast(ix, "n1", 9, 1, b"one").unwrap();
+        b.put_broadcast(iy, "n1", 9, 1, b"").unwrap();
+        b.put_broadcast(ix, "n1", 9, 2, b"three").unwrap();
         let batch = b.finish();
         let got: Vec<_> = batch.frames().collect();
         assert_eq!(got.len(), 3);
@@ -134,6 +135,7 @@ mod tests {
                 decode(frame),
                 Ok(Envelope::Broadcast {
                     node: "n1",
+                    epoch: 9,
                     seq: s,
                     payload: p
                 })
@@ -148,7 +150,7 @@ mod tests {
         let payload = vec![0u8; 64 << 10];
         let mut n = 0;
         while !b.full() {
-            b.put_broadcast(c, "n", n, &payload).unwrap();
+            b.put_broadcast(c, "n", 0, n, &payload).unwrap();
             n += 1;
         }
         assert_eq!(n, 16, "64 KiB frames: 16 fill 1 MiB");

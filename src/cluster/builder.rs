@@ -29,6 +29,7 @@ pub struct ClusterBuilder<M> {
     pub(crate) publish_deadline: Duration,
     pub(crate) max_nodes_listed: usize,
     pub(crate) max_keys_listed: usize,
+    pub(crate) max_publish_streams: usize,
 }
 
 impl<M> std::fmt::Debug for ClusterBuilder<M> {
@@ -64,6 +65,7 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
             publish_deadline: Duration::from_millis(500),
             max_nodes_listed: 1_000,
             max_keys_listed: 1_000,
+            max_publish_streams: 65_536,
         }
     }
 
@@ -140,7 +142,10 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
     /// The most nodes [`Cluster::nodes`] returns; the rest are counted in
     /// [`Nodes::omitted`](super::Nodes::omitted). Whoever can write to Redis
     /// decides how many nodes it lists, so the answer (and the script building
-    /// it) is bounded. Default 1,000.
+    /// it) is bounded. [`Cluster::member_count`] reads the counts of as many live
+    /// nodes at most, and fails with
+    /// [`ClusterError::TooManyNodes`](super::ClusterError::TooManyNodes) rather
+    /// than leave some out. Default 1,000.
     pub fn max_nodes_listed(mut self, n: usize) -> Self {
         self.max_nodes_listed = n.max(1);
         self
@@ -152,6 +157,17 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
     /// Default 1,000.
     pub fn max_keys_listed(mut self, n: usize) -> Self {
         self.max_keys_listed = n;
+        self
+    }
+
+    /// The most sessions this node keeps a publication numbering for. Past it,
+    /// the numbering of a session not published to for a while (while at least
+    /// half as many other sessions were) is forgotten; its next publication starts
+    /// a new numbering, in a new epoch, which the other nodes follow from there.
+    /// A publication lost just before a numbering is forgotten is then not
+    /// counted as a gap. Default 65,536.
+    pub fn max_publish_streams(mut self, n: usize) -> Self {
+        self.max_publish_streams = n.max(2);
         self
     }
 

@@ -2,20 +2,27 @@
 //! for whom it is.
 //!
 //! ```text
-//! broadcast  [1][0][n][node: n bytes][seq: u64 BE][payload]
-//! direct     [1][1][n][node: n bytes][k: u16 BE][key: k bytes][payload]
-//! takeover   [1][2][JSON {"key","gen","node","by"}]   written by the claim script; gen a decimal string
-//! node down  [1][3][JSON {"node","keys"}]             written by the reap script
+//! broadcast  [2][0][n][node: n bytes][epoch: u32 BE][seq: u64 BE][payload]
+//! direct     [2][1][n][node: n bytes][k: u16 BE][key: k bytes][payload]
+//! takeover   [2][2][JSON {"key","gen","node","by"}]   written by the claim script; gen a decimal string
+//! node down  [2][3][JSON {"node","keys","omitted"}]   written by the reap script
 //! ```
 //!
+//! The first byte is the format's version. Version 2 added the broadcast's epoch
+//! (`streams.rs`): a publisher may forget a session's numbering and start it
+//! again, in a new epoch. A node reads only its own version: nodes of another
+//! version are not understood (their frames count as malformed), so every node
+//! of a cluster is upgraded together.
+//!
 //! Every length is checked against the frame before it is used: the bytes come from
-//! Redis, which any client of that server can publish to.
+//! Redis, which any client of that server can publish to. A frame that is not one
+//! this build writes is a [`Malformed`], never a panic.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 
-/// The only frame version this build reads.
-const VERSION: u8 = 1;
+/// The only frame version this build reads and writes.
+pub(crate) const VERSION: u8 = 2;
 const BROADCAST: u8 = 0;
 const DIRECT: u8 = 1;
 pub(crate) const TAKEOVER: u8 = 2;
@@ -38,6 +45,7 @@ pub(crate) fn valid_node_id(id: &str) -> bool {
 pub(crate) enum Envelope<'a> {
     Broadcast {
         node: &'a str,
+        epoch: u32,
         seq: u64,
         payload: &'a [u8],
     },
@@ -86,26 +94,38 @@ pub(crate) struct NodeDown {
     pub(crate) omitted: u64,
 }
 
-/// A frame that is not one this build writes.
+/// Why a frame is not one this build writes. Each is counted as malformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Malformed;
+pub(crate) enum Malformed {
+    /// Another format version (an older or newer node, or not a frame at all).
+    Version(u8),
+    /// A kind this version does not have.
+    Kind(u8),
+    /// Shorter than its lengths say.
+    Truncated,
+    /// A node id no node could have, or a key that is not UTF-8.
+    Text,
+    /// A notice whose JSON is not what the scripts write.
+    Json,
+}
 
 #[cfg(test)]
-pub(crate) fn broadcast(node: &str, seq: u64, payload: &[u8]) -> Bytes {
+pub(crate) fn broadcast(node: &str, epoch: u32, seq: u64, payload: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(broadcast_len(node, payload));
-    put_broadcast(&mut b, node, seq, payload);
+    put_broadcast(&mut b, node, epoch, seq, payload);
     b.freeze()
 }
 
 /// The length of a broadcast frame.
 pub(crate) fn broadcast_len(node: &str, payload: &[u8]) -> usize {
-    3 + node.len() + 8 + payload.len()
+    3 + node.len() + 4 + 8 + payload.len()
 }
 
 /// Appends a broadcast frame to `b`: the publisher writes a whole batch into one
 /// buffer rather than allocating a frame per message.
-pub(crate) fn put_broadcast(b: &mut BytesMut, node: &str, seq: u64, payload: &[u8]) {
+pub(crate) fn put_broadcast(b: &mut BytesMut, node: &str, epoch: u32, seq: u64, payload: &[u8]) {
     header(b, BROADCAST, node);
+    b.put_u32(epoch);
     b.put_u64(seq);
     b.put_slice(payload);
 }
@@ -130,31 +150,31 @@ fn header(b: &mut BytesMut, kind: u8, node: &str) {
 
 fn split(bytes: &[u8], n: usize) -> Result<(&[u8], &[u8]), Malformed> {
     if bytes.len() < n {
-        return Err(Malformed);
+        return Err(Malformed::Truncated);
     }
     Ok(bytes.split_at(n))
 }
 
 fn text(bytes: &[u8]) -> Result<&str, Malformed> {
-    std::str::from_utf8(bytes).map_err(|_| Malformed)
+    std::str::from_utf8(bytes).map_err(|_| Malformed::Text)
 }
 
 fn node_id(id: &str) -> Result<&str, Malformed> {
     if valid_node_id(id) {
         Ok(id)
     } else {
-        Err(Malformed)
+        Err(Malformed::Text)
     }
 }
 
 pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>, Malformed> {
     let (head, rest) = split(bytes, 2)?;
     if head[0] != VERSION {
-        return Err(Malformed);
+        return Err(Malformed::Version(head[0]));
     }
     match head[1] {
         TAKEOVER => serde_json::from_slice(rest)
-            .map_err(|_| Malformed)
+            .map_err(|_| Malformed::Json)
             .and_then(|t: TakeOver| {
                 node_id(&t.node)?;
                 Ok(Envelope::TakeOver(t))
@@ -169,9 +189,16 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>, Malformed> {
             let (node, rest) = split(rest, usize::from(n[0]))?;
             let node = node_id(text(node)?)?;
             if kind == BROADCAST {
+                let (epoch, rest) = split(rest, 4)?;
                 let (seq, payload) = split(rest, 8)?;
-                let seq = u64::from_be_bytes(seq.try_into().map_err(|_| Malformed)?);
-                Ok(Envelope::Broadcast { node, seq, payload })
+                let epoch = u32::from_be_bytes([epoch[0], epoch[1], epoch[2], epoch[3]]);
+                let seq = u64::from_be_bytes(seq.try_into().map_err(|_| Malformed::Truncated)?);
+                Ok(Envelope::Broadcast {
+                    node,
+                    epoch,
+                    seq,
+                    payload,
+                })
             } else {
                 let (k, rest) = split(rest, 2)?;
                 let k = u16::from_be_bytes([k[0], k[1]]);
@@ -183,7 +210,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>, Malformed> {
                 })
             }
         }
-        _ => Err(Malformed),
+        kind => Err(Malformed::Kind(kind)),
     }
 }
 
@@ -196,17 +223,17 @@ fn node_down(bytes: &[u8]) -> Result<NodeDown, Malformed> {
         #[serde(default)]
         omitted: u64,
     }
-    let raw: Raw = serde_json::from_slice(bytes).map_err(|_| Malformed)?;
+    let raw: Raw = serde_json::from_slice(bytes).map_err(|_| Malformed::Json)?;
     let keys = match raw.keys {
         serde_json::Value::Array(keys) => keys
             .into_iter()
             .map(|k| match k {
                 serde_json::Value::String(k) => Ok(k),
-                _ => Err(Malformed),
+                _ => Err(Malformed::Json),
             })
             .collect::<Result<_, _>>()?,
         serde_json::Value::Object(map) if map.is_empty() => Vec::new(),
-        _ => return Err(Malformed),
+        _ => return Err(Malformed::Json),
     };
     Ok(NodeDown {
         node: raw.node,
@@ -221,11 +248,12 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let b = broadcast("a", 7, b"hi");
+        let b = broadcast("a", 0xdead_beef, 7, b"hi");
         assert_eq!(
             decode(&b),
             Ok(Envelope::Broadcast {
                 node: "a",
+                epoch: 0xdead_beef,
                 seq: 7,
                 payload: b"hi"
             })
@@ -243,25 +271,38 @@ mod tests {
 
     #[test]
     fn every_truncation_is_refused_not_panicked() {
-        let b = broadcast("node", 1, b"");
+        let b = broadcast("node", 3, 1, b"");
         for n in 0..b.len() {
-            assert_eq!(decode(&b[..n]), Err(Malformed), "prefix of {n} bytes");
+            assert!(decode(&b[..n]).is_err(), "prefix of {n} bytes");
         }
         let d = direct("node", "key", b"").unwrap();
         for n in 0..d.len() {
-            assert_eq!(decode(&d[..n]), Err(Malformed), "prefix of {n} bytes");
+            assert!(decode(&d[..n]).is_err(), "prefix of {n} bytes");
         }
-        assert_eq!(decode(&[2, 0]), Err(Malformed));
-        assert_eq!(decode(&[1, 9]), Err(Malformed));
+        assert_eq!(decode(&[VERSION, 9]), Err(Malformed::Kind(9)));
+    }
+
+    #[test]
+    fn a_frame_of_another_version_is_refused_by_its_version() {
+        // A version 1 broadcast (no epoch), as nodes before this one wrote it.
+        let mut old = vec![1, BROADCAST, 1, b'a'];
+        old.extend_from_slice(&7u64.to_be_bytes());
+        old.extend_from_slice(b"hi");
+        assert_eq!(decode(&old), Err(Malformed::Version(1)));
+        for v in [0, 3, 255] {
+            let mut f = broadcast("a", 1, 1, b"x").to_vec();
+            f[0] = v;
+            assert_eq!(decode(&f), Err(Malformed::Version(v)));
+        }
     }
 
     #[test]
     fn a_node_id_no_node_could_have_is_refused() {
         for node in ["has space", "ünï", &"x".repeat(MAX_NODE_ID + 1), ""] {
-            let f = broadcast(node, 1, b"x");
-            assert_eq!(decode(&f), Err(Malformed), "{node:?}");
+            let f = broadcast(node, 1, 1, b"x");
+            assert_eq!(decode(&f), Err(Malformed::Text), "{node:?}");
             let d = direct(node, "k", b"x").unwrap();
-            assert_eq!(decode(&d), Err(Malformed), "{node:?}");
+            assert_eq!(decode(&d), Err(Malformed::Text), "{node:?}");
         }
     }
 
@@ -271,7 +312,7 @@ mod tests {
             r#"{"key":"k","gen":"1764000000000001","node":"a","by":"c1.1.0"}"#,
             r#"{"key":"k","gen":1764000000000001,"node":"a","by":"c1.1.0"}"#,
         ] {
-            let mut f = vec![1, TAKEOVER];
+            let mut f = vec![VERSION, TAKEOVER];
             f.extend_from_slice(json.as_bytes());
             match decode(&f) {
                 Ok(Envelope::TakeOver(t)) => assert_eq!(t.gen, 1_764_000_000_000_001),
@@ -282,7 +323,7 @@ mod tests {
 
     #[test]
     fn node_down_accepts_cjson_empty_table() {
-        let mut f = vec![1, NODE_DOWN];
+        let mut f = vec![VERSION, NODE_DOWN];
         f.extend_from_slice(br#"{"node":"a","keys":{}}"#);
         assert_eq!(
             decode(&f),

@@ -33,6 +33,14 @@ pub enum ClusterError {
     /// The builder's node id is unusable.
     #[error(transparent)]
     Config(#[from] super::builder::BadNodeId),
+    /// More live nodes than
+    /// [`ClusterBuilder::max_nodes_listed`](super::ClusterBuilder::max_nodes_listed)
+    /// would have to be read for an exact answer; `omitted` of them were not.
+    #[error("{omitted} live nodes over max_nodes_listed were not read; the answer would be short")]
+    TooManyNodes {
+        /// Live nodes left unread.
+        omitted: u64,
+    },
 }
 
 impl From<fred::error::Error> for ClusterError {

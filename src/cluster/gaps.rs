@@ -8,12 +8,22 @@
 //! took (its caller's connection closed before the server read it) was never
 //! numbered, so it is not a gap either.
 //!
+//! A stream is a sending node's numbering of one session in one epoch. A
+//! publisher forgets the numbering of sessions it has not published to for a
+//! while (`streams.rs`) and numbers them again from 1 in a new epoch; a number in
+//! a new epoch starts the stream over here, as a first one, rather than count as
+//! stale behind the old epoch's last number.
+//!
 //! Frames come from Redis, where any client can publish, so what they can make
 //! this tracker hold is bounded: at most [`MAX_NODES`] sending nodes (the one
-//! heard from least recently makes room for a new one), and sessions per node only
-//! among those this node is subscribed to. A number more than [`MAX_JUMP`] past
-//! the last one is no loss a publisher could cause; it is refused, so that one
-//! forged frame can neither inflate the count nor stall the stream behind it.
+//! heard from least recently makes room for a new one), and at most
+//! [`MAX_STREAMS`] streams over all of them (past it, the node with the most
+//! streams is forgotten: a flood of forged ones, or a sender whose streams then
+//! start over, uncounted, at their next number). A number more than [`MAX_JUMP`]
+//! past the last one is no loss a publisher could cause; it is refused, so that
+//! one forged frame can neither inflate the count nor stall the stream behind it.
+//! A forged new epoch restarts a stream, and a gap across it goes uncounted: the
+//! frames are not authenticated (see the README on Redis ACLs).
 
 use std::collections::HashMap;
 
@@ -23,6 +33,10 @@ use crate::SessionId;
 /// Redis can publish.
 pub(crate) const MAX_NODES: usize = 1024;
 
+/// Streams tracked at most, over every sending node: about 1,000 sessions on
+/// each of 256 nodes.
+pub(crate) const MAX_STREAMS: usize = 1 << 18;
+
 /// The largest believable jump: 2^32 publications lost in one gap is over an hour
 /// at a million failed publications a second.
 pub(crate) const MAX_JUMP: u64 = 1 << 32;
@@ -30,11 +44,12 @@ pub(crate) const MAX_JUMP: u64 = 1 << 32;
 /// What a received number says about the stream it belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Seen {
-    /// The first number seen from this node in this session; nothing to compare.
+    /// The first number seen from this node in this session, or in a new epoch
+    /// of it; nothing to compare.
     First,
     /// The next number, after `missed` that never arrived.
     Next { missed: u64 },
-    /// A number at or below one already seen.
+    /// A number at or below one already seen in this epoch.
     Stale,
     /// A number more than [`MAX_JUMP`] ahead: forged or corrupt, not tracked.
     Implausible,
@@ -45,7 +60,8 @@ pub(crate) enum Seen {
 struct Sender {
     /// When this node was last heard from, in observations; for eviction.
     heard: u64,
-    last: HashMap<SessionId, u64>,
+    /// Per session, the epoch and the last number seen in it.
+    last: HashMap<SessionId, (u32, u64)>,
 }
 
 /// The last number seen per (sending node, session). The task that reads
@@ -56,36 +72,57 @@ pub(crate) struct GapTracker {
     last: HashMap<String, Sender>,
     /// Observations so far: the clock of `Sender::heard`.
     ticks: u64,
+    /// Streams held, over every sender.
+    streams: usize,
 }
 
 impl GapTracker {
-    pub(crate) fn observe(&mut self, node: &str, session: &SessionId, seq: u64) -> Seen {
+    pub(crate) fn observe(
+        &mut self,
+        node: &str,
+        session: &SessionId,
+        epoch: u32,
+        seq: u64,
+    ) -> Seen {
         self.ticks += 1;
         // Two lookups on the path every publication takes; a node's first costs more.
         if let Some(sender) = self.last.get_mut(node) {
             sender.heard = self.ticks;
-            return match sender.last.get_mut(session) {
-                None => {
-                    sender.last.insert(session.clone(), seq);
-                    Seen::First
+            match sender.last.get_mut(session) {
+                Some((e, last)) if *e != epoch => {
+                    (*e, *last) = (epoch, seq);
+                    return Seen::First;
                 }
-                Some(last) if seq > *last && seq - *last > MAX_JUMP => Seen::Implausible,
-                Some(last) if seq > *last => {
+                Some((_, last)) if seq > *last && seq - *last > MAX_JUMP => {
+                    return Seen::Implausible
+                }
+                Some((_, last)) if seq > *last => {
                     let missed = seq - *last - 1;
                     *last = seq;
-                    Seen::Next { missed }
+                    return Seen::Next { missed };
                 }
-                Some(_) => Seen::Stale,
-            };
+                Some(_) => return Seen::Stale,
+                None if self.streams < MAX_STREAMS => {
+                    sender.last.insert(session.clone(), (epoch, seq));
+                    self.streams += 1;
+                    return Seen::First;
+                }
+                None => {}
+            }
         }
-        if self.last.len() >= MAX_NODES {
+        if self.streams >= MAX_STREAMS {
+            self.evict_largest();
+        }
+        if !self.last.contains_key(node) && self.last.len() >= MAX_NODES {
             self.evict_oldest();
         }
-        let sender = Sender {
-            heard: self.ticks,
-            last: HashMap::from([(session.clone(), seq)]),
-        };
-        self.last.insert(node.to_owned(), sender);
+        let ticks = self.ticks;
+        let sender = self.last.entry(node.to_owned()).or_insert_with(|| Sender {
+            heard: ticks,
+            last: HashMap::new(),
+        });
+        sender.last.insert(session.clone(), (epoch, seq));
+        self.streams += 1;
         Seen::First
     }
 
@@ -98,7 +135,21 @@ impl GapTracker {
             .min_by_key(|(_, s)| s.heard)
             .map(|(node, _)| node.clone());
         if let Some(node) = oldest {
-            self.last.remove(&node);
+            self.forget_node(&node);
+        }
+    }
+
+    /// Makes room for a new stream: forgets the node with the most, which frees
+    /// at least `MAX_STREAMS / MAX_NODES` of them, so this linear pass runs at
+    /// most once per 256 new streams.
+    fn evict_largest(&mut self) {
+        let largest = self
+            .last
+            .iter()
+            .max_by_key(|(_, s)| s.last.len())
+            .map(|(node, _)| node.clone());
+        if let Some(node) = largest {
+            self.forget_node(&node);
         }
     }
 
@@ -106,13 +157,17 @@ impl GapTracker {
     /// is away is not a gap.
     pub(crate) fn forget_session(&mut self, session: &SessionId) {
         for sender in self.last.values_mut() {
-            sender.last.remove(session);
+            if sender.last.remove(session).is_some() {
+                self.streams -= 1;
+            }
         }
     }
 
     /// Forgets a node that went down.
     pub(crate) fn forget_node(&mut self, node: &str) {
-        self.last.remove(node);
+        if let Some(sender) = self.last.remove(node) {
+            self.streams -= sender.last.len();
+        }
     }
 }
 
@@ -124,37 +179,72 @@ mod tests {
     fn counts_exactly_the_missing_numbers() {
         let mut g = GapTracker::default();
         let s = SessionId::from("room");
-        assert_eq!(g.observe("a", &s, 5), Seen::First);
-        assert_eq!(g.observe("a", &s, 6), Seen::Next { missed: 0 });
-        assert_eq!(g.observe("a", &s, 10), Seen::Next { missed: 3 });
-        assert_eq!(g.observe("a", &s, 9), Seen::Stale);
-        assert_eq!(g.observe("b", &s, 1), Seen::First);
+        assert_eq!(g.observe("a", &s, 1, 5), Seen::First);
+        assert_eq!(g.observe("a", &s, 1, 6), Seen::Next { missed: 0 });
+        assert_eq!(g.observe("a", &s, 1, 10), Seen::Next { missed: 3 });
+        assert_eq!(g.observe("a", &s, 1, 9), Seen::Stale);
+        assert_eq!(g.observe("b", &s, 1, 1), Seen::First);
         g.forget_session(&s);
-        assert_eq!(g.observe("a", &s, 20), Seen::First);
+        assert_eq!(g.observe("a", &s, 1, 20), Seen::First);
     }
 
     #[test]
     fn a_forged_jump_neither_counts_nor_poisons_the_stream() {
         let mut g = GapTracker::default();
         let s = SessionId::from("room");
-        assert_eq!(g.observe("a", &s, 1), Seen::First);
-        let jump = g.observe("a", &s, u64::MAX);
+        assert_eq!(g.observe("a", &s, 1, 1), Seen::First);
+        let jump = g.observe("a", &s, 1, u64::MAX);
         assert!(!matches!(jump, Seen::Next { .. }), "{jump:?}");
-        assert_eq!(g.observe("a", &s, 2), Seen::Next { missed: 0 });
+        assert_eq!(g.observe("a", &s, 1, 2), Seen::Next { missed: 0 });
     }
 
     #[test]
     fn forged_node_ids_are_bounded() {
         let mut g = GapTracker::default();
         let s = SessionId::from("room");
-        assert_eq!(g.observe("real", &s, 1), Seen::First);
+        assert_eq!(g.observe("real", &s, 1, 1), Seen::First);
         for i in 0..10 * MAX_NODES {
-            g.observe(&format!("forged-{i}"), &s, 1);
+            g.observe(&format!("forged-{i}"), &s, 1, 1);
             // The real node keeps publishing through the flood.
-            g.observe("real", &s, 2 + i as u64);
+            g.observe("real", &s, 1, 2 + i as u64);
         }
         assert!(g.last.len() <= MAX_NODES, "{} nodes tracked", g.last.len());
         let next = 2 + 10 * MAX_NODES as u64;
-        assert_eq!(g.observe("real", &s, next + 1), Seen::Next { missed: 1 });
+        assert_eq!(g.observe("real", &s, 1, next + 1), Seen::Next { missed: 1 });
+    }
+
+    #[test]
+    fn streams_are_bounded_across_nodes_and_sessions() {
+        let mut g = GapTracker::default();
+        let room = SessionId::from("room");
+        assert_eq!(g.observe("real", &room, 1, 1), Seen::First);
+        // A few forged nodes on ever more sessions, while the real node publishes.
+        for i in 0..MAX_STREAMS + 1000 {
+            let node = ["x", "y", "z"][i % 3];
+            g.observe(node, &SessionId::from(i as u64), 1, 1);
+            if i % 1000 == 0 {
+                let seq = 2 + i as u64 / 1000;
+                assert_eq!(g.observe("real", &room, 1, seq), Seen::Next { missed: 0 });
+            }
+        }
+        let held: usize = g.last.values().map(|s| s.last.len()).sum();
+        assert!(held <= MAX_STREAMS, "{held} streams tracked");
+        assert_eq!(held, g.streams, "the count follows what is held");
+        g.forget_session(&room);
+        g.forget_node("x");
+        let held: usize = g.last.values().map(|s| s.last.len()).sum();
+        assert_eq!(held, g.streams);
+    }
+
+    #[test]
+    fn a_new_epoch_starts_the_stream_over() {
+        let mut g = GapTracker::default();
+        let s = SessionId::from("room");
+        assert_eq!(g.observe("a", &s, 7, 1), Seen::First);
+        assert_eq!(g.observe("a", &s, 7, 500), Seen::Next { missed: 498 });
+        // The publisher forgot this numbering and started again at 1.
+        assert_eq!(g.observe("a", &s, 8, 1), Seen::First);
+        assert_eq!(g.observe("a", &s, 8, 3), Seen::Next { missed: 1 });
+        assert_eq!(g.observe("a", &s, 8, 2), Seen::Stale);
     }
 }

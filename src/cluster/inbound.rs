@@ -43,7 +43,12 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             return Vec::new();
         };
         match env {
-            Envelope::Broadcast { node, seq, payload } => {
+            Envelope::Broadcast {
+                node,
+                epoch,
+                seq,
+                payload,
+            } => {
                 if node == self.node {
                     // Skip-self: local members got it before it was published.
                     return Vec::new();
@@ -53,7 +58,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                     return Vec::new();
                 };
                 Counters::add(&c.received, 1);
-                match lock(&self.gaps).observe(node, &session, seq) {
+                match lock(&self.gaps).observe(node, &session, epoch, seq) {
                     Seen::Next { missed } => Counters::add(&c.gaps, missed),
                     Seen::Stale => Counters::add(&c.reordered, 1),
                     Seen::First => {}

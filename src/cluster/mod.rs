@@ -19,7 +19,9 @@
 //!   with [`CloseReason::TakenOver`](crate::CloseReason::TakenOver).
 //! * **Gaps are counted.** Pub/sub is at-most-once. Each node numbers its
 //!   publications per session; receivers count the numbers they never saw
-//!   ([`ClusterStats::gaps`]). When Redis restarts, every node reconnects,
+//!   ([`ClusterStats::gaps`]). A node keeps a bounded number of numberings
+//!   ([`ClusterBuilder::max_publish_streams`]); one it forgot starts again in a
+//!   new epoch, which receivers follow from there. When Redis restarts, every node reconnects,
 //!   subscribes again to each session it has members in, and re-announces itself.
 //!
 //! # Example
@@ -73,6 +75,7 @@ mod presence;
 mod publisher;
 mod scripts;
 mod stats;
+mod streams;
 mod subscription;
 mod takeover;
 
@@ -291,6 +294,7 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             Publisher {
                 node: node.clone(),
                 names: Arc::clone(&names),
+                max_streams: b.max_publish_streams,
                 link: Arc::new(publisher::Link {
                     client,
                     base: names.base.clone().into(),
@@ -671,9 +675,16 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
 
     /// Members of `session` on every live node, as their nodes last recorded.
     ///
+    /// Redis is asked for the counts of at most
+    /// [`ClusterBuilder::max_nodes_listed`] live nodes (those [`nodes`](Self::nodes)
+    /// lists), and of nothing else in the session's record, which any client of
+    /// the server can write to.
+    ///
     /// # Errors
     ///
-    /// [`ClusterError::Redis`] if Redis could not be asked.
+    /// [`ClusterError::Redis`] if Redis could not be asked;
+    /// [`ClusterError::TooManyNodes`] if more live nodes than that bound would have
+    /// to be read: a count that left some out would be short.
     ///
     /// # Examples
     ///
@@ -687,7 +698,9 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// # Ok(()) }
     /// ```
     pub async fn member_count(&self, session: impl Into<SessionId>) -> Result<usize, ClusterError> {
-        self.shared.members(Names::token(&session.into())).await
+        let n = self.shared.members(Names::token(&session.into())).await?;
+        // At most max_nodes_listed counts of at most 2^40 each (the script's bound).
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     /// Live nodes with their client counts, sorted by id: at most

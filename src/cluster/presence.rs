@@ -4,7 +4,9 @@
 //! count and counters and reconciles its subscriptions; every ninth (and at least
 //! every second) it runs the reaper, which releases every node whose deadline
 //! passed and announces it on the ctl channel.
-//! Any node may reap; the script is atomic, so each dead node is released once.
+//! Any node may reap. Each script call is atomic and releases a bounded chunk,
+//! so several reapers share a dead node's chunks, and it is announced once, by
+//! the call that finds nothing left of it.
 //!
 //! A heartbeat that finds its node unknown (Redis restarted empty, or the node was
 //! presumed dead during a long pause) re-announces: it claims its keys again where
@@ -20,6 +22,11 @@ use crate::sync::{lock, Arc};
 
 use super::takeover::Mode;
 use super::{ClusterError, Shared};
+
+/// Reap calls one tick makes at most: some four million keys, at
+/// [`RELEASE_CHUNK`](super::scripts::RELEASE_CHUNK) a call. Any client of the
+/// Redis can make up dead nodes; this bounds the work they cause a tick.
+const MAX_REAP_CALLS: usize = 4096;
 
 /// A live node, from [`Cluster::nodes`](super::Cluster::nodes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -143,9 +150,14 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         self.sync_sessions(sessions).await
     }
 
-    /// Releases every node whose heartbeat expired; each is announced on the ctl
-    /// channel, where every node (this one too) turns it into a
+    /// Releases every node whose heartbeat expired (or `node`); each is announced
+    /// on the ctl channel, where every node (this one too) turns it into a
     /// [`ClusterEvent::NodeDown`](super::ClusterEvent::NodeDown).
+    ///
+    /// One script call releases at most a chunk (`scripts::DOWN`), so Redis serves
+    /// other clients between calls; the calls follow each other at once, so a
+    /// node is released within this tick whatever it held, up to
+    /// [`MAX_REAP_CALLS`] chunks (the rest at the next tick).
     pub(crate) async fn reap(&self, node: Option<&str>) -> Result<(), ClusterError> {
         let args = vec![
             self.names.base.clone(),
@@ -153,23 +165,40 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             node.unwrap_or("").to_owned(),
             self.max_keys_listed.to_string(),
         ];
-        let _: Value = self
-            .client
-            .eval(self.scripts.down.text(), Vec::<String>::new(), args)
-            .await?;
+        for _ in 0..MAX_REAP_CALLS {
+            let reaping: i64 = self
+                .client
+                .eval(self.scripts.down.text(), Vec::<String>::new(), args.clone())
+                .await?;
+            if reaping <= 0 {
+                break;
+            }
+        }
         Ok(())
     }
 
-    pub(crate) async fn members(&self, token: String) -> Result<usize, ClusterError> {
-        let n: i64 = self
+    /// The session's members on every live node; refused rather than short when
+    /// more live nodes than [`ClusterBuilder::max_nodes_listed`] would have to be
+    /// read.
+    ///
+    /// [`ClusterBuilder::max_nodes_listed`]: super::ClusterBuilder::max_nodes_listed
+    pub(crate) async fn members(&self, token: String) -> Result<u64, ClusterError> {
+        let (sum, omitted): (u64, u64) = self
             .client
             .eval(
                 self.scripts.members.text(),
                 Vec::<String>::new(),
-                vec![self.names.base.clone(), token],
+                vec![
+                    self.names.base.clone(),
+                    token,
+                    self.max_nodes_listed.to_string(),
+                ],
             )
             .await?;
-        Ok(usize::try_from(n).unwrap_or(0))
+        if omitted > 0 {
+            return Err(ClusterError::TooManyNodes { omitted });
+        }
+        Ok(sum)
     }
 
     pub(crate) async fn nodes(&self) -> Result<Nodes, ClusterError> {

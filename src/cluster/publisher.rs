@@ -4,8 +4,9 @@
 //! Callers queue a publication and await its answer. The task takes everything
 //! queued (up to [`BATCH`] publications, and about
 //! [`MAX_BYTES`](super::batch::MAX_BYTES) of frames), frames each with this
-//! node's id and the session's next number into one buffer (`batch.rs`), and
-//! sends the lot as one script call that publishes them all. One task means
+//! node's id and the session's epoch and next number (`streams.rs`) into one
+//! buffer (`batch.rs`), and sends the lot as one script call that publishes them
+//! all. One task means
 //! numbers are handed out in the order publications reach Redis, so a
 //! receiver that sees a number jump knows exactly how many it missed.
 //!
@@ -30,7 +31,6 @@
 //! script can publish them; those batches are pipelined `SPUBLISH`es, one batch
 //! at a time, failing fast when the connection is down but without the deadline.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
@@ -52,6 +52,7 @@ use super::batch::{Batch, BatchBuf, TooLong};
 use super::clock::RedisClock;
 use super::names::Names;
 use super::stats::Counters;
+use super::streams::Streams;
 
 /// Publications sent in one batch, at most.
 const BATCH: usize = 512;
@@ -72,6 +73,8 @@ pub(crate) struct Outgoing {
 pub(crate) struct Publisher {
     pub(crate) node: String,
     pub(crate) names: Arc<Names>,
+    /// Sessions numbered at once, at most (`streams.rs`).
+    pub(crate) max_streams: usize,
     pub(crate) link: Arc<Link>,
 }
 
@@ -85,14 +88,6 @@ pub(crate) struct Link {
     pub(crate) script: String,
     /// How long after sending a batch Redis still accepts it.
     pub(crate) deadline: Duration,
-}
-
-/// A session this node publishes to: its channel, built once, its last number,
-/// and its channel's index in the batch being written.
-struct Stream {
-    channel: Str,
-    seq: u64,
-    slot: Option<(u64, u16)>,
 }
 
 /// A numbered batch and the callers waiting for it.
@@ -115,9 +110,7 @@ impl Publisher {
         mut rx: mpsc::Receiver<Outgoing>,
         mut stop: oneshot::Receiver<()>,
     ) {
-        // Grows with the sessions this node publishes to: an entry is the id, its
-        // channel name and 24 bytes.
-        let mut streams: HashMap<SessionId, Stream> = HashMap::new();
+        let mut streams = Streams::new(self.max_streams);
         let mut queued: Vec<Outgoing> = Vec::with_capacity(BATCH);
         let mut in_flight = JoinSet::new();
         let mut batches = 0u64;
@@ -151,11 +144,9 @@ impl Publisher {
             for out in items.by_ref() {
                 let stream = match streams.get_mut(&out.session) {
                     Some(s) => s,
-                    None => streams.entry(out.session.clone()).or_insert(Stream {
-                        channel: Str::from(self.names.channel(&out.session)),
-                        seq: 0,
-                        slot: None,
-                    }),
+                    None => {
+                        streams.admit(&out.session, || Str::from(self.names.channel(&out.session)))
+                    }
                 };
                 let index = match stream.slot {
                     Some((b, i)) if b == batches => i,
@@ -165,7 +156,13 @@ impl Publisher {
                         i
                     }
                 };
-                match buf.put_broadcast(index, &self.node, stream.seq + 1, &out.payload) {
+                match buf.put_broadcast(
+                    index,
+                    &self.node,
+                    stream.epoch,
+                    stream.seq + 1,
+                    &out.payload,
+                ) {
                     Ok(()) => {
                         stream.seq += 1;
                         done.push(out.done);

@@ -12,6 +12,9 @@
 //! | `B:nkeys:N` | set | keys node N holds |
 //! | `B:members:T` | hash | node → member count of the session with token T |
 //! | `B:nsess:N` | set | session tokens node N counts members in |
+//! | `B:reaping` | sorted set | dead node → when its release began |
+//! | `B:rlist:N` | list | keys of dead node N released so far, to list |
+//! | `B:romit:N` | counter | keys of dead node N released beyond the list |
 
 /// The time in milliseconds, and a helper reading the node out of `gen|node`.
 const PRELUDE: &str = r"
@@ -36,6 +39,7 @@ end
 /// the live node's last beat came from another process (another run token).
 const HEARTBEAT: &str = r"
 local node, ttl, run = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+REAPING
 local known = redis.call('ZSCORE', B .. ':nodes', node)
 local info = B .. ':info:' .. node
 local other = redis.call('HGET', info, 'run')
@@ -69,43 +73,76 @@ end
 return sent
 ";
 
-/// ARGV: base, ctl channel, node or '', most keys listed per node. Releases
-/// every expired node (or the one named, if Redis knows it: on a clean shutdown,
-/// or a restart under the same id), at most [`REAP_BATCH`] per call, and
-/// announces each on the ctl channel with at most that many of its keys and a
-/// count of the others (`omitted`). Returns how many it released.
+/// ARGV: base, ctl channel, node or '', most keys listed per node. Returns how
+/// many nodes are still being released; the caller calls again until none is.
 ///
-/// Releasing still visits every key the node held (one per client it claimed,
-/// which its own registry bounded): leaving some held by a dead node would be
-/// worse. Only the list, the part every node receives, stops at the bound.
+/// Takes every expired node (or the one named, if Redis knows it: on a clean
+/// shutdown, or a restart under the same id), at most [`REAP_BATCH`] per call, out
+/// of `B:nodes` into `B:reaping`, where nothing counts it live. Then releases one
+/// chunk of one node being released (the named one first): at most
+/// [`RELEASE_CHUNK`] of its keys and member counts in all, so that one call's
+/// work is bounded however much it held, and Redis serves its other clients
+/// between calls. Keys it lists go to `B:rlist:N` (at most the limit), the
+/// others are counted in `B:romit:N`. The call that finds nothing left announces
+/// the node on the ctl channel with that list and count (`omitted`).
+///
+/// A node being released refuses its own heartbeats, claims and counts
+/// ([`REAPING`]) until it is released; its next heartbeat then finds it unknown,
+/// and it announces itself again.
 const DOWN: &str = r"
+local ctl, max, R = ARGV[2], tonumber(ARGV[4]), B .. ':reaping'
 local dead
 if ARGV[3] ~= '' then
   dead = {}
   if redis.call('ZSCORE', B .. ':nodes', ARGV[3]) then dead = { ARGV[3] } end
 else dead = redis.call('ZRANGEBYSCORE', B .. ':nodes', '-inf', '(' .. now, 'LIMIT', 0, REAP_BATCH) end
-local max = tonumber(ARGV[4])
 for _, n in ipairs(dead) do
   redis.call('ZREM', B .. ':nodes', n)
-  local released, omitted = {}, 0
-  for _, k in ipairs(redis.call('SMEMBERS', B .. ':nkeys:' .. n)) do
-    if holder(redis.call('HGET', B .. ':keys', k)) == n then
-      redis.call('HDEL', B .. ':keys', k)
-      if #released < max then table.insert(released, k) else omitted = omitted + 1 end
-    end
-  end
-  for _, s in ipairs(redis.call('SMEMBERS', B .. ':nsess:' .. n)) do
-    redis.call('HDEL', B .. ':members:' .. s, n)
-  end
-  redis.call('DEL', B .. ':nkeys:' .. n, B .. ':nsess:' .. n, B .. ':info:' .. n)
-  redis.call('PUBLISH', ARGV[2],
-    string.char(1, 3) .. cjson.encode({ node = n, keys = released, omitted = omitted }))
+  redis.call('ZADD', R, 'NX', now, n)
 end
-return #dead
+local n = ARGV[3]
+if n == '' or not redis.call('ZSCORE', R, n) then n = redis.call('ZRANGE', R, 0, 0)[1] end
+if not n then return 0 end
+local list, omit = B .. ':rlist:' .. n, B .. ':romit:' .. n
+local budget = RELEASE_CHUNK
+local keys = redis.call('SPOP', B .. ':nkeys:' .. n, budget)
+for _, k in ipairs(keys) do
+  if holder(redis.call('HGET', B .. ':keys', k)) == n then
+    redis.call('HDEL', B .. ':keys', k)
+    if redis.call('LLEN', list) < max then redis.call('RPUSH', list, k)
+    else redis.call('INCR', omit) end
+  end
+end
+budget = budget - #keys
+if budget > 0 then
+  local sessions = redis.call('SPOP', B .. ':nsess:' .. n, budget)
+  for _, s in ipairs(sessions) do redis.call('HDEL', B .. ':members:' .. s, n) end
+  budget = budget - #sessions
+end
+if budget > 0 then
+  local released = redis.call('LRANGE', list, 0, -1)
+  local omitted = tonumber(redis.call('GET', omit) or '0')
+  redis.call('DEL', list, omit, B .. ':info:' .. n)
+  redis.call('ZREM', R, n)
+  redis.call('PUBLISH', ctl,
+    string.char(FRAME_VERSION, 3) .. cjson.encode({ node = n, keys = released, omitted = omitted }))
+end
+return redis.call('ZCARD', R)
 ";
 
-/// Expired nodes one reap releases at most; the rest go at the next tick.
+/// Expired nodes one reap call takes in at most; the rest go at the next call.
 pub(crate) const REAP_BATCH: usize = 64;
+
+/// Keys and member counts one reap call releases at most.
+pub(crate) const RELEASE_CHUNK: usize = 1024;
+
+/// The refusal a node being released gets for its own writes: it is dead to the
+/// cluster until released, then announces itself again.
+const REAPING: &str = r"
+if redis.call('ZSCORE', B .. ':reaping', NODE) then
+  return redis.error_reply('REAPING this node is being released; it announces itself again after')
+end
+";
 
 /// ARGV: base, key, node, new connection id, mode (`force` or `ifree`), node
 /// channel base. Returns `{1, gen}` when the key is now this node's, `{0, holder}`
@@ -119,6 +156,7 @@ pub(crate) const REAP_BATCH: usize = 64;
 /// string, since cjson would write so large a number in exponent form.
 const CLAIM: &str = r"
 local key, node, by, mode = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+REAPING
 local cur = holder(redis.call('HGET', B .. ':keys', key))
 if mode == 'ifree' and cur and cur ~= node and alive(cur) then return { 0, cur } end
 local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -130,7 +168,7 @@ redis.call('SADD', B .. ':nkeys:' .. node, key)
 if cur and cur ~= node then
   redis.call('SREM', B .. ':nkeys:' .. cur, key)
   redis.call('PUBLISH', ARGV[6] .. cur,
-    string.char(1, 2) .. cjson.encode({ key = key, gen = gen, node = node, by = by }))
+    string.char(FRAME_VERSION, 2) .. cjson.encode({ key = key, gen = gen, node = node, by = by }))
 end
 return { 1, tonumber(gen) }
 ";
@@ -188,6 +226,7 @@ return false
 /// ARGV: base, node, then token/count pairs. Records this node's member counts.
 const COUNTS: &str = r"
 local node = ARGV[2]
+REAPING
 for i = 3, #ARGV, 2 do
   local tok, c = ARGV[i], tonumber(ARGV[i + 1])
   if c > 0 then
@@ -201,14 +240,26 @@ end
 return 1
 ";
 
-/// ARGV: base, token. The members of the session summed over live nodes.
+/// ARGV: base, token, most nodes read. Returns `{sum, omitted}`: the members of
+/// the session summed over at most that many live nodes (earliest deadline first,
+/// as [`NODES`] lists them), and how many live nodes it left out. It reads those
+/// nodes' fields of the session's hash and nothing else, so fields any writer
+/// adds to the hash cost nothing; a count that is not a whole number of members
+/// a node could hold (0 to 2^40) is skipped.
 const MEMBERS: &str = r"
-local all = redis.call('HGETALL', B .. ':members:' .. ARGV[2])
+local max = tonumber(ARGV[3])
+local total = redis.call('ZCOUNT', B .. ':nodes', now, '+inf')
+local live = redis.call('ZRANGEBYSCORE', B .. ':nodes', now, '+inf', 'LIMIT', 0, max)
+local h = B .. ':members:' .. ARGV[2]
 local sum = 0
-for i = 1, #all, 2 do
-  if alive(all[i]) then sum = sum + tonumber(all[i + 1]) end
+for i = 1, #live, 256 do
+  local v = redis.call('HMGET', h, unpack(live, i, math.min(i + 255, #live)))
+  for _, c in ipairs(v) do
+    c = c and tonumber(c)
+    if c and c >= 0 and c <= 1099511627776 and c == math.floor(c) then sum = sum + c end
+  end
 end
-return sum
+return { sum, total - #live }
 ";
 
 /// ARGV: base, most nodes listed, longest node id. Returns how many live nodes
@@ -254,7 +305,11 @@ pub(crate) struct Script(String);
 
 impl Script {
     fn new(body: &str) -> Self {
-        let body = body.replace("REAP_BATCH", &REAP_BATCH.to_string());
+        let body = body
+            .replace("REAPING", &REAPING.replace("NODE", "node"))
+            .replace("REAP_BATCH", &REAP_BATCH.to_string())
+            .replace("RELEASE_CHUNK", &RELEASE_CHUNK.to_string())
+            .replace("FRAME_VERSION", &super::envelope::VERSION.to_string());
         Self(format!("{PRELUDE}{body}"))
     }
     pub(crate) fn text(&self) -> &str {
@@ -292,5 +347,60 @@ impl Scripts {
             members: Script::new(MEMBERS),
             nodes: Script::new(NODES),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "the integration tests' helper; not every item is used here"
+)]
+#[path = "../../tests/common/redis.rs"]
+mod redis;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One call's work is the invariant here, so the script runs alone, through
+    /// `redis-cli`, against a server of the test's own.
+    #[test]
+    fn one_reap_call_releases_at_most_a_chunk() {
+        const CHUNK: usize = RELEASE_CHUNK;
+        let Some(redis) = redis::Redis::start("one_reap_call_releases_at_most_a_chunk") else {
+            return;
+        };
+        let held = 3 * CHUNK + 10;
+        let mut hset = vec!["HSET".to_owned(), "{t}:keys".to_owned()];
+        let mut sadd = vec!["SADD".to_owned(), "{t}:nkeys:ghost".to_owned()];
+        for i in 0..held {
+            hset.extend([format!("k{i}"), "1|ghost".to_owned()]);
+            sadd.push(format!("k{i}"));
+        }
+        for cmd in [hset, sadd] {
+            let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            assert_eq!(redis.cli(&args), Some(held.to_string()));
+        }
+        redis.cli(&["ZADD", "{t}:nodes", "1", "ghost"]).unwrap();
+        let down = Scripts::new().down;
+        let reap = || redis.cli(&["EVAL", down.text(), "0", "{t}", "t:ctl", "", "10"]);
+        let hlen = || redis.cli(&["HLEN", "{t}:keys"]).unwrap();
+        reap().unwrap();
+        assert_eq!(
+            hlen(),
+            (held - CHUNK).to_string(),
+            "one call releases one chunk"
+        );
+        let mut calls = 1;
+        while reap().as_deref() != Some("0") {
+            calls += 1;
+            assert!(calls < 10, "still reaping after {calls} calls");
+        }
+        assert_eq!(hlen(), "0", "every key is released in the end");
+        assert_eq!(
+            redis.cli(&["EXISTS", "{t}:nkeys:ghost"]).as_deref(),
+            Some("0")
+        );
     }
 }

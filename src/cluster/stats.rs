@@ -71,7 +71,8 @@ pub struct ClusterStats {
     pub gaps: u64,
     /// Publications that arrived with a number at or below one already seen.
     pub reordered: u64,
-    /// Publications that were not valid frames or did not decode; dropped.
+    /// Publications that were not valid frames (a node of another frame version
+    /// among them) or did not decode; dropped.
     pub malformed: u64,
     /// Direct sends that arrived for a key no longer held here, or whose client
     /// refused them.

@@ -125,9 +125,10 @@ pub async fn run(
         .await
         .map_err(|e| e.to_string())??;
     let url = redis.url();
-    // The frame a publication carries: the message JSON and the envelope around it.
+    // The frame a publication carries: the message JSON and the envelope around it
+    // (version, kind, node id, epoch and number: some 20 bytes).
     let padding = "x".repeat(knobs.message_size as usize);
-    let payload_bytes = 110 + padding.len() + 16;
+    let payload_bytes = 110 + padding.len() + 20;
 
     // 1. The engine's ceiling.
     let port = redis.port;

@@ -361,7 +361,7 @@ async fn redis_restart_fails_publishes_resumes_and_counts_the_gap_exactly() {
         }
     }
 
-    redis.spawn();
+    redis.spawn().expect("redis-server restarts on its port");
     let restarted = Instant::now();
     // Resubscribed by itself: no call into the cluster is needed for that.
     let resubscribed =
@@ -1057,7 +1057,7 @@ async fn keys_claimed_before_a_redis_restart_can_be_taken_over_and_released_afte
 
     // Redis restarts empty; node a re-announces its keys.
     redis.kill();
-    redis.spawn();
+    redis.spawn().expect("redis-server restarts on its port");
     let back = eventually(Duration::from_secs(3), || {
         redis
             .cli(&["HGET", "{t17}:keys", "k2"])
@@ -1108,7 +1108,7 @@ async fn sharded_subscriptions_come_back_after_a_redis_restart() {
     };
     assert!(shardnumsub(&redis));
     redis.kill();
-    redis.spawn();
+    redis.spawn().expect("redis-server restarts on its port");
     let back = eventually(Duration::from_secs(1), || shardnumsub(&redis)).await;
     assert!(back, "the sharded subscription is back within 1 s");
     let mut sent = false;

@@ -1,5 +1,7 @@
-//! A `redis-server` of a test's own, on a free loopback port, for the tests that
-//! need one (`tests/cluster.rs`, `tests/browser.rs`).
+//! A `redis-server` of a run's own on a free loopback port (never 6379, never a
+//! system service): for the tests that need one (`tests/cluster.rs`,
+//! `tests/browser.rs`) and for `stress cluster`, which includes this file too, so
+//! that both start, restart and check their server the same way.
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -7,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A `redis-server` of the test's own, stopped on drop.
+/// A `redis-server` of the run's own, SIGKILLed on drop.
 pub struct Redis {
     child: Option<Child>,
     pub port: u16,
@@ -36,42 +38,50 @@ impl Redis {
             let _ = writeln!(std::io::stderr(), "skipped: {message}");
             return None;
         }
+        Some(Self::launch("switchboard").unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// Starts one, its files in a temporary directory named after `name`.
+    pub fn launch(name: &str) -> Result<Self, String> {
         // A free port can be taken before the server binds it (by another test's
         // server, or as the local port of an outgoing connection): then this
         // server exits, and another port is tried.
         for _ in 0..20 {
-            let port = free_port();
-            let dir = std::env::temp_dir()
-                .join(format!("switchboard-redis-{}-{port}", std::process::id()));
-            std::fs::create_dir_all(&dir).expect("temp dir");
+            let port = free_port()?;
+            let dir =
+                std::env::temp_dir().join(format!("{name}-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let mut redis = Self {
                 child: None,
                 port,
                 dir,
             };
-            if redis.try_spawn() {
-                return Some(redis);
+            if redis.try_spawn()? {
+                return Ok(redis);
             }
         }
-        panic!("redis-server found no free port in 20 tries");
+        Err("redis-server found no free port in 20 tries".into())
     }
 
     /// Starts the server again on its port (after [`kill`](Self::kill)).
-    pub fn spawn(&mut self) {
-        // The port may be held for a moment, as above; it is this test's to reuse.
+    pub fn spawn(&mut self) -> Result<(), String> {
+        // The port may be held for a moment, as above; it is this run's to reuse.
         for _ in 0..50 {
-            if self.try_spawn() {
-                return;
+            if self.try_spawn()? {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("redis-server could not bind port {} again", self.port);
+        Err(format!(
+            "redis-server could not bind port {} again",
+            self.port
+        ))
     }
 
     /// Starts the server; true once it answers, false if it exited first (its port
-    /// was taken). Only this server's answer counts: another test's server on the
+    /// was taken). Only this server's answer counts: another run's server on the
     /// same port would answer PING just as well.
-    fn try_spawn(&mut self) -> bool {
+    fn try_spawn(&mut self) -> Result<bool, String> {
         let mut child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -80,22 +90,28 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server starts");
+            .map_err(|e| {
+                format!("cannot start redis-server ({e}); install it with `apt-get install redis-server`")
+            })?;
         let pid = format!("process_id:{}", child.id());
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if child.try_wait().expect("redis-server status").is_some() {
-                return false;
+            if child
+                .try_wait()
+                .map_err(|e| format!("redis-server: {e}"))?
+                .is_some()
+            {
+                return Ok(false);
             }
             let info = self.cli(&["INFO", "server"]).unwrap_or_default();
             if info.lines().any(|l| l.trim() == pid) {
                 self.child = Some(child);
-                return true;
+                return Ok(true);
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("redis-server did not answer within 10 s");
+                return Err("redis-server did not answer within 10 s".into());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -163,14 +179,15 @@ impl Drop for Redis {
     }
 }
 
-pub fn free_port() -> u16 {
+/// A free loopback port other than 6379, the default a system service would use.
+pub fn free_port() -> Result<u16, String> {
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .expect("bind")
+            .map_err(|e| format!("no free loopback port: {e}"))?
             .port();
         if port != 6379 {
-            return port;
+            return Ok(port);
         }
     }
 }

@@ -36,8 +36,14 @@
 //!    node's gap counter covers all its sessions, so the chaos run has no load
 //!    session and its wire phase runs at the stamped rate only.
 
+mod benchmark;
 mod client;
 mod rate;
+#[expect(
+    dead_code,
+    reason = "shared with the tests, whose skip and freeze helpers this harness does not use"
+)]
+#[path = "../../../tests/common/redis.rs"]
 mod redis;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -121,7 +127,7 @@ pub async fn run(
     let nodes = args.nodes as usize;
     let listeners = args.listeners as usize;
     let bin = server::locate(args.server_bin.as_deref())?;
-    let mut redis = tokio::task::spawn_blocking(Redis::start)
+    let mut redis = tokio::task::spawn_blocking(|| Redis::launch("stress"))
         .await
         .map_err(|e| e.to_string())??;
     let url = redis.url();
@@ -133,7 +139,7 @@ pub async fn run(
     // 1. The engine's ceiling.
     let port = redis.port;
     let bench =
-        tokio::task::spawn_blocking(move || Redis::benchmark_publish_on(port, payload_bytes))
+        tokio::task::spawn_blocking(move || benchmark::publish_ceiling(port, payload_bytes))
             .await
             .map_err(|e| e.to_string())??;
     eprintln!("stress cluster: redis-benchmark -P 16 PUBLISH ({payload_bytes} B): {bench:.0}/s");

@@ -946,6 +946,58 @@ async fn a_direct_send_reported_failed_is_not_delivered_later() {
     assert_eq!(&*recv(&mut d_rx).await, "now");
 }
 
+/// The publish script's deadline: a batch of broadcasts, to two sessions, that
+/// Redis runs only after the publisher gave up on it publishes nothing, and
+/// its numbers come back as exactly that many gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_batch_reported_failed_is_not_delivered_later() {
+    let Some(redis) = Redis::start("broadcast_failure_is_final") else {
+        return;
+    };
+    let a = node(&redis, "t14b", "a", TTL).await;
+    let b = node(&redis, "t14b", "b", TTL).await;
+    let mut rxs = Vec::new();
+    for room in ["x", "y"] {
+        let (id, rx) = b.register(ClientInfo::new()).await.unwrap();
+        b.attach(id, room).await.unwrap();
+        rxs.push(rx);
+    }
+    for (room, rx) in ["x", "y"].into_iter().zip(&mut rxs) {
+        a.broadcast(room, Msg::from("before")).await.unwrap();
+        assert_eq!(&*recv(rx).await, "before");
+    }
+    // Redis stops answering while broadcasts to both sessions are queued: they
+    // go out in one batch, and fail.
+    redis.freeze();
+    let late = ["x", "y", "x"].map(|room| {
+        let a = a.clone();
+        tokio::spawn(async move { a.broadcast(room, Msg::from("late")).await })
+    });
+    for t in late {
+        let sent = t.await.unwrap();
+        assert!(sent.is_err(), "{sent:?}");
+    }
+    // Redis runs the batch now, past its deadline: nothing may reach b.
+    redis.thaw();
+    for rx in &mut rxs {
+        let late = tokio::time::timeout(Duration::from_millis(1500), rx.recv()).await;
+        assert!(late.is_err(), "reported failed, delivered anyway: {late:?}");
+    }
+    for (room, rx) in ["x", "y"].into_iter().zip(&mut rxs) {
+        let mut ok = false;
+        for _ in 0..50 {
+            if a.broadcast(room, Msg::from("after")).await.is_ok() {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ok);
+        assert_eq!(&*recv(rx).await, "after");
+    }
+    assert_eq!(b.stats().gaps, 3, "{:?}", b.stats());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_server_a_join_refused_for_redis_leaves_no_membership() {
     use futures_util::{SinkExt, StreamExt};

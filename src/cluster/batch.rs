@@ -1,37 +1,44 @@
-//! A batch of publications as the publish script reads it: one buffer of entries
-//! and the channels they name, each channel once.
+//! A batch of publications as the publish script reads it: every frame as an
+//! argument of its own, the channels they go to, each once, and runs saying
+//! which frames go to which channel.
 //!
 //! ```text
-//! entry  [channel: u16 BE, an index into the channels][n: u32 BE][frame: n bytes]
+//! runs    ([channel: u16 BE, an index into the channels][count: u16 BE])*
+//! frames  one argument each, in order; each run names the channel of the
+//!         next `count` frames
 //! ```
 //!
-//! One buffer rather than an argument per publication: the client library
-//! encodes, and frees, one argument per batch instead of two per publication,
-//! and the publisher writes every frame into it without an allocation of its own.
-//! The script slices the frames back out (see `scripts::PUBLISH`).
+//! A frame travels as an argument of its own because Redis's Lua makes every
+//! string it handles an interned string, hashing all of its bytes: a frame the
+//! script cut out of one buffer argument was hashed twice (in the buffer, then
+//! as the piece). As arguments, each is hashed once and the script only loops
+//! (`scripts::PUBLISH`). On this side the frames share one buffer (each argument
+//! is a slice of it), so framing allocates once per batch, not per publication.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use fred::bytes_utils::Str;
 
 use super::envelope;
 
-/// Bytes of entries after which a batch takes no more: well under Redis's
-/// largest argument (512 MiB by default), and small enough that one batch does
-/// not hold up the ones behind it.
+/// Bytes of frames after which a batch takes no more: well under Redis's
+/// largest request, and small enough that one batch does not hold up the ones
+/// behind it.
 pub(crate) const MAX_BYTES: usize = 1 << 20;
-
-/// The bytes in front of each frame.
-const HEAD: usize = 6;
 
 /// A batch being written.
 #[derive(Debug, Default)]
 pub(crate) struct BatchBuf {
     channels: Vec<Str>,
+    runs: BytesMut,
+    /// The current run: its channel and how many frames it has so far.
+    run: Option<(u16, u16)>,
     buf: BytesMut,
-    entries: usize,
+    /// Where each frame ends in `buf`.
+    ends: Vec<usize>,
 }
 
-/// A frame too long for an entry's length field; it is not published.
+/// A frame longer than a Redis argument can be (4 GiB is past any server's
+/// limit); it is not published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TooLong;
 
@@ -57,13 +64,25 @@ impl BatchBuf {
         payload: &[u8],
     ) -> Result<(), TooLong> {
         let n = envelope::broadcast_len(node, payload);
-        let len = u32::try_from(n).map_err(|_| TooLong)?;
-        self.buf.reserve(HEAD + n);
-        self.buf.put_u16(channel);
-        self.buf.put_u32(len);
+        u32::try_from(n).map_err(|_| TooLong)?;
+        self.buf.reserve(n);
         envelope::put_broadcast(&mut self.buf, node, epoch, seq, payload);
-        self.entries += 1;
+        self.ends.push(self.buf.len());
+        self.run = match self.run {
+            Some((c, count)) if c == channel && count < u16::MAX => Some((c, count + 1)),
+            other => {
+                self.close_run(other);
+                Some((channel, 1))
+            }
+        };
         Ok(())
+    }
+
+    fn close_run(&mut self, run: Option<(u16, u16)>) {
+        if let Some((channel, count)) = run {
+            self.runs.put_u16(channel);
+            self.runs.put_u16(count);
+        }
     }
 
     /// Whether the batch should take no more entries.
@@ -72,13 +91,27 @@ impl BatchBuf {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.entries == 0
+        self.ends.is_empty()
     }
 
-    pub(crate) fn finish(self) -> Batch {
+    pub(crate) fn finish(mut self) -> Batch {
+        let run = self.run.take();
+        self.close_run(run);
+        let buf = self.buf.freeze();
+        let mut start = 0;
+        let frames = self
+            .ends
+            .iter()
+            .map(|&end| {
+                let frame = buf.slice(start..end);
+                start = end;
+                frame
+            })
+            .collect();
         Batch {
             channels: self.channels,
-            entries: self.buf.freeze(),
+            runs: self.runs.freeze(),
+            frames,
         }
     }
 }
@@ -86,29 +119,28 @@ impl BatchBuf {
 /// A finished batch.
 #[derive(Debug, Clone)]
 pub(crate) struct Batch {
-    /// The channels entries refer to, by index.
+    /// The channels runs refer to, by index.
     pub(crate) channels: Vec<Str>,
-    /// Every entry, back to back.
-    pub(crate) entries: Bytes,
+    /// `[channel index: u16 BE][count: u16 BE]` per run of frames on one channel.
+    pub(crate) runs: Bytes,
+    /// Every frame, in order (slices of one buffer).
+    pub(crate) frames: Vec<Bytes>,
 }
 
 impl Batch {
-    /// Each entry's channel and frame (sharing the batch's buffer), for the
-    /// pipelined `SPUBLISH`es of sharded pub/sub. Stops at an entry that does not
-    /// fit, which [`BatchBuf`] never writes.
+    /// Each frame with its channel, for the pipelined `SPUBLISH`es of sharded
+    /// pub/sub.
     pub(crate) fn frames(&self) -> impl Iterator<Item = (Str, Bytes)> + '_ {
-        let mut rest = self.entries.clone();
-        std::iter::from_fn(move || {
-            if rest.len() < HEAD {
-                return None;
-            }
-            let channel = self.channels.get(usize::from(rest.get_u16()))?.clone();
-            let n = usize::try_from(rest.get_u32()).ok()?;
-            if rest.len() < n {
-                return None;
-            }
-            Some((channel, rest.split_to(n)))
-        })
+        let channels = self.runs.chunks_exact(4).flat_map(move |run| {
+            let channel = self
+                .channels
+                .get(usize::from(u16::from_be_bytes([run[0], run[1]])));
+            let count = usize::from(u16::from_be_bytes([run[2], run[3]]));
+            std::iter::repeat_n(channel, count)
+        });
+        channels
+            .zip(&self.frames)
+            .filter_map(|(channel, frame)| Some((channel?.clone(), frame.clone())))
     }
 }
 
@@ -123,12 +155,19 @@ mod tests {
         let (x, y) = (Str::from("x"), Str::from("y"));
         let (ix, iy) = (b.add_channel(&x), b.add_channel(&y));
         b.put_broadcast(ix, "n1", 9, 1, b"one").unwrap();
+        b.put_broadcast(ix, "n1", 9, 2, b"two").unwrap();
         b.put_broadcast(iy, "n1", 9, 1, b"").unwrap();
-        b.put_broadcast(ix, "n1", 9, 2, b"three").unwrap();
+        b.put_broadcast(ix, "n1", 9, 3, b"three").unwrap();
         let batch = b.finish();
+        assert_eq!(&batch.runs[..], [0, 0, 0, 2, 0, 1, 0, 1, 0, 0, 0, 1]);
         let got: Vec<_> = batch.frames().collect();
-        assert_eq!(got.len(), 3);
-        let want = [("x", 1, &b"one"[..]), ("y", 1, b""), ("x", 2, b"three")];
+        assert_eq!(got.len(), 4);
+        let want = [
+            ("x", 1, &b"one"[..]),
+            ("x", 2, b"two"),
+            ("y", 1, b""),
+            ("x", 3, b"three"),
+        ];
         for ((channel, frame), (c, s, p)) in got.iter().zip(want) {
             assert_eq!(&**channel, c);
             assert_eq!(
@@ -141,6 +180,18 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn a_run_longer_than_its_count_field_splits() {
+        let mut b = BatchBuf::default();
+        let c = b.add_channel(&Str::from("c"));
+        for seq in 0..u64::from(u16::MAX) + 2 {
+            b.put_broadcast(c, "n", 0, seq, b"").unwrap();
+        }
+        let batch = b.finish();
+        assert_eq!(&batch.runs[..], [0, 0, 255, 255, 0, 0, 0, 2]);
+        assert_eq!(batch.frames().count(), usize::from(u16::MAX) + 2);
     }
 
     #[test]

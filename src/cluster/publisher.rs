@@ -253,12 +253,15 @@ impl Link {
             return Err(io_error("redis clock not read yet"));
         };
         let deadline = now + u64::try_from(self.deadline.as_millis()).unwrap_or(u64::MAX);
-        let mut args: Vec<Value> = Vec::with_capacity(4 + batch.channels.len());
+        let mut args: Vec<Value> =
+            Vec::with_capacity(5 + batch.channels.len() + batch.frames.len());
         args.push(self.base.clone());
         args.push(deadline.to_string().into());
         args.push("PUBLISH".into());
-        args.push(Value::Bytes(batch.entries));
+        args.push(Value::Bytes(batch.runs));
+        args.push(batch.channels.len().to_string().into());
         args.extend(batch.channels.into_iter().map(Value::String));
+        args.extend(batch.frames.into_iter().map(Value::Bytes));
         Counters::add(&self.counters.round_trips, 1);
         let client = self.client.with_options(&self.options());
         let call = client.eval::<i64, _, _, _>(&self.script, Vec::<String>::new(), args);

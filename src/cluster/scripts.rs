@@ -52,25 +52,25 @@ redis.call('PEXPIRE', info, ttl * 2)
 if known then return { 1, now, clash } else return { 0, now, clash } end
 ";
 
-/// ARGV: base (unused), deadline ms, `PUBLISH` or `SPUBLISH`, a batch's entries
-/// (`batch.rs`: `[channel index: u16][n: u32][frame: n bytes]`, big-endian, back
-/// to back), then the channels the indexes name. Publishes every frame unless
-/// Redis's clock is past the deadline: a batch the client replays after a
+/// ARGV: base (unused), deadline ms, `PUBLISH` or `SPUBLISH`, a batch's runs
+/// (`batch.rs`: `[channel index: u16][count: u16]`, big-endian, back to back),
+/// the number of channels, the channels the indexes name, then the frames in
+/// order, each run naming the channel of the next `count`. Publishes every frame
+/// unless Redis's clock is past the deadline: a batch the client replays after a
 /// reconnect, when its callers were already told it failed, is refused here.
 /// Returns how many it published, or -1.
 const PUBLISH: &str = r"
 if now > tonumber(ARGV[2]) then return -1 end
-local cmd, entries = ARGV[3], ARGV[4]
-local byte, sub, call = string.byte, string.sub, redis.call
-local pos, last, sent = 1, #ARGV[4], 0
-while pos <= last do
-  local c1, c2, l1, l2, l3, l4 = byte(entries, pos, pos + 5)
-  local n = ((l1 * 256 + l2) * 256 + l3) * 256 + l4
-  call(cmd, ARGV[5 + c1 * 256 + c2], sub(entries, pos + 6, pos + 5 + n))
-  pos = pos + 6 + n
-  sent = sent + 1
+local cmd, runs, call = ARGV[3], ARGV[4], redis.call
+local first = 6 + tonumber(ARGV[5])
+local i = first
+for r = 1, #runs - 3, 4 do
+  local c1, c2, n1, n2 = string.byte(runs, r, r + 3)
+  local channel, last = ARGV[6 + c1 * 256 + c2], i + n1 * 256 + n2 - 1
+  for j = i, last do call(cmd, channel, ARGV[j]) end
+  i = last + 1
 end
-return sent
+return i - first
 ";
 
 /// ARGV: base, ctl channel, node or '', most keys listed per node. Returns how

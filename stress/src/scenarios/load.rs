@@ -32,7 +32,8 @@ pub enum Op {
     Transient,
 }
 
-const OPS: usize = 5;
+/// Kinds of operation, the length of [`Run::ops`].
+pub const OPS: usize = 5;
 
 impl Op {
     fn index(self) -> usize {

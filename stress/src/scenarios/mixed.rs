@@ -4,24 +4,40 @@
 //! With two or more workers, even-numbered drivers send (broadcasts, and a direct send every
 //! fourth operation) and odd-numbered drivers churn (moves, replacements, short-lived
 //! clients); a single worker does both.
+//!
+//! The three worlds live side by side and take turns: each contender's measured time is cut
+//! into [`SLICES`] turns (quick: [`QUICK_SLICES`]), a checkpoint after each, in an order
+//! shuffled every round ([`Order`]), after one uncounted warm-up turn each. Run one after the
+//! other, each contender met whatever load the machine had during its own block of time
+//! (switchboard's always first, on a heap the previous scenario had just freed), and a
+//! short quick-mode block took its whole rate from one window.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use baselines::{DashMapRegistry, MutexRegistry, SwitchboardRegistry};
 use serde::Serialize;
 
-use super::load::{self, Driver, Run, CHURNER, EVERYTHING, SENDER};
-use super::{isolated, Ctx, HeapCheck};
+use super::load::{self, Driver, Run, CHURNER, EVERYTHING, OPS, SENDER};
+use super::{Ctx, HeapCheck, Order};
 use crate::heap;
 use crate::latency::{Percentiles, Recorder};
 use crate::message::{Msg, DISCARDED};
 use crate::rng::Rng;
 use crate::subject::Subject;
+use crate::tally::Counts;
 use crate::world::World;
 
 /// Order in which contenders appear in results.
 pub const CONTENDERS: [&str; 3] = ["switchboard", "dashmap", "mutex"];
+
+/// Turns each contender's measured time is cut into (`--quick`: [`QUICK_SLICES`]).
+const SLICES: u32 = 8;
+/// Turns per contender in quick mode.
+const QUICK_SLICES: u32 = 4;
 
 /// One contender's mixed run.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -47,26 +63,150 @@ pub struct MixedResult {
     pub heap: HeapCheck,
 }
 
-/// Runs the mixed workload for every contender.
+/// Runs the mixed workload for every contender, the contenders taking turns.
 pub async fn run(ctx: &Arc<Ctx>) -> MixedResult {
+    let plan = &ctx.plan;
     let recorders: Vec<Arc<Recorder>> = CONTENDERS
         .iter()
         .map(|c| Arc::new(Recorder::new("mixed", c)))
         .collect();
     let start = heap::live_bytes();
-    let mut contenders = BTreeMap::new();
-    let results = [
-        isolated_one::<SwitchboardRegistry<Msg>>(ctx, &recorders[0]).await,
-        isolated_one::<DashMapRegistry<Msg>>(ctx, &recorders[1]).await,
-        isolated_one::<MutexRegistry<Msg>>(ctx, &recorders[2]).await,
+    let discarded = DISCARDED.get();
+    let slices = if plan.quick { QUICK_SLICES } else { SLICES };
+    let slice = plan.mixed.duration / slices;
+    let mut sides: [Box<dyn Turns>; 3] = [
+        Side::<SwitchboardRegistry<Msg>>::new(ctx, &recorders[0], slices).await,
+        Side::<DashMapRegistry<Msg>>::new(ctx, &recorders[1], slices).await,
+        Side::<MutexRegistry<Msg>>::new(ctx, &recorders[2], slices).await,
     ];
-    for (name, result) in CONTENDERS.into_iter().zip(results) {
-        if let Some(result) = result {
-            contenders.insert(name, result);
+    let mut order = Order::new(plan.seed, 3, sides.len());
+    // Round 0 warms every side up (its receivers' first wake-ups, its channels' first
+    // pushes) and is not counted.
+    for round in 0..=slices {
+        for &i in order.next_round() {
+            sides[i].turn(slice, round > 0).await;
         }
     }
+    let mut contenders = BTreeMap::new();
+    let mut counts = Vec::new();
+    for ((name, side), recorder) in CONTENDERS.into_iter().zip(sides).zip(&recorders) {
+        let (mixed, balance) = side.finish().await;
+        ctx.timeline.untrack(recorder);
+        ctx.absorb(recorder);
+        contenders.insert(name, mixed);
+        counts.push(balance);
+    }
+    // All three lived at once, so their message handles are balanced together.
+    ctx.balance("mixed/teardown", discarded, &counts);
     let heap = ctx.heap_check("mixed/teardown", start);
     MixedResult { contenders, heap }
+}
+
+/// One contender of the mixed run: its world, its drivers, what its counted turns did.
+struct Side<S: Subject> {
+    world: Arc<World<S>>,
+    drivers: Vec<Driver>,
+    recorder: Arc<Recorder>,
+    /// Heap the world and its empty registry took when built.
+    empty_bytes: i64,
+    /// The counted turns, summed.
+    run: Run,
+    /// The drivers' operation counts so far (theirs accumulate over their life).
+    ops_so_far: [u64; OPS],
+}
+
+/// A side, whatever its design.
+trait Turns: Send {
+    /// Runs the drivers for `slice`, then a checkpoint; adds the turn to the result if
+    /// `counted`.
+    fn turn(
+        &mut self,
+        slice: Duration,
+        counted: bool,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+
+    /// Tears the world down; returns the result and the world's final counts.
+    fn finish(self: Box<Self>) -> Pin<Box<dyn Future<Output = (Mixed, (Counts, bool))> + Send>>;
+}
+
+impl<S: Subject> Side<S> {
+    /// Builds and populates the world, its clients' abrupt disconnects spread over the whole
+    /// run of `slices` turns (plus the warm-up) of every contender.
+    async fn new(ctx: &Arc<Ctx>, recorder: &Arc<Recorder>, slices: u32) -> Box<dyn Turns> {
+        let plan = &ctx.plan;
+        ctx.progress.phase(format!("mixed: {}", recorder.contender));
+        let mut setup = plan.setup("mixed", &plan.mixed);
+        let turns = CONTENDERS.len() as u32 * (slices + 1);
+        setup.abrupt_window = plan.mixed.duration / slices * turns;
+        ctx.timeline.track(recorder);
+        let before = heap::live_bytes();
+        let world = World::<S>::new(setup, Arc::clone(recorder), Arc::clone(&ctx.violations));
+        let empty_bytes = heap::live_bytes() - before;
+        let mut rng = Rng::new(plan.seed, 3);
+        world.populate(&mut rng);
+        world.checkpoint("populated").await;
+        Box::new(Self {
+            world,
+            drivers: drivers(plan.workers, plan.seed),
+            recorder: Arc::clone(recorder),
+            empty_bytes,
+            run: Run::default(),
+            ops_so_far: [0; OPS],
+        })
+    }
+}
+
+impl<S: Subject> Turns for Side<S> {
+    fn turn(
+        &mut self,
+        slice: Duration,
+        counted: bool,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            // The warm-up's latencies are not the measurement's either.
+            self.recorder.pause(!counted);
+            let t = load::run(&self.world, &mut self.drivers, slice, slice, |_, _| {}).await;
+            self.recorder.pause(false);
+            let ops = std::mem::replace(&mut self.ops_so_far, t.ops);
+            if counted {
+                let r = &mut self.run;
+                r.active_s += t.active_s;
+                r.checkpoints += t.checkpoints;
+                r.counts = r.counts.plus(&t.counts);
+                for ((sum, now), before) in r.ops.iter_mut().zip(t.ops).zip(ops) {
+                    *sum += now - before;
+                }
+            }
+        })
+    }
+
+    fn finish(self: Box<Self>) -> Pin<Box<dyn Future<Output = (Mixed, (Counts, bool))> + Send>> {
+        Box::pin(async move {
+            let Self {
+                world,
+                recorder,
+                empty_bytes,
+                run,
+                ..
+            } = *self;
+            world.teardown().await;
+            let balance = world.balance_entry();
+            // What the registry kept beyond its empty self, told apart from the other
+            // worlds' heap by what dropping this one frees.
+            let before = heap::live_bytes();
+            drop(world);
+            let retained_bytes = before - heap::live_bytes() - empty_bytes;
+            let latency = recorder.summary();
+            let mixed = Mixed {
+                run,
+                delivered_per_s: run.delivery_rate(),
+                churn_per_s: run.churn_rate(),
+                latency,
+                retained_bytes,
+            };
+            (mixed, balance)
+        })
+    }
 }
 
 /// The drivers of a mixed run on `workers` workers.
@@ -77,54 +217,4 @@ pub fn drivers(workers: usize, seed: u64) -> Vec<Driver> {
     (0..workers)
         .map(|i| Driver::new(if i % 2 == 0 { SENDER } else { CHURNER }, seed, i))
         .collect()
-}
-
-async fn isolated_one<S: Subject>(ctx: &Arc<Ctx>, recorder: &Arc<Recorder>) -> Option<Mixed> {
-    let scope = format!("mixed/{}", recorder.contender);
-    ctx.progress.phase(format!("mixed: {}", recorder.contender));
-    let recorder = Arc::clone(recorder);
-    isolated(
-        ctx,
-        &scope,
-        |c| async move { one::<S>(&c, &recorder).await },
-    )
-    .await
-}
-
-async fn one<S: Subject>(ctx: &Ctx, recorder: &Arc<Recorder>) -> Mixed {
-    let plan = &ctx.plan;
-    let setup = plan.setup("mixed", &plan.mixed);
-    ctx.timeline.track(recorder);
-    let discarded = DISCARDED.get();
-    let world = World::<S>::new(setup, Arc::clone(recorder), Arc::clone(&ctx.violations));
-    let mut rng = Rng::new(plan.seed, 3);
-    world.populate(&mut rng);
-    world.checkpoint("populated").await;
-    let mut drivers = drivers(plan.workers, plan.seed);
-    let run = load::run(
-        &world,
-        &mut drivers,
-        plan.mixed.duration,
-        plan.checkpoint_every,
-        |_, _| {},
-    )
-    .await;
-    world.teardown().await;
-    ctx.balance(
-        &format!("mixed/{}/teardown", world.name()),
-        discarded,
-        &[world.balance_entry()],
-    );
-    let retained_bytes = world.retained_bytes();
-    drop(world);
-    ctx.timeline.untrack(recorder);
-    let latency = recorder.summary();
-    ctx.absorb(recorder);
-    Mixed {
-        run,
-        delivered_per_s: run.delivery_rate(),
-        churn_per_s: run.churn_rate(),
-        latency,
-        retained_bytes,
-    }
 }

@@ -11,6 +11,16 @@
 //! other, each contender met whatever load the machine had during its own block of time
 //! (switchboard's always first, on a heap the previous scenario had just freed), and a
 //! short quick-mode block took its whole rate from one window.
+//!
+//! Two phases of as many turns each:
+//!
+//! - **Free**: every driver as fast as it can. Deliveries per second come from here.
+//! - **Paced**: the senders of every contender held to one broadcast load, the slowest
+//!   contender's free rate. Churn per second comes from here. Unpaced, a design that
+//!   broadcasts faster gives its receivers more messages to take on the same two workers,
+//!   so its churners get less of them: the churn figure compared the receivers' share of
+//!   the CPU, not the registries under the same load. With one worker one driver does
+//!   everything, so nothing is paced and churn comes from the free phase.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -21,7 +31,7 @@ use std::time::Duration;
 use baselines::{DashMapRegistry, MutexRegistry, SwitchboardRegistry};
 use serde::Serialize;
 
-use super::load::{self, Driver, Run, CHURNER, EVERYTHING, OPS, SENDER};
+use super::load::{self, Driver, Op, Run, CHURNER, EVERYTHING, OPS, SENDER};
 use super::{Ctx, HeapCheck, Order};
 use crate::heap;
 use crate::latency::{Percentiles, Recorder};
@@ -42,11 +52,17 @@ const QUICK_SLICES: u32 = 4;
 /// One contender's mixed run.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Mixed {
-    /// What the drivers did.
+    /// What the drivers did in the free phase.
     pub run: Run,
-    /// Messages queued (broadcast and direct) per second.
+    /// What they did in the paced phase (empty if nothing was paced).
+    pub paced: Run,
+    /// Sends (broadcasts and direct) per second each sending driver was held to in the
+    /// paced phase, the same for every contender.
+    pub paced_sends_per_s: Option<f64>,
+    /// Messages queued (broadcast and direct) per second, free phase.
     pub delivered_per_s: f64,
-    /// Register/attach/detach/unregister calls per second.
+    /// Register/attach/detach/unregister calls per second, paced phase (free phase if
+    /// nothing was paced).
     pub churn_per_s: f64,
     /// Delivery latency of prompt receivers.
     pub latency: Percentiles,
@@ -83,8 +99,25 @@ pub async fn run(ctx: &Arc<Ctx>) -> MixedResult {
     // Round 0 warms every side up (its receivers' first wake-ups, its channels' first
     // pushes) and is not counted.
     for round in 0..=slices {
+        let phase = if round == 0 {
+            Phase::WarmUp
+        } else {
+            Phase::Free
+        };
         for &i in order.next_round() {
-            sides[i].turn(slice, round > 0).await;
+            sides[i].turn(slice, phase).await;
+        }
+    }
+    let rates: Option<Vec<f64>> = sides.iter().map(|s| s.send_rate()).collect();
+    let pace = rates.map(|r| r.into_iter().fold(f64::INFINITY, f64::min));
+    if let Some(pace) = pace.filter(|p| p.is_finite() && *p > 0.0) {
+        for side in &mut sides {
+            side.pace(pace);
+        }
+        for _ in 0..slices {
+            for &i in order.next_round() {
+                sides[i].turn(slice, Phase::Paced).await;
+            }
         }
     }
     let mut contenders = BTreeMap::new();
@@ -109,21 +142,42 @@ struct Side<S: Subject> {
     recorder: Arc<Recorder>,
     /// Heap the world and its empty registry took when built.
     empty_bytes: i64,
-    /// The counted turns, summed.
+    /// The counted free turns, summed.
     run: Run,
+    /// The paced turns, summed.
+    paced: Run,
+    /// What the sending drivers were held to, once paced.
+    pace: Option<f64>,
     /// The drivers' operation counts so far (theirs accumulate over their life).
     ops_so_far: [u64; OPS],
 }
 
+/// What a turn counts towards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing: the side warms up.
+    WarmUp,
+    /// The free phase: every driver as fast as it can.
+    Free,
+    /// The paced phase: see [`Turns::pace`].
+    Paced,
+}
+
 /// A side, whatever its design.
 trait Turns: Send {
-    /// Runs the drivers for `slice`, then a checkpoint; adds the turn to the result if
-    /// `counted`.
+    /// Runs the drivers for `slice`, then a checkpoint; adds the turn to `phase`'s result.
     fn turn(
         &mut self,
         slice: Duration,
-        counted: bool,
+        phase: Phase,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+
+    /// Sends per second per sending driver in the free phase; `None` if no driver only
+    /// sends (one worker).
+    fn send_rate(&self) -> Option<f64>;
+
+    /// Holds every sending driver to `per_s` sends a second from now on.
+    fn pace(&mut self, per_s: f64);
 
     /// Tears the world down; returns the result and the world's final counts.
     fn finish(self: Box<Self>) -> Pin<Box<dyn Future<Output = (Mixed, (Counts, bool))> + Send>>;
@@ -136,7 +190,7 @@ impl<S: Subject> Side<S> {
         let plan = &ctx.plan;
         ctx.progress.phase(format!("mixed: {}", recorder.contender));
         let mut setup = plan.setup("mixed", &plan.mixed);
-        let turns = CONTENDERS.len() as u32 * (slices + 1);
+        let turns = CONTENDERS.len() as u32 * (2 * slices + 1);
         setup.abrupt_window = plan.mixed.duration / slices * turns;
         ctx.timeline.track(recorder);
         let before = heap::live_bytes();
@@ -151,6 +205,8 @@ impl<S: Subject> Side<S> {
             recorder: Arc::clone(recorder),
             empty_bytes,
             run: Run::default(),
+            paced: Run::default(),
+            pace: None,
             ops_so_far: [0; OPS],
         })
     }
@@ -160,16 +216,20 @@ impl<S: Subject> Turns for Side<S> {
     fn turn(
         &mut self,
         slice: Duration,
-        counted: bool,
+        phase: Phase,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             // The warm-up's latencies are not the measurement's either.
-            self.recorder.pause(!counted);
+            self.recorder.pause(phase == Phase::WarmUp);
             let t = load::run(&self.world, &mut self.drivers, slice, slice, |_, _| {}).await;
             self.recorder.pause(false);
             let ops = std::mem::replace(&mut self.ops_so_far, t.ops);
-            if counted {
-                let r = &mut self.run;
+            let into = match phase {
+                Phase::WarmUp => None,
+                Phase::Free => Some(&mut self.run),
+                Phase::Paced => Some(&mut self.paced),
+            };
+            if let Some(r) = into {
                 r.active_s += t.active_s;
                 r.checkpoints += t.checkpoints;
                 r.counts = r.counts.plus(&t.counts);
@@ -180,6 +240,20 @@ impl<S: Subject> Turns for Side<S> {
         })
     }
 
+    fn send_rate(&self) -> Option<f64> {
+        let senders = self.drivers.iter().filter(|d| d.only_sends()).count();
+        let sends = self.run.ops[Op::Broadcast.index()] + self.run.ops[Op::Direct.index()];
+        (senders > 0 && self.run.active_s > 0.0)
+            .then(|| sends as f64 / senders as f64 / self.run.active_s)
+    }
+
+    fn pace(&mut self, per_s: f64) {
+        self.pace = Some(per_s);
+        for d in self.drivers.iter_mut().filter(|d| d.only_sends()) {
+            d.pace(Some(per_s));
+        }
+    }
+
     fn finish(self: Box<Self>) -> Pin<Box<dyn Future<Output = (Mixed, (Counts, bool))> + Send>> {
         Box::pin(async move {
             let Self {
@@ -187,6 +261,8 @@ impl<S: Subject> Turns for Side<S> {
                 recorder,
                 empty_bytes,
                 run,
+                paced,
+                pace,
                 ..
             } = *self;
             world.teardown().await;
@@ -197,10 +273,13 @@ impl<S: Subject> Turns for Side<S> {
             drop(world);
             let retained_bytes = before - heap::live_bytes() - empty_bytes;
             let latency = recorder.summary();
+            let churned = if pace.is_some() { paced } else { run };
             let mixed = Mixed {
                 run,
+                paced,
+                paced_sends_per_s: pace,
                 delivered_per_s: run.delivery_rate(),
-                churn_per_s: run.churn_rate(),
+                churn_per_s: churned.churn_rate(),
                 latency,
                 retained_bytes,
             };

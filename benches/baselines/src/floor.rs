@@ -124,10 +124,9 @@ impl<M: Send + 'static> FloorChannel<M> for Tokio {
     }
 }
 
-/// switchboard's own channel, built inside a client entry (see
-/// [`bare_channel`](switchboard::bench_support::bare_channel)). `capacity` is clamped into
-/// the registry's bounds (`1..=2^20`), so zero gives channels of one message rather than a
-/// panic.
+/// switchboard's own channel, built inside a client entry (see [`bare_channel`]). `capacity`
+/// is clamped into the registry's bounds (`1..=2^20`), so zero gives channels of one message
+/// rather than a panic.
 #[derive(Debug, Clone, Copy)]
 pub struct Own;
 

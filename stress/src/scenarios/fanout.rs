@@ -3,21 +3,21 @@
 //!
 //! - **Warm.** At each size every contender holds the same number of clients, all in one
 //!   session, each drained by a prompt receiver task. The contenders take turns in short bursts
-//!   (in an order shuffled every round, see [`Order`](super::Order)) and the receivers drain completely
+//!   (in an order shuffled every round, see [`Order`]) and the receivers drain completely
 //!   between bursts, so every broadcast finds empty channels and parked receivers, as a
 //!   server's idle writer tasks would be. Only the broadcast call is timed; the cost is the
 //!   median over all bursts. A fifth contender takes its turns here too, with as many samples:
 //!   the [`OWN_FLOOR`], the same bare loop as the floor over switchboard's own channel, so that
 //!   switchboard over it is the registry's overhead apart from the channel's speed.
+//! - **Burst.** [`BURST`] broadcasts back to back without waiting for the receivers, as a chat
+//!   room under load sees them; the cost is the burst's time over its length, median over
+//!   bursts.
+//! - **Cold.** A connection storm, then the very first broadcast: see [`super::cold`].
 //!
 //! Every contender's receivers do the same work per message, the floors' included: each is a
 //! model client whose receipts go through [`receiver::prompt`] and are checked against its
 //! ledger, as the worlds' are. The receivers run on the other worker while a broadcast is
 //! timed; floors whose receivers only counted measured their broadcast under lighter load.
-//! - **Burst.** [`BURST`] broadcasts back to back without waiting for the receivers, as a chat
-//!   room under load sees them; the cost is the burst's time over its length, median over
-//!   bursts.
-//! - **Cold.** A connection storm, then the very first broadcast: see [`super::cold`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

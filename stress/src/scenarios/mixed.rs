@@ -91,9 +91,9 @@ pub async fn run(ctx: &Arc<Ctx>) -> MixedResult {
     let slices = if plan.quick { QUICK_SLICES } else { SLICES };
     let slice = plan.mixed.duration / slices;
     let mut sides: [Box<dyn Turns>; 3] = [
-        Side::<SwitchboardRegistry<Msg>>::new(ctx, &recorders[0], slices).await,
-        Side::<DashMapRegistry<Msg>>::new(ctx, &recorders[1], slices).await,
-        Side::<MutexRegistry<Msg>>::new(ctx, &recorders[2], slices).await,
+        Side::<SwitchboardRegistry<Msg>>::build(ctx, &recorders[0], slices).await,
+        Side::<DashMapRegistry<Msg>>::build(ctx, &recorders[1], slices).await,
+        Side::<MutexRegistry<Msg>>::build(ctx, &recorders[2], slices).await,
     ];
     let mut order = Order::new(plan.seed, 3, sides.len());
     // Round 0 warms every side up (its receivers' first wake-ups, its channels' first
@@ -152,6 +152,12 @@ struct Side<S: Subject> {
     ops_so_far: [u64; OPS],
 }
 
+/// A side's future, boxed so that sides of every design fit one array.
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A side's result and its world's final counts, for the message balance.
+type Finished = (Mixed, (Counts, bool));
+
 /// What a turn counts towards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -166,11 +172,7 @@ enum Phase {
 /// A side, whatever its design.
 trait Turns: Send {
     /// Runs the drivers for `slice`, then a checkpoint; adds the turn to `phase`'s result.
-    fn turn(
-        &mut self,
-        slice: Duration,
-        phase: Phase,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    fn turn(&mut self, slice: Duration, phase: Phase) -> Boxed<'_, ()>;
 
     /// Sends per second per sending driver in the free phase; `None` if no driver only
     /// sends (one worker).
@@ -180,13 +182,13 @@ trait Turns: Send {
     fn pace(&mut self, per_s: f64);
 
     /// Tears the world down; returns the result and the world's final counts.
-    fn finish(self: Box<Self>) -> Pin<Box<dyn Future<Output = (Mixed, (Counts, bool))> + Send>>;
+    fn finish(self: Box<Self>) -> Boxed<'static, Finished>;
 }
 
 impl<S: Subject> Side<S> {
     /// Builds and populates the world, its clients' abrupt disconnects spread over the whole
     /// run of `slices` turns (plus the warm-up) of every contender.
-    async fn new(ctx: &Arc<Ctx>, recorder: &Arc<Recorder>, slices: u32) -> Box<dyn Turns> {
+    async fn build(ctx: &Arc<Ctx>, recorder: &Arc<Recorder>, slices: u32) -> Box<dyn Turns> {
         let plan = &ctx.plan;
         ctx.progress.phase(format!("mixed: {}", recorder.contender));
         let mut setup = plan.setup("mixed", &plan.mixed);
@@ -213,11 +215,7 @@ impl<S: Subject> Side<S> {
 }
 
 impl<S: Subject> Turns for Side<S> {
-    fn turn(
-        &mut self,
-        slice: Duration,
-        phase: Phase,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    fn turn(&mut self, slice: Duration, phase: Phase) -> Boxed<'_, ()> {
         Box::pin(async move {
             // The warm-up's latencies are not the measurement's either.
             self.recorder.pause(phase == Phase::WarmUp);
@@ -254,7 +252,7 @@ impl<S: Subject> Turns for Side<S> {
         }
     }
 
-    fn finish(self: Box<Self>) -> Pin<Box<dyn Future<Output = (Mixed, (Counts, bool))> + Send>> {
+    fn finish(self: Box<Self>) -> Boxed<'static, Finished> {
         Box::pin(async move {
             let Self {
                 world,

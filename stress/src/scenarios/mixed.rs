@@ -32,7 +32,7 @@ use baselines::{DashMapRegistry, MutexRegistry, SwitchboardRegistry};
 use serde::Serialize;
 
 use super::load::{self, Driver, Op, Run, CHURNER, EVERYTHING, OPS, SENDER};
-use super::{Ctx, HeapCheck, Order};
+use super::{median, Ctx, HeapCheck, Order};
 use crate::heap;
 use crate::latency::{Percentiles, Recorder};
 use crate::message::{Msg, DISCARDED};
@@ -59,10 +59,11 @@ pub struct Mixed {
     /// Sends (broadcasts and direct) per second each sending driver was held to in the
     /// paced phase, the same for every contender.
     pub paced_sends_per_s: Option<f64>,
-    /// Messages queued (broadcast and direct) per second, free phase.
+    /// Messages queued (broadcast and direct) per second, free phase: the median over its
+    /// turns.
     pub delivered_per_s: f64,
     /// Register/attach/detach/unregister calls per second, paced phase (free phase if
-    /// nothing was paced).
+    /// nothing was paced): the median over its turns.
     pub churn_per_s: f64,
     /// Delivery latency of prompt receivers.
     pub latency: Percentiles,
@@ -150,6 +151,11 @@ struct Side<S: Subject> {
     pace: Option<f64>,
     /// The drivers' operation counts so far (theirs accumulate over their life).
     ops_so_far: [u64; OPS],
+    /// Deliveries per second of each free turn.
+    free_deliveries: Vec<f64>,
+    /// Churn calls per second of each free turn, then of each paced one.
+    free_churn: Vec<f64>,
+    paced_churn: Vec<f64>,
 }
 
 /// A side's future, boxed so that sides of every design fit one array.
@@ -210,6 +216,9 @@ impl<S: Subject> Side<S> {
             paced: Run::default(),
             pace: None,
             ops_so_far: [0; OPS],
+            free_deliveries: Vec::new(),
+            free_churn: Vec::new(),
+            paced_churn: Vec::new(),
         })
     }
 }
@@ -224,8 +233,15 @@ impl<S: Subject> Turns for Side<S> {
             let ops = std::mem::replace(&mut self.ops_so_far, t.ops);
             let into = match phase {
                 Phase::WarmUp => None,
-                Phase::Free => Some(&mut self.run),
-                Phase::Paced => Some(&mut self.paced),
+                Phase::Free => {
+                    self.free_deliveries.push(t.delivery_rate());
+                    self.free_churn.push(t.churn_rate());
+                    Some(&mut self.run)
+                }
+                Phase::Paced => {
+                    self.paced_churn.push(t.churn_rate());
+                    Some(&mut self.paced)
+                }
             };
             if let Some(r) = into {
                 r.active_s += t.active_s;
@@ -261,6 +277,9 @@ impl<S: Subject> Turns for Side<S> {
                 run,
                 paced,
                 pace,
+                mut free_deliveries,
+                mut free_churn,
+                mut paced_churn,
                 ..
             } = *self;
             world.teardown().await;
@@ -271,13 +290,19 @@ impl<S: Subject> Turns for Side<S> {
             drop(world);
             let retained_bytes = before - heap::live_bytes() - empty_bytes;
             let latency = recorder.summary();
-            let churned = if pace.is_some() { paced } else { run };
+            // Medians over turns: a turn the machine's other tenants starved is one sample
+            // of several, not a share of one sum.
+            let churn = if pace.is_some() {
+                &mut paced_churn
+            } else {
+                &mut free_churn
+            };
             let mixed = Mixed {
                 run,
                 paced,
                 paced_sends_per_s: pace,
-                delivered_per_s: run.delivery_rate(),
-                churn_per_s: churned.churn_rate(),
+                delivered_per_s: median(&mut free_deliveries),
+                churn_per_s: median(churn),
                 latency,
                 retained_bytes,
             };

@@ -8,7 +8,8 @@
 
 use std::hint::black_box;
 
-use baselines::{Contender, Floor, OwnFloor};
+use baselines::floor::{Bare, FloorChannel, Own, Tokio};
+use baselines::{Contender, Inbox};
 use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
@@ -22,28 +23,9 @@ use common::{drain_all, message, timed_chunks, Msg, CAPACITY, PER_DRAIN};
 const SIZES: [usize; 4] = [10, 1_000, 10_000, 100_000];
 const SESSION: u64 = 7;
 
-fn floor(group: &mut BenchmarkGroup<'_, WallTime>, n: usize) {
-    let (floor, mut inboxes) = Floor::<Msg>::new(n, CAPACITY);
-    let msg = message();
-    group.bench_function(BenchmarkId::new(floor.name(), n), |b| {
-        b.iter_custom(|iters| {
-            let mut delivered = 0;
-            let spent = timed_chunks(
-                iters,
-                PER_DRAIN,
-                || delivered += black_box(floor.broadcast(msg.clone())).delivered,
-                || {
-                    drain_all(&mut inboxes);
-                },
-            );
-            assert_eq!(delivered as u64, iters * n as u64, "a channel filled up");
-            spent
-        });
-    });
-}
-
-fn own_floor(group: &mut BenchmarkGroup<'_, WallTime>, n: usize) {
-    let (floor, mut inboxes) = OwnFloor::<Msg>::new(n, CAPACITY);
+/// A floor over channel `C`: tokio's ([`Tokio`]) or switchboard's own ([`Own`]), one loop.
+fn floor<C: FloorChannel<Msg, Rx: Inbox<Msg>>>(group: &mut BenchmarkGroup<'_, WallTime>, n: usize) {
+    let (floor, mut inboxes) = Bare::<Msg, C>::new(n, CAPACITY);
     let msg = message();
     group.bench_function(BenchmarkId::new(floor.name(), n), |b| {
         b.iter_custom(|iters| {
@@ -94,8 +76,8 @@ fn broadcast(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n as u64));
         // One implementation alive at a time: 100_000 clients each is memory enough.
         contender(&mut group, common::switchboard(), n);
-        floor(&mut group, n);
-        own_floor(&mut group, n);
+        floor::<Tokio>(&mut group, n);
+        floor::<Own>(&mut group, n);
         contender(&mut group, common::dashmap(), n);
         contender(&mut group, common::mutex(), n);
     }

@@ -498,11 +498,24 @@ impl Report {
         if let Some(m) = &s.mixed {
             let _ = writeln!(
                 o,
-                "\nMIXED   broadcasts + sends + churn, {} clients in {} sessions, {:.1}s each",
+                "\nMIXED   broadcasts + sends + churn, {} clients in {} sessions, {:.1}s each, in turns",
                 c.mixed.layout.clients,
                 c.mixed.layout.sessions,
                 c.mixed.duration.as_secs_f64()
             );
+            let pace = m.contenders.values().find_map(|r| r.paced_sends_per_s);
+            let _ = match pace {
+                Some(p) => writeln!(
+                    o,
+                    "  delivered: every driver free; churn ops: as long again, every design's \
+                     senders held to {} each (the slowest one's free rate)",
+                    rate(p)
+                ),
+                None => writeln!(
+                    o,
+                    "  one worker: nothing paced, churn under each design's own load"
+                ),
+            };
             let _ = writeln!(
                 o,
                 "  {:<12} {:>11} {:>11} {:>9} {:>9} {:>7} {:>7}  {:>8} {:>8} {:>8} {:>9}",

@@ -116,6 +116,27 @@ impl Counts {
         }
     }
 
+    /// `self` and `other` added up.
+    pub fn plus(&self, other: &Self) -> Self {
+        Self {
+            broadcasts: self.broadcasts + other.broadcasts,
+            recipients: self.recipients + other.recipients,
+            delivered: self.delivered + other.delivered,
+            dropped: self.dropped + other.dropped,
+            closed: self.closed + other.closed,
+            disconnected: self.disconnected + other.disconnected,
+            directs: self.directs + other.directs,
+            direct_ok: self.direct_ok + other.direct_ok,
+            direct_closed: self.direct_closed + other.direct_closed,
+            received: self.received + other.received,
+            churn_ops: self.churn_ops + other.churn_ops,
+            evicted: self.evicted + other.evicted,
+            abrupt_drops: self.abrupt_drops + other.abrupt_drops,
+            abrupt_early: self.abrupt_early + other.abrupt_early,
+            abrupt_lost: self.abrupt_lost + other.abrupt_lost,
+        }
+    }
+
     /// Messages queued, by broadcasts and direct sends together.
     pub fn queued(&self) -> u64 {
         self.delivered + self.direct_ok
@@ -144,5 +165,6 @@ mod tests {
             (delta.broadcasts, delta.recipients, delta.queued()),
             (1, 3, 6)
         );
+        assert_eq!(first.plus(&delta), t.snapshot());
     }
 }

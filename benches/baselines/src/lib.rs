@@ -9,7 +9,7 @@
 //! | baseline | what it is | broadcast walks |
 //! | --- | --- | --- |
 //! | [`Floor`] | a `Vec` of senders and nothing else | the `Vec` |
-//! | [`OwnFloor`] | the same over switchboard's own channel | the `Vec` |
+//! | [`OwnFloor`] | the same loop over switchboard's own channel | the `Vec` |
 //! | [`DashMapRegistry`] | `DashMap` of clients plus `DashMap` of `DashSet` sessions | the session's ids, one map lookup each |
 //! | [`MutexRegistry`] | one `std::sync::Mutex` around two `HashMap`s | senders cloned out under the lock |
 //!
@@ -45,7 +45,8 @@
 //!   join or leave it, so it has no [`Contender`] impl and is no baseline for churn.
 //! - [`OwnFloor`] is the same loop over switchboard's own channel, each built inside a client
 //!   entry as a registration builds it. switchboard's broadcast over it is the registry's
-//!   overhead alone; over [`Floor`] it also carries the two channels' difference.
+//!   overhead alone; over [`Floor`] it also carries the two channels' difference. Both are
+//!   one generic type, [`floor::Bare`], so their loop is the same code.
 //! - [`DashMapRegistry`] is the design of the reference plan. Its locks are sharded, but a
 //!   broadcast pays a hash lookup and a shard read lock per recipient, and clones the member ids
 //!   into a fresh `Vec` first.
@@ -80,12 +81,10 @@ mod contender;
 pub mod dashmap;
 pub mod floor;
 pub mod mutex;
-pub mod own_floor;
 pub mod switchboard;
 
 pub use crate::contender::{Contender, Fanout, Inbox};
 pub use crate::dashmap::DashMapRegistry;
-pub use crate::floor::Floor;
+pub use crate::floor::{Floor, OwnFloor};
 pub use crate::mutex::MutexRegistry;
-pub use crate::own_floor::OwnFloor;
 pub use crate::switchboard::SwitchboardRegistry;

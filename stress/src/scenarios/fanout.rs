@@ -3,32 +3,40 @@
 //!
 //! - **Warm.** At each size every contender holds the same number of clients, all in one
 //!   session, each drained by a prompt receiver task. The contenders take turns in short bursts
-//!   (rotating who goes first) and the receivers drain completely between bursts, so every
-//!   broadcast finds empty channels and parked receivers, as a server's idle writer tasks would
-//!   be. Only the broadcast call is timed; the cost is the median over all bursts. A fifth
-//!   contender takes its turns here too, with as many samples: the [`OWN_FLOOR`], the same bare
-//!   loop as the floor over switchboard's own channel, so that switchboard over it is the
-//!   registry's overhead apart from the channel's speed.
+//!   (in an order shuffled every round, see [`Order`]) and the receivers drain completely
+//!   between bursts, so every broadcast finds empty channels and parked receivers, as a
+//!   server's idle writer tasks would be. Only the broadcast call is timed; the cost is the
+//!   median over all bursts. A fifth contender takes its turns here too, with as many samples:
+//!   the [`OWN_FLOOR`], the same bare loop as the floor over switchboard's own channel, so that
+//!   switchboard over it is the registry's overhead apart from the channel's speed.
 //! - **Burst.** [`BURST`] broadcasts back to back without waiting for the receivers, as a chat
 //!   room under load sees them; the cost is the burst's time over its length, median over
 //!   bursts.
 //! - **Cold.** A connection storm, then the very first broadcast: see [`super::cold`].
+//!
+//! Every contender's receivers do the same work per message, the floors' included: each is a
+//! model client whose receipts go through [`receiver::prompt`] and are checked against its
+//! ledger, as the worlds' are. The receivers run on the other worker while a broadcast is
+//! timed; floors whose receivers only counted measured their broadcast under lighter load.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baselines::{DashMapRegistry, Floor, Inbox, MutexRegistry, OwnFloor, SwitchboardRegistry};
+use baselines::floor::{Bare, FloorChannel, Own, Tokio};
+use baselines::{DashMapRegistry, Inbox, MutexRegistry, SwitchboardRegistry};
 use serde::Serialize;
 
 use super::cold::{self, Cold};
-use super::{median, Ctx, HeapCheck};
+use super::{median, Ctx, HeapCheck, Order};
+use crate::client::{Client, Kind};
 use crate::heap;
 use crate::invariants::{outcome_adds_up, Outcome, Violations};
 use crate::latency::{Percentiles, Recorder};
 use crate::layout::Layout;
 use crate::message::{Msg, DISCARDED, EVERYONE};
+use crate::receiver::{self, Receipts};
 use crate::rng::Rng;
 use crate::subject::Subject;
 use crate::tally::{Counts, Tally};
@@ -37,7 +45,7 @@ use crate::world::World;
 
 /// Order in which contenders appear in results.
 pub const CONTENDERS: [&str; 4] = ["floor", "switchboard", "dashmap", "mutex"];
-/// The floor over switchboard's own channel ([`OwnFloor`]): warm broadcasts only, beside
+/// The floor over switchboard's own channel ([`baselines::OwnFloor`]): warm broadcasts only, beside
 /// [`CONTENDERS`].
 pub const OWN_FLOOR: &str = "own_floor";
 
@@ -147,100 +155,62 @@ impl<S: Subject> Target for World<S> {
     }
 }
 
-/// A registry-less floor: tokio's channels ([`Floor`]) or switchboard's own ([`OwnFloor`]).
-trait Bare: Send + Sync + Sized + 'static {
-    type Rx: Inbox<Msg>;
-    fn build(n: usize, capacity: usize) -> (Self, Vec<Self::Rx>);
-    fn name(&self) -> &'static str;
-    fn broadcast(&self, msg: Msg) -> baselines::Fanout;
-}
-
-impl Bare for Floor<Msg> {
-    type Rx = tokio::sync::mpsc::Receiver<Msg>;
-
-    fn build(n: usize, capacity: usize) -> (Self, Vec<Self::Rx>) {
-        Floor::new(n, capacity)
-    }
-
-    fn name(&self) -> &'static str {
-        Floor::name(self)
-    }
-
-    fn broadcast(&self, msg: Msg) -> baselines::Fanout {
-        Floor::broadcast(self, msg)
-    }
-}
-
-impl Bare for OwnFloor<Msg> {
-    type Rx = switchboard::Receiver<Msg>;
-
-    fn build(n: usize, capacity: usize) -> (Self, Vec<Self::Rx>) {
-        OwnFloor::new(n, capacity)
-    }
-
-    fn name(&self) -> &'static str {
-        OwnFloor::name(self)
-    }
-
-    fn broadcast(&self, msg: Msg) -> baselines::Fanout {
-        OwnFloor::broadcast(self, msg)
-    }
-}
-
 /// What a floor's receivers report into.
 #[derive(Debug)]
 struct Sink {
     /// `fanout/<floor's name>`.
     scope: String,
+    /// The same per-message work as a world's receivers do.
+    receipts: Receipts,
     tally: Tally,
-    latency: Arc<Recorder>,
     violations: Arc<Violations>,
     tasks: TaskCount,
-    /// Next sequence number; `Relaxed`: receivers only check they never see one not yet drawn.
+    /// Next sequence number; `Relaxed`: it only numbers messages, nothing is ordered by it.
     seq: AtomicU64,
 }
 
-/// A floor with its receivers.
+/// A floor with its receivers: one model client each, attached to the floor's one session,
+/// as a world's clients are to theirs.
 #[derive(Debug)]
-struct FloorSide<F> {
-    floor: F,
+struct FloorSide<C: FloorChannel<Msg>> {
+    floor: Bare<Msg, C>,
     sink: Arc<Sink>,
     size: usize,
 }
 
 /// `_task` first: it must drop last (parameters drop in reverse order).
-async fn floor_receiver<R: Inbox<Msg>>(_task: TaskGuard, sink: Arc<Sink>, mut rx: R) {
-    while let Some(msg) = Inbox::recv(&mut rx).await {
-        let p = msg.payload();
-        sink.latency
-            .record(u64::try_from(p.sent.elapsed().as_nanos()).unwrap_or(u64::MAX));
-        // Relaxed: see `seq`.
-        let drawn = sink.seq.load(Ordering::Relaxed);
-        if p.session != 0 || p.target != EVERYONE || p.seq >= drawn {
-            sink.violations.push(
-                sink.scope.as_str(),
-                format!("a receiver got a message the floor never sent: {p:?}"),
-            );
-        }
-        sink.tally.received.add(1);
-        msg.received();
-    }
+async fn floor_receiver<R: Inbox<Msg>>(
+    _task: TaskGuard,
+    sink: Arc<Sink>,
+    client: Arc<Client<usize>>,
+    mut rx: R,
+) {
+    receiver::prompt(&sink.receipts, &sink.tally, &client, &mut rx).await;
 }
 
-impl<F: Bare> FloorSide<F> {
+impl<C: FloorChannel<Msg, Rx: Inbox<Msg>>> FloorSide<C> {
     fn new(n: usize, ctx: &Ctx, latency: Arc<Recorder>) -> Self {
-        let (floor, inboxes) = F::build(n, ctx.plan.capacity);
+        let (floor, inboxes) = Bare::<Msg, C>::new(n, ctx.plan.capacity);
+        let scope = format!("fanout/{}", floor.name());
         let sink = Arc::new(Sink {
-            scope: format!("fanout/{}", floor.name()),
+            receipts: Receipts::new(
+                scope.clone(),
+                ctx.plan.message_size,
+                latency,
+                Arc::clone(&ctx.violations),
+            ),
+            scope,
             tally: Tally::default(),
-            latency,
             violations: Arc::clone(&ctx.violations),
             tasks: TaskCount::default(),
             seq: AtomicU64::new(0),
         });
-        for rx in inboxes {
+        for (i, rx) in inboxes.into_iter().enumerate() {
+            let client = Arc::new(Client::new(i, i as u64, Kind::Prompt));
+            // Attached from the start: no broadcast was in flight, so the floor is 0.
+            client.ledger().joining(0, 0);
             let task = sink.tasks.enter();
-            tokio::spawn(floor_receiver(task, Arc::clone(&sink), rx));
+            tokio::spawn(floor_receiver(task, Arc::clone(&sink), client, rx));
         }
         Self {
             floor,
@@ -268,7 +238,7 @@ impl<F: Bare> FloorSide<F> {
     }
 }
 
-impl<F: Bare> Target for FloorSide<F> {
+impl<C: FloorChannel<Msg>> Target for FloorSide<C> {
     fn name(&self) -> &'static str {
         self.floor.name()
     }
@@ -365,8 +335,8 @@ async fn size(ctx: &Ctx, n: usize, recorders: &[Arc<Recorder>]) -> Row {
     (setup.slow, setup.abrupt) = (0.0, 0.0);
     let mut rng = Rng::new(plan.seed, n as u64);
     let discarded = DISCARDED.get();
-    let floor = FloorSide::<Floor<Msg>>::new(n, ctx, Arc::clone(&recorders[0]));
-    let own = FloorSide::<OwnFloor<Msg>>::new(n, ctx, Arc::clone(&recorders[4]));
+    let floor = FloorSide::<Tokio>::new(n, ctx, Arc::clone(&recorders[0]));
+    let own = FloorSide::<Own>::new(n, ctx, Arc::clone(&recorders[4]));
     let v = &ctx.violations;
     let sb = World::<SwitchboardRegistry<Msg>>::new(
         setup.clone(),
@@ -389,18 +359,16 @@ async fn size(ctx: &Ctx, n: usize, recorders: &[Arc<Recorder>]) -> Row {
     let burst = (SENDS_PER_BURST / n).clamp(1, (plan.capacity / 2).max(1));
     let min_samples = if plan.quick { 5 } else { MIN_SAMPLES };
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); warm.len()];
+    let mut order = Order::new(plan.seed, n as u64, warm.len());
     let begin = Instant::now();
-    let mut round = 0;
     while samples[0].len() < min_samples || begin.elapsed() < plan.fanout_time {
-        for k in 0..warm.len() {
-            let i = (round + k) % warm.len();
+        for &i in order.next_round() {
             let target = warm[i];
             for _ in 0..burst {
                 samples[i].push(target.fire(n).as_nanos() as f64);
             }
             settle(target).await;
         }
-        round += 1;
     }
     let count = samples.first().map_or(0, Vec::len);
     let mut cost_ns = BTreeMap::new();
@@ -421,17 +389,15 @@ async fn size(ctx: &Ctx, n: usize, recorders: &[Arc<Recorder>]) -> Row {
     let burst_len = BURST.min(plan.capacity);
     let min_bursts = if plan.quick { 2 } else { MIN_BURSTS };
     let mut bursts: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    let mut order = Order::new(plan.seed, n as u64, targets.len());
     let begin = Instant::now();
-    let mut round = 0;
     while bursts[0].len() < min_bursts || begin.elapsed() < plan.fanout_time / 2 {
-        for k in 0..targets.len() {
-            let i = (round + k) % targets.len();
+        for &i in order.next_round() {
             let target = targets[i];
             let total: Duration = (0..burst_len).map(|_| target.fire(n)).sum();
             bursts[i].push(total.as_nanos() as f64 / burst_len as f64);
             settle(target).await;
         }
-        round += 1;
     }
     for r in recorders {
         r.pause(false);
@@ -474,4 +440,78 @@ async fn settle(target: &dyn Target) {
             target.pending()
         )
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Scenario};
+    use crate::latency::histogram;
+    use crate::progress::Progress;
+    use crate::scenarios::Plan;
+    use crate::timeline::Timeline;
+
+    fn ctx() -> Ctx {
+        let cli = Cli::parse_from(["stress", "fanout"]);
+        Ctx {
+            plan: Plan::new(Scenario::Fanout, &cli.knobs),
+            violations: Arc::new(Violations::default()),
+            timeline: Timeline::new(),
+            progress: Progress::new(0),
+            overall: Mutex::new(histogram()),
+        }
+    }
+
+    /// Violations per group scope.
+    fn found(ctx: &Ctx) -> BTreeMap<String, u64> {
+        let groups = ctx.violations.groups();
+        groups.into_iter().map(|g| (g.scope, g.count)).collect()
+    }
+
+    /// A floor's receivers do a world's receivers' work: they check every message against
+    /// their client's ledger and its payload, as switchboard's do, not only count it.
+    async fn floor_receivers_check_like_a_worlds<C: FloorChannel<Msg, Rx: Inbox<Msg>>>() {
+        let ctx = ctx();
+        let latency = Arc::new(Recorder::new("fanout", "test"));
+        let side = FloorSide::<C>::new(3, &ctx, Arc::clone(&latency));
+        let name = side.name();
+        let size = ctx.plan.message_size;
+        // One of a session the floor's clients never joined, one with a short payload.
+        assert_eq!(
+            side.floor
+                .broadcast(Msg::new(5, 0, EVERYONE, size))
+                .delivered,
+            3
+        );
+        assert_eq!(
+            side.floor
+                .broadcast(Msg::new(0, 1, EVERYONE, size - 1))
+                .delivered,
+            3
+        );
+        side.sink.tally.delivered.add(6);
+        let t = side.teardown().await;
+        assert_eq!(t.received, 6);
+        let expected = BTreeMap::from([
+            (format!("fanout/{name}/receipt"), 3),
+            (format!("fanout/{name}"), 3),
+        ]);
+        assert_eq!(found(&ctx), expected);
+        assert_eq!(latency.summary().count, 6, "every receipt timed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn own_floor_receivers_check_like_a_worlds() {
+        floor_receivers_check_like_a_worlds::<Own>().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tokio_floor_receivers_check_like_a_worlds() {
+        floor_receivers_check_like_a_worlds::<Tokio>().await;
+    }
 }

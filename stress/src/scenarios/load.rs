@@ -32,10 +32,12 @@ pub enum Op {
     Transient,
 }
 
-const OPS: usize = 5;
+/// Kinds of operation, the length of [`Run::ops`].
+pub const OPS: usize = 5;
 
 impl Op {
-    fn index(self) -> usize {
+    /// Its place in [`Run::ops`].
+    pub fn index(self) -> usize {
         self as usize
     }
 }
@@ -79,6 +81,8 @@ pub struct Driver {
     mix: Mix,
     rng: Rng,
     ops: [u64; OPS],
+    /// Operations per second it holds itself to; `None`: as many as it can.
+    pace: Option<f64>,
 }
 
 impl Driver {
@@ -88,12 +92,37 @@ impl Driver {
             mix,
             rng: Rng::new(seed, 1000 + index as u64),
             ops: [0; OPS],
+            pace: None,
         }
+    }
+
+    /// Holds the driver to `per_s` operations a second from now on (`None`: unpaced).
+    pub fn pace(&mut self, per_s: Option<f64>) {
+        self.pace = per_s;
+    }
+
+    /// Whether it only sends (broadcasts and direct sends), changing no membership.
+    pub fn only_sends(&self) -> bool {
+        self.mix
+            .0
+            .iter()
+            .all(|&(op, _)| matches!(op, Op::Broadcast | Op::Direct))
     }
 }
 
 async fn drive<S: Subject>(world: Arc<World<S>>, mut d: Driver, until: Instant) -> Driver {
+    let start = Instant::now();
+    let mut done = 0u64;
     while Instant::now() < until {
+        if let Some(per_s) = d.pace {
+            // Ahead of its schedule: wait. The timer ticks in milliseconds, so the pace is
+            // kept on average over the window, not operation by operation.
+            if done as f64 >= per_s * start.elapsed().as_secs_f64() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+        }
+        done += 1;
         let op = d.mix.pick(&mut d.rng);
         perform(&world, op, &mut d.rng).await;
         d.ops[op.index()] += 1;

@@ -21,6 +21,7 @@ use crate::latency::Recorder;
 use crate::layout::Layout;
 use crate::message::DISCARDED;
 use crate::progress::Progress;
+use crate::rng::Rng;
 use crate::tally::Counts;
 use crate::timeline::Timeline;
 use crate::world::Setup;
@@ -261,6 +262,40 @@ where
     }
 }
 
+/// The order in which the contenders take their turns, drawn afresh every round.
+///
+/// Every contender takes one turn per round, so all are sampled equally often and at the
+/// same times: a machine whose load changes mid-run changes it for all of them. A fixed
+/// rotation would have each contender follow the same one almost every time (in fanout,
+/// switchboard the tokio floor and the own floor the mutex design), each finding the
+/// caches and the allocator as that one's turn and its receivers left them; a shuffled
+/// order gives every contender every predecessor alike.
+#[derive(Debug)]
+pub struct Order {
+    rng: Rng,
+    turns: Vec<usize>,
+}
+
+impl Order {
+    /// An order of `contenders` turns, seeded from the run's seed and `stream` (the session
+    /// size in fanout).
+    pub fn new(seed: u64, stream: u64, contenders: usize) -> Self {
+        Self {
+            rng: Rng::new(seed, !stream),
+            turns: (0..contenders).collect(),
+        }
+    }
+
+    /// The next round: every contender once, in a fresh random order (Fisher-Yates).
+    pub fn next_round(&mut self) -> &[usize] {
+        for i in (1..self.turns.len()).rev() {
+            let j = self.rng.below(i + 1);
+            self.turns.swap(i, j);
+        }
+        &self.turns
+    }
+}
+
 /// The median of `xs` (0 when empty).
 pub fn median(xs: &mut [f64]) -> f64 {
     if xs.is_empty() {
@@ -313,5 +348,36 @@ mod tests {
         let plan = Plan::new(Scenario::All, &quick.knobs);
         assert_eq!(plan.mixed.duration, Duration::from_secs(2));
         assert_eq!(plan.fanout_sizes, [100, 1_000, 100_000]);
+    }
+
+    #[test]
+    fn every_contender_follows_every_other_alike() {
+        let contenders = 5;
+        let mut order = Order::new(7, 100_000, contenders);
+        let mut follows = vec![vec![0u32; contenders]; contenders];
+        let mut turns = vec![0u32; contenders];
+        let mut last = None;
+        for _ in 0..400 {
+            let round = order.next_round().to_vec();
+            let mut sorted = round.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..contenders).collect::<Vec<_>>(), "one turn each");
+            for i in round {
+                turns[i] += 1;
+                if let Some(before) = last.replace(i) {
+                    follows[i][before] += 1;
+                }
+            }
+        }
+        assert!(turns.iter().all(|&t| t == 400));
+        // 1 999 successions over 20 ordered pairs: about 100 each. A fixed rotation gives
+        // one predecessor about 80 % of the time and leaves most pairs at 0.
+        for (i, row) in follows.iter().enumerate() {
+            for (before, &n) in row.iter().enumerate() {
+                if i != before {
+                    assert!((60..=140).contains(&n), "{i} after {before}: {n} times");
+                }
+            }
+        }
     }
 }

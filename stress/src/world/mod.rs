@@ -25,7 +25,7 @@ use crate::latency::Recorder;
 use crate::layout::Layout;
 use crate::ledger::{Ledger, Status};
 use crate::message::{Msg, DIRECT, EVERYONE};
-use crate::receiver;
+use crate::receiver::{self, Receipts};
 use crate::rng::Rng;
 use crate::subject::{Sent, Subject};
 use crate::tally::Tally;
@@ -95,8 +95,8 @@ pub struct World<S: Subject> {
     orphans: Mutex<Vec<Arc<Client<S::Id>>>>,
     /// What happened, for rates and end-of-run checks.
     pub tally: Tally,
-    /// Latencies of prompt receivers.
-    pub latency: Arc<Recorder>,
+    /// What the receivers do with each message: checks, latencies of prompt receivers.
+    receipts: Receipts,
     /// Where violations go.
     pub violations: Arc<Violations>,
     /// Live receiver tasks.
@@ -146,11 +146,16 @@ impl<S: Subject> World<S> {
                 .map(|_| Mutex::new(None))
                 .collect(),
             orphans: Mutex::new(Vec::new()),
+            receipts: Receipts::new(
+                scope.clone(),
+                setup.message_size,
+                latency,
+                Arc::clone(&violations),
+            ),
             subject,
             setup,
             scope,
             tally: Tally::default(),
-            latency,
             violations,
             tasks: TaskCount::default(),
             draining: AtomicBool::new(false),
@@ -537,33 +542,14 @@ impl<S: Subject> World<S> {
         sent
     }
 
-    /// A receiver took `msg`: check it against the client's ledger, record its latency.
+    /// A receiver took `msg`: see [`Receipts::accept`].
     pub fn accept(&self, client: &Client<S::Id>, msg: Msg, prompt: bool) {
-        let p = msg.payload();
-        if prompt {
-            let ns = p.sent.elapsed().as_nanos();
-            self.latency.record(u64::try_from(ns).unwrap_or(u64::MAX));
-        }
-        let verdict = client.ledger().check(p.session, p.seq, p.target);
-        if let Err(breach) = verdict {
-            self.violations.push(
-                format!("{}/receipt", self.scope),
-                format!("client #{} ({:?}) {breach}", client.serial, client.kind),
-            );
-        }
-        if p.body.len() != self.setup.message_size {
-            self.violations.push(
-                self.scope.clone(),
-                format!(
-                    "client #{} got a payload of {} bytes, {} were sent",
-                    client.serial,
-                    p.body.len(),
-                    self.setup.message_size
-                ),
-            );
-        }
-        self.tally.received.add(1);
-        msg.received();
+        self.receipts.accept(&self.tally, client, msg, prompt);
+    }
+
+    /// What this world's receivers do with each message.
+    pub fn receipts(&self) -> &Receipts {
+        &self.receipts
     }
 
     /// Drains a receiver the caller kept (a short-lived client) until its channel ends.

@@ -191,10 +191,17 @@ mod imp {
         K: std::hash::Hash + Eq + Clone,
         V: Clone,
     {
+        /// Resizes block writers until the copy is done. papaya's default
+        /// incremental mode has writers copy 64 entries each, so a map whose keys
+        /// then stay put (rooms that outlive their creation burst) is left
+        /// mid-resize: every read probes the old table to its limit before the
+        /// new one, about 20 probe steps for a 100-session directory instead of 2
+        /// (callgrind: 366 instructions per attach's lookup, 148 blocking).
         pub(crate) fn new() -> Self {
             Self(
                 papaya::HashMap::builder()
                     .hasher(foldhash::fast::RandomState::default())
+                    .resize_mode(papaya::ResizeMode::Blocking)
                     .build(),
             )
         }

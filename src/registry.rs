@@ -870,7 +870,7 @@ impl<M> Registry<M> {
     fn session_or_insert(&self, key: &SessionId) -> Arc<Session<M>> {
         self.inner
             .sessions
-            .get_or_insert_with(key.clone(), || Arc::new(Session::new()))
+            .get_or_insert_with(key, || Arc::new(Session::new()))
     }
 
     /// Removes `id` from `session`, and a retired session from the directory.

@@ -219,12 +219,14 @@ mod imp {
         /// Looks the key up before trying to insert: papaya's insert path costs
         /// about twice a read even when the key is present, and the registry's
         /// callers (a join into an existing session) mostly find it.
-        pub(crate) fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> V {
+        /// Takes the key by reference and clones it only to insert: a named key's
+        /// clone is a reference-count increment and its drop a decrement.
+        pub(crate) fn get_or_insert_with(&self, key: &K, make: impl FnOnce() -> V) -> V {
             let map = self.0.pin();
-            if let Some(value) = map.get(&key) {
+            if let Some(value) = map.get(key) {
                 return value.clone();
             }
-            map.get_or_insert_with(key, make).clone()
+            map.get_or_insert_with(key.clone(), make).clone()
         }
 
         /// Removes `key` only while `should_remove` holds for its current value.
@@ -287,8 +289,8 @@ mod imp {
             self.map().get(key).cloned()
         }
 
-        pub(crate) fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> V {
-            self.map().entry(key).or_insert_with(make).clone()
+        pub(crate) fn get_or_insert_with(&self, key: &K, make: impl FnOnce() -> V) -> V {
+            self.map().entry(key.clone()).or_insert_with(make).clone()
         }
 
         pub(crate) fn remove_if(&self, key: &K, mut should_remove: impl FnMut(&V) -> bool) {

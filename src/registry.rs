@@ -877,7 +877,7 @@ impl<M> Registry<M> {
     fn session_or_insert(&self, key: &SessionId) -> Arc<Session<M>> {
         self.inner
             .sessions
-            .get_or_insert_with(key.clone(), || Arc::new(Session::named(key.clone())))
+            .get_or_insert_with(key, || Arc::new(Session::named(key.clone())))
     }
 
     /// Removes `id` from `session`, and a retired session from the directory.

@@ -36,6 +36,14 @@
 //!   snapshot still holds, is dropped at once as before. The list holds at most
 //!   one compaction's dead cells and empties on retirement, so a session holds at
 //!   most twice the dead-cell bound above in departed handles.
+//! * **Spare pages.** The same proof (no snapshot holds the replaced layout) makes
+//!   its pages as private as fresh ones: a session of at most `SPARE_MAX` cells
+//!   empties them and keeps them, with the layout's own allocation, for its next
+//!   compaction or growth, which would otherwise allocate four to six blocks and
+//!   free as many. Such a session is also compacted into room for every cell its
+//!   next compaction can find, so churn at a steady size never grows it in
+//!   between. Spares hold at most `SPARE_MAX` cells (1 KiB) and go on retirement;
+//!   a page a reader still holds is never kept.
 //!
 //! # Invariants
 //!
@@ -54,7 +62,9 @@
 //!    the live members of the newest snapshot whenever the writer lock is free.
 //! 5. The graveyard holds only handles moved out of a layout that no snapshot
 //!    holds and none can load again (it was replaced first), so no broadcast
-//!    reaches them; the writer only ever drops them.
+//!    reaches them; the writer only ever drops them. Spare pages and the spare
+//!    layout come from such a layout too, emptied (every cell unwritten and
+//!    `PRESENT`), and are published again only by a store of the snapshot cell.
 
 use std::fmt;
 
@@ -193,6 +203,10 @@ pub(crate) const COMPACT_SLACK: usize = 16;
 /// Most departed members a compaction hands to the graveyard; a larger batch is
 /// freed at once, as its cost is spread over as many leaves anyway.
 const GRAVEYARD_MAX: usize = 4 * COMPACT_SLACK;
+/// Most cells a session keeps in spare pages: pages of 4, 8, 16 and 32 cells, the
+/// layout of up to 60 members, about 1 KiB. Larger sessions compact rarely
+/// enough per leave that fresh pages cost little.
+const SPARE_MAX: usize = 4 * COMPACT_SLACK;
 
 /// One member cell, as a broadcast sees it: 16 bytes, four to a cache line.
 pub(crate) struct Member<M> {
@@ -348,6 +362,13 @@ struct Writer<M> {
     /// Entries of departed members from the layout the last compaction replaced,
     /// released one per leave (see "Graveyard" in the module docs).
     graveyard: Vec<Arc<ClientEntry<M>>>,
+    /// Emptied pages of replaced layouts that no snapshot holds, by page index,
+    /// for the next compaction or growth to fill instead of allocating (see
+    /// "Spare pages" in the module docs).
+    spare: Vec<Option<Arc<Page<M>>>>,
+    /// The allocation of the last layout a compaction replaced, once no snapshot
+    /// held it, with its page list emptied: the next compaction publishes in it.
+    spare_layout: Option<Arc<Layout<M>>>,
     /// The application keeps this session open while it is empty.
     pinned: bool,
     /// Emptied and unpinned: no longer in the directory, refuses joins.
@@ -416,6 +437,8 @@ impl<M> Session<M> {
                 version: 0,
                 positions: Positions::new(),
                 graveyard: Vec::new(),
+                spare: Vec::new(),
+                spare_layout: None,
                 pinned: false,
                 retired: false,
             }),
@@ -522,6 +545,8 @@ impl<M> Session<M> {
         if retired {
             w.retired = true;
             w.graveyard = Vec::new();
+            w.spare = Vec::new();
+            w.spare_layout = None;
         }
         if retired {
             Left::RemovedAndRetired
@@ -575,20 +600,32 @@ impl<M> Session<M> {
         let next = w.layout.pages.len();
         let mut pages = Vec::with_capacity(next + 1);
         pages.extend(w.layout.pages.iter().cloned());
-        pages.push(Arc::new(new_page(paging::page_len(next, PAGE_SHIFT))));
+        pages.push(take_page(&mut w.spare, next));
         // The old layout shares every page with the new one: dropping it frees
         // only its page list.
         drop(self.install(w, pages));
     }
 
     /// Copies the live members into fresh pages and publishes them with the version
-    /// restarted (invariant 3). Dead cells' handles go to the graveyard if the old
-    /// layout is unshared, else drop with its last snapshot.
+    /// restarted (invariant 3). The pages, the page list and the layout come from
+    /// the spares when the last compaction left some. Dead cells' handles go to the
+    /// graveyard if the old layout is unshared, else drop with its last snapshot.
     fn compact(&self, w: &mut Writer<M>) {
         let live = w.positions.len();
-        let mut pages: Vec<Page<M>> = Vec::with_capacity(w.layout.pages.len());
-        while paging::capacity(pages.len(), PAGE_SHIFT) < live.max(1) {
-            pages.push(new_page(paging::page_len(pages.len(), PAGE_SHIFT)));
+        let mut pages = w
+            .spare_layout
+            .as_mut()
+            .and_then(Arc::get_mut)
+            .map(|spare| std::mem::take(&mut spare.pages))
+            .unwrap_or_default();
+        // A small session gets room for every cell its next compaction can find
+        // in use (invariant: dead cells stay at most `max(live, COMPACT_SLACK) + 1`),
+        // so that churn at a steady size never grows it, which would publish a
+        // layout between compactions.
+        let room = live + live.max(COMPACT_SLACK) + 1;
+        let cells = if room <= SPARE_MAX { room } else { live.max(1) };
+        while paging::capacity(pages.len(), PAGE_SHIFT) < cells {
+            pages.push(take_page(&mut w.spare, pages.len()));
         }
         let mut next = 0;
         let old = Membership {
@@ -596,7 +633,8 @@ impl<M> Session<M> {
             len: w.len,
             version: w.version,
         };
-        let mut positions = Positions::with_capacity(live);
+        w.positions.reset(live);
+        let positions = &mut w.positions;
         old.for_each_cell(|cell, member| {
             let (p, o) = paging::split(next, PAGE_SHIFT);
             if let Some(entry) = cell.entry.get_arc() {
@@ -605,59 +643,102 @@ impl<M> Session<M> {
             positions.insert(member.id, next, &pages);
             next += 1;
         });
-        w.positions = positions;
         drop(old);
         debug_assert_eq!(next, live);
         let dead = w.len - live;
         w.len = live;
         w.version = 0;
-        let replaced = self.install(w, pages.into_iter().map(Arc::new).collect());
+        let replaced = self.install(w, pages);
         // Leftovers of the compaction before, in a session that shrank since.
         w.graveyard.clear();
         if dead <= GRAVEYARD_MAX {
             w.graveyard.reserve_exact(dead);
-            bury(&mut w.graveyard, replaced);
+            bury(w, replaced);
         }
     }
 
     /// Publishes a new layout holding `pages` and the writer's current word;
     /// returns the layout it replaced.
     fn install(&self, w: &mut Writer<M>, pages: Vec<Arc<Page<M>>>) -> Arc<Layout<M>> {
-        let layout = Arc::new(Layout {
-            pages,
-            state: AtomicU64::new(pack(w.len, w.version)),
-            live: AtomicUsize::new(w.positions.len()),
+        let state = pack(w.len, w.version);
+        let live = w.positions.len();
+        let layout = match w.spare_layout.take() {
+            Some(spare) => refill(spare, pages, state, live),
+            None => Err(pages),
+        };
+        let layout = layout.unwrap_or_else(|pages| {
+            Arc::new(Layout {
+                pages,
+                state: AtomicU64::new(state),
+                live: AtomicUsize::new(live),
+            })
         });
         self.layout.store(Arc::clone(&layout));
         std::mem::replace(&mut w.layout, layout)
     }
 }
 
-/// Moves the departed members' entries of a layout that compaction replaced into
-/// `graveyard`, if no snapshot holds that layout any more; otherwise its last
-/// snapshot drops them all, as it always did.
+/// Refills `layout`, a replaced layout no snapshot holds, for publication; gives
+/// `pages` back if it is shared after all.
+fn refill<M>(
+    mut layout: Arc<Layout<M>>,
+    pages: Vec<Arc<Page<M>>>,
+    state: u64,
+    live: usize,
+) -> Result<Arc<Layout<M>>, Vec<Arc<Page<M>>>> {
+    let Some(reused) = Arc::get_mut(&mut layout) else {
+        return Err(pages);
+    };
+    reused.pages = pages;
+    // Relaxed: no reader can reach the layout until the snapshot cell's store
+    // publishes it, which orders these stores before it, as it orders a new
+    // layout's initial values.
+    reused.state.store(state, Ordering::Relaxed);
+    reused.live.store(live, Ordering::Relaxed);
+    Ok(layout)
+}
+
+/// Empties a layout that compaction replaced, if no snapshot holds it any more:
+/// its departed members' entries go to the graveyard, its present members' handles
+/// (copied into the new layout) are dropped, and a small session keeps its emptied
+/// pages and the layout's allocation as spares. Otherwise the layout's last
+/// snapshot drops it all, as it always did.
 ///
-/// `Arc::try_unwrap` succeeds only for the last count: the snapshot cell gave up
-/// its own in `install` (arc-swap turns every reader's borrow of the old value
-/// into a count before its store returns), so success means no broadcast can
-/// reach these cells again, and what the graveyard holds is only ever dropped.
-fn bury<M>(graveyard: &mut Vec<Arc<ClientEntry<M>>>, replaced: Arc<Layout<M>>) {
-    let Ok(layout) = Arc::try_unwrap(replaced) else {
+/// `Arc::get_mut` succeeds only for the last count: the snapshot cell gave up its
+/// own in `install` (arc-swap turns every reader's borrow of the old value into a
+/// count before its store returns), so success means no broadcast can reach these
+/// cells again: what the graveyard holds is only ever dropped, and a spare page is
+/// as private as a fresh one.
+fn bury<M>(w: &mut Writer<M>, mut replaced: Arc<Layout<M>>) {
+    let Some(layout) = Arc::get_mut(&mut replaced) else {
         return;
     };
-    for page in layout.pages {
+    let keep = paging::capacity(layout.pages.len(), PAGE_SHIFT) <= SPARE_MAX;
+    if keep && w.spare.len() < layout.pages.len() {
+        w.spare.resize_with(layout.pages.len(), || None);
+    }
+    for (index, mut page) in layout.pages.drain(..).enumerate() {
         // A page is shared only with an older layout some reader still holds.
-        let Ok(mut page) = Arc::try_unwrap(page) else {
+        let Some(cells) = Arc::get_mut(&mut page) else {
             continue;
         };
-        for cell in page.iter_mut() {
+        for cell in cells.iter_mut() {
+            let Some(entry) = cell.entry.take() else {
+                // Cells are written in order: the rest are empty too.
+                break;
+            };
             // Relaxed: this thread owns the cell outright (see above).
-            if cell.removed_at.load(Ordering::Relaxed) != PRESENT {
-                if let Some(entry) = cell.entry.take() {
-                    graveyard.push(entry);
-                }
+            let removed = cell.removed_at.swap(PRESENT, Ordering::Relaxed);
+            if removed != PRESENT {
+                w.graveyard.push(entry);
             }
         }
+        if keep {
+            w.spare[index] = Some(page);
+        }
+    }
+    if keep {
+        w.spare_layout = Some(replaced);
     }
 }
 
@@ -674,6 +755,14 @@ fn publish<M>(w: &Writer<M>) {
 
 fn new_page<M>(len: usize) -> Page<M> {
     (0..len).map(|_| Member::empty()).collect()
+}
+
+/// Page `index`: the spare one if there is one, else a new one.
+fn take_page<M>(spare: &mut [Option<Arc<Page<M>>>], index: usize) -> Arc<Page<M>> {
+    spare
+        .get_mut(index)
+        .and_then(Option::take)
+        .unwrap_or_else(|| Arc::new(new_page(paging::page_len(index, PAGE_SHIFT))))
 }
 
 #[cfg(all(test, not(switchboard_loom)))]
@@ -843,6 +932,86 @@ mod tests {
         );
     }
 
+    /// The addresses of the current layout's pages.
+    fn page_addresses(s: &Session<u32>) -> Vec<usize> {
+        let w = lock(&s.writer);
+        w.layout
+            .pages
+            .iter()
+            .map(|page| Arc::as_ptr(page) as usize)
+            .collect()
+    }
+
+    /// Churns single members through a room until it has no dead cell, which
+    /// after a join and a leave only a compaction leaves.
+    fn churn_until_compacted(s: &Session<u32>, next: &mut usize) {
+        loop {
+            s.join(id(*next), &entry(*next));
+            s.leave(id(*next));
+            *next += 1;
+            let w = lock(&s.writer);
+            if w.len == w.positions.len() {
+                return;
+            }
+        }
+    }
+
+    #[test]
+    fn a_compaction_reuses_the_pages_of_the_layout_it_buried() {
+        let s = Session::new();
+        let (_residents, _churned) = churned_room(&s, 10);
+        let mut next = 1000;
+        let first = page_addresses(&s);
+        churn_until_compacted(&s, &mut next);
+        let second = page_addresses(&s);
+        assert!(
+            second.iter().all(|page| !first.contains(page)),
+            "the pages being replaced were still published"
+        );
+        churn_until_compacted(&s, &mut next);
+        assert_eq!(
+            page_addresses(&s),
+            first,
+            "the third layout is built in the first one's pages"
+        );
+        assert_eq!(ids(&s.snapshot()), (0..10).map(id).collect::<Vec<_>>());
+        let w = lock(&s.writer);
+        let spare_cells: usize = w.spare.iter().flatten().map(|page| page.len()).sum();
+        assert!(spare_cells <= SPARE_MAX, "{spare_cells} spare cells");
+    }
+
+    #[test]
+    fn a_small_room_churning_at_a_steady_size_publishes_only_at_compaction() {
+        let s = Session::new();
+        let (_residents, _churned) = churned_room(&s, 10);
+        let pages = page_addresses(&s);
+        // A whole compaction period: every join and leave up to the next one.
+        for next in 1000..1000 + COMPACT_SLACK {
+            s.join(id(next), &entry(next));
+            s.leave(id(next));
+            assert_eq!(page_addresses(&s), pages, "the room grew");
+        }
+    }
+
+    #[test]
+    fn a_held_snapshot_keeps_its_pages_out_of_reuse() {
+        let s = Session::new();
+        let (_residents, _churned) = churned_room(&s, 10);
+        let mut next = 1000;
+        let held = s.snapshot();
+        let held_pages = page_addresses(&s);
+        churn_until_compacted(&s, &mut next);
+        churn_until_compacted(&s, &mut next);
+        churn_until_compacted(&s, &mut next);
+        assert!(
+            page_addresses(&s)
+                .iter()
+                .all(|page| !held_pages.contains(page)),
+            "a page a snapshot holds was reused"
+        );
+        assert_eq!(ids(&held), (0..10).map(id).collect::<Vec<_>>());
+    }
+
     #[test]
     fn retiring_empties_the_graveyard() {
         let s = Session::new();
@@ -851,6 +1020,8 @@ mod tests {
         assert_eq!(s.leave(id(0)), Left::Removed);
         assert_eq!(s.leave(id(1)), Left::RemovedAndRetired);
         assert!(lock(&s.writer).graveyard.is_empty());
+        assert!(lock(&s.writer).spare.is_empty());
+        assert!(lock(&s.writer).spare_layout.is_none());
         assert!(churned.iter().all(|w| w.upgrade().is_none()));
     }
 

@@ -90,7 +90,7 @@ impl<M> Fleet<M> {
         loop {
             let set = self
                 .indexes
-                .get_or_insert_with(key.clone(), || Arc::new(Session::new()));
+                .get_or_insert_with(key, || Arc::new(Session::new()));
             match set.join(id, entry) {
                 // An index set that cannot grow leaves the client out of that one
                 // filter; 2^32 members of one platform or tag is not a real fleet.

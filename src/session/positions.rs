@@ -57,11 +57,14 @@ impl Positions {
         }
     }
 
-    /// An empty table with room for `live` members without rehashing.
-    pub(super) fn with_capacity(live: usize) -> Self {
-        Self {
-            table: HashTable::with_capacity(live),
-            hasher: foldhash::fast::RandomState::default(),
+    /// Empties the table for `live` members to be inserted: it keeps its buckets
+    /// unless they are more than four times what `live` needs (a session that
+    /// shrank), so that a compaction allocates nothing in the common case.
+    pub(super) fn reset(&mut self, live: usize) {
+        if self.table.capacity() > 4 * live.max(super::COMPACT_SLACK) {
+            self.table = HashTable::with_capacity(live);
+        } else {
+            self.table.clear();
         }
     }
 

@@ -110,6 +110,18 @@ pub(crate) use slot_cell::{SlotCell, TAG_PAYLOAD_BITS};
 pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};
 pub(crate) use write_once::WriteOnce;
 
+/// The seed of the crate's hash tables: foldhash, seeded per table, in the std
+/// build; a fixed seed under loom, which needs every iteration of a model to take
+/// the same path. With std's random seed in the loom map stand-in, iteration order
+/// (and so the order of the loom operations done per entry) changed from one
+/// iteration to the next, and loom stopped with "Is the model fully
+/// deterministic?" in about one suite run of three. The position table's probes,
+/// which load a cell to confirm a match, would vary the same way.
+#[cfg(not(switchboard_loom))]
+pub(crate) type HashSeed = foldhash::fast::RandomState;
+#[cfg(switchboard_loom)]
+pub(crate) type HashSeed = foldhash::fast::FixedState;
+
 /// The cluster layer serialises its subscription changes, which await Redis.
 #[cfg(feature = "cluster")]
 pub(crate) use tokio::sync::Mutex as AsyncMutex;
@@ -186,7 +198,7 @@ mod imp {
     /// A concurrent hash map with lock-free reads (papaya), hashed with foldhash:
     /// keys are the application's, but a flood of colliding keys only slows its own
     /// shard of the map, and foldhash is seeded per map.
-    pub(crate) struct ConcurrentMap<K, V>(papaya::HashMap<K, V, foldhash::fast::RandomState>);
+    pub(crate) struct ConcurrentMap<K, V>(papaya::HashMap<K, V, super::HashSeed>);
 
     impl<K, V> ConcurrentMap<K, V>
     where
@@ -205,7 +217,7 @@ mod imp {
         pub(crate) fn new() -> Self {
             Self(
                 papaya::HashMap::builder()
-                    .hasher(foldhash::fast::RandomState::default())
+                    .hasher(super::HashSeed::default())
                     .resize_mode(papaya::ResizeMode::Blocking)
                     .build(),
             )
@@ -270,8 +282,9 @@ mod imp {
     pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
     use std::collections::HashMap;
 
-    /// Loom stand-in for papaya: a mutex around a `HashMap`.
-    pub(crate) struct ConcurrentMap<K, V>(Mutex<HashMap<K, V>>);
+    /// Loom stand-in for papaya: a mutex around a `HashMap`, with a fixed seed so
+    /// that iteration order repeats from one model iteration to the next.
+    pub(crate) struct ConcurrentMap<K, V>(Mutex<HashMap<K, V, super::HashSeed>>);
 
     impl<K, V> ConcurrentMap<K, V>
     where
@@ -279,10 +292,10 @@ mod imp {
         V: Clone,
     {
         pub(crate) fn new() -> Self {
-            Self(Mutex::new(HashMap::new()))
+            Self(Mutex::new(HashMap::default()))
         }
 
-        fn map(&self) -> MutexGuard<'_, HashMap<K, V>> {
+        fn map(&self) -> MutexGuard<'_, HashMap<K, V, super::HashSeed>> {
             self.0.lock().unwrap_or_else(|e| e.into_inner())
         }
 

@@ -34,7 +34,7 @@ impl<M> Cells<M> for Arc<Page<M>> {
 /// Live members' cells, by member id. Every position names a written cell.
 pub(super) struct Positions {
     table: HashTable<u32>,
-    hasher: foldhash::fast::RandomState,
+    hasher: crate::sync::HashSeed,
 }
 
 /// The part of an id a cell keeps: shard and slot, the low 32 bits.
@@ -53,7 +53,7 @@ impl Positions {
     pub(super) fn new() -> Self {
         Self {
             table: HashTable::new(),
-            hasher: foldhash::fast::RandomState::default(),
+            hasher: crate::sync::HashSeed::default(),
         }
     }
 

@@ -1357,13 +1357,7 @@ async fn nodes_lists_at_most_its_bound_and_counts_the_rest() {
     let redis = redis_or_skip!("nodes_bounded");
     let a = node_with(&redis, "t20", "a", |b| b.max_nodes_listed(5)).await;
     // Any writer to Redis can make nodes up: twenty that never expire.
-    let mut args = vec!["ZADD".to_owned(), "{t20}:nodes".to_owned()];
-    for i in 0..20 {
-        args.push("99999999999999".to_owned());
-        args.push(format!("fake-{i}"));
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert_eq!(redis.cli(&args).as_deref(), Some("20"));
+    fake_nodes(&redis, "t20", 20);
     let listed = a.nodes().await.unwrap();
     assert_eq!(
         (listed.nodes.len(), listed.omitted),
@@ -1545,15 +1539,33 @@ async fn racing_syncs_leave_the_latest_member_count_in_redis() {
     }
 }
 
-/// Writes `pairs` into the hash `key` with one `HSET`, as any client of the server can.
+/// Runs `command key words...` through `redis-cli`, as any client of the server can.
+fn write_many(redis: &Redis, command: &str, key: &str, words: impl IntoIterator<Item = String>) {
+    let words: Vec<String> = words.into_iter().collect();
+    let mut args = vec![command, key];
+    args.extend(words.iter().map(String::as_str));
+    assert!(redis.cli(&args).is_some(), "{command} {key}");
+}
+
+/// Writes `pairs` into the hash `key` with one `HSET`.
 fn hset_many(redis: &Redis, key: &str, pairs: impl IntoIterator<Item = (String, String)>) {
-    let mut args = vec!["HSET".to_owned(), key.to_owned()];
-    for (field, value) in pairs {
-        args.push(field);
-        args.push(value);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert!(redis.cli(&args).is_some(), "HSET {key}");
+    write_many(
+        redis,
+        "HSET",
+        key,
+        pairs.into_iter().flat_map(|(f, v)| [f, v]),
+    );
+}
+
+/// Adds `n` live nodes, `fake-0` and on, that never expire, to the nodes of `prefix`.
+fn fake_nodes(redis: &Redis, prefix: &str, n: usize) {
+    let entries = (0..n).flat_map(|i| ["99999999999999".to_owned(), format!("fake-{i}")]);
+    write_many(redis, "ZADD", &format!("{{{prefix}}}:nodes"), entries);
+    let live = redis.cli(&["ZCOUNT", &format!("{{{prefix}}}:nodes"), "(0", "+inf"]);
+    assert!(
+        live.is_some_and(|l| l.parse::<usize>().is_ok_and(|l| l >= n)),
+        "{n} fake nodes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1568,13 +1580,7 @@ async fn member_count_reads_at_most_its_bound_of_nodes() {
     assert_eq!(a.member_count("room").await.unwrap(), 1);
     // Twenty live nodes made up with a member each: more than the five it may read,
     // so the count is refused rather than short.
-    let mut args = vec!["ZADD".to_owned(), "{t24}:nodes".to_owned()];
-    for i in 0..20 {
-        args.push("99999999999999".to_owned());
-        args.push(format!("fake-{i}"));
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert_eq!(redis.cli(&args).as_deref(), Some("20"));
+    fake_nodes(&redis, "t24", 20);
     let fakes = (0..20).map(|i| (format!("fake-{i}"), "1".to_owned()));
     hset_many(&redis, "{t24}:members:s:room", fakes);
     let r = a.member_count("room").await;
@@ -1616,10 +1622,7 @@ async fn a_numbering_the_publisher_forgot_starts_over_at_its_receivers() {
 
 /// Adds `members` to the set `key` with one `SADD`.
 fn sadd_many(redis: &Redis, key: &str, members: impl IntoIterator<Item = String>) {
-    let mut args = vec!["SADD".to_owned(), key.to_owned()];
-    args.extend(members);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert!(redis.cli(&args).is_some(), "SADD {key}");
+    write_many(redis, "SADD", key, members);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,6 +73,31 @@ const TTL: Duration = Duration::from_secs(3);
 
 /// `nodes()` as (id, clients), once it equals `want` (client counts are as of each
 /// node's last heartbeat, at most a third of the TTL old), or as last seen.
+/// The first node-down event within `limit` (of `node`, if given, skipping others):
+/// the node, the keys it lists and how many it left out.
+async fn node_down(
+    events: &mut tokio::sync::broadcast::Receiver<ClusterEvent>,
+    node: Option<&str>,
+    limit: Duration,
+) -> Option<(String, Vec<String>, u64)> {
+    tokio::time::timeout(limit, async {
+        loop {
+            if let Ok(ClusterEvent::NodeDown {
+                node: down,
+                keys,
+                omitted,
+            }) = events.recv().await
+            {
+                if node.is_none_or(|n| n == down) {
+                    return (down, keys, omitted);
+                }
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
 async fn nodes_settle(n: &Cluster<Msg>, want: &[(&str, u64)]) -> Vec<(String, u64)> {
     let deadline = Instant::now() + TTL;
     loop {
@@ -308,17 +333,11 @@ async fn a_node_dropped_without_cleanup_is_released_within_its_ttl() {
 
     let dropped = Instant::now();
     drop(b); // no shutdown: a crash, as far as Redis can tell
-    let down = tokio::time::timeout(ttl + Duration::from_secs(1), async {
-        loop {
-            if let Ok(ClusterEvent::NodeDown { node, keys, .. }) = events.recv().await {
-                return (node, keys);
-            }
-        }
-    })
-    .await
-    .expect("node-down within TTL + 1 s");
+    let down = node_down(&mut events, None, ttl + Duration::from_secs(1))
+        .await
+        .expect("node-down within TTL + 1 s");
     let took = dropped.elapsed();
-    assert_eq!(down, ("b".to_owned(), vec!["dev-9".to_owned()]));
+    assert_eq!(down, ("b".to_owned(), vec!["dev-9".to_owned()], 0));
     assert!(took <= ttl + Duration::from_secs(1), "{took:?}");
     assert_eq!(a.locate("dev-9").await.unwrap(), None);
     assert_eq!(a.member_count("room").await.unwrap(), 0);
@@ -802,17 +821,10 @@ async fn a_node_restarted_under_its_id_releases_what_its_last_run_held() {
     // A crash, and the process comes back under the same --node-id within its TTL.
     drop(b);
     let b = node(&redis, "t10", "b", TTL).await;
-    let down = tokio::time::timeout(TTL + Duration::from_secs(1), async {
-        loop {
-            if let Ok(ClusterEvent::NodeDown { node, keys, .. }) = events.recv().await {
-                return (node, keys);
-            }
-        }
-    })
-    .await;
+    let down = node_down(&mut events, None, TTL + Duration::from_secs(1)).await;
     assert_eq!(
-        down.ok(),
-        Some(("b".to_owned(), vec!["dev".to_owned()])),
+        down,
+        Some(("b".to_owned(), vec!["dev".to_owned()], 0)),
         "the last run's keys are released and announced"
     );
     assert_eq!(a.locate("dev").await.unwrap(), None);
@@ -1397,7 +1409,7 @@ async fn a_node_down_lists_at_most_its_bound_and_counts_the_rest() {
     let redis = redis_or_skip!("node_down_bounded");
     let a = node_with(&redis, "t21", "a", |b| b.max_keys_listed(10)).await;
     let b = node_with(&redis, "t21", "b", |b| b.max_keys_listed(5)).await;
-    let (a_events, b_events) = (a.events(), b.events());
+    let (mut a_events, mut b_events) = (a.events(), b.events());
     // What the reaping node publishes, as any subscriber sees it.
     let mut ctl = Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &redis.port.to_string()])
@@ -1420,26 +1432,12 @@ async fn a_node_down_lists_at_most_its_bound_and_counts_the_rest() {
         redis.cli(&["SADD", "{t21}:nkeys:ghost", &key]).unwrap();
     }
     redis.cli(&["ZADD", "{t21}:nodes", "1", "ghost"]).unwrap();
-    let down = |mut events: tokio::sync::broadcast::Receiver<ClusterEvent>| async move {
-        tokio::time::timeout(TTL, async move {
-            loop {
-                if let Ok(ClusterEvent::NodeDown {
-                    node,
-                    keys,
-                    omitted,
-                }) = events.recv().await
-                {
-                    if node == "ghost" {
-                        return (keys, omitted);
-                    }
-                }
-            }
-        })
+    let (_, a_keys, a_omitted) = node_down(&mut a_events, Some("ghost"), TTL)
         .await
-        .expect("the ghost is reaped")
-    };
-    let (a_keys, a_omitted) = down(a_events).await;
-    let (b_keys, b_omitted) = down(b_events).await;
+        .expect("the ghost is reaped");
+    let (_, b_keys, b_omitted) = node_down(&mut b_events, Some("ghost"), TTL)
+        .await
+        .expect("the ghost is reaped");
     // Printed as `message`, the channel, the payload.
     let mut frame = String::new();
     while !frame.contains("ghost") {
@@ -1652,22 +1650,10 @@ async fn a_dead_node_holding_thousands_of_keys_is_released_in_chunks_within_its_
     hset_many(&redis, "{t26}:members:s:r7", [("ghost".into(), "4".into())]);
     let reaped = Instant::now();
     redis.cli(&["ZADD", "{t26}:nodes", "1", "ghost"]).unwrap();
-    let down = tokio::time::timeout(ttl + Duration::from_secs(1), async {
-        loop {
-            if let Ok(ClusterEvent::NodeDown {
-                node,
-                keys,
-                omitted,
-            }) = events.recv().await
-            {
-                if node == "ghost" {
-                    return (keys.len(), omitted);
-                }
-            }
-        }
-    })
-    .await
-    .expect("the ghost's node-down within TTL + 1 s");
+    let (_, keys, omitted) = node_down(&mut events, Some("ghost"), ttl + Duration::from_secs(1))
+        .await
+        .expect("the ghost's node-down within TTL + 1 s");
+    let down = (keys.len(), omitted);
     assert_eq!(down, (10, KEYS as u64 - 10), "{:?}", reaped.elapsed());
     // Every key and count is released; the live node's stay.
     assert_eq!(redis.cli(&["HLEN", "{t26}:keys"]).as_deref(), Some("1"));

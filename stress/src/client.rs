@@ -58,9 +58,17 @@ pub struct Client<Id> {
     pub gone: Notify,
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Clients made on this thread, for tests of the order things are allocated in.
+    pub static MADE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 impl<Id> Client<Id> {
     /// A freshly registered client.
     pub fn new(id: Id, serial: u64, kind: Kind) -> Self {
+        #[cfg(test)]
+        MADE.with(|m| m.set(m.get() + 1));
         Self {
             id,
             serial,

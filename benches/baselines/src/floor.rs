@@ -181,6 +181,29 @@ impl<M, C: FloorChannel<M>> Bare<M, C> {
         (floor, receivers)
     }
 
+    /// A floor over senders the caller built with [`FloorChannel::channel`], one per client
+    /// in order, so that it can allocate each client's other state beside its channel, as a
+    /// server registering connections one by one does ([`new`](Self::new) builds every
+    /// channel back to back).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use baselines::floor::{Bare, FloorChannel, Own};
+    ///
+    /// let (txs, mut inboxes): (Vec<_>, Vec<_>) =
+    ///     (0..2).map(|_| <Own as FloorChannel<u8>>::channel(4)).unzip();
+    /// let floor = Bare::<u8, Own>::from_senders(txs);
+    /// assert_eq!(floor.broadcast(7).delivered, 2);
+    /// assert_eq!(inboxes[1].try_recv(), Ok(7));
+    /// ```
+    pub fn from_senders(senders: Vec<C::Tx>) -> Self {
+        Self {
+            senders,
+            channel: PhantomData,
+        }
+    }
+
     /// Sends `msg` to client `index` without waiting.
     ///
     /// # Errors

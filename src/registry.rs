@@ -449,17 +449,16 @@ impl<M> Registry<M> {
         if sessions.len() != 0 {
             for session in sessions {
                 // Every session in a client's memberships is a named one.
-                let Some(key) = session.key().cloned() else {
-                    continue;
-                };
-                if let Some(successor) = successor {
-                    if self.inner.config.takeover_moves_sessions {
-                        // Joined before this client leaves, so the room never empties.
-                        self.join_successor(successor, &key);
+                if let Some(key) = session.key() {
+                    if let Some(successor) = successor {
+                        if self.inner.config.takeover_moves_sessions {
+                            // Joined before this client leaves, so the room never empties.
+                            self.join_successor(successor, key);
+                        }
                     }
+                    keys.push(key.clone());
                 }
-                self.leave(&key, &session, id);
-                keys.push(key);
+                self.leave(&session, id);
             }
         }
         if let Some(info) = &info {
@@ -613,7 +612,7 @@ impl<M> Registry<M> {
                 });
             };
             if let Some(session) = state.sessions.swap_remove(position) {
-                self.leave(&key, &session, id);
+                self.leave(&session, id);
             }
             Ok(())
         })
@@ -880,10 +879,13 @@ impl<M> Registry<M> {
             .get_or_insert_with(key, || Arc::new(Session::named(key.clone())))
     }
 
-    /// Removes `id` from `session`, and a retired session from the directory.
-    pub(crate) fn leave(&self, key: &SessionId, session: &Arc<Session<M>>, id: ClientId) {
+    /// Removes `id` from `session`, and a retired session from the directory
+    /// under the key it keeps.
+    pub(crate) fn leave(&self, session: &Arc<Session<M>>, id: ClientId) {
         if session.leave(id) == Left::RemovedAndRetired {
-            forget(&self.inner.sessions, key, session);
+            if let Some(key) = session.key() {
+                forget(&self.inner.sessions, key, session);
+            }
         }
     }
 

@@ -125,6 +125,7 @@ impl<T> Drop for OnceArc<T> {
 #[cfg(all(test, not(switchboard_loom)))]
 mod tests {
     use super::*;
+    use crate::sync::set_once_race::assert_one_setter_wins;
 
     #[test]
     fn set_once_then_refuses_and_gives_the_value_back() {
@@ -188,23 +189,10 @@ mod tests {
     #[test]
     fn racing_setters_store_one_value_that_every_reader_sees() {
         let cell = Arc::new(OnceArc::new());
-        let handles: Vec<_> = (0..4)
-            .map(|n| {
-                let cell = Arc::clone(&cell);
-                std::thread::spawn(move || (cell.set(Arc::new(n)).is_ok(), cell.get().copied()))
-            })
-            .collect();
-        let results: Vec<_> = handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or((false, None)))
-            .collect();
-        assert_eq!(results.iter().filter(|(won, _)| *won).count(), 1);
-        let stored = cell.get().copied();
-        assert!(stored.is_some());
-        for (won, seen) in results {
-            if won {
-                assert_eq!(seen, stored);
-            }
-        }
+        let racing = Arc::clone(&cell);
+        assert_one_setter_wins(
+            move |n| (racing.set(Arc::new(n)).is_ok(), racing.get().copied()),
+            || cell.get().copied(),
+        );
     }
 }

@@ -444,23 +444,19 @@ impl<M> Registry<M> {
         }
         entry.chan.close_because(cause);
         let mut keys = Vec::with_capacity(sessions.len());
-        // Most clients have left their rooms before they go; the empty chained
-        // iterator's drop alone cost ~50 instructions.
-        if sessions.len() != 0 {
-            for session in sessions {
-                // Every session in a client's memberships is a named one.
-                if let Some(key) = session.key() {
-                    if let Some(successor) = successor {
-                        if self.inner.config.takeover_moves_sessions {
-                            // Joined before this client leaves, so the room never empties.
-                            self.join_successor(successor, key);
-                        }
+        sessions.into_each(|session| {
+            // Every session in a client's memberships is a named one.
+            if let Some(key) = session.key() {
+                if let Some(successor) = successor {
+                    if self.inner.config.takeover_moves_sessions {
+                        // Joined before this client leaves, so the room never empties.
+                        self.join_successor(successor, key);
                     }
-                    keys.push(key.clone());
                 }
-                self.leave(&session, id);
+                keys.push(key.clone());
             }
-        }
+            self.leave(&session, id);
+        });
         if let Some(info) = &info {
             for index_key in index_keys(info) {
                 self.inner.fleet.leave_index(&index_key, id);

@@ -624,6 +624,12 @@ impl<M> Session<M> {
         // layout between compactions.
         let room = live + live.max(COMPACT_SLACK) + 1;
         let cells = if room <= SPARE_MAX { room } else { live.max(1) };
+        // One allocation for the page list, not one per doubling of it.
+        let mut needed = pages.len();
+        while paging::capacity(needed, PAGE_SHIFT) < cells {
+            needed += 1;
+        }
+        pages.reserve_exact(needed - pages.len());
         while paging::capacity(pages.len(), PAGE_SHIFT) < cells {
             pages.push(take_page(&mut w.spare, pages.len()));
         }

@@ -11,6 +11,11 @@
 //! `cycles` is the only function collected, so setup and teardown stay out of the counts;
 //! divide by the cycle count for instructions per cycle. The design is the first argument
 //! (`switchboard`, `dashmap` or `mutex`), the cycle count the second (default 20 000).
+//!
+//! With `transient` as the third argument it runs the stress harness's churn operation
+//! instead (`stress churn`, `Op::Transient`), without the harness around it: 100 sessions
+//! of 100 residents; register, attach to two sessions, detach from the first, unregister
+//! while still in the second, drop the receiver. Collect `churn_cycle::transients*` then.
 
 use std::hint::black_box;
 use std::process::ExitCode;
@@ -23,6 +28,8 @@ type Msg = Arc<[u8]>;
 
 const SESSIONS: u64 = 100;
 const RESIDENTS: usize = 10;
+/// Members of each session in `stress churn` (its default `--members`).
+const TRANSIENT_RESIDENTS: usize = 100;
 /// switchboard's default channel capacity, as in the benches.
 const CAPACITY: usize = 32;
 
@@ -37,6 +44,37 @@ fn cycles<C: Contender<Msg>>(registry: &C, n: u64) {
         assert!(registry.unregister(id));
         drop(black_box(inbox));
     }
+}
+
+/// The stress harness's churn operation, as `cycles` is the bench's.
+#[inline(never)]
+fn transients<C: Contender<Msg>>(registry: &C, n: u64) {
+    for i in 0..n {
+        let a = i % SESSIONS;
+        // Never `a`: the second room is one to 99 rooms further on.
+        let b = (a + 1 + (i * 37) % (SESSIONS - 1)) % SESSIONS;
+        let (id, inbox) = registry.register();
+        assert!(registry.attach(id, a));
+        assert!(registry.attach(id, b));
+        assert!(registry.detach(id, a));
+        assert!(registry.unregister(id));
+        drop(black_box(inbox));
+    }
+}
+
+fn run_transients<C: Contender<Msg>>(registry: C, n: u64) {
+    let residents: Vec<_> = (0..SESSIONS)
+        .flat_map(|session| (0..TRANSIENT_RESIDENTS).map(move |_| session))
+        .map(|session| {
+            let (id, inbox) = registry.register();
+            assert!(registry.attach(id, session));
+            inbox
+        })
+        .collect();
+    transients(&registry, n / 10 + 1);
+    transients(&registry, n);
+    assert_eq!(registry.session_count(), SESSIONS as usize);
+    drop(residents);
 }
 
 fn run<C: Contender<Msg>>(registry: C, n: u64) {
@@ -66,11 +104,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match design.as_str() {
-        "switchboard" => run(SwitchboardRegistry::<Msg>::with_capacity(CAPACITY), n),
-        "dashmap" => run(DashMapRegistry::<Msg>::new(CAPACITY), n),
-        "mutex" => run(MutexRegistry::<Msg>::new(CAPACITY), n),
-        other => {
+    let transient = match args.next().as_deref() {
+        None | Some("cycle") => false,
+        Some("transient") => true,
+        Some(other) => {
+            eprintln!("churn_cycle: unknown shape {other:?}: cycle or transient");
+            return ExitCode::from(2);
+        }
+    };
+    match (design.as_str(), transient) {
+        ("switchboard", false) => run(SwitchboardRegistry::<Msg>::with_capacity(CAPACITY), n),
+        ("dashmap", false) => run(DashMapRegistry::<Msg>::new(CAPACITY), n),
+        ("mutex", false) => run(MutexRegistry::<Msg>::new(CAPACITY), n),
+        ("switchboard", true) => {
+            run_transients(SwitchboardRegistry::<Msg>::with_capacity(CAPACITY), n);
+        }
+        ("dashmap", true) => run_transients(DashMapRegistry::<Msg>::new(CAPACITY), n),
+        ("mutex", true) => run_transients(MutexRegistry::<Msg>::new(CAPACITY), n),
+        (other, _) => {
             eprintln!("churn_cycle: unknown design {other:?}: switchboard, dashmap or mutex");
             return ExitCode::from(2);
         }

@@ -85,28 +85,27 @@ pub async fn measure(
 
     let payload: Arc<str> = Arc::from("x".repeat(payload_len));
     let sent = Arc::new(AtomicU64::new(0));
+    // The next publication's session, over every task: publications made one
+    // after another, which share a batch, go to different sessions when there
+    // are more sessions than a batch holds.
+    let turn = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let tasks: Vec<_> = (0..PUBLISHERS)
-        .map(|t| {
+        .map(|_| {
             let (a, payload, sessions) = (a.clone(), Arc::clone(&payload), Arc::clone(&sessions));
-            let (sent, got) = (Arc::clone(&sent), Arc::clone(&got));
+            let (sent, got, turn) = (Arc::clone(&sent), Arc::clone(&got), Arc::clone(&turn));
             tokio::spawn(async move {
                 let end = start + duration;
-                // Task t's k-th publication goes to session t + k: the tasks'
-                // concurrent publications, which share a batch, go to different
-                // sessions when there are many.
-                let mut next = t;
                 loop {
                     for _ in 0..64 {
                         while sent.load(Relaxed).saturating_sub(got.load(Relaxed)) > WINDOW {
                             tokio::time::sleep(Duration::from_millis(1)).await;
                         }
-                        let session = sessions[next % sessions.len()].clone();
-                        next += 1;
-                        if a.broadcast(session, Arc::clone(&payload))
-                            .await
-                            .is_ok()
-                        {
+                        let session = match sessions.len() {
+                            1 => sessions[0].clone(),
+                            n => sessions[turn.fetch_add(1, Relaxed) as usize % n].clone(),
+                        };
+                        if a.broadcast(session, Arc::clone(&payload)).await.is_ok() {
                             sent.fetch_add(1, Relaxed);
                         }
                     }

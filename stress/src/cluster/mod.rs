@@ -237,7 +237,10 @@ pub async fn run(
     // 3. The nodes.
     // With --chaos, no load: a node's gap counter covers every session, and the
     // check that it equals the holes in the listeners' streams must see them all.
-    let latency_rate = (rate.per_sec * 0.1).max(nodes as f64);
+    let latency_rate = args
+        .wire_rate
+        .map_or(rate.per_sec * 0.1, |r| r as f64)
+        .max(nodes as f64);
     let stamped_rate = latency_rate.min(args.max_rate as f64);
     let load_rate = if args.chaos {
         0.0

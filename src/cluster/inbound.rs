@@ -72,7 +72,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         };
         Counters::add(&c.reordered, stale);
         // At most `count`, a bundle's length.
-        (stale < count).then(|| (session, stale as usize))
+        (stale < count).then_some((session, stale as usize))
     }
 
     /// Delivers one broadcast's payload to the session's local members.

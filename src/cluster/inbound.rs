@@ -76,7 +76,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
     }
 
     /// Delivers one broadcast's payload to the session's local members.
-    fn deliver(&self, session: &SessionId, payload: &[u8]) {
+    fn deliver(&self, session: SessionId, payload: &[u8]) {
         let c = &self.counters;
         if payload.len() > self.max_payload {
             Counters::add(&c.malformed, 1);
@@ -84,7 +84,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         }
         match self.codec.decode(payload) {
             // No local members left (a leave raced the publication): nothing to do.
-            Ok(msg) => drop(self.registry.broadcast(session.clone(), msg)),
+            Ok(msg) => drop(self.registry.broadcast(session, msg)),
             Err(_) => Counters::add(&c.malformed, 1),
         }
     }
@@ -109,7 +109,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                     return Vec::new();
                 };
                 if skip == 0 {
-                    self.deliver(&session, payload);
+                    self.deliver(session, payload);
                 }
             }
             Envelope::Bundle {
@@ -124,7 +124,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                     return Vec::new();
                 };
                 for payload in payloads.skip(skip) {
-                    self.deliver(&session, payload);
+                    self.deliver(session.clone(), payload);
                 }
             }
             Envelope::Direct { key, payload, .. } => {

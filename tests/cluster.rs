@@ -766,6 +766,62 @@ fn broadcast_frame(node: &str, epoch: u32, seq: u64, payload: &[u8]) -> Vec<u8> 
     f
 }
 
+/// A bundle frame (kind 4) as node `node` writes it: broadcasts numbered from
+/// `first`, one per payload; `count` is written as given.
+fn bundle_frame(node: &str, epoch: u32, first: u64, count: u16, payloads: &[&[u8]]) -> Vec<u8> {
+    let mut f = vec![2u8, 4, u8::try_from(node.len()).unwrap()];
+    f.extend_from_slice(node.as_bytes());
+    f.extend_from_slice(&epoch.to_be_bytes());
+    f.extend_from_slice(&first.to_be_bytes());
+    f.extend_from_slice(&count.to_be_bytes());
+    for p in payloads {
+        f.extend_from_slice(&u32::try_from(p.len()).unwrap().to_be_bytes());
+        f.extend_from_slice(p);
+    }
+    f
+}
+
+/// Bundles and single broadcast frames (what a node from before bundles sends)
+/// from one node, interleaved: every payload arrives once, in order; a lost
+/// bundle is as many gaps as it had numbers; a malformed bundle is refused whole,
+/// counted, and delivers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_and_single_frames_cross_and_a_lost_bundle_counts_every_number() {
+    let redis = redis_or_skip!("bundles_and_single_frames_cross");
+    let b = node(&redis, "t12", "b", TTL).await;
+    let (m, mut rx) = b.register(ClientInfo::new()).await.unwrap();
+    b.attach(m, "room").await.unwrap();
+    let room = "t12:s:s:room";
+    publish_raw(
+        &redis,
+        room,
+        &bundle_frame("z", 1, 1, 3, &[b"1", b"2", b"3"]),
+    );
+    publish_raw(&redis, room, &broadcast_frame("z", 1, 4, b"4"));
+    // Numbers 5, 6 and 7 went in a bundle that never came.
+    publish_raw(&redis, room, &bundle_frame("z", 1, 8, 2, &[b"8", b"9"]));
+    // Malformed: more payloads than bytes, bytes after the last one, none at all,
+    // and a length past the end. Each numbered 10 onward: were any taken, the
+    // number 10 below would be stale.
+    publish_raw(&redis, room, &bundle_frame("z", 1, 10, 500, &[b"x", b"y"]));
+    let mut trailing = bundle_frame("z", 1, 10, 1, &[b"x"]);
+    trailing.push(0);
+    publish_raw(&redis, room, &trailing);
+    publish_raw(&redis, room, &bundle_frame("z", 1, 10, 0, &[]));
+    let mut past = bundle_frame("z", 1, 10, 1, &[b"x"]);
+    past.truncate(past.len() - 1);
+    publish_raw(&redis, room, &past);
+    publish_raw(&redis, room, &broadcast_frame("z", 1, 10, b"10"));
+    let mut got = Vec::new();
+    for _ in 0..7 {
+        got.push(recv(&mut rx).await.to_string());
+    }
+    assert_eq!(got, ["1", "2", "3", "4", "8", "9", "10"]);
+    let s = b.stats();
+    assert_eq!((s.gaps, s.malformed, s.reordered), (3, 4, 0), "{s:?}");
+    assert!(rx.try_recv().is_err(), "nothing more was delivered");
+}
+
 /// `locate(key)` once it equals `want`, or as last seen after `limit`.
 async fn locate_settles(
     n: &Cluster<Msg>,

@@ -2,6 +2,11 @@
 //! argument of its own, the channels they go to, each once, and runs saying
 //! which frames go to which channel.
 //!
+//! A session's publications in one batch go as bundles (`envelope.rs`): one frame,
+//! so one Redis `PUBLISH`, for up to [`MAX_BUNDLE`](envelope::MAX_BUNDLE) of them,
+//! none over [`MAX_BYTES`]; a publication alone (or too large to share a bundle)
+//! goes as a broadcast frame of its own.
+//!
 //! ```text
 //! runs    ([channel: u16 BE, an index into the channels][count: u16 BE])*
 //! frames  one argument each, in order; each run names the channel of the
@@ -42,6 +47,14 @@ pub(crate) struct BatchBuf {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TooLong;
 
+/// The length of `payload`'s broadcast frame, if it can be published: the most
+/// it adds to a batch, alone or in a bundle.
+pub(crate) fn frame_len(node: &str, payload: &[u8]) -> Result<usize, TooLong> {
+    let n = envelope::broadcast_len(node, payload);
+    u32::try_from(n).map_err(|_| TooLong)?;
+    Ok(n)
+}
+
 impl BatchBuf {
     /// Adds a channel to the batch and returns its index, for [`put_broadcast`].
     /// The caller adds each channel once per batch (a batch holds at most
@@ -55,6 +68,7 @@ impl BatchBuf {
     }
 
     /// Appends a numbered broadcast frame for the channel at `channel`.
+    #[cfg(test)]
     pub(crate) fn put_broadcast(
         &mut self,
         channel: u16,
@@ -63,10 +77,57 @@ impl BatchBuf {
         seq: u64,
         payload: &[u8],
     ) -> Result<(), TooLong> {
-        let n = envelope::broadcast_len(node, payload);
-        u32::try_from(n).map_err(|_| TooLong)?;
+        let n = frame_len(node, payload)?;
         self.buf.reserve(n);
         envelope::put_broadcast(&mut self.buf, node, epoch, seq, payload);
+        self.pushed(channel);
+        Ok(())
+    }
+
+    /// Appends the broadcasts `items` carry (`payload` reads one), numbered
+    /// `first`, `first + 1`, ..., for the channel at `channel`: in order, as few
+    /// bundles as fit [`MAX_BYTES`] and [`MAX_BUNDLE`](envelope::MAX_BUNDLE) each,
+    /// and a broadcast frame for one alone. Every payload passed
+    /// [`frame_len`] (the caller numbers only those).
+    pub(crate) fn put_broadcasts<T>(
+        &mut self,
+        channel: u16,
+        node: &str,
+        epoch: u32,
+        first: u64,
+        items: &[T],
+        payload: impl Fn(&T) -> &[u8],
+    ) {
+        let mut start = 0;
+        while start < items.len() {
+            // The longest run from `start` that fits one bundle (at least one item).
+            let mut len = envelope::bundle_len(node, [payload(&items[start])]);
+            let mut end = start + 1;
+            while end < items.len() && end - start < envelope::MAX_BUNDLE {
+                let more = envelope::BUNDLE_ITEM + payload(&items[end]).len();
+                if len + more > MAX_BYTES {
+                    break;
+                }
+                len += more;
+                end += 1;
+            }
+            let seq = first + start as u64;
+            let chunk = &items[start..end];
+            if let [one] = chunk {
+                let one = payload(one);
+                self.buf.reserve(envelope::broadcast_len(node, one));
+                envelope::put_broadcast(&mut self.buf, node, epoch, seq, one);
+            } else {
+                self.buf.reserve(len);
+                envelope::put_bundle(&mut self.buf, node, epoch, seq, chunk.iter().map(&payload));
+            }
+            self.pushed(channel);
+            start = end;
+        }
+    }
+
+    /// Records the frame just written as the channel's.
+    fn pushed(&mut self, channel: u16) {
         self.ends.push(self.buf.len());
         self.run = match self.run {
             Some((c, count)) if c == channel && count < u16::MAX => Some((c, count + 1)),
@@ -75,7 +136,6 @@ impl BatchBuf {
                 Some((channel, 1))
             }
         };
-        Ok(())
     }
 
     fn close_run(&mut self, run: Option<(u16, u16)>) {
@@ -83,15 +143,6 @@ impl BatchBuf {
             self.runs.put_u16(channel);
             self.runs.put_u16(count);
         }
-    }
-
-    /// Whether the batch should take no more entries.
-    pub(crate) fn full(&self) -> bool {
-        self.buf.len() >= MAX_BYTES
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.ends.is_empty()
     }
 
     pub(crate) fn finish(mut self) -> Batch {
@@ -194,16 +245,87 @@ mod tests {
         assert_eq!(batch.frames().count(), usize::from(u16::MAX) + 2);
     }
 
+    fn bundled(frame: &[u8]) -> (u64, Vec<Vec<u8>>) {
+        match decode(frame) {
+            Ok(Envelope::Bundle {
+                node: "n1",
+                epoch: 9,
+                first,
+                payloads,
+            }) => (first, payloads.map(<[u8]>::to_vec).collect()),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
-    fn a_batch_fills_at_max_bytes() {
+    fn a_sessions_broadcasts_go_as_one_bundle_and_one_alone_as_a_frame() {
+        let mut b = BatchBuf::default();
+        let (x, y) = (Str::from("x"), Str::from("y"));
+        let (ix, iy) = (b.add_channel(&x), b.add_channel(&y));
+        let items: [&[u8]; 3] = [b"one", b"two", b"three"];
+        b.put_broadcasts(ix, "n1", 9, 5, &items, |p| p);
+        b.put_broadcasts(iy, "n1", 9, 1, &[&b"alone"[..]], |p| p);
+        let batch = b.finish();
+        let got: Vec<_> = batch.frames().collect();
+        assert_eq!(got.len(), 2, "one frame per session");
+        assert_eq!(&*got[0].0, "x");
+        assert_eq!(
+            bundled(&got[0].1),
+            (5, vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()])
+        );
+        assert_eq!(&*got[1].0, "y");
+        assert_eq!(
+            decode(&got[1].1),
+            Ok(Envelope::Broadcast {
+                node: "n1",
+                epoch: 9,
+                seq: 1,
+                payload: b"alone"
+            })
+        );
+    }
+
+    #[test]
+    fn a_bundle_never_passes_max_bytes_or_max_bundle() {
         let mut b = BatchBuf::default();
         let c = b.add_channel(&Str::from("c"));
-        let payload = vec![0u8; 64 << 10];
-        let mut n = 0;
-        while !b.full() {
-            b.put_broadcast(c, "n", 0, n, &payload).unwrap();
-            n += 1;
+        // 300 KiB each: three fit 1 MiB, a fourth does not.
+        let big = vec![7u8; 300 << 10];
+        let items = vec![&big[..]; 7];
+        b.put_broadcasts(c, "n1", 9, 1, &items, |p| p);
+        let tiny = vec![&b"t"[..]; envelope::MAX_BUNDLE + 1];
+        b.put_broadcasts(c, "n1", 9, 8, &tiny, |p| p);
+        let batch = b.finish();
+        let mut next = 1;
+        let mut sizes = Vec::new();
+        for (_, frame) in batch.frames() {
+            assert!(frame.len() <= MAX_BYTES, "a frame of {} bytes", frame.len());
+            let (first, n) = match decode(&frame) {
+                Ok(Envelope::Bundle {
+                    first, payloads, ..
+                }) => (first, payloads.len() as u64),
+                Ok(Envelope::Broadcast { seq, .. }) => (seq, 1),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(first, next, "numbers continue across frames");
+            next += n;
+            sizes.push(n);
         }
-        assert_eq!(n, 16, "64 KiB frames: 16 fill 1 MiB");
+        assert_eq!(sizes, [3, 3, 1, envelope::MAX_BUNDLE as u64, 1]);
+    }
+
+    #[test]
+    fn a_payload_over_max_bytes_goes_alone() {
+        let mut b = BatchBuf::default();
+        let c = b.add_channel(&Str::from("c"));
+        let huge = vec![1u8; MAX_BYTES + 1];
+        let items: [&[u8]; 3] = [b"a", &huge, b"b"];
+        b.put_broadcasts(c, "n1", 9, 1, &items, |p| p);
+        let kinds: Vec<_> = b
+            .finish()
+            .frames()
+            .map(|(_, f)| matches!(decode(&f), Ok(Envelope::Bundle { .. })))
+            .collect();
+        assert_eq!(kinds, [false, false, false]);
     }
 }

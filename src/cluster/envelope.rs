@@ -6,6 +6,8 @@
 //! direct     [2][1][n][node: n bytes][k: u16 BE][key: k bytes][payload]
 //! takeover   [2][2][JSON {"key","gen","node","by"}]   written by the claim script; gen a decimal string
 //! node down  [2][3][JSON {"node","keys","omitted"}]   written by the reap script
+//! bundle     [2][4][n][node: n bytes][epoch: u32 BE][first seq: u64 BE][count: u16 BE]
+//!            ([len: u32 BE][payload: len bytes]) repeated count times, nothing after
 //! ```
 //!
 //! The first byte is the format's version. Version 2 added the broadcast's epoch
@@ -13,6 +15,23 @@
 //! again, in a new epoch. A node reads only its own version: nodes of another
 //! version are not understood (their frames count as malformed), so every node
 //! of a cluster is upgraded together.
+//!
+//! A bundle is `count` broadcasts of one node to one session, numbered `first`,
+//! `first + 1`, ... in one epoch: the publisher writes the publications a batch
+//! holds for one session as one (`publisher.rs`), so that Redis, the client
+//! library and the receiver handle one publication where they handled `count`.
+//! Receivers count its numbers one by one, as if they had come singly (`gaps.rs`):
+//! a lost bundle is `count` gaps. A publication alone in its batch still goes as a
+//! broadcast frame, so a lightly loaded node writes what nodes before bundles
+//! wrote and read. The kind came without a new version (no frame changed): a node
+//! from before it counts a bundle as malformed, of an unknown kind, so during a
+//! rolling upgrade the old nodes miss (and count) what the new ones bundle, while
+//! the new ones read everything the old ones send.
+//!
+//! A bundle is decoded whole before any of it is used: its count is at most
+//! [`MAX_BUNDLE`] and at least 1, its lengths add up to exactly the bytes that
+//! follow, and its last number fits a `u64`; anything else refuses the whole
+//! bundle, so no part of a malformed one is delivered.
 //!
 //! Every length is checked against the frame before it is used: the bytes come from
 //! Redis, which any client of that server can publish to. A frame that is not one
@@ -27,6 +46,17 @@ const BROADCAST: u8 = 0;
 const DIRECT: u8 = 1;
 pub(crate) const TAKEOVER: u8 = 2;
 pub(crate) const NODE_DOWN: u8 = 3;
+const BUNDLE: u8 = 4;
+
+/// Broadcasts in one bundle, at most: a publisher writes at most a batch's
+/// publications into one (512), and a receiver refuses a count above this.
+pub(crate) const MAX_BUNDLE: usize = 1024;
+
+/// A bundle's bytes before its first payload, besides the node id.
+const BUNDLE_HEAD: usize = 3 + 4 + 8 + 2;
+
+/// Bytes a bundle spends on each payload besides the payload itself.
+pub(crate) const BUNDLE_ITEM: usize = 4;
 
 /// The longest node id; ids travel in every frame.
 pub(crate) const MAX_NODE_ID: usize = 64;
@@ -56,6 +86,71 @@ pub(crate) enum Envelope<'a> {
     },
     TakeOver(TakeOver),
     NodeDown(NodeDown),
+    /// Broadcasts numbered `first`, `first + 1`, ..., one per payload.
+    Bundle {
+        node: &'a str,
+        epoch: u32,
+        first: u64,
+        payloads: Payloads<'a>,
+    },
+}
+
+/// A decoded bundle's payloads, in order. Their lengths were checked when it was
+/// decoded; iterating only reads them.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Payloads<'a> {
+    left: usize,
+    bytes: &'a [u8],
+}
+
+impl<'a> Payloads<'a> {
+    /// Checks that `bytes` holds exactly `count` length-prefixed payloads.
+    fn check(count: usize, bytes: &'a [u8]) -> Result<Self, Malformed> {
+        if count == 0 || count > MAX_BUNDLE {
+            return Err(Malformed::Count(count));
+        }
+        // A count the bytes cannot hold is refused before any length is read.
+        if bytes.len() < count * BUNDLE_ITEM {
+            return Err(Malformed::Truncated);
+        }
+        let mut rest = bytes;
+        for _ in 0..count {
+            let (len, after) = split(rest, BUNDLE_ITEM)?;
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+            let len = usize::try_from(len).map_err(|_| Malformed::Truncated)?;
+            (_, rest) = split(after, len)?;
+        }
+        if !rest.is_empty() {
+            return Err(Malformed::Trailing);
+        }
+        Ok(Self { left: count, bytes })
+    }
+
+    /// Payloads not yet read.
+    pub(crate) fn len(&self) -> usize {
+        self.left
+    }
+}
+
+impl<'a> Iterator for Payloads<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        // Checked in `check`; a short read ends the iteration rather than panic.
+        let (len, rest) = split(self.bytes, BUNDLE_ITEM).ok()?;
+        let len = usize::try_from(u32::from_be_bytes([len[0], len[1], len[2], len[3]])).ok()?;
+        let (payload, rest) = split(rest, len).ok()?;
+        self.bytes = rest;
+        Some(payload)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
 }
 
 /// A claim script's notice to the key's previous node.
@@ -107,6 +202,11 @@ pub(crate) enum Malformed {
     Text,
     /// A notice whose JSON is not what the scripts write.
     Json,
+    /// A bundle of no broadcast, or of more than [`MAX_BUNDLE`], or whose last
+    /// number would pass `u64::MAX`.
+    Count(usize),
+    /// Bytes after a bundle's last payload.
+    Trailing,
 }
 
 #[cfg(test)]
@@ -128,6 +228,38 @@ pub(crate) fn put_broadcast(b: &mut BytesMut, node: &str, epoch: u32, seq: u64, 
     b.put_u32(epoch);
     b.put_u64(seq);
     b.put_slice(payload);
+}
+
+/// The length of a bundle of `payloads`.
+pub(crate) fn bundle_len<'p>(node: &str, payloads: impl IntoIterator<Item = &'p [u8]>) -> usize {
+    BUNDLE_HEAD
+        + node.len()
+        + payloads
+            .into_iter()
+            .map(|p| BUNDLE_ITEM + p.len())
+            .sum::<usize>()
+}
+
+/// Appends a bundle of `payloads` numbered from `first`. The caller keeps to what
+/// receivers accept: 1 to [`MAX_BUNDLE`] payloads, each shorter than 4 GiB.
+pub(crate) fn put_bundle<'p>(
+    b: &mut BytesMut,
+    node: &str,
+    epoch: u32,
+    first: u64,
+    payloads: impl ExactSizeIterator<Item = &'p [u8]>,
+) {
+    header(b, BUNDLE, node);
+    b.put_u32(epoch);
+    b.put_u64(first);
+    debug_assert!((1..=MAX_BUNDLE).contains(&payloads.len()));
+    // MAX_BUNDLE fits a u16.
+    b.put_u16(payloads.len() as u16);
+    for p in payloads {
+        debug_assert!(u32::try_from(p.len()).is_ok());
+        b.put_u32(p.len() as u32);
+        b.put_slice(p);
+    }
 }
 
 pub(crate) fn direct(node: &str, key: &str, payload: &[u8]) -> Option<Bytes> {
@@ -184,11 +316,28 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>, Malformed> {
             node_id(&down.node)?;
             Ok(Envelope::NodeDown(down))
         }
-        kind @ (BROADCAST | DIRECT) => {
+        kind @ (BROADCAST | DIRECT | BUNDLE) => {
             let (n, rest) = split(rest, 1)?;
             let (node, rest) = split(rest, usize::from(n[0]))?;
             let node = node_id(text(node)?)?;
-            if kind == BROADCAST {
+            if kind == BUNDLE {
+                let (epoch, rest) = split(rest, 4)?;
+                let (first, rest) = split(rest, 8)?;
+                let (count, rest) = split(rest, 2)?;
+                let epoch = u32::from_be_bytes([epoch[0], epoch[1], epoch[2], epoch[3]]);
+                let first = u64::from_be_bytes(first.try_into().map_err(|_| Malformed::Truncated)?);
+                let count = usize::from(u16::from_be_bytes([count[0], count[1]]));
+                // The numbers first ..= first + count - 1 must all exist.
+                if count > 0 && first.checked_add(count as u64 - 1).is_none() {
+                    return Err(Malformed::Count(count));
+                }
+                Ok(Envelope::Bundle {
+                    node,
+                    epoch,
+                    first,
+                    payloads: Payloads::check(count, rest)?,
+                })
+            } else if kind == BROADCAST {
                 let (epoch, rest) = split(rest, 4)?;
                 let (seq, payload) = split(rest, 8)?;
                 let epoch = u32::from_be_bytes([epoch[0], epoch[1], epoch[2], epoch[3]]);
@@ -304,6 +453,97 @@ mod tests {
             let d = direct(node, "k", b"x").unwrap();
             assert_eq!(decode(&d), Err(Malformed::Text), "{node:?}");
         }
+    }
+
+    fn bundle(node: &str, epoch: u32, first: u64, payloads: &[&[u8]]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        put_bundle(&mut b, node, epoch, first, payloads.iter().copied());
+        assert_eq!(b.len(), bundle_len(node, payloads.iter().copied()));
+        b.to_vec()
+    }
+
+    fn payloads_of(bytes: &[u8]) -> Result<(u64, Vec<&[u8]>), Malformed> {
+        match decode(bytes)? {
+            Envelope::Bundle {
+                node: "n1",
+                epoch: 9,
+                first,
+                payloads,
+            } => Ok((first, payloads.collect())),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bundle_round_trips() {
+        let b = bundle("n1", 9, 41, &[b"one", b"", b"three"]);
+        assert_eq!(payloads_of(&b), Ok((41, vec![&b"one"[..], b"", b"three"])));
+        match decode(&b) {
+            Ok(Envelope::Bundle { payloads, .. }) => assert_eq!(payloads.len(), 3),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_truncation_of_a_bundle_is_refused_whole() {
+        let b = bundle("n1", 9, 1, &[b"ab", b"cd"]);
+        for n in 0..b.len() {
+            assert!(decode(&b[..n]).is_err(), "prefix of {n} bytes");
+        }
+        let mut long = b.clone();
+        long.push(0);
+        assert_eq!(decode(&long), Err(Malformed::Trailing));
+    }
+
+    /// Where the count field sits in a bundle from node "n1".
+    const COUNT_AT: usize = 3 + 2 + 4 + 8;
+
+    #[test]
+    fn a_bundle_count_the_bytes_cannot_hold_is_refused_before_reading() {
+        let mut b = bundle("n1", 9, 1, &[b"ab", b"cd"]);
+        // More payloads than bytes for their lengths: refused by the count alone.
+        b[COUNT_AT..COUNT_AT + 2].copy_from_slice(&1000u16.to_be_bytes());
+        assert_eq!(decode(&b), Err(Malformed::Truncated));
+        // One more than it holds, with bytes enough for the lengths: the walk ends short.
+        let mut b = bundle("n1", 9, 1, &[b"abcdefgh", b"cd"]);
+        b[COUNT_AT..COUNT_AT + 2].copy_from_slice(&3u16.to_be_bytes());
+        assert_eq!(decode(&b), Err(Malformed::Truncated));
+        // Fewer: bytes left over.
+        let mut b = bundle("n1", 9, 1, &[b"ab", b"cd"]);
+        b[COUNT_AT..COUNT_AT + 2].copy_from_slice(&1u16.to_be_bytes());
+        assert_eq!(decode(&b), Err(Malformed::Trailing));
+    }
+
+    #[test]
+    fn a_bundle_count_out_of_bounds_is_refused() {
+        let mut empty = bundle("n1", 9, 1, &[b"x"]);
+        empty[COUNT_AT..COUNT_AT + 2].copy_from_slice(&0u16.to_be_bytes());
+        empty.truncate(COUNT_AT + 2);
+        assert_eq!(decode(&empty), Err(Malformed::Count(0)));
+        let max: Vec<&[u8]> = vec![b""; MAX_BUNDLE];
+        let mut b = bundle("n1", 9, 1, &max);
+        assert_eq!(payloads_of(&b).map(|p| p.1.len()), Ok(MAX_BUNDLE));
+        // One more empty payload: well formed but for its count.
+        let over = u16::try_from(MAX_BUNDLE + 1).unwrap();
+        b[COUNT_AT..COUNT_AT + 2].copy_from_slice(&over.to_be_bytes());
+        b.extend_from_slice(&[0; BUNDLE_ITEM]);
+        assert_eq!(decode(&b), Err(Malformed::Count(MAX_BUNDLE + 1)));
+    }
+
+    #[test]
+    fn a_payload_length_past_the_bundle_is_refused() {
+        let mut b = bundle("n1", 9, 1, &[b"ab", b"cd"]);
+        let len_at = COUNT_AT + 2;
+        b[len_at..len_at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(decode(&b), Err(Malformed::Truncated));
+    }
+
+    #[test]
+    fn a_bundle_numbered_past_u64_max_is_refused() {
+        let b = bundle("n1", 9, u64::MAX, &[b"a", b"b"]);
+        assert_eq!(decode(&b), Err(Malformed::Count(2)));
+        let b = bundle("n1", 9, u64::MAX, &[b"a"]);
+        assert_eq!(payloads_of(&b), Ok((u64::MAX, vec![&b"a"[..]])));
     }
 
     #[test]

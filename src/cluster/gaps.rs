@@ -49,8 +49,12 @@ pub(crate) enum Seen {
     First,
     /// The next number, after `missed` that never arrived.
     Next { missed: u64 },
-    /// A number at or below one already seen in this epoch.
+    /// A number at or below one already seen in this epoch (for a run, its
+    /// every number).
     Stale,
+    /// A run whose first `stale` numbers were already seen in this epoch and the
+    /// rest not: no publisher writes one, but a replayed bundle would be one.
+    Overlap { stale: u64 },
     /// A number more than [`MAX_JUMP`] ahead: forged or corrupt, not tracked.
     Implausible,
 }
@@ -77,6 +81,8 @@ pub(crate) struct GapTracker {
 }
 
 impl GapTracker {
+    /// One received number.
+    #[cfg(test)]
     pub(crate) fn observe(
         &mut self,
         node: &str,
@@ -84,26 +90,47 @@ impl GapTracker {
         epoch: u32,
         seq: u64,
     ) -> Seen {
+        self.observe_run(node, session, epoch, seq, 1)
+    }
+
+    /// `count` consecutive numbers from `first`, received together (a bundle, or
+    /// a single broadcast when `count` is 1): what they say is what they would
+    /// say arriving one by one, in order, so a gap is counted per number.
+    pub(crate) fn observe_run(
+        &mut self,
+        node: &str,
+        session: &SessionId,
+        epoch: u32,
+        first: u64,
+        count: u64,
+    ) -> Seen {
+        // The decoder refuses runs past u64::MAX; saturating is only a backstop.
+        let end = first.saturating_add(count.max(1) - 1);
         self.ticks += 1;
         // Two lookups on the path every publication takes; a node's first costs more.
         if let Some(sender) = self.last.get_mut(node) {
             sender.heard = self.ticks;
             match sender.last.get_mut(session) {
                 Some((e, last)) if *e != epoch => {
-                    (*e, *last) = (epoch, seq);
+                    (*e, *last) = (epoch, end);
                     return Seen::First;
                 }
-                Some((_, last)) if seq > *last && seq - *last > MAX_JUMP => {
+                Some((_, last)) if first > *last && first - *last > MAX_JUMP => {
                     return Seen::Implausible
                 }
-                Some((_, last)) if seq > *last => {
-                    let missed = seq - *last - 1;
-                    *last = seq;
+                Some((_, last)) if first > *last => {
+                    let missed = first - *last - 1;
+                    *last = end;
                     return Seen::Next { missed };
+                }
+                Some((_, last)) if end > *last => {
+                    let stale = *last - first + 1;
+                    *last = end;
+                    return Seen::Overlap { stale };
                 }
                 Some(_) => return Seen::Stale,
                 None if self.streams < MAX_STREAMS => {
-                    sender.last.insert(session.clone(), (epoch, seq));
+                    sender.last.insert(session.clone(), (epoch, end));
                     self.streams += 1;
                     return Seen::First;
                 }
@@ -121,7 +148,7 @@ impl GapTracker {
             heard: ticks,
             last: HashMap::new(),
         });
-        sender.last.insert(session.clone(), (epoch, seq));
+        sender.last.insert(session.clone(), (epoch, end));
         self.streams += 1;
         Seen::First
     }
@@ -234,6 +261,27 @@ mod tests {
         g.forget_node("x");
         let held: usize = g.last.values().map(|s| s.last.len()).sum();
         assert_eq!(held, g.streams);
+    }
+
+    #[test]
+    fn a_run_counts_as_its_numbers_one_by_one() {
+        let mut g = GapTracker::default();
+        let s = SessionId::from("room");
+        assert_eq!(g.observe_run("a", &s, 1, 1, 10), Seen::First);
+        assert_eq!(g.observe("a", &s, 1, 11), Seen::Next { missed: 0 });
+        // A lost bundle of 5 (12..=16): every number of it is a gap.
+        assert_eq!(g.observe_run("a", &s, 1, 17, 3), Seen::Next { missed: 5 });
+        assert_eq!(g.observe("a", &s, 1, 20), Seen::Next { missed: 0 });
+        assert_eq!(g.observe_run("a", &s, 1, 15, 6), Seen::Stale);
+        // Replayed with new numbers after it: the old part is stale, the rest taken.
+        assert_eq!(g.observe_run("a", &s, 1, 19, 4), Seen::Overlap { stale: 2 });
+        assert_eq!(g.observe("a", &s, 1, 23), Seen::Next { missed: 0 });
+        assert_eq!(
+            g.observe_run("a", &s, 1, 24 + MAX_JUMP, 2),
+            Seen::Implausible
+        );
+        assert_eq!(g.observe_run("a", &s, 2, 1, 4), Seen::First);
+        assert_eq!(g.observe("a", &s, 2, 5), Seen::Next { missed: 0 });
     }
 
     #[test]

@@ -34,6 +34,61 @@ impl LastChannel {
 }
 
 impl<M: Clone + Send + Sync + 'static> Shared<M> {
+    /// Counts `count` broadcasts numbered from `first` (one frame, or a bundle)
+    /// and checks their numbers. Returns their session and how many of them, from
+    /// the first, were seen before and are not delivered again; `None` when none
+    /// is delivered: this node's own, stale, or refused.
+    fn numbered(
+        &self,
+        node: &str,
+        channel: &str,
+        epoch: u32,
+        first: u64,
+        count: u64,
+        last: &mut LastChannel,
+    ) -> Option<(SessionId, usize)> {
+        let c = &self.counters;
+        if node == self.node {
+            // Skip-self: local members got it before it was published.
+            return None;
+        }
+        let Some(session) = last.session(&self.names, channel) else {
+            Counters::add(&c.malformed, count);
+            return None;
+        };
+        Counters::add(&c.received, count);
+        let stale = match lock(&self.gaps).observe_run(node, &session, epoch, first, count) {
+            Seen::Next { missed } => {
+                Counters::add(&c.gaps, missed);
+                0
+            }
+            Seen::First => 0,
+            Seen::Overlap { stale } => stale,
+            Seen::Stale => count,
+            Seen::Implausible => {
+                Counters::add(&c.malformed, count);
+                return None;
+            }
+        };
+        Counters::add(&c.reordered, stale);
+        // At most `count`, a bundle's length.
+        (stale < count).then_some((session, stale as usize))
+    }
+
+    /// Delivers one broadcast's payload to the session's local members.
+    fn deliver(&self, session: SessionId, payload: &[u8]) {
+        let c = &self.counters;
+        if payload.len() > self.max_payload {
+            Counters::add(&c.malformed, 1);
+            return;
+        }
+        match self.codec.decode(payload) {
+            // No local members left (a leave raced the publication): nothing to do.
+            Ok(msg) => drop(self.registry.broadcast(session, msg)),
+            Err(_) => Counters::add(&c.malformed, 1),
+        }
+    }
+
     /// Handles one publication; returns the sessions a takeover closed a member
     /// of, whose subscriptions must be synced.
     fn on_message(&self, channel: &str, bytes: &[u8], last: &mut LastChannel) -> Vec<SessionId> {
@@ -49,32 +104,27 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 seq,
                 payload,
             } => {
-                if node == self.node {
-                    // Skip-self: local members got it before it was published.
-                    return Vec::new();
-                }
-                let Some(session) = last.session(&self.names, channel) else {
-                    Counters::add(&c.malformed, 1);
+                let Some((session, skip)) = self.numbered(node, channel, epoch, seq, 1, last)
+                else {
                     return Vec::new();
                 };
-                Counters::add(&c.received, 1);
-                match lock(&self.gaps).observe(node, &session, epoch, seq) {
-                    Seen::Next { missed } => Counters::add(&c.gaps, missed),
-                    Seen::Stale => Counters::add(&c.reordered, 1),
-                    Seen::First => {}
-                    Seen::Implausible => {
-                        Counters::add(&c.malformed, 1);
-                        return Vec::new();
-                    }
+                if skip == 0 {
+                    self.deliver(session, payload);
                 }
-                if payload.len() > self.max_payload {
-                    Counters::add(&c.malformed, 1);
+            }
+            Envelope::Bundle {
+                node,
+                epoch,
+                first,
+                payloads,
+            } => {
+                let count = payloads.len() as u64;
+                let Some((session, skip)) = self.numbered(node, channel, epoch, first, count, last)
+                else {
                     return Vec::new();
-                }
-                match self.codec.decode(payload) {
-                    // No local members left (a leave raced the publication): nothing to do.
-                    Ok(msg) => drop(self.registry.broadcast(session, msg)),
-                    Err(_) => Counters::add(&c.malformed, 1),
+                };
+                for payload in payloads.skip(skip) {
+                    self.deliver(session.clone(), payload);
                 }
             }
             Envelope::Direct { key, payload, .. } => {

@@ -3,10 +3,14 @@
 //!
 //! Callers queue a publication and await its answer. The task takes everything
 //! queued (up to [`BATCH`] publications, and about
-//! [`MAX_BYTES`](super::batch::MAX_BYTES) of frames), frames each with this
-//! node's id and the session's epoch and next number (`streams.rs`) into one
-//! buffer (`batch.rs`), and sends the lot as one script call that publishes them
-//! all. One task means
+//! [`MAX_BYTES`](super::batch::MAX_BYTES) of frames), numbers each with the
+//! session's epoch and next number (`streams.rs`), frames them with this node's
+//! id into one buffer (`batch.rs`), a session's publications together as one
+//! bundle, and sends the lot as one script call that publishes each frame. Nothing
+//! waits to be bundled: a batch is what queued while the one before was being
+//! sent, so at a low rate it holds one publication, sent at once, and under load
+//! many, of which those to one session cost Redis one `PUBLISH` and the receiver
+//! one message. One task means
 //! numbers are handed out in the order publications reach Redis, so a
 //! receiver that sees a number jump knows exactly how many it missed.
 //!
@@ -48,7 +52,7 @@ use tokio::task::JoinSet;
 use crate::sync::Arc;
 use crate::SessionId;
 
-use super::batch::{Batch, BatchBuf, TooLong};
+use super::batch::{frame_len, Batch, BatchBuf, TooLong, MAX_BYTES};
 use super::clock::RedisClock;
 use super::names::Names;
 use super::stats::Counters;
@@ -90,6 +94,15 @@ pub(crate) struct Link {
     pub(crate) deadline: Duration,
 }
 
+/// A session's publications in the batch being numbered: its channel, epoch,
+/// first number and how many.
+struct Group {
+    channel: Str,
+    epoch: u32,
+    first: u64,
+    count: usize,
+}
+
 /// A numbered batch and the callers waiting for it.
 struct Pending {
     batch: Batch,
@@ -114,6 +127,7 @@ impl Publisher {
         let mut queued: Vec<Outgoing> = Vec::with_capacity(BATCH);
         let mut in_flight = JoinSet::new();
         let mut batches = 0u64;
+        let mut groups: Vec<Group> = Vec::new();
         // A pipeline of `SPUBLISH`es is not handed to the client on its first poll
         // (the order test caught batches overtaking each other), so those wait
         // for each other.
@@ -138,35 +152,15 @@ impl Publisher {
                 break;
             }
             batches += 1;
-            let mut buf = BatchBuf::default();
-            let mut done = Vec::with_capacity(queued.len());
+            // Number what the batch takes, grouping it by session: each group
+            // goes as one bundle (`batch.rs`), its numbers consecutive.
+            groups.clear();
+            let mut taken: Vec<(u16, Outgoing)> = Vec::with_capacity(queued.len());
+            let mut bytes = 0;
             let mut items = std::mem::take(&mut queued).into_iter();
             for out in items.by_ref() {
-                let stream = match streams.get_mut(&out.session) {
-                    Some(s) => s,
-                    None => {
-                        streams.admit(&out.session, || Str::from(self.names.channel(&out.session)))
-                    }
-                };
-                let index = match stream.slot {
-                    Some((b, i)) if b == batches => i,
-                    _ => {
-                        let i = buf.add_channel(&stream.channel);
-                        stream.slot = Some((batches, i));
-                        i
-                    }
-                };
-                match buf.put_broadcast(
-                    index,
-                    &self.node,
-                    stream.epoch,
-                    stream.seq + 1,
-                    &out.payload,
-                ) {
-                    Ok(()) => {
-                        stream.seq += 1;
-                        done.push(out.done);
-                    }
+                let len = match frame_len(&self.node, &out.payload) {
+                    Ok(len) => len,
                     // Not numbered, so no receiver counts it as a gap.
                     Err(TooLong) => {
                         Counters::add(&self.link.counters.publish_failed, 1);
@@ -174,16 +168,64 @@ impl Publisher {
                             fred::error::ErrorKind::InvalidArgument,
                             "publication longer than 4 GiB",
                         )));
+                        continue;
                     }
-                }
-                if buf.full() {
+                };
+                let stream = match streams.get_mut(&out.session) {
+                    Some(s) => s,
+                    None => {
+                        streams.admit(&out.session, || Str::from(self.names.channel(&out.session)))
+                    }
+                };
+                let group = match stream.slot {
+                    Some((b, g)) if b == batches => g,
+                    _ => {
+                        // At most BATCH groups, far below u16::MAX.
+                        let g = groups.len() as u16;
+                        groups.push(Group {
+                            channel: stream.channel.clone(),
+                            epoch: stream.epoch,
+                            first: stream.seq + 1,
+                            count: 0,
+                        });
+                        stream.slot = Some((batches, g));
+                        g
+                    }
+                };
+                stream.seq += 1;
+                groups[usize::from(group)].count += 1;
+                taken.push((group, out));
+                // What the frames would take one by one: a bundle takes less.
+                bytes += len;
+                if bytes >= MAX_BYTES {
                     break;
                 }
             }
             queued.extend(items);
-            if buf.is_empty() {
+            if taken.is_empty() {
                 continue;
             }
+            // Each group's publications together, in the order they were numbered
+            // (a stable sort); not needed when each group has one.
+            if groups.len() > 1 && groups.len() < taken.len() {
+                taken.sort_by_key(|(g, _)| *g);
+            }
+            let mut buf = BatchBuf::default();
+            let mut start = 0;
+            for g in &groups {
+                let end = start + g.count;
+                let channel = buf.add_channel(&g.channel);
+                buf.put_broadcasts(
+                    channel,
+                    &self.node,
+                    g.epoch,
+                    g.first,
+                    &taken[start..end],
+                    |(_, out)| &out.payload[..],
+                );
+                start = end;
+            }
+            let done = taken.into_iter().map(|(_, out)| out.done).collect();
             let pending = Pending {
                 batch: buf.finish(),
                 done,

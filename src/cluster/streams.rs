@@ -26,7 +26,8 @@ use fred::bytes_utils::Str;
 use crate::SessionId;
 
 /// A session this node publishes to: its channel, built once, its epoch and last
-/// number, and its channel's index in the batch being written.
+/// number, and its group in the batch being numbered (`publisher.rs`), as the
+/// batch's count and the group's index.
 #[derive(Debug)]
 pub(crate) struct Stream {
     pub(crate) channel: Str,

@@ -126,6 +126,12 @@ pub struct ClusterArgs {
     /// The ws_server binary [default: `TARGET_DIR/release/examples/ws_server`].
     #[arg(long, value_name = "PATH")]
     pub server_bin: Option<PathBuf>,
+
+    /// Publications per second the wire phase aims at [default: a tenth of the
+    /// measured cluster publish rate, the rate `cluster_cross_node_p50_minus_local_ms`
+    /// is defined at]. For comparing builds at one rate; the report says which was used.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub wire_rate: Option<u64>,
 }
 
 /// The options of `stress ws`. The global knobs it uses: `--sessions` and `--members`

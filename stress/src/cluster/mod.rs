@@ -68,6 +68,81 @@ const TTL: Duration = Duration::from_secs(3);
 /// few thousand a second at most.
 const LOAD_PER_CLIENT: f64 = 1000.0;
 
+/// Sessions the spread rate phase publishes to, round-robin.
+const SPREAD: usize = 1000;
+
+/// One publish-rate phase (`rate.rs`) with its checks, and the `PUBLISH`
+/// commands Redis ran during it.
+async fn rate_phase(
+    redis: &Redis,
+    tag: &'static str,
+    sessions: usize,
+    payload_bytes: usize,
+    violations: &Violations,
+) -> Result<rate::Rate, String> {
+    let before = publish_calls(redis).await;
+    let mut rate = rate::measure(
+        &redis.url(),
+        tag,
+        sessions,
+        payload_bytes,
+        Duration::from_secs(2),
+    )
+    .await?;
+    let after = publish_calls(redis).await;
+    rate.publish_commands_per_broadcast = match (before, after) {
+        (Some(b), Some(a)) if rate.published > 0 => (a - b) as f64 / rate.published as f64,
+        _ => f64::NAN,
+    };
+    eprintln!(
+        "stress cluster: cluster publish rate over {sessions} session(s) {:.0}/s \
+         ({:.3} round trips, {:.3} PUBLISH commands per broadcast)",
+        rate.per_sec, rate.round_trips_per_broadcast, rate.publish_commands_per_broadcast
+    );
+    let what = format!("cluster/{tag}");
+    violations.expect(rate.gaps == 0 && rate.reordered == 0, &what, || {
+        format!(
+            "{} gaps and {} out of order while Redis was up",
+            rate.gaps, rate.reordered
+        )
+    });
+    violations.expect(rate.received == rate.published, &what, || {
+        format!(
+            "the member received {} of {} publications",
+            rate.received, rate.published
+        )
+    });
+    Ok(rate)
+}
+
+/// `PUBLISH` commands Redis has run, from `INFO commandstats` (it counts those a
+/// script runs too).
+async fn publish_calls(redis: &Redis) -> Option<u64> {
+    let port = redis.port;
+    let text = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["INFO", "commandstats"])
+            .output()
+            .ok()
+    })
+    .await
+    .ok()
+    .flatten()?;
+    parse_publish_calls(&String::from_utf8_lossy(&text.stdout))
+}
+
+fn parse_publish_calls(info: &str) -> Option<u64> {
+    let line = info
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_publish:"))?;
+    line.split(',')
+        .find_map(|kv| kv.strip_prefix("calls="))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// What `stress cluster` reports.
 #[derive(Debug, Serialize)]
 pub struct ClusterRun {
@@ -78,6 +153,16 @@ pub struct ClusterRun {
     pub cluster_cross_node_p50_minus_local_ms: f64,
     /// Redis round trips per broadcast (batches over publications), rate phase.
     pub cluster_redis_round_trips_per_broadcast: f64,
+    /// The same rate over `redis-benchmark`, with the publications spread over
+    /// `spread_sessions` sessions (no target: the figure beside the one above).
+    pub cluster_publish_rate_vs_redis_benchmark_spread: f64,
+    pub spread_sessions: usize,
+    pub cluster_publish_per_sec_spread: f64,
+    /// Redis `PUBLISH` commands run (scripts' included, from `INFO commandstats`)
+    /// per publication delivered, in each rate phase.
+    pub rate_phase_publish_commands_per_broadcast: f64,
+    pub spread_phase_publish_commands_per_broadcast: f64,
+    pub spread_phase_round_trips_per_broadcast: f64,
     pub nodes: usize,
     pub chaos: bool,
     pub payload_bytes: usize,
@@ -144,35 +229,18 @@ pub async fn run(
             .map_err(|e| e.to_string())??;
     eprintln!("stress cluster: redis-benchmark -P 16 PUBLISH ({payload_bytes} B): {bench:.0}/s");
 
-    // 2. Publish rate through the cluster layer.
-    let rate = rate::measure(&url, payload_bytes, Duration::from_secs(2)).await?;
-    eprintln!(
-        "stress cluster: cluster publish rate {:.0}/s ({:.3} round trips per broadcast)",
-        rate.per_sec, rate.round_trips_per_broadcast
-    );
-    violations.checked(1);
-    violations.expect(
-        rate.gaps == 0 && rate.reordered == 0,
-        "cluster/rate",
-        || {
-            format!(
-                "{} gaps and {} out of order while Redis was up",
-                rate.gaps, rate.reordered
-            )
-        },
-    );
-    violations.checked(1);
-    violations.expect(rate.received == rate.published, "cluster/rate", || {
-        format!(
-            "the member received {} of {} publications",
-            rate.received, rate.published
-        )
-    });
+    // 2. Publish rate through the cluster layer: to one session (the ratio),
+    // then spread over many (nothing for a batch to share).
+    let rate = rate_phase(&redis, "rate", 1, payload_bytes, violations).await?;
+    let spread = rate_phase(&redis, "spread", SPREAD, payload_bytes, violations).await?;
 
     // 3. The nodes.
     // With --chaos, no load: a node's gap counter covers every session, and the
     // check that it equals the holes in the listeners' streams must see them all.
-    let latency_rate = (rate.per_sec * 0.1).max(nodes as f64);
+    let latency_rate = args
+        .wire_rate
+        .map_or(rate.per_sec * 0.1, |r| r as f64)
+        .max(nodes as f64);
     let stamped_rate = latency_rate.min(args.max_rate as f64);
     let load_rate = if args.chaos {
         0.0
@@ -506,6 +574,16 @@ pub async fn run(
         },
         cluster_cross_node_p50_minus_local_ms: (cross.p50 - same.p50) / 1000.0,
         cluster_redis_round_trips_per_broadcast: rate.round_trips_per_broadcast,
+        cluster_publish_rate_vs_redis_benchmark_spread: if bench > 0.0 {
+            spread.per_sec / bench
+        } else {
+            0.0
+        },
+        spread_sessions: SPREAD,
+        cluster_publish_per_sec_spread: spread.per_sec,
+        rate_phase_publish_commands_per_broadcast: rate.publish_commands_per_broadcast,
+        spread_phase_publish_commands_per_broadcast: spread.publish_commands_per_broadcast,
+        spread_phase_round_trips_per_broadcast: spread.round_trips_per_broadcast,
         nodes,
         chaos: args.chaos,
         payload_bytes,
@@ -547,7 +625,9 @@ impl ClusterRun {
         format!(
             "CLUSTER  {} nodes{}, {} listeners, payload {} B\n\
              publish rate      {:.0}/s through the cluster vs {:.0}/s redis-benchmark -P 16: {:.2}x\n\
-             round trips       {:.3} per broadcast (rate phase), {:.3} (wire phase)\n\
+             round trips       {:.3} per broadcast (rate phase), {:.3} (wire phase); {:.3} PUBLISH commands per broadcast\n\
+             spread            {:.0}/s over {} sessions vs the same redis-benchmark: {:.2}x \
+             ({:.3} round trips, {:.3} PUBLISH commands per broadcast)\n\
              wire phase        {:.0} publications/s aimed ({:.0} stamped + load from {} clients per node), {:.0}/s reached\n\
              stamped           {} published, {} delivered, {:.0} deliveries/s; load {} published, {} failed, {} counted by sinks\n\
              latency same-node p50 {:.0} µs p99 {:.0} µs; cross-node p50 {:.0} µs p99 {:.0} µs; \
@@ -563,6 +643,12 @@ impl ClusterRun {
             self.cluster_publish_rate_vs_redis_benchmark,
             self.cluster_redis_round_trips_per_broadcast,
             self.wire_round_trips_per_broadcast,
+            self.rate_phase_publish_commands_per_broadcast,
+            self.cluster_publish_per_sec_spread,
+            self.spread_sessions,
+            self.cluster_publish_rate_vs_redis_benchmark_spread,
+            self.spread_phase_round_trips_per_broadcast,
+            self.spread_phase_publish_commands_per_broadcast,
             self.latency_rate,
             self.stamped_rate,
             self.load_clients_per_node,
@@ -630,7 +716,15 @@ impl StreamLoss {
 
 #[cfg(test)]
 mod tests {
-    use super::StreamLoss;
+    use super::{parse_publish_calls, StreamLoss};
+
+    #[test]
+    fn publish_calls_come_from_commandstats() {
+        let info = "# Commandstats\r\ncmdstat_ping:calls=3,usec=1,usec_per_call=0.33\r\n\
+                    cmdstat_publish:calls=1234,usec=99,usec_per_call=0.08,rejected_calls=0\r\n";
+        assert_eq!(parse_publish_calls(info), Some(1234));
+        assert_eq!(parse_publish_calls("# Commandstats\r\n"), None);
+    }
 
     /// The CI failure's shape: the publisher's node cut it with frames unread; the
     /// listener's node counted only the holes, and that is exact.

@@ -4,6 +4,11 @@
 //! second: publications that crossed Redis and were delivered on the other node,
 //! set beside `redis-benchmark -P 16` on the same server.
 //!
+//! The phase runs twice: every publication to one session (the ratio's figure),
+//! then spread round-robin over many sessions, the member in each, so that
+//! concurrent publications go to different sessions: what the cluster sustains
+//! when no two publications of a batch share a channel.
+//!
 //! No WebSocket is in this loop: it measures the cluster layer and Redis. The
 //! harness, both nodes and Redis share the machine's cores, as they would on one
 //! host; `redis-benchmark` had them with only its own client.
@@ -29,6 +34,9 @@ pub struct Rate {
     pub published: u64,
     /// Publications the member received.
     pub received: u64,
+    /// Redis `PUBLISH` commands per publication; filled in by the caller, which
+    /// asks Redis.
+    pub publish_commands_per_broadcast: f64,
 }
 
 /// Concurrent publisher tasks: enough that the publisher's batches stay large
@@ -41,16 +49,29 @@ const PUBLISHERS: usize = 1024;
 /// side sustains, not how fast the publisher can outrun it.
 const WINDOW: u64 = 8192;
 
-pub async fn measure(url: &str, payload_len: usize, duration: Duration) -> Result<Rate, String> {
-    let a = node(url, "rate-a").await?;
-    let b = node(url, "rate-b").await?;
+/// Publishes for `duration` to `sessions` sessions (round-robin), nodes named
+/// after `tag`.
+pub async fn measure(
+    url: &str,
+    tag: &str,
+    sessions: usize,
+    payload_len: usize,
+    duration: Duration,
+) -> Result<Rate, String> {
+    let a = node(url, &format!("{tag}-a")).await?;
+    let b = node(url, &format!("{tag}-b")).await?;
     let (member, mut rx) = b
         .register(ClientInfo::new())
         .await
         .map_err(|e| format!("rate member: {e}"))?;
-    b.attach(member, "rate")
-        .await
-        .map_err(|e| format!("rate attach: {e}"))?;
+    let sessions: Arc<[SessionId]> = (0..sessions.max(1))
+        .map(|i| SessionId::from(format!("{tag}-{i}")))
+        .collect();
+    for session in sessions.iter() {
+        b.attach(member, session.clone())
+            .await
+            .map_err(|e| format!("rate attach: {e}"))?;
+    }
     // Drain the member so that its queue never fills, counting what it got.
     let got = Arc::new(AtomicU64::new(0));
     let drain = {
@@ -63,13 +84,16 @@ pub async fn measure(url: &str, payload_len: usize, duration: Duration) -> Resul
     };
 
     let payload: Arc<str> = Arc::from("x".repeat(payload_len));
-    let session = SessionId::from("rate");
     let sent = Arc::new(AtomicU64::new(0));
+    // The next publication's session, over every task: publications made one
+    // after another, which share a batch, go to different sessions when there
+    // are more sessions than a batch holds.
+    let turn = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let tasks: Vec<_> = (0..PUBLISHERS)
         .map(|_| {
-            let (a, payload, session) = (a.clone(), Arc::clone(&payload), session.clone());
-            let (sent, got) = (Arc::clone(&sent), Arc::clone(&got));
+            let (a, payload, sessions) = (a.clone(), Arc::clone(&payload), Arc::clone(&sessions));
+            let (sent, got, turn) = (Arc::clone(&sent), Arc::clone(&got), Arc::clone(&turn));
             tokio::spawn(async move {
                 let end = start + duration;
                 loop {
@@ -77,10 +101,11 @@ pub async fn measure(url: &str, payload_len: usize, duration: Duration) -> Resul
                         while sent.load(Relaxed).saturating_sub(got.load(Relaxed)) > WINDOW {
                             tokio::time::sleep(Duration::from_millis(1)).await;
                         }
-                        if a.broadcast(session.clone(), Arc::clone(&payload))
-                            .await
-                            .is_ok()
-                        {
+                        let session = match sessions.len() {
+                            1 => sessions[0].clone(),
+                            n => sessions[turn.fetch_add(1, Relaxed) as usize % n].clone(),
+                        };
+                        if a.broadcast(session, Arc::clone(&payload)).await.is_ok() {
                             sent.fetch_add(1, Relaxed);
                         }
                     }
@@ -117,6 +142,7 @@ pub async fn measure(url: &str, payload_len: usize, duration: Duration) -> Resul
         reordered: s.1.reordered,
         published,
         received,
+        publish_commands_per_broadcast: f64::NAN,
     })
 }
 

@@ -545,6 +545,33 @@ impl Report {
                     lat(&r.latency)
                 );
             }
+            let _ = writeln!(
+                o,
+                "  free phase, worker time per message queued (task polls summed; the rest is the \
+                 scheduler and idle workers)"
+            );
+            let _ = writeln!(
+                o,
+                "  {:<12} {:>9} {:>9} {:>9} {:>9} {:>9}   {:>9} {:>11}",
+                "", "senders", "receivers", "churners", "rest", "total", "msgs/poll", "skipped/msg"
+            );
+            for (who, r) in &m.contenders {
+                let k = &r.run.counts;
+                let per = |ns: f64| ns / k.queued().max(1) as f64;
+                let worker_ns = r.run.active_s * 1e9 * c.workers as f64;
+                let polled = (k.send_busy_ns + k.receive_busy_ns + k.churn_busy_ns) as f64;
+                let _ = writeln!(
+                    o,
+                    "  {who:<12} {:>6.0} ns {:>6.0} ns {:>6.0} ns {:>6.0} ns {:>6.0} ns   {:>9.2} {:>11.2}",
+                    per(k.send_busy_ns as f64),
+                    per(k.receive_busy_ns as f64),
+                    per(k.churn_busy_ns as f64),
+                    per(worker_ns - polled),
+                    per(worker_ns),
+                    k.received as f64 / k.receive_polls.max(1) as f64,
+                    k.dropped as f64 / k.queued().max(1) as f64,
+                );
+            }
         }
         if let Some(m) = &s.memory {
             let _ = writeln!(

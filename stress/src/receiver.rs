@@ -107,11 +107,16 @@ pub async fn run<S: Subject>(
 ) {
     // The polls' time is the receivers' share of the CPU (see `busy`); the closure
     // borrows the world, so the task still lets go of it before `_task` ends.
-    let add = |ns| {
-        world.tally.receive_busy_ns.add(ns);
-        world.tally.receive_polls.add(1);
-    };
-    busy::clocked(add, take(&world, &client, rx)).await;
+    busy::clocked(polled(&world.tally), take(&world, &client, rx)).await;
+}
+
+/// What a receiver task hands [`busy::clocked`]: each poll's time and count go to `tally`.
+/// Every receiver in a ratio is clocked alike, the fanout floors' too.
+pub fn polled(tally: &Tally) -> impl Fn(u64) + '_ {
+    |ns| {
+        tally.receive_busy_ns.add(ns);
+        tally.receive_polls.add(1);
+    }
 }
 
 /// What [`run`] does with the channel, by the client's kind.

@@ -107,7 +107,11 @@ pub async fn run<S: Subject>(
 ) {
     // The polls' time is the receivers' share of the CPU (see `busy`); the closure
     // borrows the world, so the task still lets go of it before `_task` ends.
-    busy::clocked(polled(&world.tally), take(&world, &client, rx)).await;
+    if world.setup.clock_polls {
+        busy::clocked(polled(&world.tally), take(&world, &client, rx)).await;
+    } else {
+        take(&world, &client, rx).await;
+    }
 }
 
 /// What a receiver task hands [`busy::clocked`]: each poll's time and count go to `tally`.

@@ -208,9 +208,9 @@ async fn floor_receiver<R: Inbox<Msg>>(
     client: Arc<Client<usize>>,
     mut rx: R,
 ) {
-    // Clocked like a world's receivers (`receiver::run`), so both do the same work.
-    let take = receiver::prompt(&sink.receipts, &sink.tally, &client, &mut rx);
-    crate::busy::clocked(receiver::polled(&sink.tally), take).await;
+    // Unclocked, like FANOUT's worlds' receivers (`Setup::clock_polls`), so both do
+    // the same work.
+    receiver::prompt(&sink.receipts, &sink.tally, &client, &mut rx).await;
 }
 
 impl<C: FloorChannel<Msg, Rx: Inbox<Msg>>> FloorSide<C> {

@@ -10,6 +10,7 @@
 #![deny(missing_debug_implementations)]
 #![warn(rust_2018_idioms)]
 
+mod busy;
 mod chart;
 mod cli;
 mod client;

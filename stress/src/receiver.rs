@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use baselines::Inbox;
 
+use crate::busy;
 use crate::client::{Client, Kind};
 use crate::invariants::Violations;
 use crate::latency::Recorder;
@@ -102,13 +103,33 @@ pub async fn run<S: Subject>(
     _task: TaskGuard,
     world: Arc<World<S>>,
     client: Arc<Client<S::Id>>,
-    mut rx: S::Rx,
+    rx: S::Rx,
 ) {
+    // The polls' time is the receivers' share of the CPU (see `busy`); the closure
+    // borrows the world, so the task still lets go of it before `_task` ends.
+    if world.setup.clock_polls {
+        busy::clocked(polled(&world.tally), take(&world, &client, rx)).await;
+    } else {
+        take(&world, &client, rx).await;
+    }
+}
+
+/// What a receiver task hands [`busy::clocked`]: each poll's time and count go to `tally`.
+/// Every receiver in a ratio is clocked alike, the fanout floors' too.
+pub fn polled(tally: &Tally) -> impl Fn(u64) + '_ {
+    |ns| {
+        tally.receive_busy_ns.add(ns);
+        tally.receive_polls.add(1);
+    }
+}
+
+/// What [`run`] does with the channel, by the client's kind.
+async fn take<S: Subject>(world: &Arc<World<S>>, client: &Client<S::Id>, mut rx: S::Rx) {
     match client.kind {
-        Kind::Prompt => prompt(world.receipts(), &world.tally, &client, &mut rx).await,
+        Kind::Prompt => prompt(world.receipts(), &world.tally, client, &mut rx).await,
         Kind::Late => {
             while let Some(msg) = rx.recv().await {
-                world.accept(&client, msg, false);
+                world.accept(client, msg, false);
                 if !world.draining() {
                     tokio::time::sleep(world.setup.late_pause).await;
                 }
@@ -117,7 +138,7 @@ pub async fn run<S: Subject>(
         Kind::Never => {
             client.gone.notified().await;
             while let Some(msg) = rx.recv().await {
-                world.accept(&client, msg, false);
+                world.accept(client, msg, false);
             }
         }
         Kind::Abrupt { after } => {
@@ -127,13 +148,13 @@ pub async fn run<S: Subject>(
                 tokio::select! {
                     biased;
                     msg = rx.recv() => match msg {
-                        Some(msg) => world.accept(&client, msg, true),
+                        Some(msg) => world.accept(client, msg, true),
                         None => return,
                     },
                     () = &mut deadline => break,
                 }
             }
-            world.abrupt(&client, rx).await;
+            world.abrupt(client, rx).await;
         }
     }
 }

@@ -38,6 +38,14 @@ pub struct Tally {
     pub abrupt_early: Striped,
     /// Messages queued in abruptly dropped receivers, counted as the drop freed them.
     pub abrupt_lost: Striped,
+    /// Nanoseconds the sending drivers' polls took (see [`busy`](crate::busy)).
+    pub send_busy_ns: Striped,
+    /// Nanoseconds the churning drivers' polls took (drivers that also send count here).
+    pub churn_busy_ns: Striped,
+    /// Nanoseconds the receiver tasks' polls took.
+    pub receive_busy_ns: Striped,
+    /// Polls of the receiver tasks (each takes every message queued at the time).
+    pub receive_polls: Striped,
 }
 
 impl Tally {
@@ -69,6 +77,10 @@ impl Tally {
             abrupt_drops: self.abrupt_drops.get(),
             abrupt_early: self.abrupt_early.get(),
             abrupt_lost: self.abrupt_lost.get(),
+            send_busy_ns: self.send_busy_ns.get(),
+            churn_busy_ns: self.churn_busy_ns.get(),
+            receive_busy_ns: self.receive_busy_ns.get(),
+            receive_polls: self.receive_polls.get(),
         }
     }
 }
@@ -92,6 +104,10 @@ pub struct Counts {
     pub abrupt_drops: u64,
     pub abrupt_early: u64,
     pub abrupt_lost: u64,
+    pub send_busy_ns: u64,
+    pub churn_busy_ns: u64,
+    pub receive_busy_ns: u64,
+    pub receive_polls: u64,
 }
 
 impl Counts {
@@ -113,6 +129,10 @@ impl Counts {
             abrupt_drops: self.abrupt_drops - earlier.abrupt_drops,
             abrupt_early: self.abrupt_early - earlier.abrupt_early,
             abrupt_lost: self.abrupt_lost - earlier.abrupt_lost,
+            send_busy_ns: self.send_busy_ns - earlier.send_busy_ns,
+            churn_busy_ns: self.churn_busy_ns - earlier.churn_busy_ns,
+            receive_busy_ns: self.receive_busy_ns - earlier.receive_busy_ns,
+            receive_polls: self.receive_polls - earlier.receive_polls,
         }
     }
 
@@ -134,6 +154,10 @@ impl Counts {
             abrupt_drops: self.abrupt_drops + other.abrupt_drops,
             abrupt_early: self.abrupt_early + other.abrupt_early,
             abrupt_lost: self.abrupt_lost + other.abrupt_lost,
+            send_busy_ns: self.send_busy_ns + other.send_busy_ns,
+            churn_busy_ns: self.churn_busy_ns + other.churn_busy_ns,
+            receive_busy_ns: self.receive_busy_ns + other.receive_busy_ns,
+            receive_polls: self.receive_polls + other.receive_polls,
         }
     }
 

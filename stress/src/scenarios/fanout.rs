@@ -208,6 +208,8 @@ async fn floor_receiver<R: Inbox<Msg>>(
     client: Arc<Client<usize>>,
     mut rx: R,
 ) {
+    // Unclocked, like FANOUT's worlds' receivers (`Setup::clock_polls`), so both do
+    // the same work.
     receiver::prompt(&sink.receipts, &sink.tally, &client, &mut rx).await;
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::busy;
 use crate::client::Kind;
 use crate::rng::Rng;
 use crate::subject::Subject;
@@ -217,7 +218,19 @@ pub async fn run<S: Subject>(
         let until = start + window;
         let handles: Vec<_> = drivers
             .drain(..)
-            .map(|d| tokio::spawn(drive(Arc::clone(world), d, until)))
+            .map(|d| {
+                if !world.setup.clock_polls {
+                    return tokio::spawn(drive(Arc::clone(world), d, until));
+                }
+                // Busy time by kind of driver, to tell the senders' share of the CPU from
+                // the receivers' (see `busy`).
+                let (w, sends) = (Arc::clone(world), d.only_sends());
+                let add = move |ns| match sends {
+                    true => w.tally.send_busy_ns.add(ns),
+                    false => w.tally.churn_busy_ns.add(ns),
+                };
+                tokio::spawn(busy::clocked(add, drive(Arc::clone(world), d, until)))
+            })
             .collect();
         for handle in handles {
             match handle.await {

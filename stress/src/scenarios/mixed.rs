@@ -198,6 +198,8 @@ impl<S: Subject> Side<S> {
         let plan = &ctx.plan;
         ctx.progress.phase(format!("mixed: {}", recorder.contender));
         let mut setup = plan.setup("mixed", &plan.mixed);
+        // MIXED splits the free phase's worker time by kind of task.
+        setup.clock_polls = true;
         let turns = CONTENDERS.len() as u32 * (2 * slices + 1);
         setup.abrupt_window = plan.mixed.duration / slices * turns;
         ctx.timeline.track(recorder);

@@ -173,6 +173,7 @@ impl Plan {
             abrupt: self.abrupt,
             abrupt_window: load.duration,
             late_pause: LATE_PAUSE,
+            clock_polls: false,
         }
     }
 }

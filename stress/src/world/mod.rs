@@ -52,6 +52,10 @@ pub struct Setup {
     pub abrupt_window: Duration,
     /// A late receiver's pause after each message.
     pub late_pause: Duration,
+    /// Whether receivers and drivers time their polls (see [`busy`](crate::busy)).
+    /// Only `mixed` reports that split; elsewhere the two clock reads per poll
+    /// would be one more cost shared by every design, diluting its ratios.
+    pub clock_polls: bool,
 }
 
 /// How long a refused operation waits for a concurrent eviction to finish before calling the

@@ -99,6 +99,7 @@ mod once_arc;
 mod set_once_race;
 mod slot_cell;
 mod snapshot_cell;
+mod spin_lock;
 mod write_once;
 
 #[cfg(switchboard_loom)]
@@ -110,6 +111,7 @@ pub(crate) use lock_free_map::LockFreeMap;
 pub(crate) use once_arc::OnceArc;
 pub(crate) use slot_cell::{SlotCell, TAG_PAYLOAD_BITS};
 pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};
+pub(crate) use spin_lock::SpinLock;
 pub(crate) use write_once::WriteOnce;
 
 /// The seed of the crate's hash tables: foldhash, seeded per table, in the std

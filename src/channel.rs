@@ -295,6 +295,22 @@ impl<M> Channel<M> {
         before & CLOSED == 0
     }
 
+    /// [`close`](Self::close) for the receiver's drop, up to three locked
+    /// instructions cheaper: no wake of the receiver's own waker, which only the
+    /// receiver being dropped ever awaits, and no RMW at all when a close came
+    /// first (an unregister usually does). `CLOSED` is never cleared, and the RMW
+    /// that set it woke every waiter whose `WAITERS` came before it; a later
+    /// waiter's own RMW returns `CLOSED` and it retries (see `Waiter`).
+    pub(crate) fn close_from_receiver(&self) {
+        // Relaxed: the bit alone decides, and nothing is read on the strength of it.
+        if self.state.load(Ordering::Relaxed) & CLOSED != 0 {
+            return;
+        }
+        // AcqRel: as in `close`.
+        let before = self.state.fetch_or(CLOSED, Ordering::AcqRel);
+        self.wake_waiters(before);
+    }
+
     /// Records why, then closes. The first reason recorded stands.
     pub(crate) fn close_because(&self, reason: CloseReason) -> bool {
         let _ = self.reason.set(reason);
@@ -497,7 +513,7 @@ impl<M> Receiver<M> {
 
 impl<M> Drop for Receiver<M> {
     fn drop(&mut self) {
-        self.chan.close();
+        self.chan.close_from_receiver();
         // Free queued messages now rather than when the last snapshot lets go.
         while self.chan.try_recv().is_ok() {}
     }

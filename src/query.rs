@@ -303,7 +303,7 @@ impl<M> Registry<M> {
                 .iter()
                 .filter(|t| info.system_info.tags.contains(t))
                 .count();
-            let open = crate::sync::lock(&entry.state).tasks().len();
+            let open = entry.state.lock().tasks().len();
             let rank = (
                 score,
                 Reverse(open),

@@ -13,7 +13,7 @@ use crate::profile::{json_size, ClientInfo};
 use crate::session::{Joined, Left, Session};
 use crate::shard::{self, Reserved, Shard};
 use crate::stats::{Counters, Stats};
-use crate::sync::{lock, Arc, AtomicUsize, ConcurrentMap, Ordering, SlotCell};
+use crate::sync::{Arc, AtomicUsize, ConcurrentMap, Ordering, SlotCell};
 use crate::task::CancelledTask;
 use crate::{ClientId, SessionId};
 
@@ -286,7 +286,7 @@ impl<M> Registry<M> {
             slot.store(Some(Arc::clone(&entry)));
             None
         } else {
-            let mut state = lock(&entry.state);
+            let mut state = entry.state.lock();
             slot.store(Some(Arc::clone(&entry)));
             let old = key
                 .as_deref()
@@ -419,7 +419,7 @@ impl<M> Registry<M> {
     ) -> Result<Unregistered, ClientError> {
         let id = entry.id;
         let (sessions, tasks) = {
-            let mut state = lock(&entry.state);
+            let mut state = entry.state.lock();
             if !state.connected {
                 return Err(ClientError::Gone(id));
             }
@@ -499,7 +499,7 @@ impl<M> Registry<M> {
         let mut to = Arc::clone(successor);
         loop {
             let next = {
-                let mut state = lock(&to.state);
+                let mut state = to.state.lock();
                 if state.connected {
                     // A full session leaves the room behind, as `attach` would.
                     let _ = self.attach_locked(&to, &mut state, key.clone());
@@ -538,7 +538,7 @@ impl<M> Registry<M> {
     pub fn attach(&self, id: ClientId, session: impl Into<SessionId>) -> Result<bool, AttachError> {
         let key = session.into();
         self.with_entry(id, |entry| {
-            let mut state = lock(&entry.state);
+            let mut state = entry.state.lock();
             if !state.connected {
                 return Err(ClientError::Gone(id).into());
             }
@@ -597,7 +597,7 @@ impl<M> Registry<M> {
     pub fn detach(&self, id: ClientId, session: impl Into<SessionId>) -> Result<(), DetachError> {
         let key = session.into();
         self.with_entry(id, |entry| {
-            let mut state = lock(&entry.state);
+            let mut state = entry.state.lock();
             if !state.connected {
                 return Err(ClientError::Gone(id).into());
             }
@@ -721,7 +721,7 @@ impl<M> Registry<M> {
     /// ```
     pub fn sessions_of(&self, id: ClientId) -> Result<Vec<SessionId>, ClientError> {
         let entry = self.entry(id)?;
-        let state = lock(&entry.state);
+        let state = entry.state.lock();
         if !state.connected {
             return Err(ClientError::Gone(id));
         }
@@ -955,7 +955,7 @@ impl<M> Drop for Inner<M> {
         for shard in self.shards.iter() {
             shard.for_each_occupied(|entry| {
                 entry.chan.close();
-                let sessions = std::mem::take(&mut lock(&entry.state).sessions);
+                let sessions = std::mem::take(&mut entry.state.lock().sessions);
                 drop(sessions);
             });
         }

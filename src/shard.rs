@@ -39,7 +39,7 @@ use std::cell::Cell;
 use std::hash::{Hash, Hasher};
 
 use crate::paging;
-use crate::sync::{lock, Arc, AtomicUsize, Mutex, OnceLock, Ordering, SlotCell};
+use crate::sync::{Arc, AtomicUsize, OnceLock, Ordering, SlotCell, SpinLock};
 use crate::ClientId;
 
 /// The first page holds `2^PAGE_SHIFT` slots.
@@ -120,7 +120,10 @@ struct Allocator {
 /// A shard of slots holding `T` (a client entry).
 pub(crate) struct Shard<T> {
     pages: [OnceLock<Page<T>>; PAGES],
-    alloc: Mutex<Allocator>,
+    /// A [`SpinLock`]: held for a few dozen instructions (a page's creation aside,
+    /// once per page), so a waiter spins briefly, and its store release saves
+    /// register and unregister a locked instruction each.
+    alloc: SpinLock<Allocator>,
     /// Occupied slots.
     ///
     /// Ordering: `Relaxed`; a count that synchronises nothing, read only for
@@ -132,7 +135,7 @@ impl<T> Shard<T> {
     pub(crate) fn new() -> Self {
         Self {
             pages: std::array::from_fn(|_| OnceLock::new()),
-            alloc: Mutex::new(Allocator { used: 0, free: END }),
+            alloc: SpinLock::new(Allocator { used: 0, free: END }),
             live: AtomicUsize::new(0),
         }
     }
@@ -150,7 +153,7 @@ impl<T> Shard<T> {
     /// nobody there meanwhile, and only the list head says the slot is free.
     #[inline]
     pub(crate) fn reserve(&self) -> Option<Reserved<'_, T>> {
-        let mut alloc = lock(&self.alloc);
+        let mut alloc = self.alloc.lock();
         let head = alloc.free;
         let listed = match head {
             END => None,
@@ -212,7 +215,7 @@ impl<T> Shard<T> {
 
     /// Calls `f` with every occupant, for teardown and listings.
     pub(crate) fn for_each_occupied(&self, mut f: impl FnMut(&T)) {
-        let slots = lock(&self.alloc).used;
+        let slots = self.alloc.lock().used;
         for index in 0..slots {
             if let Some(slot) = self.slot(index) {
                 slot.with(|entry| {
@@ -240,7 +243,7 @@ impl<T: Occupant> Shard<T> {
             return false;
         };
         let unlinked = {
-            let mut alloc = lock(&self.alloc);
+            let mut alloc = self.alloc.lock();
             let (vacancy, listed) = match id.generation().checked_add(1) {
                 Some(next) => (Vacancy::pack(next, alloc.free), true),
                 None => (Vacancy::pack(u32::MAX, END), false),

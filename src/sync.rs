@@ -64,6 +64,11 @@
 //!   arguments in `sync/slot_cell.rs`.
 //! * **arc-swap's fast path** (wait-freedom) is not modelled; progress is not what
 //!   loom checks.
+//! * **[`SpinLock`]'s own word** (the client state's and the shard allocator's
+//!   lock): under loom it is loom's mutex, because a spinning waiter made every
+//!   execution as long as its spins and the models outgrew their bound. The models
+//!   still check everything its holders do under mutual exclusion; the lock is
+//!   the textbook `Acquire` CAS and `Release` store (see `sync/spin_lock.rs`).
 //! * **The receiver waker's own algorithm.** `atomic-waker`'s `AtomicWaker` in the
 //!   std build, loom's mutex-based mock under loom: loom checks that the channel
 //!   registers before its re-check and wakes after its publish, not the waker's
@@ -99,6 +104,7 @@ mod once_arc;
 mod set_once_race;
 mod slot_cell;
 mod snapshot_cell;
+mod spin_lock;
 mod write_once;
 
 #[cfg(switchboard_loom)]
@@ -110,6 +116,7 @@ pub(crate) use lock_free_map::LockFreeMap;
 pub(crate) use once_arc::OnceArc;
 pub(crate) use slot_cell::{SlotCell, TAG_PAYLOAD_BITS};
 pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};
+pub(crate) use spin_lock::SpinLock;
 pub(crate) use write_once::WriteOnce;
 
 /// The seed of the crate's hash tables: foldhash, seeded per table, in the std

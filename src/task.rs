@@ -115,11 +115,11 @@ impl<M> crate::Registry<M> {
         }
         // Two clients' locks, always in id order.
         let (mut o_state, mut d_state) = if orchestrator < device {
-            let o_state = crate::sync::lock(&o.state);
-            (o_state, crate::sync::lock(&d.state))
+            let o_state = o.state.lock();
+            (o_state, d.state.lock())
         } else {
-            let d_state = crate::sync::lock(&d.state);
-            (crate::sync::lock(&o.state), d_state)
+            let d_state = d.state.lock();
+            (o.state.lock(), d_state)
         };
         for (state, id) in [(&o_state, orchestrator), (&d_state, device)] {
             if !state.connected {
@@ -151,7 +151,7 @@ impl<M> crate::Registry<M> {
             .ok_or(TaskError::UnknownTask(task))?;
         for side in [task.orchestrator, task.device] {
             if let Ok(entry) = self.entry(side) {
-                if let Some(fleet) = crate::sync::lock(&entry.state).fleet.as_mut() {
+                if let Some(fleet) = entry.state.lock().fleet.as_mut() {
                     fleet.tasks.retain(|t| *t != task.id);
                 }
             }
@@ -187,7 +187,7 @@ impl<M> crate::Registry<M> {
 
     fn tasks_of(&self, id: ClientId) -> Result<Vec<Task>, ClientError> {
         let entry = self.entry(id)?;
-        let ids = crate::sync::lock(&entry.state).tasks().to_vec();
+        let ids = entry.state.lock().tasks().to_vec();
         Ok(ids
             .into_iter()
             .filter_map(|t| self.inner.fleet.task(t))
@@ -205,7 +205,7 @@ impl<M> crate::Registry<M> {
             (CancelReason::DeviceDisconnected, task.orchestrator)
         };
         if let Ok(entry) = self.entry(survivor) {
-            if let Some(fleet) = crate::sync::lock(&entry.state).fleet.as_mut() {
+            if let Some(fleet) = entry.state.lock().fleet.as_mut() {
                 fleet.tasks.retain(|t| *t != task.id);
             }
         }

@@ -153,6 +153,41 @@ fn waiting_sender_is_woken_by_the_close() {
     });
 }
 
+/// Channel model 3b: a sender waiting on a full ring ∥ the receiver's drop.
+///
+/// The drop closes the channel without the wake of its own waker that `close`
+/// does, and without any RMW when a close came first; the waiting sender must
+/// still be woken by it and get its message back as `Closed`.
+#[test]
+fn waiting_sender_is_woken_by_the_receivers_drop() {
+    const CLOSED: &str = "the send ended as closed";
+    check(
+        "channel 3b: send_timeout | receiver drop",
+        &[CLOSED],
+        |seen| {
+            let registry = registry(1);
+            let (id, rx) = register(&registry);
+            assert_eq!(registry.send(id, 1), Ok(()), "fills the ring");
+            let start = StartLine::new(2);
+            let waiting = {
+                let (registry, start) = (registry.clone(), start.clone());
+                spawn(move || {
+                    start.wait();
+                    block_on(registry.send_timeout(id, 2, Duration::MAX))
+                })
+            };
+            start.wait();
+            drop(rx);
+            match join(waiting) {
+                Err(SendError::Closed(2)) => seen.hit(CLOSED),
+                other => panic!("the waiting send ended with {other:?}"),
+            }
+            // The closed send may already have unregistered it; either way it goes.
+            let _ = registry.unregister(id);
+        },
+    );
+}
+
 /// Channel model 4: a send into the ring's outer slots ∥ the receiver.
 ///
 /// Capacity 5 holds 4 slots inline and 1 outer. With indexes 0 to 3 queued, the

@@ -14,7 +14,7 @@ use crate::error::{ClientError, ConfigError, UpdateError};
 use crate::events::Event;
 use crate::profile::{json_size, ClientInfo, ClientKind, SystemInfo};
 use crate::registry::Registry;
-use crate::sync::{lock, Arc};
+use crate::sync::Arc;
 use crate::ClientId;
 
 mod index;
@@ -108,7 +108,7 @@ impl<M> Registry<M> {
     ) -> Result<Arc<ClientInfo>, UpdateError> {
         let entry = self.lookup(who.into())?;
         let id = entry.id;
-        let mut state = lock(&entry.state);
+        let mut state = entry.state.lock();
         if !state.connected {
             return Err(ClientError::Gone(id).into());
         }
@@ -160,7 +160,7 @@ impl<M> Registry<M> {
         // The walk comes after the new config is published; see `Fleet::reload`.
         let config = self.inner.fleet.reload(config, |config, id| {
             let Ok(entry) = self.entry(id) else { return };
-            let mut state = lock(&entry.state);
+            let mut state = entry.state.lock();
             if !state.connected {
                 return;
             }

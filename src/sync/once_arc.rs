@@ -23,10 +23,10 @@ pub(crate) struct OnceArc<T> {
     /// Null, or a pointer from `Arc::into_raw` whose strong count the cell owns
     /// until it drops.
     ///
-    /// Ordering: set with a `Release` compare-and-swap from null, read with
-    /// `Acquire`. RMWs on one word are totally ordered, so exactly one `set` wins
-    /// whatever the ordering; the pair makes everything the setter did before
-    /// (building the `Arc`) visible to a reader that sees the pointer.
+    /// Ordering: set with a `Release` store over null, read with `Acquire`: the
+    /// pair makes everything the setter did before (building the `Arc`) visible to
+    /// a reader that sees the pointer. Setters never race (see `set`), so no RMW
+    /// is needed to pick one.
     ptr: AtomicPtr<T>,
     /// Send and Sync exactly when `Arc<T>` is.
     _owns: PhantomData<Arc<T>>,
@@ -41,19 +41,23 @@ impl<T> OnceArc<T> {
     }
 
     /// Stores `value` if the cell is empty; gives it back if it was already set.
+    ///
+    /// The caller never races another setter on this cell (a session's writer
+    /// sets cells under its lock), so this is a load and a store, where a
+    /// compare-and-swap would be a locked instruction on x86. Readers may race it:
+    /// they see null or the whole value. Were two setters to race after all, both
+    /// could store and the first value's count would leak (its readers' borrows
+    /// stay valid): wrong, but not unsound.
     pub(crate) fn set(&self, value: Arc<T>) -> Result<(), Arc<T>> {
-        let raw = Arc::into_raw(value).cast_mut();
-        // Release on success, Relaxed on failure: see `ptr`; a failed swap
-        // publishes nothing and reads nothing through the pointer it saw.
-        match self
-            .ptr
-            .compare_exchange(ptr::null_mut(), raw, Ordering::Release, Ordering::Relaxed)
-        {
-            Ok(_) => Ok(()),
-            // SAFETY: `raw` came from `Arc::into_raw` just above and was not stored,
-            // so its count is still ours to take back, once.
-            Err(_) => Err(unsafe { Arc::from_raw(raw) }),
+        // Relaxed: the caller orders this load after every earlier store to the
+        // cell (they were its own, or made under the lock it holds).
+        if !self.ptr.load(Ordering::Relaxed).is_null() {
+            return Err(value);
         }
+        let raw = Arc::into_raw(value).cast_mut();
+        // Release: see `ptr`.
+        self.ptr.store(raw, Ordering::Release);
+        Ok(())
     }
 
     /// The value, once it is set.
@@ -125,7 +129,6 @@ impl<T> Drop for OnceArc<T> {
 #[cfg(all(test, not(switchboard_loom)))]
 mod tests {
     use super::*;
-    use crate::sync::set_once_race::assert_one_setter_wins;
 
     #[test]
     fn set_once_then_refuses_and_gives_the_value_back() {
@@ -184,15 +187,5 @@ mod tests {
         );
         drop(taken);
         assert_eq!(Arc::strong_count(&value), 1);
-    }
-
-    #[test]
-    fn racing_setters_store_one_value_that_every_reader_sees() {
-        let cell = Arc::new(OnceArc::new());
-        let racing = Arc::clone(&cell);
-        assert_one_setter_wins(
-            move |n| (racing.set(Arc::new(n)).is_ok(), racing.get().copied()),
-            || cell.get().copied(),
-        );
     }
 }

@@ -100,8 +100,6 @@ pub(crate) use std::sync::Arc as ValueArc;
 
 mod bounded_queue;
 mod once_arc;
-#[cfg(all(test, not(switchboard_loom)))]
-mod set_once_race;
 mod slot_cell;
 mod snapshot_cell;
 mod spin_lock;

@@ -107,7 +107,6 @@ impl<T> Drop for WriteOnce<T> {
 #[cfg(all(test, not(switchboard_loom)))]
 mod tests {
     use super::*;
-    use crate::sync::set_once_race::assert_one_setter_wins;
     use std::sync::Arc;
 
     #[test]
@@ -133,10 +132,23 @@ mod tests {
     #[test]
     fn racing_setters_store_one_value_that_every_reader_sees() {
         let cell = Arc::new(WriteOnce::new());
-        let racing = Arc::clone(&cell);
-        assert_one_setter_wins(
-            move |n| (racing.set(n).is_ok(), racing.get().copied()),
-            || cell.get().copied(),
-        );
+        let handles: Vec<_> = (0..4)
+            .map(|n| {
+                let cell = Arc::clone(&cell);
+                std::thread::spawn(move || (cell.set(n).is_ok(), cell.get().copied()))
+            })
+            .collect();
+        let results: Vec<_> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or((false, None)))
+            .collect();
+        assert_eq!(results.iter().filter(|(won, _)| *won).count(), 1);
+        let stored = cell.get().copied();
+        assert!(stored.is_some());
+        for (won, seen) in results {
+            if won {
+                assert_eq!(seen, stored);
+            }
+        }
     }
 }

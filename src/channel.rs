@@ -25,6 +25,10 @@
 //!   sets `WAITERS` in the same word a receive or close changes, so one of the two
 //!   RMWs sees the other (see `Waiter`). The loom models in
 //!   `loom-tests/tests/channel.rs` check both.
+//! * A close wakes the receiver only if it has ever registered a waker, which it
+//!   announces in `state` (`RX_WAKER`) before its first registration: the close's
+//!   RMW and the announcement's are ordered on the one word, so either the close
+//!   sees the flag and wakes, or the receiver's re-check sees `CLOSED`.
 //! * The unregister that closes a channel first records why ([`CloseReason`]), so the
 //!   connection's writer can tell a kick from a takeover or a slow-consumer disconnect.
 
@@ -47,8 +51,11 @@ use crate::ClientId;
 const CLOSED: usize = 1;
 /// `state` bit: a sender may be waiting in `Channel::waiters`.
 const WAITERS: usize = 2;
-/// `state` increment for one permit; the permit count sits above the flag.
-const PERMIT: usize = 4;
+/// `state` bit, set once and never cleared: the receiver has registered a waker,
+/// so a close must wake it (see `Channel::close`).
+const RX_WAKER: usize = 4;
+/// `state` increment for one permit; the permit count sits above the flags.
+const PERMIT: usize = 8;
 
 /// Why the registry closed a client's channel, as its [`Receiver`] reports it.
 ///
@@ -97,7 +104,7 @@ pub(crate) enum Rejected<M> {
 }
 
 pub(crate) struct Channel<M> {
-    /// `CLOSED | WAITERS | permits * PERMIT`.
+    /// `CLOSED | WAITERS | RX_WAKER | permits * PERMIT`.
     ///
     /// Ordering: every decision (full, closed, drained) is made on this one word, and
     /// RMWs on one location are totally ordered whatever their ordering. A permit
@@ -287,10 +294,22 @@ impl<M> Channel<M> {
     /// Refuses every later send. Messages already accepted stay receivable.
     ///
     /// Returns whether this call closed it (false if it was closed already).
+    ///
+    /// It wakes the receiver only when this call closed the channel and the
+    /// receiver has registered a waker (`RX_WAKER`): `atomic-waker`'s wake is two
+    /// locked instructions even with no waker, and most clients are unregistered
+    /// before or without ever waiting (or after their receiver is gone). Both skips
+    /// are sound: the receiver sets `RX_WAKER` with an RMW on `state` before it first
+    /// registers a waker, then re-checks `state`; if that RMW follows this one it
+    /// returns `CLOSED`, and the re-check, later on the same word, sees it too. An
+    /// earlier close saw the flag then, or preceded it the same way; `CLOSED` is
+    /// never cleared, so a receiver that re-registers later re-checks and sees it.
     pub(crate) fn close(&self) -> bool {
         // AcqRel: see `state`; it also publishes a `reason` stored before it.
         let before = self.state.fetch_or(CLOSED, Ordering::AcqRel);
-        self.rx_waker.wake();
+        if before & (CLOSED | RX_WAKER) == RX_WAKER {
+            self.rx_waker.wake();
+        }
         self.wake_waiters(before);
         before & CLOSED == 0
     }
@@ -390,6 +409,13 @@ impl<M> Channel<M> {
             Ok(msg) => return Poll::Ready(Some(msg)),
             Err(TryRecvError::Closed) => return Poll::Ready(None),
             Err(TryRecvError::Empty) => {}
+        }
+        // Relaxed: only this receiver sets the flag, so its own earlier RMW is what
+        // this load may see; the flag's RMW below is ordered against a close's by
+        // being on the same word, whatever the ordering (see `close`).
+        if self.state.load(Ordering::Relaxed) & RX_WAKER == 0 {
+            // Relaxed: as above; nothing is published or read through it.
+            self.state.fetch_or(RX_WAKER, Ordering::Relaxed);
         }
         self.rx_waker.register(cx.waker());
         // Re-check after registering: a push that landed in between has already

@@ -47,6 +47,30 @@ fn awaiting_receiver_gets_the_message_then_the_end() {
     });
 }
 
+/// Channel model 1b: unregister ∥ a receiver awaiting `recv` on an empty channel.
+///
+/// Only the close can end the wait, and the close wakes the receiver only if the
+/// receiver announced its waker (`RX_WAKER`) first; otherwise the receiver's
+/// re-check must see the close. Either way `recv` must report the end.
+#[test]
+fn awaiting_receiver_is_woken_by_the_close_alone() {
+    check("channel 1b: unregister | recv", &[], |_| {
+        let registry = registry(2);
+        let (id, mut rx) = register(&registry);
+        let start = StartLine::new(2);
+        let closer = {
+            let (registry, start) = (registry.clone(), start.clone());
+            spawn(move || {
+                start.wait();
+                assert!(registry.unregister(id).is_ok());
+            })
+        };
+        start.wait();
+        assert!(recv_all(&mut rx).is_empty());
+        join(closer);
+    });
+}
+
 /// Channel model 2: a sender waiting for room in a one-slot ring ∥ the receiver.
 ///
 /// The ring is full; the sender awaits `send_timeout` with no deadline, so it must

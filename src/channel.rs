@@ -25,8 +25,14 @@
 //!   sets `WAITERS` in the same word a receive or close changes, so one of the two
 //!   RMWs sees the other (see `Waiter`). The loom models in
 //!   `loom-tests/tests/channel.rs` check both.
-//! * The unregister that closes a channel first records why ([`CloseReason`]), so the
-//!   connection's writer can tell a kick from a takeover or a slow-consumer disconnect.
+//! * A close wakes the receiver only if it has ever registered a waker, which it
+//!   announces in `state` (`RX_WAKER`) before its first registration: the close's
+//!   RMW and the announcement's are ordered on the one word, so either the close
+//!   sees the flag and wakes, or the receiver's re-check sees `CLOSED`.
+//! * The unregister that closes a channel records why ([`CloseReason`]), so the
+//!   connection's writer can tell a kick from a takeover or a slow-consumer
+//!   disconnect. The closing RMW sets `REASON` with `CLOSED` and claims the reason
+//!   cell by doing so; a reader that sees `REASON` waits for the write that follows.
 
 #![allow(
     unsafe_code,
@@ -47,8 +53,14 @@ use crate::ClientId;
 const CLOSED: usize = 1;
 /// `state` bit: a sender may be waiting in `Channel::waiters`.
 const WAITERS: usize = 2;
-/// `state` increment for one permit; the permit count sits above the flag.
-const PERMIT: usize = 4;
+/// `state` bit, set once and never cleared: the receiver has registered a waker,
+/// so a close must wake it (see `Channel::close`).
+const RX_WAKER: usize = 4;
+/// `state` bit, set with `CLOSED` by the close that records a reason: the reason is
+/// written (or being written) in `Channel::reason`.
+const REASON: usize = 8;
+/// `state` increment for one permit; the permit count sits above the flags.
+const PERMIT: usize = 16;
 
 /// Why the registry closed a client's channel, as its [`Receiver`] reports it.
 ///
@@ -97,7 +109,7 @@ pub(crate) enum Rejected<M> {
 }
 
 pub(crate) struct Channel<M> {
-    /// `CLOSED | WAITERS | permits * PERMIT`.
+    /// `CLOSED | WAITERS | RX_WAKER | REASON | permits * PERMIT`.
     ///
     /// Ordering: every decision (full, closed, drained) is made on this one word, and
     /// RMWs on one location are totally ordered whatever their ordering. A permit
@@ -105,12 +117,12 @@ pub(crate) struct Channel<M> {
     /// chain is what hands a ring slot from the receiver that freed it to the next
     /// sender that fills it (see `sync/bounded_queue.rs`). A waiting sender's
     /// `WAITERS` flag and the releases and close that must see it are RMWs on this
-    /// one word, so no `SeqCst` is needed (see `Waiter`); the `AcqRel` close also
-    /// releases a `reason` stored before it to the `Acquire` load in
-    /// `close_reason`. Plain reads are `Relaxed`: a momentary count is all they can
-    /// use.
+    /// one word, so no `SeqCst` is needed (see `Waiter`). Plain reads are
+    /// `Relaxed`: a momentary count is all they can use.
     state: AtomicUsize,
-    /// Set at most once, by the unregister that closes the channel, before the close.
+    /// Set at most once, by the close that set `REASON` with `CLOSED`, right after
+    /// that RMW: winning it is the claim, so setting takes no locked instruction
+    /// of its own (a compare-and-swap claim would be one more per unregister).
     reason: WriteOnce<CloseReason>,
     capacity: usize,
     queue: BoundedQueue<M>,
@@ -287,10 +299,22 @@ impl<M> Channel<M> {
     /// Refuses every later send. Messages already accepted stay receivable.
     ///
     /// Returns whether this call closed it (false if it was closed already).
+    ///
+    /// It wakes the receiver only when this call closed the channel and the
+    /// receiver has registered a waker (`RX_WAKER`): `atomic-waker`'s wake is two
+    /// locked instructions even with no waker, and most clients are unregistered
+    /// before or without ever waiting (or after their receiver is gone). Both skips
+    /// are sound: the receiver sets `RX_WAKER` with an RMW on `state` before it first
+    /// registers a waker, then re-checks `state`; if that RMW follows this one it
+    /// returns `CLOSED`, and the re-check, later on the same word, sees it too. An
+    /// earlier close saw the flag then, or preceded it the same way; `CLOSED` is
+    /// never cleared, so a receiver that re-registers later re-checks and sees it.
     pub(crate) fn close(&self) -> bool {
-        // AcqRel: see `state`; it also publishes a `reason` stored before it.
+        // AcqRel: see `state`.
         let before = self.state.fetch_or(CLOSED, Ordering::AcqRel);
-        self.rx_waker.wake();
+        if before & (CLOSED | RX_WAKER) == RX_WAKER {
+            self.rx_waker.wake();
+        }
         self.wake_waiters(before);
         before & CLOSED == 0
     }
@@ -311,19 +335,53 @@ impl<M> Channel<M> {
         self.wake_waiters(before);
     }
 
-    /// Records why, then closes. The first reason recorded stands.
+    /// Closes, recording why. Only the close that closes the channel records its
+    /// reason, so the first one stands; returns whether this call closed it.
     pub(crate) fn close_because(&self, reason: CloseReason) -> bool {
-        let _ = self.reason.set(reason);
-        self.close()
+        // Relaxed: a guess; the CAS re-validates it.
+        let mut state = self.state.load(Ordering::Relaxed);
+        let before = loop {
+            if state & CLOSED != 0 {
+                return false;
+            }
+            // AcqRel on success: as `close`'s RMW; a failed CAS decides nothing.
+            match self.state.compare_exchange_weak(
+                state,
+                state | CLOSED | REASON,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(before) => break before,
+                Err(actual) => state = actual,
+            }
+        };
+        // SAFETY: this CAS set `CLOSED`, which is never cleared, so this thread is
+        // the one closer that ever gets here; `reason` is set nowhere else.
+        unsafe { self.reason.set_unique(reason) };
+        if before & RX_WAKER != 0 {
+            self.rx_waker.wake();
+        }
+        self.wake_waiters(before);
+        true
     }
 
     /// Why the channel was closed, once it is.
+    ///
+    /// A close that records a reason sets `REASON` with `CLOSED`, then writes the
+    /// reason; a reader that sees the flag first waits for those few instructions
+    /// (unless the closer's thread was preempted in between).
     pub(crate) fn close_reason(&self) -> Option<&CloseReason> {
-        // Acquire: pairs with the `Release` close; see `state`.
-        if self.state.load(Ordering::Acquire) & CLOSED != 0 {
-            self.reason.get()
-        } else {
-            None
+        // Relaxed: the flag only says a reason is coming; `get`'s `Acquire` load
+        // of the reason cell's own state is what makes the reason visible.
+        if self.state.load(Ordering::Relaxed) & REASON == 0 {
+            return None;
+        }
+        let mut spins = 0u32;
+        loop {
+            if let Some(reason) = self.reason.get() {
+                return Some(reason);
+            }
+            crate::sync::spin_wait(&mut spins);
         }
     }
 
@@ -390,6 +448,13 @@ impl<M> Channel<M> {
             Ok(msg) => return Poll::Ready(Some(msg)),
             Err(TryRecvError::Closed) => return Poll::Ready(None),
             Err(TryRecvError::Empty) => {}
+        }
+        // Relaxed: only this receiver sets the flag, so its own earlier RMW is what
+        // this load may see; the flag's RMW below is ordered against a close's by
+        // being on the same word, whatever the ordering (see `close`).
+        if self.state.load(Ordering::Relaxed) & RX_WAKER == 0 {
+            // Relaxed: as above; nothing is published or read through it.
+            self.state.fetch_or(RX_WAKER, Ordering::Relaxed);
         }
         self.rx_waker.register(cx.waker());
         // Re-check after registering: a push that landed in between has already

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use loom_tests::thread::spawn;
 use loom_tests::{block_on, check, join, register, registry, StartLine};
-use switchboard::{Receiver, SendError};
+use switchboard::{CloseReason, Receiver, SendError};
 
 /// Everything `recv` yields until it reports the end.
 fn recv_all(rx: &mut Receiver<u32>) -> Vec<u32> {
@@ -44,6 +44,33 @@ fn awaiting_receiver_gets_the_message_then_the_end() {
         start.wait();
         assert_eq!(recv_all(&mut rx), [1]);
         join(sender);
+    });
+}
+
+/// Channel model 1b: unregister ∥ a receiver awaiting `recv` on an empty channel.
+///
+/// Only the close can end the wait, and the close wakes the receiver only if the
+/// receiver announced its waker (`RX_WAKER`) first; otherwise the receiver's
+/// re-check must see the close. Either way `recv` must report the end, and then
+/// the close's reason.
+#[test]
+fn awaiting_receiver_is_woken_by_the_close_alone() {
+    check("channel 1b: unregister | recv", &[], |_| {
+        let registry = registry(2);
+        let (id, mut rx) = register(&registry);
+        let start = StartLine::new(2);
+        let closer = {
+            let (registry, start) = (registry.clone(), start.clone());
+            spawn(move || {
+                start.wait();
+                assert!(registry.unregister(id).is_ok());
+            })
+        };
+        start.wait();
+        assert!(recv_all(&mut rx).is_empty());
+        // The reason is written after the closing RMW; the end must not outrun it.
+        assert_eq!(rx.close_reason(), Some(&CloseReason::Unregistered));
+        join(closer);
     });
 }
 

@@ -1,12 +1,12 @@
 //! [`WriteOnce`]: a cell written at most once, then read without locks.
 //!
 //! `std`'s `OnceLock` runs every `set` through `Once`'s state machine (a closure
-//! call, a futex word, a wake check): about a hundred instructions, paid by every
-//! session join for its member cell and again for each member a compaction copies.
-//! This cell's `set` is one compare-and-swap to claim it, the write, and one
-//! release store; its `get` is one acquire load, as `OnceLock`'s is. Unlike
-//! `OnceLock`, it is built on the facade's atomics and [`UnsafeCell`], so loom
-//! checks every write and read of it.
+//! call, a futex word, a wake check): about a hundred instructions. This cell is
+//! set by a writer that won the right to set it elsewhere (the channel's close
+//! reason: the RMW that closed the channel), so setting it is the write and one
+//! release store, no locked instruction; its `get` is one acquire load, as
+//! `OnceLock`'s is. It is built on the facade's atomics and [`UnsafeCell`], so
+//! loom checks every write and read of it.
 #![allow(
     unsafe_code,
     reason = "the value is written through a raw pointer once; see each SAFETY"
@@ -18,20 +18,16 @@ use super::{AtomicU32, Ordering, UnsafeCell};
 
 /// No value, and no writer has claimed the cell.
 const EMPTY: u32 = 0;
-/// A writer claimed the cell and is writing the value.
-const WRITING: u32 = 1;
 /// The value is written and published.
-const READY: u32 = 2;
+const READY: u32 = 1;
 
 /// A cell that is set at most once and read by any thread after that.
 pub(crate) struct WriteOnce<T> {
-    /// `EMPTY`, then `WRITING`, then `READY`; never back.
+    /// `EMPTY`, then `READY`; never back.
     ///
-    /// Ordering: the claim is a `Relaxed` CAS: RMWs on one word are totally
-    /// ordered, so exactly one writer wins whatever the ordering, and the claim
-    /// publishes nothing. `READY` is stored with `Release` after the value is
-    /// written and read with `Acquire` before the value is read, which makes the
-    /// write visible to every reader that sees `READY`.
+    /// Ordering: `READY` is stored with `Release` after the value is written and
+    /// read with `Acquire` before the value is read, which makes the write visible
+    /// to every reader that sees `READY`.
     state: AtomicU32,
     value: UnsafeCell<MaybeUninit<T>>,
 }
@@ -51,24 +47,23 @@ impl<T> WriteOnce<T> {
         }
     }
 
-    /// Stores `value` if the cell is empty; gives it back if it was already set
-    /// (or is being set by another thread).
-    pub(crate) fn set(&self, value: T) -> Result<(), T> {
-        // Relaxed: see `state`.
-        if self
-            .state
-            .compare_exchange(EMPTY, WRITING, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
-            return Err(value);
-        }
-        // SAFETY: the CAS above moved the state from EMPTY to WRITING, which happens
-        // once, so this thread is the only writer ever; readers read only after
-        // seeing READY, stored below, so none reads while this writes.
+    /// Stores `value` and publishes it.
+    ///
+    /// # Safety
+    ///
+    /// The caller is the only thread that ever sets this cell, and sets it once:
+    /// it won that right by other means (the channel's closing RMW). A second or
+    /// racing writer would race readers of the value.
+    pub(crate) unsafe fn set_unique(&self, value: T) {
+        // Relaxed: a check of the caller's promise only; the caller's own claim
+        // ordered every earlier access to the cell before this.
+        debug_assert_eq!(self.state.load(Ordering::Relaxed), EMPTY);
+        // SAFETY: the caller is the cell's only writer, once (the contract above);
+        // readers read only after seeing READY, stored below, so none reads while
+        // this writes.
         self.value.with_mut(|slot| unsafe { (*slot).write(value) });
         // Release: see `state`.
         self.state.store(READY, Ordering::Release);
-        Ok(())
     }
 
     /// The value, once it is set.
@@ -110,11 +105,11 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn set_once_then_refuses() {
+    fn unset_reads_none_then_the_value() {
         let cell = WriteOnce::new();
         assert_eq!(cell.get(), None);
-        assert_eq!(cell.set(1), Ok(()));
-        assert_eq!(cell.set(2), Err(2));
+        // SAFETY: the test is the cell's only writer, once.
+        unsafe { cell.set_unique(1) };
         assert_eq!(cell.get(), Some(&1));
     }
 
@@ -122,33 +117,11 @@ mod tests {
     fn drops_its_value_once_and_only_if_set() {
         let value = Arc::new(());
         let cell = WriteOnce::new();
-        assert!(cell.set(Arc::clone(&value)).is_ok());
+        // SAFETY: the test is the cell's only writer, once.
+        unsafe { cell.set_unique(Arc::clone(&value)) };
         assert_eq!(Arc::strong_count(&value), 2);
         drop(cell);
         assert_eq!(Arc::strong_count(&value), 1);
         drop(WriteOnce::<Arc<()>>::new());
-    }
-
-    #[test]
-    fn racing_setters_store_one_value_that_every_reader_sees() {
-        let cell = Arc::new(WriteOnce::new());
-        let handles: Vec<_> = (0..4)
-            .map(|n| {
-                let cell = Arc::clone(&cell);
-                std::thread::spawn(move || (cell.set(n).is_ok(), cell.get().copied()))
-            })
-            .collect();
-        let results: Vec<_> = handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or((false, None)))
-            .collect();
-        assert_eq!(results.iter().filter(|(won, _)| *won).count(), 1);
-        let stored = cell.get().copied();
-        assert!(stored.is_some());
-        for (won, seen) in results {
-            if won {
-                assert_eq!(seen, stored);
-            }
-        }
     }
 }

@@ -291,6 +291,22 @@ impl<M: Clone + Send + 'static> Registry<M> {
         out
     }
 
+    /// Broadcasts each of `msgs` to `session`, in order, looking the session up
+    /// once: a cluster bundle carries many broadcasts to one session. Without the
+    /// session the messages are still taken (and dropped), as separate broadcasts
+    /// would take them.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn broadcast_each(&self, session: &SessionId, msgs: impl IntoIterator<Item = M>) {
+        match self.inner.sessions.get(session) {
+            Some(session) => {
+                for msg in msgs {
+                    let _report = self.deliver(&session, &msg, None, None);
+                }
+            }
+            None => msgs.into_iter().for_each(drop),
+        }
+    }
+
     /// The walk shared by every broadcast.
     fn deliver(
         &self,

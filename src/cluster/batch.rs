@@ -56,6 +56,15 @@ pub(crate) fn frame_len(node: &str, payload: &[u8]) -> Result<usize, TooLong> {
 }
 
 impl BatchBuf {
+    /// An empty batch whose frames will take at most `bytes`: the one allocation
+    /// its frames share.
+    pub(crate) fn with_capacity(bytes: usize) -> Self {
+        Self {
+            buf: BytesMut::with_capacity(bytes),
+            ..Self::default()
+        }
+    }
+
     /// Adds a channel to the batch and returns its index, for [`put_broadcast`].
     /// The caller adds each channel once per batch (a batch holds at most
     /// `u16::MAX + 1` channels).

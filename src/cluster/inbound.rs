@@ -76,17 +76,21 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
     }
 
     /// Delivers one broadcast's payload to the session's local members.
-    fn deliver(&self, session: SessionId, payload: &[u8]) {
+    fn deliver<'a>(&self, session: &SessionId, payloads: impl IntoIterator<Item = &'a [u8]>) {
         let c = &self.counters;
-        if payload.len() > self.max_payload {
-            Counters::add(&c.malformed, 1);
-            return;
-        }
-        match self.codec.decode(payload) {
-            // No local members left (a leave raced the publication): nothing to do.
-            Ok(msg) => drop(self.registry.broadcast(session, msg)),
-            Err(_) => Counters::add(&c.malformed, 1),
-        }
+        let msgs = payloads.into_iter().filter_map(|payload| {
+            if payload.len() > self.max_payload {
+                Counters::add(&c.malformed, 1);
+                return None;
+            }
+            let msg = self.codec.decode(payload);
+            if msg.is_err() {
+                Counters::add(&c.malformed, 1);
+            }
+            msg.ok()
+        });
+        // No local members left (a leave raced the publication): nothing to do.
+        self.registry.broadcast_each(session, msgs);
     }
 
     /// Handles one publication; returns the sessions a takeover closed a member
@@ -109,7 +113,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                     return Vec::new();
                 };
                 if skip == 0 {
-                    self.deliver(session, payload);
+                    self.deliver(&session, [payload]);
                 }
             }
             Envelope::Bundle {
@@ -123,9 +127,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 else {
                     return Vec::new();
                 };
-                for payload in payloads.skip(skip) {
-                    self.deliver(session.clone(), payload);
-                }
+                self.deliver(&session, payloads.skip(skip));
             }
             Envelope::Direct { key, payload, .. } => {
                 Counters::add(&c.received, 1);

@@ -210,7 +210,8 @@ impl Publisher {
             if groups.len() > 1 && groups.len() < taken.len() {
                 taken.sort_by_key(|(g, _)| *g);
             }
-            let mut buf = BatchBuf::default();
+            // `bytes` is the frames' size one by one, which bundles never exceed.
+            let mut buf = BatchBuf::with_capacity(bytes);
             let mut start = 0;
             for g in &groups {
                 let end = start + g.count;

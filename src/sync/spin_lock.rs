@@ -11,6 +11,14 @@
 //! such as one client's bookkeeping, which only that client's own calls and an
 //! occasional operator's touch.
 //!
+//! Two of its sections are longer than that, rarely: an attach holds its client's
+//! lock across the session directory's insert (which, resizing, copies the table)
+//! and the join (which may compact a large session); a shard's allocator lock is
+//! held while it builds a new page, and pages double. A waiter on either yields
+//! its CPU in a loop meanwhile, where `std`'s mutex would sleep. Spinning a bounded
+//! number of times and then parking would cap that, at the price of the release's
+//! swap this lock exists to save.
+//!
 //! Under loom it is loom's mutex, as `std`'s mutex is: a spinning waiter makes
 //! every execution as long as its spins, and loom's models then passed their
 //! 5 000-step bound (and ran for more than five minutes under a bound of 100 000).
@@ -29,6 +37,7 @@ pub(crate) use spin::SpinLock;
 
 #[cfg(not(switchboard_loom))]
 mod spin {
+    use std::marker::PhantomData;
     use std::ops::{Deref, DerefMut};
 
     use crate::sync::{spin_wait, AtomicU32, Ordering, UnsafeCell};
@@ -73,7 +82,10 @@ mod spin {
             {
                 self.lock_contended();
             }
-            SpinGuard { lock: self }
+            SpinGuard {
+                lock: self,
+                _data: PhantomData,
+            }
         }
 
         #[cold]
@@ -97,6 +109,10 @@ mod spin {
     /// Holds a [`SpinLock`]; releases it on drop, panics included.
     pub(crate) struct SpinGuard<'a, T> {
         lock: &'a SpinLock<T>,
+        /// Makes the guard `Sync` only when `T` is, as `std`'s `MutexGuard`: a shared
+        /// guard hands out `&T`, and `&SpinLock<T>` alone would be `Sync` for any
+        /// `T: Send` (a `Cell` among them).
+        _data: PhantomData<&'a mut T>,
     }
 
     impl<T> Deref for SpinGuard<'_, T> {

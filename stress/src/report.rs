@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::invariants::{bytes, Group, Violation};
 use crate::latency::Percentiles;
 use crate::scenarios::churn::ChurnResult;
+use crate::scenarios::cold::Cold;
 use crate::scenarios::fanout::{Fanout, OWN_FLOOR};
 use crate::scenarios::memory::MemoryResult;
 use crate::scenarios::mixed::MixedResult;
@@ -376,50 +377,27 @@ fn fanout_table(o: &mut String, f: &Fanout) {
     for r in &f.rows {
         line(o, r.members, &|who| r.burst(who), r.burst_samples, false);
     }
-    head(
-        o,
-        "  cold: the first broadcast once every member registered and attached and another broadcast ran",
-        false,
-    );
-    for r in &f.rows {
-        let n = r.cold("switchboard").map_or(0, |c| c.samples);
-        line(
-            o,
-            r.members,
-            &|who| r.cold(who).map(|c| c.first_ns),
-            n,
-            false,
-        );
-    }
-    head(
-        o,
-        "  cold, second: the next broadcast, after the same (cold_broadcast_vs_warm is first/second)",
-        false,
-    );
-    for r in &f.rows {
-        let n = r.cold("switchboard").map_or(0, |c| c.samples);
-        line(
-            o,
-            r.members,
-            &|who| r.cold(who).map(|c| c.second_ns),
-            n,
-            false,
-        );
-    }
-    head(
-        o,
-        "  storm: register and attach every member, then the first broadcast, end to end",
-        false,
-    );
-    for r in &f.rows {
-        let n = r.cold("switchboard").map_or(0, |c| c.samples);
-        line(
-            o,
-            r.members,
-            &|who| r.cold(who).map(|c| c.storm_then_broadcast_ns),
-            n,
-            false,
-        );
+    type Field = fn(&Cold) -> f64;
+    let cold_tables: [(&str, Field); 3] = [
+        (
+            "  cold: the first broadcast once every member registered and attached and another broadcast ran",
+            |c| c.first_ns,
+        ),
+        (
+            "  cold, second: the next broadcast, after the same (cold_broadcast_vs_warm is first/second)",
+            |c| c.second_ns,
+        ),
+        (
+            "  storm: register and attach every member, then the first broadcast, end to end",
+            |c| c.storm_then_broadcast_ns,
+        ),
+    ];
+    for (title, field) in cold_tables {
+        head(o, title, false);
+        for r in &f.rows {
+            let n = r.cold("switchboard").map_or(0, |c| c.samples);
+            line(o, r.members, &|who| r.cold(who).map(field), n, false);
+        }
     }
 }
 
@@ -783,7 +761,6 @@ pub(crate) mod tests {
 
     #[test]
     fn cold_burst_and_storm_ratios_read_their_own_fields() {
-        use crate::scenarios::cold::Cold;
         let cold = |first_ns, second_ns, storm_then_broadcast_ns| Cold {
             storm_ns: 0.0,
             first_ns,

@@ -38,14 +38,7 @@ macro_rules! redis_or_skip {
 }
 
 async fn node(redis: &Redis, prefix: &str, id: &str, ttl: Duration) -> Cluster<Msg> {
-    Cluster::builder(Registry::new(), Raw)
-        .url(redis.url())
-        .prefix(prefix)
-        .node_id(id)
-        .ttl(ttl)
-        .connect()
-        .await
-        .expect("node connects")
+    node_with(redis, prefix, id, |b| b.ttl(ttl)).await
 }
 
 async fn recv(rx: &mut Receiver<Msg>) -> Msg {

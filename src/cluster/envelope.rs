@@ -287,6 +287,13 @@ fn split(bytes: &[u8], n: usize) -> Result<(&[u8], &[u8]), Malformed> {
     Ok(bytes.split_at(n))
 }
 
+/// A numbered frame's epoch and (first) number, and what follows them.
+fn numbering(bytes: &[u8]) -> Result<(u32, u64, &[u8]), Malformed> {
+    let (epoch, rest) = bytes.split_first_chunk::<4>().ok_or(Malformed::Truncated)?;
+    let (seq, rest) = rest.split_first_chunk::<8>().ok_or(Malformed::Truncated)?;
+    Ok((u32::from_be_bytes(*epoch), u64::from_be_bytes(*seq), rest))
+}
+
 fn text(bytes: &[u8]) -> Result<&str, Malformed> {
     std::str::from_utf8(bytes).map_err(|_| Malformed::Text)
 }
@@ -321,11 +328,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>, Malformed> {
             let (node, rest) = split(rest, usize::from(n[0]))?;
             let node = node_id(text(node)?)?;
             if kind == BUNDLE {
-                let (epoch, rest) = split(rest, 4)?;
-                let (first, rest) = split(rest, 8)?;
+                let (epoch, first, rest) = numbering(rest)?;
                 let (count, rest) = split(rest, 2)?;
-                let epoch = u32::from_be_bytes([epoch[0], epoch[1], epoch[2], epoch[3]]);
-                let first = u64::from_be_bytes(first.try_into().map_err(|_| Malformed::Truncated)?);
                 let count = usize::from(u16::from_be_bytes([count[0], count[1]]));
                 // The numbers first ..= first + count - 1 must all exist.
                 if count > 0 && first.checked_add(count as u64 - 1).is_none() {
@@ -338,10 +342,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>, Malformed> {
                     payloads: Payloads::check(count, rest)?,
                 })
             } else if kind == BROADCAST {
-                let (epoch, rest) = split(rest, 4)?;
-                let (seq, payload) = split(rest, 8)?;
-                let epoch = u32::from_be_bytes([epoch[0], epoch[1], epoch[2], epoch[3]]);
-                let seq = u64::from_be_bytes(seq.try_into().map_err(|_| Malformed::Truncated)?);
+                let (epoch, seq, payload) = numbering(rest)?;
                 Ok(Envelope::Broadcast {
                     node,
                     epoch,

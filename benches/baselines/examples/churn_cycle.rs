@@ -62,35 +62,31 @@ fn transients<C: Contender<Msg>>(registry: &C, n: u64) {
     }
 }
 
-fn run_transients<C: Contender<Msg>>(registry: C, n: u64) {
-    let residents: Vec<_> = (0..SESSIONS)
-        .flat_map(|session| (0..TRANSIENT_RESIDENTS).map(move |_| session))
+/// Seats `residents` clients in each session, then runs `body` (`cycles` or
+/// `transients`): a first pass so that one-off growth (slabs, maps) is not charged
+/// to the profile, then the measured one.
+fn run<C: Contender<Msg>>(registry: C, n: u64, residents: usize, body: fn(&C, u64)) {
+    let seated: Vec<_> = (0..SESSIONS)
+        .flat_map(|session| (0..residents).map(move |_| session))
         .map(|session| {
             let (id, inbox) = registry.register();
             assert!(registry.attach(id, session));
             inbox
         })
         .collect();
-    transients(&registry, n / 10 + 1);
-    transients(&registry, n);
+    body(&registry, n / 10 + 1);
+    body(&registry, n);
     assert_eq!(registry.session_count(), SESSIONS as usize);
-    drop(residents);
+    drop(seated);
 }
 
-fn run<C: Contender<Msg>>(registry: C, n: u64) {
-    let residents: Vec<_> = (0..SESSIONS)
-        .flat_map(|session| (0..RESIDENTS).map(move |_| session))
-        .map(|session| {
-            let (id, inbox) = registry.register();
-            assert!(registry.attach(id, session));
-            inbox
-        })
-        .collect();
-    // A first pass so that one-off growth (slabs, maps) is not charged to the profile.
-    cycles(&registry, n / 10 + 1);
-    cycles(&registry, n);
-    assert_eq!(registry.session_count(), SESSIONS as usize);
-    drop(residents);
+/// Runs the shape on one design.
+fn shape<C: Contender<Msg>>(registry: C, n: u64, transient: bool) {
+    if transient {
+        run(registry, n, TRANSIENT_RESIDENTS, transients::<C>);
+    } else {
+        run(registry, n, RESIDENTS, cycles::<C>);
+    }
 }
 
 fn main() -> ExitCode {
@@ -112,16 +108,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match (design.as_str(), transient) {
-        ("switchboard", false) => run(SwitchboardRegistry::<Msg>::with_capacity(CAPACITY), n),
-        ("dashmap", false) => run(DashMapRegistry::<Msg>::new(CAPACITY), n),
-        ("mutex", false) => run(MutexRegistry::<Msg>::new(CAPACITY), n),
-        ("switchboard", true) => {
-            run_transients(SwitchboardRegistry::<Msg>::with_capacity(CAPACITY), n);
-        }
-        ("dashmap", true) => run_transients(DashMapRegistry::<Msg>::new(CAPACITY), n),
-        ("mutex", true) => run_transients(MutexRegistry::<Msg>::new(CAPACITY), n),
-        (other, _) => {
+    match design.as_str() {
+        "switchboard" => shape(
+            SwitchboardRegistry::<Msg>::with_capacity(CAPACITY),
+            n,
+            transient,
+        ),
+        "dashmap" => shape(DashMapRegistry::<Msg>::new(CAPACITY), n, transient),
+        "mutex" => shape(MutexRegistry::<Msg>::new(CAPACITY), n, transient),
+        other => {
             eprintln!("churn_cycle: unknown design {other:?}: switchboard, dashmap or mutex");
             return ExitCode::from(2);
         }

@@ -160,12 +160,11 @@ pub(super) async fn publish(
 /// that long is slow; it is closed, as the reader closes one, here by a kick whose
 /// reason says so.
 async fn tell(registry: &Registry<Frame>, me: ClientId, frame: Frame, patience: Duration) {
-    match registry.send_timeout(me, frame, patience).await {
-        Err(SendError::Timeout(_) | SendError::Full(_)) => {
-            let _ = registry.kick(me, "slow consumer: its queue stayed full");
-        }
-        // Sent; or gone meanwhile, and nobody is left to tell.
-        Ok(()) | Err(_) => {}
+    // Otherwise sent, or gone meanwhile and nobody is left to tell.
+    if let Err(SendError::Timeout(_) | SendError::Full(_)) =
+        registry.send_timeout(me, frame, patience).await
+    {
+        let _ = registry.kick(me, "slow consumer: its queue stayed full");
     }
 }
 

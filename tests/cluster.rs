@@ -1737,3 +1737,90 @@ async fn a_dead_node_holding_thousands_of_keys_is_released_in_chunks_within_its_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A publish on a `--redis` server waits for Redis only to report its outcome:
+/// the connection's next frames are read at once, local members get them at once,
+/// and the outcome (here `publish_failed`, Redis frozen) follows when Redis has
+/// answered or the deadline passed. A connection that waited out each publication's
+/// round trip before reading the next frame could carry only one publication per
+/// round trip: under load its frames queued in the socket, for both the same-node
+/// and the cross-node members (`stress cluster`'s wire phase).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_server_a_publish_waiting_on_redis_holds_up_no_later_frame() {
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{json, Value};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let redis = redis_or_skip!("ws_server_publish_pipelined");
+    let server = server::Server::start(server::Config {
+        ws_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: None,
+        close_linger: Duration::from_millis(200),
+        redis: Some(redis.url()),
+        node_id: Some("gw-p".to_owned()),
+        ..server::Config::default()
+    })
+    .await
+    .unwrap();
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+    async fn next(ws: &mut Ws) -> Value {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(&t).unwrap(),
+                Ok(Some(Ok(_))) => {}
+                other => panic!("no frame: {other:?}"),
+            }
+        }
+    }
+    async fn open(addr: std::net::SocketAddr, key: &str) -> Ws {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .unwrap();
+        ws.send(Message::text(
+            json!({"type": "hello", "key": key}).to_string(),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(next(&mut ws).await["type"], "welcome");
+        ws
+    }
+    let (mut author, mut member) = (
+        open(server.ws_addr(), "author").await,
+        open(server.ws_addr(), "member").await,
+    );
+    member
+        .send(Message::text(
+            json!({"type": "join", "session": "room"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut member).await["type"], "joined");
+
+    redis.freeze();
+    for data in [1, 2] {
+        let publish = json!({"type": "publish", "session": "room", "data": data});
+        author
+            .send(Message::text(publish.to_string()))
+            .await
+            .unwrap();
+    }
+    author
+        .send(Message::text(json!({"type": "nonsense"}).to_string()))
+        .await
+        .unwrap();
+    // Local members are not held up by the first publication's round trip.
+    assert_eq!(next(&mut member).await["data"], 1);
+    assert_eq!(next(&mut member).await["data"], 2);
+    // The frame after the publications is answered before their outcomes are known.
+    let first = next(&mut author).await;
+    assert_eq!(first["code"], "unknown_type", "{first}");
+    // Each publication's outcome still comes, once: Redis never answered.
+    for _ in 0..2 {
+        let outcome = next(&mut author).await;
+        assert_eq!(outcome["code"], "publish_failed", "{outcome}");
+    }
+    redis.thaw();
+    server.shutdown().await;
+}

@@ -83,7 +83,8 @@
 //! `unknown_client`, `queue_full` (a `direct` whose recipient's queue is full),
 //! `task_refused` (wrong kinds, or the device is at its task limit),
 //! `unknown_task`; with `--redis`, `publish_failed` (Redis refused or is down:
-//! members on this node got the message, other nodes did not) and
+//! members on this node got the message, other nodes did not; it comes when Redis
+//! has answered, so replies to later frames may come first) and
 //! `cluster_unavailable` (a `hello` with a key or a `join` that Redis could not
 //! record).
 //!

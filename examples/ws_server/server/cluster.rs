@@ -3,12 +3,19 @@
 //! `hello` with a key held on another node takes it over (that connection closes
 //! with 4002). Without `--redis` every helper here is the plain registry call.
 
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
 use switchboard::cluster::{
     Cluster, ClusterError, Codec, CodecError, PublishError, SendToKeyError,
 };
 use switchboard::{
     ClientId, ClientInfo, DetachError, Receiver, RegisterError, Registry, SendError, SessionId,
 };
+
+use tokio::sync::Semaphore;
 
 use super::protocol::{Frame, Refusal};
 use super::Shared;
@@ -98,24 +105,66 @@ pub(super) async fn join(
     }
 }
 
+/// Publications one connection may have awaiting Redis's answer; the next waits
+/// for one of them (`publish`).
+pub(super) const PUBLISHES_AWAITED: usize = 8;
+
 /// The session's members everywhere but `me` get `frame`.
+///
+/// With a cluster, returns once this node's members have it and the publication
+/// is queued for Redis, in the order of the connection's frames; a
+/// `publish_failed` follows when Redis has answered. Waiting for that answer here
+/// held up the connection's next frame by a Redis round trip: one connection
+/// carried one publication per round trip, and under load its frames queued in
+/// the socket for every member, on this node too. At most [`PUBLISHES_AWAITED`]
+/// of a connection's publications await their answer (`publishing` holds the
+/// permits); the next waits here, so under overload a connection's frames still
+/// wait in its socket rather than in the node's publish queue, where they would
+/// delay only the other nodes' members.
 pub(super) async fn publish(
     shared: &Shared,
     me: ClientId,
     session: &SessionId,
     frame: Frame,
+    publishing: &Arc<Semaphore>,
 ) -> Result<(), Refusal> {
-    match &shared.cluster {
-        None => shared
+    let Some(cluster) = &shared.cluster else {
+        return shared
             .registry
             .broadcast_except(session, me, frame)
             .map(drop)
-            .map_err(|e| Refusal::new("unknown_session", e.to_string())),
-        Some(cluster) => cluster
-            .broadcast_except(session, me, frame)
-            .await
-            .map(drop)
-            .map_err(|e| publish_failed(&e)),
+            .map_err(|e| Refusal::new("unknown_session", e.to_string()));
+    };
+    // The semaphore is never closed, so this is always a permit.
+    let permit = Arc::clone(publishing).acquire_owned().await.ok();
+    let (cluster, registry) = (cluster.clone(), shared.registry.clone());
+    let (session, patience) = (session.clone(), shared.config.write_timeout);
+    let mut call = Box::pin(async move {
+        if let Err(e) = cluster.broadcast_except(session, me, frame).await {
+            tell(&registry, me, publish_failed(&e).frame(), patience).await;
+        }
+        drop(permit);
+    });
+    // The first poll delivers locally and queues the publication (the cluster
+    // numbers publications in the order they are queued); only the answer from
+    // Redis is awaited on the side.
+    let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+    if first.is_pending() {
+        tokio::spawn(call);
+    }
+    Ok(())
+}
+
+/// Queues a refusal for `me` from outside its reader, waiting at most `patience`
+/// (the write timeout) as the reader's replies do. A client whose queue stays full
+/// that long is slow; it is closed, as the reader closes one, here by a kick whose
+/// reason says so.
+async fn tell(registry: &Registry<Frame>, me: ClientId, frame: Frame, patience: Duration) {
+    // Otherwise sent, or gone meanwhile and nobody is left to tell.
+    if let Err(SendError::Timeout(_) | SendError::Full(_)) =
+        registry.send_timeout(me, frame, patience).await
+    {
+        let _ = registry.kick(me, "slow consumer: its queue stayed full");
     }
 }
 

@@ -25,7 +25,7 @@ use switchboard::{
     ClientError, ClientId, ClientInfo, DetachError, Receiver, RegisterError, SendError, TaskError,
     TaskId,
 };
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite;
@@ -236,6 +236,8 @@ async fn read(
     writer: &mut JoinHandle<()>,
 ) -> End {
     let idle = shared.config.idle_timeout;
+    // Publications of this connection awaiting Redis's answer (`cluster::publish`).
+    let publishing = Arc::new(Semaphore::new(super::cluster::PUBLISHES_AWAITED));
     loop {
         let next = tokio::select! {
             biased;
@@ -252,7 +254,9 @@ async fn read(
                     None => End::Gone,
                 }
             }
-            Ok(Some(Ok(Message::Text(text)))) => handle(shared, id, text.as_str()).await,
+            Ok(Some(Ok(Message::Text(text)))) => {
+                handle(shared, id, text.as_str(), &publishing).await
+            }
             Ok(Some(Ok(Message::Binary(_)))) => Err(Stop::Refuse(Refusal::new(
                 "binary_unsupported",
                 "frames are JSON text",
@@ -304,7 +308,12 @@ async fn reply(shared: &Shared, id: ClientId, frame: Frame) -> Result<(), End> {
 }
 
 /// Carries out one text frame.
-async fn handle(shared: &Shared, me: ClientId, text: &str) -> Result<(), Stop> {
+async fn handle(
+    shared: &Shared,
+    me: ClientId,
+    text: &str,
+    publishing: &Arc<Semaphore>,
+) -> Result<(), Stop> {
     let registry = &shared.registry;
     let inbound: Inbound<'_> = protocol::parse(text)?;
     let kind = &*inbound.kind;
@@ -333,7 +342,7 @@ async fn handle(shared: &Shared, me: ClientId, text: &str) -> Result<(), Stop> {
                 Some(data) => protocol::message(Some(&session), Some(me), data),
                 None => protocol::message(Some(&session), Some(me), &serde_json::Value::Null),
             };
-            super::cluster::publish(shared, me, &session, frame).await?;
+            super::cluster::publish(shared, me, &session, frame, publishing).await?;
         }
         "direct" => {
             let to = protocol::required(inbound.to, kind, "to")?;

@@ -63,9 +63,10 @@ use redis::Redis;
 /// A node's TTL (the cluster builder's default).
 const TTL: Duration = Duration::from_secs(3);
 
-/// Load publications per second one load client sends: a node's connection task
-/// waits for each publication's answer from Redis, so one connection carries a
-/// few thousand a second at most.
+/// Load publications per second one load client sends: the load comes from many
+/// connections, as a gateway's publishers would. (A node's connection no longer
+/// waits for each publication's answer from Redis before reading its next frame,
+/// so one connection could carry more.)
 const LOAD_PER_CLIENT: f64 = 1000.0;
 
 /// Sessions the spread rate phase publishes to, round-robin.

@@ -68,7 +68,8 @@
 //!   each session writer's lock): under loom it is loom's mutex, because a
 //!   spinning waiter made every execution as long as its spins and the models
 //!   outgrew their bound. The models still check everything its holders do under
-//!   mutual exclusion; the lock is the textbook `Acquire` CAS and `Release` store (see `sync/spin_lock.rs`).
+//!   mutual exclusion; the lock is the textbook `Acquire` CAS and `Release` store
+//!   (see `sync/spin_lock.rs`).
 //! * **The receiver waker's own algorithm.** `atomic-waker`'s `AtomicWaker` in the
 //!   std build, loom's mutex-based mock under loom: loom checks that the channel
 //!   registers before its re-check and wakes after its publish, not the waker's

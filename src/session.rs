@@ -71,8 +71,8 @@ use std::fmt;
 use crate::client::ClientEntry;
 use crate::paging;
 use crate::sync::{
-    Arc, AtomicU32, AtomicU64, AtomicUsize, OnceArc, Ordering, Snapshot, SnapshotCell, SpinLock,
-    ValueArc,
+    unique_mut, Arc, AtomicU32, AtomicU64, AtomicUsize, OnceArc, Ordering, Snapshot, SnapshotCell,
+    SpinLock, ValueArc,
 };
 use crate::ClientId;
 
@@ -620,12 +620,21 @@ impl<M> Session<M> {
     /// restarted (invariant 3). The pages, the page list and the layout come from
     /// the spares when the last compaction left some. Dead cells' handles go to the
     /// graveyard if the old layout is unshared, else drop with its last snapshot.
+    ///
+    /// The copies borrow the old cells' counts until [`bury`] settles them: a
+    /// handle passed on rather than cloned and dropped, two locked instructions
+    /// fewer per member copied. The crate's one `unsafe` block outside `sync/`
+    /// and the channel's ring, since the contract spans the layout's install.
+    #[allow(
+        unsafe_code,
+        reason = "copies that borrow a count until bury settles them; see the SAFETY"
+    )]
     fn compact(&self, w: &mut Writer<M>) {
         let live = w.positions.len();
         let mut pages = w
             .spare_layout
             .as_mut()
-            .and_then(Arc::get_mut)
+            .and_then(unique_mut)
             .map(|spare| std::mem::take(&mut spare.pages))
             .unwrap_or_default();
         // A small session gets room for every cell its next compaction can find
@@ -653,9 +662,15 @@ impl<M> Session<M> {
         let positions = &mut w.positions;
         old.for_each_cell(|cell, member| {
             let (p, o) = paging::split(next, PAGE_SHIFT);
-            if let Some(entry) = cell.entry.get_arc() {
-                pages[p][o].set(entry);
-            }
+            let copy = &pages[p][o];
+            // SAFETY: `bury` below settles every copy (`OnceArc::set_copy`'s
+            // contract), before `replaced`, which holds the old cells and so their
+            // counts, can drop; nothing between can unwind but an abort. The
+            // writer lock, held throughout, keeps other writers off both cells.
+            let copied = unsafe { copy.entry.set_copy(&cell.entry) };
+            debug_assert!(copied, "a member cell copied twice or from nothing");
+            // Relaxed: see `Member::short`.
+            copy.short.store(cell.short(), Ordering::Relaxed);
             positions.insert(member.id, next, &pages);
             next += 1;
         });
@@ -667,10 +682,11 @@ impl<M> Session<M> {
         let replaced = self.install(w, pages);
         // Leftovers of the compaction before, in a session that shrank since.
         w.graveyard.clear();
-        if dead <= GRAVEYARD_MAX {
+        let keep_dead = dead <= GRAVEYARD_MAX;
+        if keep_dead {
             w.graveyard.reserve_exact(dead);
-            bury(w, replaced);
         }
+        bury(w, replaced, keep_dead);
     }
 
     /// Publishes a new layout holding `pages` and the writer's current word;
@@ -702,7 +718,7 @@ fn refill<M>(
     state: u64,
     live: usize,
 ) -> Result<Arc<Layout<M>>, Vec<Arc<Page<M>>>> {
-    let Some(reused) = Arc::get_mut(&mut layout) else {
+    let Some(reused) = unique_mut(&mut layout) else {
         return Err(pages);
     };
     reused.pages = pages;
@@ -714,19 +730,27 @@ fn refill<M>(
     Ok(layout)
 }
 
-/// Empties a layout that compaction replaced, if no snapshot holds it any more:
-/// its departed members' entries go to the graveyard, its present members' handles
-/// (copied into the new layout) are dropped, and a small session keeps its emptied
-/// pages and the layout's allocation as spares. Otherwise the layout's last
-/// snapshot drops it all, as it always did.
+/// Settles a compaction's copies and empties the layout it replaced.
 ///
-/// `Arc::get_mut` succeeds only for the last count: the snapshot cell gave up its
-/// own in `install` (arc-swap turns every reader's borrow of the old value into a
-/// count before its store returns), so success means no broadcast can reach these
+/// The new layout's cells borrow the counts of the old cells they were copied
+/// from ([`Member::set_copy`]). If no snapshot holds the old layout any more, each
+/// present member's old cell hands its count to its copy (no increment, no
+/// decrement), its departed members' entries go to the graveyard (`keep_dead`) or
+/// are dropped, and a small session keeps the emptied pages and the layout's
+/// allocation as spares. Otherwise the old cells keep their counts, for the
+/// layout's last snapshot to drop, and each copy takes a count of its own; so
+/// does each copy from a page an older layout a reader still holds shares.
+///
+/// `unique_mut` (`Arc::get_mut`) succeeds only for the last count: the snapshot
+/// cell gave up its own in `install` (arc-swap turns every reader's borrow of the
+/// old value into a count before its store returns), so success means no broadcast can reach these
 /// cells again: what the graveyard holds is only ever dropped, and a spare page is
 /// as private as a fresh one.
-fn bury<M>(w: &mut Writer<M>, mut replaced: Arc<Layout<M>>) {
-    let Some(layout) = Arc::get_mut(&mut replaced) else {
+fn bury<M>(w: &mut Writer<M>, mut replaced: Arc<Layout<M>>, keep_dead: bool) {
+    let Some(layout) = unique_mut(&mut replaced) else {
+        for page in &replaced.pages {
+            count_copies(page);
+        }
         return;
     };
     let keep = paging::capacity(layout.pages.len(), PAGE_SHIFT) <= SPARE_MAX;
@@ -735,21 +759,28 @@ fn bury<M>(w: &mut Writer<M>, mut replaced: Arc<Layout<M>>) {
     }
     for (index, mut page) in layout.pages.drain(..).enumerate() {
         // A page is shared only with an older layout some reader still holds.
-        let Some(cells) = Arc::get_mut(&mut page) else {
+        let Some(cells) = unique_mut(&mut page) else {
+            count_copies(&page);
             continue;
         };
         for cell in cells.iter_mut() {
-            let Some(entry) = cell.entry.take() else {
-                // Cells are written in order: the rest are empty too.
-                break;
-            };
             // Relaxed: this thread owns the cell outright (see above). A load and a
             // store, not a swap: a swap is a locked instruction on x86, and nothing
             // else can write the word between the two.
             let removed = cell.removed_at.load(Ordering::Relaxed);
+            if removed == PRESENT {
+                // Present, so copied: its count passes to the copy.
+                if !cell.entry.hand_over() {
+                    // Cells are written in order: the rest are empty too.
+                    break;
+                }
+                continue;
+            }
             cell.removed_at.store(PRESENT, Ordering::Relaxed);
-            if removed != PRESENT {
-                w.graveyard.push(entry);
+            if let Some(entry) = cell.entry.take() {
+                if keep_dead {
+                    w.graveyard.push(entry);
+                }
             }
         }
         if keep {
@@ -758,6 +789,18 @@ fn bury<M>(w: &mut Writer<M>, mut replaced: Arc<Layout<M>>) {
     }
     if keep {
         w.spare_layout = Some(replaced);
+    }
+}
+
+/// Gives each present member of `page`, which a reader may still hold, a count
+/// of its own for the copy compaction made of it.
+fn count_copies<M>(page: &Page<M>) {
+    for cell in page.iter() {
+        // Relaxed: see `Member::removed_at`; the writer lock orders every stamp
+        // before this read.
+        if cell.removed_at.load(Ordering::Relaxed) == PRESENT {
+            cell.entry.count_copy();
+        }
     }
 }
 
@@ -949,6 +992,67 @@ mod tests {
             churned.iter().all(|w| w.upgrade().is_none()),
             "the last snapshot frees them all"
         );
+    }
+
+    /// A compaction's copies borrow the old cells' counts until it settles them:
+    /// each resident must end with exactly one count held by the session, whether
+    /// the old cell handed its count over (no snapshot held the old layout), or
+    /// the copy took one of its own (a snapshot held the layout, or an older
+    /// layout a snapshot held shared the page).
+    #[test]
+    fn a_compaction_leaves_each_resident_one_count_in_the_session() {
+        fn counts(residents: &[Arc<ClientEntry<u32>>]) -> Vec<usize> {
+            residents.iter().map(Arc::strong_count).collect()
+        }
+        fn churn_until_len(s: &Session<u32>, len: usize, next: &mut usize) {
+            loop {
+                s.join(id(*next), &entry(*next));
+                s.leave(id(*next));
+                *next += 1;
+                if s.writer.lock().len == len {
+                    return;
+                }
+            }
+        }
+        // No snapshot holds the old layout: its cells hand their counts over.
+        let s = Session::new();
+        let (residents, _) = churned_room(&s, 10);
+        assert_eq!(counts(&residents), [2; 10], "test + session");
+        drop(s);
+        assert_eq!(counts(&residents), [1; 10]);
+
+        // A snapshot holds it: old and new cells hold one count each. The first
+        // compaction made room for the churn, so the held layout is the one the
+        // second replaces, not an older one that shares its pages.
+        let s = Session::new();
+        let (residents, _) = churned_room(&s, 10);
+        let held = s.snapshot();
+        let mut next = 100;
+        let replaced = Arc::as_ptr(&s.writer.lock().layout);
+        churn_until_len(&s, 10, &mut next);
+        assert!(std::ptr::eq(Arc::as_ptr(&held.layout), replaced));
+        assert_eq!(counts(&residents), [3; 10], "test + old cell + copy");
+        drop(held);
+        assert_eq!(counts(&residents), [2; 10]);
+        drop(s);
+        assert_eq!(counts(&residents), [1; 10]);
+
+        // The replaced layout is free, but an older one a snapshot holds shares
+        // its first two pages (4 + 8 cells, all residents).
+        let s = Session::new();
+        let residents: Vec<_> = (0..12).map(entry).collect();
+        for (n, entry) in residents.iter().enumerate() {
+            s.join(id(n), entry);
+        }
+        let older = s.snapshot();
+        let pages = s.writer.lock().layout.pages.len();
+        churn_until_len(&s, 12, &mut next);
+        assert!(pages < 3, "the churn grew the room into a third page");
+        assert_eq!(counts(&residents), [3; 12], "test + shared old cell + copy");
+        drop(older);
+        assert_eq!(counts(&residents), [2; 12]);
+        drop(s);
+        assert_eq!(counts(&residents), [1; 12]);
     }
 
     /// The addresses of the current layout's pages.

@@ -104,6 +104,7 @@ mod once_arc;
 mod slot_cell;
 mod snapshot_cell;
 mod spin_lock;
+mod unique_arc;
 mod write_once;
 
 #[cfg(switchboard_loom)]
@@ -116,6 +117,7 @@ pub(crate) use once_arc::OnceArc;
 pub(crate) use slot_cell::{SlotCell, TAG_PAYLOAD_BITS};
 pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};
 pub(crate) use spin_lock::SpinLock;
+pub(crate) use unique_arc::unique_mut;
 pub(crate) use write_once::WriteOnce;
 
 /// The seed of the crate's hash tables: foldhash, seeded per table, in the std

@@ -25,7 +25,11 @@
 //!   copies the live members into fresh pages and publishes a new layout with the
 //!   version restarted. Each compaction of `n` live members is paid for by more than
 //!   `n` leaves, so joins and leaves cost O(1) amortised whatever the session's size,
-//!   and dead cells never exceed `max(live, COMPACT_SLACK) + 1`.
+//!   and dead cells never exceed `max(live, COMPACT_SLACK) + 1`. A copy borrows its
+//!   old cell's count until the layout is published; then the old cell hands the
+//!   count over if no snapshot holds the old layout (or a page of it), and the copy
+//!   takes one of its own otherwise, so most members are copied without a locked
+//!   instruction.
 //! * **Graveyard.** The departed members of the replaced layout are not all
 //!   dropped with it: when no snapshot holds it any more (the writer's `Arc` is the
 //!   last), their handles move to a writer-side list that each later leave pops

@@ -50,8 +50,10 @@
 //!   (crossbeam-epoch): a registration or departure is a pointer swap plus a deferred
 //!   free, where an arc-swap store would walk every thread's debt list. The crate's
 //!   `unsafe` code lives in `src/sync/` (this cell, the channel's ring and the
-//!   write-once member cells) and the ring's push/pop contracts in `channel.rs`; every
-//!   block has its SAFETY argument and a loom model that runs the real algorithm.
+//!   write-once member cells), the ring's push/pop contracts in `channel.rs`, and
+//!   one block in `session.rs`, where a compaction's copies borrow the old cells'
+//!   counts until it settles them; every block has its SAFETY argument and a loom
+//!   model that runs the real algorithm.
 //! * **Writers lock, readers don't.** Register, unregister, attach and detach take
 //!   small locks (a shard's allocator, a client's membership list, a session's
 //!   writer). Lookups, sends and broadcasts take none.

@@ -25,7 +25,11 @@
 //!   copies the live members into fresh pages and publishes a new layout with the
 //!   version restarted. Each compaction of `n` live members is paid for by more than
 //!   `n` leaves, so joins and leaves cost O(1) amortised whatever the session's size,
-//!   and dead cells never exceed `max(live, COMPACT_SLACK) + 1`.
+//!   and dead cells never exceed `max(live, COMPACT_SLACK) + 1`. A copy borrows its
+//!   old cell's count until the layout is published; then the old cell hands the
+//!   count over if no snapshot holds the old layout (or a page of it), and the copy
+//!   takes one of its own otherwise, so most members are copied without a locked
+//!   instruction.
 //! * **Graveyard.** The departed members of the replaced layout are not all
 //!   dropped with it: when no snapshot holds it any more (the writer's `Arc` is the
 //!   last), their handles move to a writer-side list that each later leave pops
@@ -71,8 +75,8 @@ use std::fmt;
 use crate::client::ClientEntry;
 use crate::paging;
 use crate::sync::{
-    lock, Arc, AtomicU32, AtomicU64, AtomicUsize, Mutex, OnceArc, Ordering, Snapshot, SnapshotCell,
-    ValueArc,
+    unique_mut, Arc, AtomicU32, AtomicU64, AtomicUsize, OnceArc, Ordering, Snapshot, SnapshotCell,
+    SpinLock, ValueArc,
 };
 use crate::ClientId;
 
@@ -404,7 +408,13 @@ pub(crate) enum Left {
 /// the profile indexes alike.
 pub(crate) struct Session<M> {
     layout: SnapshotCell<Layout<M>>,
-    writer: Mutex<Writer<M>>,
+    /// The writer lock. A [`SpinLock`], released with a store: `std`'s mutex
+    /// releases with a swap (a locked instruction, about 4.5 ns here) to learn
+    /// whether to wake a sleeper, and a join and a leave each pay one. Joins and
+    /// leaves hold it for a few dozen instructions; a compaction holds it for
+    /// O(live members), once per more than `live` leaves, during which a
+    /// waiter yields its CPU in a loop instead of sleeping. Broadcasts never take it.
+    writer: SpinLock<Writer<M>>,
     /// A session's own key, kept here once so that each member's bookkeeping holds
     /// only the handle (8 bytes, not 24, per client); `None` for an index set,
     /// whose key only its map needs.
@@ -435,7 +445,7 @@ impl<M> Session<M> {
         });
         Self {
             layout: SnapshotCell::new(Arc::clone(&layout)),
-            writer: Mutex::new(Writer {
+            writer: SpinLock::new(Writer {
                 layout,
                 len: 0,
                 version: 0,
@@ -476,7 +486,7 @@ impl<M> Session<M> {
 
     /// Adds `id`, whose entry (and so channel) is `entry`.
     pub(crate) fn join(&self, id: ClientId, entry: &Arc<ClientEntry<M>>) -> Joined {
-        let mut w = lock(&self.writer);
+        let mut w = self.writer.lock();
         if w.retired {
             return Joined::Retired;
         }
@@ -509,7 +519,7 @@ impl<M> Session<M> {
 
     /// Removes `id`.
     pub(crate) fn leave(&self, id: ClientId) -> Left {
-        let mut w = lock(&self.writer);
+        let mut w = self.writer.lock();
         // The stamp below is `version + 1`; at the limit that would be `PRESENT`,
         // so restart the count first, as a join does (a join may publish
         // `MAX_VERSION` itself). Only then is a non-member looked up twice: the
@@ -561,7 +571,7 @@ impl<M> Session<M> {
 
     /// Keeps the session open while empty. Returns false if it already retired.
     pub(crate) fn pin(&self) -> bool {
-        let mut w = lock(&self.writer);
+        let mut w = self.writer.lock();
         if !w.retired {
             w.pinned = true;
         }
@@ -571,7 +581,7 @@ impl<M> Session<M> {
     /// Stops keeping the session open. Returns true if that retired it (it was
     /// empty): the caller removes it from the directory.
     pub(crate) fn unpin(&self) -> bool {
-        let mut w = lock(&self.writer);
+        let mut w = self.writer.lock();
         w.pinned = false;
         if w.positions.is_empty() && !w.retired {
             w.retired = true;
@@ -586,7 +596,7 @@ impl<M> Session<M> {
     pub(crate) fn starting_at_version(version: u32) -> Self {
         let s = Self::new();
         {
-            let mut w = lock(&s.writer);
+            let mut w = s.writer.lock();
             w.version = version;
             publish(&w);
         }
@@ -596,7 +606,7 @@ impl<M> Session<M> {
     /// Whether the session is retired (out of the directory or on its way out).
     #[cfg(all(test, not(switchboard_loom)))]
     pub(crate) fn is_retired(&self) -> bool {
-        lock(&self.writer).retired
+        self.writer.lock().retired
     }
 
     /// Publishes a layout with one more page, sharing every existing page.
@@ -614,12 +624,21 @@ impl<M> Session<M> {
     /// restarted (invariant 3). The pages, the page list and the layout come from
     /// the spares when the last compaction left some. Dead cells' handles go to the
     /// graveyard if the old layout is unshared, else drop with its last snapshot.
+    ///
+    /// The copies borrow the old cells' counts until [`bury`] settles them: a
+    /// handle passed on rather than cloned and dropped, two locked instructions
+    /// fewer per member copied. The crate's one `unsafe` block outside `sync/`
+    /// and the channel's ring, since the contract spans the layout's install.
+    #[allow(
+        unsafe_code,
+        reason = "copies that borrow a count until bury settles them; see the SAFETY"
+    )]
     fn compact(&self, w: &mut Writer<M>) {
         let live = w.positions.len();
         let mut pages = w
             .spare_layout
             .as_mut()
-            .and_then(Arc::get_mut)
+            .and_then(unique_mut)
             .map(|spare| std::mem::take(&mut spare.pages))
             .unwrap_or_default();
         // A small session gets room for every cell its next compaction can find
@@ -647,9 +666,15 @@ impl<M> Session<M> {
         let positions = &mut w.positions;
         old.for_each_cell(|cell, member| {
             let (p, o) = paging::split(next, PAGE_SHIFT);
-            if let Some(entry) = cell.entry.get_arc() {
-                pages[p][o].set(entry);
-            }
+            let copy = &pages[p][o];
+            // SAFETY: `bury` below settles every copy (`OnceArc::set_copy`'s
+            // contract), before `replaced`, which holds the old cells and so their
+            // counts, can drop; nothing between can unwind but an abort. The
+            // writer lock, held throughout, keeps other writers off both cells.
+            let copied = unsafe { copy.entry.set_copy(&cell.entry) };
+            debug_assert!(copied, "a member cell copied twice or from nothing");
+            // Relaxed: see `Member::short`.
+            copy.short.store(cell.short(), Ordering::Relaxed);
             positions.insert(member.id, next, &pages);
             next += 1;
         });
@@ -661,10 +686,11 @@ impl<M> Session<M> {
         let replaced = self.install(w, pages);
         // Leftovers of the compaction before, in a session that shrank since.
         w.graveyard.clear();
-        if dead <= GRAVEYARD_MAX {
+        let keep_dead = dead <= GRAVEYARD_MAX;
+        if keep_dead {
             w.graveyard.reserve_exact(dead);
-            bury(w, replaced);
         }
+        bury(w, replaced, keep_dead);
     }
 
     /// Publishes a new layout holding `pages` and the writer's current word;
@@ -696,7 +722,7 @@ fn refill<M>(
     state: u64,
     live: usize,
 ) -> Result<Arc<Layout<M>>, Vec<Arc<Page<M>>>> {
-    let Some(reused) = Arc::get_mut(&mut layout) else {
+    let Some(reused) = unique_mut(&mut layout) else {
         return Err(pages);
     };
     reused.pages = pages;
@@ -708,19 +734,27 @@ fn refill<M>(
     Ok(layout)
 }
 
-/// Empties a layout that compaction replaced, if no snapshot holds it any more:
-/// its departed members' entries go to the graveyard, its present members' handles
-/// (copied into the new layout) are dropped, and a small session keeps its emptied
-/// pages and the layout's allocation as spares. Otherwise the layout's last
-/// snapshot drops it all, as it always did.
+/// Settles a compaction's copies and empties the layout it replaced.
 ///
-/// `Arc::get_mut` succeeds only for the last count: the snapshot cell gave up its
-/// own in `install` (arc-swap turns every reader's borrow of the old value into a
-/// count before its store returns), so success means no broadcast can reach these
+/// The new layout's cells borrow the counts of the old cells they were copied
+/// from ([`Member::set_copy`]). If no snapshot holds the old layout any more, each
+/// present member's old cell hands its count to its copy (no increment, no
+/// decrement), its departed members' entries go to the graveyard (`keep_dead`) or
+/// are dropped, and a small session keeps the emptied pages and the layout's
+/// allocation as spares. Otherwise the old cells keep their counts, for the
+/// layout's last snapshot to drop, and each copy takes a count of its own; so
+/// does each copy from a page an older layout a reader still holds shares.
+///
+/// `unique_mut` (`Arc::get_mut`) succeeds only for the last count: the snapshot
+/// cell gave up its own in `install` (arc-swap turns every reader's borrow of the
+/// old value into a count before its store returns), so success means no broadcast can reach these
 /// cells again: what the graveyard holds is only ever dropped, and a spare page is
 /// as private as a fresh one.
-fn bury<M>(w: &mut Writer<M>, mut replaced: Arc<Layout<M>>) {
-    let Some(layout) = Arc::get_mut(&mut replaced) else {
+fn bury<M>(w: &mut Writer<M>, mut replaced: Arc<Layout<M>>, keep_dead: bool) {
+    let Some(layout) = unique_mut(&mut replaced) else {
+        for page in &replaced.pages {
+            count_copies(page);
+        }
         return;
     };
     let keep = paging::capacity(layout.pages.len(), PAGE_SHIFT) <= SPARE_MAX;
@@ -729,21 +763,28 @@ fn bury<M>(w: &mut Writer<M>, mut replaced: Arc<Layout<M>>) {
     }
     for (index, mut page) in layout.pages.drain(..).enumerate() {
         // A page is shared only with an older layout some reader still holds.
-        let Some(cells) = Arc::get_mut(&mut page) else {
+        let Some(cells) = unique_mut(&mut page) else {
+            count_copies(&page);
             continue;
         };
         for cell in cells.iter_mut() {
-            let Some(entry) = cell.entry.take() else {
-                // Cells are written in order: the rest are empty too.
-                break;
-            };
             // Relaxed: this thread owns the cell outright (see above). A load and a
             // store, not a swap: a swap is a locked instruction on x86, and nothing
             // else can write the word between the two.
             let removed = cell.removed_at.load(Ordering::Relaxed);
+            if removed == PRESENT {
+                // Present, so copied: its count passes to the copy.
+                if !cell.entry.hand_over() {
+                    // Cells are written in order: the rest are empty too.
+                    break;
+                }
+                continue;
+            }
             cell.removed_at.store(PRESENT, Ordering::Relaxed);
-            if removed != PRESENT {
-                w.graveyard.push(entry);
+            if let Some(entry) = cell.entry.take() {
+                if keep_dead {
+                    w.graveyard.push(entry);
+                }
             }
         }
         if keep {
@@ -752,6 +793,18 @@ fn bury<M>(w: &mut Writer<M>, mut replaced: Arc<Layout<M>>) {
     }
     if keep {
         w.spare_layout = Some(replaced);
+    }
+}
+
+/// Gives each present member of `page`, which a reader may still hold, a count
+/// of its own for the copy compaction made of it.
+fn count_copies<M>(page: &Page<M>) {
+    for cell in page.iter() {
+        // Relaxed: see `Member::removed_at`; the writer lock orders every stamp
+        // before this read.
+        if cell.removed_at.load(Ordering::Relaxed) == PRESENT {
+            cell.entry.count_copy();
+        }
     }
 }
 
@@ -832,7 +885,7 @@ mod tests {
         let old = s.snapshot();
         for n in (0..100).filter(|n| n % 4 != 0) {
             s.leave(id(n));
-            let w = lock(&s.writer);
+            let w = s.writer.lock();
             assert!(w.len - w.positions.len() <= w.positions.len().max(COMPACT_SLACK) + 1);
         }
         let expected: Vec<_> = (0..100).filter(|n| n % 4 == 0).map(id).collect();
@@ -857,7 +910,7 @@ mod tests {
             s.join(id(1000 + round), &entry(1000 + round));
             s.leave(id(1000 + round));
         }
-        let w = lock(&s.writer);
+        let w = s.writer.lock();
         assert_eq!(w.positions.len(), 1000);
         assert!(w.len <= 2 * 1000 + 1, "len {} after churn", w.len);
     }
@@ -878,7 +931,7 @@ mod tests {
             s.join(id(live + round), &entry);
             s.leave(id(live + round));
             churned.push(Arc::downgrade(&entry));
-            if lock(&s.writer).len == live {
+            if s.writer.lock().len == live {
                 break;
             }
         }
@@ -893,7 +946,7 @@ mod tests {
         let dead = churned.len();
         assert_eq!(dead, COMPACT_SLACK + 1);
         // The compacting leave popped one already.
-        assert_eq!(lock(&s.writer).graveyard.len(), dead - 1);
+        assert_eq!(s.writer.lock().graveyard.len(), dead - 1);
         assert_eq!(alive(&churned), dead - 1, "buried, not freed at once");
         for n in 0..3 {
             let entry = entry(100 + n);
@@ -924,9 +977,9 @@ mod tests {
             s.leave(id(10 + round));
             churned.push(Arc::downgrade(&entry));
         }
-        assert_eq!(lock(&s.writer).len, 10, "the last leave compacted");
+        assert_eq!(s.writer.lock().len, 10, "the last leave compacted");
         assert!(
-            lock(&s.writer).graveyard.is_empty(),
+            s.writer.lock().graveyard.is_empty(),
             "a held layout is not buried"
         );
         let held = held.unwrap_or_else(|| s.snapshot());
@@ -945,9 +998,70 @@ mod tests {
         );
     }
 
+    /// A compaction's copies borrow the old cells' counts until it settles them:
+    /// each resident must end with exactly one count held by the session, whether
+    /// the old cell handed its count over (no snapshot held the old layout), or
+    /// the copy took one of its own (a snapshot held the layout, or an older
+    /// layout a snapshot held shared the page).
+    #[test]
+    fn a_compaction_leaves_each_resident_one_count_in_the_session() {
+        fn counts(residents: &[Arc<ClientEntry<u32>>]) -> Vec<usize> {
+            residents.iter().map(Arc::strong_count).collect()
+        }
+        fn churn_until_len(s: &Session<u32>, len: usize, next: &mut usize) {
+            loop {
+                s.join(id(*next), &entry(*next));
+                s.leave(id(*next));
+                *next += 1;
+                if s.writer.lock().len == len {
+                    return;
+                }
+            }
+        }
+        // No snapshot holds the old layout: its cells hand their counts over.
+        let s = Session::new();
+        let (residents, _) = churned_room(&s, 10);
+        assert_eq!(counts(&residents), [2; 10], "test + session");
+        drop(s);
+        assert_eq!(counts(&residents), [1; 10]);
+
+        // A snapshot holds it: old and new cells hold one count each. The first
+        // compaction made room for the churn, so the held layout is the one the
+        // second replaces, not an older one that shares its pages.
+        let s = Session::new();
+        let (residents, _) = churned_room(&s, 10);
+        let held = s.snapshot();
+        let mut next = 100;
+        let replaced = Arc::as_ptr(&s.writer.lock().layout);
+        churn_until_len(&s, 10, &mut next);
+        assert!(std::ptr::eq(Arc::as_ptr(&held.layout), replaced));
+        assert_eq!(counts(&residents), [3; 10], "test + old cell + copy");
+        drop(held);
+        assert_eq!(counts(&residents), [2; 10]);
+        drop(s);
+        assert_eq!(counts(&residents), [1; 10]);
+
+        // The replaced layout is free, but an older one a snapshot holds shares
+        // its first two pages (4 + 8 cells, all residents).
+        let s = Session::new();
+        let residents: Vec<_> = (0..12).map(entry).collect();
+        for (n, entry) in residents.iter().enumerate() {
+            s.join(id(n), entry);
+        }
+        let older = s.snapshot();
+        let pages = s.writer.lock().layout.pages.len();
+        churn_until_len(&s, 12, &mut next);
+        assert!(pages < 3, "the churn grew the room into a third page");
+        assert_eq!(counts(&residents), [3; 12], "test + shared old cell + copy");
+        drop(older);
+        assert_eq!(counts(&residents), [2; 12]);
+        drop(s);
+        assert_eq!(counts(&residents), [1; 12]);
+    }
+
     /// The addresses of the current layout's pages.
     fn page_addresses(s: &Session<u32>) -> Vec<usize> {
-        let w = lock(&s.writer);
+        let w = s.writer.lock();
         w.layout
             .pages
             .iter()
@@ -962,7 +1076,7 @@ mod tests {
             s.join(id(*next), &entry(*next));
             s.leave(id(*next));
             *next += 1;
-            let w = lock(&s.writer);
+            let w = s.writer.lock();
             if w.len == w.positions.len() {
                 return;
             }
@@ -988,7 +1102,7 @@ mod tests {
             "the third layout is built in the first one's pages"
         );
         assert_eq!(ids(&s.snapshot()), (0..10).map(id).collect::<Vec<_>>());
-        let w = lock(&s.writer);
+        let w = s.writer.lock();
         let spare_cells: usize = w.spare.iter().flatten().map(|page| page.len()).sum();
         assert!(spare_cells <= SPARE_MAX, "{spare_cells} spare cells");
     }
@@ -1029,12 +1143,12 @@ mod tests {
     fn retiring_empties_the_graveyard() {
         let s = Session::new();
         let (_residents, churned) = churned_room(&s, 2);
-        assert!(!lock(&s.writer).graveyard.is_empty());
+        assert!(!s.writer.lock().graveyard.is_empty());
         assert_eq!(s.leave(id(0)), Left::Removed);
         assert_eq!(s.leave(id(1)), Left::RemovedAndRetired);
-        assert!(lock(&s.writer).graveyard.is_empty());
-        assert!(lock(&s.writer).spare.is_empty());
-        assert!(lock(&s.writer).spare_layout.is_none());
+        assert!(s.writer.lock().graveyard.is_empty());
+        assert!(s.writer.lock().spare.is_empty());
+        assert!(s.writer.lock().spare_layout.is_none());
         assert!(churned.iter().all(|w| w.upgrade().is_none()));
     }
 
@@ -1088,7 +1202,7 @@ mod tests {
                 members.iter().all(|m| !left.contains(m)),
                 "left members {left:?} still in {members:?}"
             );
-            let w = lock(&s.writer);
+            let w = s.writer.lock();
             assert!(
                 w.version <= MAX_VERSION,
                 "version {} past the limit",

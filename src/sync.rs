@@ -64,11 +64,12 @@
 //!   arguments in `sync/slot_cell.rs`.
 //! * **arc-swap's fast path** (wait-freedom) is not modelled; progress is not what
 //!   loom checks.
-//! * **[`SpinLock`]'s own word** (the client state's and the shard allocator's
-//!   lock): under loom it is loom's mutex, because a spinning waiter made every
-//!   execution as long as its spins and the models outgrew their bound. The models
-//!   still check everything its holders do under mutual exclusion; the lock is
-//!   the textbook `Acquire` CAS and `Release` store (see `sync/spin_lock.rs`).
+//! * **[`SpinLock`]'s own word** (the client state's, the shard allocator's and
+//!   each session writer's lock): under loom it is loom's mutex, because a
+//!   spinning waiter made every execution as long as its spins and the models
+//!   outgrew their bound. The models still check everything its holders do under
+//!   mutual exclusion; the lock is the textbook `Acquire` CAS and `Release` store
+//!   (see `sync/spin_lock.rs`).
 //! * **The receiver waker's own algorithm.** `atomic-waker`'s `AtomicWaker` in the
 //!   std build, loom's mutex-based mock under loom: loom checks that the channel
 //!   registers before its re-check and wakes after its publish, not the waker's
@@ -103,6 +104,7 @@ mod once_arc;
 mod slot_cell;
 mod snapshot_cell;
 mod spin_lock;
+mod unique_arc;
 mod write_once;
 
 #[cfg(switchboard_loom)]
@@ -115,6 +117,7 @@ pub(crate) use once_arc::OnceArc;
 pub(crate) use slot_cell::{SlotCell, TAG_PAYLOAD_BITS};
 pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};
 pub(crate) use spin_lock::SpinLock;
+pub(crate) use unique_arc::unique_mut;
 pub(crate) use write_once::WriteOnce;
 
 /// The seed of the crate's hash tables: foldhash, seeded per table, in the std

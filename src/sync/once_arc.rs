@@ -71,26 +71,62 @@ impl<T> OnceArc<T> {
         // pointer is never replaced once set.
         unsafe { current.cast_const().as_ref() }
     }
-
-    /// A new handle to the value, once it is set.
-    pub(crate) fn get_arc(&self) -> Option<Arc<T>> {
-        // Acquire: see `ptr`.
-        let current = self.ptr.load(Ordering::Acquire);
-        if current.is_null() {
-            return None;
-        }
-        let current = current.cast_const();
-        // SAFETY: as in `get`, the pointer came from `Arc::into_raw` and the cell
-        // holds a strong count on it for as long as `&self` lives; incrementing
-        // first gives the new `Arc` a count of its own to take.
-        unsafe {
-            Arc::increment_strong_count(current);
-            Some(Arc::from_raw(current))
-        }
-    }
 }
 
 impl<T> OnceArc<T> {
+    /// Writes into this empty cell the value `from` holds, without a count of its
+    /// own: the copy borrows `from`'s count until the caller settles it. Saves a
+    /// compaction a locked increment per member it copies, and the decrement when
+    /// the replaced cell goes, where the old cell can hand its count over. False,
+    /// and nothing written, if `from` is empty or this cell is not.
+    ///
+    /// As [`set`](Self::set), the caller never races another setter on this cell.
+    ///
+    /// # Safety
+    ///
+    /// Until the copy is settled, nothing may release `from`'s count (drop or
+    /// take it) nor drop this cell. The caller settles it exactly once, with
+    /// [`hand_over`](Self::hand_over) on `from` (this cell keeps `from`'s count) or
+    /// [`count_copy`](Self::count_copy) on `from` (this cell gets a count of its
+    /// own).
+    pub(crate) unsafe fn set_copy(&self, from: &OnceArc<T>) -> bool {
+        // Relaxed, both: the caller orders them after every earlier store to
+        // either cell (its own, or made under the lock it holds).
+        let value = from.ptr.load(Ordering::Relaxed);
+        if value.is_null() || !self.ptr.load(Ordering::Relaxed).is_null() {
+            return false;
+        }
+        // Release: see `ptr`.
+        self.ptr.store(value, Ordering::Release);
+        true
+    }
+
+    /// Gives a copy that [`set_copy`](Self::set_copy) made from this cell a count
+    /// of its own. Called once per copy when this cell keeps its own count
+    /// (a reader still holds it); a spare call leaks the value, nothing worse.
+    pub(crate) fn count_copy(&self) {
+        // Relaxed: as in `set_copy`.
+        let current = self.ptr.load(Ordering::Relaxed);
+        if !current.is_null() {
+            // SAFETY: the pointer came from `Arc::into_raw` and the cell holds a
+            // count on it while `&self` lives, so the value is alive.
+            unsafe { Arc::increment_strong_count(current.cast_const()) };
+        }
+    }
+
+    /// Empties the cell without releasing its count, which passes to the copy
+    /// [`set_copy`](Self::set_copy) made from it; false if the cell was empty.
+    /// `&mut self`, so no reader is left. Without a copy, this leaks the value.
+    pub(crate) fn hand_over(&mut self) -> bool {
+        #[cfg(not(switchboard_loom))]
+        let current = std::mem::replace(self.ptr.get_mut(), ptr::null_mut());
+        #[cfg(switchboard_loom)]
+        let current = self
+            .ptr
+            .with_mut(|ptr| std::mem::replace(ptr, ptr::null_mut()));
+        !current.is_null()
+    }
+
     /// Empties the cell and hands back its value: `&mut self`, so no reader is left.
     pub(crate) fn take(&mut self) -> Option<Arc<T>> {
         #[cfg(not(switchboard_loom))]
@@ -138,7 +174,6 @@ mod tests {
         let refused = cell.set(Arc::new(2));
         assert_eq!(refused.err().as_deref(), Some(&2));
         assert_eq!(cell.get(), Some(&1));
-        assert_eq!(cell.get_arc().as_deref(), Some(&1));
     }
 
     #[test]
@@ -147,9 +182,6 @@ mod tests {
         let cell = OnceArc::new();
         assert!(cell.set(Arc::clone(&value)).is_ok());
         assert_eq!(Arc::strong_count(&value), 2);
-        let handle = cell.get_arc();
-        assert_eq!(Arc::strong_count(&value), 3);
-        drop(handle);
         assert!(cell.set(Arc::clone(&value)).is_err());
         assert_eq!(
             Arc::strong_count(&value),
@@ -159,6 +191,46 @@ mod tests {
         drop(cell);
         assert_eq!(Arc::strong_count(&value), 1);
         drop(OnceArc::<()>::new());
+    }
+
+    #[test]
+    fn a_copy_takes_the_count_its_source_hands_over() {
+        let value = Arc::new(());
+        let mut from = OnceArc::new();
+        assert!(from.set(Arc::clone(&value)).is_ok());
+        let copy = OnceArc::new();
+        // SAFETY: settled below, by `hand_over`, before either cell drops.
+        assert!(unsafe { copy.set_copy(&from) });
+        assert_eq!(Arc::strong_count(&value), 2, "a copy takes no count");
+        assert!(from.hand_over());
+        assert!(!from.hand_over(), "handed over twice");
+        drop(from);
+        assert_eq!(
+            Arc::strong_count(&value),
+            2,
+            "the source released its count"
+        );
+        assert!(copy.get().is_some());
+        drop(copy);
+        assert_eq!(Arc::strong_count(&value), 1);
+    }
+
+    #[test]
+    fn a_counted_copy_and_its_source_each_release_one() {
+        let value = Arc::new(());
+        let from = OnceArc::new();
+        assert!(from.set(Arc::clone(&value)).is_ok());
+        let copy = OnceArc::new();
+        // SAFETY: settled below, by `count_copy`, before either cell drops.
+        assert!(unsafe { copy.set_copy(&from) });
+        from.count_copy();
+        assert_eq!(Arc::strong_count(&value), 3);
+        drop(from);
+        drop(copy);
+        assert_eq!(Arc::strong_count(&value), 1);
+        let empty = OnceArc::<()>::new();
+        // SAFETY: nothing is copied from an empty cell, so nothing to settle.
+        assert!(!unsafe { OnceArc::new().set_copy(&empty) });
     }
 
     #[test]

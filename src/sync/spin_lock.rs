@@ -7,17 +7,19 @@
 //! benches run on). A lock that never parks has no waiter to learn about, so it
 //! releases with a `Release` store, an ordinary `mov`. The price is the waiting:
 //! a waiter spins, then yields its CPU in a loop ([`spin_wait`]) instead of
-//! sleeping, so this is only for sections that are short and rarely contended,
-//! such as one client's bookkeeping, which only that client's own calls and an
-//! occasional operator's touch.
+//! sleeping, so this is only for sections that are short, such as one client's
+//! bookkeeping (which only that client's own calls and an occasional operator's
+//! touch), a shard's allocator, and a session's writer (a join or a leave: a few
+//! dozen instructions; broadcasts read without it).
 //!
-//! Two of its sections are longer than that, rarely: an attach holds its client's
+//! Three of its sections are longer than that, rarely: an attach holds its client's
 //! lock across the session directory's insert (which, resizing, copies the table)
-//! and the join (which may compact a large session); a shard's allocator lock is
-//! held while it builds a new page, and pages double. A waiter on either yields
-//! its CPU in a loop meanwhile, where `std`'s mutex would sleep. Spinning a bounded
-//! number of times and then parking would cap that, at the price of the release's
-//! swap this lock exists to save.
+//! and the join (which may compact a large session); a session's compaction holds
+//! its writer lock for O(live members), once per more than that many leaves; a
+//! shard's allocator lock is held while it builds a new page, and pages double. A
+//! waiter on any of them yields its CPU in a loop meanwhile, where `std`'s mutex
+//! would sleep. Spinning a bounded number of times and then parking would cap that,
+//! at the price of the release's swap this lock exists to save.
 //!
 //! Under loom it is loom's mutex, as `std`'s mutex is: a spinning waiter makes
 //! every execution as long as its spins, and loom's models then passed their

@@ -22,15 +22,19 @@ pub(crate) fn unique_mut<T>(arc: &mut Arc<T>) -> Option<&mut T> {
     #[cfg(not(switchboard_loom))]
     {
         use std::sync::atomic::{fence, Ordering};
-        // `weak_count` is 0 only when no `Weak` exists; with one strong count,
-        // ours, nobody can make one (that needs a strong handle) nor upgrade one.
-        if Arc::strong_count(arc) != 1 || Arc::weak_count(arc) != 0 {
+        if Arc::strong_count(arc) != 1 {
             return None;
         }
         // Acquire: `strong_count` is a relaxed load; the fence makes every access
         // of the threads whose drops brought the count to 1 (their `Release`
-        // decrements) happen-before ours, as `get_mut`'s acquire does.
+        // decrements) happen-before ours, as `get_mut`'s acquire does. Before the
+        // weak load, so that a `Weak` such a thread made before its drop is seen.
         fence(Ordering::Acquire);
+        // `weak_count` is 0 only when no `Weak` exists; with one strong count,
+        // ours, nobody can make one (that needs a strong handle) nor upgrade one.
+        if Arc::weak_count(arc) != 0 {
+            return None;
+        }
         // SAFETY: the count is 1 and no `Weak` exists, and `&mut arc` is that one
         // handle, so no other reference to the value exists or can be made while
         // the returned borrow (tied to `arc`) lives.

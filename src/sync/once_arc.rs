@@ -114,27 +114,29 @@ impl<T> OnceArc<T> {
         }
     }
 
-    /// Empties the cell without releasing its count, which passes to the copy
-    /// [`set_copy`](Self::set_copy) made from it; false if the cell was empty.
-    /// `&mut self`, so no reader is left. Without a copy, this leaks the value.
-    pub(crate) fn hand_over(&mut self) -> bool {
+    /// Empties the cell and hands back its raw pointer with the count it held:
+    /// `&mut self`, so no reader is left.
+    fn empty(&mut self) -> *mut T {
         #[cfg(not(switchboard_loom))]
         let current = std::mem::replace(self.ptr.get_mut(), ptr::null_mut());
         #[cfg(switchboard_loom)]
         let current = self
             .ptr
             .with_mut(|ptr| std::mem::replace(ptr, ptr::null_mut()));
+        current
+    }
+
+    /// Empties the cell without releasing its count, which passes to the copy
+    /// [`set_copy`](Self::set_copy) made from it; false if the cell was empty.
+    /// `&mut self`, so no reader is left. Without a copy, this leaks the value.
+    pub(crate) fn hand_over(&mut self) -> bool {
+        let current = self.empty();
         !current.is_null()
     }
 
     /// Empties the cell and hands back its value: `&mut self`, so no reader is left.
     pub(crate) fn take(&mut self) -> Option<Arc<T>> {
-        #[cfg(not(switchboard_loom))]
-        let current = std::mem::replace(self.ptr.get_mut(), ptr::null_mut());
-        #[cfg(switchboard_loom)]
-        let current = self
-            .ptr
-            .with_mut(|ptr| std::mem::replace(ptr, ptr::null_mut()));
+        let current = self.empty();
         if current.is_null() {
             return None;
         }

@@ -3,9 +3,10 @@
 //! Layout: `cli` (options), `scenarios/` (one file per scenario, plus the load engine and the
 //! plan), `world` (one contender under load and its model), `client`/`ledger` (the model of
 //! one client), `receiver` (the receiver tasks), `invariants` (the checks), `subject` (the
-//! designs behind one trait), `heap` (the counting allocator), `latency`/`timeline`
-//! (histograms), `report`/`chart` (output), `wire/` (`stress ws`: real WebSocket
-//! connections against the ws_server example in its own process).
+//! designs behind one trait), `heap` (the counting allocator), `thread_usage` (a thread's
+//! CPU time, run-queue wait and page faults), `latency`/`timeline` (histograms),
+//! `report`/`chart` (output), `wire/` (`stress ws`: real WebSocket connections against the
+//! ws_server example in its own process).
 
 #![deny(missing_debug_implementations)]
 #![warn(rust_2018_idioms)]
@@ -31,6 +32,7 @@ mod striped;
 mod subject;
 mod tally;
 mod tasks;
+mod thread_usage;
 mod timeline;
 mod wire;
 mod world;

@@ -378,7 +378,7 @@ fn fanout_table(o: &mut String, f: &Fanout) {
         line(o, r.members, &|who| r.burst(who), r.burst_samples, false);
     }
     type Field = fn(&Cold) -> f64;
-    let cold_tables: [(&str, Field); 3] = [
+    let cold_tables: [(&str, Field); 5] = [
         (
             "  cold: the first broadcast once every member registered and attached and another broadcast ran",
             |c| c.first_ns,
@@ -386,6 +386,14 @@ fn fanout_table(o: &mut String, f: &Fanout) {
         (
             "  cold, second: the next broadcast, after the same (cold_broadcast_vs_warm is first/second)",
             |c| c.second_ns,
+        ),
+        (
+            "  cold, CPU: the first broadcast's CPU time on its thread (the rest of its time it waited for a CPU)",
+            |c| c.first_usage.cpu_ns,
+        ),
+        (
+            "  cold, second, CPU: the same for the second broadcast",
+            |c| c.second_usage.cpu_ns,
         ),
         (
             "  storm: register and attach every member, then the first broadcast, end to end",
@@ -398,6 +406,44 @@ fn fanout_table(o: &mut String, f: &Fanout) {
             let n = r.cold("switchboard").map_or(0, |c| c.samples);
             line(o, r.members, &|who| r.cold(who).map(field), n, false);
         }
+    }
+    cold_faults(o, f);
+}
+
+/// The page faults during the first and the second cold broadcast, medians: the
+/// broadcaster's own thread, then every thread (the receivers' included).
+fn cold_faults(o: &mut String, f: &Fanout) {
+    let _ = writeln!(
+        o,
+        "  cold, page faults in the first / second broadcast: the broadcaster's thread; all threads"
+    );
+    let _ = writeln!(
+        o,
+        "  {:>8} {:>17} {:>17} {:>17} {:>17}",
+        "members", "floor", "switchboard", "dashmap", "mutex"
+    );
+    for r in &f.rows {
+        let cell = |who: &str| {
+            r.cold(who).map_or_else(
+                || "-".to_string(),
+                |c| {
+                    let (a, b) = (&c.first_usage, &c.second_usage);
+                    format!(
+                        "{:.0}/{:.0}; {:.0}/{:.0}",
+                        a.faults, b.faults, a.process_faults, b.process_faults
+                    )
+                },
+            )
+        };
+        let _ = writeln!(
+            o,
+            "  {:>8} {:>17} {:>17} {:>17} {:>17}",
+            r.members,
+            cell("floor"),
+            cell("switchboard"),
+            cell("dashmap"),
+            cell("mutex")
+        );
     }
 }
 
@@ -766,6 +812,8 @@ pub(crate) mod tests {
             first_ns,
             second_ns,
             storm_then_broadcast_ns,
+            first_usage: Default::default(),
+            second_usage: Default::default(),
             samples: 3,
         };
         let mut r = row(
@@ -805,6 +853,45 @@ pub(crate) mod tests {
         let table = empty_report_with(ratios).table();
         assert!(table.contains("cold_broadcast_vs_warm_100k"), "{table}");
         assert!(table.contains("missed"), "{table}");
+    }
+
+    #[test]
+    fn cold_tables_show_each_broadcasts_cpu_time_and_whose_thread_faulted() {
+        use crate::thread_usage::Usage;
+        let usage = |cpu_ns, faults, process_faults| Usage {
+            cpu_ns,
+            wait_ns: 0.0,
+            faults,
+            process_faults,
+        };
+        let mut r = row(100_000, &[("switchboard", 2000.0)]);
+        r.cold = [(
+            "switchboard",
+            Cold {
+                storm_ns: 0.0,
+                first_ns: 21_000_000.0,
+                second_ns: 19_000_000.0,
+                storm_then_broadcast_ns: 0.0,
+                first_usage: usage(7_100_000.0, 0.0, 0.0),
+                second_usage: usage(6_900_000.0, 0.0, 2979.0),
+                samples: 9,
+            },
+        )]
+        .into_iter()
+        .collect();
+        let mut report = empty_report();
+        report.scenarios.fanout = Some(fanout(vec![r]));
+        let table = report.table();
+        assert!(table.contains("cold, CPU"), "{table}");
+        assert!(
+            table.contains("7.10 ms") && table.contains("6.90 ms"),
+            "{table}"
+        );
+        assert!(table.contains("0/0; 0/2979"), "{table}");
+        let v = serde_json::to_value(&report).unwrap_or_default();
+        let cold = &v["scenarios"]["fanout"]["rows"][0]["cold"]["switchboard"];
+        assert_eq!(cold["second_usage"]["process_faults"], 2979.0, "{v}");
+        assert_eq!(cold["first_usage"]["cpu_ns"], 7_100_000.0, "{v}");
     }
 
     #[test]

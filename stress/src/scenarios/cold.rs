@@ -23,6 +23,12 @@
 //! Once the receivers took it, the neighbour broadcasts again and the **second** broadcast is
 //! timed the same way: warm, under the first one's conditions, seconds after it, which is
 //! what `cold_broadcast_vs_warm_100k` sets the first against.
+//!
+//! Beside each broadcast's wall time the broadcaster's thread records its CPU time, how long
+//! it waited for a CPU, and the page faults it and the whole process took
+//! ([`thread_usage`](crate::thread_usage)). On a shared machine a 100k broadcast's wall time
+//! can be half waiting; these say whether a slow first broadcast did more work or waited
+//! longer, and whose thread paid for first-touch pages.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,6 +43,7 @@ use crate::invariants::Violations;
 use crate::message::{Msg, EVERYONE};
 use crate::subject::Subject;
 use crate::tasks::{TaskCount, TaskGuard};
+use crate::thread_usage::{Mark, Usage};
 
 /// One contender's cold figures at one size: medians over [`samples`](Self::samples).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -50,16 +57,24 @@ pub struct Cold {
     pub second_ns: f64,
     /// The storm and the first broadcast, end to end (the median of their sums).
     pub storm_then_broadcast_ns: f64,
+    /// What the first broadcast cost the broadcaster's thread (each field a median).
+    pub first_usage: Usage,
+    /// The same for the second broadcast.
+    pub second_usage: Usage,
     /// Repetitions.
     pub samples: usize,
 }
 
-/// Repetitions at `n` members: fewer at the sizes where one takes a second.
+/// Repetitions at `n` members: fewer at the sizes where one takes a second. At 100k a
+/// broadcast costs its thread about 7 ms of CPU, and on a shared machine waiting for a
+/// CPU adds 0-20 ms to whichever broadcast a preemption hits. A median of two (the quick
+/// pass's count before) read `cold_broadcast_vs_warm_100k` at 0.87-1.39 across runs of
+/// one build; nine read 0.90-1.18, for about 30 s more of the quick pass.
 pub fn repetitions(n: usize, quick: bool) -> usize {
     match (quick, n >= 100_000) {
-        (true, true) => 2,
+        (true, true) => 9,
         (true, false) => 3,
-        (false, true) => 5,
+        (false, true) => 15,
         (false, false) => 9,
     }
 }
@@ -115,8 +130,24 @@ impl Receivers {
     }
 }
 
-/// One repetition's `(storm, first broadcast, second broadcast)`.
-type Sample = (Duration, Duration, Duration);
+/// One repetition's figures.
+#[derive(Clone, Copy)]
+struct Sample {
+    storm: Duration,
+    first: Duration,
+    second: Duration,
+    first_usage: Usage,
+    second_usage: Usage,
+}
+
+/// Times one broadcast, with what it cost the calling thread.
+fn timed<T>(broadcast: impl FnOnce() -> T) -> (T, Duration, Usage) {
+    let mark = Mark::now();
+    let start = Instant::now();
+    let out = broadcast();
+    let took = start.elapsed();
+    (out, took, mark.since())
+}
 
 fn check(v: &Violations, scope: &str, n: usize, f: &Fanout) {
     v.expect(f.recipients == n && f.delivered == n, scope, || {
@@ -219,23 +250,25 @@ async fn design<S: Subject>(ctx: &Ctx, n: usize, neighbour: &mut Neighbour) -> S
     shared.parked(n).await;
     neighbour.stir(v, plan.message_size).await;
     let msg = Msg::new(0, 0, EVERYONE, plan.message_size);
-    let start = Instant::now();
-    let f = registry.broadcast(0, msg);
-    let first = start.elapsed();
+    let (f, first, first_usage) = timed(|| registry.broadcast(0, msg));
     check(v, &scope, n, &f);
     finish(v, &scope, &shared, n).await;
     neighbour.stir(v, plan.message_size).await;
     let msg = Msg::new(0, 1, EVERYONE, plan.message_size);
-    let start = Instant::now();
-    let f = registry.broadcast(0, msg);
-    let second = start.elapsed();
+    let (f, second, second_usage) = timed(|| registry.broadcast(0, msg));
     check(v, &scope, n, &f);
     finish(v, &scope, &shared, 2 * n).await;
     for id in ids {
         registry.unregister(id);
     }
     ended(v, &scope, &shared).await;
-    (storm, first, second)
+    Sample {
+        storm,
+        first,
+        second,
+        first_usage,
+        second_usage,
+    }
 }
 
 async fn floor(ctx: &Ctx, n: usize, neighbour: &mut Neighbour) -> Sample {
@@ -251,21 +284,23 @@ async fn floor(ctx: &Ctx, n: usize, neighbour: &mut Neighbour) -> Sample {
     shared.parked(n).await;
     neighbour.stir(v, plan.message_size).await;
     let msg = Msg::new(0, 0, EVERYONE, plan.message_size);
-    let start = Instant::now();
-    let f = floor.broadcast(msg);
-    let first = start.elapsed();
+    let (f, first, first_usage) = timed(|| floor.broadcast(msg));
     check(v, scope, n, &f);
     finish(v, scope, &shared, n).await;
     neighbour.stir(v, plan.message_size).await;
     let msg = Msg::new(0, 1, EVERYONE, plan.message_size);
-    let start = Instant::now();
-    let f = floor.broadcast(msg);
-    let second = start.elapsed();
+    let (f, second, second_usage) = timed(|| floor.broadcast(msg));
     check(v, scope, n, &f);
     finish(v, scope, &shared, 2 * n).await;
     drop(floor);
     ended(v, scope, &shared).await;
-    (storm, first, second)
+    Sample {
+        storm,
+        first,
+        second,
+        first_usage,
+        second_usage,
+    }
 }
 
 /// Measures every contender's storm and first broadcast at `n` members, in
@@ -293,15 +328,21 @@ pub async fn measure(ctx: &Ctx, n: usize) -> BTreeMap<&'static str, Cold> {
         .iter()
         .zip(samples)
         .map(|(&name, xs)| {
-            let mut storm: Vec<f64> = xs.iter().map(|s| ns(s.0)).collect();
-            let mut first: Vec<f64> = xs.iter().map(|s| ns(s.1)).collect();
-            let mut second: Vec<f64> = xs.iter().map(|s| ns(s.2)).collect();
-            let mut both: Vec<f64> = xs.iter().map(|s| ns(s.0 + s.1)).collect();
+            let med =
+                |f: &dyn Fn(&Sample) -> f64| median(&mut xs.iter().map(f).collect::<Vec<_>>());
+            let usage = |u: &dyn Fn(&Sample) -> Usage| Usage {
+                cpu_ns: med(&|s| u(s).cpu_ns),
+                wait_ns: med(&|s| u(s).wait_ns),
+                faults: med(&|s| u(s).faults),
+                process_faults: med(&|s| u(s).process_faults),
+            };
             let cold = Cold {
-                storm_ns: median(&mut storm),
-                first_ns: median(&mut first),
-                second_ns: median(&mut second),
-                storm_then_broadcast_ns: median(&mut both),
+                storm_ns: med(&|s| ns(s.storm)),
+                first_ns: med(&|s| ns(s.first)),
+                second_ns: med(&|s| ns(s.second)),
+                storm_then_broadcast_ns: med(&|s| ns(s.storm + s.first)),
+                first_usage: usage(&|s| s.first_usage),
+                second_usage: usage(&|s| s.second_usage),
                 samples: xs.len(),
             };
             (name, cold)

@@ -384,7 +384,7 @@ fn fanout_table(o: &mut String, f: &Fanout) {
             |c| c.first_ns,
         ),
         (
-            "  cold, second: the next broadcast, after the same (cold_broadcast_vs_warm is first/second)",
+            "  cold, warm reference: the third broadcast, after the same (cold_broadcast_vs_warm is first/this)",
             |c| c.second_ns,
         ),
         (
@@ -392,7 +392,7 @@ fn fanout_table(o: &mut String, f: &Fanout) {
             |c| c.first_usage.cpu_ns,
         ),
         (
-            "  cold, second, CPU: the same for the second broadcast",
+            "  cold, warm reference, CPU: the same for the reference broadcast",
             |c| c.second_usage.cpu_ns,
         ),
         (
@@ -410,12 +410,12 @@ fn fanout_table(o: &mut String, f: &Fanout) {
     cold_faults(o, f);
 }
 
-/// The page faults during the first and the second cold broadcast, medians: the
+/// The page faults during the first and the reference cold broadcast, medians: the
 /// broadcaster's own thread, then every thread (the receivers' included).
 fn cold_faults(o: &mut String, f: &Fanout) {
     let _ = writeln!(
         o,
-        "  cold, page faults in the first / second broadcast: the broadcaster's thread; all threads"
+        "  cold, page faults in the first / reference broadcast: the broadcaster's thread; all threads"
     );
     let _ = writeln!(
         o,
@@ -838,7 +838,7 @@ pub(crate) mod tests {
             ..Scenarios::default()
         };
         let ratios = Ratios::from(&s, 100_000);
-        // The first over the second broadcast of the same repetitions, not over the warm
+        // The first over the reference broadcast of the same repetitions, not over the warm
         // sweep's cost (5200 / 2000 would be 2.6).
         assert_eq!(ratios.cold_broadcast_vs_warm_100k, Some(1.3));
         assert_eq!(

@@ -81,7 +81,7 @@ async fn rate_phase(
     payload_bytes: usize,
     violations: &Violations,
 ) -> Result<rate::Rate, String> {
-    let before = publish_calls(redis).await;
+    let before = publish_calls(redis);
     let mut rate = rate::measure(
         &redis.url(),
         tag,
@@ -90,7 +90,7 @@ async fn rate_phase(
         Duration::from_secs(2),
     )
     .await?;
-    let after = publish_calls(redis).await;
+    let after = publish_calls(redis);
     rate.publish_commands_per_broadcast = match (before, after) {
         (Some(b), Some(a)) if rate.published > 0 => (a - b) as f64 / rate.published as f64,
         _ => f64::NAN,
@@ -118,19 +118,11 @@ async fn rate_phase(
 
 /// `PUBLISH` commands Redis has run, from `INFO commandstats` (it counts those a
 /// script runs too).
-async fn publish_calls(redis: &Redis) -> Option<u64> {
-    let port = redis.port;
-    let text = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-            .args(["INFO", "commandstats"])
-            .output()
-            .ok()
-    })
-    .await
-    .ok()
-    .flatten()?;
-    parse_publish_calls(&String::from_utf8_lossy(&text.stdout))
+///
+/// Blocks for one `redis-cli` call, outside the timed phase, so the runtime's
+/// thread can spare it.
+fn publish_calls(redis: &Redis) -> Option<u64> {
+    parse_publish_calls(&redis.cli(&["INFO", "commandstats"])?)
 }
 
 fn parse_publish_calls(info: &str) -> Option<u64> {

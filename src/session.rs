@@ -634,6 +634,10 @@ impl<M> Session<M> {
         reason = "copies that borrow a count until bury settles them; see the SAFETY"
     )]
     fn compact(&self, w: &mut Writer<M>) {
+        // Leftovers of the compaction before, in a session that shrank since. Dropped
+        // here, before any copy borrows a count: an entry's drop runs foreign code
+        // (queued messages, wakers), and a panic there must find nothing to settle.
+        w.graveyard.clear();
         let live = w.positions.len();
         let mut pages = w
             .spare_layout
@@ -664,12 +668,17 @@ impl<M> Session<M> {
         };
         w.positions.reset(live);
         let positions = &mut w.positions;
+        // From the first copy until `bury` has settled them all, an unwind would drop
+        // the old cells' counts that the published copies borrow: abort instead. Only
+        // a broken invariant (an index, a debug assertion) can panic in between; no
+        // foreign code runs there (the dead entries drop after `bury`).
+        let settling = AbortOnUnwind;
         old.for_each_cell(|cell, member| {
             let (p, o) = paging::split(next, PAGE_SHIFT);
             let copy = &pages[p][o];
             // SAFETY: `bury` below settles every copy (`OnceArc::set_copy`'s
             // contract), before `replaced`, which holds the old cells and so their
-            // counts, can drop; nothing between can unwind but an abort. The
+            // counts, can drop; nothing between can unwind (`settling` aborts). The
             // writer lock, held throughout, keeps other writers off both cells.
             let copied = unsafe { copy.entry.set_copy(&cell.entry) };
             debug_assert!(copied, "a member cell copied twice or from nothing");
@@ -684,13 +693,17 @@ impl<M> Session<M> {
         w.len = live;
         w.version = 0;
         let replaced = self.install(w, pages);
-        // Leftovers of the compaction before, in a session that shrank since.
-        w.graveyard.clear();
         let keep_dead = dead <= GRAVEYARD_MAX;
         if keep_dead {
             w.graveyard.reserve_exact(dead);
         }
-        bury(w, replaced, keep_dead);
+        bury(w, replaced);
+        std::mem::forget(settling);
+        if !keep_dead {
+            // Too many to free one per leave: all at once, now that a panicking
+            // drop among them finds every copy settled.
+            w.graveyard.clear();
+        }
     }
 
     /// Publishes a new layout holding `pages` and the writer's current word;
@@ -737,10 +750,11 @@ fn refill<M>(
 /// Settles a compaction's copies and empties the layout it replaced.
 ///
 /// The new layout's cells borrow the counts of the old cells they were copied
-/// from ([`Member::set_copy`]). If no snapshot holds the old layout any more, each
+/// from (`OnceArc::set_copy`). If no snapshot holds the old layout any more, each
 /// present member's old cell hands its count to its copy (no increment, no
-/// decrement), its departed members' entries go to the graveyard (`keep_dead`) or
-/// are dropped, and a small session keeps the emptied pages and the layout's
+/// decrement), its departed members' entries go to the graveyard (which `compact`
+/// empties at once when they are too many to free one per leave; none is dropped
+/// here, before every copy is settled), and a small session keeps the emptied pages and the layout's
 /// allocation as spares. Otherwise the old cells keep their counts, for the
 /// layout's last snapshot to drop, and each copy takes a count of its own; so
 /// does each copy from a page an older layout a reader still holds shares.
@@ -750,7 +764,7 @@ fn refill<M>(
 /// old value into a count before its store returns), so success means no broadcast can reach these
 /// cells again: what the graveyard holds is only ever dropped, and a spare page is
 /// as private as a fresh one.
-fn bury<M>(w: &mut Writer<M>, mut replaced: Arc<Layout<M>>, keep_dead: bool) {
+fn bury<M>(w: &mut Writer<M>, mut replaced: Arc<Layout<M>>) {
     let Some(layout) = unique_mut(&mut replaced) else {
         for page in &replaced.pages {
             count_copies(page);
@@ -782,9 +796,9 @@ fn bury<M>(w: &mut Writer<M>, mut replaced: Arc<Layout<M>>, keep_dead: bool) {
             }
             cell.removed_at.store(PRESENT, Ordering::Relaxed);
             if let Some(entry) = cell.entry.take() {
-                if keep_dead {
-                    w.graveyard.push(entry);
-                }
+                // Not dropped here: a drop runs foreign code, and the copies are
+                // not all settled yet (`compact`).
+                w.graveyard.push(entry);
             }
         }
         if keep {
@@ -793,6 +807,18 @@ fn bury<M>(w: &mut Writer<M>, mut replaced: Arc<Layout<M>>, keep_dead: bool) {
     }
     if keep {
         w.spare_layout = Some(replaced);
+    }
+}
+
+/// Aborts the process if dropped while unwinding; forgotten on the way out of the
+/// section it guards. See `Session::compact`.
+struct AbortOnUnwind;
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            std::process::abort();
+        }
     }
 }
 
@@ -840,7 +866,7 @@ mod tests {
         Arc::new(ClientEntry::new(id(n), 4, 0, None))
     }
 
-    fn ids(m: &Membership<u32>) -> Vec<ClientId> {
+    fn ids<M>(m: &Membership<M>) -> Vec<ClientId> {
         let mut out = Vec::new();
         m.for_each(|member| out.push(member.id));
         out
@@ -936,6 +962,107 @@ mod tests {
             }
         }
         (residents, churned)
+    }
+
+    /// A message whose drop panics, as a user's `M` may.
+    struct Boom(bool);
+
+    impl Drop for Boom {
+        fn drop(&mut self) {
+            if self.0 && !std::thread::panicking() {
+                panic!("a message's drop panicked");
+            }
+        }
+    }
+
+    /// Review: a compaction dropped entries (the last one's graveyard, and the dead
+    /// when too many to keep) while its copies still borrowed the old cells' counts,
+    /// so a message whose drop panicked unwound through the copies unsettled, and the
+    /// published cells lost their counts (a use-after-free once the clients went).
+    #[test]
+    fn a_message_drop_that_panics_in_a_compaction_leaves_every_member_counted() {
+        let s: Session<Boom> = Session::new();
+        let live = 40;
+        let boom = |n: usize| Arc::new(ClientEntry::new(id(n), 4, 0, None));
+        let residents: Vec<_> = (0..live).map(boom).collect();
+        for (n, entry) in residents.iter().enumerate() {
+            s.join(id(n), entry);
+        }
+        // Churn until a compaction buries the departed; the first ten hold a
+        // message whose drop panics. Leaves pop the graveyard from its end, so the
+        // ten are the last left in it, for the next compaction to clear.
+        for round in 0.. {
+            let entry = boom(live + round);
+            if round < 10 {
+                assert!(entry.chan.try_send(Boom(true)).is_ok());
+            }
+            s.join(id(live + round), &entry);
+            s.leave(id(live + round));
+            if s.writer.lock().len == live {
+                break;
+            }
+        }
+        let mut panicked = false;
+        for n in 0..live {
+            let left = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.leave(id(n))));
+            if left.is_err() {
+                panicked = true;
+                break;
+            }
+        }
+        assert!(panicked, "no leave met the panicking drop");
+        let members = ids(&s.snapshot());
+        assert!(!members.is_empty());
+        for member in members {
+            let entry = &residents[member.index()];
+            assert_eq!(
+                Arc::strong_count(entry),
+                2,
+                "{member:?}: the session's cell lost its count"
+            );
+        }
+    }
+
+    /// The same, for the departed of a compaction too many to keep in the graveyard,
+    /// which it frees at once.
+    #[test]
+    fn a_message_drop_that_panics_among_many_departed_leaves_every_member_counted() {
+        let s: Session<Boom> = Session::new();
+        let live = GRAVEYARD_MAX + 8;
+        let boom = |n: usize| Arc::new(ClientEntry::new(id(n), 4, 0, None));
+        let residents: Vec<_> = (0..live).map(boom).collect();
+        // Residents on both sides of the departed, so that some are still to be
+        // settled when the first departed cell is met.
+        for (n, entry) in residents.iter().enumerate().take(live / 2) {
+            s.join(id(n), entry);
+        }
+        let departed: Vec<_> = (live..2 * live + 1).map(boom).collect();
+        for entry in &departed {
+            assert!(entry.chan.try_send(Boom(true)).is_ok());
+            s.join(entry.id, entry);
+        }
+        for (n, entry) in residents.iter().enumerate().skip(live / 2) {
+            s.join(id(n), entry);
+        }
+        drop(departed);
+        let mut panicked = false;
+        for n in live..2 * live + 1 {
+            let left = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.leave(id(n))));
+            if left.is_err() {
+                panicked = true;
+                break;
+            }
+        }
+        assert!(panicked, "no leave met the panicking drop");
+        assert_eq!(ids(&s.snapshot()).len(), live);
+        for entry in &residents {
+            assert_eq!(
+                Arc::strong_count(entry),
+                2,
+                "{:?}: the session's cell lost its count",
+                entry.id
+            );
+        }
     }
 
     #[test]

@@ -75,8 +75,8 @@ use std::fmt;
 use crate::client::ClientEntry;
 use crate::paging;
 use crate::sync::{
-    unique_mut, Arc, AtomicU32, AtomicU64, AtomicUsize, OnceArc, Ordering, Snapshot, SnapshotCell,
-    SpinLock, ValueArc,
+    unique_mut, Arc, AtomicU32, AtomicU64, AtomicUsize, NeverWeak, OnceArc, Ordering, Snapshot,
+    SnapshotCell, SpinLock, ValueArc,
 };
 use crate::ClientId;
 
@@ -281,6 +281,20 @@ impl<M> Member<M> {
 }
 
 type Page<M> = Box<[Member<M>]>;
+
+// SAFETY: nothing downgrades an `Arc` of a page or of a layout (`unique_mut`'s
+// condition): readers hold them through snapshots, the writer through `Arc`s.
+#[allow(
+    unsafe_code,
+    reason = "the marker `unique_mut` asks for; see the SAFETY"
+)]
+unsafe impl<M> NeverWeak for Page<M> {}
+// SAFETY: as for `Page`.
+#[allow(
+    unsafe_code,
+    reason = "the marker `unique_mut` asks for; see the SAFETY"
+)]
+unsafe impl<M> NeverWeak for Layout<M> {}
 
 /// A page list and the state word that says how much of it a snapshot sees.
 pub(crate) struct Layout<M> {

@@ -117,7 +117,7 @@ pub(crate) use once_arc::OnceArc;
 pub(crate) use slot_cell::{SlotCell, TAG_PAYLOAD_BITS};
 pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};
 pub(crate) use spin_lock::SpinLock;
-pub(crate) use unique_arc::unique_mut;
+pub(crate) use unique_arc::{unique_mut, NeverWeak};
 pub(crate) use write_once::WriteOnce;
 
 /// The seed of the crate's hash tables: foldhash, seeded per table, in the std

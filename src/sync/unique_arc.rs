@@ -14,11 +14,22 @@
 
 use super::Arc;
 
+/// Values of which no `Weak` is ever made: the only ones [`unique_mut`] takes.
+///
+/// Without `std`'s weak-count lock, a `Weak` could upgrade between the strong and
+/// the weak load of `unique_mut` and be dropped before the second, which would then
+/// hand out `&mut` beside a live strong handle.
+///
+/// # Safety
+///
+/// No code may call `Arc::downgrade` on an `Arc` of the implementing type.
+pub(crate) unsafe trait NeverWeak {}
+
 /// The value of `arc`, mutably, if `arc` is its only handle (strong or weak);
 /// else `None`. As `Arc::get_mut`, without its locked instruction in the std
 /// build.
 #[inline]
-pub(crate) fn unique_mut<T>(arc: &mut Arc<T>) -> Option<&mut T> {
+pub(crate) fn unique_mut<T: NeverWeak>(arc: &mut Arc<T>) -> Option<&mut T> {
     #[cfg(not(switchboard_loom))]
     {
         use std::sync::atomic::{fence, Ordering};
@@ -49,6 +60,10 @@ pub(crate) fn unique_mut<T>(arc: &mut Arc<T>) -> Option<&mut T> {
 #[cfg(all(test, not(switchboard_loom)))]
 mod tests {
     use super::*;
+
+    // SAFETY: not true of `i32` in general, but of the `Weak` below, which this test
+    // makes only to check that it is refused, with no other thread to upgrade it.
+    unsafe impl NeverWeak for i32 {}
 
     #[test]
     fn only_the_sole_handle_gets_the_value() {

@@ -564,18 +564,24 @@ impl<M> Session<M> {
         }
         // One departed member of the last compaction goes per leave: its entry's
         // free then meets the next registration's allocation in the allocator's
-        // thread cache, where a batch of them would overflow it.
-        drop(w.graveyard.pop());
+        // thread cache, where a batch of them would overflow it. Freed after the
+        // lock is released: an entry's drop runs foreign code (queued messages,
+        // wakers), which must not hold up the session's writers or re-enter them.
+        let freed = w.graveyard.pop();
+        let mut buried = Vec::new();
         if w.graveyard.is_empty() {
-            w.graveyard = Vec::new();
+            buried = std::mem::take(&mut w.graveyard);
         }
         let retired = w.positions.is_empty() && !w.pinned;
         if retired {
             w.retired = true;
-            w.graveyard = Vec::new();
+            buried = std::mem::take(&mut w.graveyard);
             w.spare = Vec::new();
             w.spare_layout = None;
         }
+        drop(w);
+        drop(freed);
+        drop(buried);
         if retired {
             Left::RemovedAndRetired
         } else {
@@ -1077,6 +1083,53 @@ mod tests {
                 entry.id
             );
         }
+    }
+
+    /// A message whose drop calls back into its session, as a user's `M` may.
+    struct Reenter(Option<Arc<Session<Reenter>>>);
+
+    impl Drop for Reenter {
+        fn drop(&mut self) {
+            if let Some(s) = self.0.take() {
+                s.pin();
+            }
+        }
+    }
+
+    /// Review: a leave freed a buried entry under the session's writer lock, so a
+    /// message whose drop used the same session waited on that lock for ever.
+    #[test]
+    fn a_message_drop_may_use_its_session_when_a_leave_frees_it() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let s = Arc::new(Session::<Reenter>::new());
+            let live = 10;
+            let entry = |n: usize| Arc::new(ClientEntry::new(id(n), 4, 0, None));
+            let residents: Vec<_> = (0..live).map(entry).collect();
+            for (n, e) in residents.iter().enumerate() {
+                s.join(id(n), e);
+            }
+            for round in 0.. {
+                let e = entry(live + round);
+                assert!(e.chan.try_send(Reenter(Some(Arc::clone(&s)))).is_ok());
+                s.join(id(live + round), &e);
+                s.leave(id(live + round));
+                if s.writer.lock().len == live {
+                    break;
+                }
+            }
+            // Each leave frees one buried entry, and with it its message.
+            for n in 0..live {
+                s.leave(id(n));
+            }
+            let _ = done.send(());
+        });
+        assert!(
+            finished
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .is_ok(),
+            "a leave held the writer lock while a freed message used the session"
+        );
     }
 
     #[test]

@@ -714,9 +714,9 @@ impl<M> Session<M> {
         w.version = 0;
         let replaced = self.install(w, pages);
         let keep_dead = dead <= GRAVEYARD_MAX;
-        if keep_dead {
-            w.graveyard.reserve_exact(dead);
-        }
+        // Room for every departed entry at once, whether kept or freed below: one
+        // allocation, where growing by pushes reallocated a large room's several times.
+        w.graveyard.reserve_exact(dead);
         bury(w, replaced);
         std::mem::forget(settling);
         if !keep_dead {

@@ -383,7 +383,7 @@ struct Writer<M> {
     positions: Positions,
     /// Entries of departed members from the layout the last compaction replaced,
     /// released one per leave (see "Graveyard" in the module docs).
-    graveyard: Vec<Arc<ClientEntry<M>>>,
+    graveyard: Released<M>,
     /// Emptied pages of replaced layouts that no snapshot holds, by page index,
     /// for the next compaction or growth to fill instead of allocating (see
     /// "Spare pages" in the module docs).
@@ -417,6 +417,11 @@ pub(crate) enum Left {
     RemovedAndRetired,
     NotMember,
 }
+
+/// Entries a writer took out of the session, for its caller to drop once it has
+/// released the writer lock: an entry's drop runs foreign code (queued messages,
+/// wakers) that may use the session.
+type Released<M> = Vec<Arc<ClientEntry<M>>>;
 
 /// One member set: its published layout and its writer. Used for sessions and for
 /// the profile indexes alike.
@@ -500,6 +505,8 @@ impl<M> Session<M> {
 
     /// Adds `id`, whose entry (and so channel) is `entry`.
     pub(crate) fn join(&self, id: ClientId, entry: &Arc<ClientEntry<M>>) -> Joined {
+        // Declared before the guard, so dropped after it on every return.
+        let _released;
         let mut w = self.writer.lock();
         if w.retired {
             return Joined::Retired;
@@ -508,7 +515,7 @@ impl<M> Session<M> {
             return Joined::AlreadyMember;
         }
         if w.version >= MAX_VERSION || w.len >= MAX_CELLS {
-            self.compact(&mut w);
+            _released = self.compact(&mut w);
             if w.len >= MAX_CELLS {
                 return Joined::Full;
             }
@@ -533,6 +540,8 @@ impl<M> Session<M> {
 
     /// Removes `id`.
     pub(crate) fn leave(&self, id: ClientId) -> Left {
+        // Declared before the guard, so dropped after it on every return.
+        let mut released = Released::new();
         let mut w = self.writer.lock();
         // The stamp below is `version + 1`; at the limit that would be `PRESENT`,
         // so restart the count first, as a join does (a join may publish
@@ -542,7 +551,7 @@ impl<M> Session<M> {
             if w.positions.get(id, &w.layout.pages).is_none() {
                 return Left::NotMember;
             }
-            self.compact(&mut w);
+            released = self.compact(&mut w);
         }
         let Writer {
             positions, layout, ..
@@ -558,7 +567,7 @@ impl<M> Session<M> {
         w.version += 1;
         let dead = w.len - w.positions.len();
         if dead > w.positions.len().max(COMPACT_SLACK) || w.version >= MAX_VERSION {
-            self.compact(&mut w);
+            released.append(&mut self.compact(&mut w));
         } else {
             publish(&w);
         }
@@ -653,11 +662,13 @@ impl<M> Session<M> {
         unsafe_code,
         reason = "copies that borrow a count until bury settles them; see the SAFETY"
     )]
-    fn compact(&self, w: &mut Writer<M>) {
-        // Leftovers of the compaction before, in a session that shrank since. Dropped
-        // here, before any copy borrows a count: an entry's drop runs foreign code
-        // (queued messages, wakers), and a panic there must find nothing to settle.
-        w.graveyard.clear();
+    #[must_use = "the released entries are to be dropped once the writer lock is released"]
+    fn compact(&self, w: &mut Writer<M>) -> Released<M> {
+        // Leftovers of the compaction before, in a session that shrank since: handed
+        // to the caller to free once it released the lock, since an entry's drop runs
+        // foreign code (queued messages, wakers) that may use this session, and a
+        // panic there must find no copy to settle.
+        let mut released = std::mem::take(&mut w.graveyard);
         let live = w.positions.len();
         let mut pages = w
             .spare_layout
@@ -720,10 +731,10 @@ impl<M> Session<M> {
         bury(w, replaced);
         std::mem::forget(settling);
         if !keep_dead {
-            // Too many to free one per leave: all at once, now that a panicking
-            // drop among them finds every copy settled.
-            w.graveyard.clear();
+            // Too many to free one per leave: all at once, by the caller (above).
+            released.append(&mut w.graveyard);
         }
+        released
     }
 
     /// Publishes a new layout holding `pages` and the writer's current word;
@@ -1129,6 +1140,64 @@ mod tests {
                 .recv_timeout(std::time::Duration::from_secs(10))
                 .is_ok(),
             "a leave held the writer lock while a freed message used the session"
+        );
+    }
+
+    /// The same when a compaction frees them: the previous compaction's leftovers,
+    /// then a room's departed too many to keep.
+    #[test]
+    fn a_message_drop_may_use_its_session_when_a_compaction_frees_it() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let s = Arc::new(Session::<Reenter>::new());
+            let entry = |n: usize| Arc::new(ClientEntry::new(id(n), 4, 0, None));
+            let reenter = |e: &Arc<ClientEntry<Reenter>>| {
+                assert!(e.chan.try_send(Reenter(Some(Arc::clone(&s)))).is_ok());
+            };
+            // Leftovers: 40 buried, then residents leave until a compaction clears
+            // what the leaves have not popped.
+            let live = 40;
+            let residents: Vec<_> = (0..live).map(entry).collect();
+            for (n, e) in residents.iter().enumerate() {
+                s.join(id(n), e);
+            }
+            for round in 0.. {
+                let e = entry(live + round);
+                reenter(&e);
+                s.join(id(live + round), &e);
+                s.leave(id(live + round));
+                if s.writer.lock().len == live {
+                    break;
+                }
+            }
+            for n in 0..live {
+                s.leave(id(n));
+            }
+            // Too many to keep: residents on both sides of more departed than them.
+            let base = 1000;
+            let live = GRAVEYARD_MAX + 8;
+            let residents: Vec<_> = (base..base + live).map(entry).collect();
+            for e in residents.iter().take(live / 2) {
+                s.join(e.id, e);
+            }
+            let departed: Vec<_> = (base + live..base + 2 * live + 1).map(entry).collect();
+            for e in &departed {
+                reenter(e);
+                s.join(e.id, e);
+            }
+            for e in residents.iter().skip(live / 2) {
+                s.join(e.id, e);
+            }
+            for e in departed {
+                s.leave(e.id);
+            }
+            let _ = done.send(());
+        });
+        assert!(
+            finished
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .is_ok(),
+            "a compaction held the writer lock while a freed message used the session"
         );
     }
 

@@ -978,13 +978,30 @@ mod tests {
     /// compaction has just happened; returns the residents' entries and the weak
     /// handles of the churned ones.
     fn churned_room(s: &Session<u32>, live: usize) -> (Vec<Arc<ClientEntry<u32>>>, Vec<Weak>) {
-        let residents: Vec<_> = (0..live).map(entry).collect();
+        churned_room_with(s, live, |_, _| {})
+    }
+
+    /// The residents' entries and the churned ones' weak handles.
+    type Churned<M> = (
+        Vec<Arc<ClientEntry<M>>>,
+        Vec<std::sync::Weak<ClientEntry<M>>>,
+    );
+
+    /// [`churned_room`] for any message type, with `load` called on each churned
+    /// entry (and its round) before it joins.
+    fn churned_room_with<M>(
+        s: &Session<M>,
+        live: usize,
+        load: impl Fn(usize, &Arc<ClientEntry<M>>),
+    ) -> Churned<M> {
+        let residents: Vec<_> = (0..live).map(any_entry).collect();
         for (n, entry) in residents.iter().enumerate() {
             s.join(id(n), entry);
         }
         let mut churned = Vec::new();
         for round in 0.. {
-            let entry = entry(live + round);
+            let entry = any_entry(live + round);
+            load(round, &entry);
             s.join(id(live + round), &entry);
             s.leave(id(live + round));
             churned.push(Arc::downgrade(&entry));
@@ -993,6 +1010,54 @@ mod tests {
             }
         }
         (residents, churned)
+    }
+
+    /// A client entry for `id(n)` of any message type.
+    fn any_entry<M>(n: usize) -> Arc<ClientEntry<M>> {
+        Arc::new(ClientEntry::new(id(n), 4, 0, None))
+    }
+
+    /// Joins `live` residents (ids from `base`) on both sides of `live + 1` members
+    /// that `load` prepared, so that a compaction meets departed cells with
+    /// residents still to copy after them; returns the residents and the others' ids.
+    fn room_around<M>(
+        s: &Session<M>,
+        base: usize,
+        live: usize,
+        load: impl Fn(&Arc<ClientEntry<M>>),
+    ) -> (Vec<Arc<ClientEntry<M>>>, Vec<ClientId>) {
+        let residents: Vec<_> = (base..base + live).map(any_entry).collect();
+        let others: Vec<_> = (base + live..base + 2 * live + 1).map(any_entry).collect();
+        for entry in residents.iter().take(live / 2) {
+            s.join(entry.id, entry);
+        }
+        for entry in &others {
+            load(entry);
+            s.join(entry.id, entry);
+        }
+        for entry in residents.iter().skip(live / 2) {
+            s.join(entry.id, entry);
+        }
+        (residents, others.iter().map(|entry| entry.id).collect())
+    }
+
+    /// Whether one of these leaves panicked (caught); stops at the first.
+    fn a_leave_panics<M>(s: &Session<M>, ids: impl IntoIterator<Item = ClientId>) -> bool {
+        ids.into_iter().any(|id| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.leave(id))).is_err()
+        })
+    }
+
+    /// Whether `work`, on a thread of its own, finishes within ten seconds.
+    fn finishes(work: impl FnOnce() + Send + 'static) -> bool {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            work();
+            let _ = done.send(());
+        });
+        finished
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .is_ok()
     }
 
     /// A message whose drop panics, as a user's `M` may.
@@ -1013,35 +1078,18 @@ mod tests {
     #[test]
     fn a_message_drop_that_panics_in_a_compaction_leaves_every_member_counted() {
         let s: Session<Boom> = Session::new();
-        let live = 40;
-        let boom = |n: usize| Arc::new(ClientEntry::new(id(n), 4, 0, None));
-        let residents: Vec<_> = (0..live).map(boom).collect();
-        for (n, entry) in residents.iter().enumerate() {
-            s.join(id(n), entry);
-        }
         // Churn until a compaction buries the departed; the first ten hold a
         // message whose drop panics. Leaves pop the graveyard from its end, so the
         // ten are the last left in it, for the next compaction to clear.
-        for round in 0.. {
-            let entry = boom(live + round);
+        let (residents, _) = churned_room_with(&s, 40, |round, entry| {
             if round < 10 {
                 assert!(entry.chan.try_send(Boom(true)).is_ok());
             }
-            s.join(id(live + round), &entry);
-            s.leave(id(live + round));
-            if s.writer.lock().len == live {
-                break;
-            }
-        }
-        let mut panicked = false;
-        for n in 0..live {
-            let left = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.leave(id(n))));
-            if left.is_err() {
-                panicked = true;
-                break;
-            }
-        }
-        assert!(panicked, "no leave met the panicking drop");
+        });
+        assert!(
+            a_leave_panics(&s, (0..40).map(id)),
+            "no leave met the panicking drop"
+        );
         let members = ids(&s.snapshot());
         assert!(!members.is_empty());
         for member in members {
@@ -1060,31 +1108,13 @@ mod tests {
     fn a_message_drop_that_panics_among_many_departed_leaves_every_member_counted() {
         let s: Session<Boom> = Session::new();
         let live = GRAVEYARD_MAX + 8;
-        let boom = |n: usize| Arc::new(ClientEntry::new(id(n), 4, 0, None));
-        let residents: Vec<_> = (0..live).map(boom).collect();
-        // Residents on both sides of the departed, so that some are still to be
-        // settled when the first departed cell is met.
-        for (n, entry) in residents.iter().enumerate().take(live / 2) {
-            s.join(id(n), entry);
-        }
-        let departed: Vec<_> = (live..2 * live + 1).map(boom).collect();
-        for entry in &departed {
+        let (residents, departed) = room_around(&s, 0, live, |entry| {
             assert!(entry.chan.try_send(Boom(true)).is_ok());
-            s.join(entry.id, entry);
-        }
-        for (n, entry) in residents.iter().enumerate().skip(live / 2) {
-            s.join(id(n), entry);
-        }
-        drop(departed);
-        let mut panicked = false;
-        for n in live..2 * live + 1 {
-            let left = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.leave(id(n))));
-            if left.is_err() {
-                panicked = true;
-                break;
-            }
-        }
-        assert!(panicked, "no leave met the panicking drop");
+        });
+        assert!(
+            a_leave_panics(&s, departed),
+            "no leave met the panicking drop"
+        );
         assert_eq!(ids(&s.snapshot()).len(), live);
         for entry in &residents {
             assert_eq!(
@@ -1107,38 +1137,25 @@ mod tests {
         }
     }
 
+    /// Queues on `entry` a message that uses `s` when dropped.
+    fn reenter(s: &Arc<Session<Reenter>>, entry: &Arc<ClientEntry<Reenter>>) {
+        assert!(entry.chan.try_send(Reenter(Some(Arc::clone(s)))).is_ok());
+    }
+
     /// Review: a leave freed a buried entry under the session's writer lock, so a
     /// message whose drop used the same session waited on that lock for ever.
     #[test]
     fn a_message_drop_may_use_its_session_when_a_leave_frees_it() {
-        let (done, finished) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+        let left = finishes(|| {
             let s = Arc::new(Session::<Reenter>::new());
-            let live = 10;
-            let entry = |n: usize| Arc::new(ClientEntry::new(id(n), 4, 0, None));
-            let residents: Vec<_> = (0..live).map(entry).collect();
-            for (n, e) in residents.iter().enumerate() {
-                s.join(id(n), e);
-            }
-            for round in 0.. {
-                let e = entry(live + round);
-                assert!(e.chan.try_send(Reenter(Some(Arc::clone(&s)))).is_ok());
-                s.join(id(live + round), &e);
-                s.leave(id(live + round));
-                if s.writer.lock().len == live {
-                    break;
-                }
-            }
+            let (_residents, _) = churned_room_with(&s, 10, |_, entry| reenter(&s, entry));
             // Each leave frees one buried entry, and with it its message.
-            for n in 0..live {
+            for n in 0..10 {
                 s.leave(id(n));
             }
-            let _ = done.send(());
         });
         assert!(
-            finished
-                .recv_timeout(std::time::Duration::from_secs(10))
-                .is_ok(),
+            left,
             "a leave held the writer lock while a freed message used the session"
         );
     }
@@ -1147,56 +1164,23 @@ mod tests {
     /// then a room's departed too many to keep.
     #[test]
     fn a_message_drop_may_use_its_session_when_a_compaction_frees_it() {
-        let (done, finished) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+        let compacted = finishes(|| {
             let s = Arc::new(Session::<Reenter>::new());
-            let entry = |n: usize| Arc::new(ClientEntry::new(id(n), 4, 0, None));
-            let reenter = |e: &Arc<ClientEntry<Reenter>>| {
-                assert!(e.chan.try_send(Reenter(Some(Arc::clone(&s)))).is_ok());
-            };
             // Leftovers: 40 buried, then residents leave until a compaction clears
             // what the leaves have not popped.
-            let live = 40;
-            let residents: Vec<_> = (0..live).map(entry).collect();
-            for (n, e) in residents.iter().enumerate() {
-                s.join(id(n), e);
-            }
-            for round in 0.. {
-                let e = entry(live + round);
-                reenter(&e);
-                s.join(id(live + round), &e);
-                s.leave(id(live + round));
-                if s.writer.lock().len == live {
-                    break;
-                }
-            }
-            for n in 0..live {
+            let (_residents, _) = churned_room_with(&s, 40, |_, entry| reenter(&s, entry));
+            for n in 0..40 {
                 s.leave(id(n));
             }
             // Too many to keep: residents on both sides of more departed than them.
-            let base = 1000;
-            let live = GRAVEYARD_MAX + 8;
-            let residents: Vec<_> = (base..base + live).map(entry).collect();
-            for e in residents.iter().take(live / 2) {
-                s.join(e.id, e);
+            let (_residents, departed) =
+                room_around(&s, 1000, GRAVEYARD_MAX + 8, |entry| reenter(&s, entry));
+            for id in departed {
+                s.leave(id);
             }
-            let departed: Vec<_> = (base + live..base + 2 * live + 1).map(entry).collect();
-            for e in &departed {
-                reenter(e);
-                s.join(e.id, e);
-            }
-            for e in residents.iter().skip(live / 2) {
-                s.join(e.id, e);
-            }
-            for e in departed {
-                s.leave(e.id);
-            }
-            let _ = done.send(());
         });
         assert!(
-            finished
-                .recv_timeout(std::time::Duration::from_secs(10))
-                .is_ok(),
+            compacted,
             "a compaction held the writer lock while a freed message used the session"
         );
     }

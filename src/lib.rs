@@ -52,8 +52,9 @@
 //!   `unsafe` code lives in `src/sync/` (this cell, the channel's ring and the
 //!   write-once member cells), the ring's push/pop contracts in `channel.rs`, and
 //!   one block in `session.rs`, where a compaction's copies borrow the old cells'
-//!   counts until it settles them; every block has its SAFETY argument and a loom
-//!   model that runs the real algorithm.
+//!   counts until it settles them, beside the two `NeverWeak` marker impls
+//!   `unique_mut` asks for; every block has its SAFETY argument, and every one but
+//!   `unique_mut`'s loads (see `sync.rs`) a loom model that runs the real algorithm.
 //! * **Writers lock, readers don't.** Register, unregister, attach and detach take
 //!   small locks (a shard's allocator, a client's membership list, a session's
 //!   writer). Lookups, sends and broadcasts take none.

@@ -85,6 +85,11 @@
 //!   map: a reload's walk against a registration's key) is a [`LockFreeMap`]
 //!   instead, papaya in the std build and under loom a stand-in with papaya's
 //!   per-entry `Release` publish and `Acquire` reads (`sync/lock_free_map.rs`).
+//! * **[`unique_mut`]'s loads.** The std build answers "only handle?" with two
+//!   loads and a fence (`sync/unique_arc.rs`); under loom it is `Arc::get_mut`,
+//!   whose weak-count lock loom's `Arc` models. Sound only for [`NeverWeak`] types,
+//!   of which no `Weak` exists for an upgrade to race, so there is no interleaving
+//!   the std build adds for loom to find.
 //! * **The send deadline.** `send_timeout`'s timer is tokio's; loom models drive
 //!   it with no deadline (`Duration::MAX`), which is the path that waits only on the
 //!   channel's own wakeups.

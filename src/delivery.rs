@@ -100,7 +100,7 @@ impl<M: Clone + Send + 'static> Registry<M> {
     /// assert!(!registry.is_online(id));
     /// ```
     pub fn send(&self, id: ClientId, msg: M) -> Result<(), SendError<M>> {
-        let slot = match self.slot(id) {
+        let slot = match self.clients().slot(id) {
             Ok(slot) => slot,
             Err(why) => return Err(SendError::Unknown(msg, why)),
         };
@@ -149,7 +149,7 @@ impl<M: Clone + Send + 'static> Registry<M> {
         msg: M,
         timeout: Duration,
     ) -> Result<(), SendError<M>> {
-        let entry = match self.entry(id) {
+        let entry = match self.clients().entry(id) {
             Ok(entry) => entry,
             Err(why) => return Err(SendError::Unknown(msg, why)),
         };

@@ -92,9 +92,12 @@
 //! # Implementation notes
 //!
 //! * `id`: the packed [`ClientId`]. `shard`: paged slot arrays and their free lists.
+//!   `clients`: the shards, admission, and the id-to-entry lookups every path
+//!   starts with.
 //! * `session`: member sets (sessions and profile indexes): layouts, versions and
 //!   compaction.
-//! * `registry`: register, unregister (the one departure path), attach, detach.
+//! * `registry`: register, unregister (the one departure path), attach, detach:
+//!   it orchestrates the parts, each of which owns its state behind a small API.
 //! * `profile`, `fleet`, `query`, `task`, `device_config`, `events`: client
 //!   profiles, keys and takeover, indexed filters and device selection, tasks, the
 //!   device config merge and presence events. The fleet's shared state (keys,
@@ -123,6 +126,7 @@ pub mod bench_support;
 mod channel;
 mod client;
 mod client_ref;
+mod clients;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 mod config;

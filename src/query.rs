@@ -296,7 +296,9 @@ impl<M> Registry<M> {
             if wanted.exclude.contains(&id) {
                 continue;
             }
-            let Ok(entry) = self.entry(id) else { continue };
+            let Ok(entry) = self.clients().entry(id) else {
+                continue;
+            };
             let info = entry.info();
             let score = wanted
                 .preferred_tags

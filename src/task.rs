@@ -98,8 +98,8 @@ impl<M> crate::Registry<M> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn open_task(&self, orchestrator: ClientId, device: ClientId) -> Result<TaskId, TaskError> {
-        let o = self.entry(orchestrator)?;
-        let d = self.entry(device)?;
+        let o = self.clients().entry(orchestrator)?;
+        let d = self.clients().entry(device)?;
         if o.info().kind != Some(ClientKind::Orchestrator) || orchestrator == device {
             return Err(TaskError::WrongKind {
                 client: orchestrator,
@@ -150,7 +150,7 @@ impl<M> crate::Registry<M> {
             .remove_task(task)
             .ok_or(TaskError::UnknownTask(task))?;
         for side in [task.orchestrator, task.device] {
-            if let Ok(entry) = self.entry(side) {
+            if let Ok(entry) = self.clients().entry(side) {
                 if let Some(fleet) = entry.state.lock().fleet.as_mut() {
                     fleet.tasks.retain(|t| *t != task.id);
                 }
@@ -186,7 +186,7 @@ impl<M> crate::Registry<M> {
     }
 
     fn tasks_of(&self, id: ClientId) -> Result<Vec<Task>, ClientError> {
-        let entry = self.entry(id)?;
+        let entry = self.clients().entry(id)?;
         let ids = entry.state.lock().tasks().to_vec();
         Ok(ids
             .into_iter()
@@ -204,7 +204,7 @@ impl<M> crate::Registry<M> {
         } else {
             (CancelReason::DeviceDisconnected, task.orchestrator)
         };
-        if let Ok(entry) = self.entry(survivor) {
+        if let Ok(entry) = self.clients().entry(survivor) {
             if let Some(fleet) = entry.state.lock().fleet.as_mut() {
                 fleet.tasks.retain(|t| *t != task.id);
             }

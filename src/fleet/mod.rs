@@ -159,7 +159,9 @@ impl<M> Registry<M> {
         let mut updated = 0;
         // The walk comes after the new config is published; see `Fleet::reload`.
         let config = self.inner.fleet.reload(config, |config, id| {
-            let Ok(entry) = self.entry(id) else { return };
+            let Ok(entry) = self.clients().entry(id) else {
+                return;
+            };
             let mut state = entry.state.lock();
             if !state.connected {
                 return;

@@ -1,0 +1,172 @@
+//! The connected clients: the shards their entries live in, the admission count,
+//! and the id-to-entry lookups every path starts with.
+//!
+//! [`Clients`] owns this state; the registry reaches it only through the methods
+//! here. A [`ClientId`] names a shard and a slot in it, so a lookup is two indexings
+//! and one generation check, with no map and no lock. Registering finds a slot
+//! ([`Clients::reserve`]), the caller fills it, and the one departure path empties
+//! it again ([`Clients::release`]).
+
+use crate::client::ClientEntry;
+use crate::error::{ClientError, RegisterError};
+use crate::shard::{self, Reserved, Shard};
+use crate::sync::{Arc, AtomicUsize, Ordering, SlotCell};
+use crate::ClientId;
+
+/// The shards of client slots, and how many clients they admitted.
+pub(crate) struct Clients<M> {
+    shards: Box<[Shard<ClientEntry<M>>]>,
+    /// [`Builder::max_clients`](crate::Builder::max_clients).
+    max_clients: Option<usize>,
+    /// Connected clients, kept only when `max_clients` is set.
+    ///
+    /// Ordering: `Relaxed`; the limit check needs only the modification order of
+    /// this one counter.
+    admitted: AtomicUsize,
+}
+
+impl<M> Clients<M> {
+    /// `shards` empty shards, admitting at most `max_clients` at a time.
+    pub(crate) fn new(shards: usize, max_clients: Option<usize>) -> Self {
+        Self {
+            shards: (0..shards).map(|_| Shard::new()).collect(),
+            max_clients,
+            admitted: AtomicUsize::new(0),
+        }
+    }
+
+    /// Admits one more client and reserves its slot: in the calling thread's home
+    /// shard, or the next one with room. The caller stores the entry, whose id is
+    /// the one returned, in the slot.
+    ///
+    /// # Errors
+    ///
+    /// [`RegisterError::LimitReached`] at `max_clients`, and
+    /// [`RegisterError::OutOfSlots`] when every shard is full; nothing is admitted
+    /// then.
+    #[inline]
+    pub(crate) fn reserve(&self) -> Result<(ClientId, &SlotCell<ClientEntry<M>>), RegisterError> {
+        if let Some(limit) = self.max_clients {
+            // Relaxed: see `admitted`.
+            let admitted = self
+                .admitted
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < limit).then_some(n + 1)
+                });
+            if admitted.is_err() {
+                return Err(RegisterError::LimitReached { limit });
+            }
+        }
+        let shards = self.shards.len();
+        let home = shard::home(shards);
+        let reserved = (0..shards).find_map(|step| {
+            // `home + step` < 2 × `shards`: a subtraction wraps it, not a division.
+            let shard = match home + step {
+                past if past >= shards => past - shards,
+                shard => shard,
+            };
+            self.shards[shard].reserve().map(|r| (shard, r))
+        });
+        let Some((
+            shard,
+            Reserved {
+                index,
+                generation,
+                slot,
+            },
+        )) = reserved
+        else {
+            self.release_admission();
+            return Err(RegisterError::OutOfSlots);
+        };
+        Ok((ClientId::pack(shard, index, generation), slot))
+    }
+
+    /// Empties `entry`'s slot and gives its admission back. Only the departure
+    /// that flipped the client's `connected` calls this, once per client.
+    ///
+    /// Returns whether the slot was still `entry`'s.
+    #[inline]
+    pub(crate) fn release(&self, entry: &Arc<ClientEntry<M>>) -> bool {
+        let freed = self.shards[entry.id.shard()].release(entry);
+        self.release_admission();
+        freed
+    }
+
+    fn release_admission(&self) {
+        if self.max_clients.is_some() {
+            // Relaxed: see `admitted`.
+            self.admitted.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The slot `id` points at, or why it points nowhere.
+    #[inline]
+    pub(crate) fn slot(&self, id: ClientId) -> Result<&SlotCell<ClientEntry<M>>, ClientError> {
+        let shard = self
+            .shards
+            .get(id.shard())
+            .ok_or(ClientError::NoSuchShard(id))?;
+        shard.slot(id.index()).ok_or(ClientError::NoSuchSlot(id))
+    }
+
+    /// Calls `f` with the entry `id` names, if it is still the slot's occupant.
+    ///
+    /// The write path's way in: one epoch pin for the whole call (the pins of any
+    /// slot or profile read inside `f` nest in it for free), and no reference count
+    /// taken or given back, where [`entry`](Self::entry) costs two atomic
+    /// read-modify-writes. The pin keeps the entry alive while `f` runs even if `f`
+    /// itself empties the slot (unregister). A pinned thread holds back every
+    /// thread's reclamation, so `f` takes only the registry's short locks and never
+    /// awaits.
+    #[inline]
+    pub(crate) fn with_entry<R, E: From<ClientError>>(
+        &self,
+        id: ClientId,
+        f: impl FnOnce(&Arc<ClientEntry<M>>) -> Result<R, E>,
+    ) -> Result<R, E> {
+        self.slot(id)?.with(|entry| match entry {
+            Some(entry) if entry.id == id => f(entry),
+            _ => Err(ClientError::Gone(id).into()),
+        })
+    }
+
+    /// The entry `id` names, if it is still the slot's occupant.
+    pub(crate) fn entry(&self, id: ClientId) -> Result<Arc<ClientEntry<M>>, ClientError> {
+        self.slot(id)?.with(|entry| match entry {
+            Some(entry) if entry.id == id => Ok(Arc::clone(entry)),
+            _ => Err(ClientError::Gone(id)),
+        })
+    }
+
+    /// Connected clients. Sums the shards' counts; takes no lock.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(Shard::live).sum()
+    }
+
+    /// How many shards there are.
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Calls `f` with every connected client's entry, shard by shard.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&ClientEntry<M>)) {
+        for shard in self.shards.iter() {
+            shard.for_each_occupied(&mut f);
+        }
+    }
+}
+
+impl<M> Drop for Clients<M> {
+    /// Closes every channel, so writer tasks see the end when the registry goes,
+    /// and lets go of every client's sessions: a session's member cells hold the
+    /// client's entry (its channel lives there), so an entry that kept its sessions
+    /// would keep itself alive.
+    fn drop(&mut self) {
+        self.for_each(|entry| {
+            entry.chan.close();
+            let sessions = std::mem::take(&mut entry.state.lock().sessions);
+            drop(sessions);
+        });
+    }
+}

@@ -213,7 +213,7 @@ impl<M: Clone + Send + 'static> Registry<M> {
         msg: M,
     ) -> Result<BroadcastReport, BroadcastError<M>> {
         let key = session.into();
-        match self.inner.sessions.get(&key) {
+        match self.sessions().get(&key) {
             Some(session) => Ok(self.deliver(&session, &msg, None, None)),
             None => Err(BroadcastError::UnknownSession(msg, key)),
         }
@@ -247,7 +247,7 @@ impl<M: Clone + Send + 'static> Registry<M> {
         msg: M,
     ) -> Result<BroadcastReport, BroadcastError<M>> {
         let key = session.into();
-        match self.inner.sessions.get(&key) {
+        match self.sessions().get(&key) {
             Some(session) => Ok(self.deliver(&session, &msg, Some(except), None)),
             None => Err(BroadcastError::UnknownSession(msg, key)),
         }
@@ -280,7 +280,7 @@ impl<M: Clone + Send + 'static> Registry<M> {
         let mut seen = HashSet::new();
         for key in sessions {
             let key = key.into();
-            match self.inner.sessions.get(&key) {
+            match self.sessions().get(&key) {
                 Some(session) => {
                     let report = self.deliver(&session, &msg, None, Some(&mut seen));
                     out.report.merge(&report);
@@ -297,7 +297,7 @@ impl<M: Clone + Send + 'static> Registry<M> {
     /// would take them.
     #[cfg(feature = "cluster")]
     pub(crate) fn broadcast_each(&self, session: &SessionId, msgs: impl IntoIterator<Item = M>) {
-        match self.inner.sessions.get(session) {
+        match self.sessions().get(session) {
             Some(session) => {
                 for msg in msgs {
                     let _report = self.deliver(&session, &msg, None, None);

@@ -95,7 +95,8 @@
 //!   `clients`: the shards, admission, and the id-to-entry lookups every path
 //!   starts with.
 //! * `session`: member sets (sessions and profile indexes): layouts, versions and
-//!   compaction.
+//!   compaction; `session/directory.rs` keeps them by key and forgets a set that
+//!   retires.
 //! * `registry`: register, unregister (the one departure path), attach, detach:
 //!   it orchestrates the parts, each of which owns its state behind a small API.
 //! * `profile`, `fleet`, `query`, `task`, `device_config`, `events`: client

@@ -11,9 +11,9 @@ use crate::error::{AttachError, ClientError, DetachError, RegisterError, Unknown
 use crate::events::{Event, EventBus};
 use crate::fleet::{index_keys, Fleet};
 use crate::profile::{json_size, ClientInfo};
-use crate::session::{Joined, Left, Session};
+use crate::session::{Directory, Join};
 use crate::stats::{Counters, Stats};
-use crate::sync::{Arc, ConcurrentMap};
+use crate::sync::Arc;
 use crate::task::CancelledTask;
 use crate::{ClientId, SessionId};
 
@@ -33,7 +33,8 @@ pub(crate) struct Inner<M> {
     pub(crate) config: Config,
     /// Every connected client's entry, by id.
     clients: Clients<M>,
-    pub(crate) sessions: ConcurrentMap<SessionId, Arc<Session<M>>>,
+    /// Every open session, by key.
+    sessions: Directory<SessionId, M>,
     /// Keys, profile index sets, tasks and the device config.
     pub(crate) fleet: Fleet<M>,
     pub(crate) events: EventBus,
@@ -125,7 +126,7 @@ impl<M> Registry<M> {
             inner: Arc::new(Inner {
                 config,
                 clients,
-                sessions: ConcurrentMap::new(),
+                sessions: Directory::new(),
                 fleet: Fleet::new(device_config),
                 events,
                 counters: Counters::new(),
@@ -362,6 +363,7 @@ impl<M> Registry<M> {
     /// [`unregister_because`](Self::unregister_because), naming the connection
     /// that takes `id` over, if any: rooms moved to it follow it onwards if it was
     /// itself taken over meanwhile.
+    #[inline]
     fn depart(
         &self,
         id: ClientId,
@@ -422,7 +424,7 @@ impl<M> Registry<M> {
                 }
                 keys.push(key.clone());
             }
-            self.leave(&session, id);
+            self.inner.sessions.leave_session(&session, id);
         });
         if let Some(info) = &info {
             for index_key in index_keys(info) {
@@ -523,19 +525,15 @@ impl<M> Registry<M> {
         if state.position(&key).is_some() {
             return Ok(false);
         }
-        loop {
-            let session = self.session_or_insert(&key);
-            match session.join(id, entry) {
-                Joined::Added => {
-                    state.sessions.push(session);
-                    return Ok(true);
-                }
-                // The client's state says it is not a member, and the state is only
-                // changed under its lock, which we hold.
-                Joined::AlreadyMember => return Ok(false),
-                Joined::Retired => forget(&self.inner.sessions, &key, &session),
-                Joined::Full => return Err(AttachError::SessionFull(key)),
+        match self.inner.sessions.join(&key, id, entry) {
+            Join::Added(session) => {
+                state.sessions.push(session);
+                Ok(true)
             }
+            // The client's state says it is not a member, and the state is only
+            // changed under its lock, which we hold.
+            Join::AlreadyMember => Ok(false),
+            Join::Full => Err(AttachError::SessionFull(key)),
         }
     }
 
@@ -574,7 +572,7 @@ impl<M> Registry<M> {
                 });
             };
             if let Some(session) = state.sessions.swap_remove(position) {
-                self.leave(&session, id);
+                self.inner.sessions.leave_session(&session, id);
             }
             Ok(())
         })
@@ -591,14 +589,7 @@ impl<M> Registry<M> {
     /// assert_eq!(registry.members("announcements").map(|m| m.len()), Ok(0));
     /// ```
     pub fn open_session(&self, session: impl Into<SessionId>) {
-        let key = session.into();
-        loop {
-            let session = self.session_or_insert(&key);
-            if session.pin() {
-                return;
-            }
-            forget(&self.inner.sessions, &key, &session);
-        }
+        self.inner.sessions.open(&session.into());
     }
 
     /// Stops keeping a session open: it disappears now if empty, or when its last
@@ -618,14 +609,7 @@ impl<M> Registry<M> {
     /// # Ok::<(), switchboard::UnknownSession>(())
     /// ```
     pub fn release_session(&self, session: impl Into<SessionId>) -> Result<(), UnknownSession> {
-        let key = session.into();
-        let Some(session) = self.inner.sessions.get(&key) else {
-            return Err(UnknownSession(key));
-        };
-        if session.unpin() {
-            forget(&self.inner.sessions, &key, &session);
-        }
-        Ok(())
+        self.inner.sessions.release(session.into())
     }
 
     /// The members of a session, in join order.
@@ -800,20 +784,10 @@ impl<M> Registry<M> {
         &self.inner.clients
     }
 
-    fn session_or_insert(&self, key: &SessionId) -> Arc<Session<M>> {
-        self.inner
-            .sessions
-            .get_or_insert_with(key, || Arc::new(Session::named(key.clone())))
-    }
-
-    /// Removes `id` from `session`, and a retired session from the directory
-    /// under the key it keeps.
-    pub(crate) fn leave(&self, session: &Arc<Session<M>>, id: ClientId) {
-        if session.leave(id) == Left::RemovedAndRetired {
-            if let Some(key) = session.key() {
-                forget(&self.inner.sessions, key, session);
-            }
-        }
+    /// Every open session, by key.
+    #[inline]
+    pub(crate) fn sessions(&self) -> &Directory<SessionId, M> {
+        &self.inner.sessions
     }
 
     /// The connected client `who` names: the id's occupant, or the key's current
@@ -843,14 +817,6 @@ impl<M> Registry<M> {
             }
         }
     }
-}
-
-/// Removes a retired member set from `map`, unless a successor already replaced it.
-fn forget<K, M>(map: &ConcurrentMap<K, Arc<Session<M>>>, key: &K, set: &Arc<Session<M>>)
-where
-    K: std::hash::Hash + Eq + Clone,
-{
-    map.remove_if(key, |current| Arc::ptr_eq(current, set));
 }
 
 /// Rejects metadata larger than `limit` bytes of compact JSON.

@@ -80,8 +80,10 @@ use crate::sync::{
 };
 use crate::ClientId;
 
+mod directory;
 mod positions;
 
+pub(crate) use directory::{Directory, Join, SetKey};
 use positions::Positions;
 
 /// The key of a session (a room, a channel, a task), chosen by the application.

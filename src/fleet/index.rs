@@ -4,6 +4,7 @@
 //! described in [`query`](crate::query).
 
 use crate::profile::{fold_platform, ClientInfo, ClientKind};
+use crate::session::{Session, SetKey};
 use crate::sync::ValueArc;
 
 /// The name of one index set.
@@ -14,6 +15,14 @@ pub(crate) enum IndexKey {
     Platform(ValueArc<str>),
     Capability(ValueArc<str>),
     Tag(ValueArc<str>),
+}
+
+impl SetKey for IndexKey {
+    /// Unnamed: only the directory needs an index set's key.
+    #[inline]
+    fn new_set<M>(&self) -> Session<M> {
+        Session::new()
+    }
 }
 
 /// The index sets a profile belongs to.

@@ -2,13 +2,14 @@
 //! device config), owned in one place behind a small API.
 //!
 //! The registry's register, unregister and update paths orchestrate these calls
-//! under a client's lock; this type keeps the maps private, so how a key is held or
-//! an index set retired is decided here and nowhere else.
+//! under a client's lock; this type keeps the maps private, so how a key is held is
+//! decided here and nowhere else. The index sets live in a session
+//! [`Directory`], which decides how a set retires, for sessions and index sets alike.
 
 use crate::client::ClientEntry;
 use crate::device_config::DeviceConfig;
 use crate::profile::ClientKind;
-use crate::session::{Joined, Left, Session};
+use crate::session::{Directory, Session};
 use crate::sync::{
     lock, Arc, AtomicU64, ConcurrentMap, LockFreeMap, Mutex, Ordering, SnapshotCell, ValueArc,
 };
@@ -23,7 +24,7 @@ pub(crate) struct Fleet<M> {
     /// models check `config_epoch` against papaya's orderings, not a mutex's.
     keys: LockFreeMap<ValueArc<str>, ClientId>,
     /// Profile index sets; see [`query`](crate::query).
-    indexes: ConcurrentMap<IndexKey, Arc<Session<M>>>,
+    indexes: Directory<IndexKey, M>,
     /// Open tasks. Whoever removes a task ends it, so it ends exactly once.
     tasks: ConcurrentMap<TaskId, Task>,
     /// The next task id.
@@ -57,7 +58,7 @@ impl<M> Fleet<M> {
     pub(crate) fn new(device_config: DeviceConfig) -> Self {
         Self {
             keys: LockFreeMap::new(),
-            indexes: ConcurrentMap::new(),
+            indexes: Directory::new(),
             tasks: ConcurrentMap::new(),
             next_task: AtomicU64::new(1),
             device_config: SnapshotCell::new(Arc::new(device_config)),
@@ -87,27 +88,15 @@ impl<M> Fleet<M> {
 
     /// Adds `id` to an index set. Called under the client's lock.
     pub(crate) fn join_index(&self, key: &IndexKey, id: ClientId, entry: &Arc<ClientEntry<M>>) {
-        loop {
-            let set = self
-                .indexes
-                .get_or_insert_with(key, || Arc::new(Session::new()));
-            match set.join(id, entry) {
-                // An index set that cannot grow leaves the client out of that one
-                // filter; 2^32 members of one platform or tag is not a real fleet.
-                Joined::Added | Joined::AlreadyMember | Joined::Full => return,
-                Joined::Retired => self.forget_index(key, &set),
-            }
-        }
+        // An index set that cannot grow leaves the client out of that one filter;
+        // 2^32 members of one platform or tag is not a real fleet.
+        let _ = self.indexes.join(key, id, entry);
     }
 
     /// Removes `id` from an index set. Called under the client's lock, or after its
     /// unregister made it unreachable.
     pub(crate) fn leave_index(&self, key: &IndexKey, id: ClientId) {
-        if let Some(set) = self.indexes.get(key) {
-            if set.leave(id) == Left::RemovedAndRetired {
-                self.forget_index(key, &set);
-            }
-        }
+        self.indexes.leave(key, id);
     }
 
     /// The index set `key` names, if any client is (or was just) in it.
@@ -211,12 +200,6 @@ impl<M> Fleet<M> {
             apply(&config, id);
         }
         config
-    }
-
-    /// Removes a retired index set, unless a successor already replaced it.
-    fn forget_index(&self, key: &IndexKey, set: &Arc<Session<M>>) {
-        self.indexes
-            .remove_if(key, |current| Arc::ptr_eq(current, set));
     }
 }
 

@@ -163,7 +163,7 @@ impl<M: Clone + Send + 'static> Registry<M> {
         id: ClientId,
         outcome: Result<(), Rejected<M>>,
     ) -> Result<(), SendError<M>> {
-        let counters = &self.inner.counters;
+        let counters = &self.counters();
         match outcome {
             Ok(()) => {
                 counters.delivered.add(1);
@@ -315,7 +315,7 @@ impl<M: Clone + Send + 'static> Registry<M> {
         except: Option<ClientId>,
         mut seen: Option<&mut HashSet<ClientId>>,
     ) -> BroadcastReport {
-        let policy = self.inner.config.slow_consumer;
+        let policy = self.config().slow_consumer;
         let mut report = BroadcastReport::default();
         let mut casualties = Vec::new();
         {
@@ -358,7 +358,7 @@ impl<M: Clone + Send + 'static> Registry<M> {
                 }
             }
         }
-        let counters = &self.inner.counters;
+        let counters = &self.counters();
         counters.delivered.add(report.delivered as u64);
         counters.dropped.add(report.dropped as u64);
         counters.closed.add(report.closed as u64);

@@ -202,7 +202,7 @@ impl<M> Registry<M> {
         let keys = filter.index_keys();
         let mut out = Vec::new();
         if keys.is_empty() {
-            let Some(all) = self.inner.fleet.index(&IndexKey::Profiled) else {
+            let Some(all) = self.fleet().index(&IndexKey::Profiled) else {
                 return out;
             };
             let snapshot = all.snapshot();
@@ -226,7 +226,7 @@ impl<M> Registry<M> {
         let mut smallest: Option<(usize, Arc<Session<M>>)> = None;
         for key in &keys {
             // A criterion nobody meets: the answer is empty.
-            let Some(set) = self.inner.fleet.index(key) else {
+            let Some(set) = self.fleet().index(key) else {
                 return out;
             };
             let size = set.live();

@@ -26,19 +26,20 @@ use crate::{ClientId, SessionId};
 ///
 /// See the [crate documentation](crate) for the design and an example.
 pub struct Registry<M> {
-    pub(crate) inner: Arc<Inner<M>>,
+    inner: Arc<Inner<M>>,
 }
 
-pub(crate) struct Inner<M> {
-    pub(crate) config: Config,
+/// The parts a registry orchestrates, each owning its state behind its own API.
+struct Inner<M> {
+    config: Config,
     /// Every connected client's entry, by id.
     clients: Clients<M>,
     /// Every open session, by key.
     sessions: Directory<SessionId, M>,
     /// Keys, profile index sets, tasks and the device config.
-    pub(crate) fleet: Fleet<M>,
-    pub(crate) events: EventBus,
-    pub(crate) counters: Counters,
+    fleet: Fleet<M>,
+    events: EventBus,
+    counters: Counters,
 }
 
 impl<M> Clone for Registry<M> {
@@ -788,6 +789,30 @@ impl<M> Registry<M> {
     #[inline]
     pub(crate) fn sessions(&self) -> &Directory<SessionId, M> {
         &self.inner.sessions
+    }
+
+    /// The settings the registry was built with.
+    #[inline]
+    pub(crate) fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Keys, profile index sets, tasks and the device config.
+    #[inline]
+    pub(crate) fn fleet(&self) -> &Fleet<M> {
+        &self.inner.fleet
+    }
+
+    /// Presence events, for subscribers.
+    #[inline]
+    pub(crate) fn events(&self) -> &EventBus {
+        &self.inner.events
+    }
+
+    /// Delivery totals.
+    #[inline]
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.inner.counters
     }
 
     /// The connected client `who` names: the id's occupant, or the key's current

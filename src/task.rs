@@ -131,7 +131,7 @@ impl<M> crate::Registry<M> {
                 return Err(TaskError::AtCapacity { device, limit });
             }
         }
-        let id = self.inner.fleet.insert_task(orchestrator, device);
+        let id = self.fleet().insert_task(orchestrator, device);
         o_state.fleet().tasks.push(id);
         d_state.fleet().tasks.push(id);
         Ok(id)
@@ -145,8 +145,7 @@ impl<M> crate::Registry<M> {
     /// never existed: completing twice is reported, not a panic.
     pub fn complete_task(&self, task: TaskId) -> Result<Task, TaskError> {
         let task = self
-            .inner
-            .fleet
+            .fleet()
             .remove_task(task)
             .ok_or(TaskError::UnknownTask(task))?;
         for side in [task.orchestrator, task.device] {
@@ -190,7 +189,7 @@ impl<M> crate::Registry<M> {
         let ids = entry.state.lock().tasks().to_vec();
         Ok(ids
             .into_iter()
-            .filter_map(|t| self.inner.fleet.task(t))
+            .filter_map(|t| self.fleet().task(t))
             .collect())
     }
 
@@ -198,7 +197,7 @@ impl<M> crate::Registry<M> {
     /// surviving side through the event stream.
     pub(crate) fn cancel_task(&self, task: TaskId, gone: ClientId) -> Option<CancelledTask> {
         // Whoever removes the task from the map cancels it: exactly once.
-        let task = self.inner.fleet.remove_task(task)?;
+        let task = self.fleet().remove_task(task)?;
         let (reason, survivor) = if task.orchestrator == gone {
             (CancelReason::OrchestratorDisconnected, task.device)
         } else {
@@ -209,7 +208,7 @@ impl<M> crate::Registry<M> {
                 fleet.tasks.retain(|t| *t != task.id);
             }
         }
-        self.inner.events.publish(|| Event::TaskCancelled {
+        self.events().publish(|| Event::TaskCancelled {
             task: task.id,
             orchestrator: task.orchestrator,
             device: task.device,

@@ -115,18 +115,18 @@ impl<M> Registry<M> {
         // Loaded under the client's lock: a reload that stored its config before
         // this load sees its store here; one that stores later locks this client
         // after us and merges its config in again (issue 10, race 2).
-        let config = self.inner.fleet.config();
+        let config = self.fleet().config();
         let current = entry.info();
         let mut reported = state.reported(&current);
         update(&mut reported);
-        let limit = self.inner.config.max_metadata_bytes;
+        let limit = self.config().max_metadata_bytes;
         let size = json_size(&reported.custom_metadata);
         if size > limit {
             return Err(UpdateError::MetadataTooLarge { size, limit });
         }
         let mut candidate = (*current).clone();
         candidate.system_info = reported;
-        if let Err((what, actual, limit)) = self.inner.config.profile_bounds.check(&candidate) {
+        if let Err((what, actual, limit)) = self.config().profile_bounds.check(&candidate) {
             return Err(UpdateError::ProfileTooLarge {
                 what,
                 actual,
@@ -158,7 +158,7 @@ impl<M> Registry<M> {
     pub fn apply_config(&self, config: DeviceConfig) -> Reloaded {
         let mut updated = 0;
         // The walk comes after the new config is published; see `Fleet::reload`.
-        let config = self.inner.fleet.reload(config, |config, id| {
+        let config = self.fleet().reload(config, |config, id| {
             let Ok(entry) = self.clients().entry(id) else {
                 return;
             };
@@ -196,10 +196,10 @@ impl<M> Registry<M> {
         let before = index_keys(current);
         let after = index_keys(&next);
         for key in before.iter().filter(|k| !after.contains(k)) {
-            self.inner.fleet.leave_index(key, entry.id);
+            self.fleet().leave_index(key, entry.id);
         }
         for key in after.iter().filter(|k| !before.contains(k)) {
-            self.inner.fleet.join_index(key, entry.id, entry);
+            self.fleet().join_index(key, entry.id, entry);
         }
         let next = Arc::new(next);
         entry.profile.store(Some(Arc::clone(&next)));
@@ -218,7 +218,7 @@ impl<M> Registry<M> {
         state: &mut ClientState<M>,
         used: &Arc<DeviceConfig>,
     ) -> bool {
-        let Some(latest) = self.inner.fleet.config_replaced(used) else {
+        let Some(latest) = self.fleet().config_replaced(used) else {
             return false;
         };
         let current = entry.info();
@@ -251,7 +251,7 @@ impl<M> Registry<M> {
     /// # Ok::<(), switchboard::RegisterError>(())
     /// ```
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
-        self.inner.events.subscribe()
+        self.events().subscribe()
     }
 }
 

@@ -371,7 +371,8 @@ impl<M> Registry<M> {
         cause: CloseReason,
         successor: Option<&Arc<ClientEntry<M>>>,
     ) -> Result<Unregistered, ClientError> {
-        self.clients()
+        self.inner
+            .clients
             .with_entry(id, |entry| self.depart_entry(entry, cause, successor))
     }
 
@@ -506,7 +507,7 @@ impl<M> Registry<M> {
     /// ```
     pub fn attach(&self, id: ClientId, session: impl Into<SessionId>) -> Result<bool, AttachError> {
         let key = session.into();
-        self.clients().with_entry(id, |entry| {
+        self.inner.clients.with_entry(id, |entry| {
             let mut state = entry.state.lock();
             if !state.connected {
                 return Err(ClientError::Gone(id).into());
@@ -561,7 +562,7 @@ impl<M> Registry<M> {
     /// ```
     pub fn detach(&self, id: ClientId, session: impl Into<SessionId>) -> Result<(), DetachError> {
         let key = session.into();
-        self.clients().with_entry(id, |entry| {
+        self.inner.clients.with_entry(id, |entry| {
             let mut state = entry.state.lock();
             if !state.connected {
                 return Err(ClientError::Gone(id).into());
@@ -671,7 +672,7 @@ impl<M> Registry<M> {
     /// # Ok::<(), switchboard::ClientError>(())
     /// ```
     pub fn sessions_of(&self, id: ClientId) -> Result<Vec<SessionId>, ClientError> {
-        let entry = self.clients().entry(id)?;
+        let entry = self.inner.clients.entry(id)?;
         let state = entry.state.lock();
         if !state.connected {
             return Err(ClientError::Gone(id));
@@ -823,7 +824,7 @@ impl<M> Registry<M> {
     /// whole time never looks unheld. Retries only while takeovers keep landing.
     pub(crate) fn lookup(&self, who: ClientRef<'_>) -> Result<Arc<ClientEntry<M>>, ClientError> {
         let key = match who {
-            ClientRef::Id(id) => return self.clients().entry(id),
+            ClientRef::Id(id) => return self.inner.clients.entry(id),
             ClientRef::Key(key) => key,
         };
         let mut id = self
@@ -832,7 +833,7 @@ impl<M> Registry<M> {
             .key_holder(key)
             .ok_or(ClientError::NoSuchKey)?;
         loop {
-            match self.clients().entry(id) {
+            match self.inner.clients.entry(id) {
                 Ok(entry) => return Ok(entry),
                 Err(gone) => match self.inner.fleet.key_holder(key) {
                     Some(now) if now != id => id = now,

@@ -250,6 +250,8 @@ async fn read(
             _ = stopped(shutdown) => return End::Shutdown,
             _ = &mut *writer => return End::WriterDone,
             Some(()) = awaiting.next(), if !awaiting.is_empty() => continue,
+            // Before the timer, so that a frame ready at the deadline still counts.
+            next = stream.next() => next,
             () = &mut idle_timer => {
                 let due = last_frame + idle;
                 if due > Instant::now() {
@@ -258,7 +260,6 @@ async fn read(
                 }
                 return End::Close(close::IDLE_TIMEOUT, "idle timeout");
             }
-            next = stream.next() => next,
         };
         last_frame = Instant::now();
         let outcome = match next {

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::paired::Receipt;
 use crate::latency::Recorder;
 
 type Ws =
@@ -92,6 +93,9 @@ pub struct Seen {
     pub cut: bool,
     /// The close frame, if the server sent one, as `code reason`.
     pub close: Option<String>,
+    /// Every stamped message received, for the paired figure (`paired.rs`):
+    /// bounded by what the publishers send.
+    pub receipts: Vec<Receipt>,
 }
 
 #[derive(Deserialize)]
@@ -163,6 +167,7 @@ pub async fn run(
         high: vec![0; n],
         cut: false,
         close: None,
+        receipts: Vec::new(),
     };
     let mut next = tokio::time::Instant::now();
     let mut published = 0u64;
@@ -309,6 +314,11 @@ fn on_text(shared: &Shared, role: Role, seen: &mut Seen, text: &str) {
     } else {
         seen.high[stamp.n] = stamp.s + 1;
     }
+    seen.receipts.push(Receipt {
+        from: stamp.n,
+        seq: stamp.s,
+        at,
+    });
     seen.received[stamp.n] += 1;
     shared.delivered.fetch_add(1, Relaxed);
 }

@@ -1738,6 +1738,97 @@ async fn a_dead_node_holding_thousands_of_keys_is_released_in_chunks_within_its_
     }
 }
 
+/// At most `PUBLISHES_AWAITED` (8) of a connection's publications await Redis's
+/// answer; the next frame waits for one of them. With Redis frozen, nine
+/// publications and a bad frame: the first eight reach the local member at once,
+/// the ninth only after the first outcome is known, and the bad frame's refusal
+/// after that. Unbounded, a connection's backlog would move into the node's
+/// publish queue, where it delays only the other nodes' members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_server_a_connection_has_at_most_eight_publishes_awaiting_redis() {
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{json, Value};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let redis = redis_or_skip!("ws_server_publishes_awaited_bound");
+    let server = server::Server::start(server::Config {
+        ws_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: None,
+        close_linger: Duration::from_millis(200),
+        redis: Some(redis.url()),
+        node_id: Some("gw-b".to_owned()),
+        ..server::Config::default()
+    })
+    .await
+    .unwrap();
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+    async fn next(ws: &mut Ws) -> Value {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(&t).unwrap(),
+                Ok(Some(Ok(_))) => {}
+                other => panic!("no frame: {other:?}"),
+            }
+        }
+    }
+    async fn open(addr: std::net::SocketAddr, key: &str) -> Ws {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .unwrap();
+        ws.send(Message::text(
+            json!({"type": "hello", "key": key}).to_string(),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(next(&mut ws).await["type"], "welcome");
+        ws
+    }
+    let (mut author, mut member) = (
+        open(server.ws_addr(), "author").await,
+        open(server.ws_addr(), "member").await,
+    );
+    member
+        .send(Message::text(
+            json!({"type": "join", "session": "room"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut member).await["type"], "joined");
+
+    redis.freeze();
+    for data in 1..=9 {
+        let publish = json!({"type": "publish", "session": "room", "data": data});
+        author
+            .feed(Message::text(publish.to_string()))
+            .await
+            .unwrap();
+    }
+    author
+        .send(Message::text(json!({"type": "nonsense"}).to_string()))
+        .await
+        .unwrap();
+    for data in 1..=9 {
+        assert_eq!(next(&mut member).await["data"], data);
+    }
+    // The ninth waited for an outcome, and the bad frame for the ninth.
+    let first = next(&mut author).await;
+    assert_eq!(first["code"], "publish_failed", "{first}");
+    let mut refused_after = None;
+    for seen in 1..=9 {
+        let frame = next(&mut author).await;
+        match frame["code"].as_str() {
+            Some("publish_failed") => {}
+            Some("unknown_type") => refused_after = Some(seen),
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    assert!(refused_after.is_some(), "the bad frame was never refused");
+    redis.thaw();
+    server.shutdown().await;
+}
+
 /// A publish on a `--redis` server waits for Redis only to report its outcome:
 /// the connection's next frames are read at once, local members get them at once,
 /// and the outcome (here `publish_failed`, Redis frozen) follows when Redis has

@@ -4,7 +4,7 @@
 //! with 4002). Without `--redis` every helper here is the plain registry call.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -15,7 +15,8 @@ use switchboard::{
     ClientId, ClientInfo, DetachError, Receiver, RegisterError, Registry, SendError, SessionId,
 };
 
-use tokio::sync::Semaphore;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
 
 use super::protocol::{Frame, Refusal};
 use super::Shared;
@@ -109,24 +110,30 @@ pub(super) async fn join(
 /// for one of them (`publish`).
 pub(super) const PUBLISHES_AWAITED: usize = 8;
 
+/// A connection's publications awaiting Redis's answer: each tells its client
+/// `publish_failed` if Redis refused it. The connection's reader polls them beside
+/// its socket, so an answer costs no task of its own: a task spawned per
+/// publication was a spawn, a schedule and a wake per frame.
+pub(super) type Awaiting = FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>>;
+
 /// The session's members everywhere but `me` get `frame`.
 ///
 /// With a cluster, returns once this node's members have it and the publication
 /// is queued for Redis, in the order of the connection's frames; a
-/// `publish_failed` follows when Redis has answered. Waiting for that answer here
-/// held up the connection's next frame by a Redis round trip: one connection
-/// carried one publication per round trip, and under load its frames queued in
-/// the socket for every member, on this node too. At most [`PUBLISHES_AWAITED`]
-/// of a connection's publications await their answer (`publishing` holds the
-/// permits); the next waits here, so under overload a connection's frames still
-/// wait in its socket rather than in the node's publish queue, where they would
-/// delay only the other nodes' members.
+/// `publish_failed` follows when Redis has answered (the reader polls `awaiting`).
+/// Waiting for that answer here held up the connection's next frame by a Redis
+/// round trip: one connection carried one publication per round trip, and under
+/// load its frames queued in the socket for every member, on this node too. At
+/// most [`PUBLISHES_AWAITED`] of a connection's publications await their answer;
+/// the next waits here for one of them, so under overload a connection's frames
+/// still wait in its socket rather than in the node's publish queue, where they
+/// would delay only the other nodes' members.
 pub(super) async fn publish(
     shared: &Shared,
     me: ClientId,
     session: &SessionId,
     frame: Frame,
-    publishing: &Arc<Semaphore>,
+    awaiting: &mut Awaiting,
 ) -> Result<(), Refusal> {
     let Some(cluster) = &shared.cluster else {
         return shared
@@ -135,22 +142,22 @@ pub(super) async fn publish(
             .map(drop)
             .map_err(|e| Refusal::new("unknown_session", e.to_string()));
     };
-    // The semaphore is never closed, so this is always a permit.
-    let permit = Arc::clone(publishing).acquire_owned().await.ok();
+    while awaiting.len() >= PUBLISHES_AWAITED {
+        awaiting.next().await;
+    }
     let (cluster, registry) = (cluster.clone(), shared.registry.clone());
     let (session, patience) = (session.clone(), shared.config.write_timeout);
-    let mut call = Box::pin(async move {
+    let mut call: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
         if let Err(e) = cluster.broadcast_except(session, me, frame).await {
             tell(&registry, me, publish_failed(&e).frame(), patience).await;
         }
-        drop(permit);
     });
     // The first poll delivers locally and queues the publication (the cluster
     // numbers publications in the order they are queued); only the answer from
-    // Redis is awaited on the side.
+    // Redis is awaited beside the reader.
     let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
     if first.is_pending() {
-        tokio::spawn(call);
+        awaiting.push(call);
     }
     Ok(())
 }

@@ -25,12 +25,12 @@ use switchboard::{
     ClientError, ClientId, ClientInfo, DetachError, Receiver, RegisterError, SendError, TaskError,
     TaskId,
 };
-use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite;
 
-use super::cluster::Refused;
+use super::cluster::{Awaiting, Refused};
 use super::protocol::{self, close, close_frame, Frame, Inbound, Refusal};
 use super::{stopped, Shared};
 
@@ -237,33 +237,47 @@ async fn read(
 ) -> End {
     let idle = shared.config.idle_timeout;
     // Publications of this connection awaiting Redis's answer (`cluster::publish`).
-    let publishing = Arc::new(Semaphore::new(super::cluster::PUBLISHES_AWAITED));
+    let mut awaiting = Awaiting::new();
+    // The idle timer is armed once and moved only when it fires early: a timer
+    // set per frame was a timer-wheel insertion and removal per frame. Only a
+    // frame counts as activity, not an answer from Redis.
+    let mut last_frame = Instant::now();
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
     loop {
         let next = tokio::select! {
             biased;
             _ = stopped(shutdown) => return End::Shutdown,
             _ = &mut *writer => return End::WriterDone,
-            next = timeout(idle, stream.next()) => next,
+            Some(()) = awaiting.next(), if !awaiting.is_empty() => continue,
+            // Before the timer, so that a frame ready at the deadline still counts.
+            next = stream.next() => next,
+            () = &mut idle_timer => {
+                let due = last_frame + idle;
+                if due > Instant::now() {
+                    idle_timer.as_mut().reset(due);
+                    continue;
+                }
+                return End::Close(close::IDLE_TIMEOUT, "idle timeout");
+            }
         };
+        last_frame = Instant::now();
         let outcome = match next {
-            Err(_) => return End::Close(close::IDLE_TIMEOUT, "idle timeout"),
-            Ok(None) => return End::Gone,
-            Ok(Some(Err(e))) => {
+            None => return End::Gone,
+            Some(Err(e)) => {
                 return match read_error(e) {
                     Some((code, reason)) => End::Close(code, reason),
                     None => End::Gone,
                 }
             }
-            Ok(Some(Ok(Message::Text(text)))) => {
-                handle(shared, id, text.as_str(), &publishing).await
-            }
-            Ok(Some(Ok(Message::Binary(_)))) => Err(Stop::Refuse(Refusal::new(
+            Some(Ok(Message::Text(text))) => handle(shared, id, text.as_str(), &mut awaiting).await,
+            Some(Ok(Message::Binary(_))) => Err(Stop::Refuse(Refusal::new(
                 "binary_unsupported",
                 "frames are JSON text",
             ))),
-            Ok(Some(Ok(Message::Close(_)))) => return End::PeerClosed,
+            Some(Ok(Message::Close(_))) => return End::PeerClosed,
             // Pings are answered by the WebSocket layer; any frame resets the idle timer.
-            Ok(Some(Ok(_))) => Ok(()),
+            Some(Ok(_)) => Ok(()),
         };
         match outcome {
             Ok(()) => {}
@@ -312,7 +326,7 @@ async fn handle(
     shared: &Shared,
     me: ClientId,
     text: &str,
-    publishing: &Arc<Semaphore>,
+    awaiting: &mut Awaiting,
 ) -> Result<(), Stop> {
     let registry = &shared.registry;
     let inbound: Inbound<'_> = protocol::parse(text)?;
@@ -339,16 +353,16 @@ async fn handle(
             let session = protocol::required(inbound.session, kind, "session")?;
             // Serialised once; every member gets a clone of the same bytes.
             let frame = match inbound.data {
-                Some(data) => protocol::message(Some(&session), Some(me), data),
-                None => protocol::message(Some(&session), Some(me), &serde_json::Value::Null),
+                Some(data) => protocol::message(Some(&session), Some(me), data, data.get().len()),
+                None => protocol::message(Some(&session), Some(me), &serde_json::Value::Null, 4),
             };
-            super::cluster::publish(shared, me, &session, frame, publishing).await?;
+            super::cluster::publish(shared, me, &session, frame, awaiting).await?;
         }
         "direct" => {
             let to = protocol::required(inbound.to, kind, "to")?;
             let frame = match inbound.data {
-                Some(data) => protocol::message(None, Some(me), data),
-                None => protocol::message(None, Some(me), &serde_json::Value::Null),
+                Some(data) => protocol::message(None, Some(me), data, data.get().len()),
+                None => protocol::message(None, Some(me), &serde_json::Value::Null, 4),
             };
             // With a cluster, a key goes wherever Redis says it is held.
             if let Some(sent) = super::cluster::direct_by_key(shared, &to, frame.clone()).await {

@@ -178,7 +178,7 @@ impl Server {
                     admin_config = admin_config.token(token.clone());
                 }
                 let encode = |session: &SessionId, body: serde_json::Value| {
-                    protocol::message(Some(session), None, &body)
+                    protocol::message(Some(session), None, &body, 0)
                 };
                 let router = match &cluster {
                     Some(c) => http::router_with_cluster(c.clone(), admin_config, encode)?,

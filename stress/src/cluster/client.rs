@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::paired::Receipt;
 use crate::latency::Recorder;
 
 type Ws =
@@ -68,6 +70,12 @@ pub enum Kind {
     Sink,
 }
 
+/// Bytes a client reads at most per system call. tungstenite zeroes this much of
+/// its read buffer before every read (128 KiB by default), which was the harness's
+/// largest cost outside the kernel; a node writer's flush is at most 64 frames
+/// (about 19 KB at the default size), so one read still takes a whole flush.
+const READ_BUFFER: usize = 32 * 1024;
+
 /// The session the stamped messages go to.
 pub const MEASURED: &str = "stress";
 /// The session the load goes to.
@@ -85,6 +93,9 @@ pub struct Seen {
     pub cut: bool,
     /// The close frame, if the server sent one, as `code reason`.
     pub close: Option<String>,
+    /// Every stamped message received, for the paired figure (`paired.rs`):
+    /// bounded by what the publishers send.
+    pub receipts: Vec<Receipt>,
 }
 
 #[derive(Deserialize)]
@@ -112,7 +123,8 @@ pub enum Phase {
 }
 
 pub async fn connect(url: &str, role: Role) -> Result<Ws, String> {
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
         .await
         .map_err(|e| format!("connect {url}: {e}"))?;
     let key = format!("n{}-{:?}{}", role.node, role.kind, role.index);
@@ -155,6 +167,7 @@ pub async fn run(
         high: vec![0; n],
         cut: false,
         close: None,
+        receipts: Vec::new(),
     };
     let mut next = tokio::time::Instant::now();
     let mut published = 0u64;
@@ -205,28 +218,69 @@ pub async fn run(
                 next = tokio::time::Instant::now();
             }
             () = tokio::time::sleep_until(next), if due => {
-                let t = u64::try_from(shared.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                // A publisher sends one frame per wake. A load client sends every
+                // frame its schedule has made due by now, in one write: woken late
+                // on a busy machine, it catches up without a system call (and a
+                // loopback TCP segment, the harness's largest cost) per frame.
+                let batch = match role.kind {
+                    Kind::Load => due_now(next, tokio::time::Instant::now(), interval, quota - published),
+                    _ => 1,
+                };
                 let session = if role.kind == Kind::Load { LOAD } else { MEASURED };
-                let frame = format!(
-                    r#"{{"type":"publish","session":"{session}","data":{{"t":{t},"s":{published},"n":{},"p":"{}"}}}}"#,
-                    role.node, shared.padding
-                );
-                if ws.send(Message::text(frame)).await.is_err() {
+                let mut written = Ok(());
+                for _ in 0..batch {
+                    let t = u64::try_from(shared.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    let frame = format!(
+                        r#"{{"type":"publish","session":"{session}","data":{{"t":{t},"s":{published},"n":{},"p":"{}"}}}}"#,
+                        role.node, shared.padding
+                    );
+                    written = ws.feed(Message::text(frame)).await;
+                    if written.is_err() {
+                        break;
+                    }
+                    published += 1;
+                    next += interval;
+                }
+                if written.is_ok() {
+                    written = ws.flush().await;
+                }
+                if written.is_err() {
                     seen.cut = true;
                     return seen;
                 }
-                published += 1;
                 if role.kind == Kind::Load {
-                    shared.load_sent[role.node].fetch_add(1, Relaxed);
+                    shared.load_sent[role.node].fetch_add(batch, Relaxed);
                 } else {
                     shared.sent[role.node].store(published, Relaxed);
                 }
-                next += interval;
             }
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
     seen
+}
+
+/// Frames a load client writes at once, at most: a burst this size is what one
+/// node writer flush holds (64 frames), so a late client catches up within a few wakes
+/// rather than in one write that would hold its node's reader.
+const MAX_BURST: u64 = 64;
+
+/// How many frames are due at `now` for a client whose next frame was due at
+/// `next`, one every `interval`, with `left` still to send: at least one (it was
+/// woken because `next` passed), at most [`MAX_BURST`] and `left`.
+fn due_now(
+    next: tokio::time::Instant,
+    now: tokio::time::Instant,
+    interval: Duration,
+    left: u64,
+) -> u64 {
+    let late = now.saturating_duration_since(next).as_nanos();
+    let behind = late / interval.as_nanos().max(1);
+    u64::try_from(behind)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+        .min(MAX_BURST)
+        .min(left)
 }
 
 fn on_text(shared: &Shared, role: Role, seen: &mut Seen, text: &str) {
@@ -260,6 +314,34 @@ fn on_text(shared: &Shared, role: Role, seen: &mut Seen, text: &str) {
     } else {
         seen.high[stamp.n] = stamp.s + 1;
     }
+    seen.receipts.push(Receipt {
+        from: stamp.n,
+        seq: stamp.s,
+        at,
+    });
     seen.received[stamp.n] += 1;
     shared.delivered.fetch_add(1, Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{due_now, MAX_BURST};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[test]
+    fn a_late_load_client_sends_what_its_schedule_made_due_and_no_more() {
+        let ms = Duration::from_millis(1);
+        let next = Instant::now();
+        // On time, or early by less than a frame: one.
+        assert_eq!(due_now(next, next, ms, 100), 1);
+        assert_eq!(due_now(next, next + ms / 2, ms, 100), 1);
+        // Woken 3.5 ms late: frames due at +0, +1, +2 and +3 ms.
+        assert_eq!(due_now(next, next + ms * 3 + ms / 2, ms, 100), 4);
+        // Never past its quota, never more than a burst.
+        assert_eq!(due_now(next, next + ms * 3, ms, 2), 2);
+        assert_eq!(due_now(next, next + ms * 1000, ms, 10_000), MAX_BURST);
+        // A wake before `next` (the runtime may not be late) still sends the one frame it was woken for.
+        assert_eq!(due_now(next + ms, next, ms, 100), 1);
+    }
 }

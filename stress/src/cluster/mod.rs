@@ -38,6 +38,7 @@
 
 mod benchmark;
 mod client;
+mod paired;
 mod rate;
 #[expect(
     dead_code,
@@ -144,6 +145,10 @@ pub struct ClusterRun {
     pub cluster_publish_rate_vs_redis_benchmark: f64,
     /// Cross-node p50 latency minus same-node p50, in ms, at `latency_rate`.
     pub cluster_cross_node_p50_minus_local_ms: f64,
+    /// No target: the figure beside the one above, per message. Each cross-node
+    /// receipt minus the same message's same-node receipt, median, in ms
+    /// (`paired.rs`); `None` if no message was received on both.
+    pub paired_cross_minus_local_ms: Option<f64>,
     /// Redis round trips per broadcast (batches over publications), rate phase.
     pub cluster_redis_round_trips_per_broadcast: f64,
     /// The same rate over `redis-benchmark`, with the publications spread over
@@ -566,6 +571,10 @@ pub async fn run(
             0.0
         },
         cluster_cross_node_p50_minus_local_ms: (cross.p50 - same.p50) / 1000.0,
+        paired_cross_minus_local_ms: paired::median_ms(
+            seen.iter()
+                .filter_map(|s| Some((s.role?.node, &s.receipts[..]))),
+        ),
         cluster_redis_round_trips_per_broadcast: rate.round_trips_per_broadcast,
         cluster_publish_rate_vs_redis_benchmark_spread: if bench > 0.0 {
             spread.per_sec / bench
@@ -624,7 +633,7 @@ impl ClusterRun {
              wire phase        {:.0} publications/s aimed ({:.0} stamped + load from {} clients per node), {:.0}/s reached\n\
              stamped           {} published, {} delivered, {:.0} deliveries/s; load {} published, {} failed, {} counted by sinks\n\
              latency same-node p50 {:.0} µs p99 {:.0} µs; cross-node p50 {:.0} µs p99 {:.0} µs; \
-             cross - local p50 {:.3} ms\n\
+             cross - local p50 {:.3} ms (paired, per message: {})\n\
              gaps              {} counted, {} missed cross-node, {} publications failed, {} out of order\n\
              killed node       {}\n",
             self.nodes,
@@ -657,6 +666,8 @@ impl ClusterRun {
             self.cross_node_latency_us.p50,
             self.cross_node_latency_us.p99,
             self.cluster_cross_node_p50_minus_local_ms,
+            self.paired_cross_minus_local_ms
+                .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.3} ms")),
             self.gaps,
             self.missed_cross_node,
             self.publish_failed,

@@ -1746,8 +1746,8 @@ async fn a_dead_node_holding_thousands_of_keys_is_released_in_chunks_within_its_
 /// publish queue, where it delays only the other nodes' members.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_server_a_connection_has_at_most_eight_publishes_awaiting_redis() {
-    use futures_util::{SinkExt, StreamExt};
-    use serde_json::{json, Value};
+    use futures_util::SinkExt;
+    use serde_json::json;
     use tokio_tungstenite::tungstenite::Message;
 
     let redis = redis_or_skip!("ws_server_publishes_awaited_bound");
@@ -1761,33 +1761,9 @@ async fn ws_server_a_connection_has_at_most_eight_publishes_awaiting_redis() {
     })
     .await
     .unwrap();
-    type Ws = tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >;
-    async fn next(ws: &mut Ws) -> Value {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(&t).unwrap(),
-                Ok(Some(Ok(_))) => {}
-                other => panic!("no frame: {other:?}"),
-            }
-        }
-    }
-    async fn open(addr: std::net::SocketAddr, key: &str) -> Ws {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
-            .await
-            .unwrap();
-        ws.send(Message::text(
-            json!({"type": "hello", "key": key}).to_string(),
-        ))
-        .await
-        .unwrap();
-        assert_eq!(next(&mut ws).await["type"], "welcome");
-        ws
-    }
     let (mut author, mut member) = (
-        open(server.ws_addr(), "author").await,
-        open(server.ws_addr(), "member").await,
+        ws_open(server.ws_addr(), "author").await,
+        ws_open(server.ws_addr(), "member").await,
     );
     member
         .send(Message::text(
@@ -1795,7 +1771,7 @@ async fn ws_server_a_connection_has_at_most_eight_publishes_awaiting_redis() {
         ))
         .await
         .unwrap();
-    assert_eq!(next(&mut member).await["type"], "joined");
+    assert_eq!(ws_next(&mut member).await["type"], "joined");
 
     redis.freeze();
     for data in 1..=9 {
@@ -1810,14 +1786,14 @@ async fn ws_server_a_connection_has_at_most_eight_publishes_awaiting_redis() {
         .await
         .unwrap();
     for data in 1..=9 {
-        assert_eq!(next(&mut member).await["data"], data);
+        assert_eq!(ws_next(&mut member).await["data"], data);
     }
     // The ninth waited for an outcome, and the bad frame for the ninth.
-    let first = next(&mut author).await;
+    let first = ws_next(&mut author).await;
     assert_eq!(first["code"], "publish_failed", "{first}");
     let mut refused_after = None;
     for seen in 1..=9 {
-        let frame = next(&mut author).await;
+        let frame = ws_next(&mut author).await;
         match frame["code"].as_str() {
             Some("publish_failed") => {}
             Some("unknown_type") => refused_after = Some(seen),
@@ -1838,8 +1814,8 @@ async fn ws_server_a_connection_has_at_most_eight_publishes_awaiting_redis() {
 /// and the cross-node members (`stress cluster`'s wire phase).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_server_a_publish_waiting_on_redis_holds_up_no_later_frame() {
-    use futures_util::{SinkExt, StreamExt};
-    use serde_json::{json, Value};
+    use futures_util::SinkExt;
+    use serde_json::json;
     use tokio_tungstenite::tungstenite::Message;
 
     let redis = redis_or_skip!("ws_server_publish_pipelined");
@@ -1853,33 +1829,9 @@ async fn ws_server_a_publish_waiting_on_redis_holds_up_no_later_frame() {
     })
     .await
     .unwrap();
-    type Ws = tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >;
-    async fn next(ws: &mut Ws) -> Value {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(&t).unwrap(),
-                Ok(Some(Ok(_))) => {}
-                other => panic!("no frame: {other:?}"),
-            }
-        }
-    }
-    async fn open(addr: std::net::SocketAddr, key: &str) -> Ws {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
-            .await
-            .unwrap();
-        ws.send(Message::text(
-            json!({"type": "hello", "key": key}).to_string(),
-        ))
-        .await
-        .unwrap();
-        assert_eq!(next(&mut ws).await["type"], "welcome");
-        ws
-    }
     let (mut author, mut member) = (
-        open(server.ws_addr(), "author").await,
-        open(server.ws_addr(), "member").await,
+        ws_open(server.ws_addr(), "author").await,
+        ws_open(server.ws_addr(), "member").await,
     );
     member
         .send(Message::text(
@@ -1887,7 +1839,7 @@ async fn ws_server_a_publish_waiting_on_redis_holds_up_no_later_frame() {
         ))
         .await
         .unwrap();
-    assert_eq!(next(&mut member).await["type"], "joined");
+    assert_eq!(ws_next(&mut member).await["type"], "joined");
 
     redis.freeze();
     for data in [1, 2] {
@@ -1902,16 +1854,100 @@ async fn ws_server_a_publish_waiting_on_redis_holds_up_no_later_frame() {
         .await
         .unwrap();
     // Local members are not held up by the first publication's round trip.
-    assert_eq!(next(&mut member).await["data"], 1);
-    assert_eq!(next(&mut member).await["data"], 2);
+    assert_eq!(ws_next(&mut member).await["data"], 1);
+    assert_eq!(ws_next(&mut member).await["data"], 2);
     // The frame after the publications is answered before their outcomes are known.
-    let first = next(&mut author).await;
+    let first = ws_next(&mut author).await;
     assert_eq!(first["code"], "unknown_type", "{first}");
     // Each publication's outcome still comes, once: Redis never answered.
     for _ in 0..2 {
-        let outcome = next(&mut author).await;
+        let outcome = ws_next(&mut author).await;
         assert_eq!(outcome["code"], "publish_failed", "{outcome}");
     }
     redis.thaw();
     server.shutdown().await;
+}
+
+/// The idle window starts once the server has finished with a frame, not when the
+/// frame arrived: a request the server took longer than `idle_timeout` to answer
+/// (Redis frozen, so a join waits out the command timeout) is answered, and the
+/// client's next frame finds the connection open, not closed as idle the moment
+/// the answer went out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_server_a_slow_answer_is_not_the_clients_silence() {
+    use futures_util::SinkExt;
+    use serde_json::json;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let redis = redis_or_skip!("ws_server_slow_answer_not_idle");
+    let idle = Duration::from_secs(1);
+    let server = server::Server::start(server::Config {
+        ws_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: None,
+        close_linger: Duration::from_millis(200),
+        idle_timeout: idle,
+        ping_interval: Duration::from_secs(60),
+        redis: Some(redis.url()),
+        node_id: Some("gw-i".to_owned()),
+        ..server::Config::default()
+    })
+    .await
+    .unwrap();
+    let mut client = ws_open(server.ws_addr(), "patient").await;
+
+    redis.freeze();
+    let asked = Instant::now();
+    client
+        .send(Message::text(
+            json!({"type": "join", "session": "room"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let answer = ws_next(&mut client).await;
+    assert!(
+        asked.elapsed() > idle,
+        "the answer must take longer than the idle timeout for this test to mean anything: {answer}"
+    );
+    client
+        .send(Message::text(json!({"type": "nonsense"}).to_string()))
+        .await
+        .unwrap();
+    let refusal = ws_next(&mut client).await;
+    assert_eq!(refusal["code"], "unknown_type", "{refusal}");
+    redis.thaw();
+    server.shutdown().await;
+}
+
+/// A `ws_server` connection, as the `ws_server_*` tests open it.
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The connection's next text frame as JSON, skipping pings; panics on a close,
+/// an error or 10 s of silence.
+async fn ws_next(ws: &mut Ws) -> serde_json::Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(&t).unwrap(),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            other => panic!("no frame: {other:?}"),
+        }
+    }
+}
+
+/// A connection to `addr` that said hello as `key` and was welcomed.
+async fn ws_open(addr: std::net::SocketAddr, key: &str) -> Ws {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    ws.send(Message::text(
+        serde_json::json!({"type": "hello", "key": key}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(ws_next(&mut ws).await["type"], "welcome");
+    ws
 }

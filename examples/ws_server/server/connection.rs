@@ -261,7 +261,6 @@ async fn read(
                 return End::Close(close::IDLE_TIMEOUT, "idle timeout");
             }
         };
-        last_frame = Instant::now();
         let outcome = match next {
             None => return End::Gone,
             Some(Err(e)) => {
@@ -288,6 +287,9 @@ async fn read(
                 }
             }
         }
+        // The client's silence starts once its frame is dealt with: handling may
+        // wait on Redis or on the writer for longer than `idle`.
+        last_frame = Instant::now();
     }
 }
 

@@ -281,8 +281,15 @@ async fn dropping_the_registry_ends_every_receiver() {
     let (id, mut rx) = registry.register(ClientInfo::new()).expect("room");
     registry.send(id, 1).expect("room");
     drop(registry);
-    assert_eq!(rx.recv().await, Some(1));
-    assert_eq!(rx.recv().await, None);
+    // Bounded, so that a registry that forgets to close its channels fails here
+    // instead of hanging.
+    let within = std::time::Duration::from_secs(10);
+    assert_eq!(tokio::time::timeout(within, rx.recv()).await, Ok(Some(1)));
+    assert_eq!(
+        tokio::time::timeout(within, rx.recv()).await,
+        Ok(None),
+        "the receiver did not end when the registry was dropped"
+    );
 }
 
 /// Registers, attaches, broadcasts and unregisters on several threads at once, then

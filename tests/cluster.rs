@@ -693,16 +693,22 @@ async fn ws_server_nodes_share_rooms_keys_and_takeover() {
     assert_eq!(next(&mut dev).await["type"], "joined");
     let mut ops = open(b.ws_addr(), json!({"type": "hello", "key": "ops"})).await;
 
-    // A publish on node b reaches the room's member on node a; a direct to a key too.
+    // A publish on node b reaches the room's member on node a, its frame crossing
+    // Redis as the bytes node b's members get; a direct to a key too.
+    let data = json!({"n": 1, "s": "é ✓", "list": [null, true, 2.5]});
     ops.send(Message::text(
-        json!({"type": "publish", "session": "room", "data": 1}).to_string(),
+        json!({"type": "publish", "session": "room", "data": data}).to_string(),
     ))
     .await
     .unwrap();
     let got = next(&mut dev).await;
     assert_eq!(
-        (got["type"].clone(), got["data"].clone()),
-        (json!("message"), json!(1)),
+        (
+            got["type"].clone(),
+            got["session"].clone(),
+            got["data"].clone()
+        ),
+        (json!("message"), json!("room"), data),
         "{got}"
     );
     ops.send(Message::text(

@@ -462,11 +462,28 @@ async fn idle_clients_are_pinged_and_silent_ones_closed() {
 async fn shutdown_closes_every_client_with_1001_and_empties_the_registry() {
     let server = start(config()).await;
     let registry = server.registry().clone();
-    let mut readers = Vec::new();
+    let mut clients = Vec::new();
     for i in 0..8 {
         let mut ws = connect(&server).await;
         let _ = hello(&mut ws, json!({"key": format!("k{i}"), "kind": "device"})).await;
         join(&mut ws, json!("all")).await;
+        clients.push(ws);
+    }
+    // Many turns of every reader and writer before the shutdown: each waits for it
+    // across its turns, and must still see it after them. Each member gets 28
+    // messages, within its queue of 32 even if its writer lags.
+    for ws in &mut clients {
+        for n in 0..4 {
+            send(ws, json!({"type": "publish", "session": "all", "data": n})).await;
+        }
+    }
+    let mut last = clients.pop().expect("eight clients");
+    for n in 0..7 * 4 {
+        let message = recv(&mut last).await;
+        assert_eq!(message["type"], "message", "message {n} of the others'");
+    }
+    let mut readers = Vec::new();
+    for mut ws in clients.into_iter().chain([last]) {
         readers.push(tokio::spawn(async move { closed(&mut ws).await }));
     }
     // One more that never says hello.

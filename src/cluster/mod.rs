@@ -259,7 +259,7 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         let (events, _) = broadcast::channel(1024);
         let clock = Arc::new(RedisClock::default());
         let scripts = Scripts::new();
-        let publish_script = scripts.publish.text().to_owned();
+        let publish_script = fred::bytes_utils::Str::from(scripts.publish.text());
         let shared = Arc::new(Shared {
             registry: b.registry,
             codec: b.codec,

@@ -89,7 +89,8 @@ pub(crate) struct Link {
     pub(crate) sharded: bool,
     pub(crate) counters: Arc<Counters>,
     pub(crate) clock: Arc<RedisClock>,
-    pub(crate) script: String,
+    /// Shared bytes: each batch's command holds a clone, not a copy of the text.
+    pub(crate) script: Str,
     /// How long after sending a batch Redis still accepts it.
     pub(crate) deadline: Duration,
 }
@@ -300,14 +301,14 @@ impl Link {
             Vec::with_capacity(5 + batch.channels.len() + batch.frames.len());
         args.push(self.base.clone());
         args.push(deadline.to_string().into());
-        args.push("PUBLISH".into());
+        args.push(Value::String(Str::from_static("PUBLISH")));
         args.push(Value::Bytes(batch.runs));
         args.push(batch.channels.len().to_string().into());
         args.extend(batch.channels.into_iter().map(Value::String));
         args.extend(batch.frames.into_iter().map(Value::Bytes));
         Counters::add(&self.counters.round_trips, 1);
         let client = self.client.with_options(&self.options());
-        let call = client.eval::<i64, _, _, _>(&self.script, Vec::<String>::new(), args);
+        let call = client.eval::<i64, _, _, _>(self.script.clone(), Vec::<String>::new(), args);
         // A margin past fred's own timeout, in case it does not fire.
         match tokio::time::timeout(self.deadline * 2 + Duration::from_millis(100), call).await {
             Ok(Ok(n)) if n >= 0 => Ok(()),

@@ -25,8 +25,10 @@ use super::Shared;
 pub struct FrameCodec;
 
 impl Codec<Frame> for FrameCodec {
+    /// The frame's own bytes, shared: a frame is immutable, so its encoding need
+    /// not be a copy (it was an allocation and a copy per publication).
     fn encode(&self, frame: &Frame) -> Result<bytes::Bytes, CodecError> {
-        Ok(bytes::Bytes::copy_from_slice(frame.as_str().as_bytes()))
+        Ok(bytes::Bytes::from(frame.clone()))
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<Frame, CodecError> {

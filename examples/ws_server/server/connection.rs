@@ -244,10 +244,15 @@ async fn read(
     let mut last_frame = Instant::now();
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
+    // One wait for shutdown, polled on every turn, as the timer is: a new one per
+    // turn put a waiter into the shutdown signal's list and took it out again for
+    // every frame, two locks of a mutex every connection's reader and writer share.
+    let stop = stopped(shutdown);
+    tokio::pin!(stop);
     loop {
         let next = tokio::select! {
             biased;
-            _ = stopped(shutdown) => return End::Shutdown,
+            () = &mut stop => return End::Shutdown,
             _ = &mut *writer => return End::WriterDone,
             Some(()) = awaiting.next(), if !awaiting.is_empty() => continue,
             // Before the timer, so that a frame ready at the deadline still counts.
@@ -472,6 +477,9 @@ async fn write(
 ) {
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // One wait for shutdown across turns, as the reader has.
+    let stop = stopped(&mut shutdown);
+    tokio::pin!(stop);
     loop {
         let first = tokio::select! {
             biased;
@@ -482,7 +490,7 @@ async fn write(
                 }
                 return;
             }
-            _ = stopped(&mut shutdown) => {
+            () = &mut stop => {
                 let frame = close_frame(close::GOING_AWAY, "server shutting down");
                 let _ = timeout(write_timeout, sink.send(Message::Close(Some(frame)))).await;
                 return;

@@ -1752,45 +1752,11 @@ async fn a_dead_node_holding_thousands_of_keys_is_released_in_chunks_within_its_
 /// publish queue, where it delays only the other nodes' members.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_server_a_connection_has_at_most_eight_publishes_awaiting_redis() {
-    use futures_util::SinkExt;
-    use serde_json::json;
-    use tokio_tungstenite::tungstenite::Message;
-
     let redis = redis_or_skip!("ws_server_publishes_awaited_bound");
-    let server = server::Server::start(server::Config {
-        ws_addr: "127.0.0.1:0".parse().unwrap(),
-        admin_addr: None,
-        close_linger: Duration::from_millis(200),
-        redis: Some(redis.url()),
-        node_id: Some("gw-b".to_owned()),
-        ..server::Config::default()
-    })
-    .await
-    .unwrap();
-    let (mut author, mut member) = (
-        ws_open(server.ws_addr(), "author").await,
-        ws_open(server.ws_addr(), "member").await,
-    );
-    member
-        .send(Message::text(
-            json!({"type": "join", "session": "room"}).to_string(),
-        ))
-        .await
-        .unwrap();
-    assert_eq!(ws_next(&mut member).await["type"], "joined");
+    let (server, mut author, mut member) = ws_author_and_member(&redis, "gw-b").await;
 
     redis.freeze();
-    for data in 1..=9 {
-        let publish = json!({"type": "publish", "session": "room", "data": data});
-        author
-            .feed(Message::text(publish.to_string()))
-            .await
-            .unwrap();
-    }
-    author
-        .send(Message::text(json!({"type": "nonsense"}).to_string()))
-        .await
-        .unwrap();
+    ws_publish_then_nonsense(&mut author, 1..=9).await;
     for data in 1..=9 {
         assert_eq!(ws_next(&mut member).await["data"], data);
     }
@@ -1820,45 +1786,11 @@ async fn ws_server_a_connection_has_at_most_eight_publishes_awaiting_redis() {
 /// and the cross-node members (`stress cluster`'s wire phase).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_server_a_publish_waiting_on_redis_holds_up_no_later_frame() {
-    use futures_util::SinkExt;
-    use serde_json::json;
-    use tokio_tungstenite::tungstenite::Message;
-
     let redis = redis_or_skip!("ws_server_publish_pipelined");
-    let server = server::Server::start(server::Config {
-        ws_addr: "127.0.0.1:0".parse().unwrap(),
-        admin_addr: None,
-        close_linger: Duration::from_millis(200),
-        redis: Some(redis.url()),
-        node_id: Some("gw-p".to_owned()),
-        ..server::Config::default()
-    })
-    .await
-    .unwrap();
-    let (mut author, mut member) = (
-        ws_open(server.ws_addr(), "author").await,
-        ws_open(server.ws_addr(), "member").await,
-    );
-    member
-        .send(Message::text(
-            json!({"type": "join", "session": "room"}).to_string(),
-        ))
-        .await
-        .unwrap();
-    assert_eq!(ws_next(&mut member).await["type"], "joined");
+    let (server, mut author, mut member) = ws_author_and_member(&redis, "gw-p").await;
 
     redis.freeze();
-    for data in [1, 2] {
-        let publish = json!({"type": "publish", "session": "room", "data": data});
-        author
-            .send(Message::text(publish.to_string()))
-            .await
-            .unwrap();
-    }
-    author
-        .send(Message::text(json!({"type": "nonsense"}).to_string()))
-        .await
-        .unwrap();
+    ws_publish_then_nonsense(&mut author, [1, 2]).await;
     // Local members are not held up by the first publication's round trip.
     assert_eq!(ws_next(&mut member).await["data"], 1);
     assert_eq!(ws_next(&mut member).await["data"], 2);
@@ -1956,4 +1888,52 @@ async fn ws_open(addr: std::net::SocketAddr, key: &str) -> Ws {
     .unwrap();
     assert_eq!(ws_next(&mut ws).await["type"], "welcome");
     ws
+}
+
+/// A `ws_server` node on `redis` named `node_id`, an `author` connection to it, and
+/// a `member` connection that joined `room`.
+async fn ws_author_and_member(redis: &Redis, node_id: &str) -> (server::Server, Ws, Ws) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = server::Server::start(server::Config {
+        ws_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: None,
+        close_linger: Duration::from_millis(200),
+        redis: Some(redis.url()),
+        node_id: Some(node_id.to_owned()),
+        ..server::Config::default()
+    })
+    .await
+    .unwrap();
+    let (author, mut member) = (
+        ws_open(server.ws_addr(), "author").await,
+        ws_open(server.ws_addr(), "member").await,
+    );
+    member
+        .send(Message::text(
+            serde_json::json!({"type": "join", "session": "room"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ws_next(&mut member).await["type"], "joined");
+    (server, author, member)
+}
+
+/// Publishes each of `data` to `room`, then sends a frame of no known type, all in
+/// one flush.
+async fn ws_publish_then_nonsense(author: &mut Ws, data: impl IntoIterator<Item = u32>) {
+    use futures_util::SinkExt;
+    use serde_json::json;
+    use tokio_tungstenite::tungstenite::Message;
+    for data in data {
+        let publish = json!({"type": "publish", "session": "room", "data": data});
+        author
+            .feed(Message::text(publish.to_string()))
+            .await
+            .unwrap();
+    }
+    author
+        .send(Message::text(json!({"type": "nonsense"}).to_string()))
+        .await
+        .unwrap();
 }

@@ -894,8 +894,9 @@ fn take_page<M>(spare: &mut [Option<Arc<Page<M>>>], index: usize) -> Arc<Page<M>
 mod tests {
     use super::*;
 
-    /// A client entry for `id(n)`: a cell reads its member's id from the entry.
-    fn entry(n: usize) -> Arc<ClientEntry<u32>> {
+    /// A client entry for `id(n)`, of any message type: a cell reads its member's id
+    /// from the entry.
+    fn entry<M>(n: usize) -> Arc<ClientEntry<M>> {
         Arc::new(ClientEntry::new(id(n), 4, 0, None))
     }
 
@@ -911,7 +912,7 @@ mod tests {
 
     #[test]
     fn join_and_leave_publish_exact_membership() {
-        let s = Session::new();
+        let s = Session::<u32>::new();
         for n in 0..10 {
             assert_eq!(s.join(id(n), &entry(n)), Joined::Added);
         }
@@ -925,7 +926,7 @@ mod tests {
 
     #[test]
     fn an_old_snapshot_keeps_its_members_after_they_leave() {
-        let s = Session::new();
+        let s = Session::<u32>::new();
         s.join(id(0), &entry(0));
         s.join(id(1), &entry(1));
         let before = s.snapshot();
@@ -937,7 +938,7 @@ mod tests {
 
     #[test]
     fn compaction_bounds_dead_cells_and_preserves_members() {
-        let s = Session::new();
+        let s = Session::<u32>::new();
         for n in 0..100 {
             s.join(id(n), &entry(n));
         }
@@ -961,7 +962,7 @@ mod tests {
 
     #[test]
     fn churn_in_a_large_session_keeps_memory_bounded() {
-        let s = Session::new();
+        let s = Session::<u32>::new();
         for n in 0..1000 {
             s.join(id(n), &entry(n));
         }
@@ -996,13 +997,13 @@ mod tests {
         live: usize,
         load: impl Fn(usize, &Arc<ClientEntry<M>>),
     ) -> Churned<M> {
-        let residents: Vec<_> = (0..live).map(any_entry).collect();
+        let residents: Vec<_> = (0..live).map(entry).collect();
         for (n, entry) in residents.iter().enumerate() {
             s.join(id(n), entry);
         }
         let mut churned = Vec::new();
         for round in 0.. {
-            let entry = any_entry(live + round);
+            let entry = entry(live + round);
             load(round, &entry);
             s.join(id(live + round), &entry);
             s.leave(id(live + round));
@@ -1014,11 +1015,6 @@ mod tests {
         (residents, churned)
     }
 
-    /// A client entry for `id(n)` of any message type.
-    fn any_entry<M>(n: usize) -> Arc<ClientEntry<M>> {
-        Arc::new(ClientEntry::new(id(n), 4, 0, None))
-    }
-
     /// Joins `live` residents (ids from `base`) on both sides of `live + 1` members
     /// that `load` prepared, so that a compaction meets departed cells with
     /// residents still to copy after them; returns the residents and the others' ids.
@@ -1028,8 +1024,8 @@ mod tests {
         live: usize,
         load: impl Fn(&Arc<ClientEntry<M>>),
     ) -> (Vec<Arc<ClientEntry<M>>>, Vec<ClientId>) {
-        let residents: Vec<_> = (base..base + live).map(any_entry).collect();
-        let others: Vec<_> = (base + live..base + 2 * live + 1).map(any_entry).collect();
+        let residents: Vec<_> = (base..base + live).map(entry).collect();
+        let others: Vec<_> = (base + live..base + 2 * live + 1).map(entry).collect();
         for entry in residents.iter().take(live / 2) {
             s.join(entry.id, entry);
         }
@@ -1208,7 +1204,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_held_across_compaction_keeps_its_members_and_no_graveyard() {
-        let s = Session::new();
+        let s = Session::<u32>::new();
         let residents: Vec<_> = (0..10).map(entry).collect();
         for (n, entry) in residents.iter().enumerate() {
             s.join(id(n), entry);
@@ -1403,7 +1399,7 @@ mod tests {
 
     #[test]
     fn compaction_copies_a_rejoined_member_once() {
-        let s = Session::new();
+        let s = Session::<u32>::new();
         for n in 0..4 {
             s.join(id(n), &entry(n));
         }
@@ -1432,7 +1428,7 @@ mod tests {
         // Three steps below the limit: the joins publish MAX_VERSION - 2 up to
         // MAX_VERSION itself, so the leaves that follow must restart the count
         // rather than stamp MAX_VERSION + 1, which is PRESENT.
-        let s = Session::starting_at_version(MAX_VERSION - 3);
+        let s = Session::<u32>::starting_at_version(MAX_VERSION - 3);
         for n in 0..3 {
             assert_eq!(s.join(id(n), &entry(n)), Joined::Added);
         }
@@ -1462,7 +1458,7 @@ mod tests {
 
     #[test]
     fn a_leave_at_the_limit_keeps_the_other_members() {
-        let s = Session::starting_at_version(MAX_VERSION - 2);
+        let s = Session::<u32>::starting_at_version(MAX_VERSION - 2);
         for n in 0..2 {
             s.join(id(n), &entry(n));
         }
@@ -1491,7 +1487,7 @@ mod tests {
 
     #[test]
     fn positions_survive_growth_and_compaction() {
-        let s = Session::new();
+        let s = Session::<u32>::new();
         for n in 0..1000 {
             assert_eq!(s.join(id(n), &entry(n)), Joined::Added);
         }
@@ -1511,7 +1507,7 @@ mod tests {
 
     #[test]
     fn emptying_retires_unless_pinned() {
-        let s = Session::new();
+        let s = Session::<u32>::new();
         assert!(s.pin());
         s.join(id(0), &entry(0));
         assert_eq!(s.leave(id(0)), Left::Removed);
@@ -1519,7 +1515,7 @@ mod tests {
         assert!(s.unpin(), "unpinning an empty session retires it");
         assert_eq!(s.join(id(1), &entry(1)), Joined::Retired);
 
-        let t = Session::new();
+        let t = Session::<u32>::new();
         t.join(id(0), &entry(0));
         assert_eq!(t.leave(id(0)), Left::RemovedAndRetired);
         assert!(!t.pin(), "a retired session cannot be pinned");

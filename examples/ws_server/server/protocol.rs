@@ -126,7 +126,8 @@ pub fn required<T>(field: Option<T>, kind: &str, name: &str) -> Result<T, Refusa
 /// Serialises an outbound frame. These structs hold only strings, numbers, ids
 /// and raw JSON, which cannot fail to serialise.
 pub fn encode(frame: &impl Serialize) -> Frame {
-    Utf8Bytes::from(serde_json::to_string(frame).unwrap_or_default())
+    // What `serde_json::to_string` starts with.
+    encode_sized(frame, 128)
 }
 
 /// As [`encode`], into a buffer of `capacity` bytes to start with: a frame about

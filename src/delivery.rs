@@ -163,7 +163,7 @@ impl<M: Clone + Send + 'static> Registry<M> {
         id: ClientId,
         outcome: Result<(), Rejected<M>>,
     ) -> Result<(), SendError<M>> {
-        let counters = &self.counters();
+        let counters = self.counters();
         match outcome {
             Ok(()) => {
                 counters.delivered.add(1);
@@ -358,7 +358,7 @@ impl<M: Clone + Send + 'static> Registry<M> {
                 }
             }
         }
-        let counters = &self.counters();
+        let counters = self.counters();
         counters.delivered.add(report.delivered as u64);
         counters.dropped.add(report.dropped as u64);
         counters.closed.add(report.closed as u64);

@@ -18,7 +18,8 @@
 //! while the next is framed. They share one connection, and the task hands each
 //! call to the client (its first poll) before numbering the next batch: Redis
 //! receives, and runs, batches in the order they were numbered. Each batch then
-//! waits for its answer in a task of its own, which tells its callers.
+//! waits for its answer in a task of its own, which tells its callers (or hands
+//! the batch back, below).
 //!
 //! # Failures are final
 //!
@@ -52,6 +53,9 @@
 //!   not resent but fails, counted like any failed publication: a gap, never a
 //!   reordering;
 //! - a resend carries the text, so it is never refused for the script again.
+//!
+//! A resend carries a fresh deadline, so its callers may wait up to twice as
+//! long as usual before they hear; what they hear is still final.
 //!
 //! With sharded pub/sub a batch's channels live on different shards, so no one
 //! script can publish them; those batches are pipelined `SPUBLISH`es, one batch
@@ -143,8 +147,9 @@ struct Pending {
 
 /// How a batch's call ended.
 enum Sent {
-    /// Its callers were told; Redis may have run it.
-    Told(u64),
+    /// Its callers were told. With its index if Redis may have run it; without,
+    /// it never left this node (the connection was down).
+    Told(Option<u64>),
     /// Redis refused it for a missing script, having run none of it; its callers
     /// wait for the resend.
     NoScript(Pending),
@@ -163,7 +168,8 @@ struct Refused {
 impl Refused {
     fn settle(&mut self, joined: Option<Result<Sent, tokio::task::JoinError>>) {
         match joined {
-            Some(Ok(Sent::Told(index))) => self.last_ran = self.last_ran.max(index),
+            Some(Ok(Sent::Told(Some(index)))) => self.last_ran = self.last_ran.max(index),
+            Some(Ok(Sent::Told(None))) => {}
             Some(Ok(Sent::NoScript(p))) => self.held.push(p),
             // A batch task that panicked told nobody; there is nothing to resend.
             Some(Err(_)) | None => {}
@@ -401,9 +407,11 @@ impl Link {
     /// Publishes one batch and tells its callers how it went, unless Redis
     /// refused it for a missing script: that batch goes back to the publisher.
     async fn send(self: Arc<Self>, p: Pending) -> Sent {
-        let result = if !self.client.is_connected() {
-            Err(io_error("not connected to redis"))
-        } else if self.sharded {
+        if !self.client.is_connected() {
+            self.tell(p.done, &Err(io_error("not connected to redis")));
+            return Sent::Told(None);
+        }
+        let result = if self.sharded {
             self.spublish(&p.batch).await
         } else {
             self.publish(&p.batch, p.full).await
@@ -415,7 +423,7 @@ impl Link {
             }
         }
         self.tell(p.done, &result);
-        Sent::Told(p.index)
+        Sent::Told(Some(p.index))
     }
 
     /// Counts a batch's publications and gives each caller `result`.

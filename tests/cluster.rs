@@ -1400,6 +1400,118 @@ async fn concurrent_broadcasts_cross_in_order_with_batches_in_flight() {
     }
 }
 
+/// How many commands Redis refused with `NOSCRIPT` (`INFO errorstats`).
+fn noscript_refusals(redis: &Redis) -> u64 {
+    let info = redis.cli(&["INFO", "errorstats"]).unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("errorstat_NOSCRIPT:count="))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_flush_between_publications_loses_nothing() {
+    let redis = redis_or_skip!("a_script_flush_between_publications_loses_nothing");
+    let (a, b, c) = (
+        node(&redis, "t30", "a", TTL).await,
+        node(&redis, "t30", "b", TTL).await,
+        node(&redis, "t30", "c", TTL).await,
+    );
+    let (id, mut rx) = b.register(ClientInfo::new()).await.unwrap();
+    b.attach(id, "x").await.unwrap();
+    const ROUNDS: u64 = 10;
+    for i in 0..ROUNDS {
+        // Redis forgets every script; each node's next batch names its script by
+        // a hash Redis no longer knows.
+        assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]).as_deref(), Some("OK"));
+        for n in [&a, &c] {
+            let msg = Msg::from(format!("{}:{i}", n.node_id()));
+            // Bounded: a refused batch nobody resends leaves its caller waiting.
+            let sent = tokio::time::timeout(Duration::from_secs(10), n.broadcast("x", msg.clone()));
+            sent.await
+                .expect("answered within 10 s")
+                .expect("published");
+            assert_eq!(recv(&mut rx).await, msg);
+        }
+    }
+    // Each node's script is its own: a's resend, which loads a's, does not
+    // spare c its refusal.
+    assert_eq!(
+        noscript_refusals(&redis),
+        2 * ROUNDS,
+        "every batch was refused once"
+    );
+    for n in [&a, &c] {
+        let s = n.stats();
+        assert_eq!((s.published, s.publish_failed), (ROUNDS, 0), "{s:?}");
+    }
+    let s = b.stats();
+    assert_eq!(
+        (s.received, s.gaps, s.reordered),
+        (2 * ROUNDS, 0, 0),
+        "{s:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_in_flight_across_a_script_flush_arrive_in_order() {
+    let redis = redis_or_skip!("batches_in_flight_across_a_script_flush_arrive_in_order");
+    // Room for the pause below within one deadline.
+    let a = node_with(&redis, "t31", "a", |b| {
+        b.publish_deadline(Duration::from_secs(5))
+    })
+    .await;
+    let b = node(&redis, "t31", "b", TTL).await;
+    let mut rxs = Vec::new();
+    for room in ["x", "y"] {
+        let (id, rx) = b.register(ClientInfo::new()).await.unwrap();
+        b.attach(id, room).await.unwrap();
+        rxs.push(rx);
+    }
+    a.broadcast("x", Msg::from("before")).await.unwrap();
+    assert_eq!(&*recv(&mut rxs[0]).await, "before");
+    // Redis holds back every script call (a write) but runs `SCRIPT FLUSH`: the
+    // batches sent meanwhile run after the flush, whatever order they reach it
+    // in. Spaced out, each broadcast is a batch of its own, up to the four in
+    // flight; the rest queue behind them.
+    assert_eq!(
+        redis.cli(&["CLIENT", "PAUSE", "10000", "WRITE"]).as_deref(),
+        Some("OK")
+    );
+    const N: usize = 12;
+    let mut sent = Vec::new();
+    for i in 0..N {
+        let a = a.clone();
+        let room = ["x", "y"][i % 2];
+        sent.push(tokio::spawn(async move {
+            a.broadcast(room, Msg::from(i.to_string())).await
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]).as_deref(), Some("OK"));
+    assert_eq!(redis.cli(&["CLIENT", "UNPAUSE"]).as_deref(), Some("OK"));
+    for t in sent {
+        let sent = tokio::time::timeout(Duration::from_secs(10), t).await;
+        sent.expect("answered within 10 s")
+            .unwrap()
+            .expect("published");
+    }
+    for (r, rx) in rxs.iter_mut().enumerate() {
+        for i in (r..N).step_by(2) {
+            assert_eq!(&*recv(rx).await, i.to_string(), "{:?}", b.stats());
+        }
+    }
+    let refused = noscript_refusals(&redis);
+    assert!(
+        refused >= 2,
+        "{refused} batches were in flight across the flush"
+    );
+    let s = a.stats();
+    assert_eq!((s.published, s.publish_failed), (N as u64 + 1, 0), "{s:?}");
+    let s = b.stats();
+    assert_eq!((s.gaps, s.reordered), (0, 0), "{s:?}");
+    assert_eq!(s.received, N as u64 + 1);
+}
+
 /// A node with `builder`'s options on top of the usual ones.
 async fn node_with(
     redis: &Redis,

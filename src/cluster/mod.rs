@@ -83,7 +83,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::ClientLike;
+use fred::interfaces::{ClientLike, LuaInterface};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -259,7 +259,10 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         let (events, _) = broadcast::channel(1024);
         let clock = Arc::new(RedisClock::default());
         let scripts = Scripts::new();
-        let publish_script = fred::bytes_utils::Str::from(scripts.publish.text());
+        // Loaded once here; each batch then names it by its hash (`publisher.rs`).
+        let publish_script = fred::bytes_utils::Str::from(scripts::publish(&node));
+        let publish_sha: fred::bytes_utils::Str =
+            client.script_load(publish_script.clone()).await?;
         let shared = Arc::new(Shared {
             registry: b.registry,
             codec: b.codec,
@@ -297,12 +300,13 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
                 max_streams: b.max_publish_streams,
                 link: Arc::new(publisher::Link {
                     client,
-                    base: names.base.clone().into(),
                     sharded: b.sharded,
                     counters,
                     clock,
                     script: publish_script,
+                    sha: publish_sha,
                     deadline: b.publish_deadline,
+                    refused: tokio::sync::Notify::new(),
                 }),
             }
             .run(rx, stopped),

@@ -18,7 +18,8 @@
 //! while the next is framed. They share one connection, and the task hands each
 //! call to the client (its first poll) before numbering the next batch: Redis
 //! receives, and runs, batches in the order they were numbered. Each batch then
-//! waits for its answer in a task of its own, which tells its callers.
+//! waits for its answer in a task of its own, which tells its callers (or hands
+//! the batch back, below).
 //!
 //! # Failures are final
 //!
@@ -30,6 +31,31 @@
 //! after the deadline plus a margin. Only the batches in flight at the instant
 //! Redis dies (at most [`IN_FLIGHT`]) are ambiguous (Redis may have published them
 //! before dying); that is pub/sub's at-most-once, not a silent loss.
+//!
+//! # The script by its hash
+//!
+//! A batch names the script by its SHA1 (`EVALSHA`), so neither this node nor
+//! Redis handles the script's text per batch. Redis can lose the script (a
+//! restart, `SCRIPT FLUSH`); it then refuses the batch with `NOSCRIPT` and runs
+//! nothing of it. The batch goes back to this task untold, which then sends
+//! nothing new until every batch in flight has answered, and resends the refused
+//! ones in the order they were numbered, with the script's text (`EVAL`, which
+//! loads it again), before anything newer. That keeps Redis's order the
+//! numbering order:
+//!
+//! - the batches in flight behind a refused one were sent before any resend on
+//!   the same connection, so Redis ran them before it could have the script
+//!   again from this node; and no other client loads it, since its text names
+//!   this node (`scripts::publish`). So they were refused too, and go back in
+//!   the same resend;
+//! - should a later batch have reached Redis all the same (another process under
+//!   this node's id loaded the script), a refused batch numbered before it is
+//!   not resent but fails, counted like any failed publication: a gap, never a
+//!   reordering;
+//! - a resend carries the text, so it is never refused for the script again.
+//!
+//! A resend carries a fresh deadline, so its callers may wait up to twice as
+//! long as usual before they hear; what they hear is still final.
 //!
 //! With sharded pub/sub a batch's channels live on different shards, so no one
 //! script can publish them; those batches are pipelined `SPUBLISH`es, one batch
@@ -46,7 +72,7 @@ use fred::clients::{Client, Pipeline};
 use fred::interfaces::{ClientLike, LuaInterface, PubsubInterface};
 use fred::prelude::{Options, Value};
 use tokio::sync::oneshot::error::TryRecvError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 
 use crate::sync::Arc;
@@ -85,14 +111,19 @@ pub(crate) struct Publisher {
 /// What a batch needs on its way to Redis, shared by the batches in flight.
 pub(crate) struct Link {
     pub(crate) client: Client,
-    pub(crate) base: Value,
     pub(crate) sharded: bool,
     pub(crate) counters: Arc<Counters>,
     pub(crate) clock: Arc<RedisClock>,
-    /// Shared bytes: each batch's command holds a clone, not a copy of the text.
+    /// The publish script's text (`scripts::publish`), for resends: shared
+    /// bytes, so a command holds a clone, not a copy.
     pub(crate) script: Str,
+    /// Its SHA1 as Redis reported it when this node loaded it.
+    pub(crate) sha: Str,
     /// How long after sending a batch Redis still accepts it.
     pub(crate) deadline: Duration,
+    /// Woken when Redis refuses a batch for a missing script, so that an idle
+    /// publisher resends it.
+    pub(crate) refused: Notify,
 }
 
 /// A session's publications in the batch being numbered: its channel, epoch,
@@ -106,9 +137,53 @@ struct Group {
 
 /// A numbered batch and the callers waiting for it.
 struct Pending {
+    /// Its place in the numbering order: batches reach Redis in this order.
+    index: u64,
     batch: Batch,
     done: Vec<oneshot::Sender<Result<(), fred::error::Error>>>,
+    /// Sent with the script's text (a resend), not its hash.
+    full: bool,
 }
+
+/// How a batch's call ended.
+enum Sent {
+    /// Its callers were told. With its index if Redis may have run it; without,
+    /// it never left this node (the connection was down).
+    Told(Option<u64>),
+    /// Redis refused it for a missing script, having run none of it; its callers
+    /// wait for the resend.
+    NoScript(Pending),
+}
+
+/// The batches Redis refused for a missing script, and what decides whether
+/// they can still be resent in order.
+#[derive(Default)]
+struct Refused {
+    held: Vec<Pending>,
+    /// The highest index of a batch that may have run: a refused batch numbered
+    /// below it can no longer reach Redis in order.
+    last_ran: u64,
+}
+
+impl Refused {
+    fn settle(&mut self, joined: Option<Result<Sent, tokio::task::JoinError>>) {
+        match joined {
+            Some(Ok(Sent::Told(Some(index)))) => self.last_ran = self.last_ran.max(index),
+            Some(Ok(Sent::Told(None))) => {}
+            Some(Ok(Sent::NoScript(p))) => self.held.push(p),
+            // A batch task that panicked told nobody; there is nothing to resend.
+            Some(Err(_)) | None => {}
+        }
+    }
+}
+
+/// Redis refused the call because it does not have the script.
+fn no_script(e: &fred::error::Error) -> bool {
+    e.details().starts_with("NOSCRIPT")
+}
+
+/// The publish script reads no key, only its arguments.
+const NO_KEYS: Vec<String> = Vec::new();
 
 fn io_error(text: &'static str) -> fred::error::Error {
     fred::error::Error::new(fred::error::ErrorKind::IO, text)
@@ -126,7 +201,8 @@ impl Publisher {
     ) {
         let mut streams = Streams::new(self.max_streams);
         let mut queued: Vec<Outgoing> = Vec::with_capacity(BATCH);
-        let mut in_flight = JoinSet::new();
+        let mut in_flight: JoinSet<Sent> = JoinSet::new();
+        let mut refused = Refused::default();
         let mut batches = 0u64;
         let mut groups: Vec<Group> = Vec::new();
         // A pipeline of `SPUBLISH`es is not handed to the client on its first poll
@@ -134,15 +210,29 @@ impl Publisher {
         // for each other.
         let limit = if self.link.sharded { 1 } else { IN_FLIGHT };
         loop {
-            while in_flight.try_join_next().is_some() {}
-            while in_flight.len() >= limit {
-                in_flight.join_next().await;
+            while let Some(joined) = in_flight.try_join_next() {
+                refused.settle(Some(joined));
+            }
+            if !refused.held.is_empty() {
+                self.resend(&mut in_flight, &mut refused, limit).await;
+                continue;
+            }
+            if in_flight.len() >= limit {
+                refused.settle(in_flight.join_next().await);
+                continue;
             }
             // What a full batch left over goes first.
             if queued.is_empty() {
                 let n = tokio::select! {
                     biased;
                     _ = &mut stop => break,
+                    // A refused batch's callers wait for its resend, whether or
+                    // not anything new comes. (The batch's task may not have
+                    // ended yet; `resend` awaits every one.)
+                    () = self.link.refused.notified() => {
+                        self.resend(&mut in_flight, &mut refused, limit).await;
+                        continue;
+                    }
                     n = rx.recv_many(&mut queued, BATCH) => n,
                 };
                 if n == 0 {
@@ -229,25 +319,24 @@ impl Publisher {
             }
             let done = taken.into_iter().map(|(_, out)| out.done).collect();
             let pending = Pending {
+                index: batches,
                 batch: buf.finish(),
                 done,
+                full: false,
             };
-            let mut call: Pin<Box<dyn Future<Output = ()> + Send>> =
-                Box::pin(Arc::clone(&self.link).send(pending));
-            // The first poll hands the command to the client, in numbering order:
-            // in fred 10.1 `eval` builds the command and `try_send`s it into the
-            // router's queue before its first await (the blocking-policy check
-            // before it awaits only under `Blocking::Interrupt`, which the builder
-            // rules out; `timeout` polls the call before its timer). The router
-            // writes that queue in order on this one connection. The answer is
-            // awaited beside the next batches.
-            let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
-            if first.is_pending() {
-                in_flight.spawn(call);
-            }
+            self.dispatch(pending, &mut in_flight, &mut refused).await;
         }
-        // The batches sent get their true outcome before the rest is refused.
-        while in_flight.join_next().await.is_some() {}
+        // The batches sent get their true outcome before the rest is refused;
+        // those Redis refused for the script are resent first.
+        loop {
+            while let Some(joined) = in_flight.join_next().await {
+                refused.settle(Some(joined));
+            }
+            if refused.held.is_empty() {
+                break;
+            }
+            self.resend(&mut in_flight, &mut refused, limit).await;
+        }
         // Refuse new publications, and drop the queued ones' answers unsent.
         rx.close();
         let mut unsent = queued.len() as u64;
@@ -258,18 +347,91 @@ impl Publisher {
         }
         Counters::add(&self.link.counters.publish_failed, unsent);
     }
+
+    /// Hands `pending` to the client before anything numbered after it, and
+    /// leaves its answer to a task of its own.
+    async fn dispatch(
+        &self,
+        pending: Pending,
+        in_flight: &mut JoinSet<Sent>,
+        refused: &mut Refused,
+    ) {
+        let mut call: Pin<Box<dyn Future<Output = Sent> + Send>> =
+            Box::pin(Arc::clone(&self.link).send(pending));
+        // The first poll hands the command to the client, in numbering order:
+        // in fred 10.1 `eval` and `evalsha` build the command and `try_send` it
+        // into the router's queue before their first await (the blocking-policy
+        // check before it awaits only under `Blocking::Interrupt`, which the
+        // builder rules out; `timeout` polls the call before its timer). The
+        // router writes that queue in order on this one connection. The answer
+        // is awaited beside the next batches.
+        match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+            Poll::Ready(sent) => refused.settle(Some(Ok(sent))),
+            Poll::Pending => {
+                in_flight.spawn(call);
+            }
+        }
+    }
+
+    /// Resends, in numbering order and with the script's text, the batches Redis
+    /// refused for a missing script, once every batch in flight has answered
+    /// (module docs, "The script by its hash"). One that a later batch may have
+    /// overtaken fails instead.
+    async fn resend(&self, in_flight: &mut JoinSet<Sent>, refused: &mut Refused, limit: usize) {
+        while let Some(joined) = in_flight.join_next().await {
+            refused.settle(Some(joined));
+        }
+        let mut held = std::mem::take(&mut refused.held);
+        held.sort_unstable_by_key(|p| p.index);
+        for mut p in held {
+            if p.index < refused.last_ran {
+                self.link.tell(
+                    p.done,
+                    &Err(fred::error::Error::new(
+                        fred::error::ErrorKind::Unknown,
+                        "NOSCRIPT redis lost the publish script, and a later batch reached it first",
+                    )),
+                );
+                continue;
+            }
+            while in_flight.len() >= limit {
+                refused.settle(in_flight.join_next().await);
+            }
+            p.full = true;
+            self.dispatch(p, in_flight, refused).await;
+        }
+    }
 }
 
 impl Link {
-    /// Publishes one batch and tells its callers how it went.
-    async fn send(self: Arc<Self>, Pending { batch, done }: Pending) {
-        let result = if !self.client.is_connected() {
-            Err(io_error("not connected to redis"))
-        } else if self.sharded {
-            self.spublish(&batch).await
+    /// Publishes one batch and tells its callers how it went, unless Redis
+    /// refused it for a missing script: that batch goes back to the publisher.
+    async fn send(self: Arc<Self>, p: Pending) -> Sent {
+        if !self.client.is_connected() {
+            self.tell(p.done, &Err(io_error("not connected to redis")));
+            return Sent::Told(None);
+        }
+        let result = if self.sharded {
+            self.spublish(&p.batch).await
         } else {
-            self.publish(batch).await
+            self.publish(&p.batch, p.full).await
         };
+        if let Err(e) = &result {
+            if !p.full && no_script(e) {
+                self.refused.notify_one();
+                return Sent::NoScript(p);
+            }
+        }
+        self.tell(p.done, &result);
+        Sent::Told(Some(p.index))
+    }
+
+    /// Counts a batch's publications and gives each caller `result`.
+    fn tell(
+        &self,
+        done: Vec<oneshot::Sender<Result<(), fred::error::Error>>>,
+        result: &Result<(), fred::error::Error>,
+    ) {
         let counter = if result.is_ok() {
             &self.counters.published
         } else {
@@ -292,25 +454,32 @@ impl Link {
         }
     }
 
-    async fn publish(&self, batch: Batch) -> Result<(), fred::error::Error> {
+    /// Runs the publish script on `batch`: by its hash, or with its text (`full`).
+    async fn publish(&self, batch: &Batch, full: bool) -> Result<(), fred::error::Error> {
         let Some(now) = self.clock.now_ms() else {
             return Err(io_error("redis clock not read yet"));
         };
         let deadline = now + u64::try_from(self.deadline.as_millis()).unwrap_or(u64::MAX);
+        // The arguments share the batch's bytes (a resend needs them again).
         let mut args: Vec<Value> =
-            Vec::with_capacity(5 + batch.channels.len() + batch.frames.len());
-        args.push(self.base.clone());
+            Vec::with_capacity(3 + batch.channels.len() + batch.frames.len());
         args.push(deadline.to_string().into());
-        args.push(Value::String(Str::from_static("PUBLISH")));
-        args.push(Value::Bytes(batch.runs));
+        args.push(Value::Bytes(batch.runs.clone()));
         args.push(batch.channels.len().to_string().into());
-        args.extend(batch.channels.into_iter().map(Value::String));
-        args.extend(batch.frames.into_iter().map(Value::Bytes));
+        args.extend(batch.channels.iter().cloned().map(Value::String));
+        args.extend(batch.frames.iter().cloned().map(Value::Bytes));
         Counters::add(&self.counters.round_trips, 1);
         let client = self.client.with_options(&self.options());
-        let call = client.eval::<i64, _, _, _>(self.script.clone(), Vec::<String>::new(), args);
         // A margin past fred's own timeout, in case it does not fire.
-        match tokio::time::timeout(self.deadline * 2 + Duration::from_millis(100), call).await {
+        let limit = self.deadline * 2 + Duration::from_millis(100);
+        let answer = if full {
+            let call = client.eval::<i64, _, _, _>(self.script.clone(), NO_KEYS, args);
+            tokio::time::timeout(limit, call).await
+        } else {
+            let call = client.evalsha::<i64, _, _, _>(self.sha.clone(), NO_KEYS, args);
+            tokio::time::timeout(limit, call).await
+        };
+        match answer {
             Ok(Ok(n)) if n >= 0 => Ok(()),
             Ok(Ok(_)) => Err(io_error("publication reached redis after its deadline")),
             Ok(Err(e)) => Err(e),

@@ -1,7 +1,9 @@
-//! The Lua scripts that keep presence consistent. Each runs atomically in Redis,
-//! with Redis's own clock (`TIME`), so nodes' clocks need not agree.
+//! The Lua scripts that keep presence consistent, and the one that publishes a
+//! batch. Each runs atomically in Redis, with Redis's own clock (`TIME`), so
+//! nodes' clocks need not agree.
 //!
-//! Every script gets the key base `{prefix}` as `ARGV[1]`. Keys:
+//! Every presence script gets the key base `{prefix}` as `ARGV[1]` (the publish
+//! script touches no key). Keys:
 //!
 //! | Key | Type | Holds |
 //! | --- | --- | --- |
@@ -52,26 +54,42 @@ redis.call('PEXPIRE', info, ttl * 2)
 if known then return { 1, now, clash } else return { 0, now, clash } end
 ";
 
-/// ARGV: base (unused), deadline ms, `PUBLISH` or `SPUBLISH`, a batch's runs
-/// (`batch.rs`: `[channel index: u16][count: u16]`, big-endian, back to back),
-/// the number of channels, the channels the indexes name, then the frames in
-/// order, each run naming the channel of the next `count`. Publishes every frame
-/// unless Redis's clock is past the deadline: a batch the client replays after a
-/// reconnect, when its callers were already told it failed, is refused here.
-/// Returns how many it published, or -1.
+/// ARGV: deadline ms, a batch's runs (`batch.rs`: `[channel index: u16][count:
+/// u16]`, big-endian, back to back), the number of channels, the channels the
+/// indexes name, then the frames in order, each run naming the channel of the
+/// next `count`. Publishes every frame unless Redis's clock is past the deadline:
+/// a batch the client replays after a reconnect, when its callers were already
+/// told it failed, is refused here. Returns how many it published, or -1.
+///
+/// It runs on every batch, so it carries no [`PRELUDE`]: only the time, which is
+/// all it reads, and no key base or helper functions to define per call.
+/// [`publish`] puts the node's id in front of it.
 const PUBLISH: &str = r"
-if now > tonumber(ARGV[2]) then return -1 end
-local cmd, runs, call = ARGV[3], ARGV[4], redis.call
-local first = 6 + tonumber(ARGV[5])
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[1]) then
+  return -1
+end
+local runs, call = ARGV[2], redis.call
+local first = 4 + tonumber(ARGV[3])
 local i = first
 for r = 1, #runs - 3, 4 do
   local c1, c2, n1, n2 = string.byte(runs, r, r + 3)
-  local channel, last = ARGV[6 + c1 * 256 + c2], i + n1 * 256 + n2 - 1
-  for j = i, last do call(cmd, channel, ARGV[j]) end
+  local channel, last = ARGV[4 + c1 * 256 + c2], i + n1 * 256 + n2 - 1
+  for j = i, last do call('PUBLISH', channel, ARGV[j]) end
   i = last + 1
 end
 return i - first
 ";
+
+/// The publish script of node `node` ([`PUBLISH`]): a text no other node's
+/// publisher sends, so that only this node's publisher ever loads it into
+/// Redis's script cache. The publisher relies on that to resend, in order, the
+/// batches Redis refused for a missing script (`publisher.rs`). A node id is
+/// letters, digits and `._-` (`envelope::valid_node_id`), so it cannot end the
+/// comment.
+pub(crate) fn publish(node: &str) -> String {
+    format!("-- the publisher of node {node}{PUBLISH}")
+}
 
 /// ARGV: base, ctl channel, node or '', most keys listed per node. Returns how
 /// many nodes are still being released; the caller calls again until none is.
@@ -320,7 +338,6 @@ impl Script {
 /// Every script, with its prelude, built once per node.
 pub(crate) struct Scripts {
     pub(crate) heartbeat: Script,
-    pub(crate) publish: Script,
     pub(crate) down: Script,
     pub(crate) claim: Script,
     pub(crate) release: Script,
@@ -336,7 +353,6 @@ impl Scripts {
     pub(crate) fn new() -> Self {
         Self {
             heartbeat: Script::new(HEARTBEAT),
-            publish: Script::new(PUBLISH),
             down: Script::new(DOWN),
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),

@@ -119,7 +119,7 @@ pub(crate) use bounded_queue::BoundedQueue;
 #[cfg(switchboard_loom)]
 pub(crate) use lock_free_map::LockFreeMap;
 pub(crate) use once_arc::OnceArc;
-pub(crate) use slot_cell::{SlotCell, TAG_PAYLOAD_BITS};
+pub(crate) use slot_cell::{Retained, SlotCell, SlotGuard, TAG_PAYLOAD_BITS};
 pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};
 pub(crate) use spin_lock::SpinLock;
 pub(crate) use unique_arc::{unique_mut, NeverWeak};

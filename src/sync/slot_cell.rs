@@ -449,7 +449,9 @@ mod epoch_cell {
 mod loom_cell {
     use std::ops::Deref;
 
-    use crate::sync::{spin_wait, Arc, AtomicUsize, Ordering, UnsafeCell};
+    use loom::sync::Condvar;
+
+    use crate::sync::{Arc, AtomicUsize, Mutex, Ordering, UnsafeCell};
 
     use super::{tag_payload, tag_word, LOCKED, TAG};
 
@@ -467,6 +469,8 @@ mod loom_cell {
         /// Unlinked nodes, freed with the cell (the reclamation stand-in). A `std`
         /// mutex: bookkeeping outside the model, never held across a loom operation.
         retired: std::sync::Mutex<Vec<*mut Node<T>>>,
+        /// Where a locker or a vacate waits for the lock bit (see `wait_unlock`).
+        waiters: (Mutex<()>, Condvar),
     }
 
     // SAFETY: as crossbeam's `Atomic<Arc<T>>`: the cell shares and moves `Arc<T>`s.
@@ -550,6 +554,7 @@ mod loom_cell {
             Self {
                 ptr: AtomicUsize::new(tag_word(payload)),
                 retired: std::sync::Mutex::new(Vec::new()),
+                waiters: (Mutex::new(()), Condvar::new()),
             }
         }
 
@@ -627,14 +632,13 @@ mod loom_cell {
         }
 
         fn lock_if(&self, accept: impl Fn(&Arc<T>) -> bool) -> Option<SlotGuard<'_, T>> {
-            let mut spins = 0;
             loop {
                 let current = self.read();
                 if current & TAG != 0 || !accept(self.value(current)) {
                     return None;
                 }
                 if current & LOCKED != 0 {
-                    spin_wait(&mut spins);
+                    self.wait_unlock(current);
                     continue;
                 }
                 // Acquire on success, as the std build (which see); Relaxed on
@@ -657,9 +661,39 @@ mod loom_cell {
             }
         }
 
+        /// Waits until the word is no longer `locked`. The std build spins; loom
+        /// cannot model that here (a spinning waiter's reads gave the holder no
+        /// turn, and models ran past their branch bound), so a waiter sleeps on a
+        /// condition variable that every unlock notifies (loom-only bookkeeping,
+        /// as the retired list is). The check is under its
+        /// mutex and the unlock stores before it notifies under the same mutex, so
+        /// no wakeup is lost. The mutex orders only contended hand-overs: an
+        /// uncontended locker still gets its happens-before from the word alone.
+        fn wait_unlock(&self, locked: usize) {
+            let mut waiting = crate::sync::lock(&self.waiters.0);
+            // An RMW, as `read`: a plain load may return the locked word again
+            // after the unlock and its notification, in loom's view, and the
+            // waiter then slept for good.
+            while self.read() == locked {
+                waiting = self
+                    .waiters
+                    .1
+                    .wait(waiting)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+        }
+
         fn unlock(&self, word: usize) {
-            // Release, as the std build (which see).
-            self.ptr.store(word, Ordering::Release);
+            // Release, as the std build (which see). A swap where the std build
+            // stores: loom orders writes only as far as its threads have seen them,
+            // so the write of a waiter's `fetch_add(0)` read (`read`), which the
+            // holder never saw, could land after a plain store and lock the word
+            // again for good (a model deadlocked so). The swap reads the newest
+            // write and lands after it, as the std store does in the one real
+            // modification order.
+            self.ptr.swap(word, Ordering::Release);
+            let _waiting = crate::sync::lock(&self.waiters.0);
+            self.waiters.1.notify_all();
         }
 
         pub(crate) fn tag(&self) -> Option<usize> {
@@ -672,14 +706,13 @@ mod loom_cell {
             // The std build's one exchange on the `Arc`'s pointer becomes a read of
             // the node and an exchange on it: the same outcome, one more scheduling
             // point for loom to explore. A locked word is waited out, as there.
-            let mut spins = 0;
             loop {
                 let current = self.read();
                 if current & TAG != 0 || !Arc::ptr_eq(self.value(current), occupant) {
                     return None;
                 }
                 if current & LOCKED != 0 {
-                    spin_wait(&mut spins);
+                    self.wait_unlock(current);
                     continue;
                 }
                 // AcqRel on success, as `store`; Relaxed on failure: nothing

@@ -68,7 +68,10 @@
 //! in a loom `UnsafeCell` (the std cell holds the `Arc`'s own pointer), so loom
 //! reports a read that the publication does not order after the write. Only reclamation differs, because loom cannot follow
 //! crossbeam-epoch's global epoch: an unlinked box is kept until the cell is
-//! dropped, instead of until every reader pinned at the swap has unpinned.
+//! dropped, instead of until every reader pinned at the swap has unpinned. The
+//! lock bit is the same bit of the same word; loom cannot model its waiting as a
+//! spin, so a waiter sleeps on a condition variable, and the unlock is a swap
+//! (`loom_cell`'s `wait_unlock` and `unlock` say why).
 //!
 //! [crossbeam-epoch]: https://docs.rs/crossbeam-epoch
 #![allow(

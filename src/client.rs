@@ -1,14 +1,31 @@
 //! A connected client's slot occupant: its channel, profile and memberships.
+//!
+//! # The client's lock
+//!
+//! A client's bookkeeping ([`ClientState`]) has no lock word of its own: it is
+//! behind the lock bit of the slot that holds the entry (`sync/slot_cell.rs`).
+//! Taking that bit is one compare-and-swap, and while it is set nobody can unlink
+//! the entry, so the holder needs no epoch pin either: attach, detach and
+//! unregister each save the pin and the separate lock's CAS this way.
+//!
+//! Every access to an entry's state goes through a [`ClientLock`] on the slot
+//! that holds the entry, except one: once the entry has left its slot, its state
+//! never changes again (nobody can lock a slot for an entry it no longer holds), and
+//! [`ClientEntry::departed_state`] reads it.
+#![allow(
+    unsafe_code,
+    reason = "the state lives in a cell its slot's lock bit guards; see each SAFETY"
+)]
 
 use std::fmt;
-use std::ops::Deref;
+use std::ops::{Deref, DerefMut};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::channel::Channel;
 use crate::profile::{ClientInfo, SystemInfo};
 use crate::session::Session;
 use crate::shard::Occupant;
-use crate::sync::{Arc, SlotCell, SpinLock};
+use crate::sync::{Arc, Retained, SlotCell, SlotGuard, UnsafeCell};
 use crate::task::TaskId;
 use crate::{ClientId, SessionId};
 
@@ -25,11 +42,23 @@ pub(crate) struct ClientEntry<M> {
     /// The merged profile; empty for a plain client whose profile is all defaults,
     /// which then costs nothing beyond this pointer.
     pub(crate) profile: SlotCell<ClientInfo>,
-    /// Membership bookkeeping. Lock order: a client's state before any session's
-    /// writer; two clients' states in id order. A [`SpinLock`]: only the client's own
-    /// calls and an operator's touch meet here, so waiting is rare, and its store
-    /// release saves attach, detach and unregister a locked instruction each.
-    pub(crate) state: SpinLock<ClientState<M>>,
+    /// Membership bookkeeping, behind the lock bit of the slot that holds the
+    /// entry (see the module docs): reached only through a [`ClientLock`] or, once
+    /// the entry has left its slot, [`departed_state`](Self::departed_state). Lock
+    /// order: a client's lock before any session's writer; two clients' locks in
+    /// id order; never a shard's allocation lock while holding one.
+    state: UnsafeCell<ClientState<M>>,
+}
+
+// SAFETY: the only field that is not `Sync` on its own is the state cell, which is
+// reached through a `ClientLock` (one thread at a time, as `std`'s `Mutex`) or
+// read once nobody can write it (`departed_state`): `Mutex<T>`'s bound, `T: Send`.
+unsafe impl<M> Sync for ClientEntry<M>
+where
+    Channel<M>: Sync,
+    SlotCell<ClientInfo>: Sync,
+    ClientState<M>: Send,
+{
 }
 
 pub(crate) struct ClientState<M> {
@@ -257,6 +286,82 @@ impl<M> ClientState<M> {
     }
 }
 
+/// A client's lock, held: the lock bit of the slot that holds its entry. Derefs
+/// to the client's state; [`entry`](Self::entry) is the entry itself, alive (and
+/// in its slot) while the lock is held, without a pin or a count.
+pub(crate) struct ClientLock<'a, M>(SlotGuard<'a, ClientEntry<M>>);
+
+impl<'a, M> ClientLock<'a, M> {
+    /// The lock on the entry `guard`'s slot holds.
+    #[inline]
+    pub(crate) fn new(guard: SlotGuard<'a, ClientEntry<M>>) -> Self {
+        Self(guard)
+    }
+
+    #[inline]
+    pub(crate) fn entry(&self) -> &Arc<ClientEntry<M>> {
+        &self.0
+    }
+
+    /// Marks a connected client as leaving and hands `take` its state, then unlocks;
+    /// `None`, changing nothing, if it was already leaving.
+    ///
+    /// The returned handle keeps the entry usable, unpinned and unlocked, until
+    /// [`Clients::release`](crate::clients::Clients::release) takes it to empty the
+    /// slot: the call that turns `connected` false is the one that releases the
+    /// slot, so nobody else can unlink the entry meanwhile.
+    #[inline]
+    pub(crate) fn disconnect<R>(
+        mut self,
+        take: impl FnOnce(&mut ClientState<M>) -> R,
+    ) -> Option<(Departing<'a, M>, R)> {
+        if !self.connected {
+            return None;
+        }
+        self.connected = false;
+        let taken = take(&mut self);
+        // SAFETY: `connected` was true and this call made it false, under the lock,
+        // once per entry; only a `Departing` (made here alone) empties a slot
+        // (`Clients::release`) before the registry drops, so nobody else unlinks the
+        // entry while the handle lives.
+        let retained = unsafe { self.0.unlock_retaining() };
+        Some((Departing(retained), taken))
+    }
+}
+
+impl<M> Deref for ClientLock<'_, M> {
+    type Target = ClientState<M>;
+
+    #[inline]
+    fn deref(&self) -> &ClientState<M> {
+        // SAFETY: this guard holds the slot's lock bit for this entry, and every
+        // other access to the state takes the same bit first (or waits until the
+        // entry left its slot: `departed_state`), so no `&mut` to it exists now.
+        self.0.state.with(|state| unsafe { &*state })
+    }
+}
+
+impl<M> DerefMut for ClientLock<'_, M> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut ClientState<M> {
+        // SAFETY: as in `deref`; `&mut self` makes this the lock's only borrow.
+        self.0.state.with_mut(|state| unsafe { &mut *state })
+    }
+}
+
+/// A client whose departure flipped its `connected`, unlocked, on its way out of
+/// its slot: see [`ClientLock::disconnect`].
+pub(crate) struct Departing<'a, M>(Retained<'a, ClientEntry<M>>);
+
+impl<M> Deref for Departing<'_, M> {
+    type Target = Arc<ClientEntry<M>>;
+
+    #[inline]
+    fn deref(&self) -> &Arc<ClientEntry<M>> {
+        &self.0
+    }
+}
+
 /// A counted handle to a client's channel. The channel lives inside the client's
 /// entry, so the handle keeps the entry (one allocation) alive.
 pub(crate) struct ChannelRef<M>(Arc<ClientEntry<M>>);
@@ -301,12 +406,30 @@ impl<M> ClientEntry<M> {
             chan: Channel::new(capacity),
             connected_at,
             profile: SlotCell::empty(),
-            state: SpinLock::new(ClientState {
+            state: UnsafeCell::new(ClientState {
                 connected: true,
                 sessions: Memberships::default(),
                 fleet,
             }),
         }
+    }
+
+    /// The state of an entry that has left its slot, where it no longer changes.
+    ///
+    /// # Safety
+    ///
+    /// The caller saw the slot the entry was stored in hold something else, with
+    /// a read that acquires (every write to a slot word releases, and every write
+    /// after the unlinking exchange is ordered after it: see
+    /// [`Clients::lock_entry`](crate::clients::Clients::lock_entry)), and the
+    /// entry was stored in that slot before the caller could name it.
+    pub(crate) unsafe fn departed_state(&self) -> &ClientState<M> {
+        // SAFETY: every write to the state was made under the slot's lock bit for
+        // this entry, before the exchange that unlinked it (which waits for the
+        // bit), and the caller's read is ordered after that exchange. No later
+        // write can exist: a locker needs the slot to hold this entry, and it
+        // never will again (the caller's `Arc` keeps its address from reuse).
+        self.state.with(|state| unsafe { &*state })
     }
 
     /// The client's profile, with `connected_at` filled in.
@@ -376,11 +499,11 @@ mod tests {
     fn an_entry_and_a_member_cell_stay_within_their_bytes() {
         use std::mem::size_of;
         type M = Arc<[u8]>;
-        // Id 8, connection time 8, profile pointer 8, and the state lock 40 (lock
-        // word and flag 8, inline first membership 8: the session's handle, whose
-        // key the session keeps; spill pointer 8, fleet pointer 8, `connected` 8
-        // with padding).
-        assert_eq!(size_of::<ClientEntry<M>>() - size_of::<Channel<M>>(), 64);
+        // Id 8, connection time 8, profile pointer 8, and the state 32 (inline
+        // first membership 8: the session's handle, whose key the session keeps;
+        // spill pointer 8, fleet pointer 8, `connected` 8 with padding). The
+        // state's lock is its slot's lock bit, so it has no word of its own.
+        assert_eq!(size_of::<ClientEntry<M>>() - size_of::<Channel<M>>(), 56);
         assert_eq!(size_of::<Memberships<M>>(), 16);
         assert_eq!(size_of::<crate::session::Member<M>>(), 16);
     }

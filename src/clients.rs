@@ -6,8 +6,12 @@
 //! and one generation check, with no map and no lock. Registering finds a slot
 //! ([`Clients::reserve`]), the caller fills it, and the one departure path empties
 //! it again ([`Clients::release`]).
+#![allow(
+    unsafe_code,
+    reason = "a departed entry's state is read without its lock; see the SAFETY"
+)]
 
-use crate::client::ClientEntry;
+use crate::client::{ClientEntry, ClientLock, ClientState, Departing};
 use crate::error::{ClientError, RegisterError};
 use crate::shard::{self, Reserved, Shard};
 use crate::sync::{Arc, AtomicUsize, Ordering, SlotCell};
@@ -83,12 +87,13 @@ impl<M> Clients<M> {
     }
 
     /// Empties `entry`'s slot and gives its admission back. Only the departure
-    /// that flipped the client's `connected` calls this, once per client.
+    /// that flipped the client's `connected` calls this, once per client (only
+    /// [`ClientLock::disconnect`] makes a [`Departing`]).
     ///
     /// Returns whether the slot was still `entry`'s.
     #[inline]
-    pub(crate) fn release(&self, entry: &Arc<ClientEntry<M>>) -> bool {
-        let freed = self.shards[entry.id.shard()].release(entry);
+    pub(crate) fn release(&self, entry: Departing<'_, M>) -> bool {
+        let freed = self.shards[entry.id.shard()].release(&entry);
         self.release_admission();
         freed
     }
@@ -110,25 +115,37 @@ impl<M> Clients<M> {
         shard.slot(id.index()).ok_or(ClientError::NoSuchSlot(id))
     }
 
-    /// Calls `f` with the entry `id` names, if it is still the slot's occupant.
+    /// Takes the lock of the client `id` names, if it is still the slot's occupant.
     ///
-    /// The write path's way in: one epoch pin for the whole call (the pins of any
-    /// slot or profile read inside `f` nest in it for free), and no reference count
-    /// taken or given back, where [`entry`](Self::entry) costs two atomic
-    /// read-modify-writes. The pin keeps the entry alive while `f` runs even if `f`
-    /// itself empties the slot (unregister). A pinned thread holds back every
-    /// thread's reclamation, so `f` takes only the registry's short locks and never
-    /// awaits.
+    /// The write path's way in: one compare-and-swap on the slot's word, which
+    /// also keeps the entry in its slot (and so alive) while the lock is held,
+    /// with no epoch pin and no reference count (see `client.rs`).
     #[inline]
-    pub(crate) fn with_entry<R, E: From<ClientError>>(
-        &self,
-        id: ClientId,
-        f: impl FnOnce(&Arc<ClientEntry<M>>) -> Result<R, E>,
-    ) -> Result<R, E> {
-        self.slot(id)?.with(|entry| match entry {
-            Some(entry) if entry.id == id => f(entry),
-            _ => Err(ClientError::Gone(id).into()),
-        })
+    pub(crate) fn lock(&self, id: ClientId) -> Result<ClientLock<'_, M>, ClientError> {
+        let guard = self.slot(id)?.lock().ok_or(ClientError::Gone(id))?;
+        if guard.id != id {
+            // Another generation's occupant: let it go at once.
+            return Err(ClientError::Gone(id));
+        }
+        Ok(ClientLock::new(guard))
+    }
+
+    /// Takes `entry`'s lock if it is still in its slot; otherwise its state, which
+    /// no longer changes.
+    pub(crate) fn lock_entry<'a>(&'a self, entry: &'a Arc<ClientEntry<M>>) -> Locked<'a, M> {
+        let slot = self.slot(entry.id).ok();
+        match slot.and_then(|slot| slot.lock_occupant(entry)) {
+            Some(guard) => Locked::Held(ClientLock::new(guard)),
+            // SAFETY: `entry` was stored in its slot before anyone could name it
+            // (registration stores it before handing out its id or its `Arc`), and
+            // the slot's `SeqCst` read in `lock_occupant` (an acquire) saw it hold
+            // something else, so the entry has left it. Every write to a slot word
+            // releases (swaps and exchanges are `SeqCst`, the lock bit's clearing
+            // store `Release`), and each one after the unlinking exchange is an RMW
+            // reading the one before it or a lock holder's store after such an RMW,
+            // so whichever the read saw, the unlinking is ordered before this.
+            None => Locked::Departed(unsafe { entry.departed_state() }),
+        }
     }
 
     /// The entry `id` names, if it is still the slot's occupant.
@@ -149,6 +166,13 @@ impl<M> Clients<M> {
         self.shards.len()
     }
 
+    /// Calls `f` with every slot ever handed out, shard by shard.
+    fn for_each_slot(&self, mut f: impl FnMut(&SlotCell<ClientEntry<M>>)) {
+        for shard in self.shards.iter() {
+            shard.for_each_slot(&mut f);
+        }
+    }
+
     /// Calls `f` with every connected client's entry, shard by shard.
     pub(crate) fn for_each(&self, mut f: impl FnMut(&ClientEntry<M>)) {
         for shard in self.shards.iter() {
@@ -157,16 +181,27 @@ impl<M> Clients<M> {
     }
 }
 
+/// What [`Clients::lock_entry`] found.
+pub(crate) enum Locked<'a, M> {
+    /// The entry is in its slot, locked.
+    Held(ClientLock<'a, M>),
+    /// The entry has left its slot; its state is final.
+    Departed(&'a ClientState<M>),
+}
+
 impl<M> Drop for Clients<M> {
     /// Closes every channel, so writer tasks see the end when the registry goes,
     /// and lets go of every client's sessions: a session's member cells hold the
     /// client's entry (its channel lives there), so an entry that kept its sessions
     /// would keep itself alive.
     fn drop(&mut self) {
-        self.for_each(|entry| {
-            entry.chan.close();
-            let sessions = std::mem::take(&mut entry.state.lock().sessions);
-            drop(sessions);
+        self.for_each_slot(|slot| {
+            if let Some(mut client) = slot.lock().map(ClientLock::new) {
+                client.entry().chan.close();
+                let sessions = std::mem::take(&mut client.sessions);
+                drop(client);
+                drop(sessions);
+            }
         });
     }
 }

@@ -305,7 +305,10 @@ impl<M> Registry<M> {
                 .iter()
                 .filter(|t| info.system_info.tags.contains(t))
                 .count();
-            let open = entry.state.lock().tasks().len();
+            let open = self
+                .clients()
+                .lock(id)
+                .map_or(0, |client| client.tasks().len());
             let rank = (
                 score,
                 Reverse(open),

@@ -3,9 +3,9 @@
 use std::fmt;
 
 use crate::channel::{CloseReason, Receiver};
-use crate::client::{millis_to_time, now_millis, ChannelRef, ClientEntry, ClientState, FleetState};
+use crate::client::{millis_to_time, now_millis, ChannelRef, ClientEntry, ClientLock, FleetState};
 use crate::client_ref::ClientRef;
-use crate::clients::Clients;
+use crate::clients::{Clients, Locked};
 use crate::config::{Builder, Config};
 use crate::error::{AttachError, ClientError, DetachError, RegisterError, UnknownSession};
 use crate::events::{Event, EventBus};
@@ -250,8 +250,7 @@ impl<M> Registry<M> {
             slot.store(Some(Arc::clone(&entry)));
             None
         } else {
-            let mut state = entry.state.lock();
-            slot.store(Some(Arc::clone(&entry)));
+            let mut state = ClientLock::new(slot.store_locked(Arc::clone(&entry)));
             let old = key
                 .as_deref()
                 .and_then(|key| inner.fleet.claim_key(key, id));
@@ -371,33 +370,29 @@ impl<M> Registry<M> {
         cause: CloseReason,
         successor: Option<&Arc<ClientEntry<M>>>,
     ) -> Result<Unregistered, ClientError> {
-        self.inner
-            .clients
-            .with_entry(id, |entry| self.depart_entry(entry, cause, successor))
+        let client = self.inner.clients.lock(id)?;
+        self.depart_entry(client, cause, successor)
     }
 
-    /// [`depart`](Self::depart) for the entry its id names, inside that lookup's
-    /// epoch pin: the slot is emptied near the end, and the pin keeps `entry` alive.
+    /// [`depart`](Self::depart) for the client whose lock its id took. The lock
+    /// is given up once `connected` is false; the slot is emptied near the end, and
+    /// until then the entry stays in it (only this call may empty it), unpinned.
     // Out of line, as LLVM chose before the clients moved to their own file: inlined
     // into `depart`, it pushed the channel's close out of line instead, +55 Ir per
     // unregister under callgrind (`churn_cycle`).
     #[inline(never)]
     fn depart_entry(
         &self,
-        entry: &Arc<ClientEntry<M>>,
+        client: ClientLock<'_, M>,
         cause: CloseReason,
         successor: Option<&Arc<ClientEntry<M>>>,
     ) -> Result<Unregistered, ClientError> {
-        let id = entry.id;
-        let (sessions, tasks) = {
-            let mut state = entry.state.lock();
-            if !state.connected {
-                return Err(ClientError::Gone(id));
-            }
-            state.connected = false;
+        let id = client.entry().id;
+        let moves = self.inner.config.takeover_moves_sessions;
+        let departing = client.disconnect(|state| {
             if let Some(successor) = successor {
                 // Only rooms follow the chain; without moves there is nothing to find.
-                if self.inner.config.takeover_moves_sessions {
+                if moves {
                     state.fleet().successor = Some(Arc::clone(successor));
                 }
             }
@@ -406,6 +401,9 @@ impl<M> Registry<M> {
                 std::mem::take(&mut state.sessions),
                 tasks.unwrap_or_default(),
             )
+        });
+        let Some((entry, (sessions, tasks))) = departing else {
+            return Err(ClientError::Gone(id));
         };
         let info = entry.profile.with(|info| info.cloned());
         // The key stops resolving before the slot is freed; a successor's mapping
@@ -464,23 +462,26 @@ impl<M> Registry<M> {
     /// successor, and so on: the key's final holder ends in every room (issue 10,
     /// race 3). A successor that simply left ends the chain, and the room with it.
     /// Each step looks at one client under its lock, where `connected` and
-    /// `successor` change together.
+    /// `successor` change together, or, once it has left its slot, at its final
+    /// state.
     fn join_successor(&self, successor: &Arc<ClientEntry<M>>, key: &SessionId) {
         let mut to = Arc::clone(successor);
         loop {
-            let next = {
-                let mut state = to.state.lock();
-                if state.connected {
-                    // A full session leaves the room behind, as `attach` would.
-                    let _ = self.attach_locked(&to, &mut state, key.clone());
-                    return;
+            let next = match self.inner.clients.lock_entry(&to) {
+                Locked::Held(mut client) => {
+                    if client.connected {
+                        // A full session leaves the room behind, as `attach` would.
+                        let _ = self.attach_locked(&mut client, key.clone());
+                        return;
+                    }
+                    client.fleet.as_ref().and_then(|f| f.successor.clone())
                 }
-                match state.fleet.as_ref().and_then(|f| f.successor.clone()) {
-                    Some(next) => next,
-                    None => return,
-                }
+                Locked::Departed(state) => state.fleet.as_ref().and_then(|f| f.successor.clone()),
             };
-            to = next;
+            match next {
+                Some(next) => to = next,
+                None => return,
+            }
         }
     }
 
@@ -507,29 +508,26 @@ impl<M> Registry<M> {
     /// ```
     pub fn attach(&self, id: ClientId, session: impl Into<SessionId>) -> Result<bool, AttachError> {
         let key = session.into();
-        self.inner.clients.with_entry(id, |entry| {
-            let mut state = entry.state.lock();
-            if !state.connected {
-                return Err(ClientError::Gone(id).into());
-            }
-            self.attach_locked(entry, &mut state, key)
-        })
+        let mut client = self.inner.clients.lock(id)?;
+        if !client.connected {
+            return Err(ClientError::Gone(id).into());
+        }
+        self.attach_locked(&mut client, key)
     }
 
     /// [`attach`](Self::attach) for a connected client whose lock the caller holds.
     fn attach_locked(
         &self,
-        entry: &Arc<ClientEntry<M>>,
-        state: &mut ClientState<M>,
+        client: &mut ClientLock<'_, M>,
         key: SessionId,
     ) -> Result<bool, AttachError> {
-        let id = entry.id;
-        if state.position(&key).is_some() {
+        let id = client.entry().id;
+        if client.position(&key).is_some() {
             return Ok(false);
         }
-        match self.inner.sessions.join(&key, id, entry) {
+        match self.inner.sessions.join(&key, id, client.entry()) {
             Join::Added(session) => {
-                state.sessions.push(session);
+                client.sessions.push(session);
                 Ok(true)
             }
             // The client's state says it is not a member, and the state is only
@@ -562,22 +560,20 @@ impl<M> Registry<M> {
     /// ```
     pub fn detach(&self, id: ClientId, session: impl Into<SessionId>) -> Result<(), DetachError> {
         let key = session.into();
-        self.inner.clients.with_entry(id, |entry| {
-            let mut state = entry.state.lock();
-            if !state.connected {
-                return Err(ClientError::Gone(id).into());
-            }
-            let Some(position) = state.position(&key) else {
-                return Err(DetachError::NotAttached {
-                    client: id,
-                    session: key,
-                });
-            };
-            if let Some(session) = state.sessions.swap_remove(position) {
-                self.inner.sessions.leave_session(&session, id);
-            }
-            Ok(())
-        })
+        let mut client = self.inner.clients.lock(id)?;
+        if !client.connected {
+            return Err(ClientError::Gone(id).into());
+        }
+        let Some(position) = client.position(&key) else {
+            return Err(DetachError::NotAttached {
+                client: id,
+                session: key,
+            });
+        };
+        if let Some(session) = client.sessions.swap_remove(position) {
+            self.inner.sessions.leave_session(&session, id);
+        }
+        Ok(())
     }
 
     /// Creates a session if needed and keeps it open while it has no members.
@@ -672,8 +668,7 @@ impl<M> Registry<M> {
     /// # Ok::<(), switchboard::ClientError>(())
     /// ```
     pub fn sessions_of(&self, id: ClientId) -> Result<Vec<SessionId>, ClientError> {
-        let entry = self.inner.clients.entry(id)?;
-        let state = entry.state.lock();
+        let state = self.inner.clients.lock(id)?;
         if !state.connected {
             return Err(ClientError::Gone(id));
         }

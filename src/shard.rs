@@ -215,14 +215,23 @@ impl<T> Shard<T> {
 
     /// Calls `f` with every occupant, for teardown and listings.
     pub(crate) fn for_each_occupied(&self, mut f: impl FnMut(&T)) {
+        self.for_each_slot(|slot| {
+            slot.with(|entry| {
+                if let Some(entry) = entry {
+                    f(entry);
+                }
+            });
+        });
+    }
+
+    /// Calls `f` with every slot ever handed out. Takes the allocation lock only
+    /// to read how many, so `f` may take a slot's lock bit (see the lock order in
+    /// `sync/slot_cell.rs`).
+    pub(crate) fn for_each_slot(&self, mut f: impl FnMut(&SlotCell<T>)) {
         let slots = self.alloc.lock().used;
         for index in 0..slots {
             if let Some(slot) = self.slot(index) {
-                slot.with(|entry| {
-                    if let Some(entry) = entry {
-                        f(entry);
-                    }
-                });
+                f(slot);
             }
         }
     }

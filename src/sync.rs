@@ -32,7 +32,11 @@
 //!   `UnsafeCell` so that loom checks its publication (the std cell needs no box:
 //!   it holds the `Arc`'s own pointer). The tags of free client slots (their
 //!   generation and free-list link, `shard.rs`) are the same words: written by a
-//!   release's exchange and read under the shard's lock, in loom's view too.
+//!   release's exchange and read under the shard's lock, in loom's view too. So is
+//!   the lock bit that is a client's lock (its `Acquire` CAS, the vacate that waits
+//!   for it), with two differences loom forces: a waiter sleeps on a condition
+//!   variable every unlock notifies instead of spinning, and the unlock is a
+//!   `Release` swap where the std build stores (see `unlock` there).
 //! * [`SnapshotCell`]: arc-swap's observable protocol (pointer swap, a read that
 //!   returns the latest store, `Arc` clone) over loom atomics.
 //!
@@ -55,17 +59,18 @@
 //!
 //! # What stays outside loom's view, and why
 //!
-//! * **Memory reclamation of the two cells.** crossbeam-epoch's global epoch and
-//!   arc-swap's debt lists are reclamation machinery that loom cannot follow (they
-//!   use their own `std` atomics and thread-locals). Under loom a replaced value is
+//! * **Memory reclamation of the two cells.** crossbeam-epoch's global epoch,
+//!   the slot cell's per-thread batch of deferrals in front of it, and arc-swap's
+//!   debt lists are reclamation machinery that loom cannot follow (they use their
+//!   own `std` atomics and thread-locals). Under loom a replaced value is
 //!   freed when its cell drops instead; so loom checks that readers see published
 //!   values, not that the std build frees them late enough. That rests on the
 //!   crates' own tests (both are model-checked upstream) and on the SAFETY
 //!   arguments in `sync/slot_cell.rs`.
 //! * **arc-swap's fast path** (wait-freedom) is not modelled; progress is not what
 //!   loom checks.
-//! * **[`SpinLock`]'s own word** (the client state's, the shard allocator's and
-//!   each session writer's lock): under loom it is loom's mutex, because a
+//! * **[`SpinLock`]'s own word** (the shard allocator's and each session
+//!   writer's lock): under loom it is loom's mutex, because a
 //!   spinning waiter made every execution as long as its spins and the models
 //!   outgrew their bound. The models still check everything its holders do under
 //!   mutual exclusion; the lock is the textbook `Acquire` CAS and `Release` store
@@ -119,7 +124,7 @@ pub(crate) use bounded_queue::BoundedQueue;
 #[cfg(switchboard_loom)]
 pub(crate) use lock_free_map::LockFreeMap;
 pub(crate) use once_arc::OnceArc;
-pub(crate) use slot_cell::{SlotCell, TAG_PAYLOAD_BITS};
+pub(crate) use slot_cell::{Retained, SlotCell, SlotGuard, TAG_PAYLOAD_BITS};
 pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};
 pub(crate) use spin_lock::SpinLock;
 pub(crate) use unique_arc::{unique_mut, NeverWeak};

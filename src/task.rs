@@ -115,11 +115,11 @@ impl<M> crate::Registry<M> {
         }
         // Two clients' locks, always in id order.
         let (mut o_state, mut d_state) = if orchestrator < device {
-            let o_state = o.state.lock();
-            (o_state, d.state.lock())
+            let o_state = self.clients().lock(orchestrator)?;
+            (o_state, self.clients().lock(device)?)
         } else {
-            let d_state = d.state.lock();
-            (o.state.lock(), d_state)
+            let d_state = self.clients().lock(device)?;
+            (self.clients().lock(orchestrator)?, d_state)
         };
         for (state, id) in [(&o_state, orchestrator), (&d_state, device)] {
             if !state.connected {
@@ -149,8 +149,8 @@ impl<M> crate::Registry<M> {
             .remove_task(task)
             .ok_or(TaskError::UnknownTask(task))?;
         for side in [task.orchestrator, task.device] {
-            if let Ok(entry) = self.clients().entry(side) {
-                if let Some(fleet) = entry.state.lock().fleet.as_mut() {
+            if let Ok(mut client) = self.clients().lock(side) {
+                if let Some(fleet) = client.fleet.as_mut() {
                     fleet.tasks.retain(|t| *t != task.id);
                 }
             }
@@ -185,8 +185,7 @@ impl<M> crate::Registry<M> {
     }
 
     fn tasks_of(&self, id: ClientId) -> Result<Vec<Task>, ClientError> {
-        let entry = self.clients().entry(id)?;
-        let ids = entry.state.lock().tasks().to_vec();
+        let ids = self.clients().lock(id)?.tasks().to_vec();
         Ok(ids
             .into_iter()
             .filter_map(|t| self.fleet().task(t))
@@ -203,8 +202,8 @@ impl<M> crate::Registry<M> {
         } else {
             (CancelReason::DeviceDisconnected, task.orchestrator)
         };
-        if let Ok(entry) = self.clients().entry(survivor) {
-            if let Some(fleet) = entry.state.lock().fleet.as_mut() {
+        if let Ok(mut client) = self.clients().lock(survivor) {
+            if let Some(fleet) = client.fleet.as_mut() {
                 fleet.tasks.retain(|t| *t != task.id);
             }
         }

@@ -17,10 +17,13 @@
 //! RUSTFLAGS="--cfg switchboard_loom -C debug-assertions" LOOM_MAX_PREEMPTIONS=3 cargo test -p loom-tests --release
 //! ```
 //!
-//! Measured on the shared 2-core machine at `LOOM_MAX_PREEMPTIONS=3`: 16 s end to
-//! end with a warm build, of which 5.0 s in the models (4.4 s for `models.rs`, whose
-//! model 4 alone explores 22,272 interleavings in 2.4 s; 0.6 s for `channel.rs`,
-//! 205 to 2,534 interleavings each). Add `-- --nocapture --test-threads=1` to see
+//! Measured on the shared 2-core machine at `LOOM_MAX_PREEMPTIONS=3`: 40 s end to
+//! end with a warm build and `--test-threads=1` (load average about 4), of which
+//! 24 s in the models (19.5 s for `models.rs`, whose model 4 alone explores 98,870
+//! interleavings in 15.9 s; 1.0 s for `channel.rs`, 218 to 2,534 interleavings
+//! each; 0.6 s for `slot_lock.rs`). Model 4 explored 22,272 in 2.4 s while the
+//! client lock was a loom mutex; the slot's lock bit that replaced it is loom
+//! atomics, a condition variable and a swap, each a scheduling point. Add `-- --nocapture --test-threads=1` to see
 //! each model's interleaving count, time and reached cases (see [`check`]).
 //!
 //! `RUSTFLAGS` applies to every crate in the graph, so it must stay the same

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use crate::client::{ClientEntry, ClientState};
 use crate::client_ref::ClientRef;
+use crate::clients::Locked;
 use crate::device_config::DeviceConfig;
 use crate::error::{ClientError, ConfigError, UpdateError};
 use crate::events::Event;
@@ -108,7 +109,9 @@ impl<M> Registry<M> {
     ) -> Result<Arc<ClientInfo>, UpdateError> {
         let entry = self.lookup(who.into())?;
         let id = entry.id;
-        let mut state = entry.state.lock();
+        let Locked::Held(mut state) = self.clients().lock_entry(&entry) else {
+            return Err(ClientError::Gone(id).into());
+        };
         if !state.connected {
             return Err(ClientError::Gone(id).into());
         }
@@ -159,16 +162,15 @@ impl<M> Registry<M> {
         let mut updated = 0;
         // The walk comes after the new config is published; see `Fleet::reload`.
         let config = self.fleet().reload(config, |config, id| {
-            let Ok(entry) = self.clients().entry(id) else {
+            let Ok(mut state) = self.clients().lock(id) else {
                 return;
             };
-            let mut state = entry.state.lock();
             if !state.connected {
                 return;
             }
-            let current = entry.info();
+            let current = state.entry().info();
             let reported = state.reported(&current);
-            let (next, reported) = self.apply_profile(&entry, &current, reported, config);
+            let (next, reported) = self.apply_profile(state.entry(), &current, reported, config);
             if *next != *current {
                 updated += 1;
             }

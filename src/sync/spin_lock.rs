@@ -7,14 +7,15 @@
 //! benches run on). A lock that never parks has no waiter to learn about, so it
 //! releases with a `Release` store, an ordinary `mov`. The price is the waiting:
 //! a waiter spins, then yields its CPU in a loop ([`spin_wait`]) instead of
-//! sleeping, so this is only for sections that are short, such as one client's
-//! bookkeeping (which only that client's own calls and an occasional operator's
-//! touch), a shard's allocator, and a session's writer (a join or a leave: a few
-//! dozen instructions; broadcasts read without it).
+//! sleeping, so this is only for sections that are short, such as a shard's
+//! allocator and a session's writer (a join or a leave: a few dozen instructions;
+//! broadcasts read without it). A client's own bookkeeping has the same kind of
+//! lock without a word of its own: its slot's lock bit (`sync/slot_cell.rs`), which
+//! waits the same way.
 //!
-//! Three of its sections are longer than that, rarely: an attach holds its client's
-//! lock across the session directory's insert (which, resizing, copies the table)
-//! and the join (which may compact a large session); a session's compaction holds
+//! Some sections are longer than that, rarely: an attach holds its client's lock
+//! (the slot bit) across the session directory's insert (which, resizing, copies the
+//! table) and the join (which may compact a large session); a session's compaction holds
 //! its writer lock for O(live members), once per more than that many leaves; a
 //! shard's allocator lock is held while it builds a new page, and pages double. A
 //! waiter on any of them yields its CPU in a loop meanwhile, where `std`'s mutex

@@ -219,8 +219,9 @@ mod epoch_cell {
     /// x86, and an unregister had no other reason to pin (its lock is the slot's
     /// bit). Deferring later than the
     /// unlink changes nothing for readers (see `hand_over`); it only keeps up to
-    /// `BATCH - 1` departed values per thread alive a little longer (until the
-    /// thread unlinks more, or ends).
+    /// `BATCH - 1` departed values per thread alive longer: until the thread
+    /// unlinks more, or ends, with no bound in time for a thread that goes idle
+    /// (crossbeam-epoch's own per-thread bag of 64 kept them the same way).
     #[inline]
     fn defer_release<T>(old: *const T) {
         let item: Release = (old.cast(), release_arc::<T>);

@@ -20,15 +20,23 @@
 //!   so after `close` returns, every send fails with `Closed`.
 //! * The receiver reports the end only when `CLOSED` is set and no permit is in use,
 //!   so every message accepted before the close is received first: nothing is lost.
-//! * No lost wakeup: the receiver registers its waker, then re-checks the queue,
-//!   while a send publishes its message, then wakes; a sender waiting for capacity
-//!   sets `WAITERS` in the same word a receive or close changes, so one of the two
-//!   RMWs sees the other (see `Waiter`). The loom models in
-//!   `loom-tests/tests/channel.rs` check both.
-//! * A close wakes the receiver only if it has ever registered a waker, which it
-//!   announces in `state` (`RX_WAKER`) before its first registration: the close's
-//!   RMW and the announcement's are ordered on the one word, so either the close
-//!   sees the flag and wakes, or the receiver's re-check sees `CLOSED`.
+//! * No lost wakeup, and a wake only for a receiver that sleeps. A receiver that
+//!   finds nothing registers its waker, then *parks*: it sets `RX_PARKED` with a CAS
+//!   on `state` that succeeds only while no permit is in use and the channel is open.
+//!   A send's permit CAS clears `RX_PARKED` when it finds it set, and only that send
+//!   wakes the receiver, after its push. RMWs on one word are totally ordered: a send
+//!   whose CAS follows the park sees the bit (or a send before it cleared it and
+//!   wakes), and a send whose CAS precedes it left a permit in use, so the park
+//!   fails. The receiver then takes that message, or, if its sender is between its
+//!   permit and its push, waits a few spins for it and otherwise wakes itself and
+//!   returns `Pending` (see `Channel::poll_recv`). A send to a receiver that is busy
+//!   draining costs no wake at all.
+//! * A sender waiting for capacity sets `WAITERS` in the same word a receive or
+//!   close changes, so one of the two RMWs sees the other (see `Waiter`). The loom
+//!   models in `loom-tests/tests/channel.rs` check both protocols.
+//! * A close wakes the receiver only if it is parked: the close's RMW and the park's
+//!   CAS are ordered on the one word, so either the close sees `RX_PARKED` and wakes,
+//!   or the park's CAS sees `CLOSED` and fails, and the receiver reports the end.
 //! * The unregister that closes a channel records why ([`CloseReason`]), so the
 //!   connection's writer can tell a kick from a takeover or a slow-consumer
 //!   disconnect. The closing RMW sets `REASON` with `CLOSED` and claims the reason
@@ -53,9 +61,10 @@ use crate::ClientId;
 const CLOSED: usize = 1;
 /// `state` bit: a sender may be waiting in `Channel::waiters`.
 const WAITERS: usize = 2;
-/// `state` bit, set once and never cleared: the receiver has registered a waker,
-/// so a close must wake it (see `Channel::close`).
-const RX_WAKER: usize = 4;
+/// `state` bit: the receiver registered its waker and sleeps until a send or a close
+/// wakes it. Set by the receiver's park CAS, cleared by the one send whose permit
+/// CAS finds it, which then wakes the receiver (see the module docs).
+const RX_PARKED: usize = 4;
 /// `state` bit, set with `CLOSED` by the close that records a reason: the reason is
 /// written (or being written) in `Channel::reason`.
 const REASON: usize = 8;
@@ -109,13 +118,15 @@ pub(crate) enum Rejected<M> {
 }
 
 pub(crate) struct Channel<M> {
-    /// `CLOSED | WAITERS | RX_WAKER | REASON | permits * PERMIT`.
+    /// `CLOSED | WAITERS | RX_PARKED | REASON | permits * PERMIT`.
     ///
     /// Ordering: every decision (full, closed, drained) is made on this one word, and
     /// RMWs on one location are totally ordered whatever their ordering. A permit
     /// is taken with an `Acquire` CAS and given back with an `AcqRel` RMW: that
     /// chain is what hands a ring slot from the receiver that freed it to the next
-    /// sender that fills it (see `sync/bounded_queue.rs`). A waiting sender's
+    /// sender that fills it (see `sync/bounded_queue.rs`), and the receiver's
+    /// registered waker from its `Release` park CAS to the send whose `Acquire`
+    /// CAS clears `RX_PARKED` and wakes it. A waiting sender's
     /// `WAITERS` flag and the releases and close that must see it are RMWs on this
     /// one word, so no `SeqCst` is needed (see `Waiter`). Plain reads are
     /// `Relaxed`: a momentary count is all they can use.
@@ -215,6 +226,10 @@ impl<M> Channel<M> {
     }
 
     /// Queues `msg` without waiting.
+    ///
+    /// Two locked RMWs: the permit CAS and the ring's index claim. A send that finds
+    /// the receiver parked clears `RX_PARKED` in the same CAS and wakes it after its
+    /// push (two more in `atomic-waker`, plus the task's own wake).
     #[inline]
     pub(crate) fn try_send(&self, msg: M) -> Result<(), Rejected<M>> {
         // Relaxed: see `state`; the CAS re-validates this guess.
@@ -226,11 +241,12 @@ impl<M> Channel<M> {
             if state / PERMIT >= self.capacity {
                 return Err(Rejected::Full(msg));
             }
-            // Acquire on success: see `state` (the slot hand-over); a failed CAS
+            // Acquire on success: see `state` (the slot hand-over, and the waker
+            // the receiver registered before its `Release` park); a failed CAS
             // decides nothing.
             match self.state.compare_exchange_weak(
                 state,
-                state + PERMIT,
+                (state + PERMIT) & !RX_PARKED,
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
@@ -242,7 +258,10 @@ impl<M> Channel<M> {
         // most `capacity` exist, and `try_recv` gives one back (`AcqRel`) only after
         // popping.
         unsafe { self.queue.push(msg) };
-        self.rx_waker.wake();
+        if state & RX_PARKED != 0 {
+            // This CAS cleared the bit, so this send alone wakes this park.
+            self.rx_waker.wake();
+        }
         Ok(())
     }
 
@@ -301,18 +320,17 @@ impl<M> Channel<M> {
     /// Returns whether this call closed it (false if it was closed already).
     ///
     /// It wakes the receiver only when this call closed the channel and the
-    /// receiver has registered a waker (`RX_WAKER`): `atomic-waker`'s wake is two
-    /// locked instructions even with no waker, and most clients are unregistered
-    /// before or without ever waiting (or after their receiver is gone). Both skips
-    /// are sound: the receiver sets `RX_WAKER` with an RMW on `state` before it first
-    /// registers a waker, then re-checks `state`; if that RMW follows this one it
-    /// returns `CLOSED`, and the re-check, later on the same word, sees it too. An
-    /// earlier close saw the flag then, or preceded it the same way; `CLOSED` is
-    /// never cleared, so a receiver that re-registers later re-checks and sees it.
+    /// receiver is parked (`RX_PARKED`): `atomic-waker`'s wake is two locked
+    /// instructions even with no waker, and most clients are unregistered while
+    /// their receiver is busy, before it ever waits, or after it is gone. Both skips
+    /// are sound: a park is a CAS on `state` that fails once `CLOSED` is set, so a
+    /// park either precedes this RMW, which then sees the bit and wakes, or fails and
+    /// the receiver reports the end. An earlier close saw the bit then, or preceded
+    /// the park the same way; `CLOSED` is never cleared.
     pub(crate) fn close(&self) -> bool {
         // AcqRel: see `state`.
         let before = self.state.fetch_or(CLOSED, Ordering::AcqRel);
-        if before & (CLOSED | RX_WAKER) == RX_WAKER {
+        if before & (CLOSED | RX_PARKED) == RX_PARKED {
             self.rx_waker.wake();
         }
         self.wake_waiters(before);
@@ -358,7 +376,7 @@ impl<M> Channel<M> {
         // SAFETY: this CAS set `CLOSED`, which is never cleared, so this thread is
         // the one closer that ever gets here; `reason` is set nowhere else.
         unsafe { self.reason.set_unique(reason) };
-        if before & RX_WAKER != 0 {
+        if before & RX_PARKED != 0 {
             self.rx_waker.wake();
         }
         self.wake_waiters(before);
@@ -430,7 +448,8 @@ impl<M> Channel<M> {
     /// still empty while later ones are full; that is a send in progress, not an
     /// empty channel, and a message sent before this call may be behind it. It is
     /// waited for: a few instructions, unless its thread was preempted in between.
-    /// (`poll_recv` returns `Pending` instead: that sender wakes the receiver.)
+    /// (`poll_recv` waits a bounded while, then wakes its own task and returns
+    /// `Pending`.)
     fn try_recv_waiting(&self) -> Result<M, TryRecvError> {
         let mut spins = 0u32;
         loop {
@@ -443,29 +462,73 @@ impl<M> Channel<M> {
         }
     }
 
-    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<M>> {
+    /// `try_recv` as `poll_recv` reports it: `None` while nothing is receivable.
+    fn ready(&self) -> Option<Option<M>> {
         match self.try_recv() {
-            Ok(msg) => return Poll::Ready(Some(msg)),
-            Err(TryRecvError::Closed) => return Poll::Ready(None),
-            Err(TryRecvError::Empty) => {}
-        }
-        // Relaxed: only this receiver sets the flag, so its own earlier RMW is what
-        // this load may see; the flag's RMW below is ordered against a close's by
-        // being on the same word, whatever the ordering (see `close`).
-        if self.state.load(Ordering::Relaxed) & RX_WAKER == 0 {
-            // Relaxed: as above; nothing is published or read through it.
-            self.state.fetch_or(RX_WAKER, Ordering::Relaxed);
-        }
-        self.rx_waker.register(cx.waker());
-        // Re-check after registering: a push that landed in between has already
-        // tried to wake the old (absent) waker.
-        match self.try_recv() {
-            Ok(msg) => Poll::Ready(Some(msg)),
-            Err(TryRecvError::Closed) => Poll::Ready(None),
-            Err(TryRecvError::Empty) => Poll::Pending,
+            Ok(msg) => Some(Some(msg)),
+            Err(TryRecvError::Closed) => Some(None),
+            Err(TryRecvError::Empty) => None,
         }
     }
+
+    /// Sets `RX_PARKED` if no permit is in use and the channel is open; returns
+    /// whether it did. The caller has registered its waker.
+    fn park(&self) -> bool {
+        // Relaxed: a guess; the CAS re-validates it.
+        let mut state = self.state.load(Ordering::Relaxed);
+        while state & CLOSED == 0 && state / PERMIT == 0 {
+            // Release on success: the waker registered just before is read by the
+            // send whose `Acquire` CAS clears the bit, or by the close whose
+            // `AcqRel` RMW sees it, before either wakes. A failed CAS decides
+            // nothing.
+            match self.state.compare_exchange_weak(
+                state,
+                state | RX_PARKED,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => state = actual,
+            }
+        }
+        false
+    }
+
+    /// Locked RMWs per park: two in `atomic-waker`'s register and the park CAS;
+    /// none when a message is waiting.
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<M>> {
+        if let Some(ready) = self.ready() {
+            return Poll::Ready(ready);
+        }
+        self.rx_waker.register(cx.waker());
+        if self.park() {
+            return Poll::Pending;
+        }
+        // A permit is in use or the channel closed: a message is queued (pushed
+        // after the first try) or on its way, or the end is due.
+        let mut spins = 0u32;
+        loop {
+            if let Some(ready) = self.ready() {
+                return Poll::Ready(ready);
+            }
+            if spins >= PUSH_SPINS {
+                break;
+            }
+            // The sender is between its permit CAS and its push, a few instructions
+            // apart, and it saw no `RX_PARKED`: it will not wake us.
+            crate::sync::spin_wait(&mut spins);
+        }
+        // Its thread was preempted there: try again later rather than spin on.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
 }
+
+/// How many times `poll_recv` waits for a message whose send holds a permit but has
+/// not pushed yet before it wakes its own task and returns `Pending`: spin hints
+/// only (see `spin_wait`), about as long as a push takes when its thread runs.
+/// Under loom, one wait (a yield), so that the models also reach the self-wake.
+const PUSH_SPINS: u32 = if cfg!(switchboard_loom) { 1 } else { 32 };
 
 /// The receiving end of a client's outbound channel.
 ///
@@ -716,6 +779,159 @@ mod tests {
                     }
                 });
             }
+        });
+    }
+
+    /// A waker that counts its wakes. `wake_by_ref` is all the channel calls on a
+    /// borrowed waker; an owned one (atomic-waker's `wake`) ends up in `wake`.
+    #[derive(Default)]
+    struct CountingWaker(crate::sync::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            // Relaxed: a count read by the same test thread.
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    impl CountingWaker {
+        fn new() -> (Arc<Self>, Waker) {
+            let counter = Arc::new(Self::default());
+            let waker = Waker::from(Arc::clone(&counter));
+            (counter, waker)
+        }
+
+        fn wakes(&self) -> usize {
+            // Relaxed: see `wake_by_ref`.
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    /// One wake per park: the first send to a parked receiver wakes it, and neither
+    /// a second send before it runs nor a send while it drains wakes it again.
+    #[test]
+    fn only_the_first_send_to_a_parked_receiver_wakes_it() {
+        let (tx, rx) = pair(8);
+        let (counter, waker) = CountingWaker::new();
+        let mut cx = Context::from_waker(&waker);
+        let chan = rx.channel();
+        assert!(
+            chan.poll_recv(&mut cx).is_pending(),
+            "parks on an empty channel"
+        );
+        assert!(tx.try_send(1).is_ok());
+        assert_eq!(counter.wakes(), 1, "the send that found it parked woke it");
+        assert!(tx.try_send(2).is_ok());
+        assert_eq!(
+            counter.wakes(),
+            1,
+            "that send cleared RX_PARKED: no second wake"
+        );
+        assert_eq!(chan.poll_recv(&mut cx), Poll::Ready(Some(1)));
+        assert!(tx.try_send(3).is_ok());
+        assert_eq!(counter.wakes(), 1, "a draining receiver is not parked");
+        assert_eq!(chan.poll_recv(&mut cx), Poll::Ready(Some(2)));
+        assert_eq!(chan.poll_recv(&mut cx), Poll::Ready(Some(3)));
+        assert!(chan.poll_recv(&mut cx).is_pending(), "parks again");
+        assert!(tx.try_send(4).is_ok());
+        assert_eq!(counter.wakes(), 2, "the next park is woken again");
+    }
+
+    /// A send that took its permit but has not pushed saw no `RX_PARKED` and will
+    /// not wake the receiver, so the receiver must not park on it: it wakes itself.
+    #[test]
+    fn a_receiver_does_not_park_behind_a_send_between_permit_and_push() {
+        let (tx, rx) = pair(8);
+        let (counter, waker) = CountingWaker::new();
+        let mut cx = Context::from_waker(&waker);
+        let chan = rx.channel();
+        // The first half of `try_send`: the permit, without the push.
+        tx.state.fetch_add(PERMIT, Ordering::Acquire);
+        assert!(chan.poll_recv(&mut cx).is_pending(), "nothing to take yet");
+        assert_eq!(counter.wakes(), 1, "it woke itself to look again");
+        assert_eq!(
+            chan.state.load(Ordering::Relaxed) & RX_PARKED,
+            0,
+            "and did not park"
+        );
+        // SAFETY: the permit taken above, as `try_send` holds it.
+        unsafe { tx.queue.push(7) };
+        assert_eq!(chan.poll_recv(&mut cx), Poll::Ready(Some(7)));
+    }
+
+    /// A close wakes a parked receiver once, and a receiver that is not parked not
+    /// at all; either way the next poll reports the end.
+    #[test]
+    fn close_wakes_a_parked_receiver_only() {
+        let (tx, rx) = pair(4);
+        let (counter, waker) = CountingWaker::new();
+        let mut cx = Context::from_waker(&waker);
+        let chan = rx.channel();
+        assert!(chan.poll_recv(&mut cx).is_pending());
+        assert!(tx.close_because(CloseReason::Unregistered));
+        assert_eq!(counter.wakes(), 1, "the close woke the parked receiver");
+        assert_eq!(chan.poll_recv(&mut cx), Poll::Ready(None));
+
+        let (tx, rx) = pair(4);
+        let chan = rx.channel();
+        assert!(tx.try_send(1).is_ok());
+        assert!(tx.close());
+        assert_eq!(counter.wakes(), 1, "nobody was parked");
+        assert_eq!(chan.poll_recv(&mut cx), Poll::Ready(Some(1)));
+        assert_eq!(chan.poll_recv(&mut cx), Poll::Ready(None));
+    }
+
+    /// Senders on two threads against a receiver task that parks whenever it runs
+    /// dry: every message arrives. A lost wakeup hangs the receiver; the timeout
+    /// only turns that hang into a failure and times nothing.
+    #[test]
+    fn an_awaiting_receiver_gets_every_message_from_two_threads() {
+        const PER_THREAD: u32 = 20_000;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime");
+        let (tx, mut rx) = pair(4);
+        std::thread::scope(|s| {
+            for t in 0..2u32 {
+                let tx = &tx;
+                s.spawn(move || {
+                    for i in 0..PER_THREAD {
+                        let mut msg = (t << 24) | i;
+                        loop {
+                            match tx.try_send(msg) {
+                                Ok(()) => break,
+                                Err(Rejected::Full(back)) => {
+                                    msg = back;
+                                    std::thread::yield_now();
+                                }
+                                // The receiver gave up (see below).
+                                Err(_) => return,
+                            }
+                        }
+                    }
+                });
+            }
+            let received = runtime.block_on(async {
+                let all = async {
+                    let mut next = [0u32; 2];
+                    for _ in 0..2 * PER_THREAD {
+                        let msg = rx.recv().await.expect("open channel");
+                        let t = usize::from(msg >> 24 != 0);
+                        assert_eq!(msg & 0xff_ffff, next[t], "each sender's messages in order");
+                        next[t] += 1;
+                    }
+                    next
+                };
+                tokio::time::timeout(Duration::from_secs(60), all).await
+            });
+            // Lets blocked senders return if the receiver gave up.
+            tx.close();
+            assert_eq!(received.ok(), Some([PER_THREAD; 2]), "hung: a lost wakeup");
         });
     }
 

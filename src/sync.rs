@@ -72,8 +72,11 @@
 //!   (see `sync/spin_lock.rs`).
 //! * **The receiver waker's own algorithm.** `atomic-waker`'s `AtomicWaker` in the
 //!   std build, loom's mutex-based mock under loom: loom checks that the channel
-//!   registers before its re-check and wakes after its publish, not the waker's
-//!   internals (which are the `futures` crate's, model-checked there).
+//!   registers before it parks and wakes after its push, not the waker's
+//!   internals (which are the `futures` crate's, model-checked there). The mock's
+//!   mutex orders a registration before a later wake by itself, so loom cannot see
+//!   whether the park's `Release` and the send's `Acquire` would carry it without
+//!   that mutex; `Channel::park` argues it.
 //! * **The shard's page cells** ([`OnceLock`]): created once each under the shard's
 //!   allocation lock and read only for indexes that lock handed out. Session member
 //!   cells hold [`OnceArc`]s and the channel's close reason is a [`WriteOnce`] cell;

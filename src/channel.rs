@@ -811,34 +811,33 @@ mod tests {
         }
     }
 
-    /// One wake per park: the first send to a parked receiver wakes it, and neither
-    /// a second send before it runs nor a send while it drains wakes it again.
+    /// The first send to a parked receiver wakes it and clears the park, so the
+    /// sends after it, and sends to a receiver that is draining, skip the waker.
+    /// (Those skipped wakes would find no waker and wake nothing: what they cost is
+    /// atomic-waker's two RMWs, which callgrind counts, not a wake a test sees.)
     #[test]
-    fn only_the_first_send_to_a_parked_receiver_wakes_it() {
+    fn the_first_send_to_a_parked_receiver_wakes_it_and_clears_the_park() {
         let (tx, rx) = pair(8);
         let (counter, waker) = CountingWaker::new();
         let mut cx = Context::from_waker(&waker);
         let chan = rx.channel();
-        assert!(
-            chan.poll_recv(&mut cx).is_pending(),
-            "parks on an empty channel"
-        );
+        let parked = || chan.state.load(Ordering::Relaxed) & RX_PARKED != 0;
+        assert!(chan.poll_recv(&mut cx).is_pending(), "nothing queued");
+        assert!(parked(), "an empty channel parks its receiver");
         assert!(tx.try_send(1).is_ok());
         assert_eq!(counter.wakes(), 1, "the send that found it parked woke it");
+        assert!(!parked(), "and cleared the park, so no later send wakes");
         assert!(tx.try_send(2).is_ok());
-        assert_eq!(
-            counter.wakes(),
-            1,
-            "that send cleared RX_PARKED: no second wake"
-        );
         assert_eq!(chan.poll_recv(&mut cx), Poll::Ready(Some(1)));
         assert!(tx.try_send(3).is_ok());
-        assert_eq!(counter.wakes(), 1, "a draining receiver is not parked");
+        assert!(!parked(), "a draining receiver is not parked");
         assert_eq!(chan.poll_recv(&mut cx), Poll::Ready(Some(2)));
         assert_eq!(chan.poll_recv(&mut cx), Poll::Ready(Some(3)));
-        assert!(chan.poll_recv(&mut cx).is_pending(), "parks again");
+        assert_eq!(counter.wakes(), 1);
+        assert!(chan.poll_recv(&mut cx).is_pending());
+        assert!(parked(), "parks again once drained");
         assert!(tx.try_send(4).is_ok());
-        assert_eq!(counter.wakes(), 2, "the next park is woken again");
+        assert_eq!(counter.wakes(), 2, "and the next park is woken again");
     }
 
     /// A send that took its permit but has not pushed saw no `RX_PARKED` and will

@@ -17,11 +17,13 @@
 //! RUSTFLAGS="--cfg switchboard_loom -C debug-assertions" LOOM_MAX_PREEMPTIONS=3 cargo test -p loom-tests --release
 //! ```
 //!
-//! Measured on the shared 2-core machine at `LOOM_MAX_PREEMPTIONS=3`: 16 s end to
-//! end with a warm build, of which 5.0 s in the models (4.4 s for `models.rs`, whose
-//! model 4 alone explores 22,272 interleavings in 2.4 s; 0.6 s for `channel.rs`,
-//! 205 to 2,534 interleavings each). Add `-- --nocapture --test-threads=1` to see
-//! each model's interleaving count, time and reached cases (see [`check`]).
+//! Measured on the shared 2-core machine at `LOOM_MAX_PREEMPTIONS=3` with a warm
+//! build: 34 s in the models, of which 12.6 s for `models.rs` (model 4 alone
+//! explores 69,634 interleavings in 9.9 s), 19.3 s for `channel.rs` (models 8 and
+//! 9, two sends or a send and a close against a parking receiver, explore 94,445
+//! and 80,318 interleavings in 9.9 s and 8.3 s; the others 144 to 2,833 each) and
+//! 2.1 s for `races.rs`. Add `-- --nocapture --test-threads=1` to see each model's
+//! interleaving count, time and reached cases (see [`check`]).
 //!
 //! `RUSTFLAGS` applies to every crate in the graph, so it must stay the same
 //! between runs to reuse the build; `-C debug-assertions` keeps the library's

@@ -31,6 +31,13 @@
 //!   permit and its push, waits a few spins for it and otherwise wakes itself and
 //!   returns `Pending` (see `Channel::poll_recv`). A send to a receiver that is busy
 //!   draining costs no wake at all.
+//! * The receiver's waker lives in a plain cell ([`WakerSlot`]) that the same word
+//!   hands over: the receiver stores it while neither `RX_PARKED` nor `RX_WAKING`
+//!   is set, and the park's CAS hands it on; the send (or close) that clears
+//!   `RX_PARKED` sets `RX_WAKING` in the same RMW, takes the waker, clears
+//!   `RX_WAKING` and wakes it. So a park costs one locked RMW (and the waker's
+//!   clone when the task changed or the last one was taken) and a wake one more
+//!   than the send, where `atomic-waker` took two for each.
 //! * A sender waiting for capacity sets `WAITERS` in the same word a receive or
 //!   close changes, so one of the two RMWs sees the other (see `Waiter`). The loom
 //!   models in `loom-tests/tests/channel.rs` check both protocols.
@@ -54,7 +61,7 @@ use std::time::Duration;
 
 use crate::client::ChannelRef;
 use crate::error::TryRecvError;
-use crate::sync::{lock, AtomicUsize, AtomicWaker, BoundedQueue, Mutex, Ordering, WriteOnce};
+use crate::sync::{lock, AtomicUsize, BoundedQueue, Mutex, Ordering, WakerSlot, WriteOnce};
 use crate::ClientId;
 
 /// `state` bit: no more sends are accepted.
@@ -68,8 +75,12 @@ const RX_PARKED: usize = 4;
 /// `state` bit, set with `CLOSED` by the close that records a reason: the reason is
 /// written (or being written) in `Channel::reason`.
 const REASON: usize = 8;
+/// `state` bit: the send or close whose RMW cleared `RX_PARKED` (and set this bit in
+/// the same RMW) is taking the receiver's waker out of `Channel::rx_waker`; it
+/// clears the bit when done, and only then may the receiver store a new one.
+const RX_WAKING: usize = 16;
 /// `state` increment for one permit; the permit count sits above the flags.
-const PERMIT: usize = 16;
+const PERMIT: usize = 32;
 
 /// Why the registry closed a client's channel, as its [`Receiver`] reports it.
 ///
@@ -118,15 +129,17 @@ pub(crate) enum Rejected<M> {
 }
 
 pub(crate) struct Channel<M> {
-    /// `CLOSED | WAITERS | RX_PARKED | REASON | permits * PERMIT`.
+    /// `CLOSED | WAITERS | RX_PARKED | REASON | RX_WAKING | permits * PERMIT`.
     ///
     /// Ordering: every decision (full, closed, drained) is made on this one word, and
     /// RMWs on one location are totally ordered whatever their ordering. A permit
     /// is taken with an `Acquire` CAS and given back with an `AcqRel` RMW: that
     /// chain is what hands a ring slot from the receiver that freed it to the next
-    /// sender that fills it (see `sync/bounded_queue.rs`), and the receiver's
-    /// registered waker from its `Release` park CAS to the send whose `Acquire`
-    /// CAS clears `RX_PARKED` and wakes it. A waiting sender's
+    /// sender that fills it (see `sync/bounded_queue.rs`). The receiver's waker
+    /// goes the same way: from its `Release` park CAS to the send or close whose
+    /// `Acquire` RMW clears `RX_PARKED`, and back with that waker's `Release`
+    /// clear of `RX_WAKING`, which the receiver reads with `Acquire` before it
+    /// stores the next one (see `rx_waker`). A waiting sender's
     /// `WAITERS` flag and the releases and close that must see it are RMWs on this
     /// one word, so no `SeqCst` is needed (see `Waiter`). Plain reads are
     /// `Relaxed`: a momentary count is all they can use.
@@ -137,7 +150,11 @@ pub(crate) struct Channel<M> {
     reason: WriteOnce<CloseReason>,
     capacity: usize,
     queue: BoundedQueue<M>,
-    rx_waker: AtomicWaker,
+    /// The parked receiver's waker. Owned by the receiver while `state` has
+    /// neither `RX_PARKED` nor `RX_WAKING`; by nobody while `RX_PARKED` is set;
+    /// by the send or close whose RMW swapped `RX_PARKED` for `RX_WAKING`, until
+    /// it clears `RX_WAKING`. Each hand-over is a release/acquire pair on `state`.
+    rx_waker: WakerSlot,
     /// The wakers of senders waiting for capacity; each receive or close that sees
     /// `WAITERS` wakes them all, and each re-checks.
     waiters: Mutex<Waiters>,
@@ -220,7 +237,7 @@ impl<M> Channel<M> {
             reason: WriteOnce::new(),
             capacity,
             queue: BoundedQueue::new(capacity),
-            rx_waker: AtomicWaker::new(),
+            rx_waker: WakerSlot::new(),
             waiters: Mutex::new(Waiters::default()),
         }
     }
@@ -228,8 +245,9 @@ impl<M> Channel<M> {
     /// Queues `msg` without waiting.
     ///
     /// Two locked RMWs: the permit CAS and the ring's index claim. A send that finds
-    /// the receiver parked clears `RX_PARKED` in the same CAS and wakes it after its
-    /// push (two more in `atomic-waker`, plus the task's own wake).
+    /// the receiver parked swaps `RX_PARKED` for `RX_WAKING` in the same CAS and
+    /// wakes it after its push: one more, clearing `RX_WAKING`, and the task's own
+    /// wake.
     #[inline]
     pub(crate) fn try_send(&self, msg: M) -> Result<(), Rejected<M>> {
         // Relaxed: see `state`; the CAS re-validates this guess.
@@ -242,11 +260,11 @@ impl<M> Channel<M> {
                 return Err(Rejected::Full(msg));
             }
             // Acquire on success: see `state` (the slot hand-over, and the waker
-            // the receiver registered before its `Release` park); a failed CAS
+            // the receiver stored before its `Release` park); a failed CAS
             // decides nothing.
             match self.state.compare_exchange_weak(
                 state,
-                (state + PERMIT) & !RX_PARKED,
+                claim_park(state + PERMIT),
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
@@ -260,7 +278,7 @@ impl<M> Channel<M> {
         unsafe { self.queue.push(msg) };
         if state & RX_PARKED != 0 {
             // This CAS cleared the bit, so this send alone wakes this park.
-            self.rx_waker.wake();
+            self.wake_receiver();
         }
         Ok(())
     }
@@ -298,6 +316,22 @@ impl<M> Channel<M> {
         .await
     }
 
+    /// Wakes the parked receiver. Only the send or close whose RMW swapped
+    /// `RX_PARKED` for `RX_WAKING` (see `claim_park`) calls it, once.
+    fn wake_receiver(&self) {
+        // SAFETY: the caller's RMW cleared `RX_PARKED` and set `RX_WAKING`, which
+        // makes it the slot's owner (see `rx_waker`): the receiver stored its waker
+        // before its `Release` park, which that `Acquire` RMW read, and will not
+        // touch the slot again until it sees `RX_WAKING` cleared below.
+        let waker = unsafe { self.rx_waker.take() };
+        // Release: hands the slot back; the receiver's `Acquire` load that sees the
+        // bit clear orders the take above before its next store.
+        self.state.fetch_and(!RX_WAKING, Ordering::Release);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
     /// Wakes every waiting sender if `before`, the state a release or close
     /// changed, had `WAITERS` set.
     fn wake_waiters(&self, before: usize) {
@@ -320,18 +354,29 @@ impl<M> Channel<M> {
     /// Returns whether this call closed it (false if it was closed already).
     ///
     /// It wakes the receiver only when this call closed the channel and the
-    /// receiver is parked (`RX_PARKED`): `atomic-waker`'s wake is two locked
-    /// instructions even with no waker, and most clients are unregistered while
+    /// receiver is parked (`RX_PARKED`): most clients are unregistered while
     /// their receiver is busy, before it ever waits, or after it is gone. Both skips
     /// are sound: a park is a CAS on `state` that fails once `CLOSED` is set, so a
     /// park either precedes this RMW, which then sees the bit and wakes, or fails and
     /// the receiver reports the end. An earlier close saw the bit then, or preceded
     /// the park the same way; `CLOSED` is never cleared.
     pub(crate) fn close(&self) -> bool {
-        // AcqRel: see `state`.
-        let before = self.state.fetch_or(CLOSED, Ordering::AcqRel);
-        if before & (CLOSED | RX_PARKED) == RX_PARKED {
-            self.rx_waker.wake();
+        // Relaxed: a guess; the CAS re-validates it.
+        let mut state = self.state.load(Ordering::Relaxed);
+        let before = loop {
+            // AcqRel on success: see `state`; a failed CAS decides nothing.
+            match self.state.compare_exchange_weak(
+                state,
+                claim_park(state) | CLOSED,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(before) => break before,
+                Err(actual) => state = actual,
+            }
+        };
+        if before & RX_PARKED != 0 {
+            self.wake_receiver();
         }
         self.wake_waiters(before);
         before & CLOSED == 0
@@ -365,7 +410,7 @@ impl<M> Channel<M> {
             // AcqRel on success: as `close`'s RMW; a failed CAS decides nothing.
             match self.state.compare_exchange_weak(
                 state,
-                state | CLOSED | REASON,
+                claim_park(state) | CLOSED | REASON,
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
@@ -377,7 +422,7 @@ impl<M> Channel<M> {
         // the one closer that ever gets here; `reason` is set nowhere else.
         unsafe { self.reason.set_unique(reason) };
         if before & RX_PARKED != 0 {
-            self.rx_waker.wake();
+            self.wake_receiver();
         }
         self.wake_waiters(before);
         true
@@ -471,16 +516,53 @@ impl<M> Channel<M> {
         }
     }
 
+    /// Makes the receiver the owner of `rx_waker`: waits for a send or close that
+    /// is taking the old waker out (`RX_WAKING`), and takes back a park of an
+    /// earlier poll that nothing has woken yet. Returns false if the waker's
+    /// thread is still at it after a few spins; then it has woken this task to
+    /// try again, since the waker it is taking may belong to another task.
+    fn own_rx_waker(&self, cx: &Context<'_>) -> bool {
+        // Acquire: reading `RX_WAKING` clear orders that waker's take before the
+        // caller's store into the slot (see `rx_waker`).
+        let mut state = self.state.load(Ordering::Acquire);
+        let mut spins = 0u32;
+        loop {
+            if state & RX_WAKING != 0 {
+                if spins >= PUSH_SPINS {
+                    cx.waker().wake_by_ref();
+                    return false;
+                }
+                crate::sync::spin_wait(&mut spins);
+                // Acquire: as above.
+                state = self.state.load(Ordering::Acquire);
+            } else if state & RX_PARKED == 0 {
+                return true;
+            } else {
+                // Relaxed on success: the slot holds what this receiver stored and
+                // no one has touched since. Acquire on failure: the state it reads
+                // may show a waker's `RX_WAKING` cleared, as above.
+                match self.state.compare_exchange_weak(
+                    state,
+                    state & !RX_PARKED,
+                    Ordering::Relaxed,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return true,
+                    Err(actual) => state = actual,
+                }
+            }
+        }
+    }
+
     /// Sets `RX_PARKED` if no permit is in use and the channel is open; returns
-    /// whether it did. The caller has registered its waker.
+    /// whether it did. The caller owns `rx_waker` and has stored its waker.
     fn park(&self) -> bool {
         // Relaxed: a guess; the CAS re-validates it.
         let mut state = self.state.load(Ordering::Relaxed);
         while state & CLOSED == 0 && state / PERMIT == 0 {
-            // Release on success: the waker registered just before is read by the
-            // send whose `Acquire` CAS clears the bit, or by the close whose
-            // `AcqRel` RMW sees it, before either wakes. A failed CAS decides
-            // nothing.
+            // Release on success: hands `rx_waker`, and the waker stored in it just
+            // before, to the send whose `Acquire` CAS clears the bit or the close
+            // whose `AcqRel` RMW does. A failed CAS decides nothing.
             match self.state.compare_exchange_weak(
                 state,
                 state | RX_PARKED,
@@ -494,13 +576,19 @@ impl<M> Channel<M> {
         false
     }
 
-    /// Locked RMWs per park: two in `atomic-waker`'s register and the park CAS;
-    /// none when a message is waiting.
+    /// Locked RMWs per park: the park CAS, and the waker's clone (a reference
+    /// count) unless the slot still holds one that wakes the same task; none when
+    /// a message is waiting.
     fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<M>> {
         if let Some(ready) = self.ready() {
             return Poll::Ready(ready);
         }
-        self.rx_waker.register(cx.waker());
+        if !self.own_rx_waker(cx) {
+            return Poll::Pending;
+        }
+        // SAFETY: `own_rx_waker` made this receiver the slot's owner, and it stays
+        // so until the park below hands the slot over.
+        unsafe { self.rx_waker.set(cx.waker()) };
         if self.park() {
             return Poll::Pending;
         }
@@ -521,6 +609,18 @@ impl<M> Channel<M> {
         // Its thread was preempted there: try again later rather than spin on.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+/// `next`, the state a send or close is about to write, with `RX_PARKED` swapped
+/// for `RX_WAKING` if it is set: the RMW that writes it owns the receiver's waker
+/// and must call `Channel::wake_receiver`.
+#[inline]
+fn claim_park(next: usize) -> usize {
+    if next & RX_PARKED == 0 {
+        next
+    } else {
+        (next & !RX_PARKED) | RX_WAKING
     }
 }
 
@@ -782,8 +882,8 @@ mod tests {
         });
     }
 
-    /// A waker that counts its wakes. `wake_by_ref` is all the channel calls on a
-    /// borrowed waker; an owned one (atomic-waker's `wake`) ends up in `wake`.
+    /// A waker that counts its wakes. `wake_by_ref` is what the channel calls on a
+    /// borrowed waker; the stored clone it takes and wakes ends up in `wake`.
     #[derive(Default)]
     struct CountingWaker(crate::sync::AtomicUsize);
 
@@ -813,8 +913,8 @@ mod tests {
 
     /// The first send to a parked receiver wakes it and clears the park, so the
     /// sends after it, and sends to a receiver that is draining, skip the waker.
-    /// (Those skipped wakes would find no waker and wake nothing: what they cost is
-    /// atomic-waker's two RMWs, which callgrind counts, not a wake a test sees.)
+    /// (Those skipped wakes would find no waker and wake nothing: what they would
+    /// cost is RMWs, which callgrind counts, not a wake a test sees.)
     #[test]
     fn the_first_send_to_a_parked_receiver_wakes_it_and_clears_the_park() {
         let (tx, rx) = pair(8);
@@ -860,6 +960,47 @@ mod tests {
         // SAFETY: the permit taken above, as `try_send` holds it.
         unsafe { tx.queue.push(7) };
         assert_eq!(chan.poll_recv(&mut cx), Poll::Ready(Some(7)));
+    }
+
+    /// A park that nothing woke is taken back when the receiver is polled again, so
+    /// the next send wakes the waker of that latest poll, not the earlier one.
+    #[test]
+    fn a_repoll_while_parked_moves_the_park_to_the_new_waker() {
+        let (tx, rx) = pair(4);
+        let chan = rx.channel();
+        let (first, first_waker) = CountingWaker::new();
+        let (second, second_waker) = CountingWaker::new();
+        assert!(chan
+            .poll_recv(&mut Context::from_waker(&first_waker))
+            .is_pending());
+        assert!(chan
+            .poll_recv(&mut Context::from_waker(&second_waker))
+            .is_pending());
+        assert!(tx.try_send(1).is_ok());
+        assert_eq!((first.wakes(), second.wakes()), (0, 1));
+    }
+
+    /// While a send is taking the old waker out (`RX_WAKING`), the receiver must
+    /// not store a new one: it waits, then wakes itself and tries again.
+    #[test]
+    fn a_receiver_waits_for_a_send_that_is_taking_its_waker() {
+        let (tx, rx) = pair(4);
+        let chan = rx.channel();
+        let (counter, waker) = CountingWaker::new();
+        let mut cx = Context::from_waker(&waker);
+        // What a send's CAS leaves while it is in `wake_receiver`.
+        tx.state.fetch_or(RX_WAKING, Ordering::Relaxed);
+        assert!(chan.poll_recv(&mut cx).is_pending());
+        assert_eq!(counter.wakes(), 1, "it woke itself to try again");
+        assert_eq!(
+            chan.state.load(Ordering::Relaxed) & RX_PARKED,
+            0,
+            "and did not park"
+        );
+        tx.state.fetch_and(!RX_WAKING, Ordering::Release);
+        assert!(chan.poll_recv(&mut cx).is_pending());
+        assert!(tx.try_send(1).is_ok());
+        assert_eq!(counter.wakes(), 2, "parked once the send was done");
     }
 
     /// A close wakes a parked receiver once, and a receiver that is not parked not

@@ -18,11 +18,11 @@
 //! ```
 //!
 //! Measured on the shared 2-core machine at `LOOM_MAX_PREEMPTIONS=3` with a warm
-//! build: 34 s in the models, of which 12.6 s for `models.rs` (model 4 alone
-//! explores 69,634 interleavings in 9.9 s), 19.3 s for `channel.rs` (models 8 and
-//! 9, two sends or a send and a close against a parking receiver, explore 94,445
-//! and 80,318 interleavings in 9.9 s and 8.3 s; the others 144 to 2,833 each) and
-//! 2.1 s for `races.rs`. Add `-- --nocapture --test-threads=1` to see each model's
+//! build: 44 s in the models, of which 10.0 s for `models.rs` (model 4 alone
+//! explores 69,634 interleavings in 7.6 s), 31.7 s for `channel.rs` (models 8 and
+//! 9, two sends or a send and a close against a parking receiver, explore 153,691
+//! and 135,708 interleavings in 16.5 s and 13.9 s; the others 177 to 3,286 each)
+//! and 1.8 s for `races.rs`. Add `-- --nocapture --test-threads=1` to see each model's
 //! interleaving count, time and reached cases (see [`check`]).
 //!
 //! `RUSTFLAGS` applies to every crate in the graph, so it must stay the same

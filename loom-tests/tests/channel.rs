@@ -4,7 +4,11 @@
 //! await `send_timeout` with no deadline, through [`block_on`]. Under loom a wakeup
 //! that is never delivered leaves a thread blocked forever, which loom reports as a
 //! deadlock, so each model fails on a lost wakeup. They also drive the ring's slot
-//! hand-over: laps of a one-slot ring, and the outer slots allocated mid-flight.
+//! hand-over: laps of a one-slot ring, and the outer slots allocated mid-flight,
+//! and the receiver's waker slot, a loom `UnsafeCell` that the channel's state word
+//! hands between the receiver and the send or close that wakes it: an access out
+//! of turn fails as a causality violation. loom's `block_on` also wakes spuriously,
+//! so the receiver is re-polled while its park still stands or a wake is under way.
 
 use std::future::poll_fn;
 use std::time::Duration;

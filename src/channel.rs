@@ -20,15 +20,30 @@
 //!   so after `close` returns, every send fails with `Closed`.
 //! * The receiver reports the end only when `CLOSED` is set and no permit is in use,
 //!   so every message accepted before the close is received first: nothing is lost.
-//! * No lost wakeup: the receiver registers its waker, then re-checks the queue,
-//!   while a send publishes its message, then wakes; a sender waiting for capacity
-//!   sets `WAITERS` in the same word a receive or close changes, so one of the two
-//!   RMWs sees the other (see `Waiter`). The loom models in
-//!   `loom-tests/tests/channel.rs` check both.
-//! * A close wakes the receiver only if it has ever registered a waker, which it
-//!   announces in `state` (`RX_WAKER`) before its first registration: the close's
-//!   RMW and the announcement's are ordered on the one word, so either the close
-//!   sees the flag and wakes, or the receiver's re-check sees `CLOSED`.
+//! * No lost wakeup, and a wake only for a receiver that sleeps. A receiver that
+//!   finds nothing registers its waker, then *parks*: it sets `RX_PARKED` with a CAS
+//!   on `state` that succeeds only while no permit is in use and the channel is open.
+//!   A send's permit CAS clears `RX_PARKED` when it finds it set, and only that send
+//!   wakes the receiver, after its push. RMWs on one word are totally ordered: a send
+//!   whose CAS follows the park sees the bit (or a send before it cleared it and
+//!   wakes), and a send whose CAS precedes it left a permit in use, so the park
+//!   fails. The receiver then takes that message, or, if its sender is between its
+//!   permit and its push, waits a few spins for it and otherwise wakes itself and
+//!   returns `Pending` (see `Channel::poll_recv`). A send to a receiver that is busy
+//!   draining costs no wake at all.
+//! * The receiver's waker lives in a plain cell ([`WakerSlot`]) that the same word
+//!   hands over: the receiver stores it while neither `RX_PARKED` nor `RX_WAKING`
+//!   is set, and the park's CAS hands it on; the send (or close) that clears
+//!   `RX_PARKED` sets `RX_WAKING` in the same RMW, takes the waker, clears
+//!   `RX_WAKING` and wakes it. So a park costs one locked RMW (and the waker's
+//!   clone when the task changed or the last one was taken) and a wake one more
+//!   than the send, where `atomic-waker` took two for each.
+//! * A sender waiting for capacity sets `WAITERS` in the same word a receive or
+//!   close changes, so one of the two RMWs sees the other (see `Waiter`). The loom
+//!   models in `loom-tests/tests/channel.rs` check both protocols.
+//! * A close wakes the receiver only if it is parked: the close's RMW and the park's
+//!   CAS are ordered on the one word, so either the close sees `RX_PARKED` and wakes,
+//!   or the park's CAS sees `CLOSED` and fails, and the receiver reports the end.
 //! * The unregister that closes a channel records why ([`CloseReason`]), so the
 //!   connection's writer can tell a kick from a takeover or a slow-consumer
 //!   disconnect. The closing RMW sets `REASON` with `CLOSED` and claims the reason
@@ -46,21 +61,26 @@ use std::time::Duration;
 
 use crate::client::ChannelRef;
 use crate::error::TryRecvError;
-use crate::sync::{lock, AtomicUsize, AtomicWaker, BoundedQueue, Mutex, Ordering, WriteOnce};
+use crate::sync::{lock, AtomicUsize, BoundedQueue, Mutex, Ordering, WakerSlot, WriteOnce};
 use crate::ClientId;
 
 /// `state` bit: no more sends are accepted.
 const CLOSED: usize = 1;
 /// `state` bit: a sender may be waiting in `Channel::waiters`.
 const WAITERS: usize = 2;
-/// `state` bit, set once and never cleared: the receiver has registered a waker,
-/// so a close must wake it (see `Channel::close`).
-const RX_WAKER: usize = 4;
+/// `state` bit: the receiver registered its waker and sleeps until a send or a close
+/// wakes it. Set by the receiver's park CAS, cleared by the one send whose permit
+/// CAS finds it, which then wakes the receiver (see the module docs).
+const RX_PARKED: usize = 4;
 /// `state` bit, set with `CLOSED` by the close that records a reason: the reason is
 /// written (or being written) in `Channel::reason`.
 const REASON: usize = 8;
+/// `state` bit: the send or close whose RMW cleared `RX_PARKED` (and set this bit in
+/// the same RMW) is taking the receiver's waker out of `Channel::rx_waker`; it
+/// clears the bit when done, and only then may the receiver store a new one.
+const RX_WAKING: usize = 16;
 /// `state` increment for one permit; the permit count sits above the flags.
-const PERMIT: usize = 16;
+const PERMIT: usize = 32;
 
 /// Why the registry closed a client's channel, as its [`Receiver`] reports it.
 ///
@@ -109,13 +129,17 @@ pub(crate) enum Rejected<M> {
 }
 
 pub(crate) struct Channel<M> {
-    /// `CLOSED | WAITERS | RX_WAKER | REASON | permits * PERMIT`.
+    /// `CLOSED | WAITERS | RX_PARKED | REASON | RX_WAKING | permits * PERMIT`.
     ///
     /// Ordering: every decision (full, closed, drained) is made on this one word, and
     /// RMWs on one location are totally ordered whatever their ordering. A permit
     /// is taken with an `Acquire` CAS and given back with an `AcqRel` RMW: that
     /// chain is what hands a ring slot from the receiver that freed it to the next
-    /// sender that fills it (see `sync/bounded_queue.rs`). A waiting sender's
+    /// sender that fills it (see `sync/bounded_queue.rs`). The receiver's waker
+    /// goes the same way: from its `Release` park CAS to the send or close whose
+    /// `Acquire` RMW clears `RX_PARKED`, and back with that waker's `Release`
+    /// clear of `RX_WAKING`, which the receiver reads with `Acquire` before it
+    /// stores the next one (see `rx_waker`). A waiting sender's
     /// `WAITERS` flag and the releases and close that must see it are RMWs on this
     /// one word, so no `SeqCst` is needed (see `Waiter`). Plain reads are
     /// `Relaxed`: a momentary count is all they can use.
@@ -126,7 +150,11 @@ pub(crate) struct Channel<M> {
     reason: WriteOnce<CloseReason>,
     capacity: usize,
     queue: BoundedQueue<M>,
-    rx_waker: AtomicWaker,
+    /// The parked receiver's waker. Owned by the receiver while `state` has
+    /// neither `RX_PARKED` nor `RX_WAKING`; by nobody while `RX_PARKED` is set;
+    /// by the send or close whose RMW swapped `RX_PARKED` for `RX_WAKING`, until
+    /// it clears `RX_WAKING`. Each hand-over is a release/acquire pair on `state`.
+    rx_waker: WakerSlot,
     /// The wakers of senders waiting for capacity; each receive or close that sees
     /// `WAITERS` wakes them all, and each re-checks.
     waiters: Mutex<Waiters>,
@@ -209,12 +237,17 @@ impl<M> Channel<M> {
             reason: WriteOnce::new(),
             capacity,
             queue: BoundedQueue::new(capacity),
-            rx_waker: AtomicWaker::new(),
+            rx_waker: WakerSlot::new(),
             waiters: Mutex::new(Waiters::default()),
         }
     }
 
     /// Queues `msg` without waiting.
+    ///
+    /// Two locked RMWs: the permit CAS and the ring's index claim. A send that finds
+    /// the receiver parked swaps `RX_PARKED` for `RX_WAKING` in the same CAS and
+    /// wakes it after its push: one more, clearing `RX_WAKING`, and the task's own
+    /// wake.
     #[inline]
     pub(crate) fn try_send(&self, msg: M) -> Result<(), Rejected<M>> {
         // Relaxed: see `state`; the CAS re-validates this guess.
@@ -226,11 +259,12 @@ impl<M> Channel<M> {
             if state / PERMIT >= self.capacity {
                 return Err(Rejected::Full(msg));
             }
-            // Acquire on success: see `state` (the slot hand-over); a failed CAS
+            // Acquire on success: see `state` (the slot hand-over, and the waker
+            // the receiver stored before its `Release` park); a failed CAS
             // decides nothing.
             match self.state.compare_exchange_weak(
                 state,
-                state + PERMIT,
+                claim_park(state + PERMIT),
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
@@ -242,7 +276,10 @@ impl<M> Channel<M> {
         // most `capacity` exist, and `try_recv` gives one back (`AcqRel`) only after
         // popping.
         unsafe { self.queue.push(msg) };
-        self.rx_waker.wake();
+        if state & RX_PARKED != 0 {
+            // This CAS cleared the bit, so this send alone wakes this park.
+            self.wake_receiver();
+        }
         Ok(())
     }
 
@@ -279,6 +316,22 @@ impl<M> Channel<M> {
         .await
     }
 
+    /// Wakes the parked receiver. Only the send or close whose RMW swapped
+    /// `RX_PARKED` for `RX_WAKING` (see `claim_park`) calls it, once.
+    fn wake_receiver(&self) {
+        // SAFETY: the caller's RMW cleared `RX_PARKED` and set `RX_WAKING`, which
+        // makes it the slot's owner (see `rx_waker`): the receiver stored its waker
+        // before its `Release` park, which that `Acquire` RMW read, and will not
+        // touch the slot again until it sees `RX_WAKING` cleared below.
+        let waker = unsafe { self.rx_waker.take() };
+        // Release: hands the slot back; the receiver's `Acquire` load that sees the
+        // bit clear orders the take above before its next store.
+        self.state.fetch_and(!RX_WAKING, Ordering::Release);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
     /// Wakes every waiting sender if `before`, the state a release or close
     /// changed, had `WAITERS` set.
     fn wake_waiters(&self, before: usize) {
@@ -301,19 +354,29 @@ impl<M> Channel<M> {
     /// Returns whether this call closed it (false if it was closed already).
     ///
     /// It wakes the receiver only when this call closed the channel and the
-    /// receiver has registered a waker (`RX_WAKER`): `atomic-waker`'s wake is two
-    /// locked instructions even with no waker, and most clients are unregistered
-    /// before or without ever waiting (or after their receiver is gone). Both skips
-    /// are sound: the receiver sets `RX_WAKER` with an RMW on `state` before it first
-    /// registers a waker, then re-checks `state`; if that RMW follows this one it
-    /// returns `CLOSED`, and the re-check, later on the same word, sees it too. An
-    /// earlier close saw the flag then, or preceded it the same way; `CLOSED` is
-    /// never cleared, so a receiver that re-registers later re-checks and sees it.
+    /// receiver is parked (`RX_PARKED`): most clients are unregistered while
+    /// their receiver is busy, before it ever waits, or after it is gone. Both skips
+    /// are sound: a park is a CAS on `state` that fails once `CLOSED` is set, so a
+    /// park either precedes this RMW, which then sees the bit and wakes, or fails and
+    /// the receiver reports the end. An earlier close saw the bit then, or preceded
+    /// the park the same way; `CLOSED` is never cleared.
     pub(crate) fn close(&self) -> bool {
-        // AcqRel: see `state`.
-        let before = self.state.fetch_or(CLOSED, Ordering::AcqRel);
-        if before & (CLOSED | RX_WAKER) == RX_WAKER {
-            self.rx_waker.wake();
+        // Relaxed: a guess; the CAS re-validates it.
+        let mut state = self.state.load(Ordering::Relaxed);
+        let before = loop {
+            // AcqRel on success: see `state`; a failed CAS decides nothing.
+            match self.state.compare_exchange_weak(
+                state,
+                claim_park(state) | CLOSED,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(before) => break before,
+                Err(actual) => state = actual,
+            }
+        };
+        if before & RX_PARKED != 0 {
+            self.wake_receiver();
         }
         self.wake_waiters(before);
         before & CLOSED == 0
@@ -347,7 +410,7 @@ impl<M> Channel<M> {
             // AcqRel on success: as `close`'s RMW; a failed CAS decides nothing.
             match self.state.compare_exchange_weak(
                 state,
-                state | CLOSED | REASON,
+                claim_park(state) | CLOSED | REASON,
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
@@ -358,8 +421,8 @@ impl<M> Channel<M> {
         // SAFETY: this CAS set `CLOSED`, which is never cleared, so this thread is
         // the one closer that ever gets here; `reason` is set nowhere else.
         unsafe { self.reason.set_unique(reason) };
-        if before & RX_WAKER != 0 {
-            self.rx_waker.wake();
+        if before & RX_PARKED != 0 {
+            self.wake_receiver();
         }
         self.wake_waiters(before);
         true
@@ -430,7 +493,8 @@ impl<M> Channel<M> {
     /// still empty while later ones are full; that is a send in progress, not an
     /// empty channel, and a message sent before this call may be behind it. It is
     /// waited for: a few instructions, unless its thread was preempted in between.
-    /// (`poll_recv` returns `Pending` instead: that sender wakes the receiver.)
+    /// (`poll_recv` waits a bounded while, then wakes its own task and returns
+    /// `Pending`.)
     fn try_recv_waiting(&self) -> Result<M, TryRecvError> {
         let mut spins = 0u32;
         loop {
@@ -443,29 +507,128 @@ impl<M> Channel<M> {
         }
     }
 
-    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<M>> {
+    /// `try_recv` as `poll_recv` reports it: `None` while nothing is receivable.
+    fn ready(&self) -> Option<Option<M>> {
         match self.try_recv() {
-            Ok(msg) => return Poll::Ready(Some(msg)),
-            Err(TryRecvError::Closed) => return Poll::Ready(None),
-            Err(TryRecvError::Empty) => {}
-        }
-        // Relaxed: only this receiver sets the flag, so its own earlier RMW is what
-        // this load may see; the flag's RMW below is ordered against a close's by
-        // being on the same word, whatever the ordering (see `close`).
-        if self.state.load(Ordering::Relaxed) & RX_WAKER == 0 {
-            // Relaxed: as above; nothing is published or read through it.
-            self.state.fetch_or(RX_WAKER, Ordering::Relaxed);
-        }
-        self.rx_waker.register(cx.waker());
-        // Re-check after registering: a push that landed in between has already
-        // tried to wake the old (absent) waker.
-        match self.try_recv() {
-            Ok(msg) => Poll::Ready(Some(msg)),
-            Err(TryRecvError::Closed) => Poll::Ready(None),
-            Err(TryRecvError::Empty) => Poll::Pending,
+            Ok(msg) => Some(Some(msg)),
+            Err(TryRecvError::Closed) => Some(None),
+            Err(TryRecvError::Empty) => None,
         }
     }
+
+    /// Makes the receiver the owner of `rx_waker`: waits for a send or close that
+    /// is taking the old waker out (`RX_WAKING`), and takes back a park of an
+    /// earlier poll that nothing has woken yet. Returns false if the waker's
+    /// thread is still at it after a few spins; then it has woken this task to
+    /// try again, since the waker it is taking may belong to another task.
+    fn own_rx_waker(&self, cx: &Context<'_>) -> bool {
+        // Acquire: reading `RX_WAKING` clear orders that waker's take before the
+        // caller's store into the slot (see `rx_waker`).
+        let mut state = self.state.load(Ordering::Acquire);
+        let mut spins = 0u32;
+        loop {
+            if state & RX_WAKING != 0 {
+                if spins >= PUSH_SPINS {
+                    cx.waker().wake_by_ref();
+                    return false;
+                }
+                crate::sync::spin_wait(&mut spins);
+                // Acquire: as above.
+                state = self.state.load(Ordering::Acquire);
+            } else if state & RX_PARKED == 0 {
+                return true;
+            } else {
+                // Relaxed on success: the slot holds what this receiver stored and
+                // no one has touched since. Acquire on failure: the state it reads
+                // may show a waker's `RX_WAKING` cleared, as above.
+                match self.state.compare_exchange_weak(
+                    state,
+                    state & !RX_PARKED,
+                    Ordering::Relaxed,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return true,
+                    Err(actual) => state = actual,
+                }
+            }
+        }
+    }
+
+    /// Sets `RX_PARKED` if no permit is in use and the channel is open; returns
+    /// whether it did. The caller owns `rx_waker` and has stored its waker.
+    fn park(&self) -> bool {
+        // Relaxed: a guess; the CAS re-validates it.
+        let mut state = self.state.load(Ordering::Relaxed);
+        while state & CLOSED == 0 && state / PERMIT == 0 {
+            // Release on success: hands `rx_waker`, and the waker stored in it just
+            // before, to the send whose `Acquire` CAS clears the bit or the close
+            // whose `AcqRel` RMW does. A failed CAS decides nothing.
+            match self.state.compare_exchange_weak(
+                state,
+                state | RX_PARKED,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => state = actual,
+            }
+        }
+        false
+    }
+
+    /// Locked RMWs per park: the park CAS, and the waker's clone (a reference
+    /// count) unless the slot still holds one that wakes the same task; none when
+    /// a message is waiting.
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<M>> {
+        if let Some(ready) = self.ready() {
+            return Poll::Ready(ready);
+        }
+        if !self.own_rx_waker(cx) {
+            return Poll::Pending;
+        }
+        // SAFETY: `own_rx_waker` made this receiver the slot's owner, and it stays
+        // so until the park below hands the slot over.
+        unsafe { self.rx_waker.set(cx.waker()) };
+        if self.park() {
+            return Poll::Pending;
+        }
+        // A permit is in use or the channel closed: a message is queued (pushed
+        // after the first try) or on its way, or the end is due.
+        let mut spins = 0u32;
+        loop {
+            if let Some(ready) = self.ready() {
+                return Poll::Ready(ready);
+            }
+            if spins >= PUSH_SPINS {
+                break;
+            }
+            // The sender is between its permit CAS and its push, a few instructions
+            // apart, and it saw no `RX_PARKED`: it will not wake us.
+            crate::sync::spin_wait(&mut spins);
+        }
+        // Its thread was preempted there: try again later rather than spin on.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
 }
+
+/// `next`, the state a send or close is about to write, with `RX_PARKED` swapped
+/// for `RX_WAKING` if it is set: the RMW that writes it owns the receiver's waker
+/// and must call `Channel::wake_receiver`.
+#[inline]
+fn claim_park(next: usize) -> usize {
+    if next & RX_PARKED == 0 {
+        next
+    } else {
+        (next & !RX_PARKED) | RX_WAKING
+    }
+}
+
+/// How many times `poll_recv` waits for a message whose send holds a permit but has
+/// not pushed yet before it wakes its own task and returns `Pending`: spin hints
+/// only (see `spin_wait`), about as long as a push takes when its thread runs.
+/// Under loom, one wait (a yield), so that the models also reach the self-wake.
+const PUSH_SPINS: u32 = if cfg!(switchboard_loom) { 1 } else { 32 };
 
 /// The receiving end of a client's outbound channel.
 ///
@@ -716,6 +879,199 @@ mod tests {
                     }
                 });
             }
+        });
+    }
+
+    /// A waker that counts its wakes. `wake_by_ref` is what the channel calls on a
+    /// borrowed waker; the stored clone it takes and wakes ends up in `wake`.
+    #[derive(Default)]
+    struct CountingWaker(crate::sync::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            // Relaxed: a count read by the same test thread.
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    impl CountingWaker {
+        fn new() -> (Arc<Self>, Waker) {
+            let counter = Arc::new(Self::default());
+            let waker = Waker::from(Arc::clone(&counter));
+            (counter, waker)
+        }
+
+        fn wakes(&self) -> usize {
+            // Relaxed: see `wake_by_ref`.
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    /// The first send to a parked receiver wakes it and clears the park, so the
+    /// sends after it, and sends to a receiver that is draining, skip the waker.
+    /// (Those skipped wakes would find no waker and wake nothing: what they would
+    /// cost is RMWs, which callgrind counts, not a wake a test sees.)
+    #[test]
+    fn the_first_send_to_a_parked_receiver_wakes_it_and_clears_the_park() {
+        let (tx, rx) = pair(8);
+        let (counter, waker) = CountingWaker::new();
+        let mut cx = Context::from_waker(&waker);
+        let chan = rx.channel();
+        let parked = || chan.state.load(Ordering::Relaxed) & RX_PARKED != 0;
+        assert!(chan.poll_recv(&mut cx).is_pending(), "nothing queued");
+        assert!(parked(), "an empty channel parks its receiver");
+        assert!(tx.try_send(1).is_ok());
+        assert_eq!(counter.wakes(), 1, "the send that found it parked woke it");
+        assert!(!parked(), "and cleared the park, so no later send wakes");
+        assert!(tx.try_send(2).is_ok());
+        assert_eq!(chan.poll_recv(&mut cx), Poll::Ready(Some(1)));
+        assert!(tx.try_send(3).is_ok());
+        assert!(!parked(), "a draining receiver is not parked");
+        assert_eq!(chan.poll_recv(&mut cx), Poll::Ready(Some(2)));
+        assert_eq!(chan.poll_recv(&mut cx), Poll::Ready(Some(3)));
+        assert_eq!(counter.wakes(), 1);
+        assert!(chan.poll_recv(&mut cx).is_pending());
+        assert!(parked(), "parks again once drained");
+        assert!(tx.try_send(4).is_ok());
+        assert_eq!(counter.wakes(), 2, "and the next park is woken again");
+    }
+
+    /// A send that took its permit but has not pushed saw no `RX_PARKED` and will
+    /// not wake the receiver, so the receiver must not park on it: it wakes itself.
+    #[test]
+    fn a_receiver_does_not_park_behind_a_send_between_permit_and_push() {
+        let (tx, rx) = pair(8);
+        let (counter, waker) = CountingWaker::new();
+        let mut cx = Context::from_waker(&waker);
+        let chan = rx.channel();
+        // The first half of `try_send`: the permit, without the push.
+        tx.state.fetch_add(PERMIT, Ordering::Acquire);
+        assert!(chan.poll_recv(&mut cx).is_pending(), "nothing to take yet");
+        assert_eq!(counter.wakes(), 1, "it woke itself to look again");
+        assert_eq!(
+            chan.state.load(Ordering::Relaxed) & RX_PARKED,
+            0,
+            "and did not park"
+        );
+        // SAFETY: the permit taken above, as `try_send` holds it.
+        unsafe { tx.queue.push(7) };
+        assert_eq!(chan.poll_recv(&mut cx), Poll::Ready(Some(7)));
+    }
+
+    /// A park that nothing woke is taken back when the receiver is polled again, so
+    /// the next send wakes the waker of that latest poll, not the earlier one.
+    #[test]
+    fn a_repoll_while_parked_moves_the_park_to_the_new_waker() {
+        let (tx, rx) = pair(4);
+        let chan = rx.channel();
+        let (first, first_waker) = CountingWaker::new();
+        let (second, second_waker) = CountingWaker::new();
+        assert!(chan
+            .poll_recv(&mut Context::from_waker(&first_waker))
+            .is_pending());
+        assert!(chan
+            .poll_recv(&mut Context::from_waker(&second_waker))
+            .is_pending());
+        assert!(tx.try_send(1).is_ok());
+        assert_eq!((first.wakes(), second.wakes()), (0, 1));
+    }
+
+    /// While a send is taking the old waker out (`RX_WAKING`), the receiver must
+    /// not store a new one: it waits, then wakes itself and tries again.
+    #[test]
+    fn a_receiver_waits_for_a_send_that_is_taking_its_waker() {
+        let (tx, rx) = pair(4);
+        let chan = rx.channel();
+        let (counter, waker) = CountingWaker::new();
+        let mut cx = Context::from_waker(&waker);
+        // What a send's CAS leaves while it is in `wake_receiver`.
+        tx.state.fetch_or(RX_WAKING, Ordering::Relaxed);
+        assert!(chan.poll_recv(&mut cx).is_pending());
+        assert_eq!(counter.wakes(), 1, "it woke itself to try again");
+        assert_eq!(
+            chan.state.load(Ordering::Relaxed) & RX_PARKED,
+            0,
+            "and did not park"
+        );
+        tx.state.fetch_and(!RX_WAKING, Ordering::Release);
+        assert!(chan.poll_recv(&mut cx).is_pending());
+        assert!(tx.try_send(1).is_ok());
+        assert_eq!(counter.wakes(), 2, "parked once the send was done");
+    }
+
+    /// A close wakes a parked receiver once, and a receiver that is not parked not
+    /// at all; either way the next poll reports the end.
+    #[test]
+    fn close_wakes_a_parked_receiver_only() {
+        let (tx, rx) = pair(4);
+        let (counter, waker) = CountingWaker::new();
+        let mut cx = Context::from_waker(&waker);
+        let chan = rx.channel();
+        assert!(chan.poll_recv(&mut cx).is_pending());
+        assert!(tx.close_because(CloseReason::Unregistered));
+        assert_eq!(counter.wakes(), 1, "the close woke the parked receiver");
+        assert_eq!(chan.poll_recv(&mut cx), Poll::Ready(None));
+
+        let (tx, rx) = pair(4);
+        let chan = rx.channel();
+        assert!(tx.try_send(1).is_ok());
+        assert!(tx.close());
+        assert_eq!(counter.wakes(), 1, "nobody was parked");
+        assert_eq!(chan.poll_recv(&mut cx), Poll::Ready(Some(1)));
+        assert_eq!(chan.poll_recv(&mut cx), Poll::Ready(None));
+    }
+
+    /// Senders on two threads against a receiver task that parks whenever it runs
+    /// dry: every message arrives. A lost wakeup hangs the receiver; the timeout
+    /// only turns that hang into a failure and times nothing.
+    #[test]
+    fn an_awaiting_receiver_gets_every_message_from_two_threads() {
+        const PER_THREAD: u32 = 20_000;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime");
+        let (tx, mut rx) = pair(4);
+        std::thread::scope(|s| {
+            for t in 0..2u32 {
+                let tx = &tx;
+                s.spawn(move || {
+                    for i in 0..PER_THREAD {
+                        let mut msg = (t << 24) | i;
+                        loop {
+                            match tx.try_send(msg) {
+                                Ok(()) => break,
+                                Err(Rejected::Full(back)) => {
+                                    msg = back;
+                                    std::thread::yield_now();
+                                }
+                                // The receiver gave up (see below).
+                                Err(_) => return,
+                            }
+                        }
+                    }
+                });
+            }
+            let received = runtime.block_on(async {
+                let all = async {
+                    let mut next = [0u32; 2];
+                    for _ in 0..2 * PER_THREAD {
+                        let msg = rx.recv().await.expect("open channel");
+                        let t = usize::from(msg >> 24 != 0);
+                        assert_eq!(msg & 0xff_ffff, next[t], "each sender's messages in order");
+                        next[t] += 1;
+                    }
+                    next
+                };
+                tokio::time::timeout(Duration::from_secs(60), all).await
+            });
+            // Lets blocked senders return if the receiver gave up.
+            tx.close();
+            assert_eq!(received.ok(), Some([PER_THREAD; 2]), "hung: a lost wakeup");
         });
     }
 

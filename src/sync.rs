@@ -54,8 +54,10 @@
 //! only after its swap (to defer the old value), so no fence orders the two.
 //! * [`BoundedQueue`]: the same code in both builds, over this module's atomics
 //!   and [`UnsafeCell`], so loom checks every slot hand-over.
-//! * The channel's receiver waker is loom's `AtomicWaker` and its capacity waiters
-//!   a facade [`Mutex`] around a list of wakers (the same code in both builds).
+//! * [`WakerSlot`], the channel's receiver waker: a facade [`UnsafeCell`] whose
+//!   owner the channel's state word decides, so loom checks that no send, close
+//!   or receive ever touches it out of turn. The channel's capacity waiters are a
+//!   facade [`Mutex`] around a list of wakers (the same code in both builds).
 //!
 //! # What stays outside loom's view, and why
 //!
@@ -75,10 +77,6 @@
 //!   outgrew their bound. The models still check everything its holders do under
 //!   mutual exclusion; the lock is the textbook `Acquire` CAS and `Release` store
 //!   (see `sync/spin_lock.rs`).
-//! * **The receiver waker's own algorithm.** `atomic-waker`'s `AtomicWaker` in the
-//!   std build, loom's mutex-based mock under loom: loom checks that the channel
-//!   registers before its re-check and wakes after its publish, not the waker's
-//!   internals (which are the `futures` crate's, model-checked there).
 //! * **The shard's page cells** ([`OnceLock`]): created once each under the shard's
 //!   allocation lock and read only for indexes that lock handed out. Session member
 //!   cells hold [`OnceArc`]s and the channel's close reason is a [`WriteOnce`] cell;
@@ -115,6 +113,7 @@ mod slot_cell;
 mod snapshot_cell;
 mod spin_lock;
 mod unique_arc;
+mod waker_slot;
 mod write_once;
 
 #[cfg(switchboard_loom)]
@@ -128,6 +127,7 @@ pub(crate) use slot_cell::{Retained, SlotCell, SlotGuard, TAG_PAYLOAD_BITS};
 pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};
 pub(crate) use spin_lock::SpinLock;
 pub(crate) use unique_arc::{unique_mut, NeverWeak};
+pub(crate) use waker_slot::WakerSlot;
 pub(crate) use write_once::WriteOnce;
 
 /// The seed of the crate's hash tables: foldhash, seeded per table, in the std
@@ -145,40 +145,6 @@ pub(crate) type HashSeed = foldhash::fast::FixedState;
 /// The cluster layer serialises its subscription changes, which await Redis.
 #[cfg(feature = "cluster")]
 pub(crate) use tokio::sync::Mutex as AsyncMutex;
-
-/// A waker slot for one task: `atomic-waker` in the std build, loom's otherwise.
-pub(crate) struct AtomicWaker {
-    #[cfg(not(switchboard_loom))]
-    inner: atomic_waker::AtomicWaker,
-    #[cfg(switchboard_loom)]
-    inner: loom::future::AtomicWaker,
-}
-
-impl AtomicWaker {
-    pub(crate) fn new() -> Self {
-        Self {
-            #[cfg(not(switchboard_loom))]
-            inner: atomic_waker::AtomicWaker::new(),
-            #[cfg(switchboard_loom)]
-            inner: loom::future::AtomicWaker::new(),
-        }
-    }
-
-    /// Makes `waker` the one the next [`wake`](Self::wake) wakes.
-    #[inline]
-    pub(crate) fn register(&self, waker: &std::task::Waker) {
-        #[cfg(not(switchboard_loom))]
-        self.inner.register(waker);
-        #[cfg(switchboard_loom)]
-        self.inner.register_by_ref(waker);
-    }
-
-    /// Wakes the registered task, if any.
-    #[inline]
-    pub(crate) fn wake(&self) {
-        self.inner.wake();
-    }
-}
 
 /// `UnsafeCell` with loom's closure API, so that loom checks every access.
 #[cfg(not(switchboard_loom))]

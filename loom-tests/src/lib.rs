@@ -17,14 +17,17 @@
 //! RUSTFLAGS="--cfg switchboard_loom -C debug-assertions" LOOM_MAX_PREEMPTIONS=3 cargo test -p loom-tests --release
 //! ```
 //!
-//! Measured on the shared 2-core machine at `LOOM_MAX_PREEMPTIONS=3`: 40 s end to
-//! end with a warm build and `--test-threads=1` (load average about 4), of which
-//! 24 s in the models (19.5 s for `models.rs`, whose model 4 alone explores 98,870
-//! interleavings in 15.9 s; 1.0 s for `channel.rs`, 218 to 2,534 interleavings
-//! each; 0.6 s for `slot_lock.rs`). Model 4 explored 22,272 in 2.4 s while the
-//! client lock was a loom mutex; the slot's lock bit that replaced it is loom
-//! atomics, a condition variable and a swap, each a scheduling point. Add `-- --nocapture --test-threads=1` to see
-//! each model's interleaving count, time and reached cases (see [`check`]).
+//! Measured on the shared 2-core machine at `LOOM_MAX_PREEMPTIONS=3` with a warm
+//! build and `--test-threads=1` (nothing else running): 66 s end to end, of which
+//! 52 s in the models: 35.7 s for `channel.rs` (models 8 and 9, two sends or a send
+//! and a close against a parking receiver, explore 153,691 and 182,840
+//! interleavings in 16.0 s and 18.3 s; the others 177 to 3,286 each), 12.4 s for
+//! `models.rs` (model 4 alone 86,805 in 9.5 s; it explored 22,272 while the client
+//! lock was a loom mutex: the slot's lock bit that replaced it is loom atomics, a
+//! condition variable and a swap, each a scheduling point), 3.0 s for `races.rs`
+//! and 0.5 s for `slot_lock.rs`.
+//! Add `-- --nocapture --test-threads=1` to see each model's interleaving count,
+//! time and reached cases (see [`check`]).
 //!
 //! `RUSTFLAGS` applies to every crate in the graph, so it must stay the same
 //! between runs to reuse the build; `-C debug-assertions` keeps the library's

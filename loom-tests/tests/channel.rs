@@ -4,8 +4,13 @@
 //! await `send_timeout` with no deadline, through [`block_on`]. Under loom a wakeup
 //! that is never delivered leaves a thread blocked forever, which loom reports as a
 //! deadlock, so each model fails on a lost wakeup. They also drive the ring's slot
-//! hand-over: laps of a one-slot ring, and the outer slots allocated mid-flight.
+//! hand-over: laps of a one-slot ring, and the outer slots allocated mid-flight,
+//! and the receiver's waker slot, a loom `UnsafeCell` that the channel's state word
+//! hands between the receiver and the send or close that wakes it: an access out
+//! of turn fails as a causality violation. loom's `block_on` also wakes spuriously,
+//! so the receiver is re-polled while its park still stands or a wake is under way.
 
+use std::future::poll_fn;
 use std::time::Duration;
 
 use loom_tests::thread::spawn;
@@ -272,5 +277,126 @@ fn try_recv_never_reports_empty_behind_a_send_in_progress() {
         let first = rx.try_recv().expect("its own send returned before this");
         seen.hit(if first == 1 { OTHER } else { OWN });
         join(other);
+    });
+}
+
+/// Channel model 7: a send ∥ a receiver that parks.
+///
+/// A send wakes the receiver only if its permit CAS finds `RX_PARKED`, so the
+/// receiver must not park while a send holds a permit it has not pushed yet
+/// (that send saw no bit and will not wake it): it takes the message or wakes
+/// itself. Two messages, so that the second send also races a park that follows
+/// the first receive. A parked receiver that no send wakes blocks `block_on`
+/// forever, which loom reports as a deadlock.
+#[test]
+fn a_send_wakes_a_receiver_that_parked_or_finds_it_not_parked() {
+    const FIRST_POLL: &str = "the first poll took the message";
+    const AFTER_PENDING: &str = "the receiver returned Pending, then got the message";
+    let cases = [FIRST_POLL, AFTER_PENDING];
+    check("channel 7: send, send | recv, recv", &cases, |seen| {
+        let registry = registry(2);
+        let (id, mut rx) = register(&registry);
+        let start = StartLine::new(2);
+        let sender = {
+            let (registry, start) = (registry.clone(), start.clone());
+            spawn(move || {
+                start.wait();
+                assert_eq!(registry.send(id, 1), Ok(()));
+                assert_eq!(registry.send(id, 2), Ok(()));
+            })
+        };
+        start.wait();
+        for expected in [1, 2] {
+            let mut polls = 0;
+            let got = block_on(poll_fn(|cx| {
+                polls += 1;
+                rx.poll_recv(cx)
+            }));
+            assert_eq!(got, Some(expected));
+            if expected == 1 {
+                seen.hit(if polls == 1 {
+                    FIRST_POLL
+                } else {
+                    AFTER_PENDING
+                });
+            }
+        }
+        join(sender);
+    });
+}
+
+/// Channel model 8: two sends ∥ a receiver that parked before either.
+///
+/// Only the send whose CAS clears `RX_PARKED` wakes; the other saw no bit. The
+/// woken receiver may find the other send's slot first in the ring and not yet
+/// written: it must wait for it or wake itself, never park on a permit in use.
+/// Both messages arrive.
+#[test]
+fn two_sends_to_a_parked_receiver_wake_it_once_and_deliver_both() {
+    check("channel 8: send | send | parked recv", &[], |_| {
+        let registry = registry(2);
+        let (id, mut rx) = register(&registry);
+        let mut senders = Vec::new();
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            got.push(block_on(poll_fn(|cx| {
+                let polled = rx.poll_recv(cx);
+                if senders.is_empty() {
+                    assert!(polled.is_pending(), "nothing sent yet: it parks");
+                    // Both sends start only once the receiver has parked.
+                    for msg in [1, 2] {
+                        let registry = registry.clone();
+                        senders.push(spawn(move || registry.send(id, msg)));
+                    }
+                }
+                polled
+            })));
+        }
+        for sender in senders {
+            assert_eq!(join(sender), Ok(()));
+        }
+        got.sort_unstable();
+        assert_eq!(got, [Some(1), Some(2)]);
+    });
+}
+
+/// Channel model 9: a send and an unregister ∥ a receiver that parks.
+///
+/// The close wakes the receiver only if it finds `RX_PARKED`; a park after it
+/// fails on `CLOSED`. Either way the receiver yields the message if the send was
+/// accepted, then the end.
+#[test]
+fn a_close_ends_a_parking_receiver() {
+    const ACCEPTED: &str = "the send came before the close";
+    const REFUSED: &str = "the close came first";
+    let cases = [ACCEPTED, REFUSED];
+    check("channel 9: send | unregister | recv", &cases, |seen| {
+        let registry = registry(2);
+        let (id, mut rx) = register(&registry);
+        let start = StartLine::new(3);
+        let sender = {
+            let (registry, start) = (registry.clone(), start.clone());
+            spawn(move || {
+                start.wait();
+                registry.send(id, 1)
+            })
+        };
+        let closer = {
+            let (registry, start) = (registry.clone(), start.clone());
+            spawn(move || {
+                start.wait();
+                assert!(registry.unregister(id).is_ok());
+            })
+        };
+        start.wait();
+        let got = recv_all(&mut rx);
+        join(closer);
+        if join(sender).is_ok() {
+            seen.hit(ACCEPTED);
+            assert_eq!(got, [1]);
+        } else {
+            seen.hit(REFUSED);
+            assert!(got.is_empty());
+        }
     });
 }

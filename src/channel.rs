@@ -606,7 +606,11 @@ impl<M> Channel<M> {
             // apart, and it saw no `RX_PARKED`: it will not wake us.
             crate::sync::spin_wait(&mut spins);
         }
-        // Its thread was preempted there: try again later rather than spin on.
+        // Its thread was preempted there: wake this task and return, so the
+        // executor runs others before polling again. That is still a busy wait,
+        // through the executor, until the sender's thread runs again (before, the
+        // receiver slept and the push woke it); a push cannot stop for good
+        // between its permit and its write short of an allocation abort.
         cx.waker().wake_by_ref();
         Poll::Pending
     }
@@ -921,6 +925,7 @@ mod tests {
         let (counter, waker) = CountingWaker::new();
         let mut cx = Context::from_waker(&waker);
         let chan = rx.channel();
+        // Relaxed: one thread; the bit's value is all the test reads.
         let parked = || chan.state.load(Ordering::Relaxed) & RX_PARKED != 0;
         assert!(chan.poll_recv(&mut cx).is_pending(), "nothing queued");
         assert!(parked(), "an empty channel parks its receiver");
@@ -948,11 +953,13 @@ mod tests {
         let (counter, waker) = CountingWaker::new();
         let mut cx = Context::from_waker(&waker);
         let chan = rx.channel();
-        // The first half of `try_send`: the permit, without the push.
+        // The first half of `try_send`: the permit, without the push. (Acquire,
+        // as `try_send`'s CAS; one thread here, so any ordering would do.)
         tx.state.fetch_add(PERMIT, Ordering::Acquire);
         assert!(chan.poll_recv(&mut cx).is_pending(), "nothing to take yet");
         assert_eq!(counter.wakes(), 1, "it woke itself to look again");
         assert_eq!(
+            // Relaxed: one thread; the bit's value is all the test reads.
             chan.state.load(Ordering::Relaxed) & RX_PARKED,
             0,
             "and did not park"
@@ -988,15 +995,18 @@ mod tests {
         let chan = rx.channel();
         let (counter, waker) = CountingWaker::new();
         let mut cx = Context::from_waker(&waker);
-        // What a send's CAS leaves while it is in `wake_receiver`.
+        // What a send's CAS leaves while it is in `wake_receiver`. (Relaxed: one
+        // thread, and no waker is handed over here.)
         tx.state.fetch_or(RX_WAKING, Ordering::Relaxed);
         assert!(chan.poll_recv(&mut cx).is_pending());
         assert_eq!(counter.wakes(), 1, "it woke itself to try again");
         assert_eq!(
+            // Relaxed: one thread; the bit's value is all the test reads.
             chan.state.load(Ordering::Relaxed) & RX_PARKED,
             0,
             "and did not park"
         );
+        // Release, as `wake_receiver`'s hand-back.
         tx.state.fetch_and(!RX_WAKING, Ordering::Release);
         assert!(chan.poll_recv(&mut cx).is_pending());
         assert!(tx.try_send(1).is_ok());

@@ -55,8 +55,8 @@ fn awaiting_receiver_gets_the_message_then_the_end() {
 /// Channel model 1b: unregister ∥ a receiver awaiting `recv` on an empty channel.
 ///
 /// Only the close can end the wait, and the close wakes the receiver only if the
-/// receiver announced its waker (`RX_WAKER`) first; otherwise the receiver's
-/// re-check must see the close. Either way `recv` must report the end, and then
+/// receiver parked (`RX_PARKED`) first; otherwise the park's CAS fails on the
+/// closed state and the receiver sees the close itself. Either way `recv` must report the end, and then
 /// the close's reason.
 #[test]
 fn awaiting_receiver_is_woken_by_the_close_alone() {

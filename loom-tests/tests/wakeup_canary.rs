@@ -4,7 +4,8 @@
 //! A miniature of the channel's receive path done wrong: `poll` checks for a
 //! message and only then registers its waker, with no re-check after. A send that
 //! lands between the check and the register wakes nobody: the receiver returned
-//! `Pending` and no wake ever comes. The channel registers first and then re-checks
+//! `Pending` and no wake ever comes. The channel stores its waker first and then
+//! parks with a CAS that fails while a message is queued or on its way
 //! (`Channel::poll_recv`).
 //!
 //! The receiver polls once with a waker that records being woken, rather than

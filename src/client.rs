@@ -25,7 +25,7 @@ use crate::channel::Channel;
 use crate::profile::{ClientInfo, SystemInfo};
 use crate::session::Session;
 use crate::shard::Occupant;
-use crate::sync::{Arc, Retained, SlotCell, SlotGuard, UnsafeCell};
+use crate::sync::{Arc, Retained, SlotCell, SlotGuard, UnsafeCell, WeakArc};
 use crate::task::TaskId;
 use crate::{ClientId, SessionId};
 
@@ -76,7 +76,10 @@ pub(crate) struct FleetState<M> {
     pub(crate) reported: Option<SystemInfo>,
     /// The connection that took this one over, set when `connected` turns false
     /// because of it. Rooms still on their way to this client follow it there.
-    pub(crate) successor: Option<Arc<ClientEntry<M>>>,
+    /// Weak: a departed connection that something keeps (its writer's receiver,
+    /// a thread's batch of unlinked entries) must not keep every later
+    /// connection of its key through a chain of these records.
+    pub(crate) successor: Option<WeakArc<ClientEntry<M>>>,
 }
 
 impl<M> Default for FleetState<M> {

@@ -13,7 +13,7 @@ use crate::fleet::{index_keys, Fleet};
 use crate::profile::{json_size, ClientInfo};
 use crate::session::{Directory, Join};
 use crate::stats::{Counters, Stats};
-use crate::sync::Arc;
+use crate::sync::{Arc, WeakArc};
 use crate::task::CancelledTask;
 use crate::{ClientId, SessionId};
 
@@ -393,7 +393,7 @@ impl<M> Registry<M> {
             if let Some(successor) = successor {
                 // Only rooms follow the chain; without moves there is nothing to find.
                 if moves {
-                    state.fleet().successor = Some(Arc::clone(successor));
+                    state.fleet().successor = Some(WeakArc::new(successor));
                 }
             }
             let tasks = state.fleet.as_mut().map(|f| std::mem::take(&mut f.tasks));
@@ -464,8 +464,15 @@ impl<M> Registry<M> {
     /// Each step looks at one client under its lock, where `connected` and
     /// `successor` change together, or, once it has left its slot, at its final
     /// state.
+    ///
+    /// The record of a successor is weak (`FleetState::successor`). Should the
+    /// successor have been freed before this step reads it (it departed in full,
+    /// its writer let go of it, and the epoch reclaimed it, all while this room
+    /// was on its way), the room goes to whoever holds the key now, once; if
+    /// nobody does, it ends there.
     fn join_successor(&self, successor: &Arc<ClientEntry<M>>, key: &SessionId) {
         let mut to = Arc::clone(successor);
+        let mut looked_up = false;
         loop {
             let next = match self.inner.clients.lock_entry(&to) {
                 Locked::Held(mut client) => {
@@ -474,15 +481,38 @@ impl<M> Registry<M> {
                         let _ = self.attach_locked(&mut client, key.clone());
                         return;
                     }
-                    client.fleet.as_ref().and_then(|f| f.successor.clone())
+                    client
+                        .fleet
+                        .as_ref()
+                        .and_then(|f| f.successor.as_ref())
+                        .map(WeakArc::upgrade)
                 }
-                Locked::Departed(state) => state.fleet.as_ref().and_then(|f| f.successor.clone()),
+                Locked::Departed(state) => state
+                    .fleet
+                    .as_ref()
+                    .and_then(|f| f.successor.as_ref())
+                    .map(WeakArc::upgrade),
             };
-            match next {
-                Some(next) => to = next,
+            to = match next {
                 None => return,
-            }
+                Some(Some(next)) => next,
+                Some(None) if !looked_up => {
+                    looked_up = true;
+                    match self.key_holder_entry(&to) {
+                        Some(holder) => holder,
+                        None => return,
+                    }
+                }
+                Some(None) => return,
+            };
         }
+    }
+
+    /// The entry of the client that holds `client`'s key now, if any.
+    fn key_holder_entry(&self, client: &ClientEntry<M>) -> Option<Arc<ClientEntry<M>>> {
+        let info = client.info();
+        let holder = self.inner.fleet.key_holder(info.key.as_deref()?)?;
+        self.inner.clients.entry(holder).ok()
     }
 
     /// Adds a client to a session, creating the session if it does not exist.
@@ -908,5 +938,94 @@ mod tests {
         // The session's member cell holds the entry and the entry held the session:
         // the registry's drop must break that cycle.
         assert!(weak.upgrade().is_none(), "the client's entry leaked");
+    }
+
+    /// A connection kept after it was taken over (its writer still holds the
+    /// receiver) keeps its own entry, not every later connection of its key: the
+    /// record of who took it over must not chain them all together. The registry
+    /// is dropped first, so that what its sessions and index sets still hold for
+    /// a while (departed members until a compaction) is not counted.
+    #[test]
+    fn a_kept_connection_does_not_keep_its_keys_later_connections() {
+        const RECONNECTS: usize = 50;
+        let registry = Registry::<u8>::builder()
+            .takeover_moves_sessions(true)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let connect = |registry: &Registry<u8>| {
+            let (id, rx) = registry
+                .register(ClientInfo::new().with_key("k"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(registry.attach(id, "room").is_ok());
+            let entry = registry
+                .clients()
+                .entry(id)
+                .unwrap_or_else(|e| panic!("{e}"));
+            (std::sync::Arc::downgrade(&entry), rx)
+        };
+        let (first, _kept) = connect(&registry);
+        let mut later = Vec::new();
+        for _ in 0..RECONNECTS {
+            // Each one takes over the one before (its room moves along) and is
+            // dropped by its writer.
+            let (weak, rx) = connect(&registry);
+            drop(rx);
+            later.push(weak);
+        }
+        drop(registry);
+        let alive = || later.iter().filter(|w| w.strong_count() > 0).count();
+        // Unlinked entries wait for the epoch; give it the time it needs.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while alive() > 0 && std::time::Instant::now() < deadline {
+            crate::sync::flush_pending();
+            crossbeam_epoch::pin().flush();
+            std::thread::yield_now();
+        }
+        assert!(
+            first.strong_count() > 0,
+            "the kept receiver keeps its own entry"
+        );
+        assert_eq!(
+            alive(),
+            0,
+            "taken-over connections kept alive through the first one's record"
+        );
+    }
+
+    /// A room on its way to a successor that was freed meanwhile (the weak record
+    /// cannot be followed) goes to whoever holds the key now, or nowhere.
+    #[test]
+    fn a_room_whose_successor_was_freed_goes_to_the_keys_holder() {
+        let registry = Registry::<u8>::builder()
+            .takeover_moves_sessions(true)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let keyed = || ClientInfo::new().with_key("k");
+        let (a, _a_rx) = registry.register(keyed()).unwrap_or_else(|e| panic!("{e}"));
+        let a_entry = registry
+            .clients()
+            .entry(a)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // A taken over by a connection that has since been freed entirely: what
+        // `depart` leaves, with the successor's last strong reference gone.
+        {
+            let freed = Arc::new(ClientEntry::new(a, 1, 0, None));
+            let mut client = registry.clients().lock(a).unwrap_or_else(|e| panic!("{e}"));
+            client.connected = false;
+            client.fleet().successor = Some(WeakArc::new(&freed));
+        }
+        let (c, _c_rx) = registry.register(keyed()).unwrap_or_else(|e| panic!("{e}"));
+        registry.join_successor(&a_entry, &SessionId::from("late"));
+        assert_eq!(
+            registry.members("late").map(|m| m.to_vec()),
+            Ok(vec![c]),
+            "the room reached the key's holder"
+        );
+        assert!(registry.unregister(c).is_ok());
+        registry.join_successor(&a_entry, &SessionId::from("later"));
+        assert!(
+            registry.members("later").is_err(),
+            "with nobody holding the key, the room ends"
+        );
     }
 }

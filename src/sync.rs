@@ -96,6 +96,10 @@
 //! * **The send deadline.** `send_timeout`'s timer is tokio's; loom models drive
 //!   it with no deadline (`Duration::MAX`), which is the path that waits only on the
 //!   channel's own wakeups.
+//! * **[`WeakArc`]'s failed upgrade.** Loom's `Arc` has no weak count, so under
+//!   loom the record holds its value strongly and never fails to upgrade; what the
+//!   std build does when it fails (a lookup of the key's holder under the locks the
+//!   models cover) is a unit test's (`registry.rs`).
 //!
 //! [loom]: https://docs.rs/loom
 
@@ -123,6 +127,8 @@ pub(crate) use bounded_queue::BoundedQueue;
 #[cfg(switchboard_loom)]
 pub(crate) use lock_free_map::LockFreeMap;
 pub(crate) use once_arc::OnceArc;
+#[cfg(all(test, not(switchboard_loom)))]
+pub(crate) use slot_cell::flush_pending;
 pub(crate) use slot_cell::{Retained, SlotCell, SlotGuard, TAG_PAYLOAD_BITS};
 pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};
 pub(crate) use spin_lock::SpinLock;
@@ -171,6 +177,37 @@ impl<T> UnsafeCell<T> {
 
 #[cfg(switchboard_loom)]
 pub(crate) use loom::cell::UnsafeCell;
+
+/// A reference that does not keep its value alive: `std`'s `Weak`, for records
+/// that must not chain the values they name into one long-lived group (a
+/// taken-over client's successor, `client.rs`).
+///
+/// Loom's `Arc` has no weak count, so under loom this holds the value strongly
+/// and `upgrade` always succeeds; the models see the strong record the std build
+/// had before, and the path taken when an upgrade fails is a lookup under locks
+/// the models already cover.
+pub(crate) struct WeakArc<T>(
+    #[cfg(not(switchboard_loom))] std::sync::Weak<T>,
+    #[cfg(switchboard_loom)] Arc<T>,
+);
+
+impl<T> WeakArc<T> {
+    /// A reference to `value` that does not keep it alive.
+    pub(crate) fn new(value: &Arc<T>) -> Self {
+        #[cfg(not(switchboard_loom))]
+        return Self(Arc::downgrade(value));
+        #[cfg(switchboard_loom)]
+        return Self(Arc::clone(value));
+    }
+
+    /// The value, unless every strong reference to it has gone.
+    pub(crate) fn upgrade(&self) -> Option<Arc<T>> {
+        #[cfg(not(switchboard_loom))]
+        return self.0.upgrade();
+        #[cfg(switchboard_loom)]
+        return Some(Arc::clone(&self.0));
+    }
+}
 
 #[cfg(not(switchboard_loom))]
 mod imp {

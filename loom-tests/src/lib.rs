@@ -90,6 +90,17 @@ pub fn register(
         .expect("no client limit and slots to spare")
 }
 
+/// Everything the receiver holds, and how it ended.
+pub fn drain(rx: &mut switchboard::Receiver<u32>) -> (Vec<u32>, switchboard::TryRecvError) {
+    let mut got = Vec::new();
+    loop {
+        match rx.try_recv() {
+            Ok(msg) => got.push(msg),
+            Err(end) => return (got, end),
+        }
+    }
+}
+
 /// Joins a scenario thread, failing the scenario if it panicked.
 pub fn join<T>(handle: thread::JoinHandle<T>) -> T {
     handle.join().expect("scenario thread panicked")

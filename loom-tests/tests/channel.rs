@@ -56,8 +56,8 @@ fn awaiting_receiver_gets_the_message_then_the_end() {
 ///
 /// Only the close can end the wait, and the close wakes the receiver only if the
 /// receiver parked (`RX_PARKED`) first; otherwise the park's CAS fails on the
-/// closed state and the receiver sees the close itself. Either way `recv` must report the end, and then
-/// the close's reason.
+/// closed state and the receiver sees the close itself. Either way `recv` must
+/// report the end, and then the close's reason.
 #[test]
 fn awaiting_receiver_is_woken_by_the_close_alone() {
     check("channel 1b: unregister | recv", &[], |_| {

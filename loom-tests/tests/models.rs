@@ -8,24 +8,13 @@
 use std::collections::BTreeSet;
 
 use loom_tests::thread::spawn;
-use loom_tests::{check, join, linearizations, register, registry, Clock, Span, StartLine};
+use loom_tests::{check, drain, join, linearizations, register, registry, Clock, Span, StartLine};
 use switchboard::{
-    BroadcastError, BroadcastReport, ClientError, ClientId, ClientInfo, Receiver, RegisterError,
-    Registry, SendError, SessionId, SlowConsumerPolicy, TryRecvError,
+    BroadcastError, BroadcastReport, ClientError, ClientId, ClientInfo, RegisterError, Registry,
+    SendError, SessionId, SlowConsumerPolicy, TryRecvError,
 };
 
 const ROOM: u64 = 7;
-
-/// Everything the receiver holds, and how it ended.
-fn drain(rx: &mut Receiver<u32>) -> (Vec<u32>, TryRecvError) {
-    let mut got = Vec::new();
-    loop {
-        match rx.try_recv() {
-            Ok(msg) => got.push(msg),
-            Err(end) => return (got, end),
-        }
-    }
-}
 
 /// `(index, generation)` of an id, from the layout `ClientId` documents.
 fn slot_of(id: ClientId) -> (u64, u64) {

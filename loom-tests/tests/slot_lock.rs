@@ -13,21 +13,10 @@
 //! three: loom reports the unsynchronised access).
 
 use loom_tests::thread::spawn;
-use loom_tests::{check, join, register, registry, StartLine};
-use switchboard::{ClientError, ClientInfo, Receiver, SendError, SessionId, TryRecvError};
+use loom_tests::{check, drain, join, register, registry, StartLine};
+use switchboard::{ClientError, ClientInfo, SendError, SessionId, TryRecvError};
 
 const ROOM: u64 = 7;
-
-/// Everything the receiver holds, and how it ended.
-fn drain(rx: &mut Receiver<u32>) -> (Vec<u32>, TryRecvError) {
-    let mut got = Vec::new();
-    loop {
-        match rx.try_recv() {
-            Ok(msg) => got.push(msg),
-            Err(end) => return (got, end),
-        }
-    }
-}
 
 /// Model L1: attach ∥ unregister of the same client.
 ///

@@ -267,6 +267,13 @@ impl<M> Memberships<M> {
 }
 
 impl<M> ClientState<M> {
+    /// The connection that took this client over: `None` if none did, `Some(None)`
+    /// if it has been freed since (the record is weak, see `FleetState`).
+    pub(crate) fn successor(&self) -> Option<Option<Arc<ClientEntry<M>>>> {
+        let record = self.fleet.as_ref()?.successor.as_ref()?;
+        Some(record.upgrade())
+    }
+
     /// What the client last reported about itself, before a device config was
     /// merged in; `current`'s own system info if it never reported anything else.
     pub(crate) fn reported(&self, current: &ClientInfo) -> SystemInfo {

@@ -296,19 +296,18 @@ impl<M> Registry<M> {
             if wanted.exclude.contains(&id) {
                 continue;
             }
-            let Ok(entry) = self.clients().entry(id) else {
+            // One lookup for both: the lock keeps the entry in its slot.
+            let Ok(client) = self.clients().lock(id) else {
                 continue;
             };
-            let info = entry.info();
+            let info = client.entry().info();
+            let open = client.tasks().len();
+            drop(client);
             let score = wanted
                 .preferred_tags
                 .iter()
                 .filter(|t| info.system_info.tags.contains(t))
                 .count();
-            let open = self
-                .clients()
-                .lock(id)
-                .map_or(0, |client| client.tasks().len());
             let rank = (
                 score,
                 Reverse(open),

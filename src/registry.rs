@@ -481,27 +481,19 @@ impl<M> Registry<M> {
                         let _ = self.attach_locked(&mut client, key.clone());
                         return;
                     }
-                    client
-                        .fleet
-                        .as_ref()
-                        .and_then(|f| f.successor.as_ref())
-                        .map(WeakArc::upgrade)
+                    client.successor()
                 }
-                Locked::Departed(state) => state
-                    .fleet
-                    .as_ref()
-                    .and_then(|f| f.successor.as_ref())
-                    .map(WeakArc::upgrade),
+                Locked::Departed(state) => state.successor(),
             };
             to = match next {
                 None => return,
                 Some(Some(next)) => next,
                 Some(None) if !looked_up => {
                     looked_up = true;
-                    match self.key_holder_entry(&to) {
-                        Some(holder) => holder,
-                        None => return,
-                    }
+                    let Some(holder) = self.key_holder_entry(&to) else {
+                        return;
+                    };
+                    holder
                 }
                 Some(None) => return,
             };

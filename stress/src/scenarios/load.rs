@@ -161,7 +161,7 @@ async fn perform<S: Subject>(world: &Arc<World<S>>, op: Op, rng: &mut Rng) {
         }
         Op::Replace => world.replace(rng.below(seats), rng),
         Op::Transient => {
-            let (client, rx) = world.connect(Kind::Prompt);
+            let (client, rx) = world.connect_here(Kind::Prompt);
             let (a, b) = (rng.below(sessions) as u64, rng.below(sessions) as u64);
             world.attach(&client, a);
             world.attach(&client, b);

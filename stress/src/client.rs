@@ -1,5 +1,6 @@
 //! A client as the harness sees it: its id, how its receiver behaves, and its ledger.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -56,6 +57,14 @@ pub struct Client<Id> {
     ledger: Mutex<Ledger>,
     /// Wakes a [`Kind::Never`] receiver once the client is gone, so it drains and ends.
     pub gone: Notify,
+    /// The sequence counter of direct sends to this client; see [`ledger`](crate::ledger)
+    /// for the protocol. A direct message is checked against its target's ledger only
+    /// (one meant for another client is a breach whatever its number), so one counter per
+    /// client orders a send after the unregister it must not follow exactly as one
+    /// counter for the world did, without a line both workers write on every unregister.
+    ///
+    /// Ordering: `AcqRel` read-modify-writes only, as for a session's counter.
+    direct_seq: AtomicU64,
 }
 
 #[cfg(test)]
@@ -75,7 +84,21 @@ impl<Id> Client<Id> {
             kind,
             ledger: Mutex::new(Ledger::new(serial)),
             gone: Notify::new(),
+            direct_seq: AtomicU64::new(0),
         }
+    }
+
+    /// Draws the number of a direct send to this client.
+    pub fn next_direct(&self) -> u64 {
+        // AcqRel RMW: see `direct_seq`.
+        self.direct_seq.fetch_add(1, Ordering::AcqRel)
+    }
+
+    /// The cut of direct sends, read once the client is gone: a send numbered at or above
+    /// it began after the unregister returned.
+    pub fn direct_cut(&self) -> u64 {
+        // AcqRel RMW: see `direct_seq`.
+        self.direct_seq.fetch_add(0, Ordering::AcqRel)
     }
 
     /// Locks the ledger. Held by drivers across a registry call, and by receivers across a
@@ -106,5 +129,28 @@ mod tests {
             _ => true,
         }));
         assert_eq!(Kind::draw(&mut rng, 0.0, 0.0, window), Kind::Prompt);
+    }
+
+    /// The client's own counter and its ledger together: a send drawn before the cut may
+    /// arrive after the unregister, one drawn after it may not.
+    #[test]
+    fn direct_sends_after_the_cut_are_breaches() {
+        use crate::ledger::{Breach, Status};
+        use crate::message::DIRECT;
+
+        let client = Client::new(0u32, 9, Kind::Prompt);
+        let early: Vec<_> = (0..3).map(|_| client.next_direct()).collect();
+        assert_eq!(early, [0, 1, 2]);
+        let cut = client.direct_cut();
+        client.ledger().gone(Status::Unregistered, |_| 0, cut);
+        let late = client.next_direct();
+        let ledger = client.ledger();
+        assert!(early
+            .iter()
+            .all(|&seq| ledger.check(DIRECT, seq, 9).is_ok()));
+        assert_eq!(
+            ledger.check(DIRECT, late, 9),
+            Err(Breach::DirectAfterUnregister { seq: late, cut })
+        );
     }
 }

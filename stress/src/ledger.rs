@@ -16,7 +16,8 @@
 //! holds that lock from before a detach (or unregister) until the cut is recorded, and from
 //! before an attach until the attach returns. So a message checked against `Left { cut }`
 //! was received before any later re-attach began, and could not owe its delivery to it.
-//! Unregistering cuts every attached session and the direct-send counter the same way.
+//! Unregistering cuts every attached session and the client's own direct-send counter the
+//! same way (a direct message names its target, so only the target's counter orders it).
 //!
 //! # Membership periods
 //!

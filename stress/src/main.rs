@@ -28,6 +28,7 @@ mod receiver;
 mod report;
 mod rng;
 mod scenarios;
+mod serial;
 mod striped;
 mod subject;
 mod tally;

@@ -51,7 +51,7 @@ impl<S: Subject> World<S> {
             )
         });
         let empty = HashSet::new();
-        for s in 0..self.seqs.len() as u64 {
+        for s in 0..self.sessions.len() as u64 {
             let Some(actual) = self.guarded(|r| r.members(s)).flatten() else {
                 break;
             };

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use baselines::Inbox;
+use crossbeam_utils::CachePadded;
 use tokio::sync::{RwLock, RwLockReadGuard};
 
 use crate::cli::Policy;
@@ -27,6 +28,7 @@ use crate::ledger::{Ledger, Status};
 use crate::message::{Msg, DIRECT, EVERYONE};
 use crate::receiver::{self, Receipts};
 use crate::rng::Rng;
+use crate::serial;
 use crate::subject::{Sent, Subject};
 use crate::tally::Tally;
 use crate::tasks::TaskCount;
@@ -73,6 +75,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What the model keeps per session: its sequence counter and the broadcasts in flight.
+///
+/// Padded to a cache line of its own: every attach, detach and unregister takes a locked
+/// RMW on its sessions' counters, and the drivers on both workers pick sessions at random.
+/// Packed eight counters to a line, most of those RMWs found the line last written by the
+/// other worker, a cost the harness added to every design, more in proportion to the
+/// faster ones.
+#[derive(Debug, Default)]
+struct SessionModel {
+    /// The session's sequence counter; see [`ledger`](crate::ledger) for the protocol.
+    ///
+    /// Ordering: `AcqRel` read-modify-writes only, so that a broadcast numbered at or above a
+    /// cut is ordered after the detach the cut followed.
+    seq: AtomicU64,
+    /// The numbers of broadcasts drawn and not yet returned. A number is drawn and entered
+    /// under the same lock, so the smallest entry (or the counter, if none) is the session's
+    /// *floor*: every broadcast numbered below it has returned. See
+    /// [`ledger`](crate::ledger) for what membership periods do with it.
+    in_flight: Mutex<BTreeSet<u64>>,
+}
+
 /// One contender under load, with its model.
 pub struct World<S: Subject> {
     /// The registry.
@@ -80,20 +103,8 @@ pub struct World<S: Subject> {
     /// How it was built.
     pub setup: Setup,
     scope: String,
-    /// One sequence counter per session; see [`ledger`](crate::ledger) for the protocol.
-    ///
-    /// Ordering: `AcqRel` read-modify-writes only, so that a broadcast numbered at or above a
-    /// cut is ordered after the detach the cut followed.
-    seqs: Box<[AtomicU64]>,
-    /// Per session, the numbers of broadcasts drawn and not yet returned. A number is drawn
-    /// and entered under the same lock, so the smallest entry (or the counter, if none) is
-    /// the session's *floor*: every broadcast numbered below it has returned. See
-    /// [`ledger`](crate::ledger) for what membership periods do with it.
-    in_flight: Box<[Mutex<BTreeSet<u64>>]>,
-    /// The sequence counter of direct sends; same ordering contract as `seqs`.
-    direct_seq: AtomicU64,
-    /// Ordering: `Relaxed`; only uniqueness matters.
-    serials: AtomicU64,
+    /// The model's state of each session, one cache line each (see [`SessionModel`]).
+    sessions: Box<[CachePadded<SessionModel>]>,
     seats: Box<[Seat<S::Id>]>,
     /// Clients replaced in their seat while the registry still (wrongly) held them.
     orphans: Mutex<Vec<Arc<Client<S::Id>>>>,
@@ -127,7 +138,7 @@ impl<S: Subject> std::fmt::Debug for World<S> {
         f.debug_struct("World")
             .field("scope", &self.scope)
             .field("seats", &self.seats.len())
-            .field("sessions", &self.seqs.len())
+            .field("sessions", &self.sessions.len())
             .finish_non_exhaustive()
     }
 }
@@ -138,14 +149,9 @@ impl<S: Subject> World<S> {
         let subject = S::build(setup.capacity, setup.policy);
         let scope = format!("{}/{}", setup.scenario, subject.name());
         let world = Arc::new(Self {
-            seqs: (0..setup.layout.sessions)
-                .map(|_| AtomicU64::new(0))
+            sessions: (0..setup.layout.sessions)
+                .map(|_| CachePadded::default())
                 .collect(),
-            in_flight: (0..setup.layout.sessions)
-                .map(|_| Mutex::new(BTreeSet::new()))
-                .collect(),
-            direct_seq: AtomicU64::new(0),
-            serials: AtomicU64::new(0),
             seats: (0..setup.layout.clients)
                 .map(|_| Mutex::new(None))
                 .collect(),
@@ -193,7 +199,7 @@ impl<S: Subject> World<S> {
 
     /// Number of sessions.
     pub fn sessions(&self) -> usize {
-        self.seqs.len()
+        self.sessions.len()
     }
 
     /// Number of seats.
@@ -229,29 +235,29 @@ impl<S: Subject> World<S> {
     }
 
     fn cut(&self, session: u64) -> u64 {
-        // AcqRel RMW: see `seqs`.
-        self.seqs
+        // AcqRel RMW: see `SessionModel::seq`.
+        self.sessions
             .get(session as usize)
-            .map_or(0, |c| c.fetch_add(0, Ordering::AcqRel))
+            .map_or(0, |m| m.seq.fetch_add(0, Ordering::AcqRel))
     }
 
     /// The session's floor: no broadcast numbered below it is still in flight.
     fn floor(&self, session: u64) -> u64 {
-        let Some(in_flight) = self.in_flight.get(session as usize) else {
+        let Some(model) = self.sessions.get(session as usize) else {
             return 0;
         };
-        let in_flight = lock(in_flight);
-        let counter = self.cut(session);
+        let in_flight = lock(&model.in_flight);
+        // AcqRel RMW: see `SessionModel::seq`.
+        let counter = model.seq.fetch_add(0, Ordering::AcqRel);
         in_flight
             .first()
             .map_or(counter, |&oldest| oldest.min(counter))
     }
 
-    /// Records that the client is gone, cutting every session it was in.
+    /// Records that the client is gone, cutting every session it was in and its direct
+    /// sends.
     fn cut_all(&self, client: &Client<S::Id>, ledger: &mut Ledger, how: Status) {
-        // AcqRel RMW: see `direct_seq`.
-        let direct = self.direct_seq.fetch_add(0, Ordering::AcqRel);
-        ledger.gone(how, |s| self.cut(s), direct);
+        ledger.gone(how, |s| self.cut(s), client.direct_cut());
         client.gone.notify_one();
     }
 
@@ -312,11 +318,19 @@ impl<S: Subject> World<S> {
 
     /// Registers a client; returns it with its receiving end.
     pub fn connect(&self, kind: Kind) -> (Arc<Client<S::Id>>, S::Rx) {
+        let (client, rx) = self.connect_here(kind);
+        (Arc::new(client), rx)
+    }
+
+    /// Registers a client that only the caller will touch (a short-lived one, whose
+    /// receiver the caller drains itself): the same registration as
+    /// [`connect`](Self::connect), without the shared allocation a client handed to a
+    /// receiver task needs, which was about 190 of the harness's instructions per
+    /// short-lived client, the same for every design.
+    pub fn connect_here(&self, kind: Kind) -> (Client<S::Id>, S::Rx) {
         let (id, rx) = self.subject.register();
         self.tally.churn_ops.add(1);
-        // Relaxed: see `serials`.
-        let serial = self.serials.fetch_add(1, Ordering::Relaxed);
-        (Arc::new(Client::new(id, serial, kind)), rx)
+        (Client::new(id, serial::next(), kind), rx)
     }
 
     /// Hands a client's receiver to its own task.
@@ -497,27 +511,22 @@ impl<S: Subject> World<S> {
     /// Broadcasts a fresh message to `session`; returns the report and how long the registry
     /// call took.
     pub fn broadcast(&self, session: u64) -> (Outcome, Duration) {
-        let in_flight = self.in_flight.get(session as usize);
-        let seq = {
-            let entered = in_flight.map(|f| lock(f));
-            let seq = self
-                .seqs
-                .get(session as usize)
-                // AcqRel RMW: see `seqs`.
-                .map_or(0, |c| c.fetch_add(1, Ordering::AcqRel));
-            if let Some(mut entered) = entered {
-                entered.insert(seq);
-            }
+        let model = self.sessions.get(session as usize);
+        let seq = model.map_or(0, |m| {
+            let mut entered = lock(&m.in_flight);
+            // AcqRel RMW: see `SessionModel::seq`.
+            let seq = m.seq.fetch_add(1, Ordering::AcqRel);
+            entered.insert(seq);
             seq
-        };
+        });
         let msg = Msg::new(session, seq, EVERYONE, self.setup.message_size);
         let start = Instant::now();
         let outcome = self
             .guarded(|r| r.deliver(session, msg))
             .unwrap_or_default();
         let took = start.elapsed();
-        if let Some(in_flight) = in_flight {
-            lock(in_flight).remove(&seq);
+        if let Some(m) = model {
+            lock(&m.in_flight).remove(&seq);
         }
         self.tally.broadcast(&outcome);
         if !outcome_adds_up(&outcome) {
@@ -531,8 +540,7 @@ impl<S: Subject> World<S> {
 
     /// Sends a fresh message to `client` alone.
     pub fn send_to(&self, client: &Client<S::Id>) -> Sent {
-        // AcqRel RMW: see `direct_seq`.
-        let seq = self.direct_seq.fetch_add(1, Ordering::AcqRel);
+        let seq = client.next_direct();
         let msg = Msg::new(DIRECT, seq, client.serial, self.setup.message_size);
         self.tally.directs.add(1);
         let sent = self

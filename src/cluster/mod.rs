@@ -306,6 +306,7 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
                     script: publish_script,
                     sha: publish_sha,
                     deadline: b.publish_deadline,
+                    refused: tokio::sync::Notify::new(),
                 }),
             }
             .run(rx, stopped),

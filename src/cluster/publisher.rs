@@ -17,12 +17,9 @@
 //! Up to [`IN_FLIGHT`] batches are on the wire at once, so that Redis runs one
 //! while the next is framed. They share one connection, and the task hands each
 //! call to the client (its first poll) before numbering the next batch: Redis
-//! receives, and runs, batches in the order they were numbered. The task then
-//! awaits the batches' answers beside new publications, and tells each batch's
-//! callers (or keeps the batch for a resend, below). It spawns no task per
-//! batch: a task spawned on a worker takes that worker's next turn (tokio's
-//! LIFO slot) from the client's router task, which the batch's first poll has
-//! just woken and which writes the batch to Redis.
+//! receives, and runs, batches in the order they were numbered. Each batch then
+//! waits for its answer in a task of its own, which tells its callers (or hands
+//! the batch back, below).
 //!
 //! # Failures are final
 //!
@@ -40,7 +37,7 @@
 //! A batch names the script by its SHA1 (`EVALSHA`), so neither this node nor
 //! Redis handles the script's text per batch. Redis can lose the script (a
 //! restart, `SCRIPT FLUSH`); it then refuses the batch with `NOSCRIPT` and runs
-//! nothing of it. This task keeps the batch untold, then sends
+//! nothing of it. The batch goes back to this task untold, which then sends
 //! nothing new until every batch in flight has answered, and resends the refused
 //! ones in the order they were numbered, with the script's text (`EVAL`, which
 //! loads it again), before anything newer. That keeps Redis's order the
@@ -74,9 +71,9 @@ use fred::bytes_utils::Str;
 use fred::clients::{Client, Pipeline};
 use fred::interfaces::{ClientLike, LuaInterface, PubsubInterface};
 use fred::prelude::{Options, Value};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::oneshot::error::TryRecvError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinSet;
 
 use crate::sync::Arc;
 use crate::SessionId;
@@ -124,6 +121,9 @@ pub(crate) struct Link {
     pub(crate) sha: Str,
     /// How long after sending a batch Redis still accepts it.
     pub(crate) deadline: Duration,
+    /// Woken when Redis refuses a batch for a missing script, so that an idle
+    /// publisher resends it.
+    pub(crate) refused: Notify,
 }
 
 /// A session's publications in the batch being numbered: its channel, epoch,
@@ -144,10 +144,6 @@ struct Pending {
     /// Sent with the script's text (a resend), not its hash.
     full: bool,
 }
-
-/// The batches on the wire, awaiting Redis's answer; the publisher's task polls
-/// them itself (module docs).
-type InFlight = FuturesUnordered<Pin<Box<dyn Future<Output = Sent> + Send>>>;
 
 /// How a batch's call ended.
 enum Sent {
@@ -170,24 +166,15 @@ struct Refused {
 }
 
 impl Refused {
-    fn settle(&mut self, sent: Option<Sent>) {
-        match sent {
-            Some(Sent::Told(Some(index))) => self.last_ran = self.last_ran.max(index),
-            Some(Sent::Told(None)) | None => {}
-            Some(Sent::NoScript(p)) => self.held.push(p),
+    fn settle(&mut self, joined: Option<Result<Sent, tokio::task::JoinError>>) {
+        match joined {
+            Some(Ok(Sent::Told(Some(index)))) => self.last_ran = self.last_ran.max(index),
+            Some(Ok(Sent::Told(None))) => {}
+            Some(Ok(Sent::NoScript(p))) => self.held.push(p),
+            // A batch task that panicked told nobody; there is nothing to resend.
+            Some(Err(_)) | None => {}
         }
     }
-}
-
-/// The next answer already in, if any, without waiting for one.
-async fn answered(in_flight: &mut InFlight) -> Option<Sent> {
-    std::future::poll_fn(|cx| {
-        Poll::Ready(match in_flight.poll_next_unpin(cx) {
-            Poll::Ready(sent) => sent,
-            Poll::Pending => None,
-        })
-    })
-    .await
 }
 
 /// Redis refused the call because it does not have the script.
@@ -214,7 +201,7 @@ impl Publisher {
     ) {
         let mut streams = Streams::new(self.max_streams);
         let mut queued: Vec<Outgoing> = Vec::with_capacity(BATCH);
-        let mut in_flight = InFlight::new();
+        let mut in_flight: JoinSet<Sent> = JoinSet::new();
         let mut refused = Refused::default();
         let mut batches = 0u64;
         let mut groups: Vec<Group> = Vec::new();
@@ -223,15 +210,15 @@ impl Publisher {
         // for each other.
         let limit = if self.link.sharded { 1 } else { IN_FLIGHT };
         loop {
-            while let Some(sent) = answered(&mut in_flight).await {
-                refused.settle(Some(sent));
+            while let Some(joined) = in_flight.try_join_next() {
+                refused.settle(Some(joined));
             }
             if !refused.held.is_empty() {
                 self.resend(&mut in_flight, &mut refused, limit).await;
                 continue;
             }
             if in_flight.len() >= limit {
-                refused.settle(in_flight.next().await);
+                refused.settle(in_flight.join_next().await);
                 continue;
             }
             // What a full batch left over goes first.
@@ -239,11 +226,11 @@ impl Publisher {
                 let n = tokio::select! {
                     biased;
                     _ = &mut stop => break,
-                    // Answers are read while nothing new comes: their callers
-                    // wait, and a batch refused for the script is resent then
-                    // (top of the loop), whether or not anything new comes.
-                    Some(sent) = in_flight.next(), if !in_flight.is_empty() => {
-                        refused.settle(Some(sent));
+                    // A refused batch's callers wait for its resend, whether or
+                    // not anything new comes. (The batch's task may not have
+                    // ended yet; `resend` awaits every one.)
+                    () = self.link.refused.notified() => {
+                        self.resend(&mut in_flight, &mut refused, limit).await;
                         continue;
                     }
                     n = rx.recv_many(&mut queued, BATCH) => n,
@@ -342,8 +329,8 @@ impl Publisher {
         // The batches sent get their true outcome before the rest is refused;
         // those Redis refused for the script are resent first.
         loop {
-            while let Some(sent) = in_flight.next().await {
-                refused.settle(Some(sent));
+            while let Some(joined) = in_flight.join_next().await {
+                refused.settle(Some(joined));
             }
             if refused.held.is_empty() {
                 break;
@@ -362,8 +349,13 @@ impl Publisher {
     }
 
     /// Hands `pending` to the client before anything numbered after it, and
-    /// puts its answer with those awaited.
-    async fn dispatch(&self, pending: Pending, in_flight: &mut InFlight, refused: &mut Refused) {
+    /// leaves its answer to a task of its own.
+    async fn dispatch(
+        &self,
+        pending: Pending,
+        in_flight: &mut JoinSet<Sent>,
+        refused: &mut Refused,
+    ) {
         let mut call: Pin<Box<dyn Future<Output = Sent> + Send>> =
             Box::pin(Arc::clone(&self.link).send(pending));
         // The first poll hands the command to the client, in numbering order:
@@ -374,8 +366,10 @@ impl Publisher {
         // router writes that queue in order on this one connection. The answer
         // is awaited beside the next batches.
         match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
-            Poll::Ready(sent) => refused.settle(Some(sent)),
-            Poll::Pending => in_flight.push(call),
+            Poll::Ready(sent) => refused.settle(Some(Ok(sent))),
+            Poll::Pending => {
+                in_flight.spawn(call);
+            }
         }
     }
 
@@ -383,9 +377,9 @@ impl Publisher {
     /// refused for a missing script, once every batch in flight has answered
     /// (module docs, "The script by its hash"). One that a later batch may have
     /// overtaken fails instead.
-    async fn resend(&self, in_flight: &mut InFlight, refused: &mut Refused, limit: usize) {
-        while let Some(sent) = in_flight.next().await {
-            refused.settle(Some(sent));
+    async fn resend(&self, in_flight: &mut JoinSet<Sent>, refused: &mut Refused, limit: usize) {
+        while let Some(joined) = in_flight.join_next().await {
+            refused.settle(Some(joined));
         }
         let mut held = std::mem::take(&mut refused.held);
         held.sort_unstable_by_key(|p| p.index);
@@ -401,7 +395,7 @@ impl Publisher {
                 continue;
             }
             while in_flight.len() >= limit {
-                refused.settle(in_flight.next().await);
+                refused.settle(in_flight.join_next().await);
             }
             p.full = true;
             self.dispatch(p, in_flight, refused).await;
@@ -424,6 +418,7 @@ impl Link {
         };
         if let Err(e) = &result {
             if !p.full && no_script(e) {
+                self.refused.notify_one();
                 return Sent::NoScript(p);
             }
         }

@@ -296,6 +296,19 @@ impl StartLine {
         #[cfg(not(switchboard_loom))]
         self.barrier.wait();
     }
+
+    /// Spawns a thread that waits at this line, then runs `f`.
+    pub fn spawn<T, F>(&self, f: F) -> thread::JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let start = self.clone();
+        thread::spawn(move || {
+            start.wait();
+            f()
+        })
+    }
 }
 
 /// The interval of real time in which an operation ran, in [`Clock`] ticks.

@@ -39,9 +39,8 @@ fn awaiting_receiver_gets_the_message_then_the_end() {
         let (id, mut rx) = register(&registry);
         let start = StartLine::new(2);
         let sender = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
+            let registry = registry.clone();
+            start.spawn(move || {
                 assert_eq!(registry.send(id, 1), Ok(()));
                 assert!(registry.unregister(id).is_ok());
             })
@@ -65,9 +64,8 @@ fn awaiting_receiver_is_woken_by_the_close_alone() {
         let (id, mut rx) = register(&registry);
         let start = StartLine::new(2);
         let closer = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
+            let registry = registry.clone();
+            start.spawn(move || {
                 assert!(registry.unregister(id).is_ok());
             })
         };
@@ -92,11 +90,8 @@ fn waiting_sender_is_woken_by_a_receive() {
         assert_eq!(registry.send(id, 1), Ok(()), "fills the ring");
         let start = StartLine::new(2);
         let waiting = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
-                block_on(registry.send_timeout(id, 2, Duration::MAX))
-            })
+            let registry = registry.clone();
+            start.spawn(move || block_on(registry.send_timeout(id, 2, Duration::MAX)))
         };
         start.wait();
         let got: Vec<u32> = (0..2)
@@ -124,11 +119,8 @@ fn concurrent_sends_into_a_lapping_ring() {
         assert_eq!(registry.send(id, 1), Ok(()), "index 0; the next ones lap");
         let start = StartLine::new(3);
         let spawn_send = |msg: u32| {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
-                registry.send(id, msg)
-            })
+            let registry = registry.clone();
+            start.spawn(move || registry.send(id, msg))
         };
         let (two, three) = (spawn_send(2), spawn_send(3));
         start.wait();
@@ -168,11 +160,8 @@ fn waiting_sender_is_woken_by_the_close() {
         assert_eq!(registry.send(id, 1), Ok(()), "fills the ring");
         let start = StartLine::new(2);
         let waiting = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
-                block_on(registry.send_timeout(id, 2, Duration::MAX))
-            })
+            let registry = registry.clone();
+            start.spawn(move || block_on(registry.send_timeout(id, 2, Duration::MAX)))
         };
         start.wait();
         assert!(registry.unregister(id).is_ok());
@@ -202,11 +191,8 @@ fn waiting_sender_is_woken_by_the_receivers_drop() {
             assert_eq!(registry.send(id, 1), Ok(()), "fills the ring");
             let start = StartLine::new(2);
             let waiting = {
-                let (registry, start) = (registry.clone(), start.clone());
-                spawn(move || {
-                    start.wait();
-                    block_on(registry.send_timeout(id, 2, Duration::MAX))
-                })
+                let registry = registry.clone();
+                start.spawn(move || block_on(registry.send_timeout(id, 2, Duration::MAX)))
             };
             start.wait();
             drop(rx);
@@ -236,9 +222,8 @@ fn send_into_the_outer_slots_races_their_allocation() {
         }
         let start = StartLine::new(2);
         let sender = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
+            let registry = registry.clone();
+            start.spawn(move || {
                 assert_eq!(registry.send(id, 4), Ok(()));
             })
         };
@@ -266,9 +251,8 @@ fn try_recv_never_reports_empty_behind_a_send_in_progress() {
         let (id, mut rx) = register(&registry);
         let start = StartLine::new(2);
         let other = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
+            let registry = registry.clone();
+            start.spawn(move || {
                 assert_eq!(registry.send(id, 1), Ok(()));
             })
         };
@@ -298,9 +282,8 @@ fn a_send_wakes_a_receiver_that_parked_or_finds_it_not_parked() {
         let (id, mut rx) = register(&registry);
         let start = StartLine::new(2);
         let sender = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
+            let registry = registry.clone();
+            start.spawn(move || {
                 assert_eq!(registry.send(id, 1), Ok(()));
                 assert_eq!(registry.send(id, 2), Ok(()));
             })
@@ -375,16 +358,12 @@ fn a_close_ends_a_parking_receiver() {
         let (id, mut rx) = register(&registry);
         let start = StartLine::new(3);
         let sender = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
-                registry.send(id, 1)
-            })
+            let registry = registry.clone();
+            start.spawn(move || registry.send(id, 1))
         };
         let closer = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
+            let registry = registry.clone();
+            start.spawn(move || {
                 assert!(registry.unregister(id).is_ok());
             })
         };

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeSet;
 
-use loom_tests::thread::spawn;
 use loom_tests::{check, drain, join, linearizations, register, registry, Clock, Span, StartLine};
 use switchboard::{
     BroadcastError, BroadcastReport, ClientError, ClientId, ClientInfo, RegisterError, Registry,
@@ -53,20 +52,16 @@ fn stale_id_never_reaches_the_slots_next_occupant() {
         let start = StartLine::new(3);
 
         let leaver = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
+            let registry = registry.clone();
+            start.spawn(move || {
                 let gone = registry.unregister(a).expect("a is connected");
                 assert_eq!(gone.id, a);
                 register(&registry)
             })
         };
         let joiner = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
-                register(&registry)
-            })
+            let registry = registry.clone();
+            start.spawn(move || register(&registry))
         };
         start.wait();
         let sent = registry.send(a, OLD);
@@ -136,18 +131,16 @@ fn broadcast_reaches_exactly_one_snapshot() {
         let start = StartLine::new(3);
 
         let attacher = {
-            let (registry, clock, start) = (registry.clone(), clock.clone(), start.clone());
-            spawn(move || {
-                start.wait();
+            let (registry, clock) = (registry.clone(), clock.clone());
+            start.spawn(move || {
                 let (joined, span) = clock.time(|| registry.attach(b, ROOM));
                 assert_eq!(joined, Ok(true));
                 span
             })
         };
         let detacher = {
-            let (registry, clock, start) = (registry.clone(), clock.clone(), start.clone());
-            spawn(move || {
-                start.wait();
+            let (registry, clock) = (registry.clone(), clock.clone());
+            start.spawn(move || {
                 let (left, span) = clock.time(|| registry.detach(a, ROOM));
                 assert_eq!(left, Ok(()));
                 span
@@ -253,18 +246,16 @@ fn broadcast_reaches_one_snapshot_across_a_compaction() {
             let start = StartLine::new(3);
 
             let attacher = {
-                let (registry, clock, start) = (registry.clone(), clock.clone(), start.clone());
-                spawn(move || {
-                    start.wait();
+                let (registry, clock) = (registry.clone(), clock.clone());
+                start.spawn(move || {
                     let (joined, span) = clock.time(|| registry.attach(b, ROOM));
                     assert_eq!(joined, Ok(true));
                     span
                 })
             };
             let compactor = {
-                let (registry, clock, start) = (registry.clone(), clock.clone(), start.clone());
-                spawn(move || {
-                    start.wait();
+                let (registry, clock) = (registry.clone(), clock.clone());
+                start.spawn(move || {
                     let (left, span) = clock.time(|| registry.detach(x, ROOM));
                     assert_eq!(left, Ok(()));
                     span
@@ -342,16 +333,14 @@ fn concurrent_attaches_lose_no_member() {
         let start = StartLine::new(3);
 
         let attacher = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
+            let registry = registry.clone();
+            start.spawn(move || {
                 assert_eq!(registry.attach(a, ROOM), Ok(true));
             })
         };
         let detacher = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
+            let registry = registry.clone();
+            start.spawn(move || {
                 assert_eq!(registry.detach(c, ROOM), Ok(()));
             })
         };
@@ -406,9 +395,8 @@ fn unregister_is_final() {
         let start = StartLine::new(3);
 
         let leaver = {
-            let (registry, clock, start) = (registry.clone(), clock.clone(), start.clone());
-            spawn(move || {
-                start.wait();
+            let (registry, clock) = (registry.clone(), clock.clone());
+            start.spawn(move || {
                 let (gone, span) = clock.time(|| registry.unregister(a));
                 let gone = gone.expect("a is connected");
                 assert_eq!(gone.sessions, vec![SessionId::from(ROOM)]);
@@ -429,14 +417,11 @@ fn unregister_is_final() {
             })
         };
         let sender = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
-                match registry.send(a, DIRECT) {
-                    Ok(()) => true,
-                    Err(SendError::Unknown(DIRECT, _) | SendError::Closed(DIRECT)) => false,
-                    Err(other) => panic!("unexpected send outcome {other:?}"),
-                }
+            let registry = registry.clone();
+            start.spawn(move || match registry.send(a, DIRECT) {
+                Ok(()) => true,
+                Err(SendError::Unknown(DIRECT, _) | SendError::Closed(DIRECT)) => false,
+                Err(other) => panic!("unexpected send outcome {other:?}"),
             })
         };
         start.wait();
@@ -513,20 +498,16 @@ fn unregister_leaves_no_membership_behind() {
         let start = StartLine::new(3);
 
         let leaver = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
+            let registry = registry.clone();
+            start.spawn(move || {
                 registry
                     .unregister(a)
                     .expect("only this thread unregisters a")
             })
         };
         let attacher = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
-                registry.attach(a, OTHER)
-            })
+            let registry = registry.clone();
+            start.spawn(move || registry.attach(a, OTHER))
         };
         start.wait();
         let detached = registry.detach(a, ROOM);
@@ -589,11 +570,8 @@ fn full_channel_is_disconnected_exactly_once() {
         let start = StartLine::new(2);
 
         let other = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
-                registry.broadcast(ROOM, 2)
-            })
+            let registry = registry.clone();
+            start.spawn(move || registry.broadcast(ROOM, 2))
         };
         start.wait();
         let mine = registry.broadcast(ROOM, 3);
@@ -643,11 +621,8 @@ fn concurrent_registrations_get_distinct_ids() {
         let registry = registry(1);
         let start = StartLine::new(3);
         let spawn_register = |registry: &Registry<u32>| {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
-                register(&registry)
-            })
+            let registry = registry.clone();
+            start.spawn(move || register(&registry))
         };
         let first = spawn_register(&registry);
         let second = spawn_register(&registry);
@@ -690,11 +665,8 @@ fn concurrent_registrations_respect_the_client_limit() {
             .expect("valid settings");
         let start = StartLine::new(3);
         let spawn_register = |registry: &Registry<u32>| {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
-                registry.register(ClientInfo::new()).map(|(id, _rx)| id)
-            })
+            let registry = registry.clone();
+            start.spawn(move || registry.register(ClientInfo::new()).map(|(id, _rx)| id))
         };
         let first = spawn_register(&registry);
         let second = spawn_register(&registry);
@@ -743,9 +715,8 @@ fn takeover_never_resolves_a_key_to_none_or_both() {
         assert_eq!(registry.attach(old, ROOM), Ok(true));
         let start = StartLine::new(2);
         let newcomer = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
+            let registry = registry.clone();
+            start.spawn(move || {
                 let registration = registry.register_with_report(device()).expect("room");
                 let took_over = registration.took_over.map(|report| report.id);
                 (registration.id, registration.receiver, took_over)
@@ -819,17 +790,15 @@ fn freed_slots_come_back_once_each_under_the_next_generation() {
         let start = StartLine::new(3);
 
         let leaver = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
+            let registry = registry.clone();
+            start.spawn(move || {
                 assert!(registry.unregister(a).is_ok());
                 assert!(registry.unregister(b).is_ok());
             })
         };
         let joiner = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
+            let registry = registry.clone();
+            start.spawn(move || {
                 let first = register(&registry);
                 let second = register(&registry);
                 [first, second]

@@ -6,7 +6,6 @@
 //! answers agrees with itself: the index sets, the key map and the profiles name
 //! exactly the clients that are online, with the last config applied.
 
-use loom_tests::thread::spawn;
 use loom_tests::{check, join, registry, StartLine};
 use switchboard::{
     ClientId, ClientInfo, ClientKind, DeviceConfig, Filter, Receiver, Registry, SystemInfo,
@@ -77,11 +76,8 @@ fn a_registration_racing_an_unregister_of_its_id_leaves_nothing_behind() {
             let guess = next_id(&registry);
             let start = StartLine::new(2);
             let registrar = {
-                let (registry, start) = (registry.clone(), start.clone());
-                spawn(move || {
-                    start.wait();
-                    registry.register(device(&["t"])).expect("room")
-                })
+                let registry = registry.clone();
+                start.spawn(move || registry.register(device(&["t"])).expect("room"))
             };
             start.wait();
             let removed = registry.unregister(guess).is_ok();
@@ -112,11 +108,8 @@ fn an_update_racing_a_registration_leaves_the_tag_index_right() {
             let guess = next_id(&registry);
             let start = StartLine::new(2);
             let registrar = {
-                let (registry, start) = (registry.clone(), start.clone());
-                spawn(move || {
-                    start.wait();
-                    registry.register(device(&["t"])).expect("room")
-                })
+                let registry = registry.clone();
+                start.spawn(move || registry.register(device(&["t"])).expect("room"))
             };
             start.wait();
             let updated = registry
@@ -155,11 +148,8 @@ fn a_reload_racing_a_registration_is_not_lost() {
             .expect("valid settings");
         let start = StartLine::new(2);
         let registrar = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
-                registry.register(device(&[])).expect("room")
-            })
+            let registry = registry.clone();
+            start.spawn(move || registry.register(device(&[])).expect("room"))
         };
         start.wait();
         let reloaded = registry.apply_config(tier(2));
@@ -188,9 +178,8 @@ fn a_reload_racing_an_update_is_not_lost() {
         let (_id, _rx) = registry.register(device(&[])).expect("room");
         let start = StartLine::new(2);
         let updater = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
+            let registry = registry.clone();
+            start.spawn(move || {
                 registry
                     .update_system_info(KEY, |s| s.memory_available = Some(5))
                     .expect("online")
@@ -233,9 +222,8 @@ fn a_double_takeover_keeps_every_room() {
         }
         let start = StartLine::new(2);
         let first = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
+            let registry = registry.clone();
+            start.spawn(move || {
                 registry
                     .register(ClientInfo::new().with_key(KEY))
                     .expect("room")

@@ -12,7 +12,6 @@
 //! `Acquire`/`Release` lets two holders' accesses to the client's state race (all
 //! three: loom reports the unsynchronised access).
 
-use loom_tests::thread::spawn;
 use loom_tests::{check, drain, join, register, registry, StartLine};
 use switchboard::{ClientError, ClientInfo, SendError, SessionId, TryRecvError};
 
@@ -34,11 +33,8 @@ fn an_attach_racing_an_unregister_leaves_the_client_gone() {
         let (a, mut rx) = register(&registry);
         let start = StartLine::new(2);
         let attacher = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
-                registry.attach(a, ROOM)
-            })
+            let registry = registry.clone();
+            start.spawn(move || registry.attach(a, ROOM))
         };
         start.wait();
         let report = registry
@@ -90,19 +86,15 @@ fn a_send_reads_through_a_locked_slot() {
             let (a, mut rx) = register(&registry);
             let start = StartLine::new(3);
             let attacher = {
-                let (registry, start) = (registry.clone(), start.clone());
-                spawn(move || {
-                    start.wait();
+                let registry = registry.clone();
+                start.spawn(move || {
                     // Ok or Gone; L1 checks which agrees with the report.
                     let _ = registry.attach(a, ROOM);
                 })
             };
             let sender = {
-                let (registry, start) = (registry.clone(), start.clone());
-                spawn(move || {
-                    start.wait();
-                    registry.send(a, 1)
-                })
+                let registry = registry.clone();
+                start.spawn(move || registry.send(a, 1))
             };
             start.wait();
             let _gone = registry
@@ -158,9 +150,8 @@ fn a_takeover_racing_a_detach_moves_the_room_or_not_once() {
         assert_eq!(registry.attach(old, ROOM), Ok(true));
         let start = StartLine::new(2);
         let newcomer = {
-            let (registry, start) = (registry.clone(), start.clone());
-            spawn(move || {
-                start.wait();
+            let registry = registry.clone();
+            start.spawn(move || {
                 registry
                     .register(ClientInfo::new().with_key(KEY))
                     .expect("room")

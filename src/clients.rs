@@ -130,6 +130,19 @@ impl<M> Clients<M> {
         Ok(ClientLock::new(guard))
     }
 
+    /// [`lock`](Self::lock) for a client that is still connected: `Gone` once its
+    /// departure has begun (`connected` cleared, entry not yet unlinked), which is
+    /// what every call on a live client wants.
+    #[inline]
+    pub(crate) fn lock_connected(&self, id: ClientId) -> Result<ClientLock<'_, M>, ClientError> {
+        let client = self.lock(id)?;
+        if client.connected {
+            Ok(client)
+        } else {
+            Err(ClientError::Gone(id))
+        }
+    }
+
     /// Takes `entry`'s lock if it is still in its slot; otherwise its state, which
     /// no longer changes.
     pub(crate) fn lock_entry<'a>(&'a self, entry: &'a Arc<ClientEntry<M>>) -> Locked<'a, M> {

@@ -530,10 +530,7 @@ impl<M> Registry<M> {
     /// ```
     pub fn attach(&self, id: ClientId, session: impl Into<SessionId>) -> Result<bool, AttachError> {
         let key = session.into();
-        let mut client = self.inner.clients.lock(id)?;
-        if !client.connected {
-            return Err(ClientError::Gone(id).into());
-        }
+        let mut client = self.inner.clients.lock_connected(id)?;
         self.attach_locked(&mut client, key)
     }
 
@@ -582,10 +579,7 @@ impl<M> Registry<M> {
     /// ```
     pub fn detach(&self, id: ClientId, session: impl Into<SessionId>) -> Result<(), DetachError> {
         let key = session.into();
-        let mut client = self.inner.clients.lock(id)?;
-        if !client.connected {
-            return Err(ClientError::Gone(id).into());
-        }
+        let mut client = self.inner.clients.lock_connected(id)?;
         let Some(position) = client.position(&key) else {
             return Err(DetachError::NotAttached {
                 client: id,
@@ -690,10 +684,7 @@ impl<M> Registry<M> {
     /// # Ok::<(), switchboard::ClientError>(())
     /// ```
     pub fn sessions_of(&self, id: ClientId) -> Result<Vec<SessionId>, ClientError> {
-        let state = self.inner.clients.lock(id)?;
-        if !state.connected {
-            return Err(ClientError::Gone(id));
-        }
+        let state = self.inner.clients.lock_connected(id)?;
         Ok(state.sessions.keys().cloned().collect())
     }
 

@@ -162,12 +162,9 @@ impl<M> Registry<M> {
         let mut updated = 0;
         // The walk comes after the new config is published; see `Fleet::reload`.
         let config = self.fleet().reload(config, |config, id| {
-            let Ok(mut state) = self.clients().lock(id) else {
+            let Ok(mut state) = self.clients().lock_connected(id) else {
                 return;
             };
-            if !state.connected {
-                return;
-            }
             let current = state.entry().info();
             let reported = state.reported(&current);
             let (next, reported) = self.apply_profile(state.entry(), &current, reported, config);

@@ -18,6 +18,14 @@
 //! ([`channel_size`]) plus the ring's outer slots if they have been allocated. Everything
 //! else a client costs (the rest of its entry, its slot and generation, session cells and
 //! maps) is the registry's.
+//!
+//! # Leak checks
+//!
+//! An unregistered client's entry is freed through the epoch, and a thread hands its
+//! unlinked entries over 64 at a time; up to 63 wait on each thread for its next
+//! unregistrations, and handed-over ones for the epoch to advance. A check that live
+//! heap came back after a teardown calls [`release_thread_garbage`] on every thread
+//! that used a registry first, so that it judges leaks, not frees still pending.
 
 use crate::channel::{Channel, Rejected};
 use crate::client::{ChannelRef, ClientEntry};
@@ -159,5 +167,16 @@ mod tests {
         let grown = channel_bytes(&rx);
         assert!(grown > bare, "{grown} <= {bare}");
         assert!(grown - bare >= capacity / 2 * std::mem::size_of::<u64>());
+    }
+}
+
+/// Hands this thread's unlinked client entries to the epoch and collects what the
+/// epoch lets go (see "Leak checks" in this module's docs). Repeated calls, on every
+/// thread that used a registry, free every entry no reader still holds.
+pub fn release_thread_garbage() {
+    #[cfg(not(switchboard_loom))]
+    {
+        crate::sync::flush_pending();
+        crossbeam_epoch::pin().flush();
     }
 }

@@ -127,7 +127,7 @@ pub(crate) use bounded_queue::BoundedQueue;
 #[cfg(switchboard_loom)]
 pub(crate) use lock_free_map::LockFreeMap;
 pub(crate) use once_arc::OnceArc;
-#[cfg(all(test, not(switchboard_loom)))]
+#[cfg(not(switchboard_loom))]
 pub(crate) use slot_cell::flush_pending;
 pub(crate) use slot_cell::{Retained, SlotCell, SlotGuard, TAG_PAYLOAD_BITS};
 pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};

@@ -79,7 +79,7 @@
     reason = "epoch reclamation needs raw pointers; see each SAFETY"
 )]
 
-#[cfg(all(test, not(switchboard_loom)))]
+#[cfg(not(switchboard_loom))]
 pub(crate) use epoch_cell::flush_pending;
 #[cfg(not(switchboard_loom))]
 pub(crate) use epoch_cell::{Retained, SlotCell, SlotGuard};
@@ -272,9 +272,8 @@ mod epoch_cell {
         guard.flush();
     }
 
-    /// Hands this thread's waiting values to the epoch now, for tests that wait
-    /// for one to be freed.
-    #[cfg(test)]
+    /// Hands this thread's waiting values to the epoch now, for tests and leak
+    /// checks that wait for one to be freed.
     pub(crate) fn flush_pending() {
         let taken = PENDING.with(|pending| pending.borrow_mut().take());
         hand_over(&taken.0[..taken.1]);

@@ -77,6 +77,47 @@ pub fn live_bytes() -> i64 {
     LIVE.iter().map(|s| s.load(Ordering::Relaxed)).sum()
 }
 
+/// Gives every runtime worker's pending frees the chance to run, and returns the live
+/// heap after it and the bytes it freed.
+///
+/// switchboard frees an unregistered client's entry through the epoch, handed over 64
+/// at a time per thread (see its `bench_support` "Leak checks"), so a teardown leaves
+/// up to 63 entries waiting on each worker, and handed-over ones waiting for the epoch
+/// to advance. A leak check taken at once would judge those pending frees, whose
+/// amount depends on how far each thread's batch had filled; this releases them on
+/// every worker first (small tasks until each worker has run one, four rounds so the
+/// epoch advances past every handed-over batch), so the check judges leaks. What it
+/// freed is returned to be reported beside the check.
+pub async fn settle() -> (i64, i64) {
+    let before = live_bytes();
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    for _round in 0..4 {
+        switchboard::bench_support::release_thread_garbage();
+        let mut seen = std::collections::HashSet::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while seen.len() < workers && std::time::Instant::now() < deadline {
+            let tasks: Vec<_> = (0..workers * 4)
+                .map(|_| {
+                    tokio::spawn(async {
+                        switchboard::bench_support::release_thread_garbage();
+                        std::thread::current().id()
+                    })
+                })
+                .collect();
+            for task in tasks {
+                if let Ok(id) = task.await {
+                    seen.insert(id);
+                }
+            }
+            if seen.len() < workers {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+    }
+    let after = live_bytes();
+    (after, before - after)
+}
+
 /// Resident set size from `/proc/self/statm`, or `None` where there is none.
 pub fn rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;

@@ -680,11 +680,12 @@ impl Report {
             );
             let _ = writeln!(
                 o,
-                "  heap: start {}, populated {}, peak {}, end {}; registry kept {} after all left; peak RSS {}",
+                "  heap: start {}, populated {}, peak {}, end {} (after {} of pending frees ran); registry kept {} after all left; peak RSS {}",
                 bytes(k.heap.start),
                 bytes(k.populated.heap),
                 bytes(k.peak.heap),
                 bytes(k.heap.end),
+                bytes(k.heap.pending_frees),
                 bytes(k.retained_bytes),
                 k.peak.rss.map_or_else(|| "-".into(), |r| bytes(r as i64)),
             );

@@ -63,7 +63,7 @@ pub async fn run(ctx: &Arc<Ctx>) -> ChurnResult {
         .iter()
         .map(|c| Arc::new(Recorder::new("churn", c)))
         .collect();
-    let start = heap::live_bytes();
+    let (start, _) = heap::settle().await;
     let mut contenders = BTreeMap::new();
     let joins = [
         isolated_join::<SwitchboardRegistry<Msg>>(ctx, CONTENDERS[0]).await,
@@ -87,7 +87,7 @@ pub async fn run(ctx: &Arc<Ctx>) -> ChurnResult {
             );
         }
     }
-    let heap = ctx.heap_check("churn/teardown", start);
+    let heap = ctx.heap_check("churn/teardown", start).await;
     ChurnResult { contenders, heap }
 }
 

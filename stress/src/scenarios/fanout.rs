@@ -324,7 +324,7 @@ pub async fn run(ctx: &Ctx) -> Fanout {
     for r in &recorders {
         ctx.timeline.track(r);
     }
-    let start = heap::live_bytes();
+    let (start, _) = heap::settle().await;
     let mut rows = Vec::new();
     for &n in &ctx.plan.fanout_sizes {
         ctx.progress.phase(format!(
@@ -335,7 +335,7 @@ pub async fn run(ctx: &Ctx) -> Fanout {
         row.cold = cold::measure(ctx, n).await;
         rows.push(row);
     }
-    let heap = ctx.heap_check("fanout/teardown", start);
+    let heap = ctx.heap_check("fanout/teardown", start).await;
     let mut latency = BTreeMap::new();
     for (name, r) in CONTENDERS.iter().chain([&OWN_FLOOR]).zip(&recorders) {
         ctx.timeline.untrack(r);

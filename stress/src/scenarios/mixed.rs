@@ -87,7 +87,7 @@ pub async fn run(ctx: &Arc<Ctx>) -> MixedResult {
         .iter()
         .map(|c| Arc::new(Recorder::new("mixed", c)))
         .collect();
-    let start = heap::live_bytes();
+    let (start, _) = heap::settle().await;
     let discarded = DISCARDED.get();
     let slices = if plan.quick { QUICK_SLICES } else { SLICES };
     let slice = plan.mixed.duration / slices;
@@ -132,7 +132,7 @@ pub async fn run(ctx: &Arc<Ctx>) -> MixedResult {
     }
     // All three lived at once, so their message handles are balanced together.
     ctx.balance("mixed/teardown", discarded, &counts);
-    let heap = ctx.heap_check("mixed/teardown", start);
+    let heap = ctx.heap_check("mixed/teardown", start).await;
     MixedResult { contenders, heap }
 }
 

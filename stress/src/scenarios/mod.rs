@@ -200,6 +200,9 @@ pub struct HeapCheck {
     pub start: i64,
     /// After everything of it was dropped.
     pub end: i64,
+    /// What the pending frees released at teardown held (`heap::settle`); not counted
+    /// in `end`.
+    pub pending_frees: i64,
 }
 
 impl Ctx {
@@ -232,13 +235,18 @@ impl Ctx {
             .expect(verdict.is_ok(), scope, || verdict.err().unwrap_or_default());
     }
 
-    /// Checks that live heap came back to `start`, under `scope`.
-    pub fn heap_check(&self, scope: &str, start: i64) -> HeapCheck {
-        let end = heap::live_bytes();
+    /// Checks that live heap came back to `start` once the pending frees ran
+    /// (`heap::settle`), under `scope`.
+    pub async fn heap_check(&self, scope: &str, start: i64) -> HeapCheck {
+        let (end, pending_frees) = heap::settle().await;
         let verdict = heap_returned(start, end);
         self.violations
             .expect(verdict.is_ok(), scope, || verdict.err().unwrap_or_default());
-        HeapCheck { start, end }
+        HeapCheck {
+            start,
+            end,
+            pending_frees,
+        }
     }
 }
 

@@ -54,7 +54,7 @@ pub struct Soak {
 pub async fn run(ctx: &Ctx) -> Soak {
     let plan = &ctx.plan;
     let recorder = Arc::new(Recorder::new("soak", "switchboard"));
-    let start = heap::live_bytes();
+    let (start, _) = heap::settle().await;
     ctx.progress.phase(format!(
         "soak: switchboard, {} clients, {:.0?}",
         plan.soak.layout.clients, plan.soak.duration
@@ -158,7 +158,7 @@ pub async fn run(ctx: &Ctx) -> Soak {
     let retained_bytes = world.retained_bytes();
     drop(world);
     ctx.timeline.untrack(&recorder);
-    let heap = ctx.heap_check("soak/teardown", start);
+    let heap = ctx.heap_check("soak/teardown", start).await;
     let latency = recorder.summary();
     ctx.absorb(&recorder);
     Soak {

@@ -36,8 +36,9 @@ pub struct Shared {
     pub load_interval: Duration,
     /// Load messages sent, per node.
     pub load_sent: Box<[AtomicU64]>,
-    /// `publish_failed` errors the load clients got.
-    pub load_failed: AtomicU64,
+    /// `publish_failed` errors the load clients got, per node: the publishing node's
+    /// sink got those locally, the other nodes' sinks never see them.
+    pub load_failed: Box<[AtomicU64]>,
     /// Load messages each node's sink received.
     pub sunk: Box<[AtomicU64]>,
     pub nodes: usize,
@@ -190,7 +191,7 @@ pub async fn run(
                     }
                     Kind::Load => {
                         if text.contains("publish_failed") {
-                            shared.load_failed.fetch_add(1, Relaxed);
+                            shared.load_failed[role.node].fetch_add(1, Relaxed);
                         } else {
                             shared.other_errors.fetch_add(1, Relaxed);
                         }

@@ -338,11 +338,19 @@ impl<M> Channel<M> {
     }
 
     /// Wakes every waiting sender if `before`, the state a release or close
-    /// changed, had `WAITERS` set.
+    /// changed, had `WAITERS` set. Inlined: every receive runs the test, and the
+    /// call around it cost more than the test itself.
+    #[inline]
     fn wake_waiters(&self, before: usize) {
-        if before & WAITERS == 0 {
-            return;
+        if before & WAITERS != 0 {
+            self.wake_all_waiters();
         }
+    }
+
+    /// [`wake_waiters`](Self::wake_waiters)' rare half: takes and wakes them all.
+    #[cold]
+    #[inline(never)]
+    fn wake_all_waiters(&self) {
         let wakers = {
             let mut waiters = lock(&self.waiters);
             // Relaxed: under the lock; see `Waiter`.

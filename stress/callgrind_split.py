@@ -6,7 +6,13 @@ Self cost goes by the source file of the (possibly inlined) line, else by the ow
 containing symbol (the first non-std crate named in it). Functions owned by no one (std,
 core, libc: the allocator, memcpy, the clock) are transparent: their self cost is handed to
 their callers in proportion to the cost of each caller's calls, up the graph.
-usage: callgrind_split.py callgrind.out OPS [--top N]
+usage: callgrind_split.py callgrind.out OPS [--top N] [--channel-by-file]
+
+`--channel-by-file` counts every line of the channel's files (`src/channel.rs`,
+`src/sync/bounded_queue.rs`, `src/sync/waker_slot.rs`), send side included, and
+tokio's `sync` module (DashMap's channel) as the channel; by default the send side
+goes to the registry. Profiles taken with `--dump-instr=yes` (for `locked_rmws.py`)
+are read too.
 
 Recipe (the README's "harness" paragraph under "Load test"): build with
 `RUSTFLAGS="-C symbol-mangling-version=v0" CARGO_PROFILE_RELEASE_DEBUG=1 cargo build
@@ -19,6 +25,9 @@ import os, re, sys, collections
 # The repository this script sits in: its `src/` is switchboard, the registry.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Set by `--channel-by-file`; see the usage.
+CHANNEL_BY_FILE = '--channel-by-file' in sys.argv
+
 STD = {'core', 'std', 'alloc', '__rustc', 'hashbrown_std'}
 REG = {'switchboard', 'baselines', 'dashmap', 'papaya', 'crossbeam_epoch', 'crossbeam_utils',
        'seize', 'arc_swap', 'foldhash', 'slab', 'hashbrown', 'lock_api', 'parking_lot',
@@ -30,9 +39,11 @@ def cat_file(f):
     if '/benches/baselines/' in f: return 'registry'
     if f.startswith(ROOT + '/src/'):
         # The channel's receive side is told apart by symbol (see `cat_sym`).
-        if re.search(r'/src/(channel\.rs|sync/bounded_queue\.rs|sync/waker_slot\.rs)$', f): return None
+        if re.search(r'/src/(channel\.rs|sync/bounded_queue\.rs|sync/waker_slot\.rs)$', f):
+            return 'channel' if CHANNEL_BY_FILE else None
         return 'registry'
     if re.search(r'/(dashmap|papaya|crossbeam-epoch|arc-swap|foldhash|seize|slab|lock_api|parking_lot)-', f): return 'registry'
+    if CHANNEL_BY_FILE and re.search(r'/tokio-[\d.]+/src/sync/', f): return 'channel'
     if re.search(r'/tokio-[\d.]+/src/(runtime|task)/', f): return 'sched'
     return None
 
@@ -60,6 +71,7 @@ def parse(path):
     files, fns = {}, {}
     selfc = collections.Counter(); calls = collections.Counter()
     fl = fi = fn = cfn = None; pending = False
+    npos = 1  # position columns before the cost: `line`, or `instr line`
     def nm(tab, v):
         m = re.match(r'\((\d+)\)(?: (.*))?$', v)
         if m:
@@ -72,12 +84,15 @@ def parse(path):
         c = line[0]
         if c.isdigit() or c in '+-*':
             parts = line.split()
-            if len(parts) < 2: continue
-            cost = int(parts[1])
+            if len(parts) < npos + 1: continue
+            cost = int(parts[npos])
             if pending:
                 calls[(fi or fl, fn, cfn)] += cost; pending = False
             else:
                 selfc[(fi or fl, fn)] += cost
+            continue
+        if line.startswith('positions:'):
+            npos = len(line.split()) - 1
             continue
         k, _, v = line.partition('=')
         if k == 'fl': fl = nm(files, v); fi = None
@@ -90,7 +105,7 @@ def parse(path):
 
 def main():
     path, ops = sys.argv[1], float(sys.argv[2])
-    top = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+    top = int(sys.argv[sys.argv.index('--top') + 1]) if '--top' in sys.argv else 0
     selfc, calls = parse(path)
     out = collections.Counter(); detail = collections.Counter()
     pend = collections.Counter()

@@ -112,6 +112,7 @@ pub(crate) use std::sync::OnceLock;
 pub(crate) use std::sync::Arc as ValueArc;
 
 mod bounded_queue;
+mod entry_arc;
 mod once_arc;
 mod slot_cell;
 mod snapshot_cell;
@@ -124,12 +125,15 @@ mod write_once;
 mod lock_free_map;
 
 pub(crate) use bounded_queue::BoundedQueue;
+pub(crate) use entry_arc::EntryArc;
+#[cfg(all(test, not(switchboard_loom)))]
+pub(crate) use entry_arc::EntryWeak;
 #[cfg(switchboard_loom)]
 pub(crate) use lock_free_map::LockFreeMap;
 pub(crate) use once_arc::OnceArc;
 #[cfg(all(test, not(switchboard_loom)))]
 pub(crate) use slot_cell::flush_pending;
-pub(crate) use slot_cell::{Retained, SlotCell, SlotGuard, TAG_PAYLOAD_BITS};
+pub(crate) use slot_cell::{Retained, SlotCell, SlotGuard, Slotted, TAG_PAYLOAD_BITS};
 pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};
 pub(crate) use spin_lock::SpinLock;
 pub(crate) use unique_arc::{unique_mut, NeverWeak};
@@ -187,31 +191,33 @@ pub(crate) use loom::cell::UnsafeCell;
 /// had before, and the path taken when an upgrade fails is a lookup under locks
 /// the models already cover.
 pub(crate) struct WeakArc<T>(
-    #[cfg(not(switchboard_loom))] std::sync::Weak<T>,
-    #[cfg(switchboard_loom)] Arc<T>,
+    #[cfg(not(switchboard_loom))] entry_arc::EntryWeak<T>,
+    #[cfg(switchboard_loom)] EntryArc<T>,
 );
 
 impl<T> WeakArc<T> {
     /// A reference to `value` that does not keep it alive.
-    pub(crate) fn new(value: &Arc<T>) -> Self {
+    pub(crate) fn new(value: &EntryArc<T>) -> Self {
         #[cfg(not(switchboard_loom))]
-        return Self(Arc::downgrade(value));
+        return Self(EntryArc::downgrade(value));
         #[cfg(switchboard_loom)]
-        return Self(Arc::clone(value));
+        return Self(EntryArc::clone(value));
     }
 
     /// The value, unless every strong reference to it has gone.
-    pub(crate) fn upgrade(&self) -> Option<Arc<T>> {
+    pub(crate) fn upgrade(&self) -> Option<EntryArc<T>> {
         #[cfg(not(switchboard_loom))]
         return self.0.upgrade();
         #[cfg(switchboard_loom)]
-        return Some(Arc::clone(&self.0));
+        return Some(EntryArc::clone(&self.0));
     }
 }
 
 #[cfg(not(switchboard_loom))]
 mod imp {
-    pub(crate) use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use std::sync::atomic::{
+        fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    };
     pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
 
     /// papaya in the std build, like [`ConcurrentMap`]; the loom build models it
@@ -301,7 +307,9 @@ mod imp {
 
 #[cfg(switchboard_loom)]
 mod imp {
-    pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use loom::sync::atomic::{
+        fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    };
     pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
     use std::collections::HashMap;
 

@@ -1,0 +1,442 @@
+//! [`EntryArc`]: the counted handle of a client's entry, `Arc` without the weak
+//! count's locked instructions.
+//!
+//! Every client's entry is shared by its slot, its receiver and the member cells of
+//! its sessions, and freed by whichever lets go last. With `std`'s `Arc` that free
+//! cost a second locked instruction: the last strong drop also decrements the weak
+//! count, which every `Arc` carries (one implicit weak held by the strong handles
+//! together), whether or not a `Weak` was ever made. Here the last strong drop
+//! *loads* the weak count and frees at once when no `Weak` exists; only an entry
+//! that had one (a taken-over client's successor record, `client.rs`) pays the
+//! decrement. And a registration, which hands one count to the slot and one to the
+//! receiver, creates both with the allocation ([`EntryArc::new_pair`]) where
+//! `Arc::new` and `Arc::clone` took a locked increment.
+//!
+//! # The counts
+//!
+//! `strong` is the number of [`EntryArc`]s. `weak` is the number of [`EntryWeak`]s
+//! plus one while `strong` is non-zero, as in `std`. The value is dropped when
+//! `strong` reaches zero and the allocation is freed when `weak` does, with one
+//! shortcut: the thread that dropped the value frees the allocation without
+//! decrementing if it reads `weak == 1`. That read means no `EntryWeak` is left,
+//! and none can be made: `downgrade` needs an `EntryArc` (none is left) and
+//! `EntryWeak::clone` an `EntryWeak`. (Every `downgrade` happens-before its
+//! holder's `Release` decrement of `strong`, which the last dropper acquires, so
+//! the load cannot return a count from before a `Weak` it must see.)
+//!
+//! # Under loom
+//!
+//! The same code over loom's atomics, plus two loom-only fields: a cell every
+//! dereference reads and the value's drop writes, so that loom reports a drop not
+//! ordered after some handle's last use (a weakened decrement or a missing fence),
+//! and a loom `Arc` that loom's leak check reports if an entry is never freed.
+//! `EntryWeak` is not built under loom; the successor record holds its entry
+//! strongly there (`sync.rs`, `WeakArc`).
+#![allow(
+    unsafe_code,
+    reason = "a reference count over a raw allocation; see each SAFETY"
+)]
+
+use std::marker::PhantomData;
+use std::mem::{offset_of, ManuallyDrop};
+use std::ops::Deref;
+use std::ptr::{self, NonNull};
+
+use super::{fence, AtomicUsize, Ordering};
+
+/// Counts above this abort, as `std`'s `Arc` does: each handle is at least a
+/// word, so a count this high means handles were leaked in a loop.
+const MAX_COUNT: usize = isize::MAX as usize;
+
+/// The allocation: the two counts, then the value. `repr(C)` so that the value's
+/// offset is fixed and [`EntryArc::from_raw`] can step back from it.
+#[repr(C)]
+struct Inner<T> {
+    /// Ordering: increments `Relaxed` (a new handle is made from an existing one,
+    /// which already keeps the value alive); decrements `Release`, and the one
+    /// that reaches zero is followed by an `Acquire` fence, so every use of the
+    /// value through any handle happens-before its drop.
+    strong: AtomicUsize,
+    /// `EntryWeak`s, plus one while `strong` is non-zero. Ordering: as `strong`;
+    /// the last strong drop's load is `Acquire`, so a weak handle's decrement it
+    /// reads happens-before the free.
+    weak: AtomicUsize,
+    /// Read by every dereference and written by the value's drop: loom's check
+    /// that the drop is ordered after every use.
+    #[cfg(switchboard_loom)]
+    uses: loom::cell::UnsafeCell<()>,
+    /// Loom's leak check for the allocation.
+    #[cfg(switchboard_loom)]
+    _alive: loom::sync::Arc<()>,
+    /// Dropped when `strong` reaches zero, before the allocation is freed.
+    value: ManuallyDrop<T>,
+}
+
+/// A counted handle to a `T`: `std`'s `Arc`, less the weak count's locked
+/// instructions where no [`EntryWeak`] exists (see the module docs).
+pub(crate) struct EntryArc<T> {
+    ptr: NonNull<Inner<T>>,
+    /// Owns a `T` (for the drop check), as `Arc<T>` does.
+    _owns: PhantomData<Inner<T>>,
+}
+
+// SAFETY: as `Arc<T>`: a handle sent to another thread may drop the `T` there
+// (`T: Send`) and shares it with the handles left here (`T: Sync`); the counts are
+// atomics.
+unsafe impl<T: Send + Sync> Send for EntryArc<T> {}
+// SAFETY: as above: `&EntryArc<T>` gives `&T` and can clone a handle.
+unsafe impl<T: Send + Sync> Sync for EntryArc<T> {}
+
+impl<T> EntryArc<T> {
+    fn allocate(value: T, strong: usize) -> NonNull<Inner<T>> {
+        let inner = Box::new(Inner {
+            strong: AtomicUsize::new(strong),
+            weak: AtomicUsize::new(1),
+            #[cfg(switchboard_loom)]
+            uses: loom::cell::UnsafeCell::new(()),
+            #[cfg(switchboard_loom)]
+            _alive: loom::sync::Arc::new(()),
+            value: ManuallyDrop::new(value),
+        });
+        NonNull::from(Box::leak(inner))
+    }
+
+    fn from_inner(ptr: NonNull<Inner<T>>) -> Self {
+        Self {
+            ptr,
+            _owns: PhantomData,
+        }
+    }
+
+    /// One handle to `value`.
+    pub(crate) fn new(value: T) -> Self {
+        Self::from_inner(Self::allocate(value, 1))
+    }
+
+    /// Two handles to `value`, both counted when it is allocated: no locked
+    /// instruction, where `new` and a `clone` take one.
+    pub(crate) fn new_pair(value: T) -> (Self, Self) {
+        let ptr = Self::allocate(value, 2);
+        (Self::from_inner(ptr), Self::from_inner(ptr))
+    }
+
+    #[inline]
+    fn inner(&self) -> &Inner<T> {
+        // SAFETY: this handle's strong count keeps the allocation alive.
+        unsafe { self.ptr.as_ref() }
+    }
+
+    /// The value's address, as `Arc::as_ptr`.
+    #[inline]
+    pub(crate) fn as_ptr(this: &Self) -> *const T {
+        // SAFETY: the allocation is alive (this handle); no reference is made.
+        unsafe { ptr::addr_of!((*this.ptr.as_ptr()).value) }.cast::<T>()
+    }
+
+    /// Whether both handles name the same value.
+    #[cfg(all(test, not(switchboard_loom)))]
+    pub(crate) fn ptr_eq(this: &Self, other: &Self) -> bool {
+        this.ptr == other.ptr
+    }
+
+    /// Gives up the handle without its count: the value's address, for
+    /// [`from_raw`](Self::from_raw) to take the count back. At least 8-aligned (the
+    /// counts come first), as the slot cell's tag and lock bits need.
+    #[inline]
+    pub(crate) fn into_raw(this: Self) -> *const T {
+        let this = ManuallyDrop::new(this);
+        Self::as_ptr(&this)
+    }
+
+    /// The handle [`into_raw`](Self::into_raw) gave up, with its count.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` came from `into_raw` on an `EntryArc<T>`, and the caller owns the
+    /// count it carried (each `into_raw` is taken back once).
+    #[inline]
+    pub(crate) unsafe fn from_raw(ptr: *const T) -> Self {
+        // SAFETY: `ptr` is the `value` field of a live `Inner<T>` (the caller's
+        // contract), and `repr(C)` fixes its offset, so stepping back stays inside
+        // the allocation `ptr`'s provenance covers.
+        let inner = unsafe { ptr.byte_sub(offset_of!(Inner<T>, value)) };
+        // SAFETY: derived from a non-null allocation.
+        Self::from_inner(unsafe { NonNull::new_unchecked(inner.cast::<Inner<T>>().cast_mut()) })
+    }
+
+    /// Adds a count to the value at `ptr`, for a second [`from_raw`](Self::from_raw).
+    ///
+    /// # Safety
+    ///
+    /// `ptr` came from `into_raw` and the value is alive: some count on it is held
+    /// for the length of the call.
+    #[inline]
+    pub(crate) unsafe fn increment_strong_count(ptr: *const T) {
+        // SAFETY: the caller's contract; the handle is never dropped.
+        let this = ManuallyDrop::new(unsafe { Self::from_raw(ptr) });
+        this.count_one_more();
+    }
+
+    #[inline]
+    fn count_one_more(&self) {
+        // Relaxed: see `Inner::strong`.
+        if self.inner().strong.fetch_add(1, Ordering::Relaxed) > MAX_COUNT {
+            std::process::abort();
+        }
+    }
+
+    /// The number of handles, for tests.
+    #[cfg(all(test, not(switchboard_loom)))]
+    pub(crate) fn strong_count(this: &Self) -> usize {
+        this.inner().strong.load(Ordering::Relaxed)
+    }
+
+    /// A handle that does not keep the value alive.
+    #[cfg(not(switchboard_loom))]
+    pub(crate) fn downgrade(this: &Self) -> EntryWeak<T> {
+        // Relaxed: this strong handle keeps `weak` above zero, and the new count
+        // is ordered before the last strong drop by this thread's own decrement
+        // (`Release`) later, which that drop acquires (see the module docs).
+        if this.inner().weak.fetch_add(1, Ordering::Relaxed) > MAX_COUNT {
+            std::process::abort();
+        }
+        EntryWeak { ptr: this.ptr }
+    }
+
+    /// Drops the value; the last strong count has just gone.
+    ///
+    /// # Safety
+    ///
+    /// Called once, by the handle whose decrement brought `strong` to zero, after
+    /// the `Acquire` fence.
+    #[cold]
+    unsafe fn drop_value(&mut self) {
+        let inner = self.ptr.as_ptr();
+        #[cfg(switchboard_loom)]
+        // SAFETY: the allocation is alive until the weak count is settled below.
+        unsafe { &(*inner).uses }.with_mut(|_| ());
+        // SAFETY: no strong handle is left, so nothing else reaches the value
+        // (weak handles touch only the counts), and this runs once.
+        unsafe { ManuallyDrop::drop(&mut *ptr::addr_of_mut!((*inner).value)) };
+        // SAFETY: the allocation is alive: the implicit weak count is ours.
+        let weak = unsafe { &(*inner).weak };
+        // Acquire: a weak handle's `Release` decrement read here happens-before
+        // the free. A count of 1 is the implicit one alone: no weak handle is
+        // left and none can be made (module docs), so the allocation is ours.
+        if weak.load(Ordering::Acquire) == 1 || weak.fetch_sub(1, Ordering::Release) == 1 {
+            // Acquire: only the decrement path needs it (the load acquired), but
+            // the free is rare enough to keep one exit.
+            fence(Ordering::Acquire);
+            // SAFETY: the last count of either kind is gone, so this is the
+            // allocation's only user; it came from `Box::leak` in `allocate`.
+            drop(unsafe { Box::from_raw(inner) });
+        }
+    }
+}
+
+impl<T> Clone for EntryArc<T> {
+    #[inline]
+    fn clone(&self) -> Self {
+        self.count_one_more();
+        Self::from_inner(self.ptr)
+    }
+}
+
+impl<T> Deref for EntryArc<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        let inner = self.inner();
+        #[cfg(switchboard_loom)]
+        inner.uses.with(|_| ());
+        &inner.value
+    }
+}
+
+impl<T> Drop for EntryArc<T> {
+    #[inline]
+    fn drop(&mut self) {
+        // Release: see `Inner::strong`.
+        if self.inner().strong.fetch_sub(1, Ordering::Release) != 1 {
+            return;
+        }
+        // Acquire: pairs with every other handle's `Release` decrement.
+        fence(Ordering::Acquire);
+        // SAFETY: this decrement brought the count to zero, after the fence.
+        unsafe { self.drop_value() };
+    }
+}
+
+/// A handle that does not keep its value alive, as `std`'s `Weak`.
+#[cfg(not(switchboard_loom))]
+pub(crate) struct EntryWeak<T> {
+    ptr: NonNull<Inner<T>>,
+}
+
+// SAFETY: as `Weak<T>`: an upgrade on another thread gives an `EntryArc<T>` there.
+#[cfg(not(switchboard_loom))]
+unsafe impl<T: Send + Sync> Send for EntryWeak<T> {}
+// SAFETY: as above.
+#[cfg(not(switchboard_loom))]
+unsafe impl<T: Send + Sync> Sync for EntryWeak<T> {}
+
+#[cfg(not(switchboard_loom))]
+impl<T> EntryWeak<T> {
+    fn inner(&self) -> &Inner<T> {
+        // SAFETY: this handle's weak count keeps the allocation (not the value)
+        // alive; only the counts are read through it.
+        unsafe { self.ptr.as_ref() }
+    }
+
+    /// A strong handle, unless the value has been dropped.
+    pub(crate) fn upgrade(&self) -> Option<EntryArc<T>> {
+        let strong = &self.inner().strong;
+        // Relaxed: a count read only to propose the next one.
+        let mut current = strong.load(Ordering::Relaxed);
+        loop {
+            if current == 0 {
+                return None;
+            }
+            if current > MAX_COUNT {
+                std::process::abort();
+            }
+            // Acquire on success: as `std`'s upgrade, the value's state as the
+            // handles that kept it alive left it. Relaxed on failure: retried.
+            match strong.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(EntryArc::from_inner(self.ptr)),
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    /// The number of strong handles, for tests.
+    #[cfg(test)]
+    pub(crate) fn strong_count(&self) -> usize {
+        self.inner().strong.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(not(switchboard_loom))]
+impl<T> Drop for EntryWeak<T> {
+    fn drop(&mut self) {
+        // Release: see `Inner::weak`.
+        if self.inner().weak.fetch_sub(1, Ordering::Release) == 1 {
+            // Acquire: pairs with the other counts' `Release` decrements.
+            fence(Ordering::Acquire);
+            // SAFETY: the last count of either kind is gone (the strong handles'
+            // implicit one included), so nobody else reaches the allocation.
+            drop(unsafe { Box::from_raw(self.ptr.as_ptr()) });
+        }
+    }
+}
+
+#[cfg(all(test, not(switchboard_loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize as Counter;
+    use std::sync::Arc;
+
+    /// Counts its drops.
+    struct Tracked(Arc<Counter>);
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn tracked() -> (Tracked, Arc<Counter>) {
+        let drops = Arc::new(Counter::new(0));
+        (Tracked(Arc::clone(&drops)), drops)
+    }
+
+    fn drops(counter: &Counter) -> usize {
+        counter.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_pair_holds_two_counts_and_the_last_drop_frees_once() {
+        let (value, dropped) = tracked();
+        let (a, b) = EntryArc::new_pair(value);
+        assert_eq!(EntryArc::strong_count(&a), 2);
+        assert!(EntryArc::ptr_eq(&a, &b));
+        let c = a.clone();
+        assert_eq!(EntryArc::strong_count(&b), 3);
+        drop(a);
+        drop(b);
+        assert_eq!(drops(&dropped), 0, "dropped with a handle left");
+        drop(c);
+        assert_eq!(drops(&dropped), 1);
+    }
+
+    #[test]
+    fn raw_round_trips_keep_the_count() {
+        let (value, dropped) = tracked();
+        let a = EntryArc::new(value);
+        let raw = EntryArc::into_raw(a.clone());
+        assert_eq!(raw, EntryArc::as_ptr(&a));
+        assert_eq!(raw.addr() % 8, 0, "the slot cell's bits need 8-alignment");
+        // SAFETY: `raw` is alive (`a`), and the count added is taken back below.
+        unsafe { EntryArc::increment_strong_count(raw) };
+        assert_eq!(EntryArc::strong_count(&a), 3);
+        // SAFETY: two counts were given up on `raw`; each is taken back once.
+        let (b, c) = unsafe { (EntryArc::from_raw(raw), EntryArc::from_raw(raw)) };
+        assert!(EntryArc::ptr_eq(&b, &a));
+        drop((a, b));
+        assert_eq!(drops(&dropped), 0);
+        drop(c);
+        assert_eq!(drops(&dropped), 1);
+    }
+
+    #[test]
+    fn a_weak_handle_outlives_the_value_and_frees_the_allocation() {
+        let (value, dropped) = tracked();
+        let a = EntryArc::new(value);
+        let weak = EntryArc::downgrade(&a);
+        let up = weak.upgrade().expect("alive");
+        assert_eq!(weak.strong_count(), 2);
+        drop((a, up));
+        assert_eq!(
+            drops(&dropped),
+            1,
+            "the value goes with its last strong handle"
+        );
+        assert!(weak.upgrade().is_none());
+        assert_eq!(weak.strong_count(), 0);
+        drop(weak);
+    }
+
+    #[test]
+    fn a_weak_handle_dropped_first_leaves_the_shortcut_to_the_strong_side() {
+        let (value, dropped) = tracked();
+        let a = EntryArc::new(value);
+        drop(EntryArc::downgrade(&a));
+        assert_eq!(a.inner().weak.load(Ordering::Relaxed), 1);
+        drop(a);
+        assert_eq!(drops(&dropped), 1);
+    }
+
+    #[test]
+    fn racing_drops_free_once() {
+        for _ in 0..200 {
+            let (value, dropped) = tracked();
+            let (a, b) = EntryArc::new_pair(value);
+            let weak = EntryArc::downgrade(&a);
+            let threads = [
+                std::thread::spawn(move || drop(a)),
+                std::thread::spawn(move || drop(b)),
+                std::thread::spawn(move || drop(weak)),
+            ];
+            for thread in threads {
+                thread.join().expect("no panic");
+            }
+            assert_eq!(drops(&dropped), 1);
+        }
+    }
+}

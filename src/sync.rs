@@ -125,6 +125,8 @@ mod write_once;
 mod lock_free_map;
 
 pub(crate) use bounded_queue::BoundedQueue;
+#[cfg(switchboard_loom)]
+pub use entry_arc::loom_model as loom_entry_arc;
 pub(crate) use entry_arc::EntryArc;
 #[cfg(all(test, not(switchboard_loom)))]
 pub(crate) use entry_arc::EntryWeak;

@@ -107,12 +107,20 @@ pub(crate) unsafe trait CountedHandle<T>:
     std::ops::Deref<Target = T> + Sized
 {
     /// Gives up the handle, keeping its count, as the value's address.
+    #[cfg_attr(
+        switchboard_loom,
+        allow(dead_code, reason = "the loom cell boxes handles")
+    )]
     fn into_raw(this: Self) -> *const T;
     /// Takes back a count [`into_raw`](Self::into_raw) gave up.
     ///
     /// # Safety
     ///
     /// `ptr` came from `into_raw` on this type, and the caller owns that count.
+    #[cfg_attr(
+        switchboard_loom,
+        allow(dead_code, reason = "the loom cell boxes handles")
+    )]
     unsafe fn from_raw(ptr: *const T) -> Self;
     /// The value's address.
     fn as_ptr(this: &Self) -> *const T;

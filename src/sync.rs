@@ -96,10 +96,12 @@
 //! * **The send deadline.** `send_timeout`'s timer is tokio's; loom models drive
 //!   it with no deadline (`Duration::MAX`), which is the path that waits only on the
 //!   channel's own wakeups.
-//! * **[`WeakArc`]'s failed upgrade.** Loom's `Arc` has no weak count, so under
-//!   loom the record holds its value strongly and never fails to upgrade; what the
-//!   std build does when it fails (a lookup of the key's holder under the locks the
-//!   models cover) is a unit test's (`registry.rs`).
+//! * **[`WeakArc`]'s failed upgrade.** Under loom the record holds its value
+//!   strongly (an [`EntryArc`]) and never fails to upgrade, as it did over loom's
+//!   `Arc`, which has no weak count; what the std build does when it fails (a lookup
+//!   of the key's holder under the locks the models cover) is a unit test's
+//!   (`registry.rs`). [`EntryArc`]'s weak handle is not built under loom; its
+//!   strong count is (model E1, `loom-tests/tests/entry_arc.rs`).
 //!
 //! [loom]: https://docs.rs/loom
 
@@ -184,14 +186,14 @@ impl<T> UnsafeCell<T> {
 #[cfg(switchboard_loom)]
 pub(crate) use loom::cell::UnsafeCell;
 
-/// A reference that does not keep its value alive: `std`'s `Weak`, for records
-/// that must not chain the values they name into one long-lived group (a
-/// taken-over client's successor, `client.rs`).
+/// A reference that does not keep its value alive: [`EntryArc`]'s weak handle,
+/// for records that must not chain the values they name into one long-lived group
+/// (a taken-over client's successor, `client.rs`).
 ///
-/// Loom's `Arc` has no weak count, so under loom this holds the value strongly
-/// and `upgrade` always succeeds; the models see the strong record the std build
-/// had before, and the path taken when an upgrade fails is a lookup under locks
-/// the models already cover.
+/// Under loom this holds the value strongly and `upgrade` always succeeds, as it
+/// did over loom's `Arc`, which has no weak count; the models see the strong
+/// record the std build had before, and the path taken when an upgrade fails is a
+/// lookup under locks the models already cover.
 pub(crate) struct WeakArc<T>(
     #[cfg(not(switchboard_loom))] entry_arc::EntryWeak<T>,
     #[cfg(switchboard_loom)] EntryArc<T>,

@@ -1,4 +1,7 @@
-//! [`SlotCell`]: an `Option<Arc<T>>` that is cheap to replace, for client slots.
+//! [`SlotCell`]: an `Option` of a counted handle (`Arc`, or [`EntryArc`] for a
+//! client's entry; see [`Slotted`]) that is cheap to replace, for client slots.
+//!
+//! [`EntryArc`]: crate::sync::EntryArc
 //!
 //! Client slots are replaced on every register and unregister. arc-swap makes each
 //! replacement walk every thread's debt list, which costs more than the rest of a
@@ -17,7 +20,7 @@
 //! # Tags: a word for "no value" that carries one
 //!
 //! An empty cell holds a *tag* rather than null: a word with the low bit set, which
-//! no value's pointer has (an `Arc`'s allocation starts with its two `usize`
+//! no value's pointer has (an `Arc`'s or `EntryArc`'s allocation starts with its two `usize`
 //! counts, so it is at least 8-aligned). The other bits are a payload the owner
 //! chooses and reads back with [`SlotCell::tag`]; readers see only "no value", and
 //! nothing ever dereferences a tag. A free client slot keeps its generation and its
@@ -29,7 +32,7 @@
 //! ┌────────────────────────────────────┬───┐
 //! │  payload (63 bits on 64-bit)       │ 1 │   no value; the owner's payload
 //! ├────────────────────────────────────┴───┤
-//! │  Arc::into_raw (8-aligned)       …000  │   the value
+//! │  into_raw (8-aligned)            …000  │   the value
 //! └────────────────────────────────────────┘
 //! ```
 //!
@@ -51,7 +54,7 @@
 //! value is the same value. The bit is never set on a tag.
 //!
 //! ```text
-//! │  Arc::into_raw (8-aligned)       …0L0  │   the value; L = LOCKED
+//! │  into_raw (8-aligned)            …0L0  │   the value; L = LOCKED
 //! ```
 //!
 //! Lock order: a shard's allocation lock before any slot's bit (a release waits
@@ -215,12 +218,12 @@ mod epoch_cell {
 
     /// A replaceable `Option<T::Handle>` read without locks.
     ///
-    /// The cell holds the `Arc`'s own pointer (`Arc::into_raw`), not a box around
+    /// The cell holds the handle's own pointer (`into_raw`), not a box around
     /// it: a store costs no allocation, and the epoch defers dropping the cell's
     /// reference rather than freeing a box.
     pub(crate) struct SlotCell<T: Slotted> {
         /// A tag (no value; see the module docs), or a pointer from
-        /// `Arc::into_raw` in `store`, possibly with [`LOCKED`] set, whose strong
+        /// the handle's `into_raw` in `store`, possibly with [`LOCKED`] set, whose strong
         /// count the cell owns until a later `store` or `vacate` unlinks it (or
         /// the cell drops). Never null.
         ///
@@ -290,11 +293,11 @@ mod epoch_cell {
     /// The empty list's filler; never called.
     unsafe fn release_nothing(_: *const ()) {}
 
-    /// Gives up one count on `ptr`, an `T::Handle`'s pointer.
+    /// Gives up one count on `ptr`, a `T::Handle`'s pointer.
     ///
     /// # Safety
     ///
-    /// `ptr` came from `Arc::<T>::into_raw`, and the caller owns that count.
+    /// `ptr` came from `T::Handle::into_raw`, and the caller owns that count.
     unsafe fn release_arc<T: Slotted>(ptr: *const ()) {
         // SAFETY: the caller's contract.
         drop(unsafe { <T::Handle>::from_raw(ptr.cast::<T>()) });
@@ -463,7 +466,7 @@ mod epoch_cell {
             if current.addr() & TAG != 0 {
                 return f(None);
             }
-            // SAFETY: `current` (lock bit cleared) came from `Arc::into_raw` in
+            // SAFETY: `current` (lock bit cleared) came from the handle's `into_raw` in
             // `store`, and the cell's strong count on it is given up only by a
             // closure deferred after it was unlinked, which runs after every thread
             // pinned at that moment unpins; `_guard` keeps this thread pinned until
@@ -491,7 +494,7 @@ mod epoch_cell {
         pub(crate) fn store(&self, value: Option<T::Handle>) {
             let new = value.map_or(ptr::without_provenance_mut(tag_word(0)), |v| {
                 let raw = T::Handle::into_raw(v).cast_mut();
-                debug_assert_eq!(raw.addr() & (TAG | LOCKED), 0, "an unaligned Arc");
+                debug_assert_eq!(raw.addr() & (TAG | LOCKED), 0, "an unaligned handle");
                 raw
             });
             self.replace(new);
@@ -501,7 +504,7 @@ mod epoch_cell {
         /// lock it before the caller is done with what the lock covers.
         pub(crate) fn store_locked(&self, value: T::Handle) -> SlotGuard<'_, T> {
             let raw = T::Handle::into_raw(value).cast_mut();
-            debug_assert_eq!(raw.addr() & (TAG | LOCKED), 0, "an unaligned Arc");
+            debug_assert_eq!(raw.addr() & (TAG | LOCKED), 0, "an unaligned handle");
             self.replace(raw.map_addr(|addr| addr | LOCKED));
             SlotGuard {
                 cell: self,

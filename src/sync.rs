@@ -52,6 +52,9 @@
 //! same guarantee from the language rather than the hardware: its swap and load
 //! are both `SeqCst` (a plain load on x86), because the writer pins, if at all,
 //! only after its swap (to defer the old value), so no fence orders the two.
+//! * [`EntryArc`], a client entry's count: the same code in both builds, plus a
+//!   loom cell every dereference reads and the value's drop writes, so loom
+//!   reports a drop not ordered after some handle's use (model E1).
 //! * [`BoundedQueue`]: the same code in both builds, over this module's atomics
 //!   and [`UnsafeCell`], so loom checks every slot hand-over.
 //! * [`WakerSlot`], the channel's receiver waker: a facade [`UnsafeCell`] whose

@@ -212,12 +212,26 @@ impl<T> EntryArc<T> {
     #[cold]
     unsafe fn drop_value(&mut self) {
         let inner = self.ptr.as_ptr();
+        // Gives up the implicit weak count after the value's drop, or while its
+        // panic unwinds, as `std`'s `Arc` does: otherwise a panicking drop would
+        // leak the allocation.
+        let _implicit_weak = ImplicitWeak(inner);
         #[cfg(switchboard_loom)]
-        // SAFETY: the allocation is alive until the weak count is settled below.
+        // SAFETY: the allocation is alive until `_implicit_weak` settles the count.
         unsafe { &(*inner).uses }.with_mut(|_| ());
         // SAFETY: no strong handle is left, so nothing else reaches the value
         // (weak handles touch only the counts), and this runs once.
         unsafe { ManuallyDrop::drop(&mut *ptr::addr_of_mut!((*inner).value)) };
+    }
+}
+
+/// The weak count the strong handles hold together, given up when dropped: by
+/// the last strong handle, once the value is dropped (or its drop has panicked).
+struct ImplicitWeak<T>(*mut Inner<T>);
+
+impl<T> Drop for ImplicitWeak<T> {
+    fn drop(&mut self) {
+        let inner = self.0;
         // SAFETY: the allocation is alive: the implicit weak count is ours.
         let weak = unsafe { &(*inner).weak };
         // Acquire: a weak handle's `Release` decrement read here happens-before
@@ -228,10 +242,23 @@ impl<T> EntryArc<T> {
             // the free is rare enough to keep one exit.
             fence(Ordering::Acquire);
             // SAFETY: the last count of either kind is gone, so this is the
-            // allocation's only user; it came from `Box::leak` in `allocate`.
-            drop(unsafe { Box::from_raw(inner) });
+            // allocation's only user.
+            unsafe { free(inner) };
         }
     }
+}
+
+/// Frees the allocation.
+///
+/// # Safety
+///
+/// No count of either kind is left: the caller is the allocation's only user, and
+/// it came from `Box::leak` in `allocate`.
+unsafe fn free<T>(inner: *mut Inner<T>) {
+    #[cfg(all(test, not(switchboard_loom)))]
+    tests::FREES.with(|n| n.set(n.get() + 1));
+    // SAFETY: the caller's contract.
+    drop(unsafe { Box::from_raw(inner) });
 }
 
 impl<T> Clone for EntryArc<T> {
@@ -394,7 +421,7 @@ impl<T> Drop for EntryWeak<T> {
             fence(Ordering::Acquire);
             // SAFETY: the last count of either kind is gone (the strong handles'
             // implicit one included), so nobody else reaches the allocation.
-            drop(unsafe { Box::from_raw(self.ptr.as_ptr()) });
+            unsafe { free(self.ptr.as_ptr()) };
         }
     }
 }
@@ -402,8 +429,19 @@ impl<T> Drop for EntryWeak<T> {
 #[cfg(all(test, not(switchboard_loom)))]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+    use std::panic::{self, AssertUnwindSafe};
     use std::sync::atomic::AtomicUsize as Counter;
     use std::sync::Arc;
+
+    thread_local! {
+        /// Allocations freed on this thread (each test runs on its own).
+        pub(super) static FREES: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn frees() -> usize {
+        FREES.with(Cell::get)
+    }
 
     /// Counts its drops.
     struct Tracked(Arc<Counter>);
@@ -483,5 +521,32 @@ mod tests {
         assert_eq!(a.inner().weak.load(Ordering::Relaxed), 1);
         drop(a);
         assert_eq!(drops(&dropped), 1);
+    }
+
+    /// Panics when dropped.
+    struct Boom;
+
+    impl Drop for Boom {
+        fn drop(&mut self) {
+            panic!("the value's drop panics");
+        }
+    }
+
+    #[test]
+    fn a_panicking_drop_still_frees_the_allocation() {
+        let before = frees();
+        let unwound = panic::catch_unwind(AssertUnwindSafe(|| drop(EntryArc::new(Boom))));
+        assert!(unwound.is_err(), "the drop's panic reaches the caller");
+        assert_eq!(frees() - before, 1, "the allocation leaked");
+
+        // With a weak handle left, the free is that handle's, once.
+        let a = EntryArc::new(Boom);
+        let weak = EntryArc::downgrade(&a);
+        let before = frees();
+        assert!(panic::catch_unwind(AssertUnwindSafe(|| drop(a))).is_err());
+        assert_eq!(frees() - before, 0, "freed under a weak handle");
+        assert!(weak.upgrade().is_none());
+        drop(weak);
+        assert_eq!(frees() - before, 1, "the weak handle's drop frees");
     }
 }

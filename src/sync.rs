@@ -52,9 +52,14 @@
 //! same guarantee from the language rather than the hardware: its swap and load
 //! are both `SeqCst` (a plain load on x86), because the writer pins, if at all,
 //! only after its swap (to defer the old value), so no fence orders the two.
-//! * [`EntryArc`], a client entry's count: the same code in both builds, plus a
-//!   loom cell every dereference reads and the value's drop writes, so loom
-//!   reports a drop not ordered after some handle's use (model E1).
+//! * [`EntryArc`], a client entry's count, and its weak handle: the same code in
+//!   both builds, plus two loom cells: one every dereference reads and the
+//!   value's drop writes, so loom reports a drop not ordered after some handle's
+//!   use (model E1); one every access to a count reads and the free writes, so
+//!   loom reports a free not ordered after some handle's last touch of the
+//!   allocation (model E2, the weak handle against the last strong drop's
+//!   shortcut). The registry's own weak records ([`WeakArc`]) stay strong under
+//!   loom (below); E2 reaches the weak handle through a hidden loom-only module.
 //! * [`BoundedQueue`]: the same code in both builds, over this module's atomics
 //!   and [`UnsafeCell`], so loom checks every slot hand-over.
 //! * [`WakerSlot`], the channel's receiver waker: a facade [`UnsafeCell`] whose
@@ -103,8 +108,8 @@
 //!   strongly (an [`EntryArc`]) and never fails to upgrade, as it did over loom's
 //!   `Arc`, which has no weak count; what the std build does when it fails (a lookup
 //!   of the key's holder under the locks the models cover) is a unit test's
-//!   (`registry.rs`). [`EntryArc`]'s weak handle is not built under loom; its
-//!   strong count is (model E1, `loom-tests/tests/entry_arc.rs`).
+//!   (`registry.rs`). [`EntryArc`]'s weak handle itself is modelled on its own
+//!   (model E2, `loom-tests/tests/entry_arc.rs`).
 //!
 //! [loom]: https://docs.rs/loom
 

@@ -26,12 +26,15 @@
 //!
 //! # Under loom
 //!
-//! The same code over loom's atomics, plus two loom-only fields: a cell every
-//! dereference reads and the value's drop writes, so that loom reports a drop not
-//! ordered after some handle's last use (a weakened decrement or a missing fence),
-//! and a loom `Arc` that loom's leak check reports if an entry is never freed.
-//! `EntryWeak` is not built under loom; the successor record holds its entry
-//! strongly there (`sync.rs`, `WeakArc`).
+//! The same code over loom's atomics, weak handle included, plus three loom-only
+//! fields: a cell every dereference reads and the value's drop writes, so that
+//! loom reports a drop not ordered after some handle's last use (a weakened
+//! decrement or a missing fence); a cell every access to a count reads, through
+//! either handle, and the free writes, since loom does not track heap frees (a
+//! weakened shortcut, model E2); and a loom `Arc` that loom's leak check reports
+//! if an entry is never freed. The registry's successor record still holds its
+//! entry strongly under loom (`sync.rs`, `WeakArc`); the models reach
+//! `EntryWeak` through [`loom_model`].
 #![allow(
     unsafe_code,
     reason = "a reference count over a raw allocation; see each SAFETY"
@@ -65,11 +68,46 @@ struct Inner<T> {
     /// that the drop is ordered after every use.
     #[cfg(switchboard_loom)]
     uses: loom::cell::UnsafeCell<()>,
+    /// Read by every access to a count, through either handle, and written just
+    /// before the free: loom's check that the free is ordered after every
+    /// handle's last touch of the allocation (loom does not track heap frees).
+    #[cfg(switchboard_loom)]
+    counts: loom::cell::UnsafeCell<()>,
     /// Loom's leak check for the allocation.
     #[cfg(switchboard_loom)]
     _alive: loom::sync::Arc<()>,
     /// Dropped when `strong` reaches zero, before the allocation is freed.
     value: ManuallyDrop<T>,
+}
+
+/// The strong count of the allocation at `inner`, through a raw field
+/// projection: no reference covers the value, which another thread may be
+/// dropping while a weak handle reads the counts (as `std`'s `Weak::inner`).
+///
+/// # Safety
+///
+/// The allocation is alive for `'a`: the caller holds a count of either kind.
+#[inline]
+unsafe fn strong<'a, T>(inner: *const Inner<T>) -> &'a AtomicUsize {
+    #[cfg(switchboard_loom)]
+    // SAFETY: the caller's contract; a reference to the cell field alone.
+    unsafe { &(*inner).counts }.with(|_| ());
+    // SAFETY: the caller's contract; a reference to the count field alone.
+    unsafe { &(*inner).strong }
+}
+
+/// The weak count of the allocation at `inner`, as [`strong`].
+///
+/// # Safety
+///
+/// As [`strong`].
+#[inline]
+unsafe fn weak<'a, T>(inner: *const Inner<T>) -> &'a AtomicUsize {
+    #[cfg(switchboard_loom)]
+    // SAFETY: the caller's contract; a reference to the cell field alone.
+    unsafe { &(*inner).counts }.with(|_| ());
+    // SAFETY: the caller's contract; a reference to the count field alone.
+    unsafe { &(*inner).weak }
 }
 
 /// A counted handle to a `T`: `std`'s `Arc`, less the weak count's locked
@@ -94,6 +132,8 @@ impl<T> EntryArc<T> {
             weak: AtomicUsize::new(1),
             #[cfg(switchboard_loom)]
             uses: loom::cell::UnsafeCell::new(()),
+            #[cfg(switchboard_loom)]
+            counts: loom::cell::UnsafeCell::new(()),
             #[cfg(switchboard_loom)]
             _alive: loom::sync::Arc::new(()),
             value: ManuallyDrop::new(value),
@@ -122,8 +162,21 @@ impl<T> EntryArc<T> {
 
     #[inline]
     fn inner(&self) -> &Inner<T> {
-        // SAFETY: this handle's strong count keeps the allocation alive.
+        // SAFETY: this handle's strong count keeps the allocation and the value
+        // alive.
         unsafe { self.ptr.as_ref() }
+    }
+
+    #[inline]
+    fn strong(&self) -> &AtomicUsize {
+        // SAFETY: this handle's count keeps the allocation alive.
+        unsafe { strong(self.ptr.as_ptr()) }
+    }
+
+    #[inline]
+    fn weak(&self) -> &AtomicUsize {
+        // SAFETY: this handle's count keeps the allocation alive.
+        unsafe { weak(self.ptr.as_ptr()) }
     }
 
     /// The value's address, as `Arc::as_ptr`.
@@ -180,7 +233,7 @@ impl<T> EntryArc<T> {
     #[inline]
     fn count_one_more(&self) {
         // Relaxed: see `Inner::strong`.
-        if self.inner().strong.fetch_add(1, Ordering::Relaxed) > MAX_COUNT {
+        if self.strong().fetch_add(1, Ordering::Relaxed) > MAX_COUNT {
             std::process::abort();
         }
     }
@@ -188,16 +241,15 @@ impl<T> EntryArc<T> {
     /// The number of handles, for tests.
     #[cfg(all(test, not(switchboard_loom)))]
     pub(crate) fn strong_count(this: &Self) -> usize {
-        this.inner().strong.load(Ordering::Relaxed)
+        this.strong().load(Ordering::Relaxed)
     }
 
     /// A handle that does not keep the value alive.
-    #[cfg(not(switchboard_loom))]
     pub(crate) fn downgrade(this: &Self) -> EntryWeak<T> {
         // Relaxed: this strong handle keeps `weak` above zero, and the new count
         // is ordered before the last strong drop by this thread's own decrement
         // (`Release`) later, which that drop acquires (see the module docs).
-        if this.inner().weak.fetch_add(1, Ordering::Relaxed) > MAX_COUNT {
+        if this.weak().fetch_add(1, Ordering::Relaxed) > MAX_COUNT {
             std::process::abort();
         }
         EntryWeak { ptr: this.ptr }
@@ -212,13 +264,13 @@ impl<T> EntryArc<T> {
     #[cold]
     unsafe fn drop_value(&mut self) {
         let inner = self.ptr.as_ptr();
+        #[cfg(switchboard_loom)]
+        // SAFETY: the allocation is alive: the implicit weak count is ours.
+        unsafe { &(*inner).uses }.with_mut(|_| ());
         // Gives up the implicit weak count after the value's drop, or while its
         // panic unwinds, as `std`'s `Arc` does: otherwise a panicking drop would
         // leak the allocation.
         let _implicit_weak = ImplicitWeak(inner);
-        #[cfg(switchboard_loom)]
-        // SAFETY: the allocation is alive until `_implicit_weak` settles the count.
-        unsafe { &(*inner).uses }.with_mut(|_| ());
         // SAFETY: no strong handle is left, so nothing else reaches the value
         // (weak handles touch only the counts), and this runs once.
         unsafe { ManuallyDrop::drop(&mut *ptr::addr_of_mut!((*inner).value)) };
@@ -232,8 +284,22 @@ struct ImplicitWeak<T>(*mut Inner<T>);
 impl<T> Drop for ImplicitWeak<T> {
     fn drop(&mut self) {
         let inner = self.0;
+        // Under loom a panic is a failed model already (loom's report, perhaps
+        // from the value's drop); a second one from the counts' cell while it
+        // unwinds would abort the run and lose that report.
+        #[cfg(switchboard_loom)]
+        if std::thread::panicking() {
+            return;
+        }
         // SAFETY: the allocation is alive: the implicit weak count is ours.
-        let weak = unsafe { &(*inner).weak };
+        let weak = unsafe { weak(inner) };
+        #[cfg(switchboard_loom)]
+        if loom_model::shortcut_weakened() && weak.load(Ordering::Relaxed) == 1 {
+            // The canary's broken shortcut: a `Relaxed` load, no fence.
+            // SAFETY: not safe: the canary's point (loom only).
+            unsafe { free(inner) };
+            return;
+        }
         // Acquire: a weak handle's `Release` decrement read here happens-before
         // the free. A count of 1 is the implicit one alone: no weak handle is
         // left and none can be made (module docs), so the allocation is ours.
@@ -257,6 +323,9 @@ impl<T> Drop for ImplicitWeak<T> {
 unsafe fn free<T>(inner: *mut Inner<T>) {
     #[cfg(all(test, not(switchboard_loom)))]
     tests::FREES.with(|n| n.set(n.get() + 1));
+    #[cfg(switchboard_loom)]
+    // SAFETY: the caller's contract: the allocation is still alive here.
+    unsafe { &(*inner).counts }.with_mut(|_| ());
     // SAFETY: the caller's contract.
     drop(unsafe { Box::from_raw(inner) });
 }
@@ -287,14 +356,14 @@ impl<T> Drop for EntryArc<T> {
         #[cfg(switchboard_loom)]
         if loom_model::weakened() {
             // The canary's broken count: no `Release`, no fence.
-            if self.inner().strong.fetch_sub(1, Ordering::Relaxed) == 1 {
+            if self.strong().fetch_sub(1, Ordering::Relaxed) == 1 {
                 // SAFETY: not safe: the canary's point (loom only).
                 unsafe { self.drop_value() };
             }
             return;
         }
         // Release: see `Inner::strong`.
-        if self.inner().strong.fetch_sub(1, Ordering::Release) != 1 {
+        if self.strong().fetch_sub(1, Ordering::Release) != 1 {
             return;
         }
         // Acquire: pairs with every other handle's `Release` decrement.
@@ -312,10 +381,11 @@ pub mod loom_model {
     use std::cell::Cell;
     use std::fmt;
 
-    use super::EntryArc;
+    use super::{EntryArc, EntryWeak};
 
     thread_local! {
         static WEAKENED: Cell<bool> = const { Cell::new(false) };
+        static SHORTCUT_WEAKENED: Cell<bool> = const { Cell::new(false) };
     }
 
     /// Weakens (`true`) or restores (`false`) the strong drop's `Release`
@@ -329,10 +399,30 @@ pub mod loom_model {
         WEAKENED.with(Cell::get)
     }
 
+    /// Weakens (`true`) or restores (`false`) the free's shortcut: its load of
+    /// the weak count `Relaxed` and no fence, on the calling thread.
+    pub fn weaken_shortcut(on: bool) {
+        SHORTCUT_WEAKENED.with(|w| w.set(on));
+    }
+
+    pub(super) fn shortcut_weakened() -> bool {
+        SHORTCUT_WEAKENED.with(Cell::get)
+    }
+
     /// An [`EntryArc`], for the model.
     pub struct Handle<T>(EntryArc<T>);
 
     impl<T> Handle<T> {
+        /// One handle (`EntryArc::new`).
+        pub fn new(value: T) -> Self {
+            Self(EntryArc::new(value))
+        }
+
+        /// A weak handle to the same value (`EntryArc::downgrade`).
+        pub fn downgrade(&self) -> WeakHandle<T> {
+            WeakHandle(EntryArc::downgrade(&self.0))
+        }
+
         /// Two handles, counted at the allocation (`EntryArc::new_pair`).
         pub fn pair(value: T) -> (Self, Self) {
             let (a, b) = EntryArc::new_pair(value);
@@ -356,32 +446,53 @@ pub mod loom_model {
             f.write_str("Handle")
         }
     }
+
+    /// An [`EntryWeak`], for the model.
+    pub struct WeakHandle<T>(EntryWeak<T>);
+
+    impl<T> WeakHandle<T> {
+        /// A strong handle, unless the value has been dropped.
+        pub fn upgrade(&self) -> Option<Handle<T>> {
+            self.0.upgrade().map(Handle)
+        }
+    }
+
+    impl<T> fmt::Debug for WeakHandle<T> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("WeakHandle")
+        }
+    }
 }
 
 /// A handle that does not keep its value alive, as `std`'s `Weak`.
-#[cfg(not(switchboard_loom))]
 pub(crate) struct EntryWeak<T> {
     ptr: NonNull<Inner<T>>,
 }
 
 // SAFETY: as `Weak<T>`: an upgrade on another thread gives an `EntryArc<T>` there.
-#[cfg(not(switchboard_loom))]
 unsafe impl<T: Send + Sync> Send for EntryWeak<T> {}
 // SAFETY: as above.
-#[cfg(not(switchboard_loom))]
 unsafe impl<T: Send + Sync> Sync for EntryWeak<T> {}
 
-#[cfg(not(switchboard_loom))]
 impl<T> EntryWeak<T> {
-    fn inner(&self) -> &Inner<T> {
+    /// Never a `&Inner<T>`: that would cover the value, which the last strong
+    /// handle may be dropping (through `&mut`) on another thread.
+    #[inline]
+    fn strong(&self) -> &AtomicUsize {
         // SAFETY: this handle's weak count keeps the allocation (not the value)
-        // alive; only the counts are read through it.
-        unsafe { self.ptr.as_ref() }
+        // alive, and the projection reaches the count alone.
+        unsafe { strong(self.ptr.as_ptr()) }
+    }
+
+    #[inline]
+    fn weak(&self) -> &AtomicUsize {
+        // SAFETY: as `strong`.
+        unsafe { weak(self.ptr.as_ptr()) }
     }
 
     /// A strong handle, unless the value has been dropped.
     pub(crate) fn upgrade(&self) -> Option<EntryArc<T>> {
-        let strong = &self.inner().strong;
+        let strong = self.strong();
         // Relaxed: a count read only to propose the next one.
         let mut current = strong.load(Ordering::Relaxed);
         loop {
@@ -408,15 +519,14 @@ impl<T> EntryWeak<T> {
     /// The number of strong handles, for tests.
     #[cfg(test)]
     pub(crate) fn strong_count(&self) -> usize {
-        self.inner().strong.load(Ordering::Relaxed)
+        self.strong().load(Ordering::Relaxed)
     }
 }
 
-#[cfg(not(switchboard_loom))]
 impl<T> Drop for EntryWeak<T> {
     fn drop(&mut self) {
         // Release: see `Inner::weak`.
-        if self.inner().weak.fetch_sub(1, Ordering::Release) == 1 {
+        if self.weak().fetch_sub(1, Ordering::Release) == 1 {
             // Acquire: pairs with the other counts' `Release` decrements.
             fence(Ordering::Acquire);
             // SAFETY: the last count of either kind is gone (the strong handles'
@@ -518,7 +628,7 @@ mod tests {
         let (value, dropped) = tracked();
         let a = EntryArc::new(value);
         drop(EntryArc::downgrade(&a));
-        assert_eq!(a.inner().weak.load(Ordering::Relaxed), 1);
+        assert_eq!(a.weak().load(Ordering::Relaxed), 1);
         drop(a);
         assert_eq!(drops(&dropped), 1);
     }

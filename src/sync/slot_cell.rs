@@ -21,7 +21,8 @@
 //!
 //! An empty cell holds a *tag* rather than null: a word with the low bit set, which
 //! no value's pointer has (an `Arc`'s or `EntryArc`'s allocation starts with its two `usize`
-//! counts, so it is at least 8-aligned). The other bits are a payload the owner
+//! counts, so the value is at least `usize`-aligned: 8 bytes on 64-bit targets, 4
+//! on 32-bit, and the tag and lock bits need only 4). The other bits are a payload the owner
 //! chooses and reads back with [`SlotCell::tag`]; readers see only "no value", and
 //! nothing ever dereferences a tag. A free client slot keeps its generation and its
 //! free-list link there (`shard.rs`), where they used to take 8 bytes of a side
@@ -32,7 +33,7 @@
 //! ┌────────────────────────────────────┬───┐
 //! │  payload (63 bits on 64-bit)       │ 1 │   no value; the owner's payload
 //! ├────────────────────────────────────┴───┤
-//! │  into_raw (8-aligned)            …000  │   the value
+//! │  into_raw (4-aligned at least)    …00  │   the value
 //! └────────────────────────────────────────┘
 //! ```
 //!
@@ -54,7 +55,7 @@
 //! value is the same value. The bit is never set on a tag.
 //!
 //! ```text
-//! │  into_raw (8-aligned)            …0L0  │   the value; L = LOCKED
+//! │  into_raw (4-aligned at least)    …L0  │   the value; L = LOCKED
 //! ```
 //!
 //! Lock order: a shard's allocation lock before any slot's bit (a release waits
@@ -105,7 +106,10 @@ pub(crate) trait Slotted: Sized {
 /// `into_raw` returns the value's address (what `as_ptr` returns) with the
 /// handle's count still held, at least 4-aligned (the tag and lock bits);
 /// `from_raw` on that address gives back a handle owning that count, and the
-/// value stays alive at that address while any count on it is held.
+/// value stays alive at that address while any count on it is held. The handle
+/// is `Send + Sync` whenever `T` is (as `Arc<T>`): a cell of `Send + Sync` values
+/// is shared between threads, hands its handles to readers on any of them, and
+/// drops them on whichever thread runs an epoch's deferred release.
 pub(crate) unsafe trait CountedHandle<T>:
     std::ops::Deref<Target = T> + Sized
 {
@@ -130,7 +134,8 @@ pub(crate) unsafe trait CountedHandle<T>:
 }
 
 // SAFETY: `Arc::into_raw`, `from_raw` and `as_ptr` are the same contract; the
-// allocation starts with two `usize` counts, so the value is 8-aligned.
+// allocation starts with two `usize` counts, so the value is `usize`-aligned (4
+// bytes at least, below); `Arc<T>` is `Send + Sync` when `T` is.
 unsafe impl<T> CountedHandle<T> for crate::sync::Arc<T> {
     #[inline]
     fn into_raw(this: Self) -> *const T {
@@ -148,7 +153,8 @@ unsafe impl<T> CountedHandle<T> for crate::sync::Arc<T> {
 }
 
 // SAFETY: as for `Arc`: `EntryArc`'s functions of the same names have the same
-// contract, and its value follows two `usize` counts.
+// contract, its value follows two `usize` counts, and it is `Send + Sync` when
+// `T` is.
 unsafe impl<T> CountedHandle<T> for crate::sync::EntryArc<T> {
     #[inline]
     fn into_raw(this: Self) -> *const T {
@@ -179,6 +185,10 @@ mod test_values {
         type Handle = Arc<Self>;
     }
 }
+
+// The tag and lock bits are a value pointer's two low bits: its counts make it
+// `usize`-aligned, which must be 4 bytes at least.
+const _: () = assert!(std::mem::align_of::<usize>() >= 4);
 
 /// The bit that marks a word as a tag (no value).
 const TAG: usize = 1;
@@ -351,8 +361,9 @@ mod epoch_cell {
             // pinned now, and a drop deferred now runs only after every thread
             // pinned now has unpinned (pinning after the unlink rather than before,
             // or long after, changes nothing for them). The closure may run on
-            // another thread: dropping an `T::Handle` there is what `T::Handle: Send`
-            // (required for the cell to be shared) allows.
+            // another thread: dropping a `T::Handle` there is sound because the
+            // cell is shared only when `T: Send + Sync`, and then `T::Handle` is
+            // `Send` (the `CountedHandle` contract).
             unsafe { guard.defer_unchecked(move || release(old)) };
         }
         // Seals the bag into the global queue and collects what has expired. The
@@ -664,7 +675,7 @@ mod loom_cell {
     /// The epoch cell's protocol over loom atomics; see the module docs.
     pub(crate) struct SlotCell<T: Slotted> {
         /// A tag, or the address of a node from `Box::into_raw` (at least
-        /// 8-aligned: it holds a pointer), possibly with [`LOCKED`] set: a word
+        /// 4-aligned: it holds a pointer, `usize`-aligned), possibly with [`LOCKED`] set: a word
         /// rather than an `AtomicPtr` because loom's has no `fetch_add` for `read`.
         /// Swaps and exchanges `AcqRel` as in the std build, the lock bit's CAS
         /// `Acquire` and its clearing store `Release`, as there; reads are RMWs

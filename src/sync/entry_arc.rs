@@ -19,10 +19,16 @@
 //! `strong` reaches zero and the allocation is freed when `weak` does, with one
 //! shortcut: the thread that dropped the value frees the allocation without
 //! decrementing if it reads `weak == 1`. That read means no `EntryWeak` is left,
-//! and none can be made: `downgrade` needs an `EntryArc` (none is left) and
-//! `EntryWeak::clone` an `EntryWeak`. (Every `downgrade` happens-before its
-//! holder's `Release` decrement of `strong`, which the last dropper acquires, so
-//! the load cannot return a count from before a `Weak` it must see.)
+//! and none can be made: `downgrade` needs an `EntryArc`, and none is left
+//! (`EntryWeak` has no `clone`; one would need an `EntryWeak`, and none is left
+//! either). (Every `downgrade` happens-before its holder's `Release` decrement of
+//! `strong`, which the last dropper acquires, so the load cannot return a count
+//! from before a weak handle it must see.)
+//!
+//! The counts answer nothing else. `get_mut`, `is_unique`, `try_unwrap` and
+//! their kind ask "is this the only handle, and can no weak one upgrade?", which
+//! `std` answers by locking the weak count (`usize::MAX`) against a racing
+//! `downgrade`; adding one here needs that lock too.
 //!
 //! # Under loom
 //!
@@ -114,8 +120,9 @@ unsafe fn weak<'a, T>(inner: *const Inner<T>) -> &'a AtomicUsize {
 /// instructions where no [`EntryWeak`] exists (see the module docs).
 pub(crate) struct EntryArc<T> {
     ptr: NonNull<Inner<T>>,
-    /// Owns a `T` (for the drop check), as `Arc<T>` does.
-    _owns: PhantomData<Inner<T>>,
+    /// Owns a `T`, for the drop check: dropping a handle may drop the value, as
+    /// `Arc<T>`'s `PhantomData<ArcInner<T>>` says.
+    _owns: PhantomData<T>,
 }
 
 // SAFETY: as `Arc<T>`: a handle sent to another thread may drop the `T` there
@@ -193,8 +200,9 @@ impl<T> EntryArc<T> {
     }
 
     /// Gives up the handle without its count: the value's address, for
-    /// [`from_raw`](Self::from_raw) to take the count back. At least 8-aligned (the
-    /// counts come first), as the slot cell's tag and lock bits need.
+    /// [`from_raw`](Self::from_raw) to take the count back. At least `usize`-aligned
+    /// (the counts come first): 8 bytes on 64-bit targets, 4 on 32-bit, where the
+    /// slot cell's tag and lock bits need 4.
     #[inline]
     pub(crate) fn into_raw(this: Self) -> *const T {
         let this = ManuallyDrop::new(this);
@@ -303,6 +311,8 @@ impl<T> Drop for ImplicitWeak<T> {
         // Acquire: a weak handle's `Release` decrement read here happens-before
         // the free. A count of 1 is the implicit one alone: no weak handle is
         // left and none can be made (module docs), so the allocation is ours.
+        // Release on the decrement: the value's drop, just above, happens-before
+        // the free by the last weak handle, whose `Acquire` fence acquires it.
         if weak.load(Ordering::Acquire) == 1 || weak.fetch_sub(1, Ordering::Release) == 1 {
             // Acquire: only the decrement path needs it (the load acquired), but
             // the free is rare enough to keep one exit.
@@ -592,7 +602,12 @@ mod tests {
         let a = EntryArc::new(value);
         let raw = EntryArc::into_raw(a.clone());
         assert_eq!(raw, EntryArc::as_ptr(&a));
-        assert_eq!(raw.addr() % 8, 0, "the slot cell's bits need 8-alignment");
+        assert_eq!(raw.addr() % 4, 0, "the slot cell's bits need 4-alignment");
+        // A byte-aligned value still follows the counts at a `usize` boundary.
+        let byte = EntryArc::into_raw(EntryArc::new(0_u8));
+        assert_eq!(byte.addr() % std::mem::align_of::<usize>(), 0);
+        // SAFETY: the count `into_raw` gave up, taken back once.
+        drop(unsafe { EntryArc::from_raw(byte) });
         // SAFETY: `raw` is alive (`a`), and the count added is taken back below.
         unsafe { EntryArc::increment_strong_count(raw) };
         assert_eq!(EntryArc::strong_count(&a), 3);

@@ -40,7 +40,7 @@
 //! weakened shortcut, model E2); and a loom `Arc` that loom's leak check reports
 //! if an entry is never freed. The registry's successor record still holds its
 //! entry strongly under loom (`sync.rs`, `WeakArc`); the models reach
-//! `EntryWeak` through [`loom_model`].
+//! `EntryWeak` through `loom_model` (below).
 #![allow(
     unsafe_code,
     reason = "a reference count over a raw allocation; see each SAFETY"

@@ -30,7 +30,7 @@
 use crate::channel::{Channel, Rejected};
 use crate::client::{ChannelRef, ClientEntry};
 use crate::config::MAX_CHANNEL_CAPACITY;
-use crate::sync::Arc;
+use crate::sync::EntryArc;
 use crate::{ClientId, Receiver};
 
 /// The sending side of a [`bare_channel`]: the channel's own `try_send`, no registry.
@@ -98,7 +98,7 @@ impl<M> std::fmt::Debug for BareSender<M> {
 #[must_use]
 pub fn bare_channel<M>(capacity: usize) -> (BareSender<M>, Receiver<M>) {
     let capacity = capacity.clamp(1, MAX_CHANNEL_CAPACITY);
-    let entry = Arc::new(ClientEntry::new(ClientId::pack(0, 0, 0), capacity, 0, None));
+    let entry = EntryArc::new(ClientEntry::new(ClientId::pack(0, 0, 0), capacity, 0, None));
     let chan = ChannelRef::of(&entry);
     (BareSender { chan: chan.clone() }, Receiver::new(chan))
 }

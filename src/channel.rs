@@ -778,7 +778,7 @@ impl<M> std::fmt::Debug for Receiver<M> {
 mod tests {
     use super::*;
     use crate::client::ClientEntry;
-    use crate::sync::Arc;
+    use crate::sync::{Arc, EntryArc};
 
     /// A send's permit CAS, its capacity check, the ring's tail and a first
     /// message's slot fit in one 64-byte cache line of the entry (two at worst,
@@ -803,7 +803,7 @@ mod tests {
     }
 
     fn pair(capacity: usize) -> (ChannelRef<u32>, Receiver<u32>) {
-        let entry = Arc::new(ClientEntry::new(ClientId::pack(0, 0, 0), capacity, 0, None));
+        let entry = EntryArc::new(ClientEntry::new(ClientId::pack(0, 0, 0), capacity, 0, None));
         let chan = ChannelRef::of(&entry);
         (chan.clone(), Receiver::new(chan))
     }

@@ -25,7 +25,7 @@ use crate::channel::Channel;
 use crate::profile::{ClientInfo, SystemInfo};
 use crate::session::Session;
 use crate::shard::Occupant;
-use crate::sync::{Arc, Retained, SlotCell, SlotGuard, UnsafeCell, WeakArc};
+use crate::sync::{Arc, EntryArc, Retained, SlotCell, SlotGuard, Slotted, UnsafeCell, WeakArc};
 use crate::task::TaskId;
 use crate::{ClientId, SessionId};
 
@@ -48,6 +48,16 @@ pub(crate) struct ClientEntry<M> {
     /// order: a client's lock before any session's writer; two clients' locks in
     /// id order; never a shard's allocation lock while holding one.
     state: UnsafeCell<ClientState<M>>,
+}
+
+impl<M> Slotted for ClientEntry<M> {
+    /// Its own count, without `Arc`'s weak-count decrement at the free.
+    type Handle = EntryArc<Self>;
+}
+
+impl Slotted for ClientInfo {
+    /// `Arc`, as [`Registry::info`](crate::Registry::info) hands it out.
+    type Handle = Arc<ClientInfo>;
 }
 
 // SAFETY: the only field that is not `Sync` on its own is the state cell, which is
@@ -269,7 +279,7 @@ impl<M> Memberships<M> {
 impl<M> ClientState<M> {
     /// The connection that took this client over: `None` if none did, `Some(None)`
     /// if it has been freed since (the record is weak, see `FleetState`).
-    pub(crate) fn successor(&self) -> Option<Option<Arc<ClientEntry<M>>>> {
+    pub(crate) fn successor(&self) -> Option<Option<EntryArc<ClientEntry<M>>>> {
         let record = self.fleet.as_ref()?.successor.as_ref()?;
         Some(record.upgrade())
     }
@@ -309,7 +319,7 @@ impl<'a, M> ClientLock<'a, M> {
     }
 
     #[inline]
-    pub(crate) fn entry(&self) -> &Arc<ClientEntry<M>> {
+    pub(crate) fn entry(&self) -> &EntryArc<ClientEntry<M>> {
         &self.0
     }
 
@@ -364,32 +374,32 @@ impl<M> DerefMut for ClientLock<'_, M> {
 pub(crate) struct Departing<'a, M>(Retained<'a, ClientEntry<M>>);
 
 impl<M> Deref for Departing<'_, M> {
-    type Target = Arc<ClientEntry<M>>;
+    type Target = EntryArc<ClientEntry<M>>;
 
     #[inline]
-    fn deref(&self) -> &Arc<ClientEntry<M>> {
+    fn deref(&self) -> &EntryArc<ClientEntry<M>> {
         &self.0
     }
 }
 
 /// A counted handle to a client's channel. The channel lives inside the client's
 /// entry, so the handle keeps the entry (one allocation) alive.
-pub(crate) struct ChannelRef<M>(Arc<ClientEntry<M>>);
+pub(crate) struct ChannelRef<M>(EntryArc<ClientEntry<M>>);
 
 impl<M> ChannelRef<M> {
-    pub(crate) fn of(entry: &Arc<ClientEntry<M>>) -> Self {
-        Self(Arc::clone(entry))
+    pub(crate) fn of(entry: &EntryArc<ClientEntry<M>>) -> Self {
+        Self(EntryArc::clone(entry))
     }
 
     /// The handle that takes over `entry`'s own count: no increment.
-    pub(crate) fn from_entry(entry: Arc<ClientEntry<M>>) -> Self {
+    pub(crate) fn from_entry(entry: EntryArc<ClientEntry<M>>) -> Self {
         Self(entry)
     }
 }
 
 impl<M> Clone for ChannelRef<M> {
     fn clone(&self) -> Self {
-        Self(Arc::clone(&self.0))
+        Self(EntryArc::clone(&self.0))
     }
 }
 

@@ -14,7 +14,7 @@
 use crate::client::{ClientEntry, ClientLock, ClientState, Departing};
 use crate::error::{ClientError, RegisterError};
 use crate::shard::{self, Reserved, Shard};
-use crate::sync::{Arc, AtomicUsize, Ordering, SlotCell};
+use crate::sync::{AtomicUsize, EntryArc, Ordering, SlotCell};
 use crate::ClientId;
 
 /// The shards of client slots, and how many clients they admitted.
@@ -145,7 +145,7 @@ impl<M> Clients<M> {
 
     /// Takes `entry`'s lock if it is still in its slot; otherwise its state, which
     /// no longer changes.
-    pub(crate) fn lock_entry<'a>(&'a self, entry: &'a Arc<ClientEntry<M>>) -> Locked<'a, M> {
+    pub(crate) fn lock_entry<'a>(&'a self, entry: &'a EntryArc<ClientEntry<M>>) -> Locked<'a, M> {
         let slot = self.slot(entry.id).ok();
         match slot.and_then(|slot| slot.lock_occupant(entry)) {
             Some(guard) => Locked::Held(ClientLock::new(guard)),
@@ -162,9 +162,9 @@ impl<M> Clients<M> {
     }
 
     /// The entry `id` names, if it is still the slot's occupant.
-    pub(crate) fn entry(&self, id: ClientId) -> Result<Arc<ClientEntry<M>>, ClientError> {
+    pub(crate) fn entry(&self, id: ClientId) -> Result<EntryArc<ClientEntry<M>>, ClientError> {
         self.slot(id)?.with(|entry| match entry {
-            Some(entry) if entry.id == id => Ok(Arc::clone(entry)),
+            Some(entry) if entry.id == id => Ok(EntryArc::clone(entry)),
             _ => Err(ClientError::Gone(id)),
         })
     }

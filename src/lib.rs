@@ -139,6 +139,9 @@ mod fleet;
 #[cfg(switchboard_loom)]
 #[doc(hidden)]
 pub use fleet::loom_canary;
+#[cfg(switchboard_loom)]
+#[doc(hidden)]
+pub use sync::loom_entry_arc;
 #[cfg(feature = "http")]
 pub mod http;
 mod id;

@@ -13,7 +13,7 @@ use crate::fleet::{index_keys, Fleet};
 use crate::profile::{json_size, ClientInfo};
 use crate::session::{Directory, Join};
 use crate::stats::{Counters, Stats};
-use crate::sync::{Arc, WeakArc};
+use crate::sync::{Arc, EntryArc, WeakArc};
 use crate::task::CancelledTask;
 use crate::{ClientId, SessionId};
 
@@ -231,7 +231,9 @@ impl<M> Registry<M> {
             Vec::new()
         };
         let key = info.key.clone();
-        let entry = Arc::new(ClientEntry::new(
+        // Counted twice from the start, for the slot and the receiver: no locked
+        // increment for the slot's handle.
+        let (entry, for_slot) = EntryArc::new_pair(ClientEntry::new(
             id,
             inner.config.channel_capacity,
             connected_at,
@@ -247,10 +249,10 @@ impl<M> Registry<M> {
         let old = if key.is_none() && merged_with.is_none() && indexed.is_empty() {
             // Nothing to add after the slot: no half-done registration for the
             // lock to hide, so the common plain client skips it.
-            slot.store(Some(Arc::clone(&entry)));
+            slot.store(Some(for_slot));
             None
         } else {
-            let mut state = ClientLock::new(slot.store_locked(Arc::clone(&entry)));
+            let mut state = ClientLock::new(slot.store_locked(for_slot));
             let old = key
                 .as_deref()
                 .and_then(|key| inner.fleet.claim_key(key, id));
@@ -368,7 +370,7 @@ impl<M> Registry<M> {
         &self,
         id: ClientId,
         cause: CloseReason,
-        successor: Option<&Arc<ClientEntry<M>>>,
+        successor: Option<&EntryArc<ClientEntry<M>>>,
     ) -> Result<Unregistered, ClientError> {
         let client = self.inner.clients.lock(id)?;
         self.depart_entry(client, cause, successor)
@@ -385,7 +387,7 @@ impl<M> Registry<M> {
         &self,
         client: ClientLock<'_, M>,
         cause: CloseReason,
-        successor: Option<&Arc<ClientEntry<M>>>,
+        successor: Option<&EntryArc<ClientEntry<M>>>,
     ) -> Result<Unregistered, ClientError> {
         let id = client.entry().id;
         let moves = self.inner.config.takeover_moves_sessions;
@@ -470,8 +472,8 @@ impl<M> Registry<M> {
     /// its writer let go of it, and the epoch reclaimed it, all while this room
     /// was on its way), the room goes to whoever holds the key now, once; if
     /// nobody does, it ends there.
-    fn join_successor(&self, successor: &Arc<ClientEntry<M>>, key: &SessionId) {
-        let mut to = Arc::clone(successor);
+    fn join_successor(&self, successor: &EntryArc<ClientEntry<M>>, key: &SessionId) {
+        let mut to = EntryArc::clone(successor);
         let mut looked_up = false;
         loop {
             let next = match self.inner.clients.lock_entry(&to) {
@@ -501,7 +503,7 @@ impl<M> Registry<M> {
     }
 
     /// The entry of the client that holds `client`'s key now, if any.
-    fn key_holder_entry(&self, client: &ClientEntry<M>) -> Option<Arc<ClientEntry<M>>> {
+    fn key_holder_entry(&self, client: &ClientEntry<M>) -> Option<EntryArc<ClientEntry<M>>> {
         let info = client.info();
         let holder = self.inner.fleet.key_holder(info.key.as_deref()?)?;
         self.inner.clients.entry(holder).ok()
@@ -830,7 +832,10 @@ impl<M> Registry<M> {
     /// A key is read and then its connection looked up; if a takeover replaced that
     /// connection in between, the key is read again, so a key that is held the
     /// whole time never looks unheld. Retries only while takeovers keep landing.
-    pub(crate) fn lookup(&self, who: ClientRef<'_>) -> Result<Arc<ClientEntry<M>>, ClientError> {
+    pub(crate) fn lookup(
+        &self,
+        who: ClientRef<'_>,
+    ) -> Result<EntryArc<ClientEntry<M>>, ClientError> {
         let key = match who {
             ClientRef::Id(id) => return self.inner.clients.entry(id),
             ClientRef::Key(key) => key,
@@ -914,7 +919,7 @@ mod tests {
             .clients()
             .entry(id)
             .unwrap_or_else(|e| panic!("{e}"));
-        let weak = std::sync::Arc::downgrade(&entry);
+        let weak = EntryArc::downgrade(&entry);
         drop(entry);
         drop(registry);
         drop(rx);
@@ -944,7 +949,7 @@ mod tests {
                 .clients()
                 .entry(id)
                 .unwrap_or_else(|e| panic!("{e}"));
-            (std::sync::Arc::downgrade(&entry), rx)
+            (EntryArc::downgrade(&entry), rx)
         };
         let (first, _kept) = connect(&registry);
         let mut later = Vec::new();
@@ -992,7 +997,7 @@ mod tests {
         // A taken over by a connection that has since been freed entirely: what
         // `depart` leaves, with the successor's last strong reference gone.
         {
-            let freed = Arc::new(ClientEntry::new(a, 1, 0, None));
+            let freed = EntryArc::new(ClientEntry::new(a, 1, 0, None));
             let mut client = registry.clients().lock(a).unwrap_or_else(|e| panic!("{e}"));
             client.connected = false;
             client.fleet().successor = Some(WeakArc::new(&freed));

@@ -75,8 +75,8 @@ use std::fmt;
 use crate::client::ClientEntry;
 use crate::paging;
 use crate::sync::{
-    unique_mut, Arc, AtomicU32, AtomicU64, AtomicUsize, NeverWeak, OnceArc, Ordering, Snapshot,
-    SnapshotCell, SpinLock, ValueArc,
+    unique_mut, Arc, AtomicU32, AtomicU64, AtomicUsize, EntryArc, NeverWeak, OnceArc, Ordering,
+    Snapshot, SnapshotCell, SpinLock, ValueArc,
 };
 use crate::ClientId;
 
@@ -247,7 +247,7 @@ impl<M> Member<M> {
     /// Only a writer writes cells, under the writer lock (a join, or a compaction
     /// filling pages no reader can reach yet), so no two setters race: a store,
     /// not a compare-and-swap, one locked instruction fewer per join.
-    fn set(&self, entry: Arc<ClientEntry<M>>) -> bool {
+    fn set(&self, entry: EntryArc<ClientEntry<M>>) -> bool {
         let short = positions::short(entry.id);
         let fresh = self.entry.set(entry).is_ok();
         if fresh {
@@ -423,7 +423,7 @@ pub(crate) enum Left {
 /// Entries a writer took out of the session, for its caller to drop once it has
 /// released the writer lock: an entry's drop runs foreign code (queued messages,
 /// wakers) that may use the session.
-type Released<M> = Vec<Arc<ClientEntry<M>>>;
+type Released<M> = Vec<EntryArc<ClientEntry<M>>>;
 
 /// One member set: its published layout and its writer. Used for sessions and for
 /// the profile indexes alike.
@@ -506,7 +506,7 @@ impl<M> Session<M> {
     }
 
     /// Adds `id`, whose entry (and so channel) is `entry`.
-    pub(crate) fn join(&self, id: ClientId, entry: &Arc<ClientEntry<M>>) -> Joined {
+    pub(crate) fn join(&self, id: ClientId, entry: &EntryArc<ClientEntry<M>>) -> Joined {
         // Declared before the guard, so dropped after it on every return.
         let _released;
         let mut w = self.writer.lock();
@@ -528,7 +528,7 @@ impl<M> Session<M> {
             self.grow(&mut w);
         }
         // Cells at or past `len` were never written (invariant 1), so this succeeds.
-        let fresh = w.layout.pages[page][offset].set(Arc::clone(entry));
+        let fresh = w.layout.pages[page][offset].set(EntryArc::clone(entry));
         debug_assert!(fresh, "cell {cell} written twice");
         w.len += 1;
         let Writer {
@@ -896,8 +896,8 @@ mod tests {
 
     /// A client entry for `id(n)`, of any message type: a cell reads its member's id
     /// from the entry.
-    fn entry<M>(n: usize) -> Arc<ClientEntry<M>> {
-        Arc::new(ClientEntry::new(id(n), 4, 0, None))
+    fn entry<M>(n: usize) -> EntryArc<ClientEntry<M>> {
+        EntryArc::new(ClientEntry::new(id(n), 4, 0, None))
     }
 
     fn ids<M>(m: &Membership<M>) -> Vec<ClientId> {
@@ -975,19 +975,19 @@ mod tests {
         assert!(w.len <= 2 * 1000 + 1, "len {} after churn", w.len);
     }
 
-    type Weak = std::sync::Weak<ClientEntry<u32>>;
+    type Weak = crate::sync::EntryWeak<ClientEntry<u32>>;
 
     /// Joins `live` residents, then churns single members through until a
     /// compaction has just happened; returns the residents' entries and the weak
     /// handles of the churned ones.
-    fn churned_room(s: &Session<u32>, live: usize) -> (Vec<Arc<ClientEntry<u32>>>, Vec<Weak>) {
+    fn churned_room(s: &Session<u32>, live: usize) -> (Vec<EntryArc<ClientEntry<u32>>>, Vec<Weak>) {
         churned_room_with(s, live, |_, _| {})
     }
 
     /// The residents' entries and the churned ones' weak handles.
     type Churned<M> = (
-        Vec<Arc<ClientEntry<M>>>,
-        Vec<std::sync::Weak<ClientEntry<M>>>,
+        Vec<EntryArc<ClientEntry<M>>>,
+        Vec<crate::sync::EntryWeak<ClientEntry<M>>>,
     );
 
     /// [`churned_room`] for any message type, with `load` called on each churned
@@ -995,7 +995,7 @@ mod tests {
     fn churned_room_with<M>(
         s: &Session<M>,
         live: usize,
-        load: impl Fn(usize, &Arc<ClientEntry<M>>),
+        load: impl Fn(usize, &EntryArc<ClientEntry<M>>),
     ) -> Churned<M> {
         let residents: Vec<_> = (0..live).map(entry).collect();
         for (n, entry) in residents.iter().enumerate() {
@@ -1007,7 +1007,7 @@ mod tests {
             load(round, &entry);
             s.join(id(live + round), &entry);
             s.leave(id(live + round));
-            churned.push(Arc::downgrade(&entry));
+            churned.push(EntryArc::downgrade(&entry));
             if s.writer.lock().len == live {
                 break;
             }
@@ -1022,8 +1022,8 @@ mod tests {
         s: &Session<M>,
         base: usize,
         live: usize,
-        load: impl Fn(&Arc<ClientEntry<M>>),
-    ) -> (Vec<Arc<ClientEntry<M>>>, Vec<ClientId>) {
+        load: impl Fn(&EntryArc<ClientEntry<M>>),
+    ) -> (Vec<EntryArc<ClientEntry<M>>>, Vec<ClientId>) {
         let residents: Vec<_> = (base..base + live).map(entry).collect();
         let others: Vec<_> = (base + live..base + 2 * live + 1).map(entry).collect();
         for entry in residents.iter().take(live / 2) {
@@ -1093,7 +1093,7 @@ mod tests {
         for member in members {
             let entry = &residents[member.index()];
             assert_eq!(
-                Arc::strong_count(entry),
+                EntryArc::strong_count(entry),
                 2,
                 "{member:?}: the session's cell lost its count"
             );
@@ -1116,7 +1116,7 @@ mod tests {
         assert_eq!(ids(&s.snapshot()).len(), live);
         for entry in &residents {
             assert_eq!(
-                Arc::strong_count(entry),
+                EntryArc::strong_count(entry),
                 2,
                 "{:?}: the session's cell lost its count",
                 entry.id
@@ -1136,7 +1136,7 @@ mod tests {
     }
 
     /// Queues on `entry` a message that uses `s` when dropped.
-    fn reenter(s: &Arc<Session<Reenter>>, entry: &Arc<ClientEntry<Reenter>>) {
+    fn reenter(s: &Arc<Session<Reenter>>, entry: &EntryArc<ClientEntry<Reenter>>) {
         assert!(entry.chan.try_send(Reenter(Some(Arc::clone(s)))).is_ok());
     }
 
@@ -1220,7 +1220,7 @@ mod tests {
                 held = Some(s.snapshot());
             }
             s.leave(id(10 + round));
-            churned.push(Arc::downgrade(&entry));
+            churned.push(EntryArc::downgrade(&entry));
         }
         assert_eq!(s.writer.lock().len, 10, "the last leave compacted");
         assert!(
@@ -1250,8 +1250,8 @@ mod tests {
     /// layout a snapshot held shared the page).
     #[test]
     fn a_compaction_leaves_each_resident_one_count_in_the_session() {
-        fn counts(residents: &[Arc<ClientEntry<u32>>]) -> Vec<usize> {
-            residents.iter().map(Arc::strong_count).collect()
+        fn counts(residents: &[EntryArc<ClientEntry<u32>>]) -> Vec<usize> {
+            residents.iter().map(EntryArc::strong_count).collect()
         }
         fn churn_until_len(s: &Session<u32>, len: usize, next: &mut usize) {
             loop {
@@ -1475,7 +1475,7 @@ mod tests {
         let s = Session::new();
         let old = ClientId::pack(0, 5, 0);
         let new = ClientId::pack(0, 5, 1);
-        let entry = |id| Arc::new(ClientEntry::<u32>::new(id, 4, 0, None));
+        let entry = |id| EntryArc::new(ClientEntry::<u32>::new(id, 4, 0, None));
         assert_eq!(s.join(old, &entry(old)), Joined::Added);
         assert_eq!(s.join(new, &entry(new)), Joined::Added);
         assert_eq!(s.join(new, &entry(new)), Joined::AlreadyMember);

@@ -39,7 +39,7 @@ use std::cell::Cell;
 use std::hash::{Hash, Hasher};
 
 use crate::paging;
-use crate::sync::{Arc, AtomicUsize, OnceLock, Ordering, SlotCell, SpinLock};
+use crate::sync::{AtomicUsize, OnceLock, Ordering, SlotCell, Slotted, SpinLock};
 use crate::ClientId;
 
 /// The first page holds `2^PAGE_SHIFT` slots.
@@ -102,7 +102,7 @@ impl Vacancy {
 }
 
 /// A slot [`Shard::reserve`] handed out, for the caller to fill.
-pub(crate) struct Reserved<'a, T> {
+pub(crate) struct Reserved<'a, T: Slotted> {
     pub(crate) index: usize,
     /// The generation the occupant's id carries.
     pub(crate) generation: u32,
@@ -118,7 +118,7 @@ struct Allocator {
 }
 
 /// A shard of slots holding `T` (a client entry).
-pub(crate) struct Shard<T> {
+pub(crate) struct Shard<T: Slotted> {
     pages: [OnceLock<Page<T>>; PAGES],
     /// A [`SpinLock`]: held for a few dozen instructions (a page's creation aside,
     /// once per page), so a waiter spins briefly, and its store release saves
@@ -131,7 +131,7 @@ pub(crate) struct Shard<T> {
     live: AtomicUsize,
 }
 
-impl<T> Shard<T> {
+impl<T: Slotted> Shard<T> {
     pub(crate) fn new() -> Self {
         Self {
             pages: std::array::from_fn(|_| OnceLock::new()),
@@ -237,7 +237,7 @@ impl<T> Shard<T> {
     }
 }
 
-impl<T: Occupant> Shard<T> {
+impl<T: Occupant + Slotted> Shard<T> {
     /// Empties `occupant`'s slot and makes it reusable under the next generation.
     ///
     /// Returns false, changing nothing, if `occupant` no longer holds its slot
@@ -245,7 +245,7 @@ impl<T: Occupant> Shard<T> {
     /// generation would wrap is retired instead of freed: a wrapped generation
     /// could alias an id still held somewhere.
     #[inline]
-    pub(crate) fn release(&self, occupant: &Arc<T>) -> bool {
+    pub(crate) fn release(&self, occupant: &T::Handle) -> bool {
         let id = occupant.id();
         let index = id.index();
         let Some(slot) = self.slot(index) else {
@@ -311,9 +311,15 @@ fn rehome(hint: Option<usize>, shards: usize) -> usize {
 mod tests {
     use super::*;
 
+    use crate::sync::Arc;
+
     /// A slot occupant that is only its id.
     #[derive(Debug)]
     struct Tenant(ClientId);
+
+    impl Slotted for Tenant {
+        type Handle = Arc<Self>;
+    }
 
     impl Occupant for Tenant {
         fn id(&self) -> ClientId {
@@ -322,7 +328,7 @@ mod tests {
     }
 
     /// Reserves a slot: its index and generation.
-    fn reserve<T>(shard: &Shard<T>) -> Option<(usize, u32)> {
+    fn reserve<T: Slotted>(shard: &Shard<T>) -> Option<(usize, u32)> {
         shard.reserve().map(|r| (r.index, r.generation))
     }
 
@@ -405,7 +411,7 @@ mod tests {
 
     #[test]
     fn a_slot_whose_generation_would_wrap_is_retired() {
-        let shard = Shard::new();
+        let shard = Shard::<Tenant>::new();
         let (index, _) = reserve(&shard).unwrap_or_default();
         let worn = Arc::new(Tenant(ClientId::pack(0, index, u32::MAX)));
         if let Some(slot) = shard.slot(index) {

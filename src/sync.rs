@@ -52,6 +52,14 @@
 //! same guarantee from the language rather than the hardware: its swap and load
 //! are both `SeqCst` (a plain load on x86), because the writer pins, if at all,
 //! only after its swap (to defer the old value), so no fence orders the two.
+//! * [`EntryArc`], a client entry's count, and its weak handle: the same code in
+//!   both builds, plus two loom cells: one every dereference reads and the
+//!   value's drop writes, so loom reports a drop not ordered after some handle's
+//!   use (model E1); one every access to a count reads and the free writes, so
+//!   loom reports a free not ordered after some handle's last touch of the
+//!   allocation (model E2, the weak handle against the last strong drop's
+//!   shortcut). The registry's own weak records ([`WeakArc`]) stay strong under
+//!   loom (below); E2 reaches the weak handle through a hidden loom-only module.
 //! * [`BoundedQueue`]: the same code in both builds, over this module's atomics
 //!   and [`UnsafeCell`], so loom checks every slot hand-over.
 //! * [`WakerSlot`], the channel's receiver waker: a facade [`UnsafeCell`] whose
@@ -96,10 +104,12 @@
 //! * **The send deadline.** `send_timeout`'s timer is tokio's; loom models drive
 //!   it with no deadline (`Duration::MAX`), which is the path that waits only on the
 //!   channel's own wakeups.
-//! * **[`WeakArc`]'s failed upgrade.** Loom's `Arc` has no weak count, so under
-//!   loom the record holds its value strongly and never fails to upgrade; what the
-//!   std build does when it fails (a lookup of the key's holder under the locks the
-//!   models cover) is a unit test's (`registry.rs`).
+//! * **[`WeakArc`]'s failed upgrade.** Under loom the record holds its value
+//!   strongly (an [`EntryArc`]) and never fails to upgrade, as it did over loom's
+//!   `Arc`, which has no weak count; what the std build does when it fails (a lookup
+//!   of the key's holder under the locks the models cover) is a unit test's
+//!   (`registry.rs`). [`EntryArc`]'s weak handle itself is modelled on its own
+//!   (model E2, `loom-tests/tests/entry_arc.rs`).
 //!
 //! [loom]: https://docs.rs/loom
 
@@ -112,6 +122,7 @@ pub(crate) use std::sync::OnceLock;
 pub(crate) use std::sync::Arc as ValueArc;
 
 mod bounded_queue;
+mod entry_arc;
 mod once_arc;
 mod slot_cell;
 mod snapshot_cell;
@@ -125,11 +136,16 @@ mod lock_free_map;
 
 pub(crate) use bounded_queue::BoundedQueue;
 #[cfg(switchboard_loom)]
+pub use entry_arc::loom_model as loom_entry_arc;
+pub(crate) use entry_arc::EntryArc;
+#[cfg(all(test, not(switchboard_loom)))]
+pub(crate) use entry_arc::EntryWeak;
+#[cfg(switchboard_loom)]
 pub(crate) use lock_free_map::LockFreeMap;
 pub(crate) use once_arc::OnceArc;
 #[cfg(not(switchboard_loom))]
 pub(crate) use slot_cell::flush_pending;
-pub(crate) use slot_cell::{Retained, SlotCell, SlotGuard, TAG_PAYLOAD_BITS};
+pub(crate) use slot_cell::{Retained, SlotCell, SlotGuard, Slotted, TAG_PAYLOAD_BITS};
 pub(crate) use snapshot_cell::{Snapshot, SnapshotCell};
 pub(crate) use spin_lock::SpinLock;
 pub(crate) use unique_arc::{unique_mut, NeverWeak};
@@ -178,40 +194,42 @@ impl<T> UnsafeCell<T> {
 #[cfg(switchboard_loom)]
 pub(crate) use loom::cell::UnsafeCell;
 
-/// A reference that does not keep its value alive: `std`'s `Weak`, for records
-/// that must not chain the values they name into one long-lived group (a
-/// taken-over client's successor, `client.rs`).
+/// A reference that does not keep its value alive: [`EntryArc`]'s weak handle,
+/// for records that must not chain the values they name into one long-lived group
+/// (a taken-over client's successor, `client.rs`).
 ///
-/// Loom's `Arc` has no weak count, so under loom this holds the value strongly
-/// and `upgrade` always succeeds; the models see the strong record the std build
-/// had before, and the path taken when an upgrade fails is a lookup under locks
-/// the models already cover.
+/// Under loom this holds the value strongly and `upgrade` always succeeds, as it
+/// did over loom's `Arc`, which has no weak count; the models see the strong
+/// record the std build had before, and the path taken when an upgrade fails is a
+/// lookup under locks the models already cover.
 pub(crate) struct WeakArc<T>(
-    #[cfg(not(switchboard_loom))] std::sync::Weak<T>,
-    #[cfg(switchboard_loom)] Arc<T>,
+    #[cfg(not(switchboard_loom))] entry_arc::EntryWeak<T>,
+    #[cfg(switchboard_loom)] EntryArc<T>,
 );
 
 impl<T> WeakArc<T> {
     /// A reference to `value` that does not keep it alive.
-    pub(crate) fn new(value: &Arc<T>) -> Self {
+    pub(crate) fn new(value: &EntryArc<T>) -> Self {
         #[cfg(not(switchboard_loom))]
-        return Self(Arc::downgrade(value));
+        return Self(EntryArc::downgrade(value));
         #[cfg(switchboard_loom)]
-        return Self(Arc::clone(value));
+        return Self(EntryArc::clone(value));
     }
 
     /// The value, unless every strong reference to it has gone.
-    pub(crate) fn upgrade(&self) -> Option<Arc<T>> {
+    pub(crate) fn upgrade(&self) -> Option<EntryArc<T>> {
         #[cfg(not(switchboard_loom))]
         return self.0.upgrade();
         #[cfg(switchboard_loom)]
-        return Some(Arc::clone(&self.0));
+        return Some(EntryArc::clone(&self.0));
     }
 }
 
 #[cfg(not(switchboard_loom))]
 mod imp {
-    pub(crate) use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use std::sync::atomic::{
+        fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    };
     pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
 
     /// papaya in the std build, like [`ConcurrentMap`]; the loom build models it
@@ -301,7 +319,9 @@ mod imp {
 
 #[cfg(switchboard_loom)]
 mod imp {
-    pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use loom::sync::atomic::{
+        fence, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    };
     pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
     use std::collections::HashMap;
 

@@ -15,7 +15,7 @@ use crate::error::{ClientError, ConfigError, UpdateError};
 use crate::events::Event;
 use crate::profile::{json_size, ClientInfo, ClientKind, SystemInfo};
 use crate::registry::Registry;
-use crate::sync::Arc;
+use crate::sync::{Arc, EntryArc};
 use crate::ClientId;
 
 mod index;
@@ -186,7 +186,7 @@ impl<M> Registry<M> {
     /// config changed nothing).
     fn apply_profile(
         &self,
-        entry: &Arc<ClientEntry<M>>,
+        entry: &EntryArc<ClientEntry<M>>,
         current: &ClientInfo,
         reported: SystemInfo,
         config: &DeviceConfig,
@@ -213,7 +213,7 @@ impl<M> Registry<M> {
     /// race 2). Returns whether it merged again.
     pub(crate) fn merge_latest_config(
         &self,
-        entry: &Arc<ClientEntry<M>>,
+        entry: &EntryArc<ClientEntry<M>>,
         state: &mut ClientState<M>,
         used: &Arc<DeviceConfig>,
     ) -> bool {

@@ -11,7 +11,8 @@ use crate::device_config::DeviceConfig;
 use crate::profile::ClientKind;
 use crate::session::{Directory, Session};
 use crate::sync::{
-    lock, Arc, AtomicU64, ConcurrentMap, LockFreeMap, Mutex, Ordering, SnapshotCell, ValueArc,
+    lock, Arc, AtomicU64, ConcurrentMap, EntryArc, LockFreeMap, Mutex, Ordering, SnapshotCell,
+    ValueArc,
 };
 use crate::task::{Task, TaskId};
 use crate::ClientId;
@@ -87,7 +88,12 @@ impl<M> Fleet<M> {
     }
 
     /// Adds `id` to an index set. Called under the client's lock.
-    pub(crate) fn join_index(&self, key: &IndexKey, id: ClientId, entry: &Arc<ClientEntry<M>>) {
+    pub(crate) fn join_index(
+        &self,
+        key: &IndexKey,
+        id: ClientId,
+        entry: &EntryArc<ClientEntry<M>>,
+    ) {
         // An index set that cannot grow leaves the client out of that one filter;
         // 2^32 members of one platform or tag is not a real fleet.
         let _ = self.indexes.join(key, id, entry);

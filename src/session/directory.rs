@@ -11,7 +11,7 @@ use std::hash::Hash;
 
 use crate::client::ClientEntry;
 use crate::error::UnknownSession;
-use crate::sync::{Arc, ConcurrentMap};
+use crate::sync::{Arc, ConcurrentMap, EntryArc};
 use crate::ClientId;
 
 use super::{Joined, Left, Session, SessionId};
@@ -60,7 +60,7 @@ impl<K: SetKey, M> Directory<K, M> {
 
     /// Adds `id` to the set `key` names, creating the set if there is none.
     #[inline]
-    pub(crate) fn join(&self, key: &K, id: ClientId, entry: &Arc<ClientEntry<M>>) -> Join<M> {
+    pub(crate) fn join(&self, key: &K, id: ClientId, entry: &EntryArc<ClientEntry<M>>) -> Join<M> {
         loop {
             let set = self
                 .sets

@@ -1,13 +1,13 @@
-//! [`OnceArc`]: an `Arc` set at most once, held in one pointer-sized word.
+//! [`OnceArc`]: an [`EntryArc`] set at most once, held in one pointer-sized word.
 //!
 //! A session's member cell holds one of these beside its removal stamp. A
-//! [`WriteOnce`](super::WriteOnce) of an `Arc` would take a state word of its own,
+//! [`WriteOnce`](super::WriteOnce) of an `EntryArc` would take a state word of its own,
 //! padded to 16 bytes, before the pointer; here the pointer is the state (null until
 //! set), so the cell is 16 bytes in all and a broadcast walks half the memory. The
-//! value is the `Arc`'s own pointer (`Arc::into_raw`): setting allocates nothing.
+//! value is the `EntryArc`'s own pointer (`EntryArc::into_raw`): setting allocates nothing.
 //!
-//! The std and loom builds share this code over the facade's `Arc` and `AtomicPtr`,
-//! so loom checks the publication; the pointee is an `Arc` built before `set`.
+//! The std and loom builds share this code over the facade's `EntryArc` and `AtomicPtr`,
+//! so loom checks the publication; the pointee is an `EntryArc` built before `set`.
 #![allow(
     unsafe_code,
     reason = "the cell owns a strong count through a raw pointer; see each SAFETY"
@@ -16,20 +16,20 @@
 use std::marker::PhantomData;
 use std::ptr;
 
-use super::{Arc, AtomicPtr, Ordering};
+use super::{AtomicPtr, EntryArc, Ordering};
 
-/// An `Option<Arc<T>>` that goes from `None` to `Some` at most once.
+/// An `Option<EntryArc<T>>` that goes from `None` to `Some` at most once.
 pub(crate) struct OnceArc<T> {
-    /// Null, or a pointer from `Arc::into_raw` whose strong count the cell owns
+    /// Null, or a pointer from `EntryArc::into_raw` whose strong count the cell owns
     /// until it drops.
     ///
     /// Ordering: set with a `Release` store over null, read with `Acquire`: the
-    /// pair makes everything the setter did before (building the `Arc`) visible to
+    /// pair makes everything the setter did before (building the `EntryArc`) visible to
     /// a reader that sees the pointer. Setters never race (see `set`), so no RMW
     /// is needed to pick one.
     ptr: AtomicPtr<T>,
-    /// Send and Sync exactly when `Arc<T>` is.
-    _owns: PhantomData<Arc<T>>,
+    /// Send and Sync exactly when `EntryArc<T>` is.
+    _owns: PhantomData<EntryArc<T>>,
 }
 
 impl<T> OnceArc<T> {
@@ -48,13 +48,13 @@ impl<T> OnceArc<T> {
     /// they see null or the whole value. Were two setters to race after all, both
     /// could store and the first value's count would leak (its readers' borrows
     /// stay valid): wrong, but not unsound.
-    pub(crate) fn set(&self, value: Arc<T>) -> Result<(), Arc<T>> {
+    pub(crate) fn set(&self, value: EntryArc<T>) -> Result<(), EntryArc<T>> {
         // Relaxed: the caller orders this load after every earlier store to the
         // cell (they were its own, or made under the lock it holds).
         if !self.ptr.load(Ordering::Relaxed).is_null() {
             return Err(value);
         }
-        let raw = Arc::into_raw(value).cast_mut();
+        let raw = EntryArc::into_raw(value).cast_mut();
         // Release: see `ptr`.
         self.ptr.store(raw, Ordering::Release);
         Ok(())
@@ -65,7 +65,7 @@ impl<T> OnceArc<T> {
     pub(crate) fn get(&self) -> Option<&T> {
         // Acquire: see `ptr`.
         let current = self.ptr.load(Ordering::Acquire);
-        // SAFETY: a non-null pointer came from `Arc::into_raw` in `set`, and the
+        // SAFETY: a non-null pointer came from `EntryArc::into_raw` in `set`, and the
         // cell's strong count on it is released only by `Drop`, which needs
         // `&mut self` and so cannot run while this borrow of `self` lives. The
         // pointer is never replaced once set.
@@ -108,9 +108,9 @@ impl<T> OnceArc<T> {
         // Relaxed: as in `set_copy`.
         let current = self.ptr.load(Ordering::Relaxed);
         if !current.is_null() {
-            // SAFETY: the pointer came from `Arc::into_raw` and the cell holds a
+            // SAFETY: the pointer came from `EntryArc::into_raw` and the cell holds a
             // count on it while `&self` lives, so the value is alive.
-            unsafe { Arc::increment_strong_count(current.cast_const()) };
+            unsafe { EntryArc::increment_strong_count(current.cast_const()) };
         }
     }
 
@@ -135,15 +135,15 @@ impl<T> OnceArc<T> {
     }
 
     /// Empties the cell and hands back its value: `&mut self`, so no reader is left.
-    pub(crate) fn take(&mut self) -> Option<Arc<T>> {
+    pub(crate) fn take(&mut self) -> Option<EntryArc<T>> {
         let current = self.empty();
         if current.is_null() {
             return None;
         }
-        // SAFETY: the pointer came from `Arc::into_raw` in `set`, whose count the
+        // SAFETY: the pointer came from `EntryArc::into_raw` in `set`, whose count the
         // cell owned; the cell is now null, so the count passes to the returned
-        // `Arc` and `Drop` will not release it again.
-        Some(unsafe { Arc::from_raw(current.cast_const()) })
+        // `EntryArc` and `Drop` will not release it again.
+        Some(unsafe { EntryArc::from_raw(current.cast_const()) })
     }
 }
 
@@ -156,10 +156,10 @@ impl<T> Drop for OnceArc<T> {
         #[cfg(switchboard_loom)]
         let current = self.ptr.with_mut(|ptr| *ptr);
         if !current.is_null() {
-            // SAFETY: the pointer came from `Arc::into_raw` in `set`, whose count the
+            // SAFETY: the pointer came from `EntryArc::into_raw` in `set`, whose count the
             // cell owns; `&mut self` means no borrow from `get` is alive, and this
             // runs once.
-            drop(unsafe { Arc::from_raw(current.cast_const()) });
+            drop(unsafe { EntryArc::from_raw(current.cast_const()) });
         }
     }
 }
@@ -172,64 +172,64 @@ mod tests {
     fn set_once_then_refuses_and_gives_the_value_back() {
         let cell = OnceArc::new();
         assert_eq!(cell.get(), None);
-        assert!(cell.set(Arc::new(1)).is_ok());
-        let refused = cell.set(Arc::new(2));
+        assert!(cell.set(EntryArc::new(1)).is_ok());
+        let refused = cell.set(EntryArc::new(2));
         assert_eq!(refused.err().as_deref(), Some(&2));
         assert_eq!(cell.get(), Some(&1));
     }
 
     #[test]
     fn holds_one_count_and_drops_it_once() {
-        let value = Arc::new(());
+        let value = EntryArc::new(());
         let cell = OnceArc::new();
-        assert!(cell.set(Arc::clone(&value)).is_ok());
-        assert_eq!(Arc::strong_count(&value), 2);
-        assert!(cell.set(Arc::clone(&value)).is_err());
+        assert!(cell.set(EntryArc::clone(&value)).is_ok());
+        assert_eq!(EntryArc::strong_count(&value), 2);
+        assert!(cell.set(EntryArc::clone(&value)).is_err());
         assert_eq!(
-            Arc::strong_count(&value),
+            EntryArc::strong_count(&value),
             2,
             "a refused value is not leaked"
         );
         drop(cell);
-        assert_eq!(Arc::strong_count(&value), 1);
+        assert_eq!(EntryArc::strong_count(&value), 1);
         drop(OnceArc::<()>::new());
     }
 
     #[test]
     fn a_copy_takes_the_count_its_source_hands_over() {
-        let value = Arc::new(());
+        let value = EntryArc::new(());
         let mut from = OnceArc::new();
-        assert!(from.set(Arc::clone(&value)).is_ok());
+        assert!(from.set(EntryArc::clone(&value)).is_ok());
         let copy = OnceArc::new();
         // SAFETY: settled below, by `hand_over`, before either cell drops.
         assert!(unsafe { copy.set_copy(&from) });
-        assert_eq!(Arc::strong_count(&value), 2, "a copy takes no count");
+        assert_eq!(EntryArc::strong_count(&value), 2, "a copy takes no count");
         assert!(from.hand_over());
         assert!(!from.hand_over(), "handed over twice");
         drop(from);
         assert_eq!(
-            Arc::strong_count(&value),
+            EntryArc::strong_count(&value),
             2,
             "the source released its count"
         );
         assert!(copy.get().is_some());
         drop(copy);
-        assert_eq!(Arc::strong_count(&value), 1);
+        assert_eq!(EntryArc::strong_count(&value), 1);
     }
 
     #[test]
     fn a_counted_copy_and_its_source_each_release_one() {
-        let value = Arc::new(());
+        let value = EntryArc::new(());
         let from = OnceArc::new();
-        assert!(from.set(Arc::clone(&value)).is_ok());
+        assert!(from.set(EntryArc::clone(&value)).is_ok());
         let copy = OnceArc::new();
         // SAFETY: settled below, by `count_copy`, before either cell drops.
         assert!(unsafe { copy.set_copy(&from) });
         from.count_copy();
-        assert_eq!(Arc::strong_count(&value), 3);
+        assert_eq!(EntryArc::strong_count(&value), 3);
         drop(from);
         drop(copy);
-        assert_eq!(Arc::strong_count(&value), 1);
+        assert_eq!(EntryArc::strong_count(&value), 1);
         let empty = OnceArc::<()>::new();
         // SAFETY: nothing is copied from an empty cell, so nothing to settle.
         assert!(!unsafe { OnceArc::new().set_copy(&empty) });
@@ -245,21 +245,21 @@ mod tests {
 
     #[test]
     fn take_moves_the_value_out_once() {
-        let value = Arc::new(());
+        let value = EntryArc::new(());
         let mut cell = OnceArc::new();
         assert!(cell.take().is_none());
-        assert!(cell.set(Arc::clone(&value)).is_ok());
+        assert!(cell.set(EntryArc::clone(&value)).is_ok());
         let taken = cell.take();
-        assert!(taken.as_ref().is_some_and(|t| Arc::ptr_eq(t, &value)));
+        assert!(taken.as_ref().is_some_and(|t| EntryArc::ptr_eq(t, &value)));
         assert!(cell.take().is_none(), "taken twice");
         assert!(cell.get().is_none());
         drop(cell);
         assert_eq!(
-            Arc::strong_count(&value),
+            EntryArc::strong_count(&value),
             2,
             "the cell dropped a taken value"
         );
         drop(taken);
-        assert_eq!(Arc::strong_count(&value), 1);
+        assert_eq!(EntryArc::strong_count(&value), 1);
     }
 }

@@ -1,4 +1,7 @@
-//! [`SlotCell`]: an `Option<Arc<T>>` that is cheap to replace, for client slots.
+//! [`SlotCell`]: an `Option` of a counted handle (`Arc`, or [`EntryArc`] for a
+//! client's entry; see [`Slotted`]) that is cheap to replace, for client slots.
+//!
+//! [`EntryArc`]: crate::sync::EntryArc
 //!
 //! Client slots are replaced on every register and unregister. arc-swap makes each
 //! replacement walk every thread's debt list, which costs more than the rest of a
@@ -17,8 +20,9 @@
 //! # Tags: a word for "no value" that carries one
 //!
 //! An empty cell holds a *tag* rather than null: a word with the low bit set, which
-//! no value's pointer has (an `Arc`'s allocation starts with its two `usize`
-//! counts, so it is at least 8-aligned). The other bits are a payload the owner
+//! no value's pointer has (an `Arc`'s or `EntryArc`'s allocation starts with its two `usize`
+//! counts, so the value is at least `usize`-aligned: 8 bytes on 64-bit targets, 4
+//! on 32-bit, and the tag and lock bits need only 4). The other bits are a payload the owner
 //! chooses and reads back with [`SlotCell::tag`]; readers see only "no value", and
 //! nothing ever dereferences a tag. A free client slot keeps its generation and its
 //! free-list link there (`shard.rs`), where they used to take 8 bytes of a side
@@ -29,7 +33,7 @@
 //! ┌────────────────────────────────────┬───┐
 //! │  payload (63 bits on 64-bit)       │ 1 │   no value; the owner's payload
 //! ├────────────────────────────────────┴───┤
-//! │  Arc::into_raw (8-aligned)       …000  │   the value
+//! │  into_raw (4-aligned at least)    …00  │   the value
 //! └────────────────────────────────────────┘
 //! ```
 //!
@@ -51,7 +55,7 @@
 //! value is the same value. The bit is never set on a tag.
 //!
 //! ```text
-//! │  Arc::into_raw (8-aligned)       …0L0  │   the value; L = LOCKED
+//! │  into_raw (4-aligned at least)    …L0  │   the value; L = LOCKED
 //! ```
 //!
 //! Lock order: a shard's allocation lock before any slot's bit (a release waits
@@ -86,6 +90,106 @@ pub(crate) use epoch_cell::{Retained, SlotCell, SlotGuard};
 #[cfg(switchboard_loom)]
 pub(crate) use loom_cell::{Retained, SlotCell, SlotGuard};
 
+/// A value a [`SlotCell`] can hold, and the counted handle it is held by: `Arc`
+/// for a client's profile, [`EntryArc`](crate::sync::EntryArc) for a client's
+/// entry (which saves the entry's free a locked instruction).
+pub(crate) trait Slotted: Sized {
+    /// The handle; its raw form is the cell's word.
+    type Handle: CountedHandle<Self>;
+}
+
+/// A counted handle that gives up its count as the value's raw address and takes
+/// it back from there, as `Arc::into_raw` and `Arc::from_raw`.
+///
+/// # Safety
+///
+/// `into_raw` returns the value's address (what `as_ptr` returns) with the
+/// handle's count still held, at least 4-aligned (the tag and lock bits);
+/// `from_raw` on that address gives back a handle owning that count, and the
+/// value stays alive at that address while any count on it is held. The handle
+/// is `Send + Sync` whenever `T` is (as `Arc<T>`): a cell of `Send + Sync` values
+/// is shared between threads, hands its handles to readers on any of them, and
+/// drops them on whichever thread runs an epoch's deferred release.
+pub(crate) unsafe trait CountedHandle<T>:
+    std::ops::Deref<Target = T> + Sized
+{
+    /// Gives up the handle, keeping its count, as the value's address.
+    #[cfg_attr(
+        switchboard_loom,
+        allow(dead_code, reason = "the loom cell boxes handles")
+    )]
+    fn into_raw(this: Self) -> *const T;
+    /// Takes back a count [`into_raw`](Self::into_raw) gave up.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` came from `into_raw` on this type, and the caller owns that count.
+    #[cfg_attr(
+        switchboard_loom,
+        allow(dead_code, reason = "the loom cell boxes handles")
+    )]
+    unsafe fn from_raw(ptr: *const T) -> Self;
+    /// The value's address.
+    fn as_ptr(this: &Self) -> *const T;
+}
+
+// SAFETY: `Arc::into_raw`, `from_raw` and `as_ptr` are the same contract; the
+// allocation starts with two `usize` counts, so the value is `usize`-aligned (4
+// bytes at least, below); `Arc<T>` is `Send + Sync` when `T` is.
+unsafe impl<T> CountedHandle<T> for crate::sync::Arc<T> {
+    #[inline]
+    fn into_raw(this: Self) -> *const T {
+        Self::into_raw(this)
+    }
+    #[inline]
+    unsafe fn from_raw(ptr: *const T) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { Self::from_raw(ptr) }
+    }
+    #[inline]
+    fn as_ptr(this: &Self) -> *const T {
+        Self::as_ptr(this)
+    }
+}
+
+// SAFETY: as for `Arc`: `EntryArc`'s functions of the same names have the same
+// contract, its value follows two `usize` counts, and it is `Send + Sync` when
+// `T` is.
+unsafe impl<T> CountedHandle<T> for crate::sync::EntryArc<T> {
+    #[inline]
+    fn into_raw(this: Self) -> *const T {
+        Self::into_raw(this)
+    }
+    #[inline]
+    unsafe fn from_raw(ptr: *const T) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { Self::from_raw(ptr) }
+    }
+    #[inline]
+    fn as_ptr(this: &Self) -> *const T {
+        Self::as_ptr(this)
+    }
+}
+
+/// Plain values in `Arc`s, for the unit tests of the cell and of its users.
+#[cfg(test)]
+mod test_values {
+    use super::Slotted;
+    use crate::sync::Arc;
+
+    impl Slotted for u32 {
+        type Handle = Arc<Self>;
+    }
+
+    impl Slotted for u64 {
+        type Handle = Arc<Self>;
+    }
+}
+
+// The tag and lock bits are a value pointer's two low bits: its counts make it
+// `usize`-aligned, which must be 4 bytes at least.
+const _: () = assert!(std::mem::align_of::<usize>() >= 4);
+
 /// The bit that marks a word as a tag (no value).
 const TAG: usize = 1;
 /// The bit a lock holder sets in a value's word (never in a tag's); see the
@@ -112,26 +216,24 @@ fn tag_payload(word: usize) -> Option<usize> {
 
 #[cfg(not(switchboard_loom))]
 mod epoch_cell {
+    use crossbeam_epoch as epoch;
     use std::marker::PhantomData;
     use std::mem::ManuallyDrop;
     use std::ops::Deref;
     use std::ptr;
     use std::sync::atomic::{AtomicPtr, Ordering};
-    use std::sync::Arc;
 
-    use crossbeam_epoch as epoch;
-
-    use super::{tag_payload, tag_word, LOCKED, TAG};
+    use super::{tag_payload, tag_word, CountedHandle, Slotted, LOCKED, TAG};
     use crate::sync::spin_wait;
 
-    /// A replaceable `Option<Arc<T>>` read without locks.
+    /// A replaceable `Option<T::Handle>` read without locks.
     ///
-    /// The cell holds the `Arc`'s own pointer (`Arc::into_raw`), not a box around
+    /// The cell holds the handle's own pointer (`into_raw`), not a box around
     /// it: a store costs no allocation, and the epoch defers dropping the cell's
     /// reference rather than freeing a box.
-    pub(crate) struct SlotCell<T> {
+    pub(crate) struct SlotCell<T: Slotted> {
         /// A tag (no value; see the module docs), or a pointer from
-        /// `Arc::into_raw` in `store`, possibly with [`LOCKED`] set, whose strong
+        /// the handle's `into_raw` in `store`, possibly with [`LOCKED`] set, whose strong
         /// count the cell owns until a later `store` or `vacate` unlinks it (or
         /// the cell drops). Never null.
         ///
@@ -144,17 +246,17 @@ mod epoch_cell {
         /// The lock bit's own CAS and store are `Acquire` and `Release` (see
         /// [`SlotCell::lock`]): they never change which value the cell holds.
         ptr: AtomicPtr<T>,
-        /// Send and Sync exactly when `Arc<T>` is.
-        _owns: PhantomData<Arc<T>>,
+        /// Send and Sync exactly when `T::Handle` is.
+        _owns: PhantomData<T::Handle>,
     }
 
     /// A value a [`SlotCell::vacate`] unlinked: dropping it defers the release of
     /// the cell's count until every reader that may still see it has unpinned. The
     /// caller drops it after its own lock, so the pin and deferral stay outside.
     #[must_use = "dropping it releases the unlinked value"]
-    pub(crate) struct Unlinked<T>(*const T);
+    pub(crate) struct Unlinked<T: Slotted>(*const T);
 
-    impl<T> Drop for Unlinked<T> {
+    impl<T: Slotted> Drop for Unlinked<T> {
         #[inline]
         fn drop(&mut self) {
             defer_release(self.0);
@@ -165,7 +267,7 @@ mod epoch_cell {
     /// of crossbeam-epoch's bags (64 deferrals), which `hand_over` then flushes.
     pub(super) const BATCH: usize = 64;
 
-    /// A count to give up: the value's pointer and the `Arc<T>` drop for its `T`.
+    /// A count to give up: the value's pointer and the `T::Handle` drop for its `T`.
     type Release = (*const (), unsafe fn(*const ()));
 
     /// This thread's unlinked values not yet handed to the epoch.
@@ -201,14 +303,14 @@ mod epoch_cell {
     /// The empty list's filler; never called.
     unsafe fn release_nothing(_: *const ()) {}
 
-    /// Gives up one count on `ptr`, an `Arc<T>`'s pointer.
+    /// Gives up one count on `ptr`, a `T::Handle`'s pointer.
     ///
     /// # Safety
     ///
-    /// `ptr` came from `Arc::<T>::into_raw`, and the caller owns that count.
-    unsafe fn release_arc<T>(ptr: *const ()) {
+    /// `ptr` came from `T::Handle::into_raw`, and the caller owns that count.
+    unsafe fn release_arc<T: Slotted>(ptr: *const ()) {
         // SAFETY: the caller's contract.
-        drop(unsafe { Arc::from_raw(ptr.cast::<T>()) });
+        drop(unsafe { <T::Handle>::from_raw(ptr.cast::<T>()) });
     }
 
     /// Defers giving up the count a cell held on `old`, which a swap or exchange on
@@ -223,7 +325,7 @@ mod epoch_cell {
     /// unlinks more, or ends, with no bound in time for a thread that goes idle
     /// (crossbeam-epoch's own per-thread bag of 64 kept them the same way).
     #[inline]
-    fn defer_release<T>(old: *const T) {
+    fn defer_release<T: Slotted>(old: *const T) {
         let item: Release = (old.cast(), release_arc::<T>);
         let full = PENDING.try_with(|pending| {
             let mut pending = pending.borrow_mut();
@@ -259,8 +361,9 @@ mod epoch_cell {
             // pinned now, and a drop deferred now runs only after every thread
             // pinned now has unpinned (pinning after the unlink rather than before,
             // or long after, changes nothing for them). The closure may run on
-            // another thread: dropping an `Arc<T>` there is what `Arc<T>: Send`
-            // (required for the cell to be shared) allows.
+            // another thread: dropping a `T::Handle` there is sound because the
+            // cell is shared only when `T: Send + Sync`, and then `T::Handle` is
+            // `Send` (the `CountedHandle` contract).
             unsafe { guard.defer_unchecked(move || release(old)) };
         }
         // Seals the bag into the global queue and collects what has expired. The
@@ -288,29 +391,29 @@ mod epoch_cell {
     /// Holds a cell's lock bit; the value can be neither unlinked nor freed while
     /// it lives. Clears the bit on drop.
     #[must_use = "dropping it unlocks at once"]
-    pub(crate) struct SlotGuard<'a, T> {
+    pub(crate) struct SlotGuard<'a, T: Slotted> {
         cell: &'a SlotCell<T>,
         /// Borrows the cell's count on its value; never dropped.
-        value: ManuallyDrop<Arc<T>>,
+        value: ManuallyDrop<T::Handle>,
     }
 
-    impl<T> Deref for SlotGuard<'_, T> {
-        type Target = Arc<T>;
+    impl<T: Slotted> Deref for SlotGuard<'_, T> {
+        type Target = T::Handle;
 
         #[inline]
-        fn deref(&self) -> &Arc<T> {
+        fn deref(&self) -> &T::Handle {
             &self.value
         }
     }
 
-    impl<T> Drop for SlotGuard<'_, T> {
+    impl<T: Slotted> Drop for SlotGuard<'_, T> {
         #[inline]
         fn drop(&mut self) {
-            self.cell.unlock(Arc::as_ptr(&self.value));
+            self.cell.unlock(T::Handle::as_ptr(&self.value));
         }
     }
 
-    impl<'a, T> SlotGuard<'a, T> {
+    impl<'a, T: Slotted> SlotGuard<'a, T> {
         /// Clears the lock bit and keeps using the value unpinned.
         ///
         /// # Safety
@@ -322,7 +425,7 @@ mod epoch_cell {
         #[inline]
         pub(crate) unsafe fn unlock_retaining(self) -> Retained<'a, T> {
             let this = ManuallyDrop::new(self);
-            this.cell.unlock(Arc::as_ptr(&this.value));
+            this.cell.unlock(T::Handle::as_ptr(&this.value));
             // SAFETY: `this` is never dropped, so this copy of the borrowed count
             // is the only one, and it stays borrowed (`ManuallyDrop`).
             let value = unsafe { ptr::read(&*this.value) };
@@ -332,18 +435,21 @@ mod epoch_cell {
 
     /// A value its holder unlocked and alone may unlink: see
     /// [`SlotGuard::unlock_retaining`]. Borrows the cell's count.
-    pub(crate) struct Retained<'a, T>(ManuallyDrop<Arc<T>>, PhantomData<&'a SlotCell<T>>);
+    pub(crate) struct Retained<'a, T: Slotted>(
+        ManuallyDrop<T::Handle>,
+        PhantomData<&'a SlotCell<T>>,
+    );
 
-    impl<T> Deref for Retained<'_, T> {
-        type Target = Arc<T>;
+    impl<T: Slotted> Deref for Retained<'_, T> {
+        type Target = T::Handle;
 
         #[inline]
-        fn deref(&self) -> &Arc<T> {
+        fn deref(&self) -> &T::Handle {
             &self.0
         }
     }
 
-    impl<T> SlotCell<T> {
+    impl<T: Slotted> SlotCell<T> {
         pub(crate) fn empty() -> Self {
             Self::tagged(0)
         }
@@ -361,7 +467,7 @@ mod epoch_cell {
         /// An empty cell is answered before pinning: a tag points at nothing, and
         /// the answer is the value of that load, which was current during the call.
         #[inline]
-        pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&Arc<T>>) -> R) -> R {
+        pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&T::Handle>) -> R) -> R {
             if self.ptr.load(Ordering::SeqCst).addr() & TAG != 0 {
                 return f(None);
             }
@@ -370,20 +476,23 @@ mod epoch_cell {
             if current.addr() & TAG != 0 {
                 return f(None);
             }
-            // SAFETY: `current` (lock bit cleared) came from `Arc::into_raw` in
+            // SAFETY: `current` (lock bit cleared) came from the handle's `into_raw` in
             // `store`, and the cell's strong count on it is given up only by a
             // closure deferred after it was unlinked, which runs after every thread
             // pinned at that moment unpins; `_guard` keeps this thread pinned until
             // after `f` returns. The `ManuallyDrop` borrows that count without
             // taking it: it is never dropped, and `f` only gets a reference (a clone
             // takes a count of its own).
-            let borrowed = ManuallyDrop::new(unsafe { Arc::from_raw(value_of(current)) });
+            let borrowed = ManuallyDrop::new(unsafe { T::Handle::from_raw(value_of(current)) });
             f(Some(&borrowed))
         }
 
         /// A clone of the current value.
         #[cfg(test)]
-        pub(crate) fn load_full(&self) -> Option<Arc<T>> {
+        pub(crate) fn load_full(&self) -> Option<T::Handle>
+        where
+            T::Handle: Clone,
+        {
             self.with(|value| value.cloned())
         }
 
@@ -392,10 +501,10 @@ mod epoch_cell {
         /// Pins only to defer that drop, after the swap: filling an empty slot (every
         /// registration) needs no pin at all. Never called on a cell whose lock bit
         /// may be set: client slots are stored only while they hold a tag.
-        pub(crate) fn store(&self, value: Option<Arc<T>>) {
+        pub(crate) fn store(&self, value: Option<T::Handle>) {
             let new = value.map_or(ptr::without_provenance_mut(tag_word(0)), |v| {
-                let raw = Arc::into_raw(v).cast_mut();
-                debug_assert_eq!(raw.addr() & (TAG | LOCKED), 0, "an unaligned Arc");
+                let raw = T::Handle::into_raw(v).cast_mut();
+                debug_assert_eq!(raw.addr() & (TAG | LOCKED), 0, "an unaligned handle");
                 raw
             });
             self.replace(new);
@@ -403,15 +512,15 @@ mod epoch_cell {
 
         /// Fills an empty cell with `value`, its lock bit already set: nobody can
         /// lock it before the caller is done with what the lock covers.
-        pub(crate) fn store_locked(&self, value: Arc<T>) -> SlotGuard<'_, T> {
-            let raw = Arc::into_raw(value).cast_mut();
-            debug_assert_eq!(raw.addr() & (TAG | LOCKED), 0, "an unaligned Arc");
+        pub(crate) fn store_locked(&self, value: T::Handle) -> SlotGuard<'_, T> {
+            let raw = T::Handle::into_raw(value).cast_mut();
+            debug_assert_eq!(raw.addr() & (TAG | LOCKED), 0, "an unaligned handle");
             self.replace(raw.map_addr(|addr| addr | LOCKED));
             SlotGuard {
                 cell: self,
                 // SAFETY: the cell now owns this count and the bit set above keeps
                 // it linked until the guard drops; the `ManuallyDrop` borrows it.
-                value: ManuallyDrop::new(unsafe { Arc::from_raw(raw) }),
+                value: ManuallyDrop::new(unsafe { <T::Handle>::from_raw(raw) }),
             }
         }
 
@@ -436,8 +545,8 @@ mod epoch_cell {
         /// Takes the lock bit if the cell holds `occupant`; `None` if it holds
         /// anything else (`occupant` was unlinked, or never stored here).
         #[inline]
-        pub(crate) fn lock_occupant(&self, occupant: &Arc<T>) -> Option<SlotGuard<'_, T>> {
-            let wanted = Arc::as_ptr(occupant);
+        pub(crate) fn lock_occupant(&self, occupant: &T::Handle) -> Option<SlotGuard<'_, T>> {
+            let wanted = T::Handle::as_ptr(occupant);
             self.lock_if(|value| ptr::eq(value, wanted))
         }
 
@@ -477,7 +586,7 @@ mod epoch_cell {
                             // docs) and the cell's count keeps it alive until the
                             // guard drops; the `ManuallyDrop` borrows that count.
                             value: ManuallyDrop::new(unsafe {
-                                Arc::from_raw(current.cast_const())
+                                <T::Handle>::from_raw(current.cast_const())
                             }),
                         });
                     }
@@ -513,8 +622,8 @@ mod epoch_cell {
         /// `payload`; `None`, and the cell unchanged, if the cell holds anything
         /// else. Waits while the lock bit is set. The unlinked value is released
         /// when the returned handle drops.
-        pub(crate) fn vacate(&self, occupant: &Arc<T>, payload: usize) -> Option<Unlinked<T>> {
-            let current = Arc::as_ptr(occupant).cast_mut();
+        pub(crate) fn vacate(&self, occupant: &T::Handle, payload: usize) -> Option<Unlinked<T>> {
+            let current = T::Handle::as_ptr(occupant).cast_mut();
             let tag = ptr::without_provenance_mut(tag_word(payload));
             let mut spins = 0;
             loop {
@@ -536,7 +645,7 @@ mod epoch_cell {
         }
     }
 
-    impl<T> Drop for SlotCell<T> {
+    impl<T: Slotted> Drop for SlotCell<T> {
         fn drop(&mut self) {
             let current = *self.ptr.get_mut();
             if current.addr() & TAG == 0 {
@@ -544,7 +653,7 @@ mod epoch_cell {
                 // cell, and no reference from `with` or a guard outlives its borrow
                 // of the cell, so the cell's count on the current value is released
                 // here, once.
-                drop(unsafe { Arc::from_raw(value_of(current).cast_const()) });
+                drop(unsafe { <T::Handle>::from_raw(value_of(current).cast_const()) });
             }
         }
     }
@@ -556,16 +665,16 @@ mod loom_cell {
 
     use loom::sync::Condvar;
 
-    use crate::sync::{Arc, AtomicUsize, Mutex, Ordering, UnsafeCell};
+    use crate::sync::{AtomicUsize, Mutex, Ordering, UnsafeCell};
 
-    use super::{tag_payload, tag_word, LOCKED, TAG};
+    use super::{tag_payload, tag_word, CountedHandle, Slotted, LOCKED, TAG};
 
-    type Node<T> = UnsafeCell<Arc<T>>;
+    type Node<T> = UnsafeCell<<T as Slotted>::Handle>;
 
     /// The epoch cell's protocol over loom atomics; see the module docs.
-    pub(crate) struct SlotCell<T> {
+    pub(crate) struct SlotCell<T: Slotted> {
         /// A tag, or the address of a node from `Box::into_raw` (at least
-        /// 8-aligned: it holds a pointer), possibly with [`LOCKED`] set: a word
+        /// 4-aligned: it holds a pointer, `usize`-aligned), possibly with [`LOCKED`] set: a word
         /// rather than an `AtomicPtr` because loom's has no `fetch_add` for `read`.
         /// Swaps and exchanges `AcqRel` as in the std build, the lock bit's CAS
         /// `Acquire` and its clearing store `Release`, as there; reads are RMWs
@@ -578,20 +687,20 @@ mod loom_cell {
         waiters: (Mutex<()>, Condvar),
     }
 
-    // SAFETY: as crossbeam's `Atomic<Arc<T>>`: the cell shares and moves `Arc<T>`s.
-    unsafe impl<T: Send + Sync> Send for SlotCell<T> {}
+    // SAFETY: as crossbeam's `Atomic<T::Handle>`: the cell shares and moves `T::Handle`s.
+    unsafe impl<T: Slotted + Send + Sync> Send for SlotCell<T> {}
     // SAFETY: as above; nodes are only read through `&`, and freed under `&mut`.
-    unsafe impl<T: Send + Sync> Sync for SlotCell<T> {}
+    unsafe impl<T: Slotted + Send + Sync> Sync for SlotCell<T> {}
 
     /// A node [`SlotCell::vacate`] unlinked; the std build defers its release, the
     /// loom build keeps it with the cell's retired nodes.
     #[must_use = "dropping it releases the unlinked value"]
-    pub(crate) struct Unlinked<'a, T> {
+    pub(crate) struct Unlinked<'a, T: Slotted> {
         cell: &'a SlotCell<T>,
         node: *mut Node<T>,
     }
 
-    impl<T> Drop for Unlinked<'_, T> {
+    impl<T: Slotted> Drop for Unlinked<'_, T> {
         fn drop(&mut self) {
             self.cell.retire(self.node);
         }
@@ -599,27 +708,27 @@ mod loom_cell {
 
     /// Holds a cell's lock bit, as the std build's guard.
     #[must_use = "dropping it unlocks at once"]
-    pub(crate) struct SlotGuard<'a, T> {
+    pub(crate) struct SlotGuard<'a, T: Slotted> {
         cell: &'a SlotCell<T>,
         /// The node's word, lock bit clear.
         word: usize,
     }
 
-    impl<T> Deref for SlotGuard<'_, T> {
-        type Target = Arc<T>;
+    impl<T: Slotted> Deref for SlotGuard<'_, T> {
+        type Target = T::Handle;
 
-        fn deref(&self) -> &Arc<T> {
+        fn deref(&self) -> &T::Handle {
             self.cell.value(self.word)
         }
     }
 
-    impl<T> Drop for SlotGuard<'_, T> {
+    impl<T: Slotted> Drop for SlotGuard<'_, T> {
         fn drop(&mut self) {
             self.cell.unlock(self.word);
         }
     }
 
-    impl<'a, T> SlotGuard<'a, T> {
+    impl<'a, T: Slotted> SlotGuard<'a, T> {
         /// As the std build's; see there.
         ///
         /// # Safety
@@ -637,20 +746,20 @@ mod loom_cell {
     }
 
     /// As the std build's.
-    pub(crate) struct Retained<'a, T> {
+    pub(crate) struct Retained<'a, T: Slotted> {
         cell: &'a SlotCell<T>,
         word: usize,
     }
 
-    impl<T> Deref for Retained<'_, T> {
-        type Target = Arc<T>;
+    impl<T: Slotted> Deref for Retained<'_, T> {
+        type Target = T::Handle;
 
-        fn deref(&self) -> &Arc<T> {
+        fn deref(&self) -> &T::Handle {
             self.cell.value(self.word)
         }
     }
 
-    impl<T> SlotCell<T> {
+    impl<T: Slotted> SlotCell<T> {
         pub(crate) fn empty() -> Self {
             Self::tagged(0)
         }
@@ -663,7 +772,7 @@ mod loom_cell {
             }
         }
 
-        pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&Arc<T>>) -> R) -> R {
+        pub(crate) fn with<R>(&self, f: impl FnOnce(Option<&T::Handle>) -> R) -> R {
             match self.node(self.read()) {
                 None => f(None),
                 Some(node) => node.with(|value| {
@@ -686,7 +795,7 @@ mod loom_cell {
         }
 
         /// The value of a node word a guard holds.
-        fn value(&self, word: usize) -> &Arc<T> {
+        fn value(&self, word: usize) -> &T::Handle {
             let node = self.node(word).expect("a guard holds a value, not a tag");
             // SAFETY: as in `with`: nodes are never written after publication.
             node.with(|value| unsafe { &*value })
@@ -703,14 +812,14 @@ mod loom_cell {
             self.ptr.fetch_add(0, Ordering::AcqRel)
         }
 
-        pub(crate) fn store(&self, value: Option<Arc<T>>) {
+        pub(crate) fn store(&self, value: Option<T::Handle>) {
             let new = value.map_or(tag_word(0), |value| {
                 Box::into_raw(Box::new(UnsafeCell::new(value))) as usize
             });
             self.replace(new);
         }
 
-        pub(crate) fn store_locked(&self, value: Arc<T>) -> SlotGuard<'_, T> {
+        pub(crate) fn store_locked(&self, value: T::Handle) -> SlotGuard<'_, T> {
             let word = Box::into_raw(Box::new(UnsafeCell::new(value))) as usize;
             self.replace(word | LOCKED);
             SlotGuard { cell: self, word }
@@ -732,11 +841,13 @@ mod loom_cell {
             self.lock_if(|_| true)
         }
 
-        pub(crate) fn lock_occupant(&self, occupant: &Arc<T>) -> Option<SlotGuard<'_, T>> {
-            self.lock_if(|value| Arc::ptr_eq(value, occupant))
+        pub(crate) fn lock_occupant(&self, occupant: &T::Handle) -> Option<SlotGuard<'_, T>> {
+            self.lock_if(|value| {
+                std::ptr::eq(T::Handle::as_ptr(value), T::Handle::as_ptr(occupant))
+            })
         }
 
-        fn lock_if(&self, accept: impl Fn(&Arc<T>) -> bool) -> Option<SlotGuard<'_, T>> {
+        fn lock_if(&self, accept: impl Fn(&T::Handle) -> bool) -> Option<SlotGuard<'_, T>> {
             loop {
                 let current = self.read();
                 if current & TAG != 0 || !accept(self.value(current)) {
@@ -807,13 +918,22 @@ mod loom_cell {
             tag_payload(self.ptr.load(Ordering::Relaxed))
         }
 
-        pub(crate) fn vacate(&self, occupant: &Arc<T>, payload: usize) -> Option<Unlinked<'_, T>> {
+        pub(crate) fn vacate(
+            &self,
+            occupant: &T::Handle,
+            payload: usize,
+        ) -> Option<Unlinked<'_, T>> {
             // The std build's one exchange on the `Arc`'s pointer becomes a read of
             // the node and an exchange on it: the same outcome, one more scheduling
             // point for loom to explore. A locked word is waited out, as there.
             loop {
                 let current = self.read();
-                if current & TAG != 0 || !Arc::ptr_eq(self.value(current), occupant) {
+                if current & TAG != 0
+                    || !std::ptr::eq(
+                        T::Handle::as_ptr(self.value(current)),
+                        T::Handle::as_ptr(occupant),
+                    )
+                {
                     return None;
                 }
                 if current & LOCKED != 0 {
@@ -844,7 +964,7 @@ mod loom_cell {
         }
     }
 
-    impl<T> Drop for SlotCell<T> {
+    impl<T: Slotted> Drop for SlotCell<T> {
         fn drop(&mut self) {
             // Relaxed: `&mut self`, so no other thread can touch the word.
             let current = self.ptr.load(Ordering::Relaxed);
@@ -867,7 +987,7 @@ mod tests {
 
     #[test]
     fn stores_and_reads_back() {
-        let cell = SlotCell::empty();
+        let cell = SlotCell::<u64>::empty();
         assert!(cell.load_full().is_none());
         cell.store(Some(Arc::new(7)));
         assert_eq!(cell.with(|v| v.map(|v| **v)), Some(7));
@@ -883,7 +1003,7 @@ mod tests {
             assert!(cell.load_full().is_none());
             assert_eq!(cell.tag(), Some(payload));
         }
-        let cell = SlotCell::empty();
+        let cell = SlotCell::<u64>::empty();
         cell.store(Some(Arc::new(3)));
         assert_eq!(cell.tag(), None, "a value is no tag");
         cell.store(None);
@@ -893,7 +1013,7 @@ mod tests {
     #[test]
     fn vacate_replaces_only_the_named_value() {
         let value = Arc::new(5);
-        let cell = SlotCell::empty();
+        let cell = SlotCell::<u64>::empty();
         cell.store(Some(Arc::clone(&value)));
         assert!(
             cell.vacate(&Arc::new(5), 9).is_none(),
@@ -930,7 +1050,7 @@ mod tests {
     #[test]
     fn a_thread_that_ends_hands_its_unlinked_values_over() {
         let value = Arc::new(4);
-        let cell = Arc::new(SlotCell::empty());
+        let cell = Arc::new(SlotCell::<u64>::empty());
         cell.store(Some(Arc::clone(&value)));
         let replacer = {
             let cell = Arc::clone(&cell);
@@ -943,7 +1063,7 @@ mod tests {
     #[test]
     fn a_full_batch_is_handed_over_without_a_flush() {
         let value = Arc::new(5);
-        let cell = SlotCell::empty();
+        let cell = SlotCell::<u64>::empty();
         std::thread::scope(|s| {
             s.spawn(|| {
                 cell.store(Some(Arc::clone(&value)));
@@ -959,7 +1079,7 @@ mod tests {
     #[test]
     fn dropping_the_cell_frees_its_value_at_once() {
         let value = Arc::new(1);
-        let cell = SlotCell::empty();
+        let cell = SlotCell::<u64>::empty();
         cell.store(Some(Arc::clone(&value)));
         assert_eq!(Arc::strong_count(&value), 2);
         drop(cell);
@@ -969,7 +1089,7 @@ mod tests {
     #[test]
     fn replaced_values_are_freed_once_readers_are_gone() {
         let first = Arc::new(1);
-        let cell = SlotCell::empty();
+        let cell = SlotCell::<u64>::empty();
         cell.store(Some(Arc::clone(&first)));
         let held = cell.load_full();
         cell.store(Some(Arc::new(2)));
@@ -992,7 +1112,7 @@ mod tests {
 
     #[test]
     fn concurrent_readers_see_only_stored_values() {
-        let cell = SlotCell::empty();
+        let cell = SlotCell::<u64>::empty();
         std::thread::scope(|s| {
             s.spawn(|| {
                 for i in 0..10_000u64 {

@@ -1,0 +1,172 @@
+//! Model E1: a client entry's reference count (`EntryArc`, `src/sync/entry_arc.rs`).
+//!
+//! An entry is shared by its slot, its receiver and its sessions' member cells,
+//! and freed by whichever lets go last, on any thread. Every dereference reads a
+//! loom cell that the value's drop writes, so loom reports a drop that is not
+//! ordered after some other handle's last use. The count is the textbook one
+//! (`Release` decrements, an `Acquire` fence before the drop); what is new is
+//! that a pair is counted at the allocation and that the free skips the weak
+//! count's decrement, so the model starts from a pair and frees on either thread.
+//! The canary below weakens the decrement to `Relaxed` without the fence, and
+//! loom must report it.
+//!
+//! Model E2: the weak handle (`EntryWeak`). The last strong drop frees the
+//! allocation at once when its `Acquire` load reads a weak count of 1; every
+//! access to a count reads a loom cell that the free writes, so loom reports a
+//! free not ordered after some handle's last touch of the counts. Three shapes:
+//! an upgrade against the last strong drop, a downgrade on the other thread, and
+//! a weak handle dropped on a third thread against the last strong drop. Its
+//! canary makes the shortcut's load `Relaxed`, without the fence.
+#![cfg(switchboard_loom)]
+
+use loom_tests::thread::spawn;
+use loom_tests::{check, join};
+use switchboard::loom_entry_arc::{weaken_release, weaken_shortcut, Handle};
+
+/// Two threads each use their handles, then let go; either may drop the value.
+fn two_threads_let_go(name: &str) {
+    check(name, &[], |_| {
+        let (a, b) = Handle::pair(7_u32);
+        let c = b.clone();
+        let other = spawn(move || {
+            assert_eq!(*a.get(), 7);
+            drop(a);
+            assert_eq!(*c.get(), 7);
+            drop(c);
+        });
+        assert_eq!(*b.get(), 7);
+        drop(b);
+        join(other);
+    });
+}
+
+#[test]
+fn e1_the_last_handle_drops_the_value_after_every_use() {
+    two_threads_let_go("E1 entry count: two threads let go");
+}
+
+/// Restores the real count on this thread when the test ends, panicking or not.
+struct Weakened;
+
+impl Weakened {
+    fn new() -> Self {
+        weaken_release(true);
+        Self
+    }
+}
+
+impl Drop for Weakened {
+    fn drop(&mut self) {
+        weaken_release(false);
+    }
+}
+
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn e1_canary_a_relaxed_decrement_drops_the_value_under_a_use() {
+    let _weakened = Weakened::new();
+    two_threads_let_go("canary: E1 with a relaxed decrement");
+}
+
+/// Restores the free's shortcut on this thread when the test ends.
+struct ShortcutWeakened;
+
+impl ShortcutWeakened {
+    fn new() -> Self {
+        weaken_shortcut(true);
+        Self
+    }
+}
+
+impl Drop for ShortcutWeakened {
+    fn drop(&mut self) {
+        weaken_shortcut(false);
+    }
+}
+
+/// E2a: a weak handle upgrades (or finds the value gone) and lets go on one
+/// thread while the last strong handle goes on the other.
+fn upgrade_against_the_last_drop(name: &str) {
+    check(name, &["upgraded", "too late"], |cases| {
+        let a = Handle::new(7_u32);
+        let weak = a.downgrade();
+        let cases = cases.clone();
+        let other = spawn(move || {
+            match weak.upgrade() {
+                Some(up) => {
+                    cases.hit("upgraded");
+                    assert_eq!(*up.get(), 7);
+                    drop(up);
+                }
+                None => cases.hit("too late"),
+            }
+            drop(weak);
+        });
+        assert_eq!(*a.get(), 7);
+        drop(a);
+        join(other);
+    });
+}
+
+/// E2b: the other thread makes the weak handle from its own strong one, then
+/// every handle goes.
+fn downgrade_on_the_other_thread(name: &str) {
+    check(name, &["upgraded", "too late"], |cases| {
+        let (a, b) = Handle::pair(7_u32);
+        let cases = cases.clone();
+        let other = spawn(move || {
+            let weak = b.downgrade();
+            drop(b);
+            match weak.upgrade() {
+                Some(up) => {
+                    cases.hit("upgraded");
+                    assert_eq!(*up.get(), 7);
+                }
+                None => cases.hit("too late"),
+            }
+            drop(weak);
+        });
+        assert_eq!(*a.get(), 7);
+        drop(a);
+        join(other);
+    });
+}
+
+/// E2c: a weak handle dropped on a third thread while the last two strong
+/// handles go on two others: the shortcut's load against the weak decrement.
+fn weak_drop_against_the_last_drop(name: &str) {
+    check(name, &[], |_| {
+        let (a, b) = Handle::pair(7_u32);
+        let weak = a.downgrade();
+        let dropper = spawn(move || drop(weak));
+        let other = spawn(move || {
+            assert_eq!(*b.get(), 7);
+            drop(b);
+        });
+        drop(a);
+        join(dropper);
+        join(other);
+    });
+}
+
+#[test]
+fn e2a_an_upgrade_against_the_last_strong_drop() {
+    upgrade_against_the_last_drop("E2a entry count: upgrade against the last drop");
+}
+
+#[test]
+fn e2b_a_downgrade_on_the_other_thread_then_every_handle_drops() {
+    downgrade_on_the_other_thread("E2b entry count: downgrade on the other thread");
+}
+
+#[test]
+fn e2c_a_weak_drop_against_the_last_strong_drop() {
+    weak_drop_against_the_last_drop("E2c entry count: weak drop against the last drop");
+}
+
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn e2_canary_a_relaxed_shortcut_frees_under_a_weak_drop() {
+    let _weakened = ShortcutWeakened::new();
+    weak_drop_against_the_last_drop("canary: E2c with a relaxed shortcut");
+}

@@ -395,11 +395,15 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let publish_window = go.elapsed();
-    // Drain: until nothing has moved for a second.
-    let mut last = (shared.delivered.load(Relaxed), Instant::now());
+    // Drain: until nothing has moved for a second, the sinks' load counted too (a
+    // sink's backlog can still be in flight after the stamped messages stopped).
+    let moved = || {
+        shared.delivered.load(Relaxed) + shared.sunk.iter().map(|s| s.load(Relaxed)).sum::<u64>()
+    };
+    let mut last = (moved(), Instant::now());
     while last.1.elapsed() < Duration::from_secs(1) {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let d = shared.delivered.load(Relaxed);
+        let d = moved();
         if d != last.0 {
             last = (d, Instant::now());
         }

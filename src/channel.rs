@@ -819,6 +819,69 @@ mod tests {
         assert_eq!(rx.len(), 2);
     }
 
+    /// Capacities the ring rounds up to a power of two of slots, with and without
+    /// outer slots: its extra slots must never admit a message the permits refuse.
+    const AWKWARD_CAPACITIES: [usize; 4] = [3, 5, 6, 33];
+
+    #[test]
+    fn a_capacity_that_is_not_a_power_of_two_refuses_the_message_past_it() {
+        for capacity in AWKWARD_CAPACITIES {
+            let (tx, mut rx) = pair(capacity);
+            for msg in 0..capacity as u32 {
+                assert!(tx.try_send(msg).is_ok(), "capacity {capacity}: {msg}");
+            }
+            assert!(
+                matches!(tx.try_send(99), Err(Rejected::Full(99))),
+                "capacity {capacity} took one more"
+            );
+            assert_eq!(rx.len(), capacity);
+            assert_eq!(rx.try_recv(), Ok(0));
+            assert!(tx.try_send(100).is_ok(), "capacity {capacity}");
+            assert!(matches!(tx.try_send(101), Err(Rejected::Full(101))));
+        }
+    }
+
+    /// Every fill starts at a different slot of the ring and wraps mid-way, and the
+    /// partial rounds shift the start again. A slot freed for the wrong lap shows
+    /// as a lost or reordered message, or as a push spinning for a slot that is
+    /// never freed for its index, which the watchdog turns into a failure.
+    #[test]
+    fn fill_drain_and_refill_across_many_laps_of_a_capacity_that_is_not_a_power_of_two() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            for capacity in AWKWARD_CAPACITIES {
+                let (tx, mut rx) = pair(capacity);
+                let mut next = 0u32;
+                for round in 0..100 {
+                    // Full rounds, then rounds one short of full.
+                    let fill = capacity - round % 2;
+                    let first = next;
+                    for _ in 0..fill {
+                        assert!(tx.try_send(next).is_ok(), "capacity {capacity}: {next}");
+                        next += 1;
+                    }
+                    if fill == capacity {
+                        assert!(matches!(tx.try_send(0), Err(Rejected::Full(0))));
+                    }
+                    for expected in first..next {
+                        assert_eq!(rx.try_recv(), Ok(expected), "capacity {capacity}");
+                    }
+                    assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+                }
+            }
+            let _ = done_tx.send(());
+        });
+        match done_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(()) => worker.join().expect("the worker finished"),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::panic::resume_unwind(worker.join().expect_err("the worker panicked"))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("a send spun on a slot that was never freed for its lap")
+            }
+        }
+    }
+
     #[test]
     fn close_refuses_new_sends_but_delivers_accepted_ones() {
         let (tx, mut rx) = pair(4);

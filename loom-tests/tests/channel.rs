@@ -379,3 +379,44 @@ fn a_close_ends_a_parking_receiver() {
         }
     });
 }
+
+/// Channel model 10: a sender waiting for room ∥ the receiver, on a ring two laps
+/// in, whose capacity (3) is not its slot count (4).
+///
+/// Six messages sent and received one by one move both indexes to 6, a slot past
+/// the second lap's start; then indexes 6 and 7 fill slots 2 and 3. The sender
+/// sends index 8, which wraps to slot 0 (freed by index 4 for the third lap),
+/// and then index 9, which must wait for a permit although slot 1 is free: the
+/// permits, not the slots, bound the queue at 3.
+#[test]
+fn a_waiting_sender_wraps_a_ring_whose_capacity_is_not_a_power_of_two() {
+    check(
+        "channel 10: send, send_timeout | recv (capacity 3)",
+        &[],
+        |_| {
+            let registry = registry(3);
+            let (id, mut rx) = register(&registry);
+            for msg in 0..6 {
+                assert_eq!(registry.send(id, msg), Ok(()));
+                assert_eq!(rx.try_recv(), Ok(msg));
+            }
+            assert_eq!(registry.send(id, 6), Ok(()));
+            assert_eq!(registry.send(id, 7), Ok(()));
+            let start = StartLine::new(2);
+            let sender = {
+                let registry = registry.clone();
+                start.spawn(move || {
+                    assert_eq!(registry.send(id, 8), Ok(()), "the third of three");
+                    block_on(registry.send_timeout(id, 9, Duration::MAX))
+                })
+            };
+            start.wait();
+            let got: Vec<u32> = (0..4)
+                .map(|_| block_on(rx.recv()).expect("open channel"))
+                .collect();
+            assert_eq!(join(sender), Ok(()));
+            assert_eq!(got, [6, 7, 8, 9]);
+            assert!(rx.try_recv().is_err(), "nothing more was sent");
+        },
+    );
+}

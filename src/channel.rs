@@ -819,8 +819,9 @@ mod tests {
         assert_eq!(rx.len(), 2);
     }
 
-    /// Capacities the ring rounds up to a power of two of slots, with and without
-    /// outer slots: its extra slots must never admit a message the permits refuse.
+    /// Capacities that are not a power of two, with and without outer slots: a ring
+    /// that wraps by anything but its capacity (or a mask that rounded it up) must
+    /// never lose a lap or admit a message the permits refuse.
     const AWKWARD_CAPACITIES: [usize; 4] = [3, 5, 6, 33];
 
     #[test]

@@ -381,13 +381,14 @@ fn a_close_ends_a_parking_receiver() {
 }
 
 /// Channel model 10: a sender waiting for room ∥ the receiver, on a ring two laps
-/// in, whose capacity (3) is not its slot count (4).
+/// in, whose capacity (3) is not a power of two.
 ///
-/// Six messages sent and received one by one move both indexes to 6, a slot past
-/// the second lap's start; then indexes 6 and 7 fill slots 2 and 3. The sender
-/// sends index 8, which wraps to slot 0 (freed by index 4 for the third lap),
-/// and then index 9, which must wait for a permit although slot 1 is free: the
-/// permits, not the slots, bound the queue at 3.
+/// Six messages sent and received one by one move both indexes to 6, the start of
+/// the third lap; then indexes 6 and 7 fill slots 0 and 1. The sender sends index
+/// 8 into slot 2, and then index 9, which must wait for a permit and then wrap to
+/// slot 0 of the fourth lap, freed by index 6 (a ring sized up to a power of two,
+/// as in `ringmask`, would put it in a free fourth slot instead: there the permits,
+/// not the slots, bound the queue at 3).
 #[test]
 fn a_waiting_sender_wraps_a_ring_whose_capacity_is_not_a_power_of_two() {
     check(

@@ -308,7 +308,7 @@ mod epoch_cell {
     /// # Safety
     ///
     /// `ptr` came from `T::Handle::into_raw`, and the caller owns that count.
-    unsafe fn release_arc<T: Slotted>(ptr: *const ()) {
+    unsafe fn release_handle<T: Slotted>(ptr: *const ()) {
         // SAFETY: the caller's contract.
         drop(unsafe { <T::Handle>::from_raw(ptr.cast::<T>()) });
     }
@@ -326,7 +326,7 @@ mod epoch_cell {
     /// (crossbeam-epoch's own per-thread bag of 64 kept them the same way).
     #[inline]
     fn defer_release<T: Slotted>(old: *const T) {
-        let item: Release = (old.cast(), release_arc::<T>);
+        let item: Release = (old.cast(), release_handle::<T>);
         let full = PENDING.try_with(|pending| {
             let mut pending = pending.borrow_mut();
             let len = pending.len;

@@ -154,9 +154,12 @@ impl<M> Clients<M> {
             // the slot's `SeqCst` read in `lock_occupant` (an acquire) saw it hold
             // something else, so the entry has left it. Every write to a slot word
             // releases (swaps and exchanges are `SeqCst`, the lock bit's clearing
-            // store `Release`), and each one after the unlinking exchange is an RMW
-            // reading the one before it or a lock holder's store after such an RMW,
-            // so whichever the read saw, the unlinking is ordered before this.
+            // store and a plain registration's fill `Release`), and each one after
+            // the unlinking exchange is an RMW reading the one before it, a lock
+            // holder's store after such an RMW, or the next occupant's fill, which
+            // the shard's allocation lock (held by both the unlinking and the
+            // reservation) orders after it; so whichever the read saw, the
+            // unlinking is ordered before this.
             None => Locked::Departed(unsafe { entry.departed_state() }),
         }
     }

@@ -249,10 +249,10 @@ impl<M> Registry<M> {
         let old = if key.is_none() && merged_with.is_none() && indexed.is_empty() {
             // Nothing to add after the slot: no half-done registration for the
             // lock to hide, so the common plain client skips it.
-            slot.store(Some(for_slot));
+            slot.fill(for_slot);
             None
         } else {
-            let mut state = ClientLock::new(slot.store_locked(for_slot));
+            let mut state = ClientLock::new(slot.fill_locked(for_slot));
             let old = key
                 .as_deref()
                 .and_then(|key| inner.fleet.claim_key(key, id));

@@ -873,6 +873,11 @@ fn publish<M>(w: &Writer<M>) {
     w.layout.live.store(w.positions.len(), Ordering::Relaxed);
     // Release: see `Layout::state`. A swap, not a store: readers write the word
     // too (see `Session::snapshot`), and an RMW keeps every write to it in one chain.
+    // A store would do against their write-backs (an RMW reads the latest value
+    // before its own write), but the swap also acquires the write of a reader
+    // that read the old word, which orders that reader before whatever the writer
+    // does next: a broadcast that missed this join or leave began before the call
+    // returned, however "before" is established (a relaxed clock included).
     w.layout
         .state
         .swap(pack(w.len, w.version), Ordering::AcqRel);
@@ -922,6 +927,42 @@ mod tests {
         let expected: Vec<_> = (0..10).filter(|&n| n != 3).map(id).collect();
         assert_eq!(ids(&s.snapshot()), expected);
         assert_eq!(s.snapshot().live(), 9);
+    }
+
+    /// Readers write the state word too (`snapshot`'s `fetch_add(0)`), which is
+    /// sound only because a reader's write is atomic with its read: a reader that
+    /// read the word, then wrote it back after a later publication, would undo
+    /// it, and every snapshot after that would miss joins that had returned.
+    /// Readers here learn how many joins returned (an acquire of the writer's
+    /// count) just before each snapshot. This guards against the undo only; the
+    /// ordering the writer's swap adds against relaxed clocks is loom model 2's.
+    #[test]
+    fn racing_snapshots_never_undo_a_published_join() {
+        const JOINS: usize = 60_000;
+        let s = Session::<u32>::new();
+        let joined = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| loop {
+                    // Acquire: pairs with the writer's Release below, which comes
+                    // after the join's publication.
+                    let returned = joined.load(Ordering::Acquire);
+                    let seen = s.snapshot().len;
+                    assert!(
+                        seen >= returned,
+                        "a snapshot saw {seen} members after {returned} joins returned"
+                    );
+                    if returned == JOINS {
+                        break;
+                    }
+                });
+            }
+            for n in 0..JOINS {
+                assert_eq!(s.join(id(n), &entry(n)), Joined::Added);
+                // Release: see the readers' Acquire.
+                joined.store(n + 1, Ordering::Release);
+            }
+        });
     }
 
     #[test]

@@ -34,9 +34,13 @@
 //!   generation and free-list link, `shard.rs`) are the same words: written by a
 //!   release's exchange and read under the shard's lock, in loom's view too. So is
 //!   the lock bit that is a client's lock (its `Acquire` CAS, the vacate that waits
-//!   for it), with two differences loom forces: a waiter sleeps on a condition
-//!   variable every unlock notifies instead of spinning, and the unlock is a
-//!   `Release` swap where the std build stores (see `unlock` there).
+//!   for it), with three differences loom forces: a waiter sleeps on a condition
+//!   variable every unlock notifies instead of spinning, and the unlock and a
+//!   registration's fill of its reserved slot are `Release` swaps where the std
+//!   build stores (see `unlock` and `fill_word` there: loom's RMW reads could
+//!   otherwise write an older word back over a plain store, tokio-rs/loom#254).
+//!   The model is the stronger there: no model checks those two std stores,
+//!   whose arguments are in `sync/slot_cell.rs`.
 //! * [`SnapshotCell`]: arc-swap's observable protocol (pointer swap, a read that
 //!   returns the latest store, `Arc` clone) over loom atomics.
 //!
@@ -49,9 +53,13 @@
 //! linearizability arguments (models 1, 2, 2b) need a read to see the latest
 //! store, and with plain `Acquire` loads loom duly reported broadcasts missing a
 //! join that had returned before them. The std [`SlotCell`] gets the
-//! same guarantee from the language rather than the hardware: its swap and load
-//! are both `SeqCst` (a plain load on x86), because the writer pins, if at all,
-//! only after its swap (to defer the old value), so no fence orders the two.
+//! same guarantee against every ordering made of happens-before or `SeqCst`
+//! operations: its swap and load are both `SeqCst` (a plain load on x86),
+//! because the writer pins, if at all, only after its swap (to defer the old
+//! value), so no fence orders the two. (Against a *relaxed* clock the std cell
+//! promises less than the loom one, whose reads are RMWs.) A registration's
+//! fill of a reserved slot is a `Release` store: it unlinks nothing, so what
+//! it publishes reaches a reader through the id's happens-before.
 //! * [`EntryArc`], a client entry's count, and its weak handle: the same code in
 //!   both builds, plus two loom cells: one every dereference reads and the
 //!   value's drop writes, so loom reports a drop not ordered after some handle's

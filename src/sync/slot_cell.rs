@@ -232,10 +232,10 @@ mod epoch_cell {
     /// it: a store costs no allocation, and the epoch defers dropping the cell's
     /// reference rather than freeing a box.
     pub(crate) struct SlotCell<T: Slotted> {
-        /// A tag (no value; see the module docs), or a pointer from
-        /// the handle's `into_raw` in `store`, possibly with [`LOCKED`] set, whose strong
-        /// count the cell owns until a later `store` or `vacate` unlinks it (or
-        /// the cell drops). Never null.
+        /// A tag (no value; see the module docs), or a pointer from the
+        /// handle's `into_raw` in `store` or a fill, possibly with [`LOCKED`] set,
+        /// whose strong count the cell owns until a later `store` or `vacate`
+        /// unlinks it (or the cell drops). Never null.
         ///
         /// Ordering: stores, exchanges and reads are `SeqCst`. Release/acquire alone
         /// would publish the value, but the registry's linearizability arguments (a
@@ -244,7 +244,10 @@ mod epoch_cell {
         /// one total order, and the writer's pin (if any) comes after the swap. On
         /// x86 a `SeqCst` load is a plain load and the swap is locked either way.
         /// The lock bit's own CAS and store are `Acquire` and `Release` (see
-        /// [`SlotCell::lock`]): they never change which value the cell holds.
+        /// [`SlotCell::lock`]): they never change which value the cell holds. A
+        /// registration's [`fill`](SlotCell::fill) of the tag it reserved is a
+        /// `Release` store: it replaces no entry, so no such argument is about it
+        /// (see `fill` for why it is enough).
         ptr: AtomicPtr<T>,
         /// Send and Sync exactly when `T::Handle` is.
         _owns: PhantomData<T::Handle>,
@@ -477,7 +480,7 @@ mod epoch_cell {
                 return f(None);
             }
             // SAFETY: `current` (lock bit cleared) came from the handle's `into_raw` in
-            // `store`, and the cell's strong count on it is given up only by a
+            // `store` or a fill, and the cell's strong count on it is given up only by a
             // closure deferred after it was unlinked, which runs after every thread
             // pinned at that moment unpins; `_guard` keeps this thread pinned until
             // after `f` returns. The `ManuallyDrop` borrows that count without
@@ -510,18 +513,54 @@ mod epoch_cell {
             self.replace(new);
         }
 
-        /// Fills an empty cell with `value`, its lock bit already set: nobody can
-        /// lock it before the caller is done with what the lock covers.
-        pub(crate) fn store_locked(&self, value: T::Handle) -> SlotGuard<'_, T> {
+        /// Fills a cell that holds a tag, as a registration fills the slot it
+        /// reserved: a `Release` store where [`store`](Self::store) swaps.
+        ///
+        /// Nothing else writes a reserved slot's word before this store: the
+        /// reservation took it off the free list under the shard's allocation
+        /// lock, `vacate` and the lock bit's CAS only ever replace a value (a
+        /// failed CAS writes nothing), and std reads are plain loads. So no RMW is
+        /// needed to keep the word's writes in one chain, and `Release` publishes
+        /// the value. The previous occupant was unlinked (`vacate`) under the same
+        /// allocation lock, so the unlinking happens before this store, and a
+        /// reader that acquires the new entry is ordered after both. A reader that
+        /// learned the new id from the registration (its return, or an index or
+        /// key stored after this) sees the entry by write-read coherence; one that
+        /// reaches the slot otherwise (a guessed id, a sweep of every slot) is not
+        /// ordered after the registration, and may be placed before it, as it
+        /// could be against the swap this replaces. One locked instruction fewer
+        /// per registration. The loom build swaps instead (see its `fill`).
+        #[inline]
+        pub(crate) fn fill(&self, value: T::Handle) {
             let raw = T::Handle::into_raw(value).cast_mut();
             debug_assert_eq!(raw.addr() & (TAG | LOCKED), 0, "an unaligned handle");
-            self.replace(raw.map_addr(|addr| addr | LOCKED));
+            self.fill_word(raw);
+        }
+
+        /// [`fill`](Self::fill) with the lock bit already set: nobody can lock the
+        /// cell before the caller is done with what the lock covers.
+        pub(crate) fn fill_locked(&self, value: T::Handle) -> SlotGuard<'_, T> {
+            let raw = T::Handle::into_raw(value).cast_mut();
+            debug_assert_eq!(raw.addr() & (TAG | LOCKED), 0, "an unaligned handle");
+            self.fill_word(raw.map_addr(|addr| addr | LOCKED));
             SlotGuard {
                 cell: self,
                 // SAFETY: the cell now owns this count and the bit set above keeps
                 // it linked until the guard drops; the `ManuallyDrop` borrows it.
                 value: ManuallyDrop::new(unsafe { <T::Handle>::from_raw(raw) }),
             }
+        }
+
+        #[inline]
+        fn fill_word(&self, new: *mut T) {
+            debug_assert!(
+                // Relaxed: the reservation, under the allocation lock this thread
+                // took, ordered the tag before this read.
+                self.ptr.load(Ordering::Relaxed).addr() & TAG != 0,
+                "a fill of a cell that holds a value"
+            );
+            // Release: publishes the value; see `fill`.
+            self.ptr.store(new, Ordering::Release);
         }
 
         fn replace(&self, new: *mut T) {
@@ -568,7 +607,7 @@ mod epoch_cell {
                 }
                 let locked = current.map_addr(|addr| addr | LOCKED);
                 // Acquire on success: pairs with the last holder's `Release` unlock
-                // (or the `SeqCst` store that linked the value), so everything they
+                // (or the swap or fill that linked the value), so everything they
                 // did under the bit happens-before this holder's turn. An RMW, so
                 // it reads the latest word: exactly one locker wins it. SeqCst on
                 // failure: the word read may answer `None`, as the load above.
@@ -676,7 +715,8 @@ mod loom_cell {
         /// A tag, or the address of a node from `Box::into_raw` (at least
         /// 4-aligned: it holds a pointer, `usize`-aligned), possibly with [`LOCKED`] set: a word
         /// rather than an `AtomicPtr` because loom's has no `fetch_add` for `read`.
-        /// Swaps and exchanges `AcqRel` as in the std build, the lock bit's CAS
+        /// Swaps and exchanges `AcqRel` as in the std build, a fill's swap
+        /// `Release` (the std build's store; see `fill_word`), the lock bit's CAS
         /// `Acquire` and its clearing store `Release`, as there; reads are RMWs
         /// (see `read`).
         ptr: AtomicUsize,
@@ -819,10 +859,29 @@ mod loom_cell {
             self.replace(new);
         }
 
-        pub(crate) fn store_locked(&self, value: T::Handle) -> SlotGuard<'_, T> {
+        pub(crate) fn fill(&self, value: T::Handle) {
             let word = Box::into_raw(Box::new(UnsafeCell::new(value))) as usize;
-            self.replace(word | LOCKED);
+            self.fill_word(word);
+        }
+
+        pub(crate) fn fill_locked(&self, value: T::Handle) -> SlotGuard<'_, T> {
+            let word = Box::into_raw(Box::new(UnsafeCell::new(value))) as usize;
+            self.fill_word(word | LOCKED);
             SlotGuard { cell: self, word }
+        }
+
+        /// The std build's `Release` store of a reserved slot, as a swap: a reader's
+        /// `fetch_add(0)` (`read`) that saw the tag could otherwise write it back
+        /// after the store in loom's view (tokio-rs/loom#254), which an RMW's
+        /// atomicity rules out in the real modification order. `Release`, not
+        /// `AcqRel`, so that the store acquires nothing in the model either. The
+        /// model is still stronger than the std build here (the swap continues
+        /// the release sequence of the `vacate` before it, and loom's RMW reads
+        /// make every read an RMW): what no model checks is the std store itself,
+        /// whose argument is the std `fill`'s.
+        fn fill_word(&self, new: usize) {
+            let old = self.ptr.swap(new, Ordering::Release);
+            assert!(old & TAG != 0, "a fill of a cell that holds a value");
         }
 
         fn replace(&self, new: usize) {

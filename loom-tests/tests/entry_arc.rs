@@ -17,11 +17,17 @@
 //! an upgrade against the last strong drop, a downgrade on the other thread, and
 //! a weak handle dropped on a third thread against the last strong drop. Its
 //! canary makes the shortcut's load `Relaxed`, without the fence.
+//!
+//! The sole-handle drop (a handle that reads `strong == 1` drops the value and
+//! frees without a decrement, unless a weak handle was ever made) runs in every
+//! model above whenever one thread's handles go first. Its canary ignores the
+//! ever-weak flag: in E2b the last strong handle then frees the allocation while
+//! the other thread's weak handle still upgrades.
 #![cfg(switchboard_loom)]
 
 use loom_tests::thread::spawn;
 use loom_tests::{check, join};
-use switchboard::loom_entry_arc::{weaken_release, weaken_shortcut, Handle};
+use switchboard::loom_entry_arc::{weaken_release, weaken_shortcut, weaken_unique, Handle};
 
 /// Two threads each use their handles, then let go; either may drop the value.
 fn two_threads_let_go(name: &str) {
@@ -169,4 +175,27 @@ fn e2c_a_weak_drop_against_the_last_strong_drop() {
 fn e2_canary_a_relaxed_shortcut_frees_under_a_weak_drop() {
     let _weakened = ShortcutWeakened::new();
     weak_drop_against_the_last_drop("canary: E2c with a relaxed shortcut");
+}
+
+/// Restores the sole-handle drop on this thread when the test ends.
+struct UniqueWeakened;
+
+impl UniqueWeakened {
+    fn new() -> Self {
+        weaken_unique(true);
+        Self
+    }
+}
+
+impl Drop for UniqueWeakened {
+    fn drop(&mut self) {
+        weaken_unique(false);
+    }
+}
+
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn e2_canary_a_sole_handle_that_ignores_weak_handles_frees_under_one() {
+    let _weakened = UniqueWeakened::new();
+    downgrade_on_the_other_thread("canary: E2b with the ever-weak flag ignored");
 }

@@ -25,6 +25,18 @@
 //! `strong`, which the last dropper acquires, so the load cannot return a count
 //! from before a weak handle it must see.)
 //!
+//! A second shortcut skips the strong count's decrement itself: a handle that
+//! reads `strong == 1` holds the only strong count, so no other strong handle is
+//! left and none can be made but from this one, unless a weak handle upgrades.
+//! The first `downgrade` sets [`EVER_WEAK`] in `weak`, and nothing clears it; a
+//! drop that reads `strong == 1` (`Acquire`) and then no `EVER_WEAK` drops the
+//! value and frees the allocation with no locked instruction at all. Every
+//! `downgrade` happens-before its holder's `Release` decrement of `strong`, which
+//! that `Acquire` load synchronises with (the decrements form one release
+//! sequence), so a flag set by any handle but this one is seen. A client's entry
+//! is held by its slot and its receiver and is never downgraded unless it was
+//! taken over, so whichever of the two lets go last skips its decrement.
+//!
 //! The counts answer nothing else. `get_mut`, `is_unique`, `try_unwrap` and
 //! their kind ask "is this the only handle, and can no weak one upgrade?", which
 //! `std` answers by locking the weak count (`usize::MAX`) against a racing
@@ -57,6 +69,11 @@ use super::{fence, AtomicUsize, Ordering};
 /// word, so a count this high means handles were leaked in a loop.
 const MAX_COUNT: usize = isize::MAX as usize;
 
+/// Set in `weak` by the first [`EntryArc::downgrade`] and never cleared: while it
+/// is clear no [`EntryWeak`] was ever made, so a sole strong handle is the only
+/// handle of either kind (see the module docs). Above every count (`MAX_COUNT`).
+const EVER_WEAK: usize = 1 << (usize::BITS - 1);
+
 /// The allocation: the two counts, then the value. `repr(C)` so that the value's
 /// offset is fixed and [`EntryArc::from_raw`] can step back from it.
 #[repr(C)]
@@ -66,9 +83,10 @@ struct Inner<T> {
     /// that reaches zero is followed by an `Acquire` fence, so every use of the
     /// value through any handle happens-before its drop.
     strong: AtomicUsize,
-    /// `EntryWeak`s, plus one while `strong` is non-zero. Ordering: as `strong`;
-    /// the last strong drop's load is `Acquire`, so a weak handle's decrement it
-    /// reads happens-before the free.
+    /// `EntryWeak`s, plus one while `strong` is non-zero, plus [`EVER_WEAK`] once
+    /// a weak handle was made. Ordering: as `strong`; the last strong drop's load
+    /// is `Acquire`, so a weak handle's decrement it reads happens-before the free.
+    /// `EVER_WEAK` is set `Relaxed`: see `downgrade`.
     weak: AtomicUsize,
     /// Read by every dereference and written by the value's drop: loom's check
     /// that the drop is ordered after every use.
@@ -254,13 +272,37 @@ impl<T> EntryArc<T> {
 
     /// A handle that does not keep the value alive.
     pub(crate) fn downgrade(this: &Self) -> EntryWeak<T> {
-        // Relaxed: this strong handle keeps `weak` above zero, and the new count
-        // is ordered before the last strong drop by this thread's own decrement
-        // (`Release`) later, which that drop acquires (see the module docs).
-        if this.weak().fetch_add(1, Ordering::Relaxed) > MAX_COUNT {
+        // Relaxed, the count and the flag: this strong handle keeps `weak` above
+        // zero, and both are ordered before the last strong drop by this thread's
+        // own decrement (`Release`) later, which that drop acquires, or by program
+        // order if this handle is the last (see the module docs). Rare (a
+        // takeover's successor record), so the flag's second RMW is no cost.
+        let before = this.weak().fetch_add(1, Ordering::Relaxed);
+        // The count stops short of the flag: one more would carry into it.
+        if before & !EVER_WEAK >= MAX_COUNT {
             std::process::abort();
         }
+        if before & EVER_WEAK == 0 {
+            this.weak().fetch_or(EVER_WEAK, Ordering::Relaxed);
+        }
         EntryWeak { ptr: this.ptr }
+    }
+
+    /// Whether this is the only handle of either kind, so that dropping it needs
+    /// no decrement (the second shortcut in the module docs).
+    #[inline]
+    fn is_only_handle(&self) -> bool {
+        #[cfg(switchboard_loom)]
+        if loom_model::unique_weakened() {
+            // The canary's broken shortcut: the weak flag is not consulted.
+            return self.strong().load(Ordering::Acquire) == 1;
+        }
+        // Acquire: synchronises with the `Release` decrement of every other handle
+        // that has gone (one release sequence), so their uses, and any downgrade
+        // they made, happen-before this. Relaxed on the flag: that ordering makes
+        // every downgrade but this thread's own visible to it already.
+        self.strong().load(Ordering::Acquire) == 1
+            && self.weak().load(Ordering::Relaxed) & EVER_WEAK == 0
     }
 
     /// Drops the value; the last strong count has just gone.
@@ -268,7 +310,8 @@ impl<T> EntryArc<T> {
     /// # Safety
     ///
     /// Called once, by the handle whose decrement brought `strong` to zero, after
-    /// the `Acquire` fence.
+    /// the `Acquire` fence, or by the only handle of either kind
+    /// (`is_only_handle`), which decrements nothing.
     #[cold]
     unsafe fn drop_value(&mut self) {
         let inner = self.ptr.as_ptr();
@@ -302,7 +345,7 @@ impl<T> Drop for ImplicitWeak<T> {
         // SAFETY: the allocation is alive: the implicit weak count is ours.
         let weak = unsafe { weak(inner) };
         #[cfg(switchboard_loom)]
-        if loom_model::shortcut_weakened() && weak.load(Ordering::Relaxed) == 1 {
+        if loom_model::shortcut_weakened() && weak.load(Ordering::Relaxed) & !EVER_WEAK == 1 {
             // The canary's broken shortcut: a `Relaxed` load, no fence.
             // SAFETY: not safe: the canary's point (loom only).
             unsafe { free(inner) };
@@ -313,7 +356,9 @@ impl<T> Drop for ImplicitWeak<T> {
         // left and none can be made (module docs), so the allocation is ours.
         // Release on the decrement: the value's drop, just above, happens-before
         // the free by the last weak handle, whose `Acquire` fence acquires it.
-        if weak.load(Ordering::Acquire) == 1 || weak.fetch_sub(1, Ordering::Release) == 1 {
+        if weak.load(Ordering::Acquire) & !EVER_WEAK == 1
+            || weak.fetch_sub(1, Ordering::Release) & !EVER_WEAK == 1
+        {
             // Acquire: only the decrement path needs it (the load acquired), but
             // the free is rare enough to keep one exit.
             fence(Ordering::Acquire);
@@ -372,6 +417,13 @@ impl<T> Drop for EntryArc<T> {
             }
             return;
         }
+        if self.is_only_handle() {
+            // SAFETY: no other handle of either kind exists or can be made (see
+            // `is_only_handle`), and its `Acquire` load ordered every other
+            // handle's last use before this.
+            unsafe { self.drop_value() };
+            return;
+        }
         // Release: see `Inner::strong`.
         if self.strong().fetch_sub(1, Ordering::Release) != 1 {
             return;
@@ -396,6 +448,7 @@ pub mod loom_model {
     thread_local! {
         static WEAKENED: Cell<bool> = const { Cell::new(false) };
         static SHORTCUT_WEAKENED: Cell<bool> = const { Cell::new(false) };
+        static UNIQUE_WEAKENED: Cell<bool> = const { Cell::new(false) };
     }
 
     /// Weakens (`true`) or restores (`false`) the strong drop's `Release`
@@ -417,6 +470,16 @@ pub mod loom_model {
 
     pub(super) fn shortcut_weakened() -> bool {
         SHORTCUT_WEAKENED.with(Cell::get)
+    }
+
+    /// Weakens (`true`) or restores (`false`) the sole-handle drop: it ignores
+    /// whether a weak handle was ever made, on the calling thread.
+    pub fn weaken_unique(on: bool) {
+        UNIQUE_WEAKENED.with(|w| w.set(on));
+    }
+
+    pub(super) fn unique_weakened() -> bool {
+        UNIQUE_WEAKENED.with(Cell::get)
     }
 
     /// An [`EntryArc`], for the model.
@@ -535,8 +598,9 @@ impl<T> EntryWeak<T> {
 
 impl<T> Drop for EntryWeak<T> {
     fn drop(&mut self) {
-        // Release: see `Inner::weak`.
-        if self.weak().fetch_sub(1, Ordering::Release) == 1 {
+        // Release: see `Inner::weak`. The flag is set while any weak handle
+        // exists, so the count alone is compared.
+        if self.weak().fetch_sub(1, Ordering::Release) & !EVER_WEAK == 1 {
             // Acquire: pairs with the other counts' `Release` decrements.
             fence(Ordering::Acquire);
             // SAFETY: the last count of either kind is gone (the strong handles'
@@ -643,9 +707,37 @@ mod tests {
         let (value, dropped) = tracked();
         let a = EntryArc::new(value);
         drop(EntryArc::downgrade(&a));
-        assert_eq!(a.weak().load(Ordering::Relaxed), 1);
+        assert_eq!(a.weak().load(Ordering::Relaxed), EVER_WEAK | 1);
+        let before = frees();
         drop(a);
         assert_eq!(drops(&dropped), 1);
+        assert_eq!(frees() - before, 1, "the allocation leaked");
+    }
+
+    /// The sole handle drops without a decrement only while no weak handle was
+    /// ever made: once one was, a weak handle may come back as a strong one.
+    #[test]
+    fn the_sole_handle_frees_once_whether_or_not_a_weak_handle_was_made() {
+        for made_weak in [false, true] {
+            let (value, dropped) = tracked();
+            let (a, b) = EntryArc::new_pair(value);
+            let weak = made_weak.then(|| EntryArc::downgrade(&a));
+            drop(a);
+            let before = frees();
+            if let Some(weak) = weak {
+                // `b` is the only strong handle, but `weak` still needs the
+                // counts: the value goes, the allocation stays.
+                drop(b);
+                assert_eq!(drops(&dropped), 1);
+                assert_eq!(frees() - before, 0, "freed under a weak handle");
+                assert!(weak.upgrade().is_none());
+                drop(weak);
+            } else {
+                drop(b);
+            }
+            assert_eq!(drops(&dropped), 1, "made_weak: {made_weak}");
+            assert_eq!(frees() - before, 1, "made_weak: {made_weak}");
+        }
     }
 
     /// Panics when dropped.

@@ -19,15 +19,19 @@
 //! canary makes the shortcut's load `Relaxed`, without the fence.
 //!
 //! The sole-handle drop (a handle that reads `strong == 1` drops the value and
-//! frees without a decrement, unless a weak handle was ever made) runs in every
-//! model above whenever one thread's handles go first. Its canary ignores the
-//! ever-weak flag: in E2b the last strong handle then frees the allocation while
-//! the other thread's weak handle still upgrades.
+//! frees without a decrement, unless a weak handle was ever made) is taken in E1
+//! whenever one thread's handles go first; E2's downgrades rule it out there.
+//! Two canaries: in E1 with the sole handle's load `Relaxed`, the value's drop is
+//! not ordered after the other thread's use; in E2b with the ever-weak flag
+//! ignored, the last strong handle drops the value (leaving the count at one)
+//! while the other thread's weak handle upgrades and reads it.
 #![cfg(switchboard_loom)]
 
 use loom_tests::thread::spawn;
 use loom_tests::{check, join};
-use switchboard::loom_entry_arc::{weaken_release, weaken_shortcut, weaken_unique, Handle};
+use switchboard::loom_entry_arc::{
+    weaken_release, weaken_shortcut, weaken_unique, weaken_unique_load, Handle,
+};
 
 /// Two threads each use their handles, then let go; either may drop the value.
 fn two_threads_let_go(name: &str) {
@@ -198,4 +202,27 @@ impl Drop for UniqueWeakened {
 fn e2_canary_a_sole_handle_that_ignores_weak_handles_frees_under_one() {
     let _weakened = UniqueWeakened::new();
     downgrade_on_the_other_thread("canary: E2b with the ever-weak flag ignored");
+}
+
+/// Restores the sole-handle drop's load on this thread when the test ends.
+struct UniqueLoadWeakened;
+
+impl UniqueLoadWeakened {
+    fn new() -> Self {
+        weaken_unique_load(true);
+        Self
+    }
+}
+
+impl Drop for UniqueLoadWeakened {
+    fn drop(&mut self) {
+        weaken_unique_load(false);
+    }
+}
+
+#[test]
+#[should_panic(expected = "Causality violation")]
+fn e1_canary_a_relaxed_sole_handle_load_drops_the_value_under_a_use() {
+    let _weakened = UniqueLoadWeakened::new();
+    two_threads_let_go("canary: E1 with the sole handle's load relaxed");
 }

@@ -15,9 +15,10 @@
 //! # The counts
 //!
 //! `strong` is the number of [`EntryArc`]s. `weak` is the number of [`EntryWeak`]s
-//! plus one while `strong` is non-zero, as in `std`. The value is dropped when
-//! `strong` reaches zero and the allocation is freed when `weak` does, with one
-//! shortcut: the thread that dropped the value frees the allocation without
+//! plus one while the value is alive, as in `std`. The value is dropped by the
+//! last strong handle (when `strong` reaches zero, or by the sole handle below,
+//! which leaves it at one) and the allocation is freed when `weak` reaches zero,
+//! with one shortcut: the thread that dropped the value frees the allocation without
 //! decrementing if it reads `weak == 1`. That read means no `EntryWeak` is left,
 //! and none can be made: `downgrade` needs an `EntryArc`, and none is left
 //! (`EntryWeak` has no `clone`; one would need an `EntryWeak`, and none is left
@@ -31,11 +32,18 @@
 //! The first `downgrade` sets [`EVER_WEAK`] in `weak`, and nothing clears it; a
 //! drop that reads `strong == 1` (`Acquire`) and then no `EVER_WEAK` drops the
 //! value and frees the allocation with no locked instruction at all. Every
-//! `downgrade` happens-before its holder's `Release` decrement of `strong`, which
-//! that `Acquire` load synchronises with (the decrements form one release
-//! sequence), so a flag set by any handle but this one is seen. A client's entry
-//! is held by its slot and its receiver and is never downgraded unless it was
-//! taken over, so whichever of the two lets go last skips its decrement.
+//! `downgrade` made through another handle happens-before that holder's `Release`
+//! decrement of `strong`, which that `Acquire` load synchronises with (every later
+//! write to `strong` is an RMW, so the decrements form one release sequence), and
+//! one made through this handle precedes the load in program order; so the flag
+//! of any downgrade is seen. A handle not counted in the value read can only
+//! descend from this one, whose clones' increments precede the load. This needs
+//! every increment made on a borrowed count (`increment_strong_count`) to
+//! happen-before the drop of the count it borrowed, where an RMW decrement would
+//! have needed it only earlier in the count's modification order. A client's
+//! entry is held by its slot, its receiver and the member cells of its sessions,
+//! and is never downgraded unless it was taken over, so whichever lets go last
+//! skips its decrement.
 //!
 //! The counts answer nothing else. `get_mut`, `is_unique`, `try_unwrap` and
 //! their kind ask "is this the only handle, and can no weak one upgrade?", which
@@ -79,11 +87,13 @@ const EVER_WEAK: usize = 1 << (usize::BITS - 1);
 #[repr(C)]
 struct Inner<T> {
     /// Ordering: increments `Relaxed` (a new handle is made from an existing one,
-    /// which already keeps the value alive); decrements `Release`, and the one
-    /// that reaches zero is followed by an `Acquire` fence, so every use of the
-    /// value through any handle happens-before its drop.
+    /// which already keeps the value alive, and happens-before that one's drop);
+    /// decrements `Release`, and the one that reaches zero is followed by an
+    /// `Acquire` fence, so every use of the value through any handle
+    /// happens-before its drop. The sole handle's check (`is_only_handle`) loads
+    /// it `Acquire` instead, to the same end.
     strong: AtomicUsize,
-    /// `EntryWeak`s, plus one while `strong` is non-zero, plus [`EVER_WEAK`] once
+    /// `EntryWeak`s, plus one while the value is alive, plus [`EVER_WEAK`] once
     /// a weak handle was made. Ordering: as `strong`; the last strong drop's load
     /// is `Acquire`, so a weak handle's decrement it reads happens-before the free.
     /// `EVER_WEAK` is set `Relaxed`: see `downgrade`.
@@ -248,7 +258,9 @@ impl<T> EntryArc<T> {
     /// # Safety
     ///
     /// `ptr` came from `into_raw` and the value is alive: some count on it is held
-    /// for the length of the call.
+    /// for the length of the call, and the call happens-before that count's drop
+    /// (not only precedes its decrement: the sole-handle drop loads the count
+    /// instead of decrementing it; see the module docs).
     #[inline]
     pub(crate) unsafe fn increment_strong_count(ptr: *const T) {
         // SAFETY: the caller's contract; the handle is never dropped.
@@ -278,8 +290,9 @@ impl<T> EntryArc<T> {
         // order if this handle is the last (see the module docs). Rare (a
         // takeover's successor record), so the flag's second RMW is no cost.
         let before = this.weak().fetch_add(1, Ordering::Relaxed);
-        // The count stops short of the flag: one more would carry into it.
-        if before & !EVER_WEAK >= MAX_COUNT {
+        // Far short of the flag, as `std` leaves headroom: increments racing
+        // the abort cannot carry into it.
+        if before & !EVER_WEAK >= EVER_WEAK >> 1 {
             std::process::abort();
         }
         if before & EVER_WEAK == 0 {
@@ -297,15 +310,23 @@ impl<T> EntryArc<T> {
             // The canary's broken shortcut: the weak flag is not consulted.
             return self.strong().load(Ordering::Acquire) == 1;
         }
+        #[cfg(switchboard_loom)]
+        if loom_model::unique_load_weakened() {
+            // The other canary's: a `Relaxed` load of the count.
+            return self.strong().load(Ordering::Relaxed) == 1
+                && self.weak().load(Ordering::Relaxed) & EVER_WEAK == 0;
+        }
         // Acquire: synchronises with the `Release` decrement of every other handle
         // that has gone (one release sequence), so their uses, and any downgrade
-        // they made, happen-before this. Relaxed on the flag: that ordering makes
-        // every downgrade but this thread's own visible to it already.
+        // made through them, happen-before this. The flag is loaded after it:
+        // Relaxed is enough, since that ordering makes every other handle's
+        // downgrade visible, and this handle's own precede it in program order.
         self.strong().load(Ordering::Acquire) == 1
             && self.weak().load(Ordering::Relaxed) & EVER_WEAK == 0
     }
 
-    /// Drops the value; the last strong count has just gone.
+    /// Drops the value: the last strong count has just gone, or this is the sole
+    /// handle, still counted, which no other can reach.
     ///
     /// # Safety
     ///
@@ -322,8 +343,9 @@ impl<T> EntryArc<T> {
         // panic unwinds, as `std`'s `Arc` does: otherwise a panicking drop would
         // leak the allocation.
         let _implicit_weak = ImplicitWeak(inner);
-        // SAFETY: no strong handle is left, so nothing else reaches the value
-        // (weak handles touch only the counts), and this runs once.
+        // SAFETY: no other strong handle is left (the sole handle is this one),
+        // so nothing else reaches the value (weak handles touch only the counts),
+        // and this runs once.
         unsafe { ManuallyDrop::drop(&mut *ptr::addr_of_mut!((*inner).value)) };
     }
 }
@@ -449,6 +471,7 @@ pub mod loom_model {
         static WEAKENED: Cell<bool> = const { Cell::new(false) };
         static SHORTCUT_WEAKENED: Cell<bool> = const { Cell::new(false) };
         static UNIQUE_WEAKENED: Cell<bool> = const { Cell::new(false) };
+        static UNIQUE_LOAD_WEAKENED: Cell<bool> = const { Cell::new(false) };
     }
 
     /// Weakens (`true`) or restores (`false`) the strong drop's `Release`
@@ -480,6 +503,16 @@ pub mod loom_model {
 
     pub(super) fn unique_weakened() -> bool {
         UNIQUE_WEAKENED.with(Cell::get)
+    }
+
+    /// Weakens (`true`) or restores (`false`) the sole-handle drop's load of the
+    /// count to `Relaxed`, on the calling thread.
+    pub fn weaken_unique_load(on: bool) {
+        UNIQUE_LOAD_WEAKENED.with(|w| w.set(on));
+    }
+
+    pub(super) fn unique_load_weakened() -> bool {
+        UNIQUE_LOAD_WEAKENED.with(Cell::get)
     }
 
     /// An [`EntryArc`], for the model.

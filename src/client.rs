@@ -19,7 +19,6 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::channel::Channel;
 use crate::profile::{ClientInfo, SystemInfo};
@@ -457,24 +456,11 @@ impl<M> ClientEntry<M> {
         self.profile.with(|info| match info {
             Some(info) => Arc::clone(info),
             None => Arc::new(ClientInfo {
-                connected_at: millis_to_time(self.connected_at),
+                connected_at: crate::clock::millis_to_time(self.connected_at),
                 ..ClientInfo::default()
             }),
         })
     }
-}
-
-pub(crate) fn now_millis() -> u64 {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-}
-
-pub(crate) fn millis_to_time(millis: u64) -> SystemTime {
-    UNIX_EPOCH
-        .checked_add(Duration::from_millis(millis))
-        .unwrap_or(UNIX_EPOCH)
 }
 
 impl<M> Occupant for ClientEntry<M> {

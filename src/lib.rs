@@ -128,6 +128,7 @@ mod channel;
 mod client;
 mod client_ref;
 mod clients;
+mod clock;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 mod config;

@@ -126,6 +126,13 @@ pub struct ClientInfo {
     pub platform: Option<String>,
     /// When the registry accepted the client, as milliseconds since the Unix epoch
     /// in JSON. Set by the registry; any value given at registration is replaced.
+    ///
+    /// On Linux it is read from the kernel's coarse real-time clock
+    /// (`CLOCK_REALTIME_COARSE`), which costs a few nanoseconds where the precise
+    /// clock costs tens: it may be up to one kernel tick (1–10 ms) earlier than
+    /// `SystemTime::now()` read at the same moment, and clients registered within
+    /// one tick share a stamp. [`Filter::connected_within`](crate::Filter::connected_within)
+    /// reads the same clock.
     #[serde(with = "epoch_millis")]
     pub connected_at: SystemTime,
     /// Free-form JSON, limited in size by

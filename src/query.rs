@@ -194,8 +194,9 @@ impl<M> Registry<M> {
     /// Costs in proportion to the smallest matching index set, not to the registry.
     /// Sees profiled clients only (see [`Filter`]).
     pub fn list(&self, filter: &Filter) -> Vec<ClientId> {
+        // The registry's clock, which stamped `connected_at` (see `clock`).
         let cutoff = filter.connected_within.map(|w| {
-            SystemTime::now()
+            crate::clock::now()
                 .checked_sub(w)
                 .unwrap_or(SystemTime::UNIX_EPOCH)
         });

@@ -3,9 +3,10 @@
 use std::fmt;
 
 use crate::channel::{CloseReason, Receiver};
-use crate::client::{millis_to_time, now_millis, ChannelRef, ClientEntry, ClientLock, FleetState};
+use crate::client::{ChannelRef, ClientEntry, ClientLock, FleetState};
 use crate::client_ref::ClientRef;
 use crate::clients::{Clients, Locked};
+use crate::clock::{millis_to_time, now_millis};
 use crate::config::{Builder, Config};
 use crate::error::{AttachError, ClientError, DetachError, RegisterError, UnknownSession};
 use crate::events::{Event, EventBus};

@@ -29,9 +29,7 @@
 
 use loom_tests::thread::spawn;
 use loom_tests::{check, join};
-use switchboard::loom_entry_arc::{
-    weaken_release, weaken_shortcut, weaken_unique, weaken_unique_load, Handle,
-};
+use switchboard::loom_entry_arc::{weaken, Handle, Weakening};
 
 /// Two threads each use their handles, then let go; either may drop the value.
 fn two_threads_let_go(name: &str) {
@@ -50,48 +48,32 @@ fn two_threads_let_go(name: &str) {
     });
 }
 
-#[test]
-fn e1_the_last_handle_drops_the_value_after_every_use() {
-    two_threads_let_go("E1 entry count: two threads let go");
-}
-
-/// Restores the real count on this thread when the test ends, panicking or not.
-struct Weakened;
+/// Weakens one step of the count on this thread until dropped, panicking or not.
+struct Weakened(Weakening);
 
 impl Weakened {
-    fn new() -> Self {
-        weaken_release(true);
-        Self
+    fn new(step: Weakening) -> Self {
+        weaken(step, true);
+        Self(step)
     }
 }
 
 impl Drop for Weakened {
     fn drop(&mut self) {
-        weaken_release(false);
+        weaken(self.0, false);
     }
+}
+
+#[test]
+fn e1_the_last_handle_drops_the_value_after_every_use() {
+    two_threads_let_go("E1 entry count: two threads let go");
 }
 
 #[test]
 #[should_panic(expected = "Causality violation")]
 fn e1_canary_a_relaxed_decrement_drops_the_value_under_a_use() {
-    let _weakened = Weakened::new();
+    let _weakened = Weakened::new(Weakening::Release);
     two_threads_let_go("canary: E1 with a relaxed decrement");
-}
-
-/// Restores the free's shortcut on this thread when the test ends.
-struct ShortcutWeakened;
-
-impl ShortcutWeakened {
-    fn new() -> Self {
-        weaken_shortcut(true);
-        Self
-    }
-}
-
-impl Drop for ShortcutWeakened {
-    fn drop(&mut self) {
-        weaken_shortcut(false);
-    }
 }
 
 /// E2a: a weak handle upgrades (or finds the value gone) and lets go on one
@@ -177,52 +159,20 @@ fn e2c_a_weak_drop_against_the_last_strong_drop() {
 #[test]
 #[should_panic(expected = "Causality violation")]
 fn e2_canary_a_relaxed_shortcut_frees_under_a_weak_drop() {
-    let _weakened = ShortcutWeakened::new();
+    let _weakened = Weakened::new(Weakening::Shortcut);
     weak_drop_against_the_last_drop("canary: E2c with a relaxed shortcut");
-}
-
-/// Restores the sole-handle drop on this thread when the test ends.
-struct UniqueWeakened;
-
-impl UniqueWeakened {
-    fn new() -> Self {
-        weaken_unique(true);
-        Self
-    }
-}
-
-impl Drop for UniqueWeakened {
-    fn drop(&mut self) {
-        weaken_unique(false);
-    }
 }
 
 #[test]
 #[should_panic(expected = "Causality violation")]
 fn e2_canary_a_sole_handle_that_ignores_weak_handles_frees_under_one() {
-    let _weakened = UniqueWeakened::new();
+    let _weakened = Weakened::new(Weakening::Unique);
     downgrade_on_the_other_thread("canary: E2b with the ever-weak flag ignored");
-}
-
-/// Restores the sole-handle drop's load on this thread when the test ends.
-struct UniqueLoadWeakened;
-
-impl UniqueLoadWeakened {
-    fn new() -> Self {
-        weaken_unique_load(true);
-        Self
-    }
-}
-
-impl Drop for UniqueLoadWeakened {
-    fn drop(&mut self) {
-        weaken_unique_load(false);
-    }
 }
 
 #[test]
 #[should_panic(expected = "Causality violation")]
 fn e1_canary_a_relaxed_sole_handle_load_drops_the_value_under_a_use() {
-    let _weakened = UniqueLoadWeakened::new();
+    let _weakened = Weakened::new(Weakening::UniqueLoad);
     two_threads_let_go("canary: E1 with the sole handle's load relaxed");
 }

@@ -306,12 +306,12 @@ impl<T> EntryArc<T> {
     #[inline]
     fn is_only_handle(&self) -> bool {
         #[cfg(switchboard_loom)]
-        if loom_model::unique_weakened() {
+        if loom_model::weakened(loom_model::Weakening::Unique) {
             // The canary's broken shortcut: the weak flag is not consulted.
             return self.strong().load(Ordering::Acquire) == 1;
         }
         #[cfg(switchboard_loom)]
-        if loom_model::unique_load_weakened() {
+        if loom_model::weakened(loom_model::Weakening::UniqueLoad) {
             // The other canary's: a `Relaxed` load of the count.
             return self.strong().load(Ordering::Relaxed) == 1
                 && self.weak().load(Ordering::Relaxed) & EVER_WEAK == 0;
@@ -367,7 +367,9 @@ impl<T> Drop for ImplicitWeak<T> {
         // SAFETY: the allocation is alive: the implicit weak count is ours.
         let weak = unsafe { weak(inner) };
         #[cfg(switchboard_loom)]
-        if loom_model::shortcut_weakened() && weak.load(Ordering::Relaxed) & !EVER_WEAK == 1 {
+        if loom_model::weakened(loom_model::Weakening::Shortcut)
+            && weak.load(Ordering::Relaxed) & !EVER_WEAK == 1
+        {
             // The canary's broken shortcut: a `Relaxed` load, no fence.
             // SAFETY: not safe: the canary's point (loom only).
             unsafe { free(inner) };
@@ -431,7 +433,7 @@ impl<T> Drop for EntryArc<T> {
     #[inline]
     fn drop(&mut self) {
         #[cfg(switchboard_loom)]
-        if loom_model::weakened() {
+        if loom_model::weakened(loom_model::Weakening::Release) {
             // The canary's broken count: no `Release`, no fence.
             if self.strong().fetch_sub(1, Ordering::Relaxed) == 1 {
                 // SAFETY: not safe: the canary's point (loom only).
@@ -467,52 +469,45 @@ pub mod loom_model {
 
     use super::{EntryArc, EntryWeak};
 
+    /// A step of the count that a canary weakens, to show that a model fails
+    /// without it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Weakening {
+        /// The strong drop's decrement `Relaxed`, without the `Acquire` fence.
+        Release,
+        /// The free's shortcut: its load of the weak count `Relaxed`, no fence.
+        Shortcut,
+        /// The sole-handle drop ignores whether a weak handle was ever made.
+        Unique,
+        /// The sole-handle drop's load of the strong count `Relaxed`.
+        UniqueLoad,
+    }
+
+    impl Weakening {
+        fn bit(self) -> u8 {
+            1 << self as u8
+        }
+    }
+
     thread_local! {
-        static WEAKENED: Cell<bool> = const { Cell::new(false) };
-        static SHORTCUT_WEAKENED: Cell<bool> = const { Cell::new(false) };
-        static UNIQUE_WEAKENED: Cell<bool> = const { Cell::new(false) };
-        static UNIQUE_LOAD_WEAKENED: Cell<bool> = const { Cell::new(false) };
+        static WEAKENED: Cell<u8> = const { Cell::new(0) };
     }
 
-    /// Weakens (`true`) or restores (`false`) the strong drop's `Release`
-    /// decrement and `Acquire` fence, on the calling thread (loom runs a
-    /// model's threads on the thread that calls it).
-    pub fn weaken_release(on: bool) {
-        WEAKENED.with(|w| w.set(on));
+    /// Weakens (`true`) or restores (`false`) one step, on the calling thread
+    /// (loom runs a model's threads on the thread that calls it).
+    pub fn weaken(step: Weakening, on: bool) {
+        WEAKENED.with(|w| {
+            let bits = if on {
+                w.get() | step.bit()
+            } else {
+                w.get() & !step.bit()
+            };
+            w.set(bits);
+        });
     }
 
-    pub(super) fn weakened() -> bool {
-        WEAKENED.with(Cell::get)
-    }
-
-    /// Weakens (`true`) or restores (`false`) the free's shortcut: its load of
-    /// the weak count `Relaxed` and no fence, on the calling thread.
-    pub fn weaken_shortcut(on: bool) {
-        SHORTCUT_WEAKENED.with(|w| w.set(on));
-    }
-
-    pub(super) fn shortcut_weakened() -> bool {
-        SHORTCUT_WEAKENED.with(Cell::get)
-    }
-
-    /// Weakens (`true`) or restores (`false`) the sole-handle drop: it ignores
-    /// whether a weak handle was ever made, on the calling thread.
-    pub fn weaken_unique(on: bool) {
-        UNIQUE_WEAKENED.with(|w| w.set(on));
-    }
-
-    pub(super) fn unique_weakened() -> bool {
-        UNIQUE_WEAKENED.with(Cell::get)
-    }
-
-    /// Weakens (`true`) or restores (`false`) the sole-handle drop's load of the
-    /// count to `Relaxed`, on the calling thread.
-    pub fn weaken_unique_load(on: bool) {
-        UNIQUE_LOAD_WEAKENED.with(|w| w.set(on));
-    }
-
-    pub(super) fn unique_load_weakened() -> bool {
-        UNIQUE_LOAD_WEAKENED.with(Cell::get)
+    pub(super) fn weakened(step: Weakening) -> bool {
+        WEAKENED.with(|w| w.get() & step.bit() != 0)
     }
 
     /// An [`EntryArc`], for the model.

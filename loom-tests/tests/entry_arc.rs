@@ -28,8 +28,8 @@
 #![cfg(switchboard_loom)]
 
 use loom_tests::thread::spawn;
-use loom_tests::{check, join};
-use switchboard::loom_entry_arc::{weaken, Handle, Weakening};
+use loom_tests::{check, join, Cases};
+use switchboard::loom_entry_arc::{weaken, Handle, WeakHandle, Weakening};
 
 /// Two threads each use their handles, then let go; either may drop the value.
 fn two_threads_let_go(name: &str) {
@@ -76,6 +76,19 @@ fn e1_canary_a_relaxed_decrement_drops_the_value_under_a_use() {
     two_threads_let_go("canary: E1 with a relaxed decrement");
 }
 
+/// Upgrades `weak` and uses the value if it is still alive, then lets go of both.
+fn upgrade_then_let_go(weak: WeakHandle<u32>, cases: &Cases) {
+    match weak.upgrade() {
+        Some(up) => {
+            cases.hit("upgraded");
+            assert_eq!(*up.get(), 7);
+            drop(up);
+        }
+        None => cases.hit("too late"),
+    }
+    drop(weak);
+}
+
 /// E2a: a weak handle upgrades (or finds the value gone) and lets go on one
 /// thread while the last strong handle goes on the other.
 fn upgrade_against_the_last_drop(name: &str) {
@@ -83,17 +96,7 @@ fn upgrade_against_the_last_drop(name: &str) {
         let a = Handle::new(7_u32);
         let weak = a.downgrade();
         let cases = cases.clone();
-        let other = spawn(move || {
-            match weak.upgrade() {
-                Some(up) => {
-                    cases.hit("upgraded");
-                    assert_eq!(*up.get(), 7);
-                    drop(up);
-                }
-                None => cases.hit("too late"),
-            }
-            drop(weak);
-        });
+        let other = spawn(move || upgrade_then_let_go(weak, &cases));
         assert_eq!(*a.get(), 7);
         drop(a);
         join(other);
@@ -109,14 +112,7 @@ fn downgrade_on_the_other_thread(name: &str) {
         let other = spawn(move || {
             let weak = b.downgrade();
             drop(b);
-            match weak.upgrade() {
-                Some(up) => {
-                    cases.hit("upgraded");
-                    assert_eq!(*up.get(), 7);
-                }
-                None => cases.hit("too late"),
-            }
-            drop(weak);
+            upgrade_then_let_go(weak, &cases);
         });
         assert_eq!(*a.get(), 7);
         drop(a);

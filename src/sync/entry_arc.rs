@@ -305,24 +305,27 @@ impl<T> EntryArc<T> {
     /// no decrement (the second shortcut in the module docs).
     #[inline]
     fn is_only_handle(&self) -> bool {
-        #[cfg(switchboard_loom)]
-        if loom_model::weakened(loom_model::Weakening::Unique) {
-            // The canary's broken shortcut: the weak flag is not consulted.
-            return self.strong().load(Ordering::Acquire) == 1;
-        }
-        #[cfg(switchboard_loom)]
-        if loom_model::weakened(loom_model::Weakening::UniqueLoad) {
-            // The other canary's: a `Relaxed` load of the count.
-            return self.strong().load(Ordering::Relaxed) == 1
-                && self.weak().load(Ordering::Relaxed) & EVER_WEAK == 0;
-        }
         // Acquire: synchronises with the `Release` decrement of every other handle
         // that has gone (one release sequence), so their uses, and any downgrade
-        // made through them, happen-before this. The flag is loaded after it:
-        // Relaxed is enough, since that ordering makes every other handle's
-        // downgrade visible, and this handle's own precede it in program order.
-        self.strong().load(Ordering::Acquire) == 1
-            && self.weak().load(Ordering::Relaxed) & EVER_WEAK == 0
+        // made through them, happen-before this. (A loom canary weakens it.)
+        #[cfg(not(switchboard_loom))]
+        let count = Ordering::Acquire;
+        #[cfg(switchboard_loom)]
+        let count = if loom_model::weakened(loom_model::Weakening::UniqueLoad) {
+            Ordering::Relaxed
+        } else {
+            Ordering::Acquire
+        };
+        let sole = self.strong().load(count) == 1;
+        #[cfg(switchboard_loom)]
+        if loom_model::weakened(loom_model::Weakening::Unique) {
+            // The other canary's broken shortcut: the weak flag is not consulted.
+            return sole;
+        }
+        // The flag is loaded after the count: Relaxed is enough, since that load's
+        // ordering makes every other handle's downgrade visible, and this handle's
+        // own precede it in program order.
+        sole && self.weak().load(Ordering::Relaxed) & EVER_WEAK == 0
     }
 
     /// Drops the value: the last strong count has just gone, or this is the sole

@@ -520,19 +520,28 @@ impl Report {
             );
             let _ = writeln!(
                 o,
-                "  {:<12} {:>12} {:>14} {:>14} {:>14}",
-                "", "ops", "join into 10", "join into 100k", "leave 100k"
+                "  {:<12} {:>12} {:>11} {:>11} {:>14} {:>14} {:>14}",
+                "", "ops", "CPU/op", "cores busy", "join into 10", "join into 100k", "leave 100k"
             );
             for (who, r) in &ch.contenders {
                 let _ = writeln!(
                     o,
-                    "  {who:<12} {:>12} {:>14} {:>14} {:>14}",
+                    "  {who:<12} {:>12} {:>11} {:>11} {:>14} {:>14} {:>14}",
                     rate(r.ops_per_s),
+                    format!("{:.0} ns", r.run.cpu_per_churn_op_ns()),
+                    format!("{:.2}", r.run.cores_busy()),
                     us(r.join.into_small_ns),
                     us(r.join.into_big_ns),
                     us(r.join.leave_big_ns),
                 );
             }
+            let _ = writeln!(
+                o,
+                "  CPU/op: the whole process's CPU time per call, the harness's and tokio's \
+                 included; cores busy: of the {} workers. A run in which every design's CPU/op \
+                 is high ran on a slower host.",
+                c.workers
+            );
         }
         if let Some(m) = &s.mixed {
             let _ = writeln!(

@@ -56,14 +56,31 @@ impl Mark {
     }
 }
 
+/// CPU time of the whole process so far (every thread, user and system), in nanoseconds;
+/// 0 where it cannot be read.
+#[cfg(target_os = "linux")]
+pub fn process_cpu_ns() -> i64 {
+    cpu_clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn process_cpu_ns() -> i64 {
+    0
+}
+
 #[cfg(target_os = "linux")]
 fn thread_cpu_ns() -> i64 {
+    cpu_clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+#[cfg(target_os = "linux")]
+fn cpu_clock_ns(clock: libc::clockid_t) -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid, writable timespec for the call's duration.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
     if rc == 0 {
         ts.tv_sec * 1_000_000_000 + ts.tv_nsec
     } else {
@@ -114,7 +131,29 @@ fn faults(_who: Who) -> i64 {
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
-    use super::Mark;
+    use super::{process_cpu_ns, Mark};
+
+    #[test]
+    fn process_cpu_counts_every_thread() {
+        let (process, this) = (process_cpu_ns(), Mark::now());
+        std::thread::spawn(|| {
+            let spin = std::time::Instant::now();
+            while spin.elapsed() < std::time::Duration::from_millis(50) {
+                std::hint::black_box(0u64);
+            }
+        })
+        .join()
+        .unwrap();
+        let (spent, own) = (process_cpu_ns() - process, this.since().cpu_ns);
+        assert!(
+            spent >= 40_000_000,
+            "50 ms spun on another thread read as {spent} ns"
+        );
+        assert!(
+            own < 20_000_000.0,
+            "the waiting thread itself read {own} ns"
+        );
+    }
 
     #[test]
     fn touching_fresh_pages_counts_faults_and_spinning_counts_cpu() {

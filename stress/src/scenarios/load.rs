@@ -16,6 +16,7 @@ use crate::client::Kind;
 use crate::rng::Rng;
 use crate::subject::Subject;
 use crate::tally::Counts;
+use crate::thread_usage;
 use crate::world::World;
 
 /// One operation a driver can perform.
@@ -185,6 +186,9 @@ async fn perform<S: Subject>(world: &Arc<World<S>>, op: Op, rng: &mut Rng) {
 pub struct Run {
     /// Time the drivers ran, checkpoints excluded.
     pub active_s: f64,
+    /// CPU time the whole process spent over `active_s` (every worker and thread: the
+    /// drivers, the receivers and tokio itself), in seconds; 0 where it cannot be read.
+    pub cpu_s: f64,
     /// Windows (one checkpoint after each).
     pub checkpoints: u64,
     /// Counts accumulated while the drivers ran.
@@ -203,6 +207,19 @@ impl Run {
     pub fn churn_rate(&self) -> f64 {
         self.counts.churn_ops as f64 / self.active_s.max(1e-9)
     }
+
+    /// Cores the process kept busy while the drivers ran, on average: under the worker
+    /// count when tokio left a worker idle (both drivers on one worker, or parked).
+    pub fn cores_busy(&self) -> f64 {
+        self.cpu_s / self.active_s.max(1e-9)
+    }
+
+    /// CPU time per register, attach, detach or unregister call, in nanoseconds: the
+    /// whole process's, harness and scheduler included, so the same overhead sits on
+    /// every design's figure.
+    pub fn cpu_per_churn_op_ns(&self) -> f64 {
+        self.cpu_s * 1e9 / (self.counts.churn_ops as f64).max(1.0)
+    }
 }
 
 /// Runs `drivers` against `world` for `total`, checkpointing every `every`; calls
@@ -218,9 +235,11 @@ pub async fn run<S: Subject>(
     let mut left = total;
     let before = world.tally.snapshot();
     let mut active = Duration::ZERO;
+    let mut cpu_ns = 0i64;
     while !left.is_zero() {
         let window = left.min(every);
         left -= window;
+        let cpu_start = thread_usage::process_cpu_ns();
         let start = Instant::now();
         let until = start + window;
         let handles: Vec<_> = drivers
@@ -249,6 +268,7 @@ pub async fn run<S: Subject>(
             }
         }
         active += start.elapsed();
+        cpu_ns += (thread_usage::process_cpu_ns() - cpu_start).max(0);
         run.checkpoints += 1;
         world
             .checkpoint(&format!("checkpoint {}", run.checkpoints))
@@ -258,6 +278,7 @@ pub async fn run<S: Subject>(
     // Checkpoints may discover evictions; they change no other count.
     run.counts = world.tally.snapshot().since(&before);
     run.active_s = active.as_secs_f64();
+    run.cpu_s = cpu_ns as f64 / 1e9;
     for d in drivers.iter() {
         for (sum, n) in run.ops.iter_mut().zip(d.ops) {
             *sum += n;
@@ -296,5 +317,20 @@ mod tests {
         };
         assert_eq!(run.delivery_rate(), 200.0);
         assert_eq!(run.churn_rate(), 25.0);
+    }
+
+    #[test]
+    fn cpu_figures_divide_by_active_time_and_by_operations() {
+        let run = Run {
+            active_s: 2.0,
+            cpu_s: 3.0,
+            counts: Counts {
+                churn_ops: 1_500_000,
+                ..Counts::default()
+            },
+            ..Run::default()
+        };
+        assert_eq!(run.cores_busy(), 1.5);
+        assert_eq!(run.cpu_per_churn_op_ns(), 2_000.0);
     }
 }

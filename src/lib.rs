@@ -52,7 +52,7 @@
 //!   `unsafe` code lives in `src/sync/` (this cell, the channel's ring and the
 //!   write-once member cells), the ring's push/pop contracts in `channel.rs`, and
 //!   one block in `session.rs`, where a compaction's copies borrow the old cells'
-//!   counts until it settles them, beside the two `NeverWeak` marker impls
+//!   counts until it settles them, two libc calls (`clock.rs`, `cpu.rs`), beside the two `NeverWeak` marker impls
 //!   `unique_mut` asks for; every block has its SAFETY argument, and every one but
 //!   `unique_mut`'s loads (see `sync.rs`) a loom model that runs the real algorithm.
 //! * **Writers lock, readers don't.** Register, unregister, attach and detach take
@@ -132,6 +132,7 @@ mod clock;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 mod config;
+mod cpu;
 mod delivery;
 mod device_config;
 mod error;

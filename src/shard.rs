@@ -15,8 +15,8 @@
 //! Allocation sits behind the shard's mutex; only register and unregister take it.
 //! The free slots form a list threaded through their tags, reused last-in
 //! first-out (the warmest first), and the lock holds only its head and the
-//! high-water mark. A registering thread starts at its own home shard, so threads
-//! rarely meet on one lock.
+//! high-water mark. A registration starts at the shard of the CPU it runs on
+//! ([`home`]), so registrations on different CPUs do not meet on one lock.
 //!
 //! A slot's generation lives in its occupant's id while it is occupied and in its
 //! tag while it is free, so it needs no bookkeeping of its own. The index allocator
@@ -282,12 +282,22 @@ thread_local! {
     static HOME: Cell<Option<(usize, usize, usize)>> = const { Cell::new(None) };
 }
 
-/// A per-thread starting shard: spreads registering threads over the shards.
+/// The shard a registration starts at: the one of the CPU it runs on, so two
+/// registrations running at the same moment on different CPUs never meet on one
+/// allocation lock. A per-thread home (a hash of the thread's id) would put two
+/// threads in one shard by chance: half the time with two shards, which made a
+/// two-thread churn bench bimodal (`churn_two_threads`).
 ///
-/// The common case (the shard count it last reduced for) is one thread-local
-/// read, inlined into the registration; the hashing stays out of line.
+/// Where the CPU cannot be read (see [`cpu`](crate::cpu)), a per-thread home
+/// fixed at first use: one thread-local read, inlined into the registration; the
+/// hashing stays out of line.
 #[inline]
 pub(crate) fn home(shards: usize) -> usize {
+    if let Some(cpu) = crate::cpu::current() {
+        // Shards default to one per CPU, so the division is rare; CPU ids can
+        // still exceed the count (an affinity mask, a configured count).
+        return if cpu < shards { cpu } else { cpu % shards };
+    }
     match HOME.get() {
         Some((_, count, reduced)) if count == shards => reduced,
         cached => rehome(cached.map(|(hint, _, _)| hint), shards),
@@ -453,5 +463,26 @@ mod tests {
         let mut seen = Vec::new();
         shard.for_each_occupied(|v| seen.push(*v));
         assert_eq!(seen, vec![10, 20]);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_registration_starts_at_the_shard_of_the_cpu_it_runs_on() {
+        let cpus = crate::cpu::allowed();
+        let [a, b, ..] = cpus[..] else {
+            eprintln!("skipped: needs two CPUs in this thread's affinity mask, has {cpus:?}");
+            return;
+        };
+        // One shard per CPU id, so each CPU has a home of its own.
+        let shards = b + 1;
+        std::thread::spawn(move || {
+            crate::cpu::pin_current_thread(a);
+            assert_eq!(home(shards), a);
+            // The same thread, moved: its home moves with it.
+            crate::cpu::pin_current_thread(b);
+            assert_eq!(home(shards), b);
+        })
+        .join()
+        .unwrap();
     }
 }

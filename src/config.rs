@@ -34,6 +34,7 @@ pub(crate) struct Config {
     pub(crate) max_clients: Option<usize>,
     pub(crate) max_metadata_bytes: usize,
     pub(crate) profile_bounds: ProfileBounds,
+    pub(crate) peer_bounds: PeerBounds,
     pub(crate) takeover_moves_sessions: bool,
     pub(crate) event_capacity: usize,
     pub(crate) device_config: DeviceConfig,
@@ -79,6 +80,19 @@ impl ProfileBounds {
     }
 }
 
+/// The bounds on what one client may make the registry hold beyond its profile:
+/// the sessions it is in and the tasks it has open. A remote peer drives both
+/// (`join` and `task_open` frames), so each is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerBounds {
+    /// Sessions one client may be attached to at once.
+    pub(crate) sessions_per_client: usize,
+    /// Bytes of a session's name, for an attach that may create the session.
+    pub(crate) session_name_bytes: usize,
+    /// Open tasks one client may have at once, on either side.
+    pub(crate) tasks_per_client: usize,
+}
+
 /// Configures and builds a [`Registry`].
 ///
 /// # Examples
@@ -103,6 +117,7 @@ pub struct Builder<M> {
     max_clients: Option<usize>,
     max_metadata_bytes: usize,
     profile_bounds: ProfileBounds,
+    peer_bounds: PeerBounds,
     takeover_moves_sessions: bool,
     event_capacity: usize,
     device_config: DeviceConfig,
@@ -127,6 +142,11 @@ impl Default for Config {
                 capabilities: 256,
                 installed_applications: 1024,
             },
+            peer_bounds: PeerBounds {
+                sessions_per_client: 1024,
+                session_name_bytes: 256,
+                tasks_per_client: 1024,
+            },
             takeover_moves_sessions: false,
             event_capacity: 1024,
             device_config: DeviceConfig::default(),
@@ -144,6 +164,7 @@ impl<M> Default for Builder<M> {
             max_clients: defaults.max_clients,
             max_metadata_bytes: defaults.max_metadata_bytes,
             profile_bounds: defaults.profile_bounds,
+            peer_bounds: defaults.peer_bounds,
             takeover_moves_sessions: defaults.takeover_moves_sessions,
             event_capacity: defaults.event_capacity,
             device_config: defaults.device_config,
@@ -170,6 +191,7 @@ impl<M> fmt::Debug for Builder<M> {
             .field("max_clients", &self.max_clients)
             .field("max_metadata_bytes", &self.max_metadata_bytes)
             .field("profile_bounds", &self.profile_bounds)
+            .field("peer_bounds", &self.peer_bounds)
             .field("takeover_moves_sessions", &self.takeover_moves_sessions)
             .field("event_capacity", &self.event_capacity)
             .field("device_config", &self.device_config.len())
@@ -249,6 +271,57 @@ impl<M> Builder<M> {
         self
     }
 
+    /// Most sessions one client may be attached to at once. Default: 1024.
+    ///
+    /// An attach beyond it is refused with [`AttachError::TooManySessions`]: the
+    /// client is not added and no session is created. Detaching one makes room
+    /// again. A client's memberships come from its peer (a gateway's `join`), and
+    /// each attach scans the client's own list, so without a bound one connection
+    /// could create sessions without end at a cost that grows with their square.
+    /// 1024 is far beyond a client of a chat or device gateway (most join one or
+    /// two) and caps that scan at 1024 entries. `usize::MAX` turns the bound off.
+    ///
+    /// [`AttachError::TooManySessions`]: crate::AttachError::TooManySessions
+    pub fn max_sessions_per_client(mut self, limit: usize) -> Self {
+        self.peer_bounds.sessions_per_client = limit;
+        self
+    }
+
+    /// Longest session name, in bytes of UTF-8, that an attach accepts. Default:
+    /// 256. Numbered sessions have no name and are not affected.
+    ///
+    /// A longer one is refused with [`AttachError::SessionNameTooLong`] and no
+    /// session is created. The name is the peer's, and the registry keeps it for
+    /// as long as the session lives (and a cluster sends it with every
+    /// publication); 256 bytes is ample for a room name and keeps a client at the
+    /// default [`max_sessions_per_client`](Self::max_sessions_per_client) under
+    /// 256 KiB of names. [`Registry::open_session`] is the application's, not a
+    /// peer's, and is not bounded.
+    ///
+    /// [`AttachError::SessionNameTooLong`]: crate::AttachError::SessionNameTooLong
+    pub fn max_session_name_bytes(mut self, limit: usize) -> Self {
+        self.peer_bounds.session_name_bytes = limit;
+        self
+    }
+
+    /// Most open tasks one client may have at once: tasks an orchestrator opened,
+    /// or tasks running on a device. Default: 1024.
+    ///
+    /// [`open_task`](Registry::open_task) beyond it, on either side, is refused
+    /// with [`TaskError::TooManyTasks`] and opens nothing; completing or
+    /// cancelling one makes room again. It applies on top of a device's own
+    /// `max_concurrent_tasks`, which is unset by default. An orchestrator's peer
+    /// opens tasks at will, and when a client leaves, each of its tasks costs a scan
+    /// of the other side's list and one presence event; 1024 keeps that scan short
+    /// and lets one disconnect's cancellations fit the default
+    /// [`event_capacity`](Self::event_capacity). `usize::MAX` turns the bound off.
+    ///
+    /// [`TaskError::TooManyTasks`]: crate::TaskError::TooManyTasks
+    pub fn max_tasks_per_client(mut self, limit: usize) -> Self {
+        self.peer_bounds.tasks_per_client = limit;
+        self
+    }
+
     /// When a client registers with a key that is already online, move the old
     /// connection's session memberships to the new one, so that a reconnecting
     /// client resumes its rooms. Default: false (the new connection starts empty).
@@ -302,6 +375,7 @@ impl<M> Builder<M> {
             max_clients: self.max_clients,
             max_metadata_bytes: self.max_metadata_bytes,
             profile_bounds: self.profile_bounds,
+            peer_bounds: self.peer_bounds,
             takeover_moves_sessions: self.takeover_moves_sessions,
             event_capacity: self.event_capacity,
             device_config: self.device_config,
@@ -348,6 +422,14 @@ mod tests {
         assert!(config.shards >= 1);
         assert_eq!(config.channel_capacity, 32);
         assert_eq!(config.slow_consumer, SlowConsumerPolicy::Drop);
+        assert_eq!(
+            config.peer_bounds,
+            PeerBounds {
+                sessions_per_client: 1024,
+                session_name_bytes: 256,
+                tasks_per_client: 1024,
+            }
+        );
     }
 
     #[test]

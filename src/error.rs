@@ -98,6 +98,26 @@ pub enum AttachError {
     /// The session already addresses 2^32 − 1 member cells.
     #[error("session {0} is full")]
     SessionFull(SessionId),
+    /// The client is already attached to
+    /// [`Builder::max_sessions_per_client`](crate::Builder::max_sessions_per_client)
+    /// sessions. It was not added, and no session was created.
+    #[error("client is already in its limit of {limit} sessions; cannot join {session}")]
+    TooManySessions {
+        /// The session it was not added to.
+        session: SessionId,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The session's name is longer than
+    /// [`Builder::max_session_name_bytes`](crate::Builder::max_session_name_bytes).
+    /// Nothing was created; the name is left out of the error (it is the long part).
+    #[error("session name of {len} bytes exceeds the limit of {limit}")]
+    SessionNameTooLong {
+        /// The name's length in bytes.
+        len: usize,
+        /// The configured limit.
+        limit: usize,
+    },
 }
 
 /// Why [`Registry::detach`](crate::Registry::detach) failed.
@@ -302,6 +322,16 @@ pub enum TaskError {
         device: ClientId,
         /// Its limit.
         limit: u64,
+    },
+    /// One side already has
+    /// [`Builder::max_tasks_per_client`](crate::Builder::max_tasks_per_client) open
+    /// tasks. Nothing was opened.
+    #[error("client {client} already has its limit of {limit} open tasks")]
+    TooManyTasks {
+        /// The side at its limit (the orchestrator is checked first).
+        client: ClientId,
+        /// The configured limit.
+        limit: usize,
     },
     /// No open task has this id (it completed, was cancelled, or never existed).
     #[error("no open task {0}")]

@@ -480,7 +480,8 @@ impl<M> Registry<M> {
             let next = match self.inner.clients.lock_entry(&to) {
                 Locked::Held(mut client) => {
                     if client.connected {
-                        // A full session leaves the room behind, as `attach` would.
+                        // A full session, or a successor in its limit of
+                        // sessions, leaves the room behind, as `attach` would.
                         let _ = self.attach_locked(&mut client, key.clone());
                         return;
                     }
@@ -514,11 +515,17 @@ impl<M> Registry<M> {
     ///
     /// Returns `true` if the client joined, `false` if it was already a member
     /// (attaching twice is a no-op). Costs O(1) whatever the session's size, plus a
-    /// scan of the client's own sessions.
+    /// scan of the client's own sessions, at most
+    /// [`Builder::max_sessions_per_client`] of them.
     ///
     /// # Errors
     ///
-    /// [`AttachError::Client`] if the id does not name a connected client.
+    /// [`AttachError::Client`] if the id does not name a connected client,
+    /// [`AttachError::SessionNameTooLong`] if the name is longer than
+    /// [`Builder::max_session_name_bytes`], [`AttachError::TooManySessions`] if the
+    /// client is already in [`Builder::max_sessions_per_client`] sessions, and
+    /// [`AttachError::SessionFull`] if the session has no room. After any of them
+    /// the client is not a member and no session was created for it.
     ///
     /// # Examples
     ///
@@ -533,6 +540,15 @@ impl<M> Registry<M> {
     /// ```
     pub fn attach(&self, id: ClientId, session: impl Into<SessionId>) -> Result<bool, AttachError> {
         let key = session.into();
+        let limit = self.inner.config.peer_bounds.session_name_bytes;
+        if let SessionId::Name(name) = &key {
+            if name.len() > limit {
+                return Err(AttachError::SessionNameTooLong {
+                    len: name.len(),
+                    limit,
+                });
+            }
+        }
         let mut client = self.inner.clients.lock_connected(id)?;
         self.attach_locked(&mut client, key)
     }
@@ -546,6 +562,15 @@ impl<M> Registry<M> {
         let id = client.entry().id;
         if client.position(&key).is_some() {
             return Ok(false);
+        }
+        // Under the client's lock, which guards its list: racing attaches of one
+        // client are counted one after the other, so only `limit` of them pass.
+        let limit = self.inner.config.peer_bounds.sessions_per_client;
+        if client.sessions.len() >= limit {
+            return Err(AttachError::TooManySessions {
+                session: key,
+                limit,
+            });
         }
         match self.inner.sessions.join(&key, id, client.entry()) {
             Join::Added(session) => {

@@ -79,8 +79,11 @@ impl<M> crate::Registry<M> {
     /// [`TaskError::Offline`] if either side is not connected,
     /// [`TaskError::WrongKind`] unless `orchestrator` is a
     /// [`ClientKind::Orchestrator`] and `device` a
-    /// [`ClientKind::Device`], and [`TaskError::AtCapacity`] if
-    /// the device already runs its configured `max_concurrent_tasks`.
+    /// [`ClientKind::Device`], [`TaskError::AtCapacity`] if
+    /// the device already runs its configured `max_concurrent_tasks`, and
+    /// [`TaskError::TooManyTasks`] if either side already has
+    /// [`Builder::max_tasks_per_client`](crate::Builder::max_tasks_per_client) open
+    /// tasks. Nothing is opened after any of them.
     ///
     /// # Examples
     ///
@@ -129,6 +132,14 @@ impl<M> crate::Registry<M> {
         if let Some(limit) = device_info.max_concurrent_tasks() {
             if d_state.tasks().len() as u64 >= limit {
                 return Err(TaskError::AtCapacity { device, limit });
+            }
+        }
+        // Under both sides' locks, which guard their lists: racing opens are
+        // counted one after the other, so neither side passes its bound.
+        let limit = self.config().peer_bounds.tasks_per_client;
+        for (state, client) in [(&o_state, orchestrator), (&d_state, device)] {
+            if state.tasks().len() >= limit {
+                return Err(TaskError::TooManyTasks { client, limit });
             }
         }
         let id = self.fleet().insert_task(orchestrator, device);

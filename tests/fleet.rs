@@ -483,6 +483,96 @@ fn tasks_refuse_bad_input_and_complete_once() {
 }
 
 #[test]
+fn a_client_has_at_most_max_tasks_per_client_open() {
+    let registry = Registry::<u8>::builder()
+        .max_tasks_per_client(2)
+        .build()
+        .expect("valid");
+    let (o, _ro) = registry.register(orchestrator("o")).expect("room");
+    let devices: Vec<_> = (0..3)
+        .map(|n| {
+            registry
+                .register(device(&format!("d{n}"), "x", &[], &[]))
+                .expect("room")
+        })
+        .collect();
+    let (d0, d1, d2) = (devices[0].0, devices[1].0, devices[2].0);
+    let t0 = registry.open_task(o, d0).expect("room");
+    let _t1 = registry.open_task(o, d1).expect("room");
+    // The orchestrator is at its bound, whatever the device.
+    assert_eq!(
+        registry.open_task(o, d2),
+        Err(TaskError::TooManyTasks {
+            client: o,
+            limit: 2
+        })
+    );
+    assert!(registry.tasks_of_device(d2).expect("online").is_empty());
+    assert_eq!(registry.tasks_of_orchestrator(o).expect("online").len(), 2);
+    assert_eq!(registry.stats().tasks, 2);
+    registry.complete_task(t0).expect("open");
+    assert!(registry.open_task(o, d2).is_ok(), "completing made room");
+
+    // The device side is bounded too: two orchestrators fill d0, a third is refused.
+    let (p, _rp) = registry.register(orchestrator("p")).expect("room");
+    let (q, _rq) = registry.register(orchestrator("q")).expect("room");
+    let (r, _rr) = registry.register(orchestrator("r")).expect("room");
+    registry.open_task(p, d0).expect("room");
+    registry.open_task(q, d0).expect("room");
+    assert_eq!(
+        registry.open_task(r, d0),
+        Err(TaskError::TooManyTasks {
+            client: d0,
+            limit: 2
+        })
+    );
+    assert!(registry
+        .tasks_of_orchestrator(r)
+        .expect("online")
+        .is_empty());
+    // A cancellation makes room as a completion does.
+    let _ = registry.unregister(p).expect("online");
+    assert!(registry.open_task(r, d0).is_ok(), "the cancel made room");
+}
+
+#[test]
+fn racing_task_opens_at_the_bound_admit_exactly_the_limit() {
+    for _ in 0..50 {
+        let registry = Registry::<u8>::builder()
+            .max_tasks_per_client(3)
+            .build()
+            .expect("valid");
+        let (o, _ro) = registry.register(orchestrator("o")).expect("room");
+        let devices: Vec<_> = (0..8)
+            .map(|n| {
+                registry
+                    .register(device(&format!("d{n}"), "x", &[], &[]))
+                    .expect("room")
+            })
+            .collect();
+        let barrier = Barrier::new(devices.len());
+        let opened: usize = thread::scope(|s| {
+            let handles: Vec<_> = devices
+                .iter()
+                .map(|(d, _)| {
+                    let (registry, barrier, d) = (&registry, &barrier, *d);
+                    s.spawn(move || {
+                        barrier.wait();
+                        usize::from(registry.open_task(o, d).is_ok())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("no panic"))
+                .sum()
+        });
+        assert_eq!(opened, 3);
+        assert_eq!(registry.stats().tasks, 3);
+    }
+}
+
+#[test]
 fn both_sides_dropping_at_once_cancels_each_task_once() {
     for _ in 0..50 {
         let registry = Registry::<u8>::new();

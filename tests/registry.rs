@@ -5,8 +5,8 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 
 use switchboard::{
-    ClientError, ClientId, ClientInfo, CloseReason, DetachError, Receiver, RegisterError, Registry,
-    SendError, SessionId, SlowConsumerPolicy, TryRecvError,
+    AttachError, ClientError, ClientId, ClientInfo, CloseReason, DetachError, Receiver,
+    RegisterError, Registry, SendError, SessionId, SlowConsumerPolicy, TryRecvError,
 };
 
 fn drain<M>(rx: &mut Receiver<M>) -> Vec<M> {
@@ -262,6 +262,106 @@ fn limits_are_typed_errors() {
         .channel_capacity(0)
         .build()
         .is_err());
+}
+
+#[test]
+fn a_client_joins_at_most_max_sessions_per_client() {
+    let registry = Registry::<u32>::builder()
+        .max_sessions_per_client(3)
+        .build()
+        .expect("valid");
+    let (a, _ra) = registry.register(ClientInfo::new()).expect("room");
+    let (b, _rb) = registry.register(ClientInfo::new()).expect("room");
+    for s in 0..3u64 {
+        assert_eq!(registry.attach(a, s), Ok(true), "room for session {s}");
+    }
+    assert_eq!(
+        registry.attach(a, 3),
+        Err(AttachError::TooManySessions {
+            session: SessionId::from(3),
+            limit: 3
+        })
+    );
+    assert!(
+        registry.members(3).is_err(),
+        "the refused join created no session"
+    );
+    assert_eq!(registry.sessions_of(a).expect("online").len(), 3);
+    // Joining one it is already in is still the no-op it always was.
+    assert_eq!(registry.attach(a, 0), Ok(false));
+    // The bound is per client: another client still joins.
+    assert_eq!(registry.attach(b, 3), Ok(true));
+    assert_eq!(registry.members(3), Ok(vec![b]));
+    registry.detach(a, 1).expect("a member");
+    assert_eq!(registry.attach(a, 3), Ok(true), "the detach made room");
+    assert_eq!(registry.members(3), Ok(vec![b, a]));
+}
+
+#[test]
+fn racing_attaches_at_the_session_bound_admit_exactly_the_limit() {
+    for _ in 0..50 {
+        let registry = Registry::<u32>::builder()
+            .max_sessions_per_client(4)
+            .build()
+            .expect("valid");
+        let (a, _ra) = registry.register(ClientInfo::new()).expect("room");
+        let barrier = Barrier::new(8);
+        let joined: usize = thread::scope(|s| {
+            let handles: Vec<_> = (0..8u64)
+                .map(|n| {
+                    let (registry, barrier) = (&registry, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        usize::from(registry.attach(a, n) == Ok(true))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("no panic"))
+                .sum()
+        });
+        assert_eq!(joined, 4);
+        assert_eq!(registry.sessions_of(a).expect("online").len(), 4);
+        assert_eq!(registry.session_count(), 4);
+    }
+}
+
+#[test]
+fn a_session_name_over_the_limit_is_refused_and_creates_nothing() {
+    let registry = Registry::<u32>::builder()
+        .max_session_name_bytes(8)
+        .build()
+        .expect("valid");
+    let (a, _ra) = registry.register(ClientInfo::new()).expect("room");
+    assert_eq!(registry.attach(a, "12345678"), Ok(true));
+    assert_eq!(
+        registry.attach(a, "123456789"),
+        Err(AttachError::SessionNameTooLong { len: 9, limit: 8 })
+    );
+    // Bytes, not characters: four two-byte characters fit, five do not.
+    assert_eq!(registry.attach(a, "éééé"), Ok(true));
+    assert_eq!(
+        registry.attach(a, "ééééé"),
+        Err(AttachError::SessionNameTooLong { len: 10, limit: 8 })
+    );
+    // Numbered sessions have no name to bound.
+    assert_eq!(registry.attach(a, u64::MAX), Ok(true));
+    assert_eq!(registry.session_count(), 3);
+}
+
+#[test]
+fn the_default_session_name_bound_is_256_bytes() {
+    let registry = Registry::<u32>::new();
+    let (a, _ra) = registry.register(ClientInfo::new()).expect("room");
+    assert_eq!(registry.attach(a, "x".repeat(256)), Ok(true));
+    assert_eq!(
+        registry.attach(a, "x".repeat(257)),
+        Err(AttachError::SessionNameTooLong {
+            len: 257,
+            limit: 256
+        })
+    );
 }
 
 #[test]

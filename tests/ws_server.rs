@@ -593,3 +593,59 @@ async fn a_full_server_refuses_with_1013() {
     assert_eq!(closed(&mut two).await.0, 1013);
     let _ = server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_peer_at_its_session_or_task_bound_gets_an_error_frame() {
+    let server = start(Config {
+        max_sessions_per_client: Some(2),
+        max_tasks_per_client: Some(1),
+        ..config()
+    })
+    .await;
+    let mut ws = connect(&server).await;
+    let me = hello(&mut ws, json!({"key": "o", "kind": "orchestrator"})).await;
+    join(&mut ws, json!("a")).await;
+    join(&mut ws, json!(2)).await;
+    expect_error(
+        &mut ws,
+        json!({"type": "join", "session": "c"}),
+        "too_many_sessions",
+    )
+    .await;
+    assert!(
+        server.registry().members("c").is_err(),
+        "the refused join created no session"
+    );
+    // Already a member: still the no-op it always was.
+    join(&mut ws, json!("a")).await;
+    send(&mut ws, json!({"type": "leave", "session": "a"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "left");
+    join(&mut ws, json!("c")).await;
+    // The name bound is the registry's default, 256 bytes.
+    expect_error(
+        &mut ws,
+        json!({"type": "join", "session": "x".repeat(257)}),
+        "session_name_too_long",
+    )
+    .await;
+
+    let mut d1 = connect(&server).await;
+    let _ = hello(&mut d1, json!({"key": "d1", "kind": "device"})).await;
+    let mut d2 = connect(&server).await;
+    let _ = hello(&mut d2, json!({"key": "d2", "kind": "device"})).await;
+    send(&mut ws, json!({"type": "task_open", "device": "d1"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "task_opened");
+    assert_eq!(recv(&mut d1).await["type"], "task_opened");
+    expect_error(
+        &mut ws,
+        json!({"type": "task_open", "device": "d2"}),
+        "too_many_tasks",
+    )
+    .await;
+    quiet(&mut d2).await;
+    assert_eq!(
+        server.registry().tasks_of_orchestrator(me).map(|t| t.len()),
+        Ok(1)
+    );
+    let _ = server.shutdown().await;
+}

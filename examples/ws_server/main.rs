@@ -33,6 +33,8 @@
 //! | `--idle-timeout D` | `60s` | silence (no frame, no pong) before close 4003 |
 //! | `--write-timeout D` | `10s` | a write or a wait for queue room longer than this ends the client |
 //! | `--max-clients N` | none | refuse more (error `server_full`, close 1013) |
+//! | `--max-sessions-per-client N` | 1024 | sessions one client may be in; a `join` beyond gets `too_many_sessions` |
+//! | `--max-tasks-per-client N` | 1024 | open tasks one client may have (either side); a `task_open` beyond gets `too_many_tasks` |
 //! | `--redis URL` | none | join the cluster at this Redis (`redis://127.0.0.1:6379`): rooms, `direct` and keys span every node on it; the admin API gains `/cluster` |
 //! | `--node-id ID` | random | this node's id in the cluster (1–64 of `A-Za-z0-9._-`) |
 //!
@@ -79,9 +81,13 @@
 //! `binary_unsupported`, `hello_required`, `already_registered`,
 //! `metadata_too_large`, `profile_too_large` (more tags, capabilities or
 //! installed applications, or a bigger profile, than the registry allows),
-//! `server_full`, `unknown_session`, `not_attached`,
+//! `server_full`, `unknown_session`, `not_attached`, `too_many_sessions` (a
+//! `join` beyond `--max-sessions-per-client`), `session_name_too_long` (a `join`
+//! to a name over 256 bytes), `session_full`,
 //! `unknown_client`, `queue_full` (a `direct` whose recipient's queue is full),
-//! `task_refused` (wrong kinds, or the device is at its task limit),
+//! `task_refused` (wrong kinds, or the device is at its `max_concurrent_tasks`),
+//! `too_many_tasks` (the sender or the device already has
+//! `--max-tasks-per-client` open tasks),
 //! `unknown_task`; with `--redis`, `publish_failed` (Redis refused or is down:
 //! members on this node got the message, other nodes did not; it comes when Redis
 //! has answered, so replies to later frames may come first) and
@@ -230,6 +236,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config, String> 
             "--write-buffer" => config.write_buffer = number(&flag, &value()?)?,
             "--queue" => config.queue = number(&flag, &value()?)?,
             "--max-clients" => config.max_clients = Some(number(&flag, &value()?)?),
+            "--max-sessions-per-client" => {
+                config.max_sessions_per_client = Some(number(&flag, &value()?)?);
+            }
+            "--max-tasks-per-client" => {
+                config.max_tasks_per_client = Some(number(&flag, &value()?)?);
+            }
             "--slow-consumer" => {
                 config.slow_consumer = match value()?.as_str() {
                     "disconnect" => SlowConsumerPolicy::Disconnect,

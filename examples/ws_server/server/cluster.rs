@@ -12,7 +12,8 @@ use switchboard::cluster::{
     Cluster, ClusterError, Codec, CodecError, PublishError, SendToKeyError,
 };
 use switchboard::{
-    ClientId, ClientInfo, DetachError, Receiver, RegisterError, Registry, SendError, SessionId,
+    AttachError, ClientId, ClientInfo, DetachError, Receiver, RegisterError, Registry, SendError,
+    SessionId,
 };
 
 use futures_util::stream::FuturesUnordered;
@@ -79,15 +80,20 @@ pub(super) async fn unregister(shared: &Shared, id: ClientId) {
 }
 
 /// Attaches; `Ok(false)` if this client was just unregistered (the writer closes).
-/// A join refused because Redis could not record it is undone locally too, so the
-/// client gets no message from a room it was told it is not in.
+/// A join the registry refuses (a bound, a full session) is an error frame. A join
+/// refused because Redis could not record it is undone locally too, so the client
+/// gets no message from a room it was told it is not in.
 pub(super) async fn join(
     shared: &Shared,
     me: ClientId,
     session: &SessionId,
 ) -> Result<bool, Refusal> {
     match &shared.cluster {
-        None => Ok(shared.registry.attach(me, session).is_ok()),
+        None => match shared.registry.attach(me, session) {
+            Ok(_) => Ok(true),
+            Err(AttachError::Client(_)) => Ok(false),
+            Err(e) => Err(attach_refused(&e)),
+        },
         Some(cluster) => {
             let member = shared
                 .registry
@@ -95,7 +101,9 @@ pub(super) async fn join(
                 .is_ok_and(|s| s.contains(session));
             match cluster.attach(me, session).await {
                 Ok(_) => Ok(true),
-                Err(ClusterError::Attach(_)) => Ok(false),
+                Err(ClusterError::Attach(AttachError::Client(_))) => Ok(false),
+                // Refused locally before Redis was asked: nothing to undo.
+                Err(ClusterError::Attach(e)) => Err(attach_refused(&e)),
                 Err(e) => {
                     if !member {
                         // The heartbeat brings Redis in line later.
@@ -205,6 +213,17 @@ fn publish_failed(e: &PublishError<Frame>) -> Refusal {
         _ => "members on this node got it, other nodes did not",
     };
     Refusal::new("publish_failed", format!("{e}; {reached}"))
+}
+
+/// The error frame for a join the registry refused. Its detail may name the
+/// session: by then the name is within the registry's bound.
+fn attach_refused(e: &AttachError) -> Refusal {
+    let code = match e {
+        AttachError::TooManySessions { .. } => "too_many_sessions",
+        AttachError::SessionNameTooLong { .. } => "session_name_too_long",
+        _ => "session_full",
+    };
+    Refusal::new(code, e.to_string())
 }
 
 fn unavailable(e: ClusterError) -> Refusal {

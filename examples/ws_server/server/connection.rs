@@ -393,6 +393,7 @@ async fn handle(
             let device_id = resolve(shared, &device)?;
             let task = registry.open_task(me, device_id).map_err(|e| match e {
                 TaskError::Offline(_) => unknown_client(&device),
+                e @ TaskError::TooManyTasks { .. } => Refusal::new("too_many_tasks", e.to_string()),
                 e => Refusal::new("task_refused", e.to_string()),
             })?;
             let frame = protocol::task_opened(task, me, device_id);

@@ -64,6 +64,13 @@ pub struct Config {
     pub close_linger: Duration,
     /// Refuse clients beyond this many (they get `server_full` and 1013).
     pub max_clients: Option<usize>,
+    /// Sessions one client may be in at once; a `join` beyond it gets
+    /// `too_many_sessions`. `None`: the registry's default, 1024.
+    pub max_sessions_per_client: Option<usize>,
+    /// Open tasks one client (orchestrator or device) may have at once; a
+    /// `task_open` beyond it gets `too_many_tasks`. `None`: the registry's
+    /// default, 1024.
+    pub max_tasks_per_client: Option<usize>,
     /// Join the cluster at this Redis URL (`--redis`); `None` runs alone.
     pub redis: Option<String>,
     /// This node's id in the cluster (`--node-id`); random if `None`.
@@ -89,6 +96,8 @@ impl Default for Config {
             write_timeout: Duration::from_secs(10),
             close_linger: Duration::from_secs(2),
             max_clients: None,
+            max_sessions_per_client: None,
+            max_tasks_per_client: None,
             redis: None,
             node_id: None,
         }
@@ -165,6 +174,12 @@ impl Server {
             .event_capacity(1 << 16);
         if let Some(limit) = config.max_clients {
             builder = builder.max_clients(limit);
+        }
+        if let Some(limit) = config.max_sessions_per_client {
+            builder = builder.max_sessions_per_client(limit);
+        }
+        if let Some(limit) = config.max_tasks_per_client {
+            builder = builder.max_tasks_per_client(limit);
         }
         let registry = builder.build()?;
         let cluster = match &config.redis {

@@ -349,7 +349,7 @@ impl<M> Builder<M> {
     /// # Errors
     ///
     /// [`BuildError`] if the shard count is 0 or above 256, the channel capacity is 0
-    /// or above 2^20, or the client limit is 0.
+    /// or above 2^20, or the client limit or a per-client bound is 0.
     pub fn build(self) -> Result<Registry<M>, BuildError> {
         Ok(Registry::from_config(self.validate()?))
     }
@@ -367,6 +367,16 @@ impl<M> Builder<M> {
         }
         if self.event_capacity == 0 || self.event_capacity > MAX_EVENT_CAPACITY {
             return Err(BuildError::EventCapacity(self.event_capacity));
+        }
+        let bounds = &self.peer_bounds;
+        for (limit, name) in [
+            (bounds.sessions_per_client, "max_sessions_per_client"),
+            (bounds.session_name_bytes, "max_session_name_bytes"),
+            (bounds.tasks_per_client, "max_tasks_per_client"),
+        ] {
+            if limit == 0 {
+                return Err(BuildError::ZeroBound(name));
+            }
         }
         Ok(Config {
             shards,
@@ -451,5 +461,21 @@ mod tests {
             Some(BuildError::MaxClients)
         );
         assert!(Builder::<()>::new().shards(256).validate().is_ok());
+        for (builder, name) in [
+            (
+                Builder::<()>::new().max_sessions_per_client(0),
+                "max_sessions_per_client",
+            ),
+            (
+                Builder::<()>::new().max_session_name_bytes(0),
+                "max_session_name_bytes",
+            ),
+            (
+                Builder::<()>::new().max_tasks_per_client(0),
+                "max_tasks_per_client",
+            ),
+        ] {
+            assert_eq!(builder.validate().err(), Some(BuildError::ZeroBound(name)));
+        }
     }
 }

@@ -238,6 +238,10 @@ pub enum BuildError {
     /// The event buffer must hold 1 to 2^20 events.
     #[error("event capacity {0} is outside 1..=1048576")]
     EventCapacity(usize),
+    /// A per-client bound (the builder method named) of zero would refuse every
+    /// attach or task; `usize::MAX` is how to turn one off.
+    #[error("{0} must be at least 1")]
+    ZeroBound(&'static str),
 }
 
 /// A kind name other than `device` or `orchestrator`.

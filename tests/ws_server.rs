@@ -459,6 +459,65 @@ async fn idle_clients_are_pinged_and_silent_ones_closed() {
 }
 
 #[tokio::test]
+async fn no_hello_within_the_idle_timeout_closes_with_4003_whatever_else_arrives() {
+    let idle = Duration::from_millis(300);
+    let server = start(Config {
+        idle_timeout: idle,
+        ..config()
+    })
+    .await;
+    // The server's hello deadline starts after this, so the close cannot come
+    // before `connecting + idle`.
+    let connecting = tokio::time::Instant::now();
+    let mut ws = connect(&server).await;
+    // Something every 200 ms, under the idle timeout: pings, and frames that get
+    // an error reply. Neither is a hello, so neither may put the deadline off.
+    let every = Duration::from_millis(200);
+    let mut tick = tokio::time::interval_at(connecting + every, every);
+    let window = tokio::time::sleep_until(connecting + Duration::from_millis(1500));
+    tokio::pin!(window);
+    let mut sent = 0;
+    let (code, at) = loop {
+        tokio::select! {
+            () = &mut window => panic!(
+                "no close within 1.5 s of connecting with idle_timeout {idle:?}: \
+                 {sent} pings and bad frames, and no hello, kept the connection open"
+            ),
+            _ = tick.tick() => {
+                sent += 1;
+                let frame = if sent % 2 == 1 {
+                    Message::Ping(Default::default())
+                } else {
+                    Message::text("not json")
+                };
+                // The server may have closed meanwhile; its close frame is read below.
+                let _ = ws.send(frame).await;
+            }
+            next = ws.next() => match next {
+                Some(Ok(Message::Close(frame))) => {
+                    let _ = ws.flush().await;
+                    let code = frame.map_or(0, |f| u16::from(f.code));
+                    break (code, tokio::time::Instant::now());
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            },
+        }
+    };
+    assert_eq!(code, 4003);
+    let after = at - connecting;
+    assert!(
+        after >= idle - Duration::from_millis(50),
+        "closed early, after {after:?}"
+    );
+    assert!(
+        sent >= 1,
+        "closed after {after:?}, before anything was sent"
+    );
+    let _ = server.shutdown().await;
+}
+
+#[tokio::test]
 async fn shutdown_closes_every_client_with_1001_and_empties_the_registry() {
     let server = start(config()).await;
     let registry = server.registry().clone();

@@ -107,7 +107,7 @@
 //! | 4000 | slow consumer: its queue was full and it stayed slow (under `disconnect`, or a reply could not be queued within `--write-timeout`) |
 //! | 4001 | kicked by an operator; the close reason is the operator's, cut to 123 bytes |
 //! | 4002 | taken over: a newer connection said `hello` with the same key |
-//! | 4003 | idle: nothing received (not even a pong) for `--idle-timeout`, or no `hello` in that time |
+//! | 4003 | idle: nothing received (not even a pong) for `--idle-timeout`, or no `hello` within that time of connecting (other frames do not put it off) |
 //!
 //! A peer that stops reading altogether is dropped without a close frame once a
 //! write has been stuck for `--write-timeout`.

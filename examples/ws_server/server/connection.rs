@@ -67,9 +67,12 @@ enum End {
 }
 
 /// Serves one upgraded socket until it closes, and unregisters its client.
-pub(super) async fn serve(shared: Arc<Shared>, mut socket: WebSocket) {
+///
+/// `hello_by` is when the client must have said `hello`: the connection's arrival
+/// plus the idle timeout.
+pub(super) async fn serve(shared: Arc<Shared>, mut socket: WebSocket, hello_by: Instant) {
     let mut shutdown = shared.shutdown.clone();
-    let Some((id, rx)) = greet(&shared, &mut socket, &mut shutdown).await else {
+    let Some((id, rx)) = greet(&shared, &mut socket, &mut shutdown, hello_by).await else {
         return;
     };
     let (sink, mut stream) = socket.split();
@@ -121,13 +124,20 @@ pub(super) async fn serve(shared: Arc<Shared>, mut socket: WebSocket) {
 }
 
 /// Reads frames until a valid `hello` registers the client; answers anything else
-/// with an error frame. Owns the whole socket, since no writer exists yet.
+/// with an error frame, and closes with 4003 at `hello_by`. Owns the whole socket,
+/// since no writer exists yet.
 async fn greet(
     shared: &Shared,
     socket: &mut WebSocket,
     shutdown: &mut watch::Receiver<bool>,
+    hello_by: Instant,
 ) -> Option<(ClientId, Receiver<Frame>)> {
     let config = &shared.config;
+    // One deadline for the whole greeting: a timeout per read let any frame (a
+    // ping, a bad frame) restart the clock, and kept an unregistered socket,
+    // which `max_clients` does not count, open for ever.
+    let no_hello = tokio::time::sleep_until(hello_by);
+    tokio::pin!(no_hello);
     loop {
         let next = tokio::select! {
             biased;
@@ -136,10 +146,9 @@ async fn greet(
                 drain(socket, config.close_linger).await;
                 return None;
             }
-            next = timeout(config.idle_timeout, socket.recv()) => next,
-        };
-        let text = match next {
-            Err(_) => {
+            // Before the socket, so that a peer whose frames are always ready
+            // still meets the deadline.
+            () = &mut no_hello => {
                 say_close(
                     socket,
                     close::IDLE_TIMEOUT,
@@ -150,21 +159,25 @@ async fn greet(
                 drain(socket, config.close_linger).await;
                 return None;
             }
-            Ok(None) => return None,
-            Ok(Some(Err(e))) => {
+            next = socket.recv() => next,
+        };
+        let text = match next {
+            None => return None,
+            Some(Err(e)) => {
                 if let Some((code, reason)) = read_error(e) {
                     say_close(socket, code, reason, config.write_timeout).await;
                 }
                 return None;
             }
-            Ok(Some(Ok(Message::Text(text)))) => text,
-            Ok(Some(Ok(Message::Binary(_)))) => {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Binary(_))) => {
                 let refusal = Refusal::new("binary_unsupported", "frames are JSON text");
                 say(socket, refusal.frame(), config.write_timeout).await?;
                 continue;
             }
-            Ok(Some(Ok(Message::Close(_)))) => return None,
-            Ok(Some(Ok(_))) => continue,
+            Some(Ok(Message::Close(_))) => return None,
+            // Pings are answered by the WebSocket layer; they do not move the deadline.
+            Some(Ok(_)) => continue,
         };
         let refusal = match protocol::parse(&text) {
             Err(refusal) => refusal,

@@ -55,7 +55,8 @@ pub struct Config {
     /// How often the server pings each client.
     pub ping_interval: Duration,
     /// A client that sends nothing (not even a pong) for this long is closed with
-    /// 4003; so is one that says no `hello` in this time.
+    /// 4003; so is one that says no `hello` within this time of its upgrade
+    /// request, whatever else it sends meanwhile.
     pub idle_timeout: Duration,
     /// The longest a write to a client, or a wait for room in its queue, may take
     /// before the client counts as dead or slow.
@@ -333,11 +334,13 @@ fn local(listener: &TcpListener, asked: SocketAddr) -> SocketAddr {
 /// `GET /ws`: upgrades with this server's buffer sizes and frame limit.
 async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
     let config = &shared.config;
+    // Fixed now, once: nothing the client sends before `hello` moves it.
+    let hello_by = tokio::time::Instant::now() + config.idle_timeout;
     ws.read_buffer_size(config.read_buffer)
         .write_buffer_size(config.write_buffer)
         .max_message_size(config.max_frame)
         .max_frame_size(config.max_frame)
-        .on_upgrade(move |socket| connection::serve(shared, socket))
+        .on_upgrade(move |socket| connection::serve(shared, socket, hello_by))
 }
 
 /// Tells the surviving side of every cancelled task, whatever ended the other side

@@ -510,6 +510,72 @@ async fn admin_api_shows_the_cluster_and_its_gaps() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_broadcast_on_a_cluster_node_reaches_every_node() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let mut redis = redis_or_skip!("admin_broadcast_cluster");
+    let a = node(&redis, "t32", "a", TTL).await;
+    let b = node(&redis, "t32", "b", TTL).await;
+    let (b1, mut b1_rx) = b.register(ClientInfo::new()).await.unwrap();
+    b.attach(b1, "lobby").await.unwrap();
+    let router = switchboard::http::router_with_cluster(
+        a.clone(),
+        switchboard::http::AdminConfig::new(),
+        |_, body| Msg::from(body.to_string()),
+    )
+    .unwrap();
+    let post = |text: &'static str| {
+        let req = axum::http::Request::post("/sessions/lobby/broadcast")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(text))
+            .unwrap();
+        let router = router.clone();
+        async move {
+            let res = router.oneshot(req).await.unwrap();
+            let status = res.status().as_u16();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            (status, json)
+        }
+    };
+
+    // Every member is on b: a's admin API still broadcasts, through Redis.
+    let (status, report) = post(r#"{"n":1}"#).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(&*recv(&mut b1_rx).await, r#"{"n":1}"#);
+    assert_eq!(report["published"], true, "{report}");
+    assert_eq!(report["delivered"], 0, "{report}");
+
+    // With a member on a too: delivered here once, counted, and published once.
+    let (a1, mut a1_rx) = a.register(ClientInfo::new()).await.unwrap();
+    a.attach(a1, "lobby").await.unwrap();
+    let (status, report) = post(r#"{"n":2}"#).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        (report["recipients"].clone(), report["delivered"].clone()),
+        (1.into(), 1.into())
+    );
+    assert_eq!(&*recv(&mut a1_rx).await, r#"{"n":2}"#);
+    assert_eq!(&*recv(&mut b1_rx).await, r#"{"n":2}"#);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        a1_rx.try_recv().is_err(),
+        "a delivers its own publication once"
+    );
+    assert!(b1_rx.try_recv().is_err(), "b gets one copy");
+
+    // Redis gone: a clear error naming the failure, and what this node delivered.
+    redis.kill();
+    let (status, error) = post(r#"{"n":3}"#).await;
+    assert_eq!(status, 503, "{error}");
+    assert_eq!(error["error"], "publish_failed", "{error}");
+    assert_eq!(error["kind"], "redis", "{error}");
+    assert_eq!(error["local"]["delivered"], 1, "{error}");
+    assert_eq!(&*recv(&mut a1_rx).await, r#"{"n":3}"#);
+}
+
 /// The next `snapshot` event's data from a `/events` body.
 async fn next_snapshot(body: &mut axum::body::Body) -> serde_json::Value {
     use http_body_util::BodyExt;

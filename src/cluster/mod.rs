@@ -88,7 +88,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::sync::{lock, Arc, AsyncMutex, Mutex};
-use crate::{ClientId, ClientInfo, Receiver, Registry, SessionId, Unregistered};
+use crate::{BroadcastReport, ClientId, ClientInfo, Receiver, Registry, SessionId, Unregistered};
 
 pub use builder::{BadNodeId, ClusterBuilder};
 pub use codec::{Codec, CodecError, Json, Raw};
@@ -519,7 +519,8 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         session: impl Into<SessionId>,
         msg: M,
     ) -> Result<usize, PublishError<M>> {
-        self.publish_session(session.into(), None, msg).await
+        let (local, published) = self.publish_session(session.into(), None, msg).await;
+        published.map(|()| local.delivered)
     }
 
     /// As [`broadcast`](Self::broadcast), except to `except` (the author).
@@ -533,19 +534,24 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         except: ClientId,
         msg: M,
     ) -> Result<usize, PublishError<M>> {
-        self.publish_session(session.into(), Some(except), msg)
-            .await
+        let (local, published) = self
+            .publish_session(session.into(), Some(except), msg)
+            .await;
+        published.map(|()| local.delivered)
     }
 
-    async fn publish_session(
+    /// Delivers to the local members and publishes: the local broadcast's report
+    /// (empty if no member is here, or if the message was refused before
+    /// delivery) beside the publication's outcome. The admin API answers with both.
+    pub(crate) async fn publish_session(
         &self,
         session: SessionId,
         except: Option<ClientId>,
         msg: M,
-    ) -> Result<usize, PublishError<M>> {
+    ) -> (BroadcastReport, Result<(), PublishError<M>>) {
         let payload = match self.shared.encode(&msg) {
             Ok(p) => p,
-            Err(e) => return Err(e.with(msg)),
+            Err(e) => return (BroadcastReport::default(), Err(e.with(msg))),
         };
         let local = match except {
             Some(id) => self
@@ -554,9 +560,9 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
                 .broadcast_except(session.clone(), id, msg.clone()),
             None => self.shared.registry.broadcast(session.clone(), msg.clone()),
         };
-        let delivered = local.map_or(0, |r| r.delivered);
-        self.enqueue(session, payload, msg).await?;
-        Ok(delivered)
+        // No member here is not an error: the session may have members elsewhere.
+        let local = local.unwrap_or_default();
+        (local, self.enqueue(session, payload, msg).await)
     }
 
     async fn enqueue(

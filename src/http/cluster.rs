@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::events::ClusterFeed;
 use super::{authorized, build_with, AdminConfig, AdminConfigError};
 use crate::cluster::{Cluster, ClusterStats, NodeInfo};
-use crate::SessionId;
+use crate::{BroadcastReport, SessionId};
 
 /// The admin API of [`router_with_encoder`](super::router_with_encoder) for a
 /// cluster node, plus `GET /cluster`, and the cluster's counters in `/metrics`:
@@ -33,6 +33,16 @@ use crate::SessionId;
 /// every live node with its client count, subscriptions, gaps, heartbeat age and
 /// state ([`NodeInfo`]),
 /// and, while Redis cannot be reached, `nodes: null` and the error.
+///
+/// `POST /sessions/{id}/broadcast` goes through [`Cluster::broadcast`]: this
+/// node's members get the message and one publication carries it to every other
+/// node's, so a session whose members are all elsewhere is no 404. It answers
+/// this node's [`BroadcastReport`] plus `"published": true`. If the publication
+/// fails, the answer is `publish_failed` with `kind` and `local` (this node's
+/// report) beside `error` and `detail`: 503 for `redis`, `busy` and `closed` (this
+/// node's members got it, other nodes did not; a retry reaches this node's members
+/// twice), 413 for `too_large` (over the cluster's `max_payload`) and 422 for
+/// `codec` (no member got either).
 ///
 /// # Errors
 ///
@@ -70,6 +80,7 @@ where
         .map(|t| t.into_bytes().into_boxed_slice());
     let for_metrics = cluster.clone();
     let for_events = cluster.clone();
+    let for_broadcast = cluster.clone();
     let admin = build_with(
         cluster.registry().clone(),
         config,
@@ -77,6 +88,9 @@ where
         Some(Box::new(move || render(&for_metrics.stats()))),
         Some(Box::new(move || -> Box<dyn ClusterFeed> {
             Box::new(Tap::new(for_events.clone()))
+        })),
+        Some(Box::new(move |session, msg| {
+            Box::pin(broadcast(for_broadcast.clone(), session, msg))
         })),
     );
     let guarded = Router::new()
@@ -92,6 +106,34 @@ where
         }))
         .with_state(cluster);
     Ok(admin.merge(guarded))
+}
+
+/// What a cluster node's `POST /sessions/{id}/broadcast` did: this node's
+/// delivery, and that the message was published for the other nodes.
+#[derive(Serialize)]
+struct Published {
+    #[serde(flatten)]
+    local: BroadcastReport,
+    published: bool,
+}
+
+/// `POST /sessions/{id}/broadcast` on a cluster node: this node's members get the
+/// message, and one publication carries it to every other node's. A session with
+/// no member here is no error: its members may all be elsewhere.
+async fn broadcast<M: Clone + Send + Sync + 'static>(
+    cluster: Cluster<M>,
+    session: SessionId,
+    msg: M,
+) -> Result<Response, ApiError> {
+    let (local, published) = cluster.publish_session(session, None, msg).await;
+    match published {
+        Ok(()) => Ok(Json(Published {
+            local,
+            published: true,
+        })
+        .into_response()),
+        Err(e) => Err(ApiError::publish_failed(&e, local)),
+    }
 }
 
 #[derive(Serialize)]

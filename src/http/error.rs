@@ -11,6 +11,10 @@ pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     detail: String,
+    /// Which failure of its code, where a code covers several (`publish_failed`).
+    kind: Option<&'static str>,
+    /// What this node delivered before the failure (`publish_failed`).
+    local: Option<crate::BroadcastReport>,
 }
 
 impl ApiError {
@@ -19,6 +23,35 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            kind: None,
+            local: None,
+        }
+    }
+
+    /// A cluster broadcast that was not published: 503 when Redis refused it, is
+    /// unreachable, or the cluster is busy or shut down (this node's members got
+    /// it); 413 when it is over the cluster's `max_payload` and 422 when the codec
+    /// refused it (no member got it). `kind` names which, `local` what this node
+    /// delivered.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn publish_failed<M>(
+        e: &crate::cluster::PublishError<M>,
+        local: crate::BroadcastReport,
+    ) -> Self {
+        use crate::cluster::PublishError;
+        const HERE: &str = "members on this node got it, other nodes did not";
+        const NONE: &str = "no member got it";
+        let (status, kind, reached) = match e {
+            PublishError::Redis(..) => (StatusCode::SERVICE_UNAVAILABLE, "redis", HERE),
+            PublishError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy", HERE),
+            PublishError::Closed(_) => (StatusCode::SERVICE_UNAVAILABLE, "closed", HERE),
+            PublishError::TooLarge(..) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", NONE),
+            PublishError::Codec(..) => (StatusCode::UNPROCESSABLE_ENTITY, "codec", NONE),
+        };
+        Self {
+            kind: Some(kind),
+            local: Some(local),
+            ..Self::new(status, "publish_failed", format!("{e}; {reached}"))
         }
     }
 
@@ -144,10 +177,16 @@ impl IntoResponse for ApiError {
         struct Body<'a> {
             error: &'a str,
             detail: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            kind: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            local: Option<crate::BroadcastReport>,
         }
         let body = Body {
             error: self.code,
             detail: &self.detail,
+            kind: self.kind,
+            local: self.local,
         };
         let mut response = (self.status, Json(&body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {

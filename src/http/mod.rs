@@ -37,7 +37,7 @@
 //! | `DELETE /clients/{key}?reason=text` | kicks the client; `{"id", "key", "reason", "sessions", "cancelled_tasks"}` |
 //! | `GET /sessions` | `{"sessions": [{"id", "members"}], "next_cursor"}` |
 //! | `GET /sessions/{id}` | `{"id", "count", "members": [{"id", "key"}], "next_cursor"}` |
-//! | `POST /sessions/{id}/broadcast` | the JSON body goes to every member; answers the [`BroadcastReport`](crate::BroadcastReport) |
+//! | `POST /sessions/{id}/broadcast` | the JSON body goes to every member; answers the [`BroadcastReport`](crate::BroadcastReport) (with [`router_with_cluster`], of this node's members, plus `"published": true`) |
 //! | `GET /stats` | [`Stats`](crate::Stats) as JSON |
 //! | `GET /metrics` | Prometheus text (below) |
 //! | `GET /healthz` | `{"status": "ok"}`, without authentication, for probes |
@@ -94,6 +94,7 @@
 //! | 405 | `method_not_allowed` | the endpoint exists, the method does not |
 //! | 413 | `body_too_large` | the body is over the limit |
 //! | 415 | `unsupported_media_type` | the broadcast body is not declared as JSON |
+//! | 503, 413, 422 | `publish_failed` | with [`router_with_cluster`]: the broadcast was not published (see there) |
 //!
 //! # Authentication
 //!
@@ -136,7 +137,8 @@
 //!   `switchboard_messages_closed_total`, `switchboard_clients_disconnected_total`:
 //!   the registry's running totals, as counters;
 //! * `switchboard_admin_broadcast_fanout_seconds`: a histogram of the time each
-//!   admin broadcast took to reach every member's queue.
+//!   admin broadcast took to reach every member's queue (with a cluster, this
+//!   node's members' queues and Redis).
 
 mod clients;
 #[cfg(feature = "cluster")]
@@ -151,6 +153,8 @@ mod metrics;
 mod params;
 mod sessions;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -175,6 +179,14 @@ type Encoder<M> = Box<dyn Fn(&SessionId, serde_json::Value) -> M + Send + Sync>;
 /// More Prometheus text appended to `/metrics` (the cluster's counters).
 type ExtraMetrics = Box<dyn Fn() -> String + Send + Sync>;
 
+/// A broadcast of the encoded message to the session through the cluster instead
+/// of the registry; the future is the whole answer.
+type ClusterBroadcast<M> = Box<
+    dyn Fn(SessionId, M) -> Pin<Box<dyn Future<Output = Result<Response, ApiError>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// What every handler shares.
 struct Admin<M> {
     registry: Registry<M>,
@@ -185,6 +197,9 @@ struct Admin<M> {
     subscribers: events::Subscribers,
     extra_metrics: Option<ExtraMetrics>,
     cluster_feeds: Option<events::ClusterFeeds>,
+    /// With [`router_with_cluster`]: `POST /sessions/{id}/broadcast` goes to
+    /// every node, not only this registry's members.
+    cluster_broadcast: Option<ClusterBroadcast<M>>,
 }
 
 type Shared<M> = Arc<Admin<M>>;
@@ -278,16 +293,18 @@ fn build<M>(registry: Registry<M>, config: AdminConfig, encode: Encoder<M>) -> R
 where
     M: Clone + Send + Sync + 'static,
 {
-    build_with(registry, config, encode, None, None)
+    build_with(registry, config, encode, None, None, None)
 }
 
-/// As [`build`], with more text for `/metrics` and a cluster for `/events`.
+/// As [`build`], with more text for `/metrics`, a cluster for `/events`, and
+/// broadcasts through the cluster.
 fn build_with<M>(
     registry: Registry<M>,
     config: AdminConfig,
     encode: Encoder<M>,
     extra_metrics: Option<ExtraMetrics>,
     cluster_feeds: Option<events::ClusterFeeds>,
+    cluster_broadcast: Option<ClusterBroadcast<M>>,
 ) -> Router
 where
     M: Clone + Send + Sync + 'static,
@@ -301,6 +318,7 @@ where
         subscribers: events::Subscribers::new(),
         extra_metrics,
         cluster_feeds,
+        cluster_broadcast,
     });
     let guarded = Router::new()
         .route("/clients", get(clients::list::<M>))

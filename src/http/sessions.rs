@@ -112,7 +112,8 @@ pub(crate) async fn show<M>(
 }
 
 /// `POST /sessions/{id}/broadcast`: the JSON body, through the router's encoder, to
-/// every member.
+/// every member; with a cluster, to this node's members and, published once, to
+/// every other node's.
 pub(crate) async fn broadcast<M>(
     State(admin): State<Shared<M>>,
     path: Result<Path<String>, PathRejection>,
@@ -138,6 +139,11 @@ where
         serde_json::from_slice(&body).map_err(|e| ApiError::malformed_json(e.to_string()))?;
     let message = (admin.encode)(&id, value);
     let started = Instant::now();
+    if let Some(cluster_broadcast) = &admin.cluster_broadcast {
+        let answer = cluster_broadcast(id, message).await;
+        admin.metrics.record_fanout(started.elapsed());
+        return answer;
+    }
     let report = admin
         .registry
         .broadcast(id, message)

@@ -19,11 +19,37 @@
 //! heard from least recently makes room for a new one), and at most
 //! [`MAX_STREAMS`] streams over all of them (past it, the node with the most
 //! streams is forgotten: a flood of forged ones, or a sender whose streams then
-//! start over, uncounted, at their next number). A number more than [`MAX_JUMP`]
-//! past the last one is no loss a publisher could cause; it is refused, so that
-//! one forged frame can neither inflate the count nor stall the stream behind it.
-//! A forged new epoch restarts a stream, and a gap across it goes uncounted: the
-//! frames are not authenticated (see the README on Redis ACLs).
+//! start over, uncounted, at their next number), each with at most one pending
+//! jump (below).
+//!
+//! What one forged frame can do to a stream it names (a real node's id and epoch):
+//!
+//! * Numbered exactly next (its first number one past the last seen), it is
+//!   indistinguishable from the real one: it takes its numbers, and the real
+//!   frames with those numbers (at most a bundle's, [`MAX_BUNDLE`]) are dropped as
+//!   stale.
+//! * Numbered further ahead (a jump), it never makes a real frame stale: a jump
+//!   is held as *pending*, beside the last number, until the next frame of the
+//!   stream says what it was. A frame numbered past the pending jump follows it:
+//!   the jump is believed, and its gaps counted if they were not yet. A frame that
+//!   continues from the last number instead refutes it: the pending frame was no
+//!   publication of that node, and [`GapTracker::take_refuted`] counts its
+//!   numbers (as malformed). A jump that misses at most [`COUNTED_AT_ONCE`]
+//!   numbers is counted when it arrives, so one forged frame can add at most that
+//!   many gaps; a larger one only once a later frame follows it, so a forged one
+//!   adds none. A number more than [`MAX_JUMP`] past is no loss a publisher could
+//!   cause, and is refused outright.
+//!
+//! A pending frame is delivered when it arrives, believed or not: frames are not
+//! authenticated, and a jump is what the first publication after an outage looks
+//! like, which must not wait for the next one. Counting stays exact for real
+//! jumps (numbers that failed to publish, in an outage of any length) except
+//! where nothing follows the jump: a jump of more than [`COUNTED_AT_ONCE`] at the
+//! very end of a stream goes uncounted, like the stream's tail. A forged new epoch
+//! restarts a stream, and a gap across it goes uncounted: the frames are not
+//! authenticated (see the README on Redis ACLs).
+//!
+//! [`MAX_BUNDLE`]: super::envelope::MAX_BUNDLE
 
 use std::collections::HashMap;
 
@@ -41,21 +67,29 @@ pub(crate) const MAX_STREAMS: usize = 1 << 18;
 /// at a million failed publications a second.
 pub(crate) const MAX_JUMP: u64 = 1 << 32;
 
+/// The most numbers a jump may miss and be counted when it arrives; a larger
+/// jump is counted once a later frame follows it. About two of a publisher's
+/// batches (512 each), so that the failures of a short Redis outage are counted
+/// at once; it is also what one forged frame can add to the count.
+pub(crate) const COUNTED_AT_ONCE: u64 = 1024;
+
 /// What a received number says about the stream it belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Seen {
     /// The first number seen from this node in this session, or in a new epoch
     /// of it; nothing to compare.
     First,
-    /// The next number, after `missed` that never arrived.
+    /// A later number, to deliver; `missed` gaps to count now: those before it,
+    /// or those of a pending jump it follows (see the module docs).
     Next { missed: u64 },
     /// A number at or below one already seen in this epoch (for a run, its
-    /// every number).
+    /// every number), or one of a pending jump's again.
     Stale,
     /// A run whose first `stale` numbers were already seen in this epoch and the
     /// rest not: no publisher writes one, but a replayed bundle would be one.
     Overlap { stale: u64 },
-    /// A number more than [`MAX_JUMP`] ahead: forged or corrupt, not tracked.
+    /// A number more than [`MAX_JUMP`] ahead (of the last one, or of a pending
+    /// jump): forged or corrupt, not tracked.
     Implausible,
 }
 
@@ -64,8 +98,84 @@ pub(crate) enum Seen {
 struct Sender {
     /// When this node was last heard from, in observations; for eviction.
     heard: u64,
-    /// Per session, the epoch and the last number seen in it.
-    last: HashMap<SessionId, (u32, u64)>,
+    /// Per session, what was heard of its stream.
+    last: HashMap<SessionId, Heard>,
+}
+
+/// One stream as heard here.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    epoch: u32,
+    /// The last number of the run of numbers believed so far.
+    last: u64,
+    /// A jump not yet followed by a later frame: its first and last numbers, both
+    /// above `last + 1`.
+    pending: Option<(u64, u64)>,
+}
+
+impl Heard {
+    fn new(epoch: u32, end: u64) -> Self {
+        Self {
+            epoch,
+            last: end,
+            pending: None,
+        }
+    }
+
+    /// What `first ..= end` (same epoch) says. Adds the numbers of a refuted
+    /// pending jump to `refuted`.
+    fn advance(&mut self, first: u64, end: u64, refuted: &mut u64) -> Seen {
+        let last = self.last;
+        if end <= last {
+            return Seen::Stale;
+        }
+        if first <= last + 1 {
+            // Continues the believed run: a pending jump was nothing this node sent.
+            if let Some((pf, pe)) = self.pending.take() {
+                *refuted += pe - pf + 1;
+            }
+            self.last = end;
+            return match last + 1 - first {
+                0 => Seen::Next { missed: 0 },
+                stale => Seen::Overlap { stale },
+            };
+        }
+        let mut owed = 0;
+        match self.pending {
+            Some((pf, pe)) if first >= pf && first <= pe => return Seen::Stale,
+            Some((pf, pe)) if first > pe => {
+                if first - pe > MAX_JUMP {
+                    return Seen::Implausible;
+                }
+                // A later frame follows the jump: believed.
+                let missed = pf - last - 1;
+                if missed > COUNTED_AT_ONCE {
+                    owed = missed;
+                }
+                self.last = pe;
+                self.pending = None;
+                if first == pe + 1 {
+                    self.last = end;
+                    return Seen::Next { missed: owed };
+                }
+            }
+            Some((pf, pe)) => {
+                // Below the jump yet past the run: the two cannot both be the node's
+                // (it numbers in order); the later one stands, pending in turn.
+                *refuted += pe - pf + 1;
+                self.pending = None;
+            }
+            None => {}
+        }
+        // A jump from `self.last`, held until a later frame follows it.
+        if first - self.last > MAX_JUMP {
+            return Seen::Implausible;
+        }
+        let missed = first - self.last - 1;
+        self.pending = Some((first, end));
+        let now = if missed <= COUNTED_AT_ONCE { missed } else { 0 };
+        Seen::Next { missed: owed + now }
+    }
 }
 
 /// The last number seen per (sending node, session). The task that reads
@@ -78,6 +188,8 @@ pub(crate) struct GapTracker {
     ticks: u64,
     /// Streams held, over every sender.
     streams: usize,
+    /// Numbers of pending jumps refuted since [`take_refuted`](Self::take_refuted).
+    refuted: u64,
 }
 
 impl GapTracker {
@@ -111,26 +223,14 @@ impl GapTracker {
         if let Some(sender) = self.last.get_mut(node) {
             sender.heard = self.ticks;
             match sender.last.get_mut(session) {
-                Some((e, last)) if *e != epoch => {
-                    (*e, *last) = (epoch, end);
+                Some(heard) if heard.epoch != epoch => {
+                    // A pending jump of the old epoch goes with it, uncounted.
+                    *heard = Heard::new(epoch, end);
                     return Seen::First;
                 }
-                Some((_, last)) if first > *last && first - *last > MAX_JUMP => {
-                    return Seen::Implausible
-                }
-                Some((_, last)) if first > *last => {
-                    let missed = first - *last - 1;
-                    *last = end;
-                    return Seen::Next { missed };
-                }
-                Some((_, last)) if end > *last => {
-                    let stale = *last - first + 1;
-                    *last = end;
-                    return Seen::Overlap { stale };
-                }
-                Some(_) => return Seen::Stale,
+                Some(heard) => return heard.advance(first, end, &mut self.refuted),
                 None if self.streams < MAX_STREAMS => {
-                    sender.last.insert(session.clone(), (epoch, end));
+                    sender.last.insert(session.clone(), Heard::new(epoch, end));
                     self.streams += 1;
                     return Seen::First;
                 }
@@ -148,9 +248,16 @@ impl GapTracker {
             heard: ticks,
             last: HashMap::new(),
         });
-        sender.last.insert(session.clone(), (epoch, end));
+        sender.last.insert(session.clone(), Heard::new(epoch, end));
         self.streams += 1;
         Seen::First
+    }
+
+    /// The numbers of the pending jumps refuted since the last call: frames
+    /// numbered ahead that the next frame of their stream showed were no
+    /// publication of their node. Their payloads were delivered.
+    pub(crate) fn take_refuted(&mut self) -> u64 {
+        std::mem::take(&mut self.refuted)
     }
 
     /// Makes room for a new node: linear, but only when a new node arrives while
@@ -209,7 +316,9 @@ mod tests {
         assert_eq!(g.observe("a", &s, 1, 5), Seen::First);
         assert_eq!(g.observe("a", &s, 1, 6), Seen::Next { missed: 0 });
         assert_eq!(g.observe("a", &s, 1, 10), Seen::Next { missed: 3 });
+        assert_eq!(g.observe("a", &s, 1, 11), Seen::Next { missed: 0 });
         assert_eq!(g.observe("a", &s, 1, 9), Seen::Stale);
+        assert_eq!(g.take_refuted(), 0);
         assert_eq!(g.observe("b", &s, 1, 1), Seen::First);
         g.forget_session(&s);
         assert_eq!(g.observe("a", &s, 1, 20), Seen::First);
@@ -223,6 +332,78 @@ mod tests {
         let jump = g.observe("a", &s, 1, u64::MAX);
         assert!(!matches!(jump, Seen::Next { .. }), "{jump:?}");
         assert_eq!(g.observe("a", &s, 1, 2), Seen::Next { missed: 0 });
+    }
+
+    #[test]
+    fn a_forged_jump_within_max_jump_neither_counts_nor_stalls_the_stream() {
+        let mut g = GapTracker::default();
+        let s = SessionId::from("room");
+        assert_eq!(g.observe("a", &s, 1, 1), Seen::First);
+        // Plausible by MAX_JUMP, but nothing follows it: the genuine next number does.
+        let forged = g.observe("a", &s, 1, 1 << 32);
+        assert_eq!(forged, Seen::Next { missed: 0 }, "no gap counted for it");
+        assert_eq!(g.observe("a", &s, 1, 2), Seen::Next { missed: 0 });
+        assert_eq!(g.take_refuted(), 1, "the forged number is counted");
+        assert_eq!(g.observe("a", &s, 1, 3), Seen::Next { missed: 0 });
+        // A jump just past what is counted at once behaves the same.
+        let forged = g.observe("a", &s, 1, 3 + COUNTED_AT_ONCE + 2);
+        assert_eq!(forged, Seen::Next { missed: 0 });
+        assert_eq!(g.observe("a", &s, 1, 4), Seen::Next { missed: 0 });
+        // A forged bundle, a replay of its numbers, then a real frame with a gap
+        // below it: the bundle is refuted, the real jump pending in its place.
+        assert_eq!(
+            g.observe_run("a", &s, 1, 1 << 31, 3),
+            Seen::Next { missed: 0 }
+        );
+        assert_eq!(g.observe("a", &s, 1, (1 << 31) + 1), Seen::Stale);
+        assert_eq!(g.observe("a", &s, 1, 6), Seen::Next { missed: 1 });
+        assert_eq!(g.take_refuted(), 1 + 3);
+        assert_eq!(g.observe("a", &s, 1, 7), Seen::Next { missed: 0 });
+        // Still refused outright: a number no outage could reach, also past a
+        // pending jump.
+        assert_eq!(g.observe("a", &s, 1, u64::MAX), Seen::Implausible);
+        assert_eq!(g.observe("a", &s, 1, 1 << 20), Seen::Next { missed: 0 });
+        assert_eq!(g.observe("a", &s, 1, u64::MAX), Seen::Implausible);
+        assert_eq!(g.observe("a", &s, 1, 8), Seen::Next { missed: 0 });
+        assert_eq!(g.take_refuted(), 1);
+    }
+
+    #[test]
+    fn a_legitimate_jump_is_counted_exactly_once_a_later_frame_follows_it() {
+        let mut g = GapTracker::default();
+        let s = SessionId::from("room");
+        assert_eq!(g.observe("a", &s, 1, 1), Seen::First);
+        // An outage: a million publications failed, then publishing resumes.
+        let resumed = 1 + 1_000_000 + 1;
+        assert_eq!(g.observe("a", &s, 1, resumed), Seen::Next { missed: 0 });
+        assert_eq!(
+            g.observe("a", &s, 1, resumed + 1),
+            Seen::Next { missed: 1_000_000 }
+        );
+        assert_eq!(g.observe("a", &s, 1, resumed + 2), Seen::Next { missed: 0 });
+        // A second outage, resumed by a bundle, then one more gap of two right after.
+        let resumed = resumed + 2 + 5_000 + 1;
+        assert_eq!(
+            g.observe_run("a", &s, 1, resumed, 3),
+            Seen::Next { missed: 0 }
+        );
+        assert_eq!(
+            g.observe("a", &s, 1, resumed + 3 + 2),
+            Seen::Next { missed: 5_002 }
+        );
+        assert_eq!(g.observe("a", &s, 1, resumed + 6), Seen::Next { missed: 0 });
+        // Two outages with one publication between: each counted, that one not.
+        let between = resumed + 6 + 2_000 + 1;
+        assert_eq!(g.observe("a", &s, 1, between), Seen::Next { missed: 0 });
+        assert_eq!(
+            g.observe("a", &s, 1, between + 3_000 + 1),
+            Seen::Next { missed: 2_000 }
+        );
+        assert_eq!(
+            g.observe("a", &s, 1, between + 3_000 + 2),
+            Seen::Next { missed: 3_000 }
+        );
+        assert_eq!(g.take_refuted(), 0);
     }
 
     #[test]
@@ -293,6 +474,12 @@ mod tests {
         // The publisher forgot this numbering and started again at 1.
         assert_eq!(g.observe("a", &s, 8, 1), Seen::First);
         assert_eq!(g.observe("a", &s, 8, 3), Seen::Next { missed: 1 });
+        assert_eq!(g.observe("a", &s, 8, 4), Seen::Next { missed: 0 });
         assert_eq!(g.observe("a", &s, 8, 2), Seen::Stale);
+        // A jump pending when the epoch changes goes with it.
+        assert_eq!(g.observe("a", &s, 8, 10_000), Seen::Next { missed: 0 });
+        assert_eq!(g.observe("a", &s, 9, 1), Seen::First);
+        assert_eq!(g.observe("a", &s, 9, 2), Seen::Next { missed: 0 });
+        assert_eq!(g.take_refuted(), 0);
     }
 }

@@ -57,7 +57,15 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             return None;
         };
         Counters::add(&c.received, count);
-        let stale = match lock(&self.gaps).observe_run(node, &session, epoch, first, count) {
+        let (seen, refuted) = {
+            let mut gaps = lock(&self.gaps);
+            let seen = gaps.observe_run(node, &session, epoch, first, count);
+            (seen, gaps.take_refuted())
+        };
+        // Numbers of an earlier frame, delivered as a jump, that this one showed
+        // were no publication of that node.
+        Counters::add(&c.malformed, refuted);
+        let stale = match seen {
             Seen::Next { missed } => {
                 Counters::add(&c.gaps, missed);
                 0

@@ -68,11 +68,16 @@ pub struct ClusterStats {
     pub received: u64,
     /// Publications from other nodes that never arrived, counted from the gaps in
     /// each node's per-session numbering. Pub/sub is at-most-once: this is the loss.
+    /// A jump of more than 1,024 numbers is counted once a later publication of
+    /// that node follows it (one frame alone could be forged).
     pub gaps: u64,
     /// Publications that arrived with a number at or below one already seen.
     pub reordered: u64,
     /// Publications that were not valid frames (a node of another frame version
-    /// among them) or did not decode; dropped.
+    /// among them), did not decode, or were over a bound (a payload over
+    /// `max_payload`); dropped. Also the numbers of a broadcast that jumped
+    /// ahead and that its node's next publication showed to be none of its
+    /// own (it was delivered when it came).
     pub malformed: u64,
     /// Direct sends that arrived for a key no longer held here, or whose client
     /// refused them.

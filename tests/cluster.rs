@@ -1721,6 +1721,31 @@ async fn a_node_down_lists_at_most_its_bound_and_counts_the_rest() {
     assert_eq!(redis.cli(&["HLEN", "{t21}:keys"]).as_deref(), Some("0"));
 }
 
+/// A node-down notice longer than `max_payload` (at least 64 KiB), published to
+/// the ctl channel every node reads, is refused before it is read and counted as
+/// malformed; one within it is read as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_notice_over_its_bound_is_refused_and_counted() {
+    let redis = redis_or_skip!("control_notice_bounded");
+    let b = node_with(&redis, "t33", "b", |b| b.max_payload(1024)).await;
+    let mut events = b.events();
+    let notice = |node: &str, keys: usize| {
+        let keys = vec!["\"k\""; keys].join(",");
+        let mut f = vec![2u8, 3];
+        f.extend_from_slice(format!(r#"{{"node":"{node}","keys":[{keys}]}}"#).as_bytes());
+        f
+    };
+    let big = notice("big", 20_000);
+    assert!(big.len() > 64 * 1024);
+    publish_raw(&redis, "t33:ctl", &big);
+    publish_raw(&redis, "t33:ctl", &notice("small", 3));
+    let (down, keys, _) = node_down(&mut events, None, Duration::from_secs(10))
+        .await
+        .expect("a node-down event");
+    assert_eq!((down.as_str(), keys.len()), ("small", 3), "{:?}", b.stats());
+    assert_eq!(b.stats().malformed, 1, "{:?}", b.stats());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_tells_each_publisher_the_true_outcome() {
     let redis = redis_or_skip!("shutdown_true_outcome");

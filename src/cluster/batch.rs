@@ -207,7 +207,7 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::envelope::{decode, Envelope};
+    use crate::cluster::envelope::{decode, Envelope, Limits};
 
     #[test]
     fn frames_come_back_in_order_with_their_channels() {
@@ -231,7 +231,7 @@ mod tests {
         for ((channel, frame), (c, s, p)) in got.iter().zip(want) {
             assert_eq!(&**channel, c);
             assert_eq!(
-                decode(frame),
+                decode(frame, &Limits::NONE),
                 Ok(Envelope::Broadcast {
                     node: "n1",
                     epoch: 9,
@@ -255,7 +255,7 @@ mod tests {
     }
 
     fn bundled(frame: &[u8]) -> (u64, Vec<Vec<u8>>) {
-        match decode(frame) {
+        match decode(frame, &Limits::NONE) {
             Ok(Envelope::Bundle {
                 node: "n1",
                 epoch: 9,
@@ -284,7 +284,7 @@ mod tests {
         );
         assert_eq!(&*got[1].0, "y");
         assert_eq!(
-            decode(&got[1].1),
+            decode(&got[1].1, &Limits::NONE),
             Ok(Envelope::Broadcast {
                 node: "n1",
                 epoch: 9,
@@ -309,7 +309,7 @@ mod tests {
         let mut sizes = Vec::new();
         for (_, frame) in batch.frames() {
             assert!(frame.len() <= MAX_BYTES, "a frame of {} bytes", frame.len());
-            let (first, n) = match decode(&frame) {
+            let (first, n) = match decode(&frame, &Limits::NONE) {
                 Ok(Envelope::Bundle {
                     first, payloads, ..
                 }) => (first, payloads.len() as u64),
@@ -333,7 +333,7 @@ mod tests {
         let kinds: Vec<_> = b
             .finish()
             .frames()
-            .map(|(_, f)| matches!(decode(&f), Ok(Envelope::Bundle { .. })))
+            .map(|(_, f)| matches!(decode(&f, &Limits::NONE), Ok(Envelope::Bundle { .. })))
             .collect();
         assert_eq!(kinds, [false, false, false]);
     }

@@ -119,6 +119,12 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
     /// malformed. This node refuses to publish larger ones
     /// ([`PublishError::TooLarge`](super::PublishError::TooLarge)), so give every
     /// node the same limit. Default 1 MiB.
+    ///
+    /// It bounds the control notices too (takeovers, and node-downs on the
+    /// channel every node reads), but never below 64 KiB: a longer one is
+    /// dropped unread and counted as malformed. A node-down listing [`max_keys_listed`](Self::max_keys_listed)
+    /// keys of up to a kilobyte each fits the default; a longer one is lost as an
+    /// event (its keys are released all the same).
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.max_payload = bytes;
         self
@@ -153,8 +159,11 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
 
     /// The most keys a [`ClusterEvent::NodeDown`](super::ClusterEvent::NodeDown)
     /// lists; the rest are released all the same and counted in its `omitted`.
-    /// Give every node the same limit: the node that reaps writes the list.
-    /// Default 1,000.
+    /// Give every node the same limit: the node that reaps writes the list. A
+    /// node reading a longer list keeps this many keys and only counts the rest;
+    /// a listed key longer than the registry's
+    /// [`max_profile_bytes`](crate::Builder::max_profile_bytes) (no client could
+    /// have registered it) is counted, not listed. Default 1,000.
     pub fn max_keys_listed(mut self, n: usize) -> Self {
         self.max_keys_listed = n;
         self

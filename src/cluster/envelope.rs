@@ -36,8 +36,15 @@
 //! Every length is checked against the frame before it is used: the bytes come from
 //! Redis, which any client of that server can publish to. A frame that is not one
 //! this build writes is a [`Malformed`], never a panic.
+//!
+//! A notice (takeover, node down) is bounded by [`Limits`] before and while it is
+//! read: one longer than `notice_bytes` is refused unread, and a node-down keeps
+//! only its first `keys_listed` keys (each at most `key_bytes`), counting the rest
+//! into its `omitted` without holding them. So one notice on the ctl channel,
+//! which every node reads, costs each node at most its length.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::{SeqAccess, Visitor};
 use serde::Deserialize;
 
 /// The only frame version this build reads and writes.
@@ -60,6 +67,33 @@ pub(crate) const BUNDLE_ITEM: usize = 4;
 
 /// The longest node id; ids travel in every frame.
 pub(crate) const MAX_NODE_ID: usize = 64;
+
+/// The least [`Limits::notice_bytes`] a node takes, whatever its payload bound.
+pub(crate) const MIN_NOTICE_BYTES: usize = 64 * 1024;
+
+/// What a control notice (a takeover or node-down, JSON the scripts write) may
+/// make a receiver hold: every node reads the ctl channel, and any client of the
+/// Redis server can publish to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// The longest notice, in bytes; a longer one is refused unread.
+    pub(crate) notice_bytes: usize,
+    /// Keys a node-down lists at most; the rest are counted in its `omitted`.
+    pub(crate) keys_listed: usize,
+    /// The longest key, in bytes. A longer one could not have registered, so a
+    /// node-down does not list it (it counts in `omitted`).
+    pub(crate) key_bytes: usize,
+}
+
+#[cfg(test)]
+impl Limits {
+    /// No bound: for tests of everything else.
+    pub(crate) const NONE: Self = Self {
+        notice_bytes: usize::MAX,
+        keys_listed: usize::MAX,
+        key_bytes: usize::MAX,
+    };
+}
 
 /// Whether `id` can name a node: 1 to [`MAX_NODE_ID`] bytes of `[A-Za-z0-9._-]`.
 /// The builder refuses any other id, so a frame carrying one is forged or corrupt.
@@ -207,6 +241,8 @@ pub(crate) enum Malformed {
     Count(usize),
     /// Bytes after a bundle's last payload.
     Trailing,
+    /// A notice longer than [`Limits::notice_bytes`], of this many bytes.
+    TooLarge(usize),
 }
 
 #[cfg(test)]
@@ -306,10 +342,15 @@ fn node_id(id: &str) -> Result<&str, Malformed> {
     }
 }
 
-pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>, Malformed> {
+/// Decodes one publication; a takeover or node-down notice within `limits`
+/// (broadcast and direct payloads are bounded where they are delivered).
+pub(crate) fn decode<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Envelope<'a>, Malformed> {
     let (head, rest) = split(bytes, 2)?;
     if head[0] != VERSION {
         return Err(Malformed::Version(head[0]));
+    }
+    if matches!(head[1], TAKEOVER | NODE_DOWN) && bytes.len() > limits.notice_bytes {
+        return Err(Malformed::TooLarge(bytes.len()));
     }
     match head[1] {
         TAKEOVER => serde_json::from_slice(rest)
@@ -319,7 +360,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>, Malformed> {
                 Ok(Envelope::TakeOver(t))
             }),
         NODE_DOWN => {
-            let down = node_down(rest)?;
+            let down = node_down(rest, limits)?;
             node_id(&down.node)?;
             Ok(Envelope::NodeDown(down))
         }
@@ -364,37 +405,212 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>, Malformed> {
     }
 }
 
-/// Lua's cjson writes an empty table as `{}`, so `keys` may be an object.
-fn node_down(bytes: &[u8]) -> Result<NodeDown, Malformed> {
-    #[derive(Deserialize)]
-    struct Raw {
-        node: String,
-        keys: serde_json::Value,
-        #[serde(default)]
-        omitted: u64,
-    }
-    let raw: Raw = serde_json::from_slice(bytes).map_err(|_| Malformed::Json)?;
-    let keys = match raw.keys {
-        serde_json::Value::Array(keys) => keys
-            .into_iter()
-            .map(|k| match k {
-                serde_json::Value::String(k) => Ok(k),
-                _ => Err(Malformed::Json),
+/// Lua's cjson writes an empty table as `{}`, so `keys` may be an object. Reads
+/// at most `limits.keys_listed` keys into memory; past them, and for each key
+/// longer than `limits.key_bytes`, it only counts (into `omitted`), so what a
+/// notice makes this node hold is bounded whatever its length.
+fn node_down(bytes: &[u8], limits: &Limits) -> Result<NodeDown, Malformed> {
+    use serde::de::{DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess};
+
+    struct Notice(Limits);
+
+    impl<'de> Visitor<'de> for Notice {
+        type Value = NodeDown;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a node-down notice")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NodeDown, A::Error> {
+            let (mut node, mut keys, mut omitted) = (None, None, 0u64);
+            while let Some(field) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                match &*field {
+                    "node" => node = Some(map.next_value::<String>()?),
+                    "keys" => keys = Some(map.next_value_seed(Keys(self.0))?),
+                    "omitted" => omitted = map.next_value()?,
+                    // Fields the script does not write are ignored, as before.
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            let node = node.ok_or_else(|| serde::de::Error::missing_field("node"))?;
+            let (keys, unlisted) = keys.ok_or_else(|| serde::de::Error::missing_field("keys"))?;
+            Ok(NodeDown {
+                node,
+                keys,
+                omitted: omitted.saturating_add(unlisted),
             })
-            .collect::<Result<_, _>>()?,
-        serde_json::Value::Object(map) if map.is_empty() => Vec::new(),
-        _ => return Err(Malformed::Json),
-    };
-    Ok(NodeDown {
-        node: raw.node,
-        keys,
-        omitted: raw.omitted,
-    })
+        }
+    }
+
+    /// The `keys` field: the keys kept, and how many were counted instead.
+    struct Keys(Limits);
+
+    impl<'de> DeserializeSeed<'de> for Keys {
+        type Value = (Vec<String>, u64);
+
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Keys {
+        type Value = (Vec<String>, u64);
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of keys")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let (mut keys, mut unlisted) = (Vec::new(), 0u64);
+            while let Some(key) = seq.next_element_seed(Key(self.0.key_bytes))? {
+                match key {
+                    Some(key) if keys.len() < self.0.keys_listed => keys.push(key),
+                    _ => unlisted += 1,
+                }
+                if keys.len() >= self.0.keys_listed {
+                    // The rest are counted, each checked to be a string, not kept.
+                    while seq.next_element_seed(Key(0))?.is_some() {
+                        unlisted += 1;
+                    }
+                    break;
+                }
+            }
+            Ok((keys, unlisted))
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            match map.next_key::<IgnoredAny>()? {
+                None => Ok((Vec::new(), 0)),
+                Some(_) => Err(serde::de::Error::custom("keys as a non-empty object")),
+            }
+        }
+    }
+
+    /// One key, if it is at most this many bytes; `None` for a longer one, which
+    /// is read (from the notice, already bounded) but not copied.
+    struct Key(usize);
+
+    impl<'de> DeserializeSeed<'de> for Key {
+        type Value = Option<String>;
+
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Key {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a key")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Self::Value, E> {
+            Ok((key.len() <= self.0).then(|| key.to_owned()))
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let down = de
+        .deserialize_map(Notice(*limits))
+        .map_err(|_| Malformed::Json)?;
+    de.end().map_err(|_| Malformed::Json)?;
+    Ok(down)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decode(bytes: &[u8]) -> Result<Envelope<'_>, Malformed> {
+        super::decode(bytes, &Limits::NONE)
+    }
+
+    fn node_down_frame(json: &str) -> Vec<u8> {
+        let mut f = vec![VERSION, NODE_DOWN];
+        f.extend_from_slice(json.as_bytes());
+        f
+    }
+
+    #[test]
+    fn a_node_down_lists_at_most_its_bound_and_counts_the_rest_unread() {
+        let n = 2_000_000;
+        let mut json = String::from(r#"{"node":"ghost","keys":["#);
+        json.push_str(&vec![r#""""#; n].join(","));
+        json.push_str(r#"],"omitted":7}"#);
+        let limits = Limits {
+            notice_bytes: usize::MAX,
+            keys_listed: 1000,
+            key_bytes: 64,
+        };
+        match super::decode(&node_down_frame(&json), &limits) {
+            Ok(Envelope::NodeDown(down)) => {
+                assert_eq!(down.node, "ghost");
+                assert_eq!(
+                    (down.keys.len(), down.omitted),
+                    (1000, 7 + n as u64 - 1000),
+                    "listed and omitted"
+                );
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        // A key longer than any client could register is not listed, only counted;
+        // the next one takes its place. Keys past the bound must still be strings.
+        let long = "x".repeat(65);
+        let json = format!(r#"{{"keys":["a","{long}","b","c"],"node":"n","omitted":1}}"#);
+        let limits = Limits {
+            keys_listed: 2,
+            ..limits
+        };
+        assert_eq!(
+            super::decode(&node_down_frame(&json), &limits),
+            Ok(Envelope::NodeDown(NodeDown {
+                node: "n".into(),
+                keys: vec!["a".into(), "b".into()],
+                omitted: 3,
+            }))
+        );
+        let json = r#"{"node":"n","keys":["a","b","c",7]}"#;
+        assert_eq!(
+            super::decode(&node_down_frame(json), &limits),
+            Err(Malformed::Json)
+        );
+        // The count saturates.
+        let json = format!(
+            r#"{{"node":"n","keys":["a","b","c"],"omitted":{}}}"#,
+            u64::MAX
+        );
+        match super::decode(&node_down_frame(&json), &limits) {
+            Ok(Envelope::NodeDown(down)) => assert_eq!(down.omitted, u64::MAX),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn a_notice_over_its_bound_is_refused_unread() {
+        let limits = Limits {
+            notice_bytes: 64,
+            keys_listed: 1000,
+            key_bytes: 64,
+        };
+        let fits = node_down_frame(r#"{"node":"n","keys":["a"]}"#);
+        assert!(super::decode(&fits, &limits).is_ok());
+        let keys = vec![r#""k""#; 20].join(",");
+        let over = node_down_frame(&format!(r#"{{"node":"n","keys":[{keys}]}}"#));
+        assert_eq!(
+            super::decode(&over, &limits),
+            Err(Malformed::TooLarge(over.len()))
+        );
+        // Not even read: no JSON at all past the bound is refused the same way.
+        let mut junk = vec![VERSION, TAKEOVER];
+        junk.resize(65, b'[');
+        assert_eq!(super::decode(&junk, &limits), Err(Malformed::TooLarge(65)));
+        // Broadcasts are bounded per payload, elsewhere, not here.
+        let b = broadcast("n", 1, 1, &[0; 100]);
+        assert!(super::decode(&b, &limits).is_ok());
+    }
 
     #[test]
     fn round_trips() {

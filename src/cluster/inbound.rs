@@ -105,7 +105,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
     /// of, whose subscriptions must be synced.
     fn on_message(&self, channel: &str, bytes: &[u8], last: &mut LastChannel) -> Vec<SessionId> {
         let c = &self.counters;
-        let Ok(env) = envelope::decode(bytes) else {
+        let Ok(env) = envelope::decode(bytes, &self.limits) else {
             Counters::add(&c.malformed, 1);
             return Vec::new();
         };
@@ -156,15 +156,14 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 }
             }
             Envelope::TakeOver(notice) => return self.on_takeover(notice),
-            Envelope::NodeDown(mut down) => {
+            Envelope::NodeDown(down) => {
                 lock(&self.gaps).forget_node(&down.node);
-                // The reaping node may list more than this one's bound.
-                let over = down.keys.len().saturating_sub(self.max_keys_listed);
-                down.keys.truncate(self.max_keys_listed);
+                // Already cut to this node's bound when decoded: the reaping node
+                // may list more.
                 let _ = self.events.send(ClusterEvent::NodeDown {
                     node: down.node,
                     keys: down.keys,
-                    omitted: down.omitted.saturating_add(over as u64),
+                    omitted: down.omitted,
                 });
             }
         }

@@ -179,6 +179,8 @@ pub(crate) struct Shared<M> {
     /// The most nodes `nodes()` lists, and keys a node-down event lists.
     max_nodes_listed: usize,
     max_keys_listed: usize,
+    /// What a takeover or node-down notice from Redis may hold.
+    limits: envelope::Limits,
     client: Client,
     subscriber: SubscriberClient,
     counters: Arc<Counters>,
@@ -263,6 +265,13 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         let publish_script = fred::bytes_utils::Str::from(scripts::publish(&node));
         let publish_sha: fred::bytes_utils::Str =
             client.script_load(publish_script.clone()).await?;
+        let limits = envelope::Limits {
+            // A small payload bound must not cost takeover notices.
+            notice_bytes: b.max_payload.max(envelope::MIN_NOTICE_BYTES),
+            keys_listed: b.max_keys_listed,
+            // A key travels in the profile, so no registered key is longer.
+            key_bytes: b.registry.config().profile_bounds.bytes,
+        };
         let shared = Arc::new(Shared {
             registry: b.registry,
             codec: b.codec,
@@ -276,6 +285,7 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             publish_deadline: b.publish_deadline,
             max_nodes_listed: b.max_nodes_listed,
             max_keys_listed: b.max_keys_listed,
+            limits,
             client: client.clone(),
             subscriber: subscriber.clone(),
             counters: Arc::clone(&counters),

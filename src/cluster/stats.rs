@@ -74,8 +74,8 @@ pub struct ClusterStats {
     /// Publications that arrived with a number at or below one already seen.
     pub reordered: u64,
     /// Publications that were not valid frames (a node of another frame version
-    /// among them), did not decode, or were over a bound (a payload over
-    /// `max_payload`); dropped. Also the numbers of a broadcast that jumped
+    /// among them), did not decode, or were over a bound (a payload or notice
+    /// over `max_payload`); dropped. Also the numbers of a broadcast that jumped
     /// ahead and that its node's next publication showed to be none of its
     /// own (it was delivered when it came).
     pub malformed: u64,

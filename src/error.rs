@@ -25,6 +25,7 @@ pub enum ClientError {
 
 /// Why [`Registry::register`](crate::Registry::register) refused a client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegisterError {
     /// The builder's [`max_clients`](crate::Builder::max_clients) are connected.
     #[error("client limit of {limit} reached")]
@@ -91,6 +92,7 @@ impl fmt::Display for ProfileLimit {
 
 /// Why [`Registry::attach`](crate::Registry::attach) failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AttachError {
     /// The client is not connected.
     #[error(transparent)]
@@ -225,6 +227,7 @@ pub enum TryRecvError {
 
 /// Why [`Builder::build`](crate::Builder::build) rejected its settings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum BuildError {
     /// The shard count must be 1 to 256.
     #[error("shard count {0} is outside 1..=256")]
@@ -251,6 +254,7 @@ pub struct UnknownKind(pub String);
 
 /// Why a device-config file was rejected. The registry is left unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read {path}: {message}")]
@@ -280,6 +284,7 @@ pub enum ConfigError {
 
 /// Why a profile update failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum UpdateError {
     /// The client is not connected.
     #[error(transparent)]
@@ -307,6 +312,7 @@ pub enum UpdateError {
 
 /// Why a task could not be opened or completed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TaskError {
     /// One side is not connected.
     #[error(transparent)]

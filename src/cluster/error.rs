@@ -51,6 +51,7 @@ impl From<fred::error::Error> for ClusterError {
 
 /// A cluster broadcast or direct send that did not reach Redis. The message comes
 /// back; it was never silently dropped.
+#[non_exhaustive]
 pub enum PublishError<M> {
     /// Redis refused the publication or could not be reached; local members (if
     /// any) already got the message.

@@ -325,6 +325,13 @@ impl<M> Builder<M> {
     /// When a client registers with a key that is already online, move the old
     /// connection's session memberships to the new one, so that a reconnecting
     /// client resumes its rooms. Default: false (the new connection starts empty).
+    ///
+    /// A room is moved as an [`attach`](Registry::attach) of the new connection
+    /// would be, so a room that attach would refuse is not moved: a session that
+    /// is full, or one past the new connection's
+    /// [`max_sessions_per_client`](Self::max_sessions_per_client). No event
+    /// reports those; the new connection's [`sessions_of`](Registry::sessions_of)
+    /// lists what it holds.
     pub fn takeover_moves_sessions(mut self, moves: bool) -> Self {
         self.takeover_moves_sessions = moves;
         self

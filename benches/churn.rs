@@ -40,11 +40,7 @@ fn contender<C: Contender<Msg>>(group: &mut BenchmarkGroup<'_, WallTime>, regist
                 u64::MAX,
                 || {
                     session = (session + 1) % SESSIONS;
-                    let (id, inbox) = registry.register();
-                    assert!(registry.attach(id, session));
-                    assert!(registry.detach(id, session));
-                    assert!(registry.unregister(id));
-                    drop(black_box(inbox));
+                    life(&registry, session);
                 },
                 || {},
             )
@@ -67,16 +63,21 @@ fn residents<C: Contender<Msg>>(registry: &C) -> Vec<C::Rx> {
         .collect()
 }
 
+/// One client's whole life in `session`.
+#[inline]
+fn life<C: Contender<Msg>>(registry: &C, session: u64) {
+    let (id, inbox) = registry.register();
+    assert!(registry.attach(id, session));
+    assert!(registry.detach(id, session));
+    assert!(registry.unregister(id));
+    drop(black_box(inbox));
+}
+
 /// One thread's share of a `churn_two_threads` sample: `lives` lives, in sessions drawn
 /// from `sessions`.
 fn lives<C: Contender<Msg>>(registry: &C, lives: u64, sessions: &mut Indices) {
     for _ in 0..lives {
-        let session = sessions.next_index() as u64;
-        let (id, inbox) = registry.register();
-        assert!(registry.attach(id, session));
-        assert!(registry.detach(id, session));
-        assert!(registry.unregister(id));
-        drop(black_box(inbox));
+        life(registry, sessions.next_index() as u64);
     }
 }
 

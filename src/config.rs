@@ -329,9 +329,11 @@ impl<M> Builder<M> {
     /// A room is moved as an [`attach`](Registry::attach) of the new connection
     /// would be, so a room that attach would refuse is not moved: a session that
     /// is full, or one past the new connection's
-    /// [`max_sessions_per_client`](Self::max_sessions_per_client). No event
-    /// reports those; the new connection's [`sessions_of`](Registry::sessions_of)
-    /// lists what it holds.
+    /// [`max_sessions_per_client`](Self::max_sessions_per_client).
+    /// [`register_with_report`](Registry::register_with_report) lists each of
+    /// those, with its [`AttachError`](crate::AttachError), in
+    /// [`Registration::not_moved`](crate::Registration::not_moved);
+    /// [`register`](Registry::register) drops that report with the rest.
     pub fn takeover_moves_sessions(mut self, moves: bool) -> Self {
         self.takeover_moves_sessions = moves;
         self

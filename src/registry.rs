@@ -80,6 +80,13 @@ pub struct Unregistered {
     pub cancelled_tasks: Vec<CancelledTask>,
 }
 
+/// The connection that takes a departing client over, and the list of the
+/// client's rooms that could not follow it.
+type Successor<'a, M> = (
+    &'a EntryArc<ClientEntry<M>>,
+    &'a mut Vec<(SessionId, AttachError)>,
+);
+
 /// What [`Registry::register_with_report`] did.
 #[must_use = "the receiver must be drained, and the report says whether a connection was replaced"]
 #[non_exhaustive]
@@ -90,6 +97,15 @@ pub struct Registration<M> {
     pub receiver: Receiver<M>,
     /// The older connection with the same key that this one took over, if any.
     pub took_over: Option<Unregistered>,
+    /// With [`Builder::takeover_moves_sessions`], each room of the connection
+    /// taken over that did not move to this one, with the reason `attach` would
+    /// give: [`AttachError::TooManySessions`] (this connection, attached elsewhere
+    /// while the rooms moved, reached [`Builder::max_sessions_per_client`]),
+    /// [`AttachError::SessionFull`], or [`AttachError::Client`] if this connection
+    /// left before the room reached it. Should this connection have been taken
+    /// over in turn meanwhile, a room goes on to the key's later holder, and a
+    /// refusal there is listed here too. Empty without the option.
+    pub not_moved: Vec<(SessionId, AttachError)>,
 }
 
 impl<M> fmt::Debug for Registration<M> {
@@ -97,6 +113,7 @@ impl<M> fmt::Debug for Registration<M> {
         f.debug_struct("Registration")
             .field("id", &self.id)
             .field("took_over", &self.took_over)
+            .field("not_moved", &self.not_moved)
             .finish_non_exhaustive()
     }
 }
@@ -273,9 +290,14 @@ impl<M> Registry<M> {
                 key: key.clone(),
             });
         }
+        let mut not_moved = Vec::new();
         let took_over = key.zip(old).and_then(|(key, old)| {
             let report = self
-                .depart(old, CloseReason::TakenOver { by: id }, Some(&entry))
+                .depart(
+                    old,
+                    CloseReason::TakenOver { by: id },
+                    Some((&entry, &mut not_moved)),
+                )
                 .ok()?;
             inner
                 .events
@@ -286,6 +308,7 @@ impl<M> Registry<M> {
             id,
             receiver: Receiver::new(ChannelRef::from_entry(entry)),
             took_over,
+            not_moved,
         })
     }
 
@@ -365,13 +388,13 @@ impl<M> Registry<M> {
 
     /// [`unregister_because`](Self::unregister_because), naming the connection
     /// that takes `id` over, if any: rooms moved to it follow it onwards if it was
-    /// itself taken over meanwhile.
+    /// itself taken over meanwhile, and those that find no place are listed.
     #[inline]
     fn depart(
         &self,
         id: ClientId,
         cause: CloseReason,
-        successor: Option<&EntryArc<ClientEntry<M>>>,
+        successor: Option<Successor<'_, M>>,
     ) -> Result<Unregistered, ClientError> {
         let client = self.inner.clients.lock(id)?;
         self.depart_entry(client, cause, successor)
@@ -388,8 +411,9 @@ impl<M> Registry<M> {
         &self,
         client: ClientLock<'_, M>,
         cause: CloseReason,
-        successor: Option<&EntryArc<ClientEntry<M>>>,
+        successor: Option<Successor<'_, M>>,
     ) -> Result<Unregistered, ClientError> {
+        let (successor, mut not_moved) = successor.unzip();
         let id = client.entry().id;
         let moves = self.inner.config.takeover_moves_sessions;
         let departing = client.disconnect(|state| {
@@ -419,10 +443,12 @@ impl<M> Registry<M> {
         sessions.into_each(|session| {
             // Every session in a client's memberships is a named one.
             if let Some(key) = session.key() {
-                if let Some(successor) = successor {
-                    if self.inner.config.takeover_moves_sessions {
-                        // Joined before this client leaves, so the room never empties.
-                        self.join_successor(successor, key);
+                if let (true, Some(successor), Some(not_moved)) =
+                    (moves, successor, not_moved.as_deref_mut())
+                {
+                    // Joined before this client leaves, so the room never empties.
+                    if let Err(why) = self.join_successor(successor, key) {
+                        not_moved.push((key.clone(), why));
                     }
                 }
                 keys.push(key.clone());
@@ -473,7 +499,17 @@ impl<M> Registry<M> {
     /// its writer let go of it, and the epoch reclaimed it, all while this room
     /// was on its way), the room goes to whoever holds the key now, once; if
     /// nobody does, it ends there.
-    fn join_successor(&self, successor: &EntryArc<ClientEntry<M>>, key: &SessionId) {
+    ///
+    /// # Errors
+    ///
+    /// Why the room was left behind: as [`attach`](Self::attach) for the client
+    /// it reached, [`ClientError::Gone`] for the last one of the chain if that one
+    /// left, and [`ClientError::NoSuchKey`] if nobody holds the key.
+    fn join_successor(
+        &self,
+        successor: &EntryArc<ClientEntry<M>>,
+        key: &SessionId,
+    ) -> Result<(), AttachError> {
         let mut to = EntryArc::clone(successor);
         let mut looked_up = false;
         loop {
@@ -481,25 +517,21 @@ impl<M> Registry<M> {
                 Locked::Held(mut client) => {
                     if client.connected {
                         // A full session, or a successor in its limit of
-                        // sessions, leaves the room behind, as `attach` would.
-                        let _ = self.attach_locked(&mut client, key.clone());
-                        return;
+                        // sessions, leaves the room behind, as `attach` would;
+                        // the departure lists it.
+                        return self.attach_locked(&mut client, key.clone()).map(drop);
                     }
                     client.successor()
                 }
                 Locked::Departed(state) => state.successor(),
             };
             to = match next {
-                None => return,
                 Some(Some(next)) => next,
                 Some(None) if !looked_up => {
                     looked_up = true;
-                    let Some(holder) = self.key_holder_entry(&to) else {
-                        return;
-                    };
-                    holder
+                    self.key_holder_entry(&to).ok_or(ClientError::NoSuchKey)?
                 }
-                Some(None) => return,
+                None | Some(None) => return Err(ClientError::Gone(to.id).into()),
             };
         }
     }
@@ -1007,7 +1039,8 @@ mod tests {
     }
 
     /// A room on its way to a successor that was freed meanwhile (the weak record
-    /// cannot be followed) goes to whoever holds the key now, or nowhere.
+    /// cannot be followed) goes to whoever holds the key now, or nowhere, and
+    /// then says why.
     #[test]
     fn a_room_whose_successor_was_freed_goes_to_the_keys_holder() {
         let registry = Registry::<u8>::builder()
@@ -1029,17 +1062,83 @@ mod tests {
             client.fleet().successor = Some(WeakArc::new(&freed));
         }
         let (c, _c_rx) = registry.register(keyed()).unwrap_or_else(|e| panic!("{e}"));
-        registry.join_successor(&a_entry, &SessionId::from("late"));
+        assert_eq!(
+            registry.join_successor(&a_entry, &SessionId::from("late")),
+            Ok(())
+        );
         assert_eq!(
             registry.members("late").map(|m| m.to_vec()),
             Ok(vec![c]),
             "the room reached the key's holder"
         );
+        let c_entry = registry
+            .clients()
+            .entry(c)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(registry.unregister(c).is_ok());
-        registry.join_successor(&a_entry, &SessionId::from("later"));
+        assert_eq!(
+            registry.join_successor(&a_entry, &SessionId::from("later")),
+            Err(AttachError::Client(ClientError::NoSuchKey)),
+            "the room that ends is reported"
+        );
         assert!(
             registry.members("later").is_err(),
             "with nobody holding the key, the room ends"
+        );
+        // C left with no successor: the chain ends at it.
+        assert_eq!(
+            registry.join_successor(&c_entry, &SessionId::from("gone")),
+            Err(AttachError::Client(ClientError::Gone(c)))
+        );
+    }
+
+    /// A room the successor cannot join is listed with the reason, the others
+    /// move. Deterministic: the successor is already in its limit of sessions,
+    /// which through `register` only a racing attach can arrange (see
+    /// `tests/fleet.rs`, `takeover_reports_the_rooms_it_could_not_move`).
+    #[test]
+    fn a_room_the_successor_cannot_join_is_listed() {
+        let registry = Registry::<u8>::builder()
+            .takeover_moves_sessions(true)
+            .max_sessions_per_client(2)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (a, _a_rx) = registry
+            .register(ClientInfo::new().with_key("k"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (b, _b_rx) = registry
+            .register(ClientInfo::new())
+            .unwrap_or_else(|e| panic!("{e}"));
+        for (id, room) in [(a, "shared"), (a, "a"), (b, "shared"), (b, "b")] {
+            assert_eq!(registry.attach(id, room), Ok(true));
+        }
+        let b_entry = registry
+            .clients()
+            .entry(b)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut not_moved = Vec::new();
+        let gone = registry
+            .depart(
+                a,
+                CloseReason::TakenOver { by: b },
+                Some((&b_entry, &mut not_moved)),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(gone.sessions.len(), 2);
+        assert_eq!(
+            not_moved,
+            vec![(
+                SessionId::from("a"),
+                AttachError::TooManySessions {
+                    session: "a".into(),
+                    limit: 2
+                }
+            )],
+            "a room b already holds is no refusal"
+        );
+        assert_eq!(
+            registry.members("a").map(|m| m.len()),
+            Err(UnknownSession("a".into()))
         );
     }
 }

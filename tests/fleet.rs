@@ -6,12 +6,12 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use switchboard::{
-    CancelReason, ClientError, ClientInfo, ClientKind, ConfigError, DeviceConfig, Event, Filter,
-    ProfileLimit, RegisterError, Registry, Requirements, SystemInfo, TaskError, TryRecvError,
-    UpdateError,
+    AttachError, CancelReason, ClientError, ClientInfo, ClientKind, ConfigError, DeviceConfig,
+    Event, Filter, ProfileLimit, RegisterError, Registry, Requirements, SessionId, SystemInfo,
+    TaskError, TryRecvError, UpdateError,
 };
 
 fn device(key: &str, platform: &str, caps: &[&str], tags: &[&str]) -> ClientInfo {
@@ -171,6 +171,88 @@ fn takeover_can_move_session_memberships() {
     assert_eq!(registry.members(2), Ok(vec![new]));
     let _ = registry.broadcast("a", 9).expect("open");
     assert_eq!(new_rx.try_recv(), Ok(9));
+}
+
+/// A room of the connection taken over that the new one could not join is
+/// reported by the registration, with why, never dropped silently. The new
+/// connection can only be past its session bound if something attaches it while
+/// the rooms move (a session is full only at 2^32 − 1 members, out of a test's
+/// reach), so a second thread attaches it, found by its key, from the moment the
+/// key names it. The race runs until it has cost a room; every round must account
+/// for each room.
+#[test]
+fn takeover_reports_the_rooms_it_could_not_move() {
+    const ROOMS: usize = 256;
+    let registry = Registry::<u8>::builder()
+        .takeover_moves_sessions(true)
+        .max_sessions_per_client(ROOMS)
+        .build()
+        .expect("valid");
+    let mut refused = 0;
+    for round in 0..50 {
+        let key = format!("o{round}");
+        let (old, _old_rx) = registry.register(orchestrator(&key)).expect("room");
+        let rooms: Vec<SessionId> = (0..ROOMS)
+            .map(|i| SessionId::from(format!("{round}-old-{i}")))
+            .collect();
+        for room in &rooms {
+            registry.attach(old, room.clone()).expect("under the bound");
+        }
+        let registration = thread::scope(|s| {
+            s.spawn(|| {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let new = loop {
+                    match registry.id_of(&key) {
+                        Some(id) if id != old => break id,
+                        _ if Instant::now() > deadline => return,
+                        _ => std::hint::spin_loop(),
+                    }
+                };
+                for i in 0..ROOMS {
+                    // Refused once the bound is reached; that is the point.
+                    let _ = registry.attach(new, format!("{round}-own-{i}"));
+                }
+            });
+            registry
+                .register_with_report(orchestrator(&key))
+                .expect("room")
+        });
+        let held: HashSet<SessionId> = registry
+            .sessions_of(registration.id)
+            .expect("online")
+            .into_iter()
+            .collect();
+        let mut reported = HashSet::new();
+        for (room, why) in &registration.not_moved {
+            assert_eq!(
+                why,
+                &AttachError::TooManySessions {
+                    session: room.clone(),
+                    limit: ROOMS
+                }
+            );
+            assert!(
+                !held.contains(room),
+                "{room} reported as not moved, yet held"
+            );
+            assert!(reported.insert(room.clone()), "{room} reported twice");
+        }
+        for room in &rooms {
+            assert!(
+                held.contains(room) || reported.contains(room),
+                "room {room} neither moved nor reported (round {round}, {} held)",
+                held.len()
+            );
+        }
+        refused += reported.len();
+        if refused > 0 {
+            break;
+        }
+    }
+    assert!(
+        refused > 0,
+        "the race never cost a room: nothing was tested"
+    );
 }
 
 /// Many connections race for one key. Whatever the interleaving, once the key is

@@ -808,9 +808,14 @@ async fn a_node_id_that_cannot_travel_is_refused() {
 
 /// Publishes raw bytes to `channel`, as any client of the Redis server can.
 fn publish_raw(redis: &Redis, channel: &str, bytes: &[u8]) {
+    publish_raw_with(redis, "PUBLISH", channel, bytes);
+}
+
+/// [`publish_raw`] with `command`: `PUBLISH` or `SPUBLISH`.
+fn publish_raw_with(redis: &Redis, command: &str, channel: &str, bytes: &[u8]) {
     let status = Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &redis.port.to_string()])
-        .args(["-x", "PUBLISH", channel])
+        .args(["-x", command, channel])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -913,6 +918,133 @@ async fn a_forged_jump_neither_counts_gaps_nor_stalls_the_stream() {
     // The forged number is counted once the real one refutes it.
     let s = b.stats();
     assert_eq!((s.gaps, s.reordered, s.malformed), (0, 0, 1), "{s:?}");
+}
+
+/// A codec that holds the receiving task inside `decode` of the payload "hold"
+/// until the test opens it: a slow codec, which leaves the frames behind that one
+/// queued in the subscriber's buffer.
+#[derive(Clone, Default)]
+struct Gate(Arc<(std::sync::Mutex<(bool, bool)>, std::sync::Condvar)>);
+
+impl Gate {
+    /// Whether `decode` is holding (or has held) a frame.
+    fn entered(&self) -> bool {
+        self.0 .0.lock().unwrap().0
+    }
+
+    fn open(&self) {
+        self.0 .0.lock().unwrap().1 = true;
+        self.0 .1.notify_all();
+    }
+}
+
+impl switchboard::cluster::Codec<Msg> for Gate {
+    fn encode(&self, msg: &Msg) -> Result<bytes::Bytes, switchboard::cluster::CodecError> {
+        switchboard::cluster::Codec::<Msg>::encode(&Raw, msg)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Msg, switchboard::cluster::CodecError> {
+        if bytes == b"hold" {
+            // Off the worker thread: the runtime's other tasks go on meanwhile.
+            tokio::task::block_in_place(|| {
+                let (state, cv) = &*self.0;
+                let mut state = state.lock().unwrap();
+                state.0 = true;
+                while !state.1 {
+                    state = cv.wait(state).unwrap();
+                }
+            });
+        }
+        switchboard::cluster::Codec::<Msg>::decode(&Raw, bytes)
+    }
+}
+
+/// Frames a node heard before it unsubscribed, still queued when its last member
+/// left, belong to the stream it forgot: when it joins again, the numbers
+/// published while it was away are not gaps. (They were: the queued frames,
+/// handled after the forget, set the stream up again at their old number, and
+/// the first frame after the rejoin counted every number since.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_queued_when_the_last_member_leaves_count_no_gaps_after_a_rejoin() {
+    let redis = redis_or_skip!("queued_frames_after_leave");
+    for sharded in [false, true] {
+        let (prefix, publish, numsub) = if sharded {
+            ("t51", "SPUBLISH", "SHARDNUMSUB")
+        } else {
+            ("t50", "PUBLISH", "NUMSUB")
+        };
+        let gate = Gate::default();
+        let b = Cluster::builder(Registry::<Msg>::new(), gate.clone())
+            .url(redis.url())
+            .prefix(prefix)
+            .node_id("b")
+            .ttl(TTL)
+            .sharded(sharded)
+            .connect()
+            .await
+            .unwrap();
+        let room = format!("{prefix}:s:s:room");
+        let subscribers = || {
+            let out = redis.cli(&["PUBSUB", numsub, &room]).unwrap_or_default();
+            out.lines().nth(1).map(|n| n.trim().to_owned())
+        };
+        let (m, mut rx) = b.register(ClientInfo::new()).await.unwrap();
+        b.attach(m, "room").await.unwrap();
+        let send = |seq: u64, payload: &[u8]| {
+            publish_raw_with(
+                &redis,
+                publish,
+                &room,
+                &broadcast_frame("z", 1, seq, payload),
+            );
+        };
+        send(1, b"hold");
+        assert!(
+            eventually(Duration::from_secs(10), || gate.entered()).await,
+            "sharded {sharded}: the receiving task holds frame 1"
+        );
+        // Heard by b's connection before it unsubscribes; queued behind frame 1.
+        send(2, b"2");
+        send(3, b"3");
+        let leave = tokio::spawn({
+            let b = b.clone();
+            async move { b.detach(m, "room").await }
+        });
+        let unsubscribed = eventually(Duration::from_secs(10), || {
+            subscribers().as_deref() == Some("0")
+        })
+        .await;
+        assert!(unsubscribed, "sharded {sharded}: b unsubscribes");
+        // The leave may wait for the queued frames; give it the time to finish if
+        // it does not, so that they are handled after it where they can be.
+        let mut leave = leave;
+        let done = tokio::time::timeout(Duration::from_secs(1), &mut leave).await;
+        gate.open();
+        match done {
+            Ok(r) => r.unwrap().unwrap(),
+            Err(_) => leave.await.unwrap().unwrap(),
+        }
+        assert!(
+            eventually(Duration::from_secs(10), || b.stats().received == 3).await,
+            "sharded {sharded}: {:?}",
+            b.stats()
+        );
+        // Numbers 4 to 10 went out while b was away: no gaps, nothing to hear.
+        b.attach(m, "room").await.unwrap();
+        send(11, b"11");
+        send(12, b"12");
+        let mut got = Vec::new();
+        while got.last().is_none_or(|m| m != "12") {
+            got.push(recv(&mut rx).await.to_string());
+        }
+        assert!(got.ends_with(&["11".into(), "12".into()]), "{got:?}");
+        let s = b.stats();
+        assert_eq!(
+            (s.received, s.gaps, s.reordered, s.malformed),
+            (5, 0, 0, 0),
+            "sharded {sharded}: {s:?}"
+        );
+    }
 }
 
 /// `locate(key)` once it equals `want`, or as last seen after `limit`.

@@ -14,6 +14,14 @@
 //! a new epoch starts the stream over here, as a first one, rather than count as
 //! stale behind the old epoch's last number.
 //!
+//! A receiver that leaves a session (its last local member left) forgets the
+//! session's streams: what is published while it is away is not a gap, and the
+//! first number it hears after it joins again is a first one. The forget comes
+//! after every frame Redis sent it before the unsubscribe and before any of a
+//! later subscription (`inbound.rs`, `subscription.rs`); a frame from before,
+//! handled after it, would set the stream up again at its old number and turn
+//! everything published while the node was away into gaps.
+//!
 //! Frames come from Redis, where any client can publish, so what they can make
 //! this tracker hold is bounded: at most [`MAX_NODES`] sending nodes (the one
 //! heard from least recently makes room for a new one), and at most
@@ -179,7 +187,8 @@ impl Heard {
 }
 
 /// The last number seen per (sending node, session). The task that reads
-/// publications updates it; the subscription task forgets sessions it leaves.
+/// publications updates it, and forgets the sessions this node left when the
+/// subscription lifecycle asks (or the lifecycle does, if that task is gone).
 #[derive(Debug, Default)]
 pub(crate) struct GapTracker {
     /// Per sending node, per session: nested so that a lookup borrows the node id.
@@ -288,7 +297,8 @@ impl GapTracker {
     }
 
     /// Forgets a session this node unsubscribed from: what others publish while it
-    /// is away is not a gap.
+    /// is away is not a gap. Only once every frame heard before the unsubscribe
+    /// is observed (see the module docs).
     pub(crate) fn forget_session(&mut self, session: &SessionId) {
         for sender in self.last.values_mut() {
             if sender.last.remove(session).is_some() {

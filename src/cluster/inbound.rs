@@ -1,8 +1,16 @@
 //! The receiving side: every publication this node hears, from its session
 //! channels, its node channel and the ctl channel.
+//!
+//! The same task forgets the numbering of the sessions this node unsubscribed
+//! from ([`Forget`]), in order with the frames: after every one it heard before
+//! the unsubscribe. Forgotten any earlier, a frame still in the buffer would set
+//! the stream up again at its old number, and the first frame after a rejoin
+//! would count everything published meanwhile as gaps.
 
 use fred::prelude::EventInterface;
-use tokio::sync::broadcast::error::RecvError;
+use fred::types::Message;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::client_ref::ClientRef;
 use crate::sync::{lock, Arc};
@@ -171,32 +179,108 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
     }
 }
 
-/// Reads every publication the subscriber connection delivers.
-pub(crate) async fn run<M: Clone + Send + Sync + 'static>(shared: Arc<Shared<M>>) {
+/// Sessions this node unsubscribed from, whose numbering [`run`] forgets once
+/// it has handled every frame already in its buffer, and then says `done`.
+pub(crate) struct Forget {
+    pub(crate) sessions: Vec<SessionId>,
+    pub(crate) done: oneshot::Sender<()>,
+}
+
+/// Reads every publication the subscriber connection delivers, and forgets
+/// sessions when told.
+///
+/// It never waits for a subscription change (it spawns the syncs a takeover
+/// asks for): [`Shared::sync_sessions`] waits for it to forget, holding the
+/// subscription lock.
+pub(crate) async fn run<M: Clone + Send + Sync + 'static>(
+    shared: Arc<Shared<M>>,
+    mut forgets: mpsc::Receiver<Forget>,
+) {
     let mut rx = shared.subscriber.message_rx();
     let mut last = LastChannel::default();
     loop {
-        match rx.recv().await {
+        tokio::select! {
+            received = rx.recv() => {
+                if !shared.handle(received, &mut last) {
+                    return;
+                }
+            }
+            Some(forget) = forgets.recv() => {
+                // Every frame Redis sent before the unsubscribe is in the buffer by
+                // now (`sync_sessions` waited for a PING after it); none of a later
+                // subscription is, as the subscription lock is held till `done`.
+                if !shared.handle_queued(&mut rx, &mut last) {
+                    return;
+                }
+                let mut gaps = lock(&shared.gaps);
+                for session in &forget.sessions {
+                    gaps.forget_session(session);
+                }
+                drop(gaps);
+                let _ = forget.done.send(());
+            }
+        }
+    }
+}
+
+impl<M: Clone + Send + Sync + 'static> Shared<M> {
+    /// Handles what the subscriber's buffer gave; false once it is closed.
+    fn handle(
+        self: &Arc<Self>,
+        received: Result<Message, RecvError>,
+        last: &mut LastChannel,
+    ) -> bool {
+        match received {
             Ok(message) => {
                 let Some(bytes) = message.value.as_bytes() else {
-                    Counters::add(&shared.counters.malformed, 1);
-                    continue;
+                    Counters::add(&self.counters.malformed, 1);
+                    return true;
                 };
-                let left = shared.on_message(&message.channel, bytes, &mut last);
+                let left = self.on_message(&message.channel, bytes, last);
                 if !left.is_empty() {
-                    // Off this loop: syncing waits for Redis.
-                    let shared = Arc::clone(&shared);
+                    // Off this loop: syncing waits for Redis, and for this loop.
+                    let shared = Arc::clone(self);
                     tokio::spawn(async move { shared.sync_sessions(left).await });
                 }
             }
             // Lost in the client's buffer: the numbering counts lost broadcasts as
             // gaps; a lost takeover notice is caught up by checking the keys.
             Err(RecvError::Lagged(n)) => {
-                Counters::add(&shared.counters.lagged, n);
-                recheck_soon(Arc::clone(&shared));
+                Counters::add(&self.counters.lagged, n);
+                recheck_soon(Arc::clone(self));
             }
-            Err(RecvError::Closed) => return,
+            Err(RecvError::Closed) => return false,
         }
+        true
+    }
+
+    /// Handles the frames in the buffer now (at most its capacity), not those
+    /// that arrive meanwhile; false once it is closed.
+    fn handle_queued(
+        self: &Arc<Self>,
+        rx: &mut broadcast::Receiver<Message>,
+        last: &mut LastChannel,
+    ) -> bool {
+        let mut queued = rx.len();
+        while queued > 0 {
+            let received = match rx.try_recv() {
+                Ok(message) => {
+                    queued -= 1;
+                    Ok(message)
+                }
+                // The oldest ones were lost (counted as lagged): the rest follow.
+                Err(TryRecvError::Lagged(n)) => {
+                    queued = queued.saturating_sub(usize::try_from(n).unwrap_or(usize::MAX));
+                    Err(RecvError::Lagged(n))
+                }
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+            };
+            if !self.handle(received, last) {
+                return false;
+            }
+        }
+        true
     }
 }
 

@@ -188,6 +188,9 @@ pub(crate) struct Shared<M> {
     /// Sessions whose channel this node is subscribed to; the lock serialises
     /// every subscription change.
     subs: AsyncMutex<HashSet<SessionId>>,
+    /// To the inbound task: sessions unsubscribed from, to forget in order with
+    /// the frames. One at a time, under the lock of `subs`.
+    forgets: mpsc::Sender<inbound::Forget>,
     /// Keys this node's clients hold, and claims in flight.
     keys: Mutex<Keys>,
     publish: mpsc::Sender<Outgoing>,
@@ -260,6 +263,8 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         let (publish, rx) = mpsc::channel(b.publish_queue);
         let (events, _) = broadcast::channel(1024);
         let clock = Arc::new(RedisClock::default());
+        // `sync_sessions` waits for each forget under the subscription lock.
+        let (forgets, forgets_rx) = mpsc::channel(1);
         let scripts = Scripts::new();
         // Loaded once here; each batch then names it by its hash (`publisher.rs`).
         let publish_script = fred::bytes_utils::Str::from(scripts::publish(&node));
@@ -291,13 +296,14 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             counters: Arc::clone(&counters),
             gaps: Mutex::new(GapTracker::default()),
             subs: AsyncMutex::new(HashSet::new()),
+            forgets,
             keys: Mutex::new(Keys::default()),
             publish,
             clock: Arc::clone(&clock),
             events,
         });
         let mut tasks = vec![
-            tokio::spawn(inbound::run(Arc::clone(&shared))),
+            tokio::spawn(inbound::run(Arc::clone(&shared), forgets_rx)),
             tokio::spawn(inbound::reconnects(Arc::clone(&shared))),
             // fred's own resubscription after a reconnect; `reconnects` checks it.
             subscriber.manage_subscriptions(),

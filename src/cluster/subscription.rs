@@ -1,23 +1,30 @@
 //! The subscription lifecycle: a node listens on a session's channel exactly while
 //! it has local members there.
 //!
-//! Every change goes through [`Shared::sync_session`], serialised by one lock: it
+//! Every change goes through [`Shared::sync_sessions`], serialised by one lock: it
 //! reads the session's local member count *now*, subscribes on the first member,
 //! unsubscribes after the last, and records the count in Redis for the cluster-wide
 //! [`member_count`](super::Cluster::member_count), before it lets go of the lock.
 //! Because it reads the count rather than trusting the caller's event, two racing
 //! changes cannot leave a wrong subscription or count behind: the later sync sees
 //! the final count and writes it last.
+//!
+//! Leaving a session also forgets its numbering in the gap tracker (what others
+//! publish while this node is away is no gap), still under the lock: the inbound
+//! task forgets it after handling every frame heard before the unsubscribe, and
+//! no later subscription to it can start before (`inbound.rs`).
 
 use std::collections::HashSet;
 
 use fred::interfaces::{ClientLike, FredResult, LuaInterface, PubsubInterface};
 use fred::prelude::Value;
 use fred::types::MultipleStrings;
+use tokio::sync::oneshot;
 
 use crate::sync::{lock, Ordering};
 use crate::SessionId;
 
+use super::inbound::Forget;
 use super::names::Names;
 use super::{ClusterError, Shared};
 
@@ -30,6 +37,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
     ) -> Result<(), ClusterError> {
         let mut subs = self.subs.lock().await;
         let mut counts: Vec<String> = Vec::new();
+        let mut left = Vec::new();
         let mut failed = None;
         for session in sessions {
             let n = self.registry.member_count(&session).unwrap_or(0);
@@ -62,11 +70,12 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                     continue;
                 }
                 subs.remove(&session);
-                lock(&self.gaps).forget_session(&session);
+                left.push(session.clone());
             }
             counts.push(Names::token(&session));
             counts.push(n.to_string());
         }
+        self.forget_sessions(left).await;
         self.set_subscriptions(&subs);
         // Under the lock: a sync that read its counts earlier must not write them
         // after a later one, or Redis keeps a stale count until the next heartbeat.
@@ -80,6 +89,33 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         }
         drop(subs);
         failed.map_or(Ok(()), |e| Err(e.into()))
+    }
+
+    /// Forgets the numbering of sessions just unsubscribed from, after every
+    /// frame Redis sent on them before: called under the subscription lock, it
+    /// waits for the inbound task to handle the frames in its buffer first.
+    async fn forget_sessions(&self, sessions: Vec<SessionId>) {
+        if sessions.is_empty() {
+            return;
+        }
+        // fred answers an `(S)UNSUBSCRIBE` before Redis has run it, as it does a
+        // `SUBSCRIBE` (below); the `PING`'s answer comes after, and so after every
+        // frame Redis sent before it. Should the `PING` fail, the connection went,
+        // and with it whatever else it would have carried.
+        let _: FredResult<Value> = self.subscriber.ping(None).await;
+        let (done, forgotten) = oneshot::channel();
+        let forget = Forget {
+            sessions: sessions.clone(),
+            done,
+        };
+        if self.forgets.send(forget).await.is_ok() && forgotten.await.is_ok() {
+            return;
+        }
+        // The inbound task is gone: no frame is handled any more.
+        let mut gaps = lock(&self.gaps);
+        for session in &sessions {
+            gaps.forget_session(session);
+        }
     }
 
     /// `SUBSCRIBE`, answered once Redis has run it. fred 10.1 answers a

@@ -655,6 +655,54 @@ async fn the_hello_deadline_counts_from_the_tcp_accept_not_the_upgrade() {
 }
 
 #[tokio::test]
+async fn on_a_kept_alive_connection_the_hello_deadline_counts_from_the_upgrade_request() {
+    let idle = Duration::from_millis(600);
+    let server = start(Config {
+        idle_timeout: idle,
+        ..config()
+    })
+    .await;
+    let addr = server.ws_addr();
+    let mut tcp = TcpStream::connect(addr).await.expect("the server listens");
+    let request = format!("GET /rooms/lobby HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.expect("writable");
+    // The whole answer, so that the connection is idle and kept alive.
+    let mut answer = Vec::new();
+    let mut buf = [0; 1024];
+    loop {
+        let n = timeout(PATIENCE, tcp.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("readable");
+        assert!(n > 0, "the server closed a kept-alive connection");
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|n| n.parse::<usize>().ok())
+                .expect("a content-length");
+            if body.len() >= length {
+                break;
+            }
+        }
+    }
+    // Upgrade late, then say hello past the accept's deadline but within the
+    // upgrade request's.
+    tokio::time::sleep(idle * 2 / 3).await;
+    let url = format!("ws://{addr}/ws");
+    let tcp = MaybeTlsStream::Plain(tcp);
+    let (mut ws, _) = timeout(PATIENCE, tokio_tungstenite::client_async(url, tcp))
+        .await
+        .expect("upgrades in time")
+        .expect("the upgrade succeeds");
+    tokio::time::sleep(idle * 2 / 3).await;
+    let _ = hello(&mut ws, json!({})).await;
+    let _ = server.shutdown().await;
+}
+
+#[tokio::test]
 async fn shutdown_closes_every_client_with_1001_and_empties_the_registry() {
     let server = start(config()).await;
     let registry = server.registry().clone();

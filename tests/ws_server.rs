@@ -517,6 +517,191 @@ async fn no_hello_within_the_idle_timeout_closes_with_4003_whatever_else_arrives
     let _ = server.shutdown().await;
 }
 
+/// Opens a raw TCP connection to `addr`, sends `first`, then `trickle` one byte
+/// every 50 ms (never a whole request head), and reads until the server closes
+/// the connection: how long that took, or how long it stayed open if not within
+/// `window`.
+async fn stalled(
+    addr: SocketAddr,
+    first: &[u8],
+    trickle: &[u8],
+    window: Duration,
+) -> Result<Duration, Duration> {
+    let start = tokio::time::Instant::now();
+    let mut tcp = TcpStream::connect(addr).await.expect("the server listens");
+    tcp.write_all(first).await.expect("writable");
+    let mut bytes = trickle.iter().cycle();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let until = tokio::time::sleep(window);
+    tokio::pin!(until);
+    let mut buf = [0; 1024];
+    loop {
+        tokio::select! {
+            () = &mut until => return Err(start.elapsed()),
+            _ = tick.tick(), if !trickle.is_empty() => {
+                let byte = *bytes.next().expect("cycled");
+                // A refused write means the server has closed; the read sees it.
+                let _ = tcp.write_all(&[byte]).await;
+            }
+            // Whatever the server says first (a 408, say), it must then close.
+            read = tcp.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return Ok(start.elapsed()),
+                Ok(_) => continue,
+            },
+        }
+    }
+}
+
+/// Every way of holding a connection before the upgrade: silence, a request
+/// line and then silence, and a head sent a byte at a time. What went wrong, if
+/// anything.
+async fn stalls_outlasting(
+    addr: SocketAddr,
+    listener: &str,
+    early: Duration,
+    bound: Duration,
+) -> Vec<String> {
+    let window = bound + Duration::from_secs(1);
+    let cases: [(&str, &[u8], &[u8]); 3] = [
+        ("sends nothing", b"", b""),
+        (
+            "sends a request line and stalls",
+            b"GET / HTTP/1.1\r\n",
+            b"",
+        ),
+        (
+            "sends its head a byte at a time",
+            b"GET /ws HTTP/1.1\r\n",
+            b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+        ),
+    ];
+    let runs = cases.map(|(what, first, trickle)| async move {
+        (what, stalled(addr, first, trickle, window).await)
+    });
+    let mut wrong = Vec::new();
+    for (what, result) in futures_util::future::join_all(runs).await {
+        match result {
+            Ok(after) if (early..=bound).contains(&after) => {}
+            Ok(after) => wrong.push(format!(
+                "{listener}: a peer that {what} was closed after {after:?}"
+            )),
+            Err(open) => wrong.push(format!(
+                "{listener}: a peer that {what} was still connected after {open:?}"
+            )),
+        }
+    }
+    wrong
+}
+
+#[tokio::test]
+async fn a_peer_that_stalls_before_the_upgrade_is_closed_by_the_hello_deadline() {
+    let idle = Duration::from_millis(300);
+    let server = start(Config {
+        idle_timeout: idle,
+        ..config()
+    })
+    .await;
+    // The deadline, not some earlier close; and a margin for a loaded machine.
+    let early = idle - Duration::from_millis(50);
+    let bound = idle + Duration::from_millis(500);
+    let admin = server.admin_addr().expect("the admin API is on");
+    let (ws, admin) = tokio::join!(
+        stalls_outlasting(server.ws_addr(), "ws", early, bound),
+        stalls_outlasting(admin, "admin", early, bound),
+    );
+    let wrong = [ws, admin].concat();
+    assert!(
+        wrong.is_empty(),
+        "with idle_timeout {idle:?}, not closed between {early:?} and {bound:?}:\n{}",
+        wrong.join("\n")
+    );
+    let _ = server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_hello_deadline_counts_from_the_tcp_accept_not_the_upgrade() {
+    let idle = Duration::from_millis(900);
+    let server = start(Config {
+        idle_timeout: idle,
+        ..config()
+    })
+    .await;
+    let connecting = tokio::time::Instant::now();
+    let tcp = TcpStream::connect(server.ws_addr())
+        .await
+        .expect("the server listens");
+    // Most of the deadline goes before the upgrade request is even sent.
+    tokio::time::sleep(idle * 2 / 3).await;
+    let url = format!("ws://{}/ws", server.ws_addr());
+    let (mut ws, _) = timeout(PATIENCE, tokio_tungstenite::client_async(url, tcp))
+        .await
+        .expect("upgrades in time")
+        .expect("the upgrade succeeds");
+    let upgraded = connecting.elapsed();
+    let next = timeout(PATIENCE, ws.next()).await.expect("a close in time");
+    let after = connecting.elapsed();
+    let code = match next {
+        Some(Ok(Message::Close(frame))) => frame.map_or(0, |f| u16::from(f.code)),
+        other => panic!("expected a close frame, got {other:?}"),
+    };
+    assert_eq!(code, 4003);
+    // Counted from the upgrade it would come at `upgraded + idle`, about 1.5 s.
+    assert!(
+        after < idle + Duration::from_millis(300),
+        "no hello: closed {after:?} after connecting (upgraded at {upgraded:?}); \
+         the deadline is {idle:?} from the TCP accept"
+    );
+    let _ = server.shutdown().await;
+}
+
+#[tokio::test]
+async fn on_a_kept_alive_connection_the_hello_deadline_counts_from_the_upgrade_request() {
+    let idle = Duration::from_millis(600);
+    let server = start(Config {
+        idle_timeout: idle,
+        ..config()
+    })
+    .await;
+    let addr = server.ws_addr();
+    let mut tcp = TcpStream::connect(addr).await.expect("the server listens");
+    let request = format!("GET /rooms/lobby HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.expect("writable");
+    // The whole answer, so that the connection is idle and kept alive.
+    let mut answer = Vec::new();
+    let mut buf = [0; 1024];
+    loop {
+        let n = timeout(PATIENCE, tcp.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("readable");
+        assert!(n > 0, "the server closed a kept-alive connection");
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|n| n.parse::<usize>().ok())
+                .expect("a content-length");
+            if body.len() >= length {
+                break;
+            }
+        }
+    }
+    // Upgrade late, then say hello past the accept's deadline but within the
+    // upgrade request's.
+    tokio::time::sleep(idle * 2 / 3).await;
+    let url = format!("ws://{addr}/ws");
+    let tcp = MaybeTlsStream::Plain(tcp);
+    let (mut ws, _) = timeout(PATIENCE, tokio_tungstenite::client_async(url, tcp))
+        .await
+        .expect("upgrades in time")
+        .expect("the upgrade succeeds");
+    tokio::time::sleep(idle * 2 / 3).await;
+    let _ = hello(&mut ws, json!({})).await;
+    let _ = server.shutdown().await;
+}
+
 #[tokio::test]
 async fn shutdown_closes_every_client_with_1001_and_empties_the_registry() {
     let server = start(config()).await;

@@ -2,7 +2,10 @@
 //! [`Registry`]. Behind the `http` cargo feature (on by default).
 //!
 //! The application mounts the router on a listener of its choosing, normally a
-//! loopback one, beside its own client-facing server.
+//! loopback one, beside its own client-facing server. The router bounds nothing
+//! below HTTP: `axum::serve` gives hyper no timer, so a peer that sends its request
+//! head slowly, or not at all, holds its connection for ever. The `ws_server`
+//! example serves through hyper's HTTP/1 builder with a header read timeout instead.
 //!
 //! # Example
 //!

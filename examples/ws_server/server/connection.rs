@@ -68,8 +68,8 @@ enum End {
 
 /// Serves one upgraded socket until it closes, and unregisters its client.
 ///
-/// `hello_by` is when the client must have said `hello`: the connection's arrival
-/// plus the idle timeout.
+/// `hello_by` is when the client must have said `hello`: the TCP accept (on a
+/// kept-alive connection, the upgrade request's arrival) plus the idle timeout.
 pub(super) async fn serve(shared: Arc<Shared>, mut socket: WebSocket, hello_by: Instant) {
     let mut shutdown = shared.shutdown.clone();
     let Some((id, rx)) = greet(&shared, &mut socket, &mut shutdown, hello_by).await else {

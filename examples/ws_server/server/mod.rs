@@ -11,6 +11,7 @@ mod connection;
 mod demo;
 pub mod protocol;
 
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,8 +20,10 @@ use std::time::Duration;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
-use axum::serve::ListenerExt;
-use axum::Router;
+use axum::{Extension, Router};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use switchboard::cluster::Cluster;
 use switchboard::http::{self, AdminConfig, AdminConfigError};
 use switchboard::{CancelReason, Event, Registry, SendError, SessionId, SlowConsumerPolicy};
@@ -28,6 +31,8 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tower::ServiceExt;
 
 pub use protocol::Frame;
 
@@ -55,8 +60,11 @@ pub struct Config {
     /// How often the server pings each client.
     pub ping_interval: Duration,
     /// A client that sends nothing (not even a pong) for this long is closed with
-    /// 4003; so is one that says no `hello` within this time of its upgrade
-    /// request, whatever else it sends meanwhile.
+    /// 4003; so is one that says no `hello` within this time of its TCP accept (on
+    /// a kept-alive connection, of the upgrade request's arrival), whatever else it
+    /// sends meanwhile. It also bounds every request head on both listeners: a
+    /// connection that has not sent a whole head within this time of its accept (or
+    /// of its previous response) is closed without an answer.
     pub idle_timeout: Duration,
     /// The longest a write to a client, or a wait for room in its queue, may take
     /// before the client counts as dead or slow.
@@ -234,28 +242,21 @@ impl Server {
             .route("/", get(demo::page))
             .route("/rooms/{room}", get(demo::room))
             .with_state(Arc::clone(&shared));
+        let head_timeout = shared.config.idle_timeout;
         drop(shared);
-        // Small frames should leave at once, not wait for Nagle.
-        let ws_listener = ws_listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let mut signal = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            let _ = axum::serve(ws_listener, app)
-                .with_graceful_shutdown(async move {
-                    stopped(&mut signal).await;
-                })
-                .await;
-        }));
+        tasks.push(tokio::spawn(serve(
+            ws_listener,
+            app,
+            head_timeout,
+            shutdown.clone(),
+        )));
         if let Some((listener, router)) = admin {
-            let mut signal = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                let _ = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move {
-                        stopped(&mut signal).await;
-                    })
-                    .await;
-            }));
+            tasks.push(tokio::spawn(serve(
+                listener,
+                router,
+                head_timeout,
+                shutdown.clone(),
+            )));
         }
         Ok(Self {
             registry,
@@ -321,6 +322,68 @@ async fn stopped(signal: &mut watch::Receiver<bool>) {
     let _ = signal.wait_for(|stop| *stop).await;
 }
 
+/// When the wait for a request began: the TCP accept for a connection's first
+/// request, the request's arrival for a later one on a kept-alive connection.
+#[derive(Clone, Copy)]
+struct Arrived(Instant);
+
+/// Serves `app` on `listener` until shutdown begins, then lets each connection
+/// finish its request, and returns when all have.
+///
+/// `axum::serve` with one bound more: a connection that has not sent a whole
+/// request head within `head_timeout` of its accept (or of its previous response)
+/// is closed. `axum::serve` gives hyper no timer, so hyper's header read timeout
+/// never fired there, and a peer that sent nothing, or a head a byte at a time,
+/// kept its socket for ever. HTTP/1 only, as before: hyper-util's auto builder
+/// would first wait for the HTTP/2 preface, with no timeout at all.
+async fn serve(
+    mut listener: TcpListener,
+    app: Router,
+    head_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(head_timeout);
+    // Each connection's task holds a clone; `recv` sees `None` once all have ended.
+    let (live, mut ended) = mpsc::channel::<()>(1);
+    loop {
+        let (tcp, _) = tokio::select! {
+            () = stopped(&mut shutdown) => break,
+            // axum's accept, which rides out errors such as running out of fds.
+            accepted = axum::serve::Listener::accept(&mut listener) => accepted,
+        };
+        let accepted = Cell::new(Some(Instant::now()));
+        // Small frames should leave at once, not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+            let since = accepted.take().unwrap_or_else(Instant::now);
+            request.extensions_mut().insert(Arrived(since));
+            app.clone().oneshot(request)
+        });
+        let conn = http
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades();
+        let mut stop = shutdown.clone();
+        let live = live.clone();
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(live);
+        });
+    }
+    drop(listener);
+    drop(live);
+    let _ = ended.recv().await;
+}
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -332,10 +395,15 @@ fn local(listener: &TcpListener, asked: SocketAddr) -> SocketAddr {
 }
 
 /// `GET /ws`: upgrades with this server's buffer sizes and frame limit.
-async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    Extension(Arrived(since)): Extension<Arrived>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let config = &shared.config;
-    // Fixed now, once: nothing the client sends before `hello` moves it.
-    let hello_by = tokio::time::Instant::now() + config.idle_timeout;
+    // Fixed once, from the accept: neither a slow request head nor anything the
+    // client sends before `hello` moves it.
+    let hello_by = since + config.idle_timeout;
     ws.read_buffer_size(config.read_buffer)
         .write_buffer_size(config.write_buffer)
         .max_message_size(config.max_frame)

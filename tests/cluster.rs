@@ -2303,3 +2303,28 @@ async fn ws_publish_then_nonsense(author: &mut Ws, data: impl IntoIterator<Item 
         .await
         .unwrap();
 }
+
+/// A takeover whose follow-up Redis work fails (recording the room the old
+/// connection leaves) still hands the caller its connection: by then the client is
+/// registered here and its key claimed in Redis, so an error would leave a
+/// connection nobody drains holding the key cluster-wide. The heartbeat's
+/// reconcile retries the counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_whose_follow_up_fails_still_registers() {
+    let redis = redis_or_skip!("takeover_follow_up_fails");
+    let ttl = Duration::from_secs(30);
+    let a = node(&redis, "t40", "a", ttl).await;
+    let (old, mut old_rx) = a.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    a.attach(old, "room").await.unwrap();
+    let counts = "{t40}:members:s:room";
+    assert_eq!(redis.cli(&["TYPE", counts]).as_deref(), Some("hash"));
+    // The counts script now fails on this key (WRONGTYPE); the claim touches none.
+    redis.cli(&["DEL", counts]).expect("DEL");
+    redis.cli(&["SET", counts, "x"]).expect("SET");
+    let taken = a.register(ClientInfo::new().with_key("dev")).await;
+    let (new, _new_rx) = taken.unwrap_or_else(|e| panic!("the takeover failed: {e}"));
+    assert!(tokio::time::timeout(Duration::from_secs(10), old_rx.recv())
+        .await
+        .is_ok_and(|m| m.is_none()));
+    assert_eq!(a.registry().id_of("dev"), Some(new));
+}

@@ -191,6 +191,9 @@ pub(crate) struct Shared<M> {
     /// To the inbound task: sessions unsubscribed from, to forget in order with
     /// the frames. One at a time, under the lock of `subs`.
     forgets: mpsc::Sender<inbound::Forget>,
+    /// Sessions whose member count a sync failed to write to Redis, until one
+    /// writes it (the reconcile looks at them too).
+    unrecorded: Mutex<HashSet<SessionId>>,
     /// Keys this node's clients hold, and claims in flight.
     keys: Mutex<Keys>,
     publish: mpsc::Sender<Outgoing>,
@@ -297,6 +300,7 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             gaps: Mutex::new(GapTracker::default()),
             subs: AsyncMutex::new(HashSet::new()),
             forgets,
+            unrecorded: Mutex::new(HashSet::new()),
             keys: Mutex::new(Keys::default()),
             publish,
             clock: Arc::clone(&clock),
@@ -369,7 +373,10 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     ///
     /// [`ClusterError::Register`] as [`Registry::register`];
     /// [`ClusterError::Redis`] if the claim failed, in which case the client is
-    /// unregistered again: a key is never held without Redis knowing.
+    /// unregistered again: a key is never held without Redis knowing. Once the
+    /// claim succeeded the call succeeds: should Redis then fail to hear that a
+    /// connection taken over here left its rooms, the heartbeat's reconcile
+    /// records it later.
     ///
     /// # Examples
     ///
@@ -397,7 +404,10 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             }
         }
         if let Some(old) = reg.took_over {
-            self.shared.sync_sessions(old.sessions).await?;
+            // Not an error to the caller: the client is registered and its key
+            // claimed, so failing now would leave a connection nobody drains
+            // holding the key. The heartbeat's reconcile retries the sync.
+            let _ = self.shared.sync_sessions(old.sessions).await;
         }
         Ok((reg.id, reg.receiver))
     }

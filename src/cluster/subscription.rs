@@ -38,6 +38,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         let mut subs = self.subs.lock().await;
         let mut counts: Vec<String> = Vec::new();
         let mut left = Vec::new();
+        let mut recorded = Vec::new();
         let mut failed = None;
         for session in sessions {
             let n = self.registry.member_count(&session).unwrap_or(0);
@@ -74,6 +75,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             }
             counts.push(Names::token(&session));
             counts.push(n.to_string());
+            recorded.push(session);
         }
         self.forget_sessions(left).await;
         self.set_subscriptions(&subs);
@@ -82,10 +84,21 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         if !counts.is_empty() {
             let mut args = vec![self.names.base.clone(), self.node.clone()];
             args.extend(counts);
-            let _: Value = self
+            let written: Result<Value, _> = self
                 .client
                 .eval(self.scripts.counts.text(), Vec::<String>::new(), args)
-                .await?;
+                .await;
+            // A session left here is in neither the registry nor `subs` any more:
+            // kept apart until its count is written, or the reconcile would never
+            // look at it again and Redis would keep its old count.
+            let mut unrecorded = lock(&self.unrecorded);
+            if let Err(e) = written {
+                unrecorded.extend(recorded);
+                return Err(e.into());
+            }
+            for session in &recorded {
+                unrecorded.remove(session);
+            }
         }
         drop(subs);
         failed.map_or(Ok(()), |e| Err(e.into()))
@@ -148,11 +161,12 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             .store(subs.len() as u64, Ordering::Relaxed);
     }
 
-    /// Every session that has local members or a subscription: what a reconcile
-    /// must look at.
+    /// Every session that has local members, a subscription, or a count Redis
+    /// has not recorded: what a reconcile must look at.
     pub(crate) async fn known_sessions(&self) -> Vec<SessionId> {
         let mut all: HashSet<SessionId> = self.registry.session_ids().into_iter().collect();
         all.extend(self.subs.lock().await.iter().cloned());
+        all.extend(lock(&self.unrecorded).iter().cloned());
         all.into_iter().collect()
     }
 

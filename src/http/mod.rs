@@ -234,7 +234,7 @@ where
 /// # Errors
 ///
 /// [`AdminConfigError`] if the config is bound beyond loopback without a token, has
-/// an empty token, or a body limit of zero.
+/// an empty token, or a body limit or body timeout of zero.
 ///
 /// # Examples
 ///

@@ -939,3 +939,57 @@ async fn a_peer_at_its_session_or_task_bound_gets_an_error_frame() {
     );
     let _ = server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_frame_trickled_slower_than_the_idle_timeout_closes_with_4003() {
+    let idle = Duration::from_millis(500);
+    let server = start(Config {
+        idle_timeout: idle,
+        ..config()
+    })
+    .await;
+    let mut ws = connect(&server).await;
+    let _ = hello(&mut ws, json!({})).await;
+    let since = tokio::time::Instant::now();
+    let MaybeTlsStream::Plain(mut tcp) = ws.into_inner() else {
+        panic!("a plain TCP stream")
+    };
+    // A text frame announcing 125 bytes, masked with zeros (so sent as they are),
+    // whose payload then comes a byte every 50 ms: whole only after 6 s.
+    tcp.write_all(&[0x81, 0x80 | 125, 0, 0, 0, 0])
+        .await
+        .expect("writable");
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut said = Vec::new();
+    let mut buf = [0; 256];
+    let closed = timeout(PATIENCE, async {
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    // A refused write means the server has closed; the read sees it.
+                    let _ = tcp.write_all(b"x").await;
+                }
+                read = tcp.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => said.extend_from_slice(&buf[..n]),
+                },
+            }
+        }
+    })
+    .await;
+    let after = since.elapsed();
+    assert!(closed.is_ok(), "still connected after {after:?}");
+    // The server's close frame: unmasked, FIN and opcode 8, then the code.
+    assert!(
+        said.len() >= 4 && said[0] == 0x88,
+        "expected a close frame, got {said:?}"
+    );
+    assert_eq!(u16::from_be_bytes([said[2], said[3]]), 4003, "{said:?}");
+    // Closed at the idle deadline, then the close linger (500 ms) at most.
+    let bound = idle + Duration::from_millis(500) + Duration::from_millis(500);
+    assert!(
+        (idle - Duration::from_millis(50)..bound).contains(&after),
+        "closed after {after:?}, idle_timeout {idle:?}"
+    );
+    let _ = server.shutdown().await;
+}

@@ -643,6 +643,14 @@ async fn a_body_not_complete_within_the_body_timeout_gets_408() {
     let reply = send(&router, broadcast_of(slow)).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     assert_eq!(ra.try_recv(), Ok(json!({"pad": "x"})));
+
+    // A timeout past the end of time is no timeout, not an overflow.
+    let router =
+        http::router_with(registry, AdminConfig::new().body_timeout(Duration::MAX)).expect("valid");
+    let whole = futures_util::stream::iter([r#"y"}"#]);
+    let reply = send(&router, broadcast_of(whole)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(ra.try_recv(), Ok(json!({"pad": "y"})));
 }
 
 #[tokio::test]

@@ -41,11 +41,12 @@ pub(crate) async fn deadline(
     request: Request,
     next: Next,
 ) -> Response {
-    // No body (a GET), or one already whole: nothing to wait for, no timer.
-    if request.body().is_end_stream() {
-        return next.run(request).await;
-    }
-    let due = Instant::now() + timeout;
+    // No body (a GET), or one already whole: nothing to wait for, no timer. A
+    // timeout past what `Instant` can count is no timeout.
+    let due = match Instant::now().checked_add(timeout) {
+        Some(due) if !request.body().is_end_stream() => due,
+        _ => return next.run(request).await,
+    };
     let request = request.map(|body| {
         let chunks = stream::unfold(Some(body.into_data_stream()), move |chunks| async move {
             let mut chunks = chunks?;

@@ -94,7 +94,8 @@ impl AdminConfig {
     /// `408 body_timeout` with `Connection: close`, and the connection is closed
     /// once the answer is written, so the rest of the body is never read. The
     /// router bounds only the body: the time to the end of the head is the
-    /// server's (see [the module docs](super)).
+    /// server's (see [the module docs](super)). A timeout too long for the clock to
+    /// count (`Duration::MAX`) means none.
     ///
     /// # Examples
     ///

@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
+use futures_util::StreamExt as _;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use switchboard::http::{self, AdminConfig, AdminConfigError};
@@ -582,6 +583,76 @@ async fn bad_broadcasts_are_4xx_and_deliver_nothing() {
     assert_eq!(ra.try_recv(), Ok(json!([1])));
 }
 
+/// A broadcast whose JSON body starts with `{"pad": "` and then `rest` brings.
+fn broadcast_of(
+    rest: impl futures_util::Stream<Item = &'static str> + Send + 'static,
+) -> Request<Body> {
+    let body = futures_util::stream::iter([r#"{"pad": ""#])
+        .chain(rest)
+        .map(Ok::<_, std::io::Error>);
+    Request::builder()
+        .method(Method::POST)
+        .uri("/sessions/lobby/broadcast")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(body))
+        .expect("a valid request")
+}
+
+#[tokio::test]
+async fn a_body_not_complete_within_the_body_timeout_gets_408() {
+    let registry = Reg::new();
+    let bound = Duration::from_millis(300);
+    let router =
+        http::router_with(registry.clone(), AdminConfig::new().body_timeout(bound)).expect("valid");
+    let (a, mut ra) = registry.register(ClientInfo::new()).expect("room");
+    registry.attach(a, "lobby").expect("online");
+    // A body that stops, and one that comes a byte every 50 ms: a wait between
+    // chunks would never end the second.
+    let stops = broadcast_of(futures_util::stream::pending());
+    let trickles = broadcast_of(futures_util::stream::unfold((), |()| async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Some(("x", ()))
+    }));
+    let patience = bound + Duration::from_secs(2);
+    for (what, request) in [("stops", stops), ("trickles", trickles)] {
+        let started = tokio::time::Instant::now();
+        let reply = tokio::time::timeout(patience, send(&router, request))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("a body that {what} was not answered within {patience:?}; the body timeout is {bound:?}")
+            });
+        let took = started.elapsed();
+        reply.assert_error(StatusCode::REQUEST_TIMEOUT, "body_timeout");
+        assert_eq!(
+            reply.headers[header::CONNECTION],
+            "close",
+            "a body that {what}"
+        );
+        assert!(
+            (bound - Duration::from_millis(50)..patience).contains(&took),
+            "a body that {what} was answered after {took:?}; the body timeout is {bound:?}"
+        );
+    }
+    assert!(ra.try_recv().is_err(), "nothing was delivered");
+
+    // A body that arrives in time, if slowly, still goes out.
+    let slow = futures_util::stream::iter(["x", r#""}"#]).then(|part| async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        part
+    });
+    let reply = send(&router, broadcast_of(slow)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(ra.try_recv(), Ok(json!({"pad": "x"})));
+
+    // A timeout past the end of time is no timeout, not an overflow.
+    let router =
+        http::router_with(registry, AdminConfig::new().body_timeout(Duration::MAX)).expect("valid");
+    let whole = futures_util::stream::iter([r#"y"}"#]);
+    let reply = send(&router, broadcast_of(whole)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(ra.try_recv(), Ok(json!({"pad": "y"})));
+}
+
 #[tokio::test]
 async fn an_encoder_builds_the_message_once_per_broadcast() {
     let registry = Registry::<Arc<str>>::new();
@@ -713,8 +784,12 @@ fn a_router_beyond_loopback_needs_a_token() {
         Some(AdminConfigError::EmptyToken)
     );
     assert_eq!(
-        http::router_with(registry, AdminConfig::new().body_limit(0)).err(),
+        http::router_with(registry.clone(), AdminConfig::new().body_limit(0)).err(),
         Some(AdminConfigError::BodyLimit)
+    );
+    assert_eq!(
+        http::router_with(registry, AdminConfig::new().body_timeout(Duration::ZERO)).err(),
+        Some(AdminConfigError::BodyTimeout)
     );
     let shown = format!("{:?}", AdminConfig::new().token("s3cret"));
     assert!(!shown.contains("s3cret"), "{shown}");

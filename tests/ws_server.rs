@@ -518,15 +518,15 @@ async fn no_hello_within_the_idle_timeout_closes_with_4003_whatever_else_arrives
 }
 
 /// Opens a raw TCP connection to `addr`, sends `first`, then `trickle` one byte
-/// every 50 ms (never a whole request head), and reads until the server closes
-/// the connection: how long that took, or how long it stayed open if not within
-/// `window`.
+/// every 50 ms (never a whole request head or body), and reads until the server
+/// closes the connection: how long that took, or how long it stayed open if not
+/// within `window`; and what the server said meanwhile.
 async fn stalled(
     addr: SocketAddr,
     first: &[u8],
     trickle: &[u8],
     window: Duration,
-) -> Result<Duration, Duration> {
+) -> (Result<Duration, Duration>, String) {
     let start = tokio::time::Instant::now();
     let mut tcp = TcpStream::connect(addr).await.expect("the server listens");
     tcp.write_all(first).await.expect("writable");
@@ -535,9 +535,10 @@ async fn stalled(
     let until = tokio::time::sleep(window);
     tokio::pin!(until);
     let mut buf = [0; 1024];
-    loop {
+    let mut said = Vec::new();
+    let closed = loop {
         tokio::select! {
-            () = &mut until => return Err(start.elapsed()),
+            () = &mut until => break Err(start.elapsed()),
             _ = tick.tick(), if !trickle.is_empty() => {
                 let byte = *bytes.next().expect("cycled");
                 // A refused write means the server has closed; the read sees it.
@@ -545,11 +546,12 @@ async fn stalled(
             }
             // Whatever the server says first (a 408, say), it must then close.
             read = tcp.read(&mut buf) => match read {
-                Ok(0) | Err(_) => return Ok(start.elapsed()),
-                Ok(_) => continue,
+                Ok(0) | Err(_) => break Ok(start.elapsed()),
+                Ok(n) => said.extend_from_slice(&buf[..n]),
             },
         }
-    }
+    };
+    (closed, String::from_utf8_lossy(&said).into_owned())
 }
 
 /// Every way of holding a connection before the upgrade: silence, a request
@@ -576,7 +578,7 @@ async fn stalls_outlasting(
         ),
     ];
     let runs = cases.map(|(what, first, trickle)| async move {
-        (what, stalled(addr, first, trickle, window).await)
+        (what, stalled(addr, first, trickle, window).await.0)
     });
     let mut wrong = Vec::new();
     for (what, result) in futures_util::future::join_all(runs).await {
@@ -613,6 +615,50 @@ async fn a_peer_that_stalls_before_the_upgrade_is_closed_by_the_hello_deadline()
     assert!(
         wrong.is_empty(),
         "with idle_timeout {idle:?}, not closed between {early:?} and {bound:?}:\n{}",
+        wrong.join("\n")
+    );
+    let _ = server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_admin_body_not_complete_within_the_idle_timeout_gets_408_and_a_close() {
+    let idle = Duration::from_millis(300);
+    let server = start(Config {
+        idle_timeout: idle,
+        ..config()
+    })
+    .await;
+    let addr = server.admin_addr().expect("the admin API is on");
+    // The whole head at once, then a body that stops or comes a byte at a time.
+    let head = format!(
+        "POST /sessions/lobby/broadcast HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"pad\": \""
+    );
+    let early = idle - Duration::from_millis(50);
+    let bound = idle + Duration::from_millis(500);
+    let window = bound + Duration::from_secs(1);
+    let cases: [(&str, &[u8]); 2] = [("stops", b""), ("trickles", b"x")];
+    let runs = cases.map(|(what, trickle)| {
+        let head = head.as_bytes();
+        async move { (what, stalled(addr, head, trickle, window).await) }
+    });
+    let mut wrong = Vec::new();
+    for (what, (closed, said)) in futures_util::future::join_all(runs).await {
+        let status = said.lines().next().unwrap_or_default();
+        if status != "HTTP/1.1 408 Request Timeout" || !said.contains(r#""error":"body_timeout""#) {
+            wrong.push(format!("a body that {what} got {said:?}"));
+        }
+        match closed {
+            Ok(after) if (early..=bound).contains(&after) => {}
+            Ok(after) => wrong.push(format!("a body that {what} was closed after {after:?}")),
+            Err(open) => wrong.push(format!(
+                "a body that {what} was still connected after {open:?}"
+            )),
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "with idle_timeout {idle:?}, not answered 408 and closed between {early:?} and {bound:?}:\n{}",
         wrong.join("\n")
     );
     let _ = server.shutdown().await;
@@ -890,6 +936,60 @@ async fn a_peer_at_its_session_or_task_bound_gets_an_error_frame() {
     assert_eq!(
         server.registry().tasks_of_orchestrator(me).map(|t| t.len()),
         Ok(1)
+    );
+    let _ = server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_frame_trickled_slower_than_the_idle_timeout_closes_with_4003() {
+    let idle = Duration::from_millis(500);
+    let server = start(Config {
+        idle_timeout: idle,
+        ..config()
+    })
+    .await;
+    let mut ws = connect(&server).await;
+    let _ = hello(&mut ws, json!({})).await;
+    let since = tokio::time::Instant::now();
+    let MaybeTlsStream::Plain(mut tcp) = ws.into_inner() else {
+        panic!("a plain TCP stream")
+    };
+    // A text frame announcing 125 bytes, masked with zeros (so sent as they are),
+    // whose payload then comes a byte every 50 ms: whole only after 6 s.
+    tcp.write_all(&[0x81, 0x80 | 125, 0, 0, 0, 0])
+        .await
+        .expect("writable");
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut said = Vec::new();
+    let mut buf = [0; 256];
+    let closed = timeout(PATIENCE, async {
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    // A refused write means the server has closed; the read sees it.
+                    let _ = tcp.write_all(b"x").await;
+                }
+                read = tcp.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => said.extend_from_slice(&buf[..n]),
+                },
+            }
+        }
+    })
+    .await;
+    let after = since.elapsed();
+    assert!(closed.is_ok(), "still connected after {after:?}");
+    // The server's close frame: unmasked, FIN and opcode 8, then the code.
+    assert!(
+        said.len() >= 4 && said[0] == 0x88,
+        "expected a close frame, got {said:?}"
+    );
+    assert_eq!(u16::from_be_bytes([said[2], said[3]]), 4003, "{said:?}");
+    // Closed at the idle deadline, then the close linger (500 ms) at most.
+    let bound = idle + Duration::from_millis(500) + Duration::from_millis(500);
+    assert!(
+        (idle - Duration::from_millis(50)..bound).contains(&after),
+        "closed after {after:?}, idle_timeout {idle:?}"
     );
     let _ = server.shutdown().await;
 }

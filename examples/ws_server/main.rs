@@ -30,7 +30,7 @@
 //! | `--queue N` | 32 | frames queued per client |
 //! | `--slow-consumer P` | `disconnect` | `disconnect` (close 4000) or `drop` (skip the frame) |
 //! | `--ping-interval D` | `20s` | how often each client is pinged |
-//! | `--idle-timeout D` | `60s` | silence (no frame, no pong) before close 4003; also the most a request head may take on either listener, from the TCP accept or the previous response (then the connection is closed), and the time from the accept to `hello` |
+//! | `--idle-timeout D` | `60s` | silence (no frame, no pong) before close 4003; also the most a request head may take on either listener, from the TCP accept or the previous response (then the connection is closed), the most an admin request body may take after its head (then `408 body_timeout` and the connection is closed), and the time from the accept to `hello` |
 //! | `--write-timeout D` | `10s` | a write or a wait for queue room longer than this ends the client |
 //! | `--max-clients N` | none | refuse more (error `server_full`, close 1013) |
 //! | `--max-sessions-per-client N` | 1024 | sessions one client may be in; a `join` beyond gets `too_many_sessions` |

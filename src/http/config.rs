@@ -1,13 +1,16 @@
-//! [`AdminConfig`]: who may call the admin API, and how much it accepts.
+//! [`AdminConfig`]: who may call the admin API, and how much it accepts, and how
+//! slowly.
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Settings of the admin API, validated once by
 /// [`router_with`](super::router_with).
 ///
 /// The default suits a router served on a loopback address: no token, and request
-/// bodies of at most [`DEFAULT_BODY_LIMIT`](Self::DEFAULT_BODY_LIMIT) bytes.
+/// bodies of at most [`DEFAULT_BODY_LIMIT`](Self::DEFAULT_BODY_LIMIT) bytes that
+/// arrive within [`DEFAULT_BODY_TIMEOUT`](Self::DEFAULT_BODY_TIMEOUT).
 ///
 /// # Examples
 ///
@@ -31,6 +34,7 @@ use std::net::SocketAddr;
 pub struct AdminConfig {
     pub(super) token: Option<String>,
     pub(super) body_limit: usize,
+    pub(super) body_timeout: Duration,
     pub(super) bind_is_loopback: bool,
 }
 
@@ -38,11 +42,15 @@ impl AdminConfig {
     /// The largest request body accepted by default: 64 KiB.
     pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 
-    /// Loopback, no token, the default body limit.
+    /// The longest a request body may take to arrive by default: 10 seconds.
+    pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Loopback, no token, the default body limit and body timeout.
     pub fn new() -> Self {
         Self {
             token: None,
             body_limit: Self::DEFAULT_BODY_LIMIT,
+            body_timeout: Self::DEFAULT_BODY_TIMEOUT,
             bind_is_loopback: true,
         }
     }
@@ -77,6 +85,37 @@ impl AdminConfig {
         self
     }
 
+    /// The longest a request body may take to arrive, counted from when the router
+    /// gets the request (its head has arrived) to the body's last byte; default
+    /// [`DEFAULT_BODY_TIMEOUT`](Self::DEFAULT_BODY_TIMEOUT).
+    ///
+    /// A whole deadline, not a wait between chunks, so a peer that trickles a byte
+    /// at a time is cut off too. At the bound the read stops, the request gets
+    /// `408 body_timeout` with `Connection: close`, and the connection is closed
+    /// once the answer is written, so the rest of the body is never read. The
+    /// router bounds only the body: the time to the end of the head is the
+    /// server's (see [the module docs](super)). A timeout too long for the clock to
+    /// count (`Duration::MAX`) means none.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchboard::http::{router_with, AdminConfig, AdminConfigError};
+    ///
+    /// let registry = switchboard::Registry::<serde_json::Value>::new();
+    /// let config = AdminConfig::new().body_timeout(Duration::from_secs(2));
+    /// assert!(router_with(registry.clone(), config).is_ok());
+    /// assert_eq!(
+    ///     router_with(registry, AdminConfig::new().body_timeout(Duration::ZERO)).err(),
+    ///     Some(AdminConfigError::BodyTimeout)
+    /// );
+    /// ```
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
+        self
+    }
+
     /// Whether the router will only be reachable on a loopback address. When false,
     /// building the router without a token fails.
     pub fn bind_is_loopback(mut self, loopback: bool) -> Self {
@@ -92,6 +131,9 @@ impl AdminConfig {
         }
         if self.body_limit == 0 {
             return Err(AdminConfigError::BodyLimit);
+        }
+        if self.body_timeout.is_zero() {
+            return Err(AdminConfigError::BodyTimeout);
         }
         Ok(())
     }
@@ -109,6 +151,7 @@ impl fmt::Debug for AdminConfig {
         f.debug_struct("AdminConfig")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("body_limit", &self.body_limit)
+            .field("body_timeout", &self.body_timeout)
             .field("bind_is_loopback", &self.bind_is_loopback)
             .finish()
     }
@@ -127,4 +170,7 @@ pub enum AdminConfigError {
     /// A body limit of zero would refuse every broadcast.
     #[error("the body limit must be at least one byte")]
     BodyLimit,
+    /// A body timeout of zero would refuse every broadcast.
+    #[error("the body timeout must be longer than zero")]
+    BodyTimeout,
 }

@@ -161,6 +161,17 @@ impl ApiError {
         )
     }
 
+    /// 408: a body that had not wholly arrived within the configured timeout. The
+    /// answer closes the connection (`Connection: close`): the rest of the body
+    /// is never read.
+    pub(crate) fn body_timeout(timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the body did not arrive within {timeout:?}"),
+        )
+    }
+
     /// 415: a body that does not say it is JSON.
     pub(crate) fn unsupported_media_type() -> Self {
         Self::new(
@@ -194,6 +205,13 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"switchboard\""),
             );
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The unread rest of the body is still on the way; hyper closes the
+            // connection after this answer instead of waiting for it.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

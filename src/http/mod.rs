@@ -2,10 +2,13 @@
 //! [`Registry`]. Behind the `http` cargo feature (on by default).
 //!
 //! The application mounts the router on a listener of its choosing, normally a
-//! loopback one, beside its own client-facing server. The router bounds nothing
-//! below HTTP: `axum::serve` gives hyper no timer, so a peer that sends its request
-//! head slowly, or not at all, holds its connection for ever. The `ws_server`
-//! example serves through hyper's HTTP/1 builder with a header read timeout instead.
+//! loopback one, beside its own client-facing server. The router bounds a request
+//! body's size ([`AdminConfig::body_limit`]) and the time it takes to arrive
+//! ([`AdminConfig::body_timeout`]), but not the request head, which hyper reads
+//! before the router sees anything: `axum::serve` gives hyper no timer, so a peer
+//! that sends its request head slowly, or not at all, holds its connection for
+//! ever. The `ws_server` example serves through hyper's HTTP/1 builder with a
+//! header read timeout instead.
 //!
 //! # Example
 //!
@@ -69,12 +72,13 @@
 //!
 //! **The broadcast body** must be sent with `Content-Type: application/json`
 //! (a form post from a browser page cannot then reach a loopback API without a CORS
-//! preflight, which is never granted), and be at most the configured
-//! [`body_limit`](AdminConfig::body_limit). [`router`] and [`router_with`] need
-//! `M: From<serde_json::Value>` (`serde_json::Value` itself, `Arc<Value>`, or an
-//! application enum with that impl); [`router_with_encoder`] takes a closure from
-//! the session and the body to any message type, for registries of pre-serialised
-//! frames (`Arc<str>`, `Bytes`).
+//! preflight, which is never granted), be at most the configured
+//! [`body_limit`](AdminConfig::body_limit), and wholly arrive within the
+//! [`body_timeout`](AdminConfig::body_timeout) of its head. [`router`] and
+//! [`router_with`] need `M: From<serde_json::Value>` (`serde_json::Value` itself,
+//! `Arc<Value>`, or an application enum with that impl); [`router_with_encoder`]
+//! takes a closure from the session and the body to any message type, for
+//! registries of pre-serialised frames (`Arc<str>`, `Bytes`).
 //!
 //! # Errors
 //!
@@ -95,6 +99,7 @@
 //! | 404 | `unknown_session` | no open session has the id |
 //! | 404 | `not_found` | no such endpoint |
 //! | 405 | `method_not_allowed` | the endpoint exists, the method does not |
+//! | 408 | `body_timeout` | the body had not wholly arrived within the body timeout; the connection is then closed |
 //! | 413 | `body_too_large` | the body is over the limit |
 //! | 415 | `unsupported_media_type` | the broadcast body is not declared as JSON |
 //! | 503, 413, 422 | `publish_failed` | with [`router_with_cluster`]: the broadcast was not published (see there) |
@@ -143,6 +148,7 @@
 //!   admin broadcast took to reach every member's queue (with a cluster, this
 //!   node's members' queues and Redis).
 
+mod body;
 mod clients;
 #[cfg(feature = "cluster")]
 mod cluster;
@@ -159,6 +165,7 @@ mod sessions;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, Method, Uri};
@@ -196,6 +203,7 @@ struct Admin<M> {
     encode: Encoder<M>,
     token: Option<Box<[u8]>>,
     body_limit: usize,
+    body_timeout: Duration,
     metrics: Metrics,
     subscribers: events::Subscribers,
     extra_metrics: Option<ExtraMetrics>,
@@ -234,7 +242,7 @@ where
 /// # Errors
 ///
 /// [`AdminConfigError`] if the config is bound beyond loopback without a token, has
-/// an empty token, or a body limit of zero.
+/// an empty token, or a body limit or body timeout of zero.
 ///
 /// # Examples
 ///
@@ -317,6 +325,7 @@ where
         encode,
         token: config.token.map(|t| t.into_bytes().into_boxed_slice()),
         body_limit: config.body_limit,
+        body_timeout: config.body_timeout,
         metrics: Metrics::new(),
         subscribers: events::Subscribers::new(),
         extra_metrics,
@@ -346,6 +355,10 @@ where
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.body_limit))
+        .layer(middleware::from_fn_with_state(
+            config.body_timeout,
+            body::deadline,
+        ))
         .with_state(admin)
 }
 

@@ -5,7 +5,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -129,11 +129,7 @@ where
         return Err(ApiError::unsupported_media_type());
     }
     let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::body_too_large(admin.body_limit)
-        } else {
-            ApiError::invalid_body(rejection.body_text())
-        }
+        super::body::refused(rejection, admin.body_limit, admin.body_timeout)
     })?;
     let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| ApiError::malformed_json(e.to_string()))?;

@@ -64,7 +64,9 @@ pub struct Config {
     /// a kept-alive connection, of the upgrade request's arrival), whatever else it
     /// sends meanwhile. It also bounds every request head on both listeners: a
     /// connection that has not sent a whole head within this time of its accept (or
-    /// of its previous response) is closed without an answer.
+    /// of its previous response) is closed without an answer. And every admin
+    /// request body: one not wholly arrived within this time of its head gets
+    /// `408 body_timeout`, and its connection is closed.
     pub idle_timeout: Duration,
     /// The longest a write to a client, or a wait for room in its queue, may take
     /// before the client counts as dead or slow.
@@ -197,7 +199,9 @@ impl Server {
         };
         let admin = match config.admin_addr {
             Some(addr) => {
-                let mut admin_config = AdminConfig::for_addr(addr);
+                // A request may take as long for its body as for its head.
+                let mut admin_config =
+                    AdminConfig::for_addr(addr).body_timeout(config.idle_timeout);
                 if let Some(token) = &config.admin_token {
                     admin_config = admin_config.token(token.clone());
                 }

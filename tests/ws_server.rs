@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use server::{Config, Server};
+use server::{Config, Server, StartError};
 use switchboard::{ClientId, SlowConsumerPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -992,4 +992,46 @@ async fn a_frame_trickled_slower_than_the_idle_timeout_closes_with_4003() {
         "closed after {after:?}, idle_timeout {idle:?}"
     );
     let _ = server.shutdown().await;
+}
+
+/// Every duration the server counts with is checked at start: zero (a ping every
+/// instant, a connection due before it arrives) and lengths the clock cannot add
+/// are refused with a typed error, never a panic on the first connection.
+#[tokio::test]
+async fn durations_the_server_cannot_count_with_are_refused_at_start() {
+    type Set = fn(&mut Config, Duration);
+    let fields: [(&str, Set); 4] = [
+        ("ping_interval", |c, d| c.ping_interval = d),
+        ("idle_timeout", |c, d| c.idle_timeout = d),
+        ("write_timeout", |c, d| c.write_timeout = d),
+        ("close_linger", |c, d| c.close_linger = d),
+    ];
+    for (name, set) in fields {
+        for bad in [
+            Duration::ZERO,
+            Config::MAX_DURATION + Duration::from_millis(1),
+            Duration::MAX,
+        ] {
+            let mut c = config();
+            set(&mut c, bad);
+            let started = tokio::spawn(Server::start(c)).await;
+            match started {
+                Ok(Err(StartError::Config(e))) => {
+                    assert!(e.to_string().contains(name), "{name} = {bad:?}: {e}");
+                }
+                Ok(Err(e)) => panic!("{name} = {bad:?}: the wrong error: {e}"),
+                Ok(Ok(_)) => panic!("{name} = {bad:?} was accepted"),
+                Err(panic) => panic!("{name} = {bad:?} panicked: {panic}"),
+            }
+        }
+    }
+    // The longest accepted serves: a connection says hello and is answered.
+    let mut c = config();
+    c.ping_interval = Config::MAX_DURATION;
+    c.idle_timeout = Config::MAX_DURATION;
+    c.write_timeout = Config::MAX_DURATION;
+    c.close_linger = Config::MAX_DURATION;
+    let server = start(c).await;
+    let mut ws = connect(&server).await;
+    hello(&mut ws, json!({"key": "patient"})).await;
 }

@@ -38,7 +38,8 @@
 //! | `--redis URL` | none | join the cluster at this Redis (`redis://127.0.0.1:6379`): rooms, `direct` and keys span every node on it; the admin API gains `/cluster` |
 //! | `--node-id ID` | random | this node's id in the cluster (1–64 of `A-Za-z0-9._-`) |
 //!
-//! Durations are `<integer><unit>` with unit `ms`, `s` or `m`.
+//! Durations are `<integer><unit>` with unit `ms`, `s` or `m`, over zero and at most
+//! a day (`1440m`); the server refuses to start otherwise.
 //!
 //! # Protocol
 //!
@@ -282,7 +283,25 @@ fn duration(flag: &str, text: &str) -> Result<Duration, String> {
     match &text[split..] {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{flag} {text:?} is too long")),
         _ => Err(format!("{flag} {text:?}: use ms, s or m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duration_too_long_to_count_is_an_error_not_a_wrapped_or_panicking_value() {
+        let parsed = duration("--idle-timeout", "999999999999999999m");
+        assert!(parsed.is_err(), "{parsed:?}");
+        assert_eq!(
+            duration("--idle-timeout", "1440m"),
+            Ok(Duration::from_secs(86_400))
+        );
     }
 }

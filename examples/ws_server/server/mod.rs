@@ -88,6 +88,33 @@ pub struct Config {
     pub node_id: Option<String>,
 }
 
+impl Config {
+    /// The longest any of the durations may be: one day. Longer ones, and zero,
+    /// are refused by [`Server::start`] with [`StartError::Config`].
+    pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+    /// Refuses durations the server cannot count with: zero would ping every
+    /// instant or close a connection before it arrives, and a length the clock
+    /// cannot add to an instant would panic at the first connection.
+    fn check(&self) -> Result<(), StartError> {
+        let durations = [
+            ("ping_interval", self.ping_interval),
+            ("idle_timeout", self.idle_timeout),
+            ("write_timeout", self.write_timeout),
+            ("close_linger", self.close_linger),
+        ];
+        for (name, d) in durations {
+            if d.is_zero() || d > Self::MAX_DURATION {
+                return Err(StartError::Config(format!(
+                    "{name} is {d:?}; it must be over zero and at most {:?}",
+                    Self::MAX_DURATION
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -132,6 +159,10 @@ pub enum StartError {
     /// The admin API settings are invalid (no token beyond loopback, say).
     #[error("admin API: {0}")]
     Admin(#[from] AdminConfigError),
+    /// A setting is out of its range (a duration of zero, or over
+    /// [`Config::MAX_DURATION`]).
+    #[error("{0}")]
+    Config(String),
     /// `--redis` was given and the cluster could not be joined.
     #[error("cluster: {0}")]
     Cluster(#[from] switchboard::cluster::ClusterError),
@@ -177,6 +208,7 @@ impl Server {
     ///
     /// [`StartError`] if a listener cannot be bound or a setting is invalid.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        config.check()?;
         let mut builder = Registry::<Frame>::builder()
             .channel_capacity(config.queue)
             .slow_consumer(config.slow_consumer)

@@ -459,20 +459,29 @@ impl<M> Registry<M> {
             self.inner.fleet.release_key(key, id);
         }
         entry.chan.close_because(cause);
-        let mut keys = Vec::with_capacity(sessions.len());
-        sessions.into_each(|session| {
-            // Every session in a client's memberships is a named one.
-            if let Some(key) = session.key() {
-                if let Some(takeover) = takeover.as_deref_mut() {
-                    // Joined before this client leaves, so the room never empties.
-                    if let Err(why) = self.join_successor(takeover.successor, key) {
-                        takeover.not_moved.push((key.clone(), why));
+        // A client that left its rooms before it left (as in the churn bench) skips
+        // the walk: the sized allocation's checks and the call into the closure
+        // cost ~35 instructions for nothing.
+        let keys = match sessions.len() {
+            0 => Vec::new(),
+            count => {
+                let mut keys = Vec::with_capacity(count);
+                sessions.into_each(|session| {
+                    // Every session in a client's memberships is a named one.
+                    if let Some(key) = session.key() {
+                        if let Some(takeover) = takeover.as_deref_mut() {
+                            // Joined before this client leaves, so the room never empties.
+                            if let Err(why) = self.join_successor(takeover.successor, key) {
+                                takeover.not_moved.push((key.clone(), why));
+                            }
+                        }
+                        keys.push(key.clone());
                     }
-                }
-                keys.push(key.clone());
+                    self.inner.sessions.leave_session(&session, id);
+                });
+                keys
             }
-            self.inner.sessions.leave_session(&session, id);
-        });
+        };
         if let Some(info) = &info {
             for index_key in index_keys(info) {
                 self.inner.fleet.leave_index(&index_key, id);

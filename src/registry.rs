@@ -238,9 +238,11 @@ impl<M> Registry<M> {
         report: Option<&mut TakeoverReport>,
     ) -> Result<(ClientId, Receiver<M>), RegisterError> {
         let inner = &*self.inner;
-        check_metadata(&info, inner.config.max_metadata_bytes)?;
         let plain = info.is_blank();
+        // A blank profile has no metadata to measure: checking it out of line
+        // cost ~27 instructions a plain registration.
         if !plain {
+            check_metadata(&info, inner.config.max_metadata_bytes)?;
             inner
                 .config
                 .profile_bounds

@@ -100,6 +100,21 @@ fn oversized_metadata_is_a_typed_error_and_registers_nothing() {
     ));
     assert_eq!(registry.client_count(), 0);
     assert_eq!(registry.id_of("big"), None);
+    // Without a key, kind or platform too: metadata alone is measured.
+    let anonymous = ClientInfo::new().with_metadata(serde_json::json!({ "blob": "x".repeat(100) }));
+    assert!(matches!(
+        registry.register(anonymous),
+        Err(RegisterError::MetadataTooLarge { limit: 64, .. })
+    ));
+    let mut custom = SystemInfo::default();
+    custom
+        .custom_metadata
+        .insert("blob".into(), "x".repeat(100).into());
+    assert!(matches!(
+        registry.register(ClientInfo::new().with_system_info(custom)),
+        Err(RegisterError::MetadataTooLarge { limit: 64, .. })
+    ));
+    assert_eq!(registry.client_count(), 0);
     let small = ClientInfo::new().with_metadata(serde_json::json!({ "rack": 4 }));
     assert!(registry.register(small).is_ok());
     let id = registry

@@ -2345,3 +2345,86 @@ async fn a_takeover_whose_follow_up_fails_still_registers() {
     }
     panic!("member counts still {counts:?} five seconds after the takeover");
 }
+
+/// Member counts of `rooms` and their subscribers in Redis once they are all 0,
+/// or as last seen after five seconds (five heartbeats at a three-second TTL).
+async fn rooms_settle_empty(a: &Cluster<Msg>, redis: &Redis, prefix: &str, rooms: &[&str]) {
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        seen.clear();
+        for room in rooms {
+            let count = a.member_count(*room).await.unwrap();
+            let subscribers = redis.numsub(&format!("{prefix}:s:s:{room}"));
+            seen.push((*room, count, subscribers));
+        }
+        if seen.iter().all(|(_, count, subs)| (*count, *subs) == (0, 0)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("(room, member count, subscribers) still {seen:?} five seconds after the leave");
+}
+
+/// A detach whose caller gives up while Redis is slow (a timeout, a `select!`,
+/// a connection task aborted) still finishes: the node's member count in Redis
+/// and its subscription follow the member leaving. (Dropped while it waited for
+/// the PING after the UNSUBSCRIBE, it had removed the room from the node's
+/// subscriptions and never recorded the count, and no heartbeat looked at the
+/// room again: Redis kept the member for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detach_dropped_midway_still_records_the_leave() {
+    let redis = redis_or_skip!("detach_dropped_midway");
+    // Beats every second, so the reconcile runs within the test.
+    let a = node(&redis, "t60", "a", Duration::from_secs(3)).await;
+    let (m, _rx) = a.register(ClientInfo::new()).await.unwrap();
+    a.attach(m, "r").await.unwrap();
+    assert_eq!(a.member_count("r").await.unwrap(), 1);
+    redis.freeze();
+    let given_up = tokio::time::timeout(Duration::from_millis(200), a.detach(m, "r")).await;
+    redis.thaw();
+    assert!(given_up.is_err(), "the detach waited on Redis: {given_up:?}");
+    rooms_settle_empty(&a, &redis, "t60", &["r"]).await;
+}
+
+/// An attach whose caller gives up after the SUBSCRIBE went out still records the
+/// subscription, so the node leaves the channel when the member does, even by the
+/// registry's hand. (Dropped while it waited for the PING after the SUBSCRIBE,
+/// it left Redis with a subscription the node did not know of, and never
+/// unsubscribed: every publication to the room still reached it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attach_dropped_midway_leaves_no_subscription_behind() {
+    let redis = redis_or_skip!("attach_dropped_midway");
+    let a = node(&redis, "t61", "a", Duration::from_secs(3)).await;
+    let (m, _rx) = a.register(ClientInfo::new()).await.unwrap();
+    redis.freeze();
+    let given_up = tokio::time::timeout(Duration::from_millis(200), a.attach(m, "r")).await;
+    // Before the next heartbeat: only the attach itself knows of the subscription.
+    a.registry().detach(m, "r").unwrap();
+    redis.thaw();
+    assert!(given_up.is_err(), "the attach waited on Redis: {given_up:?}");
+    rooms_settle_empty(&a, &redis, "t61", &["r"]).await;
+}
+
+/// A registration whose caller gives up while the key's claim is in flight leaves
+/// nothing behind: nobody holds its receiver, so the client is unregistered and
+/// its key released once the claim is answered. (It stayed registered with a
+/// channel nobody drained, holding the key cluster-wide.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_register_dropped_midway_leaves_no_client_or_key_behind() {
+    let redis = redis_or_skip!("register_dropped_midway");
+    let a = node(&redis, "t62", "a", Duration::from_secs(3)).await;
+    redis.freeze();
+    let info = ClientInfo::new().with_key("dev");
+    let given_up = tokio::time::timeout(Duration::from_millis(200), a.register(info)).await;
+    redis.thaw();
+    assert!(given_up.is_err(), "the register waited on Redis");
+    let gone = eventually(Duration::from_secs(5), || a.registry().client_count() == 0).await;
+    assert!(gone, "{} clients still registered", a.registry().client_count());
+    let holder = locate_settles(&a, "dev", None, Duration::from_secs(5)).await;
+    assert_eq!(holder, None, "the key is still held");
+    // The key is free to claim again, and a later release frees it.
+    let (id, _rx) = a.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    assert_eq!(a.locate("dev").await.unwrap().as_deref(), Some("a"));
+    a.unregister(id).await.unwrap();
+    assert_eq!(a.locate("dev").await.unwrap(), None);
+}

@@ -2357,7 +2357,10 @@ async fn rooms_settle_empty(a: &Cluster<Msg>, redis: &Redis, prefix: &str, rooms
             let subscribers = redis.numsub(&format!("{prefix}:s:s:{room}"));
             seen.push((*room, count, subscribers));
         }
-        if seen.iter().all(|(_, count, subs)| (*count, *subs) == (0, 0)) {
+        if seen
+            .iter()
+            .all(|(_, count, subs)| (*count, *subs) == (0, 0))
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -2382,7 +2385,10 @@ async fn a_detach_dropped_midway_still_records_the_leave() {
     redis.freeze();
     let given_up = tokio::time::timeout(Duration::from_millis(200), a.detach(m, "r")).await;
     redis.thaw();
-    assert!(given_up.is_err(), "the detach waited on Redis: {given_up:?}");
+    assert!(
+        given_up.is_err(),
+        "the detach waited on Redis: {given_up:?}"
+    );
     rooms_settle_empty(&a, &redis, "t60", &["r"]).await;
 }
 
@@ -2401,7 +2407,10 @@ async fn an_attach_dropped_midway_leaves_no_subscription_behind() {
     // Before the next heartbeat: only the attach itself knows of the subscription.
     a.registry().detach(m, "r").unwrap();
     redis.thaw();
-    assert!(given_up.is_err(), "the attach waited on Redis: {given_up:?}");
+    assert!(
+        given_up.is_err(),
+        "the attach waited on Redis: {given_up:?}"
+    );
     rooms_settle_empty(&a, &redis, "t61", &["r"]).await;
 }
 
@@ -2419,7 +2428,11 @@ async fn a_register_dropped_midway_leaves_no_client_or_key_behind() {
     redis.thaw();
     assert!(given_up.is_err(), "the register waited on Redis");
     let gone = eventually(Duration::from_secs(5), || a.registry().client_count() == 0).await;
-    assert!(gone, "{} clients still registered", a.registry().client_count());
+    assert!(
+        gone,
+        "{} clients still registered",
+        a.registry().client_count()
+    );
     let holder = locate_settles(&a, "dev", None, Duration::from_secs(5)).await;
     assert_eq!(holder, None, "the key is still held");
     // The key is free to claim again, and a later release frees it.

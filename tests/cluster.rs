@@ -2441,3 +2441,32 @@ async fn a_register_dropped_midway_leaves_no_client_or_key_behind() {
     a.unregister(id).await.unwrap();
     assert_eq!(a.locate("dev").await.unwrap(), None);
 }
+
+/// A `connect` given up on after it started its tasks stops them and closes its
+/// connections to Redis. (They lived on, the subscriber's task and the
+/// publisher holding the node, and the clients reconnecting for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_given_up_midway_closes_its_connections() {
+    let redis = redis_or_skip!("connect_given_up");
+    // Lines of CLIENT LIST: redis-cli's own connection included.
+    let clients = || {
+        let list = redis.cli(&["CLIENT", "LIST"]).unwrap_or_default();
+        list.lines().count()
+    };
+    let before = clients();
+    // Writes wait, the handshake and SCRIPT LOAD do not: `connect` gets as far as
+    // releasing what its id's last run held (a script that writes), and waits.
+    redis
+        .cli(&["CLIENT", "PAUSE", "3000", "WRITE"])
+        .expect("CLIENT PAUSE");
+    let connect = Cluster::builder(Registry::<Msg>::new(), Raw)
+        .url(redis.url())
+        .prefix("t63")
+        .node_id("a")
+        .connect();
+    let given_up = tokio::time::timeout(Duration::from_millis(500), connect).await;
+    assert!(given_up.is_err(), "connect waited on Redis");
+    redis.cli(&["CLIENT", "UNPAUSE"]).expect("CLIENT UNPAUSE");
+    let closed = eventually(Duration::from_secs(5), || clients() == before).await;
+    assert!(closed, "{} connections open, {before} before", clients());
+}

@@ -149,6 +149,15 @@ struct Tasks(
     Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
 );
 
+impl Tasks {
+    /// Made before the clients connect: should `connect` fail or be given up on
+    /// (its future dropped), dropping it stops what was started and closes them,
+    /// rather than leave them reconnecting for good.
+    fn new(client: Client, subscriber: SubscriberClient) -> Self {
+        Self(Mutex::new(Vec::new()), client, subscriber, Mutex::new(None))
+    }
+}
+
 impl Drop for Tasks {
     fn drop(&mut self) {
         for task in lock(&self.0).drain(..) {
@@ -384,6 +393,7 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         node: String,
         client: Client,
         subscriber: SubscriberClient,
+        tasks: Tasks,
     ) -> Result<Self, ClusterError> {
         let names = Arc::new(Names::new(&b.prefix));
         let counters = Arc::new(Counters::default());
@@ -430,12 +440,12 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             clock: Arc::clone(&clock),
             events,
         });
-        let mut tasks = vec![
+        lock(&tasks.0).extend([
             tokio::spawn(inbound::run(Arc::clone(&shared), forgets_rx)),
             tokio::spawn(inbound::reconnects(Arc::clone(&shared))),
             // fred's own resubscription after a reconnect; `reconnects` checks it.
             subscriber.manage_subscriptions(),
-        ];
+        ]);
         let (stop, stopped) = oneshot::channel();
         let publisher = tokio::spawn(
             Publisher {
@@ -455,8 +465,7 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             }
             .run(rx, stopped),
         );
-        let publisher = (stop, publisher);
-        let client_handle = shared.client.clone();
+        *lock(&tasks.3) = Some((stop, publisher));
         // A process restarted under this id within its TTL: the earlier run is
         // dead, so release what it held (other nodes hear a node-down, and forget
         // its numbering) before this run announces itself.
@@ -467,15 +476,10 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             .subscribe(vec![names.node_channel(&node), names.ctl.clone()])
             .await?;
         shared.heartbeat().await?;
-        tasks.push(tokio::spawn(presence::run(Arc::clone(&shared))));
+        lock(&tasks.0).push(tokio::spawn(presence::run(Arc::clone(&shared))));
         Ok(Self {
             shared,
-            tasks: Arc::new(Tasks(
-                Mutex::new(tasks),
-                client_handle,
-                subscriber,
-                Mutex::new(Some(publisher)),
-            )),
+            tasks: Arc::new(tasks),
         })
     }
 

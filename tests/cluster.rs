@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use redis::Redis;
 use switchboard::cluster::{Cluster, ClusterError, ClusterEvent, Delivered, PublishError, Raw};
-use switchboard::{ClientError, ClientInfo, CloseReason, Receiver, Registry};
+use switchboard::{ClientError, ClientInfo, CloseReason, Receiver, Registry, SessionId};
 
 type Msg = Arc<str>;
 
@@ -2438,7 +2438,8 @@ async fn a_register_dropped_midway_leaves_no_client_or_key_behind() {
     // The key is free to claim again, and a later release frees it.
     let (id, _rx) = a.register(ClientInfo::new().with_key("dev")).await.unwrap();
     assert_eq!(a.locate("dev").await.unwrap().as_deref(), Some("a"));
-    a.unregister(id).await.unwrap();
+    let gone = a.unregister(id).await.unwrap();
+    assert_eq!(gone.id, id);
     assert_eq!(a.locate("dev").await.unwrap(), None);
 }
 
@@ -2469,4 +2470,46 @@ async fn a_connect_given_up_midway_closes_its_connections() {
     redis.cli(&["CLIENT", "UNPAUSE"]).expect("CLIENT UNPAUSE");
     let closed = eventually(Duration::from_secs(5), || clients() == before).await;
     assert!(closed, "{} connections open, {before} before", clients());
+}
+
+/// `register_with_report` tells of the connection taken over on this node: with
+/// `takeover_moves_sessions` its rooms moved to the new one, which the node's
+/// subscription and the cluster-wide count follow. A connection taken over on
+/// another node is closed there, and in no report here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_with_report_tells_of_a_local_takeover() {
+    let redis = redis_or_skip!("register_with_report");
+    let registry = Registry::<Msg>::builder()
+        .takeover_moves_sessions(true)
+        .build()
+        .unwrap();
+    let a = Cluster::builder(registry, Raw)
+        .url(redis.url())
+        .prefix("t64")
+        .node_id("a")
+        .ttl(TTL)
+        .connect()
+        .await
+        .unwrap();
+    let b = node(&redis, "t64", "b", TTL).await;
+    let (old, _old_rx) = a.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    a.attach(old, "r").await.unwrap();
+    let reg = a
+        .register_with_report(ClientInfo::new().with_key("dev"))
+        .await
+        .unwrap();
+    let took = reg.took_over.as_ref().map(|o| (o.id, o.sessions.clone()));
+    assert_eq!(took, Some((old, vec![SessionId::from("r")])));
+    assert!(reg.not_moved.is_empty(), "{:?}", reg.not_moved);
+    assert_eq!(a.registry().members("r"), Ok(vec![reg.id]));
+    assert_eq!(a.member_count("r").await.unwrap(), 1);
+    assert_eq!(a.subscriptions().await, vec![SessionId::from("r")]);
+    let remote = b
+        .register_with_report(ClientInfo::new().with_key("dev"))
+        .await
+        .unwrap();
+    assert!(remote.took_over.is_none(), "{:?}", remote.took_over);
+    let closed = eventually(Duration::from_secs(5), || a.registry().client_count() == 0).await;
+    assert!(closed, "the connection on a outlived the takeover from b");
+    rooms_settle_empty(&a, &redis, "t64", &["r"]).await;
 }

@@ -1023,6 +1023,12 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// [`ClusterError::Redis`] if Redis could not be told; the node then expires
     /// within its TTL.
     ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it runs to the end on a task of its own from the first poll;
+    /// a caller that stops waiting only misses the outcome. (Stopped halfway, it
+    /// could leave the node beating with its publisher stopped.)
+    ///
     /// # Examples
     ///
     /// ```no_run
@@ -1035,6 +1041,10 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// # Ok(()) }
     /// ```
     pub async fn shutdown(self) -> Result<(), ClusterError> {
+        to_the_end(self.stop()).await
+    }
+
+    async fn stop(self) -> Result<(), ClusterError> {
         let publisher = lock(&self.tasks.3).take();
         if let Some((stop, task)) = publisher {
             let _ = stop.send(());

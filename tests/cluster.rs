@@ -2513,3 +2513,33 @@ async fn register_with_report_tells_of_a_local_takeover() {
     assert!(closed, "the connection on a outlived the takeover from b");
     rooms_settle_empty(&a, &redis, "t64", &["r"]).await;
 }
+
+/// A shutdown whose caller gives up while Redis is slow still leaves at once:
+/// the other nodes hear the node down when Redis answers again, not when its
+/// TTL runs out. (Dropped while it waited for a publication in flight, it had
+/// stopped the publisher and nothing else, and told Redis nothing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_given_up_on_still_releases_the_node() {
+    let redis = redis_or_skip!("shutdown_given_up");
+    let a = node(&redis, "t65", "a", TTL).await;
+    let b = node(&redis, "t65", "b", TTL).await;
+    let mut events = b.events();
+    redis.freeze();
+    let publishing = tokio::spawn({
+        let a = a.clone();
+        async move {
+            a.broadcast("r", Msg::from("x"))
+                .await
+                .map_err(|e| e.to_string())
+        }
+    });
+    // The batch is sent, and waits on Redis: the shutdown waits for it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let given_up = tokio::time::timeout(Duration::from_millis(200), a.shutdown()).await;
+    redis.thaw();
+    assert!(given_up.is_err(), "the shutdown waited on Redis");
+    // Well before a's TTL (three seconds from its last beat, at most one ago).
+    let down = node_down(&mut events, Some("a"), Duration::from_millis(1500)).await;
+    assert!(down.is_some(), "a was not released when Redis came back");
+    let _ = publishing.await.unwrap();
+}

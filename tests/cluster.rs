@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use redis::Redis;
 use switchboard::cluster::{Cluster, ClusterError, ClusterEvent, Delivered, PublishError, Raw};
-use switchboard::{ClientError, ClientInfo, CloseReason, Receiver, Registry};
+use switchboard::{ClientError, ClientInfo, CloseReason, Receiver, Registry, SessionId};
 
 type Msg = Arc<str>;
 
@@ -2344,4 +2344,202 @@ async fn a_takeover_whose_follow_up_fails_still_registers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("member counts still {counts:?} five seconds after the takeover");
+}
+
+/// Member counts of `rooms` and their subscribers in Redis once they are all 0,
+/// or as last seen after five seconds (five heartbeats at a three-second TTL).
+async fn rooms_settle_empty(a: &Cluster<Msg>, redis: &Redis, prefix: &str, rooms: &[&str]) {
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        seen.clear();
+        for room in rooms {
+            let count = a.member_count(*room).await.unwrap();
+            let subscribers = redis.numsub(&format!("{prefix}:s:s:{room}"));
+            seen.push((*room, count, subscribers));
+        }
+        if seen
+            .iter()
+            .all(|(_, count, subs)| (*count, *subs) == (0, 0))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("(room, member count, subscribers) still {seen:?} five seconds after the leave");
+}
+
+/// A detach whose caller gives up while Redis is slow (a timeout, a `select!`,
+/// a connection task aborted) still finishes: the node's member count in Redis
+/// and its subscription follow the member leaving. (Dropped while it waited for
+/// the PING after the UNSUBSCRIBE, it had removed the room from the node's
+/// subscriptions and never recorded the count, and no heartbeat looked at the
+/// room again: Redis kept the member for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detach_dropped_midway_still_records_the_leave() {
+    let redis = redis_or_skip!("detach_dropped_midway");
+    // Beats every second, so the reconcile runs within the test.
+    let a = node(&redis, "t60", "a", Duration::from_secs(3)).await;
+    let (m, _rx) = a.register(ClientInfo::new()).await.unwrap();
+    a.attach(m, "r").await.unwrap();
+    assert_eq!(a.member_count("r").await.unwrap(), 1);
+    redis.freeze();
+    let given_up = tokio::time::timeout(Duration::from_millis(200), a.detach(m, "r")).await;
+    redis.thaw();
+    assert!(
+        given_up.is_err(),
+        "the detach waited on Redis: {given_up:?}"
+    );
+    rooms_settle_empty(&a, &redis, "t60", &["r"]).await;
+}
+
+/// An attach whose caller gives up after the SUBSCRIBE went out still records the
+/// subscription, so the node leaves the channel when the member does, even by the
+/// registry's hand. (Dropped while it waited for the PING after the SUBSCRIBE,
+/// it left Redis with a subscription the node did not know of, and never
+/// unsubscribed: every publication to the room still reached it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attach_dropped_midway_leaves_no_subscription_behind() {
+    let redis = redis_or_skip!("attach_dropped_midway");
+    let a = node(&redis, "t61", "a", Duration::from_secs(3)).await;
+    let (m, _rx) = a.register(ClientInfo::new()).await.unwrap();
+    redis.freeze();
+    let given_up = tokio::time::timeout(Duration::from_millis(200), a.attach(m, "r")).await;
+    // Before the next heartbeat: only the attach itself knows of the subscription.
+    a.registry().detach(m, "r").unwrap();
+    redis.thaw();
+    assert!(
+        given_up.is_err(),
+        "the attach waited on Redis: {given_up:?}"
+    );
+    rooms_settle_empty(&a, &redis, "t61", &["r"]).await;
+}
+
+/// A registration whose caller gives up while the key's claim is in flight leaves
+/// nothing behind: nobody holds its receiver, so the client is unregistered and
+/// its key released once the claim is answered. (It stayed registered with a
+/// channel nobody drained, holding the key cluster-wide.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_register_dropped_midway_leaves_no_client_or_key_behind() {
+    let redis = redis_or_skip!("register_dropped_midway");
+    let a = node(&redis, "t62", "a", Duration::from_secs(3)).await;
+    redis.freeze();
+    let info = ClientInfo::new().with_key("dev");
+    let given_up = tokio::time::timeout(Duration::from_millis(200), a.register(info)).await;
+    redis.thaw();
+    assert!(given_up.is_err(), "the register waited on Redis");
+    let gone = eventually(Duration::from_secs(5), || a.registry().client_count() == 0).await;
+    assert!(
+        gone,
+        "{} clients still registered",
+        a.registry().client_count()
+    );
+    let holder = locate_settles(&a, "dev", None, Duration::from_secs(5)).await;
+    assert_eq!(holder, None, "the key is still held");
+    // The key is free to claim again, and a later release frees it.
+    let (id, _rx) = a.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    assert_eq!(a.locate("dev").await.unwrap().as_deref(), Some("a"));
+    let gone = a.unregister(id).await.unwrap();
+    assert_eq!(gone.id, id);
+    assert_eq!(a.locate("dev").await.unwrap(), None);
+}
+
+/// A `connect` given up on after it started its tasks stops them and closes its
+/// connections to Redis. (They lived on, the subscriber's task and the
+/// publisher holding the node, and the clients reconnecting for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_given_up_midway_closes_its_connections() {
+    let redis = redis_or_skip!("connect_given_up");
+    // Lines of CLIENT LIST: redis-cli's own connection included.
+    let clients = || {
+        let list = redis.cli(&["CLIENT", "LIST"]).unwrap_or_default();
+        list.lines().count()
+    };
+    let before = clients();
+    // Writes wait, the handshake and SCRIPT LOAD do not: `connect` gets as far as
+    // releasing what its id's last run held (a script that writes), and waits.
+    redis
+        .cli(&["CLIENT", "PAUSE", "3000", "WRITE"])
+        .expect("CLIENT PAUSE");
+    let connect = Cluster::builder(Registry::<Msg>::new(), Raw)
+        .url(redis.url())
+        .prefix("t63")
+        .node_id("a")
+        .connect();
+    let given_up = tokio::time::timeout(Duration::from_millis(500), connect).await;
+    assert!(given_up.is_err(), "connect waited on Redis");
+    redis.cli(&["CLIENT", "UNPAUSE"]).expect("CLIENT UNPAUSE");
+    let closed = eventually(Duration::from_secs(5), || clients() == before).await;
+    assert!(closed, "{} connections open, {before} before", clients());
+}
+
+/// `register_with_report` tells of the connection taken over on this node: with
+/// `takeover_moves_sessions` its rooms moved to the new one, which the node's
+/// subscription and the cluster-wide count follow. A connection taken over on
+/// another node is closed there, and in no report here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_with_report_tells_of_a_local_takeover() {
+    let redis = redis_or_skip!("register_with_report");
+    let registry = Registry::<Msg>::builder()
+        .takeover_moves_sessions(true)
+        .build()
+        .unwrap();
+    let a = Cluster::builder(registry, Raw)
+        .url(redis.url())
+        .prefix("t64")
+        .node_id("a")
+        .ttl(TTL)
+        .connect()
+        .await
+        .unwrap();
+    let b = node(&redis, "t64", "b", TTL).await;
+    let (old, _old_rx) = a.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    a.attach(old, "r").await.unwrap();
+    let reg = a
+        .register_with_report(ClientInfo::new().with_key("dev"))
+        .await
+        .unwrap();
+    let took = reg.took_over.as_ref().map(|o| (o.id, o.sessions.clone()));
+    assert_eq!(took, Some((old, vec![SessionId::from("r")])));
+    assert!(reg.not_moved.is_empty(), "{:?}", reg.not_moved);
+    assert_eq!(a.registry().members("r"), Ok(vec![reg.id]));
+    assert_eq!(a.member_count("r").await.unwrap(), 1);
+    assert_eq!(a.subscriptions().await, vec![SessionId::from("r")]);
+    let remote = b
+        .register_with_report(ClientInfo::new().with_key("dev"))
+        .await
+        .unwrap();
+    assert!(remote.took_over.is_none(), "{:?}", remote.took_over);
+    let closed = eventually(Duration::from_secs(5), || a.registry().client_count() == 0).await;
+    assert!(closed, "the connection on a outlived the takeover from b");
+    rooms_settle_empty(&a, &redis, "t64", &["r"]).await;
+}
+
+/// A shutdown whose caller gives up while Redis is slow still leaves at once:
+/// the other nodes hear the node down when Redis answers again, not when its
+/// TTL runs out. (Dropped while it waited for a publication in flight, it had
+/// stopped the publisher and nothing else, and told Redis nothing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_given_up_on_still_releases_the_node() {
+    let redis = redis_or_skip!("shutdown_given_up");
+    let a = node(&redis, "t65", "a", TTL).await;
+    let b = node(&redis, "t65", "b", TTL).await;
+    let mut events = b.events();
+    redis.freeze();
+    let publishing = tokio::spawn({
+        let a = a.clone();
+        async move {
+            a.broadcast("r", Msg::from("x"))
+                .await
+                .map_err(|e| e.to_string())
+        }
+    });
+    // The batch is sent, and waits on Redis: the shutdown waits for it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let given_up = tokio::time::timeout(Duration::from_millis(200), a.shutdown()).await;
+    redis.thaw();
+    assert!(given_up.is_err(), "the shutdown waited on Redis");
+    // Well before a's TTL (three seconds from its last beat, at most one ago).
+    let down = node_down(&mut events, Some("a"), Duration::from_millis(1500)).await;
+    assert!(down.is_some(), "a was not released when Redis came back");
+    let _ = publishing.await.unwrap();
 }

@@ -186,7 +186,14 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
     /// # Errors
     ///
     /// [`ClusterError::Redis`] if Redis cannot be reached or the URL is invalid;
-    /// a [`BadNodeId`] inside [`ClusterError::Config`].
+    /// a [`BadNodeId`] inside [`ClusterError::Config`]. Nothing is left running
+    /// then: the tasks started are stopped and the connections closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropped before it returns, it stops the tasks it started and
+    /// closes its connections, as on an error. What it wrote to Redis stays, as
+    /// a node that died at once would leave it: released within the TTL.
     pub async fn connect(self) -> Result<Cluster<M>, ClusterError> {
         let node = self.node.clone().unwrap_or_else(random_id);
         if !valid_node_id(&node) {
@@ -214,9 +221,10 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
             });
         let client = builder.build()?;
         let subscriber = builder.build_subscriber_client()?;
+        let tasks = super::Tasks::new(client.clone(), subscriber.clone());
         client.init().await?;
         subscriber.init().await?;
-        Cluster::start(self, node, client, subscriber).await
+        Cluster::start(self, node, client, subscriber, tasks).await
     }
 }
 

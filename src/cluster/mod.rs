@@ -51,6 +51,8 @@
 //! * Membership changes made through the cluster ([`Cluster::attach`],
 //!   [`Cluster::register`], ...) take effect in Redis before they return. Changes
 //!   made on the [`Registry`] directly are picked up by the next heartbeat.
+//!   Their Redis work runs on a task of its own: a caller that stops waiting (a
+//!   timeout, a `select!`) does not stop it halfway.
 //! * While Redis is unreachable, cross-node publications fail (and come back to
 //!   the caller), registrations with a key fail, and local delivery goes on.
 //! * Delivery across nodes is at-most-once and in order per publishing node and
@@ -80,6 +82,7 @@ mod subscription;
 mod takeover;
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::time::Duration;
 
 use fred::clients::{Client, SubscriberClient};
@@ -88,7 +91,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::sync::{lock, Arc, AsyncMutex, Mutex};
-use crate::{BroadcastReport, ClientId, ClientInfo, Receiver, Registry, SessionId, Unregistered};
+use crate::{
+    BroadcastReport, ClientId, ClientInfo, Receiver, Registration, Registry, SessionId,
+    Unregistered,
+};
 
 pub use builder::{BadNodeId, ClusterBuilder};
 pub use codec::{Codec, CodecError, Json, Raw};
@@ -142,6 +148,15 @@ struct Tasks(
     SubscriberClient,
     Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
 );
+
+impl Tasks {
+    /// Made before the clients connect: should `connect` fail or be given up on
+    /// (its future dropped), dropping it stops what was started and closes them,
+    /// rather than leave them reconnecting for good.
+    fn new(client: Client, subscriber: SubscriberClient) -> Self {
+        Self(Mutex::new(Vec::new()), client, subscriber, Mutex::new(None))
+    }
+}
 
 impl Drop for Tasks {
     fn drop(&mut self) {
@@ -228,6 +243,124 @@ impl<M: 'static> Shared<M> {
     }
 }
 
+impl<M: Clone + Send + Sync + 'static> Shared<M> {
+    /// Claims a new registration's key and records the rooms of the connection
+    /// it took over here; unregisters it again if the claim failed, so that a
+    /// key is never held without Redis knowing.
+    async fn settle_registration(
+        self: Arc<Self>,
+        key: Option<String>,
+        reg: Registration<M>,
+    ) -> Result<Registration<M>, ClusterError> {
+        if let Some(key) = key {
+            if let Err(e) = self.claim(&key, reg.id, Mode::Force).await {
+                let _ = self.registry.unregister(reg.id);
+                return Err(e);
+            }
+        }
+        if let Some(old) = &reg.took_over {
+            // Not an error to the caller: the client is registered and its key
+            // claimed, so failing now would leave a connection nobody drains
+            // holding the key. The heartbeat's reconcile retries the sync.
+            let _ = self.sync_sessions(old.sessions.iter().cloned()).await;
+        }
+        Ok(reg)
+    }
+
+    /// Releases the key of connection `id`, unregistered here already, and
+    /// records the rooms it left: both, even when the first fails (the
+    /// heartbeat retries what failed), and the first error is returned.
+    async fn settle_leave(
+        self: Arc<Self>,
+        key: Option<String>,
+        id: ClientId,
+        sessions: Vec<SessionId>,
+    ) -> Result<(), ClusterError> {
+        let released = match key {
+            Some(key) => self.release(&key, id).await,
+            None => Ok(()),
+        };
+        let synced = self.sync_sessions(sessions).await;
+        released.and(synced)
+    }
+
+    /// Unregisters a client whose registration nobody waits for any more: nobody
+    /// holds its receiver, so it would hold its key with a channel nobody drains.
+    async fn abandon(self: Arc<Self>, id: ClientId) {
+        let key = self.registry.info(id).ok().and_then(|i| i.key.clone());
+        if let Ok(gone) = self.registry.unregister(id) {
+            let _ = self.settle_leave(key, id, gone.sessions).await;
+        }
+    }
+}
+
+/// Runs `work` on a task of its own and waits for it. A caller that stops
+/// waiting (a timeout, a `select!`, its task aborted) leaves the work running to
+/// the end: stopped halfway, it would leave the node's subscriptions, gap
+/// numbering or Redis's member counts out of line with the registry, with nothing
+/// left to look at them again.
+async fn to_the_end<T: Send + 'static>(
+    work: impl Future<Output = Result<T, ClusterError>> + Send + 'static,
+) -> Result<T, ClusterError> {
+    match tokio::spawn(work).await {
+        Ok(outcome) => outcome,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Nothing aborts the task: only a runtime shutting down cancels it.
+        Err(_) => Err(cancelled()),
+    }
+}
+
+/// The error for work whose task the runtime dropped (it is shutting down).
+fn cancelled() -> ClusterError {
+    fred::error::Error::new(
+        fred::error::ErrorKind::Canceled,
+        "the runtime shut down before the cluster's work finished",
+    )
+    .into()
+}
+
+/// The caller's end of a registration settled on a task of its own
+/// ([`Cluster::register_with_report`]). Dropped before the outcome was taken, it
+/// has the client unregistered again: nobody holds its receiver.
+struct Handoff<M: Clone + Send + Sync + 'static> {
+    outcome: oneshot::Receiver<Result<Registration<M>, ClusterError>>,
+    shared: Arc<Shared<M>>,
+    taken: bool,
+}
+
+impl<M: Clone + Send + Sync + 'static> Handoff<M> {
+    async fn wait(mut self) -> Result<Registration<M>, ClusterError> {
+        let outcome = (&mut self.outcome).await;
+        self.taken = true;
+        // No answer: the task panicked, or the runtime is shutting down.
+        outcome.unwrap_or_else(|_| Err(cancelled()))
+    }
+}
+
+impl<M: Clone + Send + Sync + 'static> Drop for Handoff<M> {
+    fn drop(&mut self) {
+        if self.taken {
+            return;
+        }
+        // Closed, the channel either holds the outcome already, or the task's
+        // send fails and the task unregisters the client itself.
+        self.outcome.close();
+        let Ok(Ok(reg)) = self.outcome.try_recv() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(Arc::clone(&self.shared).abandon(reg.id));
+            }
+            // No runtime to tell Redis from: the heartbeat's reconcile and orphan
+            // release do, should the node live on.
+            Err(_) => {
+                let _ = self.shared.registry.unregister(reg.id);
+            }
+        }
+    }
+}
+
 /// Where [`Cluster::send_to_key`] delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -260,6 +393,7 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         node: String,
         client: Client,
         subscriber: SubscriberClient,
+        tasks: Tasks,
     ) -> Result<Self, ClusterError> {
         let names = Arc::new(Names::new(&b.prefix));
         let counters = Arc::new(Counters::default());
@@ -306,12 +440,12 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             clock: Arc::clone(&clock),
             events,
         });
-        let mut tasks = vec![
+        lock(&tasks.0).extend([
             tokio::spawn(inbound::run(Arc::clone(&shared), forgets_rx)),
             tokio::spawn(inbound::reconnects(Arc::clone(&shared))),
             // fred's own resubscription after a reconnect; `reconnects` checks it.
             subscriber.manage_subscriptions(),
-        ];
+        ]);
         let (stop, stopped) = oneshot::channel();
         let publisher = tokio::spawn(
             Publisher {
@@ -331,8 +465,7 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             }
             .run(rx, stopped),
         );
-        let publisher = (stop, publisher);
-        let client_handle = shared.client.clone();
+        *lock(&tasks.3) = Some((stop, publisher));
         // A process restarted under this id within its TTL: the earlier run is
         // dead, so release what it held (other nodes hear a node-down, and forget
         // its numbering) before this run announces itself.
@@ -343,15 +476,10 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             .subscribe(vec![names.node_channel(&node), names.ctl.clone()])
             .await?;
         shared.heartbeat().await?;
-        tasks.push(tokio::spawn(presence::run(Arc::clone(&shared))));
+        lock(&tasks.0).push(tokio::spawn(presence::run(Arc::clone(&shared))));
         Ok(Self {
             shared,
-            tasks: Arc::new(Tasks(
-                Mutex::new(tasks),
-                client_handle,
-                subscriber,
-                Mutex::new(Some(publisher)),
-            )),
+            tasks: Arc::new(tasks),
         })
     }
 
@@ -368,6 +496,8 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// Registers a client here; a keyed client is claimed cluster-wide, and a
     /// connection holding the key on another node is closed with
     /// [`CloseReason::TakenOver`](crate::CloseReason::TakenOver).
+    /// [`register_with_report`](Self::register_with_report) also tells of a
+    /// connection taken over on this node.
     ///
     /// # Errors
     ///
@@ -377,6 +507,13 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// claim succeeded the call succeeds: should Redis then fail to hear that a
     /// connection taken over here left its rooms, the heartbeat's reconcile
     /// records it later.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: the work runs on a task of its own from the first poll.
+    /// Dropped before it returns, it unregisters the client again (and releases
+    /// its key) once Redis has answered the claim, since nobody holds the
+    /// receiver; Redis is left as if the client had come and gone.
     ///
     /// # Examples
     ///
@@ -395,21 +532,62 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         &self,
         info: ClientInfo,
     ) -> Result<(ClientId, Receiver<M>), ClusterError> {
+        let reg = self.register_with_report(info).await?;
+        Ok((reg.id, reg.receiver))
+    }
+
+    /// As [`register`](Self::register), with the registry's report: the
+    /// connection with the same key that this one took over *on this node*, and
+    /// with [`Builder::takeover_moves_sessions`](crate::Builder::takeover_moves_sessions)
+    /// the rooms of it that did not move (see [`Registry::register_with_report`]).
+    /// A connection holding the key on another node is closed there, when its
+    /// node hears of the claim; it is in no report here.
+    ///
+    /// # Errors
+    ///
+    /// As [`register`](Self::register).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`register`](Self::register).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use switchboard::cluster::{Cluster, Raw};
+    /// # use switchboard::{ClientInfo, Registry};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw).connect().await?;
+    /// let reg = cluster.register_with_report(ClientInfo::new().with_key("dev-7")).await?;
+    /// if let Some(old) = &reg.took_over {
+    ///     println!("took over {} here; {} rooms did not move", old.id, reg.not_moved.len());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn register_with_report(
+        &self,
+        info: ClientInfo,
+    ) -> Result<Registration<M>, ClusterError> {
         let key = info.key.clone();
         let reg = self.shared.registry.register_with_report(info)?;
-        if let Some(key) = key {
-            if let Err(e) = self.shared.claim(&key, reg.id, Mode::Force).await {
-                let _ = self.shared.registry.unregister(reg.id);
-                return Err(e);
+        let (tx, outcome) = oneshot::channel();
+        let shared = Arc::clone(&self.shared);
+        // Spawned before the first await: whatever becomes of the caller, the
+        // claim is answered and the registration kept or undone in full.
+        tokio::spawn(async move {
+            let settled = Arc::clone(&shared).settle_registration(key, reg).await;
+            if let Err(Ok(reg)) = tx.send(settled) {
+                shared.abandon(reg.id).await;
             }
+        });
+        Handoff {
+            outcome,
+            shared: Arc::clone(&self.shared),
+            taken: false,
         }
-        if let Some(old) = reg.took_over {
-            // Not an error to the caller: the client is registered and its key
-            // claimed, so failing now would leave a connection nobody drains
-            // holding the key. The heartbeat's reconcile retries the sync.
-            let _ = self.shared.sync_sessions(old.sessions).await;
-        }
-        Ok((reg.id, reg.receiver))
+        .wait()
+        .await
     }
 
     /// Unregisters a client, releases its key and leaves the session channels it
@@ -420,6 +598,12 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// [`ClusterError::Client`] if it is not connected here; [`ClusterError::Redis`]
     /// if Redis could not be told (the client is gone locally all the same, and the
     /// next heartbeat corrects the counts).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: the client is unregistered here on the first poll, and the
+    /// key's release and the sessions' sync run on a task of their own, to the
+    /// end, whether or not the caller waits for them.
     ///
     /// # Examples
     ///
@@ -443,12 +627,8 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             .ok()
             .and_then(|i| i.key.clone());
         let gone = self.shared.registry.unregister(id)?;
-        if let Some(key) = key {
-            self.shared.release(&key, id).await?;
-        }
-        self.shared
-            .sync_sessions(gone.sessions.iter().cloned())
-            .await?;
+        let (shared, sessions) = (Arc::clone(&self.shared), gone.sessions.clone());
+        to_the_end(shared.settle_leave(key, id, sessions)).await?;
         Ok(gone)
     }
 
@@ -460,6 +640,13 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     ///
     /// [`ClusterError::Attach`] as [`Registry::attach`]; [`ClusterError::Redis`] if
     /// the subscription failed (the heartbeat retries it).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: the client is attached here on the first poll, and the
+    /// subscription and member count follow on a task of their own, to the end,
+    /// whether or not the caller waits for them. A caller that stopped waiting has
+    /// no promise that the subscription is in place yet.
     ///
     /// # Examples
     ///
@@ -480,7 +667,8 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     ) -> Result<bool, ClusterError> {
         let session = session.into();
         let new = self.shared.registry.attach(id, session.clone())?;
-        self.shared.sync_sessions([session]).await?;
+        let shared = Arc::clone(&self.shared);
+        to_the_end(async move { shared.sync_sessions([session]).await }).await?;
         Ok(new)
     }
 
@@ -490,6 +678,12 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// # Errors
     ///
     /// As [`attach`](Self::attach), with [`ClusterError::Detach`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: the client is detached here on the first poll, and the
+    /// unsubscription and member count follow on a task of their own, to the
+    /// end, whether or not the caller waits for them.
     ///
     /// # Examples
     ///
@@ -511,7 +705,8 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     ) -> Result<(), ClusterError> {
         let session = session.into();
         self.shared.registry.detach(id, session.clone())?;
-        self.shared.sync_sessions([session]).await
+        let shared = Arc::clone(&self.shared);
+        to_the_end(async move { shared.sync_sessions([session]).await }).await
     }
 
     /// Delivers `msg` to the session's local members and publishes it once for
@@ -828,6 +1023,12 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// [`ClusterError::Redis`] if Redis could not be told; the node then expires
     /// within its TTL.
     ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it runs to the end on a task of its own from the first poll;
+    /// a caller that stops waiting only misses the outcome. (Stopped halfway, it
+    /// could leave the node beating with its publisher stopped.)
+    ///
     /// # Examples
     ///
     /// ```no_run
@@ -840,6 +1041,10 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// # Ok(()) }
     /// ```
     pub async fn shutdown(self) -> Result<(), ClusterError> {
+        to_the_end(self.stop()).await
+    }
+
+    async fn stop(self) -> Result<(), ClusterError> {
         let publisher = lock(&self.tasks.3).take();
         if let Some((stop, task)) = publisher {
             let _ = stop.send(());

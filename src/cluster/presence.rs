@@ -18,9 +18,9 @@ use fred::interfaces::LuaInterface;
 use fred::prelude::Value;
 use serde::Serialize;
 
-use crate::sync::{lock, Arc};
+use crate::sync::{lock, Arc, Mutex};
 
-use super::takeover::Mode;
+use super::takeover::{Keys, Mode};
 use super::{ClusterError, Shared};
 
 /// Reap calls one tick makes at most: some four million keys, at
@@ -90,6 +90,21 @@ impl NodeState {
     }
 }
 
+/// A re-announcement under way: unless it finished, the next heartbeat
+/// announces again.
+struct Unannounced<'a> {
+    keys: &'a Mutex<Keys>,
+    done: bool,
+}
+
+impl Drop for Unannounced<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            lock(self.keys).unannounced = true;
+        }
+    }
+}
+
 impl<M: Clone + Send + Sync + 'static> Shared<M> {
     /// Renews this node's heartbeat; re-announces it if Redis did not know it.
     pub(crate) async fn heartbeat(&self) -> Result<(), ClusterError> {
@@ -127,10 +142,14 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             due
         };
         if announce {
-            if let Err(e) = self.announce().await {
-                lock(&self.keys).unannounced = true;
-                return Err(e);
-            }
+            // Due again if it fails, or stops halfway (`connect` given up on, or
+            // the task aborted as the node stops).
+            let mut due = Unannounced {
+                keys: &self.keys,
+                done: false,
+            };
+            self.announce().await?;
+            due.done = true;
         }
         Ok(())
     }

@@ -20,7 +20,7 @@ use fred::interfaces::{ClientLike, LuaInterface};
 use fred::prelude::{Options, Value};
 
 use crate::client_ref::ClientRef;
-use crate::sync::lock;
+use crate::sync::{lock, Mutex};
 use crate::{ClientId, CloseReason, SessionId};
 
 use super::envelope::TakeOver;
@@ -50,6 +50,56 @@ pub(crate) struct Keys {
     /// A key recheck after a lag: running, and asked for again meanwhile. Lags
     /// come in bursts under load; one recheck at a time, one more at most.
     pub(crate) recheck: (bool, bool),
+}
+
+impl Keys {
+    /// One claim of `key` is answered: returns the newest takeover heard while
+    /// it was in flight, forgotten with the last claim in flight.
+    fn answered(&mut self, key: &str) -> Option<(u64, String)> {
+        let revoked = self.revoked.get(key).cloned();
+        match self.pending.get_mut(key) {
+            Some(n) if *n > 1 => *n -= 1,
+            _ => {
+                self.pending.remove(key);
+                self.revoked.remove(key);
+            }
+        }
+        revoked
+    }
+}
+
+/// A claim counted in [`Keys::pending`] until it is answered, or dropped
+/// unanswered (its task aborted as the node stops): a count left behind would
+/// keep the key from its orphan release and key rechecks for good.
+struct InFlight<'a> {
+    keys: &'a Mutex<Keys>,
+    key: &'a str,
+    open: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(keys: &'a Mutex<Keys>, key: &'a str) -> Self {
+        *lock(keys).pending.entry(key.to_owned()).or_insert(0) += 1;
+        Self {
+            keys,
+            key,
+            open: true,
+        }
+    }
+
+    /// The claim's answer landed; `keys` is the lock of `self.keys`, held.
+    fn answered(&mut self, keys: &mut Keys) -> Option<(u64, String)> {
+        self.open = false;
+        keys.answered(self.key)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            lock(self.keys).answered(self.key);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,21 +133,14 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             .to_owned(),
             self.names.node_base.clone(),
         ];
-        *lock(&self.keys).pending.entry(key.to_owned()).or_insert(0) += 1;
+        let mut in_flight = InFlight::start(&self.keys, key);
         let answer: Result<(i64, Value), _> = self
             .client
             .eval(self.scripts.claim.text(), Vec::<String>::new(), args)
             .await;
         let superseded = {
             let mut keys = lock(&self.keys);
-            let revoked = keys.revoked.get(key).cloned();
-            match keys.pending.get_mut(key) {
-                Some(n) if *n > 1 => *n -= 1,
-                _ => {
-                    keys.pending.remove(key);
-                    keys.revoked.remove(key);
-                }
-            }
+            let revoked = in_flight.answered(&mut keys);
             match answer {
                 Err(e) => return Err(e.into()),
                 Ok((1, value)) => {

@@ -718,6 +718,14 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// members got it all the same unless the error is [`PublishError::Codec`] or
     /// [`PublishError::TooLarge`].
     ///
+    /// # Cancel safety
+    ///
+    /// The local members get the message on the first poll. The publication is
+    /// queued for Redis then, and goes out even if the caller stops waiting (Redis
+    /// still refuses it past its deadline, as for any publication): a caller that
+    /// gave up cannot tell whether the other nodes got it, nor have the message
+    /// back.
+    ///
     /// # Examples
     ///
     /// ```no_run
@@ -824,6 +832,14 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// variants when the local send or the publication failed. Each gives the
     /// message back, and a failure is final: as for a broadcast, Redis refuses
     /// the send once the caller could have been told it failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not all-or-nothing. Once the lookup has been sent, Redis publishes to the
+    /// key's node, if that is another one, whether or not the caller still waits;
+    /// a key held here is sent to only when the answer reaches a caller still
+    /// waiting. So a caller that stopped waiting cannot tell whether the client
+    /// got the message.
     ///
     /// # Examples
     ///

@@ -996,22 +996,24 @@ async fn a_frame_trickled_slower_than_the_idle_timeout_closes_with_4003() {
 
 /// Every duration the server counts with is checked at start: zero (a ping every
 /// instant, a connection due before it arrives) and lengths the clock cannot add
-/// are refused with a typed error, never a panic on the first connection.
+/// are refused with a typed error, never a panic on the first connection. A
+/// linger of zero (do not wait for the peer's close) is a setting, not an error.
 #[tokio::test]
 async fn durations_the_server_cannot_count_with_are_refused_at_start() {
     type Set = fn(&mut Config, Duration);
-    let fields: [(&str, Set); 4] = [
-        ("ping_interval", |c, d| c.ping_interval = d),
-        ("idle_timeout", |c, d| c.idle_timeout = d),
-        ("write_timeout", |c, d| c.write_timeout = d),
-        ("close_linger", |c, d| c.close_linger = d),
+    let fields: [(&str, Set, bool); 4] = [
+        ("ping_interval", |c, d| c.ping_interval = d, false),
+        ("idle_timeout", |c, d| c.idle_timeout = d, false),
+        ("write_timeout", |c, d| c.write_timeout = d, false),
+        ("close_linger", |c, d| c.close_linger = d, true),
     ];
-    for (name, set) in fields {
-        for bad in [
-            Duration::ZERO,
+    for (name, set, zero_ok) in fields {
+        let zero = (!zero_ok).then_some(Duration::ZERO);
+        let too_long = [
             Config::MAX_DURATION + Duration::from_millis(1),
             Duration::MAX,
-        ] {
+        ];
+        for bad in zero.into_iter().chain(too_long) {
             let mut c = config();
             set(&mut c, bad);
             let started = tokio::spawn(Server::start(c)).await;
@@ -1034,4 +1036,19 @@ async fn durations_the_server_cannot_count_with_are_refused_at_start() {
     let server = start(c).await;
     let mut ws = connect(&server).await;
     hello(&mut ws, json!({"key": "patient"})).await;
+}
+
+/// `close_linger` zero: a shutdown closes every client with 1001 without waiting
+/// for its close frame.
+#[tokio::test]
+async fn a_close_linger_of_zero_closes_without_waiting() {
+    let mut c = config();
+    c.close_linger = Duration::ZERO;
+    let server = start(c).await;
+    let mut ws = connect(&server).await;
+    hello(&mut ws, json!({})).await;
+    let report = timeout(PATIENCE, server.shutdown())
+        .await
+        .expect("the shutdown ends in time");
+    assert_eq!(report.clients, 1, "one client closed");
 }

@@ -97,16 +97,19 @@ impl Config {
     /// instant or close a connection before it arrives, and a length the clock
     /// cannot add to an instant would panic at the first connection.
     fn check(&self) -> Result<(), StartError> {
+        // A linger of zero means "do not wait for the peer's close": it counts
+        // with nothing.
         let durations = [
-            ("ping_interval", self.ping_interval),
-            ("idle_timeout", self.idle_timeout),
-            ("write_timeout", self.write_timeout),
-            ("close_linger", self.close_linger),
+            ("ping_interval", self.ping_interval, false),
+            ("idle_timeout", self.idle_timeout, false),
+            ("write_timeout", self.write_timeout, false),
+            ("close_linger", self.close_linger, true),
         ];
-        for (name, d) in durations {
-            if d.is_zero() || d > Self::MAX_DURATION {
+        for (name, d, zero_ok) in durations {
+            if (d.is_zero() && !zero_ok) || d > Self::MAX_DURATION {
+                let least = if zero_ok { "zero" } else { "over zero" };
                 return Err(StartError::Config(format!(
-                    "{name} is {d:?}; it must be over zero and at most {:?}",
+                    "{name} is {d:?}; it must be {least} and at most {:?}",
                     Self::MAX_DURATION
                 )));
             }
@@ -159,8 +162,8 @@ pub enum StartError {
     /// The admin API settings are invalid (no token beyond loopback, say).
     #[error("admin API: {0}")]
     Admin(#[from] AdminConfigError),
-    /// A setting is out of its range (a duration of zero, or over
-    /// [`Config::MAX_DURATION`]).
+    /// A setting is out of its range (a duration of zero other than
+    /// `close_linger`, or one over [`Config::MAX_DURATION`]).
     #[error("{0}")]
     Config(String),
     /// `--redis` was given and the cluster could not be joined.

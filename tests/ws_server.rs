@@ -1052,3 +1052,47 @@ async fn a_close_linger_of_zero_closes_without_waiting() {
         .expect("the shutdown ends in time");
     assert_eq!(report.clients, 1, "one client closed");
 }
+
+/// A shutdown does not wait out the head timeout of a connection still sending
+/// its request head: hyper counts such a connection as busy, so a graceful
+/// shutdown alone leaves it open until `idle_timeout`. Both listeners.
+#[tokio::test]
+async fn a_shutdown_closes_connections_stalled_mid_head_within_its_deadline() {
+    let mut c = config();
+    c.idle_timeout = Duration::from_secs(60);
+    c.write_timeout = Duration::from_millis(200);
+    // The shutdown's deadline: close_linger (500 ms) + 2 × write_timeout + 1 s.
+    let bound = Duration::from_millis(500 + 400 + 1000) + Duration::from_millis(1500);
+    let server = start(c).await;
+    let mut stalled = Vec::new();
+    for addr in [server.ws_addr(), server.admin_addr().expect("admin on")] {
+        let mut tcp = TcpStream::connect(addr).await.expect("the server listens");
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("writable");
+        stalled.push(tcp);
+    }
+    // Let hyper start reading both heads.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let began = tokio::time::Instant::now();
+    let shutdown = tokio::spawn(server.shutdown());
+    for (i, tcp) in stalled.iter_mut().enumerate() {
+        let mut buf = [0; 256];
+        let left = bound.saturating_sub(began.elapsed());
+        match timeout(left, tcp.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => {}
+            Ok(Ok(n)) => panic!(
+                "listener {i}: answered {:?} instead of closing",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(_) => panic!(
+                "listener {i}: still open {:.2?} after the shutdown began",
+                began.elapsed()
+            ),
+        }
+    }
+    timeout(PATIENCE, shutdown)
+        .await
+        .expect("the shutdown ends")
+        .expect("no panic");
+}

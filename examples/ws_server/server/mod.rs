@@ -286,14 +286,20 @@ impl Server {
         tasks.push(tokio::spawn(serve(
             ws_listener,
             app,
-            head_timeout,
+            Bounds {
+                head: head_timeout,
+                grace: deadline,
+            },
             shutdown.clone(),
         )));
         if let Some((listener, router)) = admin {
             tasks.push(tokio::spawn(serve(
                 listener,
                 router,
-                head_timeout,
+                Bounds {
+                    head: head_timeout,
+                    grace: deadline,
+                },
                 shutdown.clone(),
             )));
         }
@@ -366,11 +372,20 @@ async fn stopped(signal: &mut watch::Receiver<bool>) {
 #[derive(Clone, Copy)]
 struct Arrived(Instant);
 
+/// How long [`serve`] waits for a connection.
+#[derive(Clone, Copy)]
+struct Bounds {
+    /// For a whole request head, from the accept or the previous response.
+    head: Duration,
+    /// For a connection to finish its request once shutdown has begun.
+    grace: Duration,
+}
+
 /// Serves `app` on `listener` until shutdown begins, then lets each connection
-/// finish its request, and returns when all have.
+/// finish its request within `bounds.grace`, and returns when all have.
 ///
 /// `axum::serve` with one bound more: a connection that has not sent a whole
-/// request head within `head_timeout` of its accept (or of its previous response)
+/// request head within `bounds.head` of its accept (or of its previous response)
 /// is closed. `axum::serve` gives hyper no timer, so hyper's header read timeout
 /// never fired there, and a peer that sent nothing, or a head a byte at a time,
 /// kept its socket for ever. HTTP/1 only, as before: hyper-util's auto builder
@@ -378,12 +393,12 @@ struct Arrived(Instant);
 async fn serve(
     mut listener: TcpListener,
     app: Router,
-    head_timeout: Duration,
+    bounds: Bounds,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(head_timeout);
+        .header_read_timeout(bounds.head);
     // Each connection's task holds a clone; `recv` sees `None` once all have ended.
     let (live, mut ended) = mpsc::channel::<()>(1);
     loop {
@@ -412,7 +427,9 @@ async fn serve(
                 _ = conn.as_mut() => {}
                 () = stopped(&mut stop) => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                    // hyper counts a connection mid-head as busy, so it would
+                    // wait out the head timeout; dropped, it closes.
+                    let _ = tokio::time::timeout(bounds.grace, conn).await;
                 }
             }
             drop(live);

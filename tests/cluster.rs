@@ -2597,6 +2597,11 @@ async fn syncs_given_up_during_an_outage_do_not_queue_behind_each_other() {
         "an attach made while Redis was frozen had no answer after {waited:?}: it waited \
          behind the 300 calls given up on before it"
     );
+    // The pass that synced it failed, whichever caller ran it: the error reaches it.
+    assert!(
+        matches!(during, Ok(Err(ClusterError::Redis(_)))),
+        "an attach while Redis was frozen: {during:?}"
+    );
     let started = Instant::now();
     let after = tokio::time::timeout(Duration::from_secs(2), a.attach(late, "g")).await;
     assert!(

@@ -2543,3 +2543,118 @@ async fn a_shutdown_given_up_on_still_releases_the_node() {
     assert!(down.is_some(), "a was not released when Redis came back");
     let _ = publishing.await.unwrap();
 }
+
+/// Syncs given up on while Redis is unreachable are coalesced: however many
+/// callers stopped waiting, the node runs one pass for all of them, and a pass
+/// stops at its first failed command. So a call made during the outage answers
+/// within two of fred's command timeouts (2 s each: the pass under way, then
+/// its own), and one made after it at Redis's speed. (Each given-up call left a
+/// task that took the subscription lock in turn and waited out a command timeout
+/// under it, one per session: 300 calls held up every later attach, takeover and
+/// reconcile for ten minutes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncs_given_up_during_an_outage_do_not_queue_behind_each_other() {
+    let redis = redis_or_skip!("syncs_given_up");
+    // Beats every 5 s: the node outlives the freeze, and a reconcile follows it.
+    let a = node(&redis, "t66", "a", Duration::from_secs(15)).await;
+    let (m, _m_rx) = a.register(ClientInfo::new()).await.unwrap();
+    let (late, _late_rx) = a.register(ClientInfo::new()).await.unwrap();
+    let joining: Vec<String> = (0..200).map(|i| format!("j{i}")).collect();
+    let leaving: Vec<String> = (0..100).map(|i| format!("d{i}")).collect();
+    for room in &leaving {
+        a.attach(m, room.as_str()).await.unwrap();
+    }
+    redis.freeze();
+    let mut given_up = tokio::task::JoinSet::new();
+    for (room, join) in joining
+        .iter()
+        .map(|r| (r.clone(), true))
+        .chain(leaving.iter().map(|r| (r.clone(), false)))
+    {
+        let a = a.clone();
+        given_up.spawn(async move {
+            let limit = Duration::from_millis(100);
+            if join {
+                tokio::time::timeout(limit, a.attach(m, room))
+                    .await
+                    .is_err()
+            } else {
+                tokio::time::timeout(limit, a.detach(m, room))
+                    .await
+                    .is_err()
+            }
+        });
+    }
+    while let Some(gave_up) = given_up.join_next().await {
+        assert!(gave_up.unwrap(), "a call finished while Redis was frozen");
+    }
+    let started = Instant::now();
+    let during = tokio::time::timeout(Duration::from_secs(5), a.attach(late, "f")).await;
+    let waited = started.elapsed();
+    redis.thaw();
+    assert!(
+        during.is_ok(),
+        "an attach made while Redis was frozen had no answer after {waited:?}: it waited \
+         behind the 300 calls given up on before it"
+    );
+    // The pass that synced it failed, whichever caller ran it: the error reaches it.
+    assert!(
+        matches!(during, Ok(Err(ClusterError::Redis(_)))),
+        "an attach while Redis was frozen: {during:?}"
+    );
+    let started = Instant::now();
+    let after = tokio::time::timeout(Duration::from_secs(2), a.attach(late, "g")).await;
+    assert!(
+        matches!(after, Ok(Ok(true))),
+        "an attach after Redis came back: {after:?} after {:?}",
+        started.elapsed()
+    );
+    assert!(a.subscriptions().await.contains(&SessionId::from("g")));
+    // The reconcile redoes what failed during the outage.
+    let mut want: Vec<String> = joining.clone();
+    want.extend(["f".to_owned(), "g".to_owned()]);
+    want.sort();
+    let mut seen = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..120 {
+        let mut wrong = Vec::new();
+        for room in joining
+            .iter()
+            .chain(&leaving)
+            .map(String::as_str)
+            .chain(["f", "g"])
+        {
+            let count = a.member_count(room).await.unwrap();
+            if count != usize::from(!room.starts_with('d')) {
+                wrong.push((room.to_owned(), count));
+            }
+        }
+        let mut subscribed: Vec<String> = a
+            .subscriptions()
+            .await
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        subscribed.sort();
+        let channels = redis
+            .cli(&["PUBSUB", "CHANNELS", "t66:s:s:*"])
+            .unwrap_or_default();
+        let mut listening: Vec<String> = channels
+            .lines()
+            .filter_map(|c| c.trim().strip_prefix("t66:s:s:").map(str::to_owned))
+            .collect();
+        listening.sort();
+        seen = (wrong, subscribed, listening);
+        if seen.0.is_empty() && seen.1 == want && seen.2 == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "12 s after the outage: wrong member counts {:?}; {} sessions subscribed and {} \
+         channels in Redis, of {}",
+        seen.0,
+        seen.1.len(),
+        seen.2.len(),
+        want.len()
+    );
+}

@@ -203,6 +203,9 @@ pub(crate) struct Shared<M> {
     /// Sessions whose channel this node is subscribed to; the lock serialises
     /// every subscription change.
     subs: AsyncMutex<HashSet<SessionId>>,
+    /// Sessions queued for the next sync under the lock of `subs`, which syncs
+    /// them all in one pass, and the outcomes their callers wait for.
+    pending: Mutex<subscription::Pending>,
     /// To the inbound task: sessions unsubscribed from, to forget in order with
     /// the frames. One at a time, under the lock of `subs`.
     forgets: mpsc::Sender<inbound::Forget>,
@@ -433,6 +436,7 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
             counters: Arc::clone(&counters),
             gaps: Mutex::new(GapTracker::default()),
             subs: AsyncMutex::new(HashSet::new()),
+            pending: Mutex::new(subscription::Pending::default()),
             forgets,
             unrecorded: Mutex::new(HashSet::new()),
             keys: Mutex::new(Keys::default()),

@@ -9,126 +9,300 @@
 //! changes cannot leave a wrong subscription or count behind: the later sync sees
 //! the final count and writes it last.
 //!
+//! For the same reason one pass covers every change made before it reads, so
+//! syncs are coalesced: a caller queues its sessions in [`Pending`], takes the
+//! lock, and syncs every session queued by then in one pass. A caller that finds
+//! its sessions taken by an earlier holder has nothing left to do: that pass read
+//! the counts after the caller's change and finished before the caller got the
+//! lock, so the caller takes that pass's outcome. However many callers stop
+//! waiting while Redis is slow, the lock sees one pass per holder with work, not
+//! one per call; and a pass stops at its first failed command, so that during an
+//! outage it waits out one command timeout, not one per session.
+//!
 //! Leaving a session also forgets its numbering in the gap tracker (what others
 //! publish while this node is away is no gap), still under the lock: the inbound
 //! task forgets it after handling every frame heard before the unsubscribe, and
 //! no later subscription to it can start before (`inbound.rs`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
+use fred::error::Error as FredError;
 use fred::interfaces::{ClientLike, FredResult, LuaInterface, PubsubInterface};
 use fred::prelude::Value;
 use fred::types::MultipleStrings;
 use tokio::sync::oneshot;
 
-use crate::sync::{lock, Ordering};
+use crate::sync::{lock, Mutex, Ordering};
 use crate::SessionId;
 
 use super::inbound::Forget;
 use super::names::Names;
 use super::{ClusterError, Shared};
 
+/// Sessions queued for the next sync pass, and what the last pass made of each
+/// session a caller still waits for. Both are bounded by the sessions of the
+/// syncs in flight: a caller's entries go when it has its answer.
+#[derive(Default)]
+pub(crate) struct Pending {
+    queued: HashSet<SessionId>,
+    waiting: HashMap<SessionId, Waiting>,
+}
+
+struct Waiting {
+    callers: usize,
+    /// Written under the subscription lock by each pass over the session.
+    failed: Option<FredError>,
+}
+
+/// A caller's sessions, queued and counted as waited for until it is dropped
+/// (should the runtime drop the caller's task midway, too).
+struct Waiter<'a> {
+    pending: &'a Mutex<Pending>,
+    sessions: Vec<SessionId>,
+}
+
+impl<'a> Waiter<'a> {
+    fn queue(pending: &'a Mutex<Pending>, sessions: Vec<SessionId>) -> Self {
+        let mut p = lock(pending);
+        for session in &sessions {
+            p.queued.insert(session.clone());
+            p.waiting
+                .entry(session.clone())
+                .or_insert(Waiting {
+                    callers: 0,
+                    failed: None,
+                })
+                .callers += 1;
+        }
+        drop(p);
+        Self { pending, sessions }
+    }
+
+    /// The first failure among this caller's sessions. Read under the
+    /// subscription lock once none is queued: each was last synced by a pass
+    /// that took it from the queue after this caller queued it.
+    fn outcome(&self) -> Result<(), ClusterError> {
+        let p = lock(self.pending);
+        match self
+            .sessions
+            .iter()
+            .find_map(|s| p.waiting.get(s).and_then(|w| w.failed.clone()))
+        {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut p = lock(self.pending);
+        for session in &self.sessions {
+            if let Some(w) = p.waiting.get_mut(session) {
+                w.callers -= 1;
+                if w.callers == 0 {
+                    p.waiting.remove(session);
+                }
+            }
+        }
+    }
+}
+
+/// Sessions a pass took from the queue: put back should the pass be dropped
+/// midway (its task aborted as the node stops), so that no caller takes the
+/// outcome of a pass that never finished.
+struct Taken<'a> {
+    pending: &'a Mutex<Pending>,
+    sessions: Vec<SessionId>,
+    done: bool,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            lock(self.pending).queued.extend(self.sessions.drain(..));
+        }
+    }
+}
+
 impl<M: Clone + Send + Sync + 'static> Shared<M> {
     /// Brings the subscription and recorded member count of each session in line
-    /// with its local members.
+    /// with its local members, as they are once this is called.
+    ///
+    /// # Errors
+    ///
+    /// The failure of the pass that synced one of `sessions`, if it failed
+    /// before that session was done (the heartbeat's reconcile retries).
     pub(crate) async fn sync_sessions(
         &self,
         sessions: impl IntoIterator<Item = SessionId>,
     ) -> Result<(), ClusterError> {
-        let mut subs = self.subs.lock().await;
-        let mut counts: Vec<String> = Vec::new();
-        let mut left = Vec::new();
-        let mut recorded = Vec::new();
-        let mut failed = None;
-        for session in sessions {
-            let n = self.registry.member_count(&session).unwrap_or(0);
-            let have = subs.contains(&session);
-            let channel = self.names.channel(&session);
-            if n > 0 && !have {
-                let r = if self.sharded {
-                    self.ssubscribe(channel).await
-                } else {
-                    self.subscribe(channel).await
-                };
-                match r {
-                    Ok(()) => {
-                        subs.insert(session.clone());
-                    }
-                    Err(e) => {
-                        // The heartbeat's reconcile retries.
-                        failed = Some(e);
-                        continue;
-                    }
-                }
-            } else if n == 0 && have {
-                let r = if self.sharded {
-                    self.subscriber.sunsubscribe(channel).await
-                } else {
-                    self.subscriber.unsubscribe(channel).await
-                };
-                if let Err(e) = r {
-                    failed = Some(e);
-                    continue;
-                }
-                subs.remove(&session);
-                left.push(session.clone());
-            }
-            counts.push(Names::token(&session));
-            counts.push(n.to_string());
-            recorded.push(session);
+        let sessions: Vec<SessionId> = sessions.into_iter().collect();
+        if sessions.is_empty() {
+            return Ok(());
         }
-        self.forget_sessions(left).await;
-        self.set_subscriptions(&subs);
+        let waiter = Waiter::queue(&self.pending, sessions);
+        let mut subs = self.subs.lock().await;
+        let mut taken = Taken {
+            pending: &self.pending,
+            sessions: lock(&self.pending).queued.drain().collect(),
+            done: false,
+        };
+        if !taken.sessions.is_empty() {
+            self.sync_pass(&mut subs, &taken.sessions).await;
+        }
+        taken.done = true;
+        let outcome = waiter.outcome();
+        drop(subs);
+        outcome
+    }
+
+    /// Syncs `batch` under the subscription lock, and records each session's
+    /// outcome for its callers. The first failed command ends the pass (the
+    /// others would most likely wait out the same timeout): every session of the
+    /// batch then fails with it, and those whose count it did not write are kept
+    /// in `unrecorded` for the reconcile.
+    async fn sync_pass(&self, subs: &mut HashSet<SessionId>, batch: &[SessionId]) {
+        let mut join = Vec::new();
+        let mut leave = Vec::new();
+        let mut counts: Vec<String> = Vec::with_capacity(batch.len() * 2);
+        for session in batch {
+            let n = self.registry.member_count(session).unwrap_or(0);
+            let have = subs.contains(session);
+            if n > 0 && !have {
+                join.push(session.clone());
+            } else if n == 0 && have {
+                leave.push(session.clone());
+            }
+            counts.push(Names::token(session));
+            counts.push(n.to_string());
+        }
+        let mut failed = self.join_sessions(subs, join).await.err();
+        if failed.is_none() {
+            failed = self.leave_sessions(subs, leave).await.err();
+        }
+        self.set_subscriptions(subs);
         // Under the lock: a sync that read its counts earlier must not write them
         // after a later one, or Redis keeps a stale count until the next heartbeat.
-        if !counts.is_empty() {
+        if failed.is_none() {
             let mut args = vec![self.names.base.clone(), self.node.clone()];
             args.extend(counts);
-            let written: Result<Value, _> = self
+            let written: FredResult<Value> = self
                 .client
                 .eval(self.scripts.counts.text(), Vec::<String>::new(), args)
                 .await;
+            failed = written.err();
+        }
+        {
             // A session left here is in neither the registry nor `subs` any more:
             // kept apart until its count is written, or the reconcile would never
             // look at it again and Redis would keep its old count.
             let mut unrecorded = lock(&self.unrecorded);
-            if let Err(e) = written {
-                unrecorded.extend(recorded);
-                return Err(e.into());
-            }
-            for session in &recorded {
-                unrecorded.remove(session);
+            for session in batch {
+                if failed.is_some() {
+                    unrecorded.insert(session.clone());
+                } else {
+                    unrecorded.remove(session);
+                }
             }
         }
-        drop(subs);
-        failed.map_or(Ok(()), |e| Err(e.into()))
+        let mut p = lock(&self.pending);
+        for session in batch {
+            if let Some(w) = p.waiting.get_mut(session) {
+                w.failed.clone_from(&failed);
+            }
+        }
+    }
+
+    /// Subscribes to the sessions' channels, each answered once Redis has run
+    /// it; stops at the first failure.
+    async fn join_sessions(
+        &self,
+        subs: &mut HashSet<SessionId>,
+        sessions: Vec<SessionId>,
+    ) -> FredResult<()> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        if self.sharded {
+            // One command each: on Redis Cluster their channels hash to
+            // different slots.
+            for session in sessions {
+                self.ssubscribe(self.names.channel(&session)).await?;
+                subs.insert(session);
+            }
+        } else {
+            let channels: Vec<String> = sessions.iter().map(|s| self.names.channel(s)).collect();
+            self.subscribe(channels).await?;
+            subs.extend(sessions);
+        }
+        Ok(())
+    }
+
+    /// Unsubscribes from the sessions' channels and forgets the numbering of
+    /// those it left; stops at the first failure.
+    async fn leave_sessions(
+        &self,
+        subs: &mut HashSet<SessionId>,
+        sessions: Vec<SessionId>,
+    ) -> FredResult<()> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let mut left = Vec::with_capacity(sessions.len());
+        let mut unsubscribed = Ok(());
+        if self.sharded {
+            for session in sessions {
+                unsubscribed = self
+                    .subscriber
+                    .sunsubscribe(self.names.channel(&session))
+                    .await;
+                if unsubscribed.is_err() {
+                    break;
+                }
+                left.push(session);
+            }
+        } else {
+            let channels: Vec<String> = sessions.iter().map(|s| self.names.channel(s)).collect();
+            unsubscribed = self.subscriber.unsubscribe(channels).await;
+            if unsubscribed.is_ok() {
+                left = sessions;
+            }
+        }
+        for session in &left {
+            subs.remove(session);
+        }
+        let forgotten = self.forget_sessions(left).await;
+        unsubscribed.and(forgotten)
     }
 
     /// Forgets the numbering of sessions just unsubscribed from, after every
     /// frame Redis sent on them before: called under the subscription lock, it
     /// waits for the inbound task to handle the frames in its buffer first.
-    async fn forget_sessions(&self, sessions: Vec<SessionId>) {
+    /// Returns the `PING`'s failure: the pass stops there.
+    async fn forget_sessions(&self, sessions: Vec<SessionId>) -> FredResult<()> {
         if sessions.is_empty() {
-            return;
+            return Ok(());
         }
         // fred answers an `(S)UNSUBSCRIBE` before Redis has run it, as it does a
         // `SUBSCRIBE` (below); the `PING`'s answer comes after, and so after every
         // frame Redis sent before it. Should the `PING` fail, the connection went,
         // and with it whatever else it would have carried.
-        let _: FredResult<Value> = self.subscriber.ping(None).await;
+        let pinged = self.subscriber.ping::<Value>(None).await.map(drop);
         let (done, forgotten) = oneshot::channel();
         let forget = Forget {
             sessions: sessions.clone(),
             done,
         };
         if self.forgets.send(forget).await.is_ok() && forgotten.await.is_ok() {
-            return;
+            return pinged;
         }
         // The inbound task is gone: no frame is handled any more.
         let mut gaps = lock(&self.gaps);
         for session in &sessions {
             gaps.forget_session(session);
         }
+        pinged
     }
 
     /// `SUBSCRIBE`, answered once Redis has run it. fred 10.1 answers a

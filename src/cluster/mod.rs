@@ -1080,3 +1080,32 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         left
     }
 }
+
+#[cfg(test)]
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "the integration tests' helper; not every item is used here"
+)]
+#[path = "../../tests/common/redis.rs"]
+mod test_redis;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cluster::test_redis::Redis;
+
+    /// A node whose heartbeats are far apart: none runs during a test.
+    pub(super) async fn node(redis: &Redis, prefix: &str) -> Cluster<Arc<str>> {
+        Cluster::builder(Registry::<Arc<str>>::new(), Raw)
+            .url(redis.url())
+            .prefix(prefix)
+            .node_id("a")
+            .ttl(Duration::from_secs(60))
+            .connect()
+            .await
+            .unwrap()
+    }
+}

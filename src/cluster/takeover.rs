@@ -11,6 +11,12 @@
 //! command connection, so a notice can overtake the answer to the very claim it
 //! supersedes. A notice that finds a claim of this node in flight is therefore
 //! kept, and the claim's answer is checked against it when it lands.
+//!
+//! Claims run on tasks of their own, so two registrations of one key on this
+//! node can reach Redis in another order than the registry took the key. Redis
+//! records the node, not the connection: a claim's answer binds the key to the
+//! registry's holder of it then, and the orphan release follows a takeover made
+//! here since, rather than release the key of a live connection.
 
 use std::collections::HashMap;
 
@@ -30,7 +36,12 @@ use super::{ClusterError, Shared};
 /// What this node holds for one key.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Held {
+    /// The generation of the claim Redis holds the key under for this node.
     pub(crate) gen: u64,
+    /// The local connection holding the key: the registry's holder when the
+    /// claim was answered, or since (the orphan release follows it). Redis
+    /// records the node, not the connection, so a claim made for one
+    /// connection holds the key for whichever one holds it here.
     pub(crate) id: ClientId,
 }
 
@@ -151,9 +162,17 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                             Some(node)
                         }
                         _ => {
-                            let slot = keys.held.entry(key.to_owned()).or_insert(Held { gen, id });
+                            // Not necessarily `id`: claims run on tasks of their
+                            // own, so a registration that took the key here after
+                            // `id` may have had its claim answered first.
+                            let id = self
+                                .registry
+                                .lookup(ClientRef::Key(key))
+                                .map_or(id, |entry| entry.id);
+                            let held = Held { gen, id };
+                            let slot = keys.held.entry(key.to_owned()).or_insert(held);
                             if gen >= slot.gen {
-                                *slot = Held { gen, id };
+                                *slot = held;
                             }
                             return Ok(true);
                         }
@@ -176,20 +195,28 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
     /// Releases every key whose connection left the registry without the cluster
     /// being told (an admin kick, a slow consumer, an unregister made on the
     /// registry), so that no key resolves to a connection that is gone.
+    ///
+    /// A key another connection took over here since is not an orphan: this
+    /// node's claim holds it for that one (Redis records the node, not the
+    /// connection), which it is bound to instead. Released, the key would be
+    /// held here with Redis knowing of no holder: a send from another node
+    /// would fail, and a claim there would close nothing here.
     pub(crate) async fn release_orphans(&self) -> Result<(), ClusterError> {
         let orphans: Vec<(String, ClientId)> = {
-            let keys = lock(&self.keys);
-            keys.held
-                .iter()
+            let mut keys = lock(&self.keys);
+            let Keys { held, pending, .. } = &mut *keys;
+            let mut orphans = Vec::new();
+            for (key, h) in held.iter_mut() {
                 // A key with a claim in flight is settled by that claim.
-                .filter(|(key, _)| !keys.pending.contains_key(*key))
-                .filter(|(key, held)| {
-                    self.registry
-                        .lookup(ClientRef::Key(key))
-                        .map_or(true, |entry| entry.id != held.id)
-                })
-                .map(|(key, held)| (key.clone(), held.id))
-                .collect()
+                if pending.contains_key(key) {
+                    continue;
+                }
+                match self.registry.lookup(ClientRef::Key(key)) {
+                    Ok(entry) => h.id = entry.id,
+                    Err(_) => orphans.push((key.clone(), h.id)),
+                }
+            }
+            orphans
         };
         for (key, id) in orphans {
             self.release(&key, id).await?;
@@ -374,5 +401,40 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             node,
         });
         gone.sessions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::test_redis as redis;
+    use crate::cluster::tests::node;
+    use crate::ClientInfo;
+
+    /// Two registrations of one key on one node: the registry takes it for
+    /// `old`, then `new`, and their claims reach Redis the other way round (each
+    /// runs on a task of its own). The later answer, `old`'s, must not bind the
+    /// key to `old`, closed already: the live holder's unregister would then
+    /// release nothing, and the heartbeat would release the key of a live
+    /// connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_answered_after_a_newer_one_binds_the_key_to_the_live_holder() {
+        let Some(redis) = redis::Redis::start("late_claim_answer") else {
+            return;
+        };
+        let cluster = node(&redis, "u1").await;
+        let shared = &cluster.shared;
+        let info = || ClientInfo::new().with_key("dev");
+        let (old, _old_rx) = shared.registry.register(info()).unwrap();
+        let (new, _new_rx) = shared.registry.register(info()).unwrap();
+        assert!(shared.claim("dev", new, Mode::Force).await.unwrap());
+        assert!(shared.claim("dev", old, Mode::Force).await.unwrap());
+        assert_eq!(
+            lock(&shared.keys).held.get("dev").map(|h| h.id),
+            Some(new),
+            "the key is bound to a closed connection"
+        );
+        cluster.unregister(new).await.unwrap();
+        assert_eq!(cluster.locate("dev").await.unwrap(), None);
     }
 }

@@ -123,8 +123,9 @@ pub(crate) enum Mode {
 
 impl<M: Clone + Send + Sync + 'static> Shared<M> {
     /// Claims `key` for the local connection `id`. Returns whether this node holds
-    /// it now; under [`Mode::IfFree`] a key another node took is given up and its
-    /// local connection closed.
+    /// it now (false too when another claim of it in flight here settles that);
+    /// under [`Mode::IfFree`] a key another node took is given up and its local
+    /// connection closed.
     pub(crate) async fn claim(
         &self,
         key: &str,
@@ -158,6 +159,13 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                     let gen = value.as_u64().unwrap_or(0);
                     match revoked {
                         Some((r, node)) if r > gen => {
+                            // Superseded, though not for good if a newer claim
+                            // of this node, answered or in flight, took the key
+                            // back since: that one settles it.
+                            let newer = keys.held.get(key).is_some_and(|h| h.gen > r);
+                            if newer || keys.pending.contains_key(key) {
+                                return Ok(newer);
+                            }
                             keys.held.remove(key);
                             Some(node)
                         }
@@ -406,10 +414,42 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::pin::{pin, Pin};
+    use std::task::Poll;
+    use std::time::{Duration, Instant};
+
     use super::*;
     use crate::cluster::test_redis as redis;
     use crate::cluster::tests::node;
     use crate::ClientInfo;
+
+    /// Polls `f` once, far enough to send its command, with Redis stopped so
+    /// that the answer cannot land within that poll.
+    async fn send<F: Future>(redis: &redis::Redis, mut f: Pin<&mut F>)
+    where
+        F::Output: std::fmt::Debug,
+    {
+        redis.freeze();
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = f.as_mut().poll(cx) {
+                panic!("answered at once: {out:?}");
+            }
+            Poll::Ready(())
+        })
+        .await;
+        redis.thaw();
+    }
+
+    /// Waits until Redis's last claim generation is `gen`.
+    fn claimed(redis: &redis::Redis, prefix: &str, gen: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let key = format!("{{{prefix}}}:gen");
+        while redis.cli(&["GET", &key]) != Some(gen.to_string()) {
+            assert!(Instant::now() < deadline, "no claim at generation {gen}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 
     /// Two registrations of one key on one node: the registry takes it for
     /// `old`, then `new`, and their claims reach Redis the other way round (each
@@ -436,5 +476,65 @@ mod tests {
         );
         cluster.unregister(new).await.unwrap();
         assert_eq!(cluster.locate("dev").await.unwrap(), None);
+    }
+
+    /// Two claims of one key on this node with another node's claim between
+    /// them in Redis, whose notice arrives while both are in flight. The older
+    /// one was superseded, but by a claim the newer one superseded in turn:
+    /// whichever answer is handled first, the key stays with the newer one, and
+    /// its connection open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_older_claim_superseded_in_between_leaves_the_key_with_the_newer_one() {
+        let Some(redis) = redis::Redis::start("older_claim_superseded") else {
+            return;
+        };
+        for (prefix, newer_first) in [("u2", true), ("u3", false)] {
+            let cluster = node(&redis, prefix).await;
+            let shared = &cluster.shared;
+            let info = || ClientInfo::new().with_key("dev");
+            let (old, _old_rx) = shared.registry.register(info()).unwrap();
+            let (new, _new_rx) = shared.registry.register(info()).unwrap();
+            // Generations of our choosing, above Redis's time in µs and exact in Lua.
+            let base = 1u64 << 52;
+            let set_gen = |gen: u64| {
+                let key = format!("{{{prefix}}}:gen");
+                redis.cli(&["SET", &key, &gen.to_string()]).unwrap();
+            };
+            set_gen(base);
+            let mut older = pin!(shared.claim("dev", old, Mode::Force));
+            send(&redis, older.as_mut()).await;
+            claimed(&redis, prefix, base + 1);
+            set_gen(base + 10);
+            let mut newer = pin!(shared.claim("dev", new, Mode::Force));
+            send(&redis, newer.as_mut()).await;
+            claimed(&redis, prefix, base + 11);
+            let notice = TakeOver {
+                key: "dev".into(),
+                gen: base + 5,
+                node: "b".into(),
+                by: String::new(),
+            };
+            assert!(shared.on_takeover(notice).is_empty());
+            if newer_first {
+                assert!(newer.await.unwrap());
+                let _ = older.await.unwrap();
+            } else {
+                let _ = older.await.unwrap();
+                assert!(newer.await.unwrap());
+            }
+            let held = lock(&shared.keys).held.get("dev").map(|h| (h.gen, h.id));
+            let holder = shared.registry.lookup(ClientRef::Key("dev")).map(|e| e.id);
+            let what = if newer_first { "newer" } else { "older" };
+            assert_eq!(
+                held,
+                Some((base + 11, new)),
+                "{what} answer first: the newer claim was undone"
+            );
+            assert_eq!(
+                holder.ok(),
+                Some(new),
+                "{what} answer first: the newer connection was closed"
+            );
+        }
     }
 }

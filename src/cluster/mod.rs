@@ -292,6 +292,20 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             let _ = self.settle_leave(key, id, gone.sessions).await;
         }
     }
+
+    /// As [`abandon`](Self::abandon), from code that cannot wait (a `Drop`): the
+    /// client leaves the registry at once, and Redis is told on a task of its
+    /// own. Without a runtime to run it, the heartbeat's orphan release and
+    /// reconcile tell Redis, should the node live on.
+    fn leave_now(self: &Arc<Self>, id: ClientId) {
+        let key = self.registry.info(id).ok().and_then(|i| i.key.clone());
+        let Ok(gone) = self.registry.unregister(id) else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(Arc::clone(self).settle_leave(key, id, gone.sessions));
+        }
+    }
 }
 
 /// Runs `work` on a task of its own and waits for it. A caller that stops
@@ -324,6 +338,8 @@ fn cancelled() -> ClusterError {
 /// has the client unregistered again: nobody holds its receiver.
 struct Handoff<M: Clone + Send + Sync + 'static> {
     outcome: oneshot::Receiver<Result<Registration<M>, ClusterError>>,
+    /// The task settling it: asked why, when it ends without an answer.
+    task: JoinHandle<()>,
     shared: Arc<Shared<M>>,
     taken: bool,
 }
@@ -332,8 +348,32 @@ impl<M: Clone + Send + Sync + 'static> Handoff<M> {
     async fn wait(mut self) -> Result<Registration<M>, ClusterError> {
         let outcome = (&mut self.outcome).await;
         self.taken = true;
-        // No answer: the task panicked, or the runtime is shutting down.
-        outcome.unwrap_or_else(|_| Err(cancelled()))
+        match outcome {
+            Ok(outcome) => outcome,
+            // No answer: the task panicked, or the runtime is shutting down.
+            // Either way its guard unregistered the client.
+            Err(_) => match (&mut self.task).await {
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                _ => Err(cancelled()),
+            },
+        }
+    }
+}
+
+/// Held by the task settling a registration until the outcome is known: should
+/// the task unwind (a panic) or be dropped unfinished (the runtime shutting
+/// down), it unregisters the client, whose receiver nobody will be given.
+struct Unsettled<'a, M: Clone + Send + Sync + 'static> {
+    shared: &'a Arc<Shared<M>>,
+    id: ClientId,
+    done: bool,
+}
+
+impl<M: Clone + Send + Sync + 'static> Drop for Unsettled<'_, M> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared.leave_now(self.id);
+        }
     }
 }
 
@@ -348,16 +388,7 @@ impl<M: Clone + Send + Sync + 'static> Drop for Handoff<M> {
         let Ok(Ok(reg)) = self.outcome.try_recv() else {
             return;
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(Arc::clone(&self.shared).abandon(reg.id));
-            }
-            // No runtime to tell Redis from: the heartbeat's reconcile and orphan
-            // release do, should the node live on.
-            Err(_) => {
-                let _ = self.shared.registry.unregister(reg.id);
-            }
-        }
+        self.shared.leave_now(reg.id);
     }
 }
 
@@ -513,7 +544,9 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// Cancel-safe: the work runs on a task of its own from the first poll.
     /// Dropped before it returns, it unregisters the client again (and releases
     /// its key) once Redis has answered the claim, since nobody holds the
-    /// receiver; Redis is left as if the client had come and gone.
+    /// receiver; Redis is left as if the client had come and gone. A panic in
+    /// that work unregisters the client too, and is raised again in a caller
+    /// still waiting.
     ///
     /// # Examples
     ///
@@ -575,14 +608,22 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         let shared = Arc::clone(&self.shared);
         // Spawned before the first await: whatever becomes of the caller, the
         // claim is answered and the registration kept or undone in full.
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
+            let mut unsettled = Unsettled {
+                shared: &shared,
+                id: reg.id,
+                done: false,
+            };
             let settled = Arc::clone(&shared).settle_registration(key, reg).await;
+            unsettled.done = true;
+            drop(unsettled);
             if let Err(Ok(reg)) = tx.send(settled) {
                 shared.abandon(reg.id).await;
             }
         });
         Handoff {
             outcome,
+            task,
             shared: Arc::clone(&self.shared),
             taken: false,
         }
@@ -1107,5 +1148,44 @@ mod tests {
             .connect()
             .await
             .unwrap()
+    }
+
+    /// A panic in the task settling a registration reaches the caller waiting
+    /// for it, rather than a "runtime shut down" error, and the client does not
+    /// stay registered with nobody holding its receiver. No code of the
+    /// caller's runs in that task, so the panic is the test's own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_settling_a_registration_reaches_the_caller_and_unregisters() {
+        let Some(redis) = Redis::start("settle_panic") else {
+            return;
+        };
+        let cluster = node(&redis, "u4").await;
+        let (id, _rx) = cluster.registry().register(ClientInfo::new()).unwrap();
+        let (tx, outcome) = oneshot::channel();
+        let shared = Arc::clone(&cluster.shared);
+        let task = tokio::spawn(async move {
+            let _unsettled = Unsettled {
+                shared: &shared,
+                id,
+                done: false,
+            };
+            let _tx: oneshot::Sender<Result<Registration<Arc<str>>, ClusterError>> = tx;
+            panic!("settling went wrong");
+        });
+        let handoff = Handoff {
+            outcome,
+            task,
+            shared: Arc::clone(&cluster.shared),
+            taken: false,
+        };
+        let waited = tokio::spawn(handoff.wait()).await;
+        let panic = waited.expect_err("the caller got an outcome");
+        assert!(panic.is_panic(), "{panic}");
+        let payload = panic.into_panic();
+        assert_eq!(
+            payload.downcast_ref::<&str>(),
+            Some(&"settling went wrong")
+        );
+        assert_eq!(cluster.registry().client_count(), 0, "the client stayed");
     }
 }

@@ -474,7 +474,8 @@ mod tests {
             Some(new),
             "the key is bound to a closed connection"
         );
-        cluster.unregister(new).await.unwrap();
+        let gone = cluster.unregister(new).await.unwrap();
+        assert_eq!(gone.id, new);
         assert_eq!(cluster.locate("dev").await.unwrap(), None);
     }
 

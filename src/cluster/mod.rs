@@ -52,7 +52,8 @@
 //!   [`Cluster::register`], ...) take effect in Redis before they return. Changes
 //!   made on the [`Registry`] directly are picked up by the next heartbeat.
 //!   Their Redis work runs on a task of its own: a caller that stops waiting (a
-//!   timeout, a `select!`) does not stop it halfway.
+//!   timeout, a `select!`) does not stop it halfway, unless the node itself
+//!   stops (its last handle dropped; see [`Cluster`]).
 //! * While Redis is unreachable, cross-node publications fail (and come back to
 //!   the caller), registrations with a key fail, and local delivery goes on.
 //! * Delivery across nodes is at-most-once and in order per publishing node and
@@ -116,6 +117,20 @@ use takeover::{Keys, Mode};
 /// (heartbeat, subscriptions, receiver) stop when the last handle is dropped; the
 /// other nodes then release it within its TTL. [`Cluster::shutdown`] leaves at
 /// once instead.
+///
+/// # Cancel safety
+///
+/// The Redis work of [`register`](Self::register),
+/// [`unregister`](Self::unregister), [`attach`](Self::attach) and
+/// [`detach`](Self::detach), and a [`broadcast`](Self::broadcast)'s publication,
+/// run to the end whether or not their caller still waits, as long as a handle
+/// to the node is left. A caller waiting holds one; but once the last handle is
+/// dropped, the node closes its Redis connections beneath work that callers
+/// stopped waiting for, and that work fails where it got to (a registration
+/// whose claim fails is unregistered here). Redis is then cleaned up as for a
+/// node that crashed: the other nodes release this node's keys and member
+/// counts within its TTL. To leave Redis in order at once, call
+/// [`shutdown`](Self::shutdown).
 pub struct Cluster<M> {
     shared: Arc<Shared<M>>,
     tasks: Arc<Tasks>,
@@ -140,6 +155,9 @@ impl<M> std::fmt::Debug for Cluster<M> {
 
 /// Aborts the node's tasks and closes its connections when the last handle goes.
 /// Presence is left to expire: that is what other nodes see of a crash.
+/// Work that callers stopped waiting for ([`to_the_end`], [`Handoff`]) holds only
+/// the [`Shared`] state, so it fails from then on rather than keep the
+/// connections open; the TTL cleans up after it.
 /// The publisher is apart, with the signal that stops it between batches
 /// ([`Cluster::shutdown`]).
 struct Tasks(
@@ -310,9 +328,9 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
 
 /// Runs `work` on a task of its own and waits for it. A caller that stops
 /// waiting (a timeout, a `select!`, its task aborted) leaves the work running to
-/// the end: stopped halfway, it would leave the node's subscriptions, gap
-/// numbering or Redis's member counts out of line with the registry, with nothing
-/// left to look at them again.
+/// the end, unless the node stops meanwhile ([`Tasks`]): stopped halfway, it
+/// would leave the node's subscriptions, gap numbering or Redis's member counts
+/// out of line with the registry, with nothing left to look at them again.
 async fn to_the_end<T: Send + 'static>(
     work: impl Future<Output = Result<T, ClusterError>> + Send + 'static,
 ) -> Result<T, ClusterError> {
@@ -544,9 +562,9 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// Cancel-safe: the work runs on a task of its own from the first poll.
     /// Dropped before it returns, it unregisters the client again (and releases
     /// its key) once Redis has answered the claim, since nobody holds the
-    /// receiver; Redis is left as if the client had come and gone. A panic in
-    /// that work unregisters the client too, and is raised again in a caller
-    /// still waiting.
+    /// receiver; Redis is left as if the client had come and gone. All this
+    /// unless the node stops meanwhile (see [`Cluster`]). A panic in that work
+    /// unregisters the client too, and is raised again in a caller still waiting.
     ///
     /// # Examples
     ///
@@ -644,7 +662,8 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     ///
     /// Cancel-safe: the client is unregistered here on the first poll, and the
     /// key's release and the sessions' sync run on a task of their own, to the
-    /// end, whether or not the caller waits for them.
+    /// end, whether or not the caller waits for them, unless the node stops
+    /// meanwhile (see [`Cluster`]).
     ///
     /// # Examples
     ///
@@ -686,8 +705,9 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     ///
     /// Cancel-safe: the client is attached here on the first poll, and the
     /// subscription and member count follow on a task of their own, to the end,
-    /// whether or not the caller waits for them. A caller that stopped waiting has
-    /// no promise that the subscription is in place yet.
+    /// whether or not the caller waits for them, unless the node stops meanwhile
+    /// (see [`Cluster`]). A caller that stopped waiting has no promise that the
+    /// subscription is in place yet.
     ///
     /// # Examples
     ///
@@ -724,7 +744,8 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     ///
     /// Cancel-safe: the client is detached here on the first poll, and the
     /// unsubscription and member count follow on a task of their own, to the
-    /// end, whether or not the caller waits for them.
+    /// end, whether or not the caller waits for them, unless the node stops
+    /// meanwhile (see [`Cluster`]).
     ///
     /// # Examples
     ///
@@ -1182,10 +1203,7 @@ mod tests {
         let panic = waited.expect_err("the caller got an outcome");
         assert!(panic.is_panic(), "{panic}");
         let payload = panic.into_panic();
-        assert_eq!(
-            payload.downcast_ref::<&str>(),
-            Some(&"settling went wrong")
-        );
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"settling went wrong"));
         assert_eq!(cluster.registry().client_count(), 0, "the client stayed");
     }
 }

@@ -10,7 +10,9 @@
 //! The notice travels on the subscriber connection and the claim's answer on the
 //! command connection, so a notice can overtake the answer to the very claim it
 //! supersedes. A notice that finds a claim of this node in flight is therefore
-//! kept, and the claim's answer is checked against it when it lands.
+//! kept, and the claim's answer is checked against it when it lands: the local
+//! holder is closed then, if the notice superseded the claim (or the claim
+//! failed), and not before, since that claim may be the newer one.
 //!
 //! Claims run on tasks of their own, so two registrations of one key on this
 //! node can reach Redis in another order than the registry took the key. Redis
@@ -64,6 +66,14 @@ pub(crate) struct Keys {
 }
 
 impl Keys {
+    /// Whether a claim of this node other than the one just answered settles
+    /// `key` after a takeover at generation `r`: one answered at a higher
+    /// generation (it took the key back), or one in flight (it checks the
+    /// takeover when it lands).
+    fn settled_elsewhere(&self, key: &str, r: u64) -> bool {
+        self.held.get(key).is_some_and(|h| h.gen > r) || self.pending.contains_key(key)
+    }
+
     /// One claim of `key` is answered: returns the newest takeover heard while
     /// it was in flight, forgotten with the last claim in flight.
     fn answered(&mut self, key: &str) -> Option<(u64, String)> {
@@ -150,24 +160,28 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             .client
             .eval(self.scripts.claim.text(), Vec::<String>::new(), args)
             .await;
-        let superseded = {
+        let (superseded, failed) = {
             let mut keys = lock(&self.keys);
             let revoked = in_flight.answered(&mut keys);
             match answer {
-                Err(e) => return Err(e.into()),
+                // Its outcome unknown, a claim left to settle a takeover
+                // (`on_takeover`) settles it as superseded.
+                Err(e) => match revoked {
+                    Some((r, node)) if !keys.settled_elsewhere(key, r) => {
+                        keys.held.remove(key);
+                        (Some(node), Some(e))
+                    }
+                    _ => return Err(e.into()),
+                },
                 Ok((1, value)) => {
                     let gen = value.as_u64().unwrap_or(0);
                     match revoked {
                         Some((r, node)) if r > gen => {
-                            // Superseded, though not for good if a newer claim
-                            // of this node, answered or in flight, took the key
-                            // back since: that one settles it.
-                            let newer = keys.held.get(key).is_some_and(|h| h.gen > r);
-                            if newer || keys.pending.contains_key(key) {
-                                return Ok(newer);
+                            if keys.settled_elsewhere(key, r) {
+                                return Ok(keys.held.get(key).is_some_and(|h| h.gen > r));
                             }
                             keys.held.remove(key);
-                            Some(node)
+                            (Some(node), None)
                         }
                         _ => {
                             // Not necessarily `id`: claims run on tasks of their
@@ -188,16 +202,21 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 }
                 Ok((_, value)) => {
                     keys.held.remove(key);
-                    value.as_string()
+                    (value.as_string(), None)
                 }
             }
         };
         // Another node holds the key: it claimed after this claim, or kept it.
         let left = self.close_holder(key, id, superseded.unwrap_or_default());
-        if !left.is_empty() {
-            self.sync_sessions(left).await?;
+        let synced = if left.is_empty() {
+            Ok(())
+        } else {
+            self.sync_sessions(left).await
+        };
+        if let Some(e) = failed {
+            return Err(e.into());
         }
-        Ok(false)
+        synced.map(|()| false)
     }
 
     /// Releases every key whose connection left the registry without the cluster
@@ -370,6 +389,13 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
     pub(crate) fn on_takeover(&self, notice: TakeOver) -> Vec<SessionId> {
         {
             let mut keys = lock(&self.keys);
+            let lost = keys
+                .held
+                .get(&notice.key)
+                .is_some_and(|h| h.gen < notice.gen);
+            if lost {
+                keys.held.remove(&notice.key);
+            }
             if keys.pending.contains_key(&notice.key) {
                 let r = keys
                     .revoked
@@ -378,14 +404,16 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 if notice.gen > r.0 {
                     *r = (notice.gen, notice.node.clone());
                 }
+                // Kept for the claim in flight, which closes the holder if the
+                // notice superseded it. It may have run in Redis after the
+                // notice's claim (a connection that took the key over here
+                // since): closing the holder now would close the connection
+                // that won, and leave the key claimed for nobody.
+                return Vec::new();
             }
-            match keys.held.get(&notice.key) {
-                Some(h) if h.gen < notice.gen => {
-                    keys.held.remove(&notice.key);
-                }
-                // Claimed again here since, or not held yet (a pending claim
-                // checks the notice kept above): nothing to close now.
-                _ => return Vec::new(),
+            if !lost {
+                // Claimed again here since: nothing to close.
+                return Vec::new();
             }
         }
         let by = notice.by.parse().unwrap_or(ClientId::pack(0, 0, 0));
@@ -537,5 +565,45 @@ mod tests {
                 "{what} answer first: the newer connection was closed"
             );
         }
+    }
+
+    /// A connection took the key over here while its claim was in flight, and
+    /// another node's notice arrives for a claim that ran in Redis between the
+    /// old connection's claim and the new one's. The new claim wins in Redis
+    /// (the other node closes its connection on its notice), so the new
+    /// connection must stay open. (It was closed on the notice, the new claim
+    /// then bound the key to a closed connection, and nobody held it.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_notice_older_than_a_claim_in_flight_closes_nothing() {
+        let Some(redis) = redis::Redis::start("notice_older_than_claim") else {
+            return;
+        };
+        let cluster = node(&redis, "u5").await;
+        let shared = &cluster.shared;
+        let info = || ClientInfo::new().with_key("dev");
+        let set_gen = |gen: u64| {
+            redis.cli(&["SET", "{u5}:gen", &gen.to_string()]).unwrap();
+        };
+        let base = 1u64 << 52;
+        set_gen(base);
+        let (old, _old_rx) = shared.registry.register(info()).unwrap();
+        assert!(shared.claim("dev", old, Mode::Force).await.unwrap());
+        let (new, _new_rx) = shared.registry.register(info()).unwrap();
+        set_gen(base + 10);
+        let mut newer = pin!(shared.claim("dev", new, Mode::Force));
+        send(&redis, newer.as_mut()).await;
+        claimed(&redis, "u5", base + 11);
+        let notice = TakeOver {
+            key: "dev".into(),
+            gen: base + 5,
+            node: "b".into(),
+            by: String::new(),
+        };
+        let _ = shared.on_takeover(notice);
+        assert!(newer.await.unwrap());
+        let holder = shared.registry.lookup(ClientRef::Key("dev")).map(|e| e.id);
+        assert_eq!(holder.ok(), Some(new), "the new connection was closed");
+        let held = lock(&shared.keys).held.get("dev").map(|h| (h.gen, h.id));
+        assert_eq!(held, Some((base + 11, new)));
     }
 }

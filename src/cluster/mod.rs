@@ -262,16 +262,17 @@ impl<M: 'static> Shared<M> {
 }
 
 impl<M: Clone + Send + Sync + 'static> Shared<M> {
-    /// Claims a new registration's key and records the rooms of the connection
-    /// it took over here; unregisters it again if the claim failed, so that a
-    /// key is never held without Redis knowing.
+    /// Claims a new registration's key (reserved before the registry took it)
+    /// and records the rooms of the connection it took over here; unregisters
+    /// it again if the claim failed, so that a key is never held without Redis
+    /// knowing.
     async fn settle_registration(
         self: Arc<Self>,
-        key: Option<String>,
+        reserved: Option<takeover::Reserved<M>>,
         reg: Registration<M>,
     ) -> Result<Registration<M>, ClusterError> {
-        if let Some(key) = key {
-            if let Err(e) = self.claim(&key, reg.id, Mode::Force).await {
+        if let Some(reserved) = reserved {
+            if let Err(e) = self.claim_reserved(reserved, reg.id, Mode::Force).await {
                 let _ = self.registry.unregister(reg.id);
                 return Err(e);
             }
@@ -620,7 +621,8 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         &self,
         info: ClientInfo,
     ) -> Result<Registration<M>, ClusterError> {
-        let key = info.key.clone();
+        // Counted in flight before the registry takes the key: see `reserve_claim`.
+        let key = info.key.as_deref().map(|k| self.shared.reserve_claim(k));
         let reg = self.shared.registry.register_with_report(info)?;
         let (tx, outcome) = oneshot::channel();
         let shared = Arc::clone(&self.shared);

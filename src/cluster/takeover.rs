@@ -12,7 +12,9 @@
 //! supersedes. A notice that finds a claim of this node in flight is therefore
 //! kept, and the claim's answer is checked against it when it lands: the local
 //! holder is closed then, if the notice superseded the claim (or the claim
-//! failed), and not before, since that claim may be the newer one.
+//! failed), and not before, since that claim may be the newer one. A
+//! registration counts its claim in flight from before the registry takes the
+//! key, since the claim itself starts on a task of its own.
 //!
 //! Claims run on tasks of their own, so two registrations of one key on this
 //! node can reach Redis in another order than the registry took the key. Redis
@@ -28,7 +30,7 @@ use fred::interfaces::{ClientLike, LuaInterface};
 use fred::prelude::{Options, Value};
 
 use crate::client_ref::ClientRef;
-use crate::sync::{lock, Mutex};
+use crate::sync::{lock, Arc, Mutex};
 use crate::{ClientId, CloseReason, SessionId};
 
 use super::envelope::TakeOver;
@@ -123,6 +125,48 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// A claim counted in flight before it is made ([`Shared::reserve_claim`]).
+/// Dropped unmade (the registry refused the registration, or its task was
+/// dropped as the runtime stopped), it acts on a takeover notice kept for it
+/// as the notice would have: it closes the key's holder here.
+pub(crate) struct Reserved<M: Clone + Send + Sync + 'static> {
+    shared: Arc<Shared<M>>,
+    key: String,
+    open: bool,
+}
+
+impl<M: Clone + Send + Sync + 'static> Drop for Reserved<M> {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        let superseded = {
+            let mut keys = lock(&self.shared.keys);
+            match keys.answered(&self.key) {
+                Some((r, node)) if !keys.settled_elsewhere(&self.key, r) => {
+                    keys.held.remove(&self.key);
+                    Some(node)
+                }
+                _ => None,
+            }
+        };
+        let Some(node) = superseded else {
+            return;
+        };
+        // Redis does not say which connection took it.
+        let left = self
+            .shared
+            .close_holder(&self.key, ClientId::pack(0, 0, 0), node);
+        // Without a runtime, the heartbeat's reconcile records the rooms it left.
+        if let (false, Ok(runtime)) = (left.is_empty(), tokio::runtime::Handle::try_current()) {
+            let shared = Arc::clone(&self.shared);
+            runtime.spawn(async move {
+                let _ = shared.sync_sessions(left).await;
+            });
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
     /// A new connection: take the key from whoever holds it.
@@ -142,6 +186,48 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         id: ClientId,
         mode: Mode,
     ) -> Result<bool, ClusterError> {
+        self.claim_counted(key, id, mode, InFlight::start(&self.keys, key))
+            .await
+    }
+
+    /// Counts a claim of `key` in flight from now until it is made
+    /// ([`claim_reserved`](Self::claim_reserved)): taken before a registration
+    /// takes the key in the registry, so that a takeover notice arriving before
+    /// its claim starts (on a task of its own) is kept for that claim, rather
+    /// than close the connection it is for.
+    pub(crate) fn reserve_claim(self: &Arc<Self>, key: &str) -> Reserved<M> {
+        *lock(&self.keys).pending.entry(key.to_owned()).or_insert(0) += 1;
+        Reserved {
+            shared: Arc::clone(self),
+            key: key.to_owned(),
+            open: true,
+        }
+    }
+
+    /// As [`claim`](Self::claim), for the key `reserved` counts already.
+    pub(crate) async fn claim_reserved(
+        &self,
+        mut reserved: Reserved<M>,
+        id: ClientId,
+        mode: Mode,
+    ) -> Result<bool, ClusterError> {
+        reserved.open = false;
+        let in_flight = InFlight {
+            keys: &self.keys,
+            key: &reserved.key,
+            open: true,
+        };
+        self.claim_counted(&reserved.key, id, mode, in_flight).await
+    }
+
+    /// A claim whose count in flight `in_flight` holds.
+    async fn claim_counted(
+        &self,
+        key: &str,
+        id: ClientId,
+        mode: Mode,
+        mut in_flight: InFlight<'_>,
+    ) -> Result<bool, ClusterError> {
         let args = vec![
             self.names.base.clone(),
             key.to_owned(),
@@ -155,7 +241,6 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             .to_owned(),
             self.names.node_base.clone(),
         ];
-        let mut in_flight = InFlight::start(&self.keys, key);
         let answer: Result<(i64, Value), _> = self
             .client
             .eval(self.scripts.claim.text(), Vec::<String>::new(), args)
@@ -601,6 +686,44 @@ mod tests {
         };
         let _ = shared.on_takeover(notice);
         assert!(newer.await.unwrap());
+        let holder = shared.registry.lookup(ClientRef::Key("dev")).map(|e| e.id);
+        assert_eq!(holder.ok(), Some(new), "the new connection was closed");
+        let held = lock(&shared.keys).held.get("dev").map(|h| (h.gen, h.id));
+        assert_eq!(held, Some((base + 11, new)));
+    }
+
+    /// As above, with the notice arriving after the new registration took the
+    /// key in the registry and before its claim started: on a runtime of one
+    /// thread, the task that claims cannot start before the notice.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_notice_before_a_registrations_claim_starts_closes_nothing() {
+        let Some(redis) = redis::Redis::start("notice_before_claim") else {
+            return;
+        };
+        let cluster = node(&redis, "u6").await;
+        let shared = &cluster.shared;
+        let set_gen = |gen: u64| {
+            redis.cli(&["SET", "{u6}:gen", &gen.to_string()]).unwrap();
+        };
+        let base = 1u64 << 52;
+        set_gen(base);
+        let info = || ClientInfo::new().with_key("dev");
+        let (_old, _old_rx) = cluster.register(info()).await.unwrap();
+        set_gen(base + 10);
+        let mut registering = pin!(cluster.register(info()));
+        std::future::poll_fn(|cx| {
+            assert!(registering.as_mut().poll(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        let notice = TakeOver {
+            key: "dev".into(),
+            gen: base + 5,
+            node: "b".into(),
+            by: String::new(),
+        };
+        let _ = shared.on_takeover(notice);
+        let (new, _new_rx) = registering.await.unwrap();
         let holder = shared.registry.lookup(ClientRef::Key("dev")).map(|e| e.id);
         assert_eq!(holder.ok(), Some(new), "the new connection was closed");
         let held = lock(&shared.keys).held.get("dev").map(|h| (h.gen, h.id));

@@ -2658,3 +2658,51 @@ async fn syncs_given_up_during_an_outage_do_not_queue_behind_each_other() {
         want.len()
     );
 }
+
+/// A key whose connection was taken over on its own node, while the node's
+/// record of the key still names the old connection, stays with the live
+/// holder: the heartbeat neither releases it nor leaves it unknown to Redis.
+/// That record is what two registrations of one key leave when their claims
+/// reach Redis in the other order than the registry took the key (each claim
+/// runs on a task of its own); a takeover made on the registry, which claims
+/// nothing, leaves it deterministically. (The heartbeat released the key as an
+/// orphan: Redis had no holder, sends from other nodes failed, and a claim
+/// elsewhere closed nobody here, so two live connections held the key.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_taken_over_on_its_node_stays_with_the_live_holder() {
+    let redis = redis_or_skip!("taken_over_on_its_node");
+    let ttl = Duration::from_secs(1);
+    let a = node(&redis, "t66", "a", ttl).await;
+    let b = node(&redis, "t66", "b", ttl).await;
+    let (old, mut old_rx) = a.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    let (new, mut new_rx) = a
+        .registry()
+        .register(ClientInfo::new().with_key("dev"))
+        .unwrap();
+    assert_ne!(old, new);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), old_rx.recv())
+            .await
+            .expect("the old connection closes")
+            .is_none(),
+        "the old connection got a message"
+    );
+    // Two heartbeats at least (one every third of the TTL).
+    tokio::time::sleep(ttl).await;
+    assert_eq!(
+        b.locate("dev").await.unwrap().as_deref(),
+        Some("a"),
+        "the key of a live connection on a was released"
+    );
+    let sent = b.send_to_key("dev", Msg::from("hi")).await;
+    assert!(
+        matches!(&sent, Ok(Delivered::Remote(n)) if n == "a"),
+        "{sent:?}"
+    );
+    assert_eq!(&*recv(&mut new_rx).await, "hi");
+    // A claim on b takes the key from the live holder on a.
+    let (_c, _c_rx) = b.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    let closed = eventually(Duration::from_secs(5), || a.registry().client_count() == 0).await;
+    assert!(closed, "the holder on a outlived b's claim");
+    assert_eq!(a.locate("dev").await.unwrap().as_deref(), Some("b"));
+}

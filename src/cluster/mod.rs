@@ -52,7 +52,8 @@
 //!   [`Cluster::register`], ...) take effect in Redis before they return. Changes
 //!   made on the [`Registry`] directly are picked up by the next heartbeat.
 //!   Their Redis work runs on a task of its own: a caller that stops waiting (a
-//!   timeout, a `select!`) does not stop it halfway.
+//!   timeout, a `select!`) does not stop it halfway, unless the node itself
+//!   stops (its last handle dropped; see [`Cluster`]).
 //! * While Redis is unreachable, cross-node publications fail (and come back to
 //!   the caller), registrations with a key fail, and local delivery goes on.
 //! * Delivery across nodes is at-most-once and in order per publishing node and
@@ -116,6 +117,20 @@ use takeover::{Keys, Mode};
 /// (heartbeat, subscriptions, receiver) stop when the last handle is dropped; the
 /// other nodes then release it within its TTL. [`Cluster::shutdown`] leaves at
 /// once instead.
+///
+/// # Cancel safety
+///
+/// The Redis work of [`register`](Self::register),
+/// [`unregister`](Self::unregister), [`attach`](Self::attach) and
+/// [`detach`](Self::detach), and a [`broadcast`](Self::broadcast)'s publication,
+/// run to the end whether or not their caller still waits, as long as a handle
+/// to the node is left. A caller waiting holds one; but once the last handle is
+/// dropped, the node closes its Redis connections beneath work that callers
+/// stopped waiting for, and that work fails where it got to (a registration
+/// whose claim fails is unregistered here). Redis is then cleaned up as for a
+/// node that crashed: the other nodes release this node's keys and member
+/// counts within its TTL. To leave Redis in order at once, call
+/// [`shutdown`](Self::shutdown).
 pub struct Cluster<M> {
     shared: Arc<Shared<M>>,
     tasks: Arc<Tasks>,
@@ -140,6 +155,9 @@ impl<M> std::fmt::Debug for Cluster<M> {
 
 /// Aborts the node's tasks and closes its connections when the last handle goes.
 /// Presence is left to expire: that is what other nodes see of a crash.
+/// Work that callers stopped waiting for ([`to_the_end`], [`Handoff`]) holds only
+/// the [`Shared`] state, so it fails from then on rather than keep the
+/// connections open; the TTL cleans up after it.
 /// The publisher is apart, with the signal that stops it between batches
 /// ([`Cluster::shutdown`]).
 struct Tasks(
@@ -247,16 +265,17 @@ impl<M: 'static> Shared<M> {
 }
 
 impl<M: Clone + Send + Sync + 'static> Shared<M> {
-    /// Claims a new registration's key and records the rooms of the connection
-    /// it took over here; unregisters it again if the claim failed, so that a
-    /// key is never held without Redis knowing.
+    /// Claims a new registration's key (reserved before the registry took it)
+    /// and records the rooms of the connection it took over here; unregisters
+    /// it again if the claim failed, so that a key is never held without Redis
+    /// knowing.
     async fn settle_registration(
         self: Arc<Self>,
-        key: Option<String>,
+        reserved: Option<takeover::Reserved<M>>,
         reg: Registration<M>,
     ) -> Result<Registration<M>, ClusterError> {
-        if let Some(key) = key {
-            if let Err(e) = self.claim(&key, reg.id, Mode::Force).await {
+        if let Some(reserved) = reserved {
+            if let Err(e) = self.claim_reserved(reserved, reg.id, Mode::Force).await {
                 let _ = self.registry.unregister(reg.id);
                 return Err(e);
             }
@@ -295,13 +314,27 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             let _ = self.settle_leave(key, id, gone.sessions).await;
         }
     }
+
+    /// As [`abandon`](Self::abandon), from code that cannot wait (a `Drop`): the
+    /// client leaves the registry at once, and Redis is told on a task of its
+    /// own. Without a runtime to run it, the heartbeat's orphan release and
+    /// reconcile tell Redis, should the node live on.
+    fn leave_now(self: &Arc<Self>, id: ClientId) {
+        let key = self.registry.info(id).ok().and_then(|i| i.key.clone());
+        let Ok(gone) = self.registry.unregister(id) else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(Arc::clone(self).settle_leave(key, id, gone.sessions));
+        }
+    }
 }
 
 /// Runs `work` on a task of its own and waits for it. A caller that stops
 /// waiting (a timeout, a `select!`, its task aborted) leaves the work running to
-/// the end: stopped halfway, it would leave the node's subscriptions, gap
-/// numbering or Redis's member counts out of line with the registry, with nothing
-/// left to look at them again.
+/// the end, unless the node stops meanwhile ([`Tasks`]): stopped halfway, it
+/// would leave the node's subscriptions, gap numbering or Redis's member counts
+/// out of line with the registry, with nothing left to look at them again.
 async fn to_the_end<T: Send + 'static>(
     work: impl Future<Output = Result<T, ClusterError>> + Send + 'static,
 ) -> Result<T, ClusterError> {
@@ -327,6 +360,8 @@ fn cancelled() -> ClusterError {
 /// has the client unregistered again: nobody holds its receiver.
 struct Handoff<M: Clone + Send + Sync + 'static> {
     outcome: oneshot::Receiver<Result<Registration<M>, ClusterError>>,
+    /// The task settling it: asked why, when it ends without an answer.
+    task: JoinHandle<()>,
     shared: Arc<Shared<M>>,
     taken: bool,
 }
@@ -335,8 +370,32 @@ impl<M: Clone + Send + Sync + 'static> Handoff<M> {
     async fn wait(mut self) -> Result<Registration<M>, ClusterError> {
         let outcome = (&mut self.outcome).await;
         self.taken = true;
-        // No answer: the task panicked, or the runtime is shutting down.
-        outcome.unwrap_or_else(|_| Err(cancelled()))
+        match outcome {
+            Ok(outcome) => outcome,
+            // No answer: the task panicked, or the runtime is shutting down.
+            // Either way its guard unregistered the client.
+            Err(_) => match (&mut self.task).await {
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                _ => Err(cancelled()),
+            },
+        }
+    }
+}
+
+/// Held by the task settling a registration until the outcome is known: should
+/// the task unwind (a panic) or be dropped unfinished (the runtime shutting
+/// down), it unregisters the client, whose receiver nobody will be given.
+struct Unsettled<'a, M: Clone + Send + Sync + 'static> {
+    shared: &'a Arc<Shared<M>>,
+    id: ClientId,
+    done: bool,
+}
+
+impl<M: Clone + Send + Sync + 'static> Drop for Unsettled<'_, M> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared.leave_now(self.id);
+        }
     }
 }
 
@@ -351,16 +410,7 @@ impl<M: Clone + Send + Sync + 'static> Drop for Handoff<M> {
         let Ok(Ok(reg)) = self.outcome.try_recv() else {
             return;
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(Arc::clone(&self.shared).abandon(reg.id));
-            }
-            // No runtime to tell Redis from: the heartbeat's reconcile and orphan
-            // release do, should the node live on.
-            Err(_) => {
-                let _ = self.shared.registry.unregister(reg.id);
-            }
-        }
+        self.shared.leave_now(reg.id);
     }
 }
 
@@ -517,7 +567,9 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// Cancel-safe: the work runs on a task of its own from the first poll.
     /// Dropped before it returns, it unregisters the client again (and releases
     /// its key) once Redis has answered the claim, since nobody holds the
-    /// receiver; Redis is left as if the client had come and gone.
+    /// receiver; Redis is left as if the client had come and gone. All this
+    /// unless the node stops meanwhile (see [`Cluster`]). A panic in that work
+    /// unregisters the client too, and is raised again in a caller still waiting.
     ///
     /// # Examples
     ///
@@ -573,20 +625,29 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         &self,
         info: ClientInfo,
     ) -> Result<Registration<M>, ClusterError> {
-        let key = info.key.clone();
+        // Counted in flight before the registry takes the key: see `reserve_claim`.
+        let key = info.key.as_deref().map(|k| self.shared.reserve_claim(k));
         let reg = self.shared.registry.register_with_report(info)?;
         let (tx, outcome) = oneshot::channel();
         let shared = Arc::clone(&self.shared);
         // Spawned before the first await: whatever becomes of the caller, the
         // claim is answered and the registration kept or undone in full.
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
+            let mut unsettled = Unsettled {
+                shared: &shared,
+                id: reg.id,
+                done: false,
+            };
             let settled = Arc::clone(&shared).settle_registration(key, reg).await;
+            unsettled.done = true;
+            drop(unsettled);
             if let Err(Ok(reg)) = tx.send(settled) {
                 shared.abandon(reg.id).await;
             }
         });
         Handoff {
             outcome,
+            task,
             shared: Arc::clone(&self.shared),
             taken: false,
         }
@@ -607,7 +668,8 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     ///
     /// Cancel-safe: the client is unregistered here on the first poll, and the
     /// key's release and the sessions' sync run on a task of their own, to the
-    /// end, whether or not the caller waits for them.
+    /// end, whether or not the caller waits for them, unless the node stops
+    /// meanwhile (see [`Cluster`]).
     ///
     /// # Examples
     ///
@@ -649,8 +711,9 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     ///
     /// Cancel-safe: the client is attached here on the first poll, and the
     /// subscription and member count follow on a task of their own, to the end,
-    /// whether or not the caller waits for them. A caller that stopped waiting has
-    /// no promise that the subscription is in place yet.
+    /// whether or not the caller waits for them, unless the node stops meanwhile
+    /// (see [`Cluster`]). A caller that stopped waiting has no promise that the
+    /// subscription is in place yet.
     ///
     /// # Examples
     ///
@@ -687,7 +750,8 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     ///
     /// Cancel-safe: the client is detached here on the first poll, and the
     /// unsubscription and member count follow on a task of their own, to the
-    /// end, whether or not the caller waits for them.
+    /// end, whether or not the caller waits for them, unless the node stops
+    /// meanwhile (see [`Cluster`]).
     ///
     /// # Examples
     ///
@@ -1082,5 +1146,70 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         let _ = self.shared.subscriber.quit().await;
         let _ = self.shared.client.quit().await;
         left
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "the integration tests' helper; not every item is used here"
+)]
+#[path = "../../tests/common/redis.rs"]
+mod test_redis;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cluster::test_redis::Redis;
+
+    /// A node whose heartbeats are far apart: none runs during a test.
+    pub(super) async fn node(redis: &Redis, prefix: &str) -> Cluster<Arc<str>> {
+        Cluster::builder(Registry::<Arc<str>>::new(), Raw)
+            .url(redis.url())
+            .prefix(prefix)
+            .node_id("a")
+            .ttl(Duration::from_secs(60))
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// A panic in the task settling a registration reaches the caller waiting
+    /// for it, rather than a "runtime shut down" error, and the client does not
+    /// stay registered with nobody holding its receiver. No code of the
+    /// caller's runs in that task, so the panic is the test's own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_settling_a_registration_reaches_the_caller_and_unregisters() {
+        let Some(redis) = Redis::start("settle_panic") else {
+            return;
+        };
+        let cluster = node(&redis, "u4").await;
+        let (id, _rx) = cluster.registry().register(ClientInfo::new()).unwrap();
+        let (tx, outcome) = oneshot::channel();
+        let shared = Arc::clone(&cluster.shared);
+        let task = tokio::spawn(async move {
+            let _unsettled = Unsettled {
+                shared: &shared,
+                id,
+                done: false,
+            };
+            let _tx: oneshot::Sender<Result<Registration<Arc<str>>, ClusterError>> = tx;
+            panic!("settling went wrong");
+        });
+        let handoff = Handoff {
+            outcome,
+            task,
+            shared: Arc::clone(&cluster.shared),
+            taken: false,
+        };
+        let waited = tokio::spawn(handoff.wait()).await;
+        let panic = waited.expect_err("the caller got an outcome");
+        assert!(panic.is_panic(), "{panic}");
+        let payload = panic.into_panic();
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"settling went wrong"));
+        assert_eq!(cluster.registry().client_count(), 0, "the client stayed");
     }
 }

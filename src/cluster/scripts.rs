@@ -367,17 +367,9 @@ impl Scripts {
 }
 
 #[cfg(test)]
-#[allow(
-    dead_code,
-    unreachable_pub,
-    reason = "the integration tests' helper; not every item is used here"
-)]
-#[path = "../../tests/common/redis.rs"]
-mod redis;
-
-#[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::test_redis as redis;
 
     /// One call's work is the invariant here, so the script runs alone, through
     /// `redis-cli`, against a server of the test's own.

@@ -10,7 +10,17 @@
 //! The notice travels on the subscriber connection and the claim's answer on the
 //! command connection, so a notice can overtake the answer to the very claim it
 //! supersedes. A notice that finds a claim of this node in flight is therefore
-//! kept, and the claim's answer is checked against it when it lands.
+//! kept, and the claim's answer is checked against it when it lands: the local
+//! holder is closed then, if the notice superseded the claim (or the claim
+//! failed), and not before, since that claim may be the newer one. A
+//! registration counts its claim in flight from before the registry takes the
+//! key, since the claim itself starts on a task of its own.
+//!
+//! Claims run on tasks of their own, so two registrations of one key on this
+//! node can reach Redis in another order than the registry took the key. Redis
+//! records the node, not the connection: a claim's answer binds the key to the
+//! registry's holder of it then, and the orphan release follows a takeover made
+//! here since, rather than release the key of a live connection.
 
 use std::collections::HashMap;
 
@@ -20,7 +30,7 @@ use fred::interfaces::{ClientLike, LuaInterface};
 use fred::prelude::{Options, Value};
 
 use crate::client_ref::ClientRef;
-use crate::sync::{lock, Mutex};
+use crate::sync::{lock, Arc, Mutex};
 use crate::{ClientId, CloseReason, SessionId};
 
 use super::envelope::TakeOver;
@@ -30,7 +40,12 @@ use super::{ClusterError, Shared};
 /// What this node holds for one key.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Held {
+    /// The generation of the claim Redis holds the key under for this node.
     pub(crate) gen: u64,
+    /// The local connection holding the key: the registry's holder when the
+    /// claim was answered, or since (the orphan release follows it). Redis
+    /// records the node, not the connection, so a claim made for one
+    /// connection holds the key for whichever one holds it here.
     pub(crate) id: ClientId,
 }
 
@@ -53,6 +68,14 @@ pub(crate) struct Keys {
 }
 
 impl Keys {
+    /// Whether a claim of this node other than the one just answered settles
+    /// `key` after a takeover at generation `r`: one answered at a higher
+    /// generation (it took the key back), or one in flight (it checks the
+    /// takeover when it lands).
+    fn settled_elsewhere(&self, key: &str, r: u64) -> bool {
+        self.held.get(key).is_some_and(|h| h.gen > r) || self.pending.contains_key(key)
+    }
+
     /// One claim of `key` is answered: returns the newest takeover heard while
     /// it was in flight, forgotten with the last claim in flight.
     fn answered(&mut self, key: &str) -> Option<(u64, String)> {
@@ -102,6 +125,48 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// A claim counted in flight before it is made ([`Shared::reserve_claim`]).
+/// Dropped unmade (the registry refused the registration, or its task was
+/// dropped as the runtime stopped), it acts on a takeover notice kept for it
+/// as the notice would have: it closes the key's holder here.
+pub(crate) struct Reserved<M: Clone + Send + Sync + 'static> {
+    shared: Arc<Shared<M>>,
+    key: String,
+    open: bool,
+}
+
+impl<M: Clone + Send + Sync + 'static> Drop for Reserved<M> {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        let superseded = {
+            let mut keys = lock(&self.shared.keys);
+            match keys.answered(&self.key) {
+                Some((r, node)) if !keys.settled_elsewhere(&self.key, r) => {
+                    keys.held.remove(&self.key);
+                    Some(node)
+                }
+                _ => None,
+            }
+        };
+        let Some(node) = superseded else {
+            return;
+        };
+        // Redis does not say which connection took it.
+        let left = self
+            .shared
+            .close_holder(&self.key, ClientId::pack(0, 0, 0), node);
+        // Without a runtime, the heartbeat's reconcile records the rooms it left.
+        if let (false, Ok(runtime)) = (left.is_empty(), tokio::runtime::Handle::try_current()) {
+            let shared = Arc::clone(&self.shared);
+            runtime.spawn(async move {
+                let _ = shared.sync_sessions(left).await;
+            });
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
     /// A new connection: take the key from whoever holds it.
@@ -112,13 +177,56 @@ pub(crate) enum Mode {
 
 impl<M: Clone + Send + Sync + 'static> Shared<M> {
     /// Claims `key` for the local connection `id`. Returns whether this node holds
-    /// it now; under [`Mode::IfFree`] a key another node took is given up and its
-    /// local connection closed.
+    /// it now (false too when another claim of it in flight here settles that);
+    /// under [`Mode::IfFree`] a key another node took is given up and its local
+    /// connection closed.
     pub(crate) async fn claim(
         &self,
         key: &str,
         id: ClientId,
         mode: Mode,
+    ) -> Result<bool, ClusterError> {
+        self.claim_counted(key, id, mode, InFlight::start(&self.keys, key))
+            .await
+    }
+
+    /// Counts a claim of `key` in flight from now until it is made
+    /// ([`claim_reserved`](Self::claim_reserved)): taken before a registration
+    /// takes the key in the registry, so that a takeover notice arriving before
+    /// its claim starts (on a task of its own) is kept for that claim, rather
+    /// than close the connection it is for.
+    pub(crate) fn reserve_claim(self: &Arc<Self>, key: &str) -> Reserved<M> {
+        *lock(&self.keys).pending.entry(key.to_owned()).or_insert(0) += 1;
+        Reserved {
+            shared: Arc::clone(self),
+            key: key.to_owned(),
+            open: true,
+        }
+    }
+
+    /// As [`claim`](Self::claim), for the key `reserved` counts already.
+    pub(crate) async fn claim_reserved(
+        &self,
+        mut reserved: Reserved<M>,
+        id: ClientId,
+        mode: Mode,
+    ) -> Result<bool, ClusterError> {
+        reserved.open = false;
+        let in_flight = InFlight {
+            keys: &self.keys,
+            key: &reserved.key,
+            open: true,
+        };
+        self.claim_counted(&reserved.key, id, mode, in_flight).await
+    }
+
+    /// A claim whose count in flight `in_flight` holds.
+    async fn claim_counted(
+        &self,
+        key: &str,
+        id: ClientId,
+        mode: Mode,
+        mut in_flight: InFlight<'_>,
     ) -> Result<bool, ClusterError> {
         let args = vec![
             self.names.base.clone(),
@@ -133,27 +241,45 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             .to_owned(),
             self.names.node_base.clone(),
         ];
-        let mut in_flight = InFlight::start(&self.keys, key);
         let answer: Result<(i64, Value), _> = self
             .client
             .eval(self.scripts.claim.text(), Vec::<String>::new(), args)
             .await;
-        let superseded = {
+        let (superseded, failed) = {
             let mut keys = lock(&self.keys);
             let revoked = in_flight.answered(&mut keys);
             match answer {
-                Err(e) => return Err(e.into()),
+                // Its outcome unknown, a claim left to settle a takeover
+                // (`on_takeover`) settles it as superseded.
+                Err(e) => match revoked {
+                    Some((r, node)) if !keys.settled_elsewhere(key, r) => {
+                        keys.held.remove(key);
+                        (Some(node), Some(e))
+                    }
+                    _ => return Err(e.into()),
+                },
                 Ok((1, value)) => {
                     let gen = value.as_u64().unwrap_or(0);
                     match revoked {
                         Some((r, node)) if r > gen => {
+                            if keys.settled_elsewhere(key, r) {
+                                return Ok(keys.held.get(key).is_some_and(|h| h.gen > r));
+                            }
                             keys.held.remove(key);
-                            Some(node)
+                            (Some(node), None)
                         }
                         _ => {
-                            let slot = keys.held.entry(key.to_owned()).or_insert(Held { gen, id });
+                            // Not necessarily `id`: claims run on tasks of their
+                            // own, so a registration that took the key here after
+                            // `id` may have had its claim answered first.
+                            let id = self
+                                .registry
+                                .lookup(ClientRef::Key(key))
+                                .map_or(id, |entry| entry.id);
+                            let held = Held { gen, id };
+                            let slot = keys.held.entry(key.to_owned()).or_insert(held);
                             if gen >= slot.gen {
-                                *slot = Held { gen, id };
+                                *slot = held;
                             }
                             return Ok(true);
                         }
@@ -161,35 +287,48 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 }
                 Ok((_, value)) => {
                     keys.held.remove(key);
-                    value.as_string()
+                    (value.as_string(), None)
                 }
             }
         };
         // Another node holds the key: it claimed after this claim, or kept it.
         let left = self.close_holder(key, id, superseded.unwrap_or_default());
-        if !left.is_empty() {
-            self.sync_sessions(left).await?;
+        let synced = if left.is_empty() {
+            Ok(())
+        } else {
+            self.sync_sessions(left).await
+        };
+        if let Some(e) = failed {
+            return Err(e.into());
         }
-        Ok(false)
+        synced.map(|()| false)
     }
 
     /// Releases every key whose connection left the registry without the cluster
     /// being told (an admin kick, a slow consumer, an unregister made on the
     /// registry), so that no key resolves to a connection that is gone.
+    ///
+    /// A key another connection took over here since is not an orphan: this
+    /// node's claim holds it for that one (Redis records the node, not the
+    /// connection), which it is bound to instead. Released, the key would be
+    /// held here with Redis knowing of no holder: a send from another node
+    /// would fail, and a claim there would close nothing here.
     pub(crate) async fn release_orphans(&self) -> Result<(), ClusterError> {
         let orphans: Vec<(String, ClientId)> = {
-            let keys = lock(&self.keys);
-            keys.held
-                .iter()
+            let mut keys = lock(&self.keys);
+            let Keys { held, pending, .. } = &mut *keys;
+            let mut orphans = Vec::new();
+            for (key, h) in held.iter_mut() {
                 // A key with a claim in flight is settled by that claim.
-                .filter(|(key, _)| !keys.pending.contains_key(*key))
-                .filter(|(key, held)| {
-                    self.registry
-                        .lookup(ClientRef::Key(key))
-                        .map_or(true, |entry| entry.id != held.id)
-                })
-                .map(|(key, held)| (key.clone(), held.id))
-                .collect()
+                if pending.contains_key(key) {
+                    continue;
+                }
+                match self.registry.lookup(ClientRef::Key(key)) {
+                    Ok(entry) => h.id = entry.id,
+                    Err(_) => orphans.push((key.clone(), h.id)),
+                }
+            }
+            orphans
         };
         for (key, id) in orphans {
             self.release(&key, id).await?;
@@ -335,6 +474,13 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
     pub(crate) fn on_takeover(&self, notice: TakeOver) -> Vec<SessionId> {
         {
             let mut keys = lock(&self.keys);
+            let lost = keys
+                .held
+                .get(&notice.key)
+                .is_some_and(|h| h.gen < notice.gen);
+            if lost {
+                keys.held.remove(&notice.key);
+            }
             if keys.pending.contains_key(&notice.key) {
                 let r = keys
                     .revoked
@@ -343,14 +489,16 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 if notice.gen > r.0 {
                     *r = (notice.gen, notice.node.clone());
                 }
+                // Kept for the claim in flight, which closes the holder if the
+                // notice superseded it. It may have run in Redis after the
+                // notice's claim (a connection that took the key over here
+                // since): closing the holder now would close the connection
+                // that won, and leave the key claimed for nobody.
+                return Vec::new();
             }
-            match keys.held.get(&notice.key) {
-                Some(h) if h.gen < notice.gen => {
-                    keys.held.remove(&notice.key);
-                }
-                // Claimed again here since, or not held yet (a pending claim
-                // checks the notice kept above): nothing to close now.
-                _ => return Vec::new(),
+            if !lost {
+                // Claimed again here since: nothing to close.
+                return Vec::new();
             }
         }
         let by = notice.by.parse().unwrap_or(ClientId::pack(0, 0, 0));
@@ -374,5 +522,211 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             node,
         });
         gone.sessions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::{pin, Pin};
+    use std::task::Poll;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::cluster::test_redis as redis;
+    use crate::cluster::tests::node;
+    use crate::ClientInfo;
+
+    /// Polls `f` once, far enough to send its command, with Redis stopped so
+    /// that the answer cannot land within that poll.
+    async fn send<F: Future>(redis: &redis::Redis, mut f: Pin<&mut F>)
+    where
+        F::Output: std::fmt::Debug,
+    {
+        redis.freeze();
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = f.as_mut().poll(cx) {
+                panic!("answered at once: {out:?}");
+            }
+            Poll::Ready(())
+        })
+        .await;
+        redis.thaw();
+    }
+
+    /// Waits until Redis's last claim generation is `gen`.
+    fn claimed(redis: &redis::Redis, prefix: &str, gen: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let key = format!("{{{prefix}}}:gen");
+        while redis.cli(&["GET", &key]) != Some(gen.to_string()) {
+            assert!(Instant::now() < deadline, "no claim at generation {gen}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Two registrations of one key on one node: the registry takes it for
+    /// `old`, then `new`, and their claims reach Redis the other way round (each
+    /// runs on a task of its own). The later answer, `old`'s, must not bind the
+    /// key to `old`, closed already: the live holder's unregister would then
+    /// release nothing, and the heartbeat would release the key of a live
+    /// connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_answered_after_a_newer_one_binds_the_key_to_the_live_holder() {
+        let Some(redis) = redis::Redis::start("late_claim_answer") else {
+            return;
+        };
+        let cluster = node(&redis, "u1").await;
+        let shared = &cluster.shared;
+        let info = || ClientInfo::new().with_key("dev");
+        let (old, _old_rx) = shared.registry.register(info()).unwrap();
+        let (new, _new_rx) = shared.registry.register(info()).unwrap();
+        assert!(shared.claim("dev", new, Mode::Force).await.unwrap());
+        assert!(shared.claim("dev", old, Mode::Force).await.unwrap());
+        assert_eq!(
+            lock(&shared.keys).held.get("dev").map(|h| h.id),
+            Some(new),
+            "the key is bound to a closed connection"
+        );
+        let gone = cluster.unregister(new).await.unwrap();
+        assert_eq!(gone.id, new);
+        assert_eq!(cluster.locate("dev").await.unwrap(), None);
+    }
+
+    /// Two claims of one key on this node with another node's claim between
+    /// them in Redis, whose notice arrives while both are in flight. The older
+    /// one was superseded, but by a claim the newer one superseded in turn:
+    /// whichever answer is handled first, the key stays with the newer one, and
+    /// its connection open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_older_claim_superseded_in_between_leaves_the_key_with_the_newer_one() {
+        let Some(redis) = redis::Redis::start("older_claim_superseded") else {
+            return;
+        };
+        for (prefix, newer_first) in [("u2", true), ("u3", false)] {
+            let cluster = node(&redis, prefix).await;
+            let shared = &cluster.shared;
+            let info = || ClientInfo::new().with_key("dev");
+            let (old, _old_rx) = shared.registry.register(info()).unwrap();
+            let (new, _new_rx) = shared.registry.register(info()).unwrap();
+            // Generations of our choosing, above Redis's time in µs and exact in Lua.
+            let base = 1u64 << 52;
+            let set_gen = |gen: u64| {
+                let key = format!("{{{prefix}}}:gen");
+                redis.cli(&["SET", &key, &gen.to_string()]).unwrap();
+            };
+            set_gen(base);
+            let mut older = pin!(shared.claim("dev", old, Mode::Force));
+            send(&redis, older.as_mut()).await;
+            claimed(&redis, prefix, base + 1);
+            set_gen(base + 10);
+            let mut newer = pin!(shared.claim("dev", new, Mode::Force));
+            send(&redis, newer.as_mut()).await;
+            claimed(&redis, prefix, base + 11);
+            let notice = TakeOver {
+                key: "dev".into(),
+                gen: base + 5,
+                node: "b".into(),
+                by: String::new(),
+            };
+            assert!(shared.on_takeover(notice).is_empty());
+            if newer_first {
+                assert!(newer.await.unwrap());
+                let _ = older.await.unwrap();
+            } else {
+                let _ = older.await.unwrap();
+                assert!(newer.await.unwrap());
+            }
+            let held = lock(&shared.keys).held.get("dev").map(|h| (h.gen, h.id));
+            let holder = shared.registry.lookup(ClientRef::Key("dev")).map(|e| e.id);
+            let what = if newer_first { "newer" } else { "older" };
+            assert_eq!(
+                held,
+                Some((base + 11, new)),
+                "{what} answer first: the newer claim was undone"
+            );
+            assert_eq!(
+                holder.ok(),
+                Some(new),
+                "{what} answer first: the newer connection was closed"
+            );
+        }
+    }
+
+    /// A connection took the key over here while its claim was in flight, and
+    /// another node's notice arrives for a claim that ran in Redis between the
+    /// old connection's claim and the new one's. The new claim wins in Redis
+    /// (the other node closes its connection on its notice), so the new
+    /// connection must stay open. (It was closed on the notice, the new claim
+    /// then bound the key to a closed connection, and nobody held it.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_notice_older_than_a_claim_in_flight_closes_nothing() {
+        let Some(redis) = redis::Redis::start("notice_older_than_claim") else {
+            return;
+        };
+        let cluster = node(&redis, "u5").await;
+        let shared = &cluster.shared;
+        let info = || ClientInfo::new().with_key("dev");
+        let set_gen = |gen: u64| {
+            redis.cli(&["SET", "{u5}:gen", &gen.to_string()]).unwrap();
+        };
+        let base = 1u64 << 52;
+        set_gen(base);
+        let (old, _old_rx) = shared.registry.register(info()).unwrap();
+        assert!(shared.claim("dev", old, Mode::Force).await.unwrap());
+        let (new, _new_rx) = shared.registry.register(info()).unwrap();
+        set_gen(base + 10);
+        let mut newer = pin!(shared.claim("dev", new, Mode::Force));
+        send(&redis, newer.as_mut()).await;
+        claimed(&redis, "u5", base + 11);
+        let notice = TakeOver {
+            key: "dev".into(),
+            gen: base + 5,
+            node: "b".into(),
+            by: String::new(),
+        };
+        let _ = shared.on_takeover(notice);
+        assert!(newer.await.unwrap());
+        let holder = shared.registry.lookup(ClientRef::Key("dev")).map(|e| e.id);
+        assert_eq!(holder.ok(), Some(new), "the new connection was closed");
+        let held = lock(&shared.keys).held.get("dev").map(|h| (h.gen, h.id));
+        assert_eq!(held, Some((base + 11, new)));
+    }
+
+    /// As above, with the notice arriving after the new registration took the
+    /// key in the registry and before its claim started: on a runtime of one
+    /// thread, the task that claims cannot start before the notice.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_notice_before_a_registrations_claim_starts_closes_nothing() {
+        let Some(redis) = redis::Redis::start("notice_before_claim") else {
+            return;
+        };
+        let cluster = node(&redis, "u6").await;
+        let shared = &cluster.shared;
+        let set_gen = |gen: u64| {
+            redis.cli(&["SET", "{u6}:gen", &gen.to_string()]).unwrap();
+        };
+        let base = 1u64 << 52;
+        set_gen(base);
+        let info = || ClientInfo::new().with_key("dev");
+        let (_old, _old_rx) = cluster.register(info()).await.unwrap();
+        set_gen(base + 10);
+        let mut registering = pin!(cluster.register(info()));
+        std::future::poll_fn(|cx| {
+            assert!(registering.as_mut().poll(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        let notice = TakeOver {
+            key: "dev".into(),
+            gen: base + 5,
+            node: "b".into(),
+            by: String::new(),
+        };
+        let _ = shared.on_takeover(notice);
+        let (new, _new_rx) = registering.await.unwrap();
+        let holder = shared.registry.lookup(ClientRef::Key("dev")).map(|e| e.id);
+        assert_eq!(holder.ok(), Some(new), "the new connection was closed");
+        let held = lock(&shared.keys).held.get("dev").map(|h| (h.gen, h.id));
+        assert_eq!(held, Some((base + 11, new)));
     }
 }

@@ -113,8 +113,10 @@ pub enum CloseReason {
     },
     /// A newer connection registered with the same key.
     TakenOver {
-        /// The connection that took the key over.
-        by: ClientId,
+        /// The connection that took the key over, when it registered on this
+        /// registry; `None` when it registered on another node of a
+        /// cluster (`switchboard::cluster`), whose ids mean nothing here.
+        by: Option<ClientId>,
     },
     /// A broadcast found the channel full under
     /// [`SlowConsumerPolicy::Disconnect`](crate::SlowConsumerPolicy::Disconnect).

@@ -323,7 +323,11 @@ impl<M> Registry<M> {
                 successor: &entry,
                 not_moved: Vec::new(),
             };
-            let departed = self.depart(old, CloseReason::TakenOver { by: id }, Some(&mut takeover));
+            let departed = self.depart(
+                old,
+                CloseReason::TakenOver { by: Some(id) },
+                Some(&mut takeover),
+            );
             if departed.is_ok() {
                 inner
                     .events
@@ -1150,7 +1154,11 @@ mod tests {
             not_moved: Vec::new(),
         };
         let gone = registry
-            .depart(a, CloseReason::TakenOver { by: b }, Some(&mut takeover))
+            .depart(
+                a,
+                CloseReason::TakenOver { by: Some(b) },
+                Some(&mut takeover),
+            )
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(gone.sessions.len(), 2);
         assert_eq!(

@@ -541,7 +541,7 @@ fn every_close_says_why() {
         .expect("room");
     assert_eq!(
         old_rx.close_reason(),
-        Some(&CloseReason::TakenOver { by: new })
+        Some(&CloseReason::TakenOver { by: Some(new) })
     );
 
     registry.attach(slow, "room").expect("online");

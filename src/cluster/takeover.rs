@@ -154,9 +154,7 @@ impl<M: Clone + Send + Sync + 'static> Drop for Reserved<M> {
             return;
         };
         // Redis does not say which connection took it.
-        let left = self
-            .shared
-            .close_holder(&self.key, ClientId::pack(0, 0, 0), node);
+        let left = self.shared.close_holder(&self.key, node);
         // Without a runtime, the heartbeat's reconcile records the rooms it left.
         if let (false, Ok(runtime)) = (left.is_empty(), tokio::runtime::Handle::try_current()) {
             let shared = Arc::clone(&self.shared);
@@ -292,7 +290,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             }
         };
         // Another node holds the key: it claimed after this claim, or kept it.
-        let left = self.close_holder(key, id, superseded.unwrap_or_default());
+        let left = self.close_holder(key, superseded.unwrap_or_default());
         let synced = if left.is_empty() {
             Ok(())
         } else {
@@ -381,9 +379,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 }
             };
             if taken {
-                // Redis does not record which connection took it.
-                let by = ClientId::pack(0, 0, 0);
-                left.extend(self.close_holder(key, by, node.clone()));
+                left.extend(self.close_holder(key, node.clone()));
             }
         }
         if left.is_empty() {
@@ -501,19 +497,20 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 return Vec::new();
             }
         }
-        let by = notice.by.parse().unwrap_or(ClientId::pack(0, 0, 0));
-        self.close_holder(&notice.key, by, notice.node)
+        self.close_holder(&notice.key, notice.node)
     }
 
     /// Closes the local connection holding `key`, which now belongs to `node`;
-    /// returns the sessions it left.
-    fn close_holder(&self, key: &str, by: ClientId, node: String) -> Vec<SessionId> {
+    /// returns the sessions it left. Its close reason names no connection: the
+    /// new holder's id is another node's, and would mean nothing here (or alias
+    /// a client of this node).
+    fn close_holder(&self, key: &str, node: String) -> Vec<SessionId> {
         let Ok(entry) = self.registry.lookup(ClientRef::Key(key)) else {
             return Vec::new();
         };
         let Ok(gone) = self
             .registry
-            .unregister_because(entry.id, CloseReason::TakenOver { by })
+            .unregister_because(entry.id, CloseReason::TakenOver { by: None })
         else {
             return Vec::new();
         };
@@ -728,5 +725,41 @@ mod tests {
         assert_eq!(holder.ok(), Some(new), "the new connection was closed");
         let held = lock(&shared.keys).held.get("dev").map(|h| (h.gen, h.id));
         assert_eq!(held, Some((base + 11, new)));
+    }
+
+    /// A claim that lost to another node's closes its holder as taken over by
+    /// a connection elsewhere: `by` names none, never the closed connection
+    /// itself (nor `c0.0.0`, which is a real id here).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_claim_closes_its_holder_as_taken_over_by_another() {
+        let Some(redis) = redis::Redis::start("lost_claim_by") else {
+            return;
+        };
+        let cluster = node(&redis, "u9").await;
+        let shared = &cluster.shared;
+        let (old, old_rx) = shared
+            .registry
+            .register(ClientInfo::new().with_key("dev"))
+            .unwrap();
+        let base = 1u64 << 52;
+        redis.cli(&["SET", "{u9}:gen", &base.to_string()]).unwrap();
+        let mut claim = pin!(shared.claim("dev", old, Mode::Force));
+        send(&redis, claim.as_mut()).await;
+        claimed(&redis, "u9", base + 1);
+        // Another node's claim ran after this one; its notice comes first.
+        let notice = TakeOver {
+            key: "dev".into(),
+            gen: base + 5,
+            node: "b".into(),
+            by: String::new(),
+        };
+        assert!(shared.on_takeover(notice).is_empty());
+        assert!(!claim.await.unwrap(), "the older claim lost");
+        match old_rx.close_reason() {
+            Some(CloseReason::TakenOver { by }) => {
+                assert_eq!(*by, None, "the connection {old} was taken over by {by:?}");
+            }
+            other => panic!("closed because {other:?}"),
+        }
     }
 }

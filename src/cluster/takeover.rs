@@ -283,6 +283,10 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                         }
                     }
                 }
+                // Refused: another node kept the key (a re-announcement). A newer
+                // claim of this node in flight ran after this one in Redis, and
+                // settles the key and its holder when answered.
+                Ok((_, _)) if keys.pending.contains_key(key) => return Ok(false),
                 Ok((_, value)) => {
                     keys.held.remove(key);
                     (value.as_string(), None)
@@ -761,5 +765,48 @@ mod tests {
             }
             other => panic!("closed because {other:?}"),
         }
+    }
+
+    /// A re-announcement refused because another node holds the key, answered
+    /// while a newer claim of this node for the key is in flight: that claim
+    /// settles the key (it runs after the other node's in Redis, and takes it),
+    /// so the refusal must not close the local holder.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_reannouncement_leaves_the_holder_to_a_newer_claim_in_flight() {
+        let Some(redis) = redis::Redis::start("refused_reannouncement") else {
+            return;
+        };
+        let a = node(&redis, "u11").await;
+        let b = crate::cluster::Cluster::builder(
+            crate::Registry::<Arc<str>>::new(),
+            crate::cluster::Raw,
+        )
+        .url(redis.url())
+        .prefix("u11")
+        .node_id("b")
+        .ttl(Duration::from_secs(60))
+        .connect()
+        .await
+        .unwrap();
+        let info = || ClientInfo::new().with_key("dev");
+        let (_on_b, _on_b_rx) = b.register(info()).await.unwrap();
+        let shared = &a.shared;
+        let (holder, _holder_rx) = shared.registry.register(info()).unwrap();
+        let mut reannounce = pin!(shared.claim("dev", holder, Mode::IfFree));
+        send(&redis, reannounce.as_mut()).await;
+        let mut newer = pin!(shared.claim("dev", holder, Mode::Force));
+        send(&redis, newer.as_mut()).await;
+        assert!(!reannounce.await.unwrap(), "b holds the key");
+        assert!(newer.await.unwrap(), "the newer claim takes it");
+        assert_eq!(
+            shared
+                .registry
+                .lookup(ClientRef::Key("dev"))
+                .map(|e| e.id)
+                .ok(),
+            Some(holder),
+            "the refusal closed the holder the newer claim was for"
+        );
+        assert_eq!(a.locate("dev").await.unwrap().as_deref(), Some("a"));
     }
 }

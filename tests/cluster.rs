@@ -2706,3 +2706,41 @@ async fn a_key_taken_over_on_its_node_stays_with_the_live_holder() {
     assert!(closed, "the holder on a outlived b's claim");
     assert_eq!(a.locate("dev").await.unwrap().as_deref(), Some("b"));
 }
+
+/// A claim whose answer never came (fred gave up on it while Redis was frozen)
+/// may still run in Redis afterwards. The key must not go on naming this node
+/// with no connection holding it: the next heartbeats release it. A key claimed
+/// again here since is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_failed_but_ran_does_not_leave_the_key_to_nobody() {
+    let redis = redis_or_skip!("failed_claim_ran");
+    // Longer than the freeze, so that the node is not reaped meanwhile (a reap
+    // would release the key for other reasons).
+    let ttl = Duration::from_secs(6);
+    let a = node(&redis, "t77", "a", ttl).await;
+    let b = node(&redis, "t77", "b", ttl).await;
+    redis.freeze();
+    let failed = a.register(ClientInfo::new().with_key("dev")).await;
+    redis.thaw();
+    assert!(
+        failed.is_err(),
+        "the claim was answered while Redis was frozen"
+    );
+    assert_eq!(a.registry().client_count(), 0);
+    // Redis ran the claim once it woke: the key names a.
+    assert_eq!(
+        locate_settles(&b, "dev", Some("a"), Duration::from_secs(1))
+            .await
+            .as_deref(),
+        Some("a")
+    );
+    assert_eq!(
+        locate_settles(&b, "dev", None, ttl).await,
+        None,
+        "the key still names a, where no connection holds it"
+    );
+    // A claim made here later is this node's again, and stays.
+    let (_dev, _dev_rx) = a.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    tokio::time::sleep(ttl / 2).await;
+    assert_eq!(b.locate("dev").await.unwrap().as_deref(), Some("a"));
+}

@@ -289,6 +289,7 @@ pub(crate) async fn run<M: Clone + Send + Sync + 'static>(shared: Arc<Shared<M>>
         if beat {
             // Before the heartbeat, so that a re-announcement skips them.
             let _ = shared.release_orphans().await;
+            let _ = shared.release_doubtful().await;
         }
         if beat && shared.heartbeat().await.is_ok() {
             let sessions = shared.known_sessions().await;

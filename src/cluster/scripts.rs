@@ -202,6 +202,22 @@ end
 return 0
 ";
 
+/// ARGV: base, key, node, gen. Releases the key if this node holds it under a
+/// claim of generation `gen` or older: one whose answer the node never got.
+const RELEASE_DOUBTFUL: &str = r"
+local key, node = ARGV[2], ARGV[3]
+local v = redis.call('HGET', B .. ':keys', key)
+if v and holder(v) == node then
+  local gen = tonumber(string.sub(v, 1, string.find(v, '|', 1, true) - 1))
+  if gen and gen <= tonumber(ARGV[4]) then
+    redis.call('HDEL', B .. ':keys', key)
+    redis.call('SREM', B .. ':nkeys:' .. node, key)
+    return 1
+  end
+end
+return 0
+";
+
 /// ARGV: base, node, then key/generation pairs this node believes it holds.
 /// Returns `key, holder` pairs for each key that claim no longer holds; the
 /// holder is `''` when no node holds the key.
@@ -341,6 +357,7 @@ pub(crate) struct Scripts {
     pub(crate) down: Script,
     pub(crate) claim: Script,
     pub(crate) release: Script,
+    pub(crate) release_doubtful: Script,
     pub(crate) held: Script,
     pub(crate) locate: Script,
     pub(crate) route: Script,
@@ -356,6 +373,7 @@ impl Scripts {
             down: Script::new(DOWN),
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
+            release_doubtful: Script::new(RELEASE_DOUBTFUL),
             held: Script::new(HELD),
             locate: Script::new(LOCATE),
             route: Script::new(ROUTE),

@@ -22,11 +22,11 @@
 //! registry's holder of it then, and the orphan release follows a takeover made
 //! here since, rather than release the key of a live connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use std::time::Duration;
 
-use fred::interfaces::{ClientLike, LuaInterface};
+use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
 use fred::prelude::{Options, Value};
 
 use crate::client_ref::ClientRef;
@@ -36,6 +36,10 @@ use crate::{ClientId, CloseReason, SessionId};
 use super::envelope::TakeOver;
 use super::stats::ClusterEvent;
 use super::{ClusterError, Shared};
+
+/// Keys [`Keys::doubtful`] remembers at most: each is one failed registration,
+/// many of which only an outage makes.
+const MAX_DOUBTFUL: usize = 65_536;
 
 /// What this node holds for one key.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +63,12 @@ pub(crate) struct Keys {
     /// The newest takeover (generation, node) heard for a key while a claim of
     /// this node was pending.
     revoked: HashMap<String, (u64, String)>,
+    /// Keys whose claim failed with its outcome unknown: Redis may have run it
+    /// (fred gave up on the answer, or the connection dropped after sending), so
+    /// the key may name this node with no connection holding it. The next
+    /// heartbeat releases each, unless claimed here since. At most
+    /// [`MAX_DOUBTFUL`]; beyond, a key stays until this node leaves.
+    doubtful: HashSet<String>,
     /// Redis forgot this node and its keys have not all been claimed back yet:
     /// every heartbeat re-announces until one succeeds.
     pub(crate) unannounced: bool,
@@ -254,7 +264,12 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                         keys.held.remove(key);
                         (Some(node), Some(e))
                     }
-                    _ => return Err(e.into()),
+                    _ => {
+                        if keys.doubtful.len() < MAX_DOUBTFUL {
+                            keys.doubtful.insert(key.to_owned());
+                        }
+                        return Err(e.into());
+                    }
                 },
                 Ok((1, value)) => {
                     let gen = value.as_u64().unwrap_or(0);
@@ -334,6 +349,54 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         };
         for (key, id) in orphans {
             self.release(&key, id).await?;
+        }
+        Ok(())
+    }
+
+    /// Releases each key whose claim failed with its outcome unknown, if Redis
+    /// names this node for it under a claim no newer than the check: a claim
+    /// made here since runs after the check in Redis, at a higher generation,
+    /// and is left alone, as is a key held or being claimed here.
+    pub(crate) async fn release_doubtful(&self) -> Result<(), ClusterError> {
+        if lock(&self.keys).doubtful.is_empty() {
+            return Ok(());
+        }
+        // Every claim sent after this read runs after it, at a higher generation.
+        let newest: Option<String> = self.client.get(format!("{}:gen", self.names.base)).await?;
+        let newest = newest.unwrap_or_else(|| "0".to_owned());
+        let candidates: Vec<String> = {
+            let mut keys = lock(&self.keys);
+            let Keys {
+                held,
+                pending,
+                doubtful,
+                ..
+            } = &mut *keys;
+            // Held: a claim answered since holds it, for a live connection.
+            doubtful.retain(|key| !held.contains_key(key));
+            // In flight: its answer settles it, or makes it doubtful again.
+            doubtful
+                .iter()
+                .filter(|key| !pending.contains_key(*key))
+                .cloned()
+                .collect()
+        };
+        for key in candidates {
+            let args = vec![
+                self.names.base.clone(),
+                key.clone(),
+                self.node.clone(),
+                newest.clone(),
+            ];
+            let _: Value = self
+                .client
+                .eval(
+                    self.scripts.release_doubtful.text(),
+                    Vec::<String>::new(),
+                    args,
+                )
+                .await?;
+            lock(&self.keys).doubtful.remove(&key);
         }
         Ok(())
     }

@@ -195,9 +195,17 @@ async fn subscriptions_follow_members_on_the_owning_master() {
     assert_eq!(b.subscriptions().await, want);
     for room in &rooms {
         b.detach(b1, room.as_str()).await.unwrap();
-        assert_eq!(redis.shardnumsub(&channel("c3", room)), 1, "{room}: one left");
+        assert_eq!(
+            redis.shardnumsub(&channel("c3", room)),
+            1,
+            "{room}: one left"
+        );
         b.detach(b2, room.as_str()).await.unwrap();
-        assert_eq!(redis.shardnumsub(&channel("c3", room)), 0, "{room}: none left");
+        assert_eq!(
+            redis.shardnumsub(&channel("c3", room)),
+            0,
+            "{room}: none left"
+        );
     }
     assert!(b.subscriptions().await.is_empty());
     // Several left in one pass: the unregister detaches from all three rooms.
@@ -236,14 +244,8 @@ async fn send_to_key_reaches_the_client_on_the_other_node() {
 async fn takeover_crosses_nodes() {
     let redis = cluster_or_skip!("rc_takeover");
     let (a, b) = (node(&redis, "c5", "a").await, node(&redis, "c5", "b").await);
-    let (_old, mut old_rx) = a
-        .register(ClientInfo::new().with_key("dev"))
-        .await
-        .unwrap();
-    let (_new, _new_rx) = b
-        .register(ClientInfo::new().with_key("dev"))
-        .await
-        .unwrap();
+    let (_old, mut old_rx) = a.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    let (_new, _new_rx) = b.register(ClientInfo::new().with_key("dev")).await.unwrap();
     assert_eq!(b.locate("dev").await.unwrap().as_deref(), Some("b"));
     let closed = tokio::time::timeout(Duration::from_secs(5), old_rx.recv()).await;
     assert!(
@@ -290,7 +292,10 @@ async fn delivery_resumes_after_subscriber_connections_are_killed() {
     for room in &rooms {
         b.attach(b1, room.as_str()).await.unwrap();
     }
-    assert!(redis.kill_subscribers() >= 2, "subscriber connections killed");
+    assert!(
+        redis.kill_subscribers() >= 2,
+        "subscriber connections killed"
+    );
     let back = eventually(Duration::from_secs(5), || {
         rooms
             .iter()
@@ -301,7 +306,10 @@ async fn delivery_resumes_after_subscriber_connections_are_killed() {
         .iter()
         .map(|r| redis.shardnumsub(&channel("c7", r)))
         .collect();
-    assert!(back, "every room's subscription is back within 5 s: {counts:?}");
+    assert!(
+        back,
+        "every room's subscription is back within 5 s: {counts:?}"
+    );
     // Publications made while the subscriptions were being restored may be lost
     // (and counted); once they are back, none is.
     for round in 0..20 {

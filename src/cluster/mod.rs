@@ -252,6 +252,16 @@ impl Unsendable {
     }
 }
 
+impl<M> Shared<M> {
+    /// The `KEYS` of every presence script: the key base `{prefix}`, which the
+    /// scripts read from `ARGV` anyway. Declared only so that fred sends the
+    /// call to the Redis Cluster master owning that slot: a script without
+    /// `KEYS` goes to any master, and the others refuse it ("non local key").
+    fn presence_keys(&self) -> Vec<String> {
+        vec![self.names.base.clone()]
+    }
+}
+
 impl<M: 'static> Shared<M> {
     /// The payload for `msg`, if the other nodes accept it: they drop payloads
     /// over `max_payload`, so the sender refuses them rather than report success.

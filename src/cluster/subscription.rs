@@ -189,7 +189,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             args.extend(counts);
             let written: FredResult<Value> = self
                 .client
-                .eval(self.scripts.counts.text(), Vec::<String>::new(), args)
+                .eval(self.scripts.counts.text(), self.presence_keys(), args)
                 .await;
             failed = written.err();
         }

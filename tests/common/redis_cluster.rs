@@ -138,7 +138,11 @@ impl RedisCluster {
             .iter()
             .map(|p| format!("node=127.0.0.1:{p}"))
             .collect();
-        format!("redis-cluster://127.0.0.1:{}?{}", ports[0], others.join("&"))
+        format!(
+            "redis-cluster://127.0.0.1:{}?{}",
+            ports[0],
+            others.join("&")
+        )
     }
 
     /// One command through `redis-cli` to the master on `port`.

@@ -178,6 +178,41 @@ async fn a_publication_right_after_attach_arrives_on_every_shard() {
     }
 }
 
+/// An attach returns once the subscription runs on the master that owns the
+/// session's channel, not once some other master answers: with that master
+/// stopped, the attach waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_waits_for_the_master_that_owns_the_channel() {
+    let redis = cluster_or_skip!("rc_attach_waits");
+    let rooms = one_session_per_shard(&redis, "c8");
+    let (a, b) = (node(&redis, "c8", "a").await, node(&redis, "c8", "b").await);
+    let (b1, mut b1_rx) = b.register(ClientInfo::new()).await.unwrap();
+    let mut early = Vec::new();
+    for room in &rooms {
+        let owner = redis.owner(&channel("c8", room));
+        redis.freeze(owner);
+        let attach = {
+            let (b, room) = (b.clone(), room.clone());
+            tokio::spawn(async move { b.attach(b1, room.as_str()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        if attach.is_finished() {
+            early.push(room.clone());
+        }
+        redis.thaw(owner);
+        attach.await.unwrap().expect("attach");
+        assert_eq!(redis.shardnumsub(&channel("c8", room)), 1, "{room}");
+        a.broadcast(room.as_str(), Msg::from(room.as_str()))
+            .await
+            .unwrap();
+        assert_eq!(&*recv(&mut b1_rx).await, room);
+    }
+    assert!(
+        early.is_empty(),
+        "attach returned while the channel's master was stopped: {early:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_follow_members_on_the_owning_master() {
     let redis = cluster_or_skip!("rc_lifecycle");

@@ -1167,6 +1167,17 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
 )]
 #[path = "../../tests/common/redis.rs"]
 mod test_redis;
+/// The name `tests/common/redis_cluster.rs` finds its sibling under.
+#[cfg(test)]
+use test_redis as redis;
+#[cfg(test)]
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "the integration tests' helper; not every item is used here"
+)]
+#[path = "../../tests/common/redis_cluster.rs"]
+mod test_redis_cluster;
 
 #[cfg(test)]
 mod tests {
@@ -1174,6 +1185,7 @@ mod tests {
 
     use super::*;
     use crate::cluster::test_redis::Redis;
+    use crate::cluster::test_redis_cluster::RedisCluster;
 
     /// A node whose heartbeats are far apart: none runs during a test.
     pub(super) async fn node(redis: &Redis, prefix: &str) -> Cluster<Arc<str>> {
@@ -1221,5 +1233,41 @@ mod tests {
         let payload = panic.into_panic();
         assert_eq!(payload.downcast_ref::<&str>(), Some(&"settling went wrong"));
         assert_eq!(cluster.registry().client_count(), 0, "the client stayed");
+    }
+
+    /// A sharded node on a three-master Redis Cluster, heartbeats far apart.
+    async fn sharded_node(redis: &RedisCluster, prefix: &str) -> Cluster<Arc<str>> {
+        Cluster::builder(Registry::<Arc<str>>::new(), Raw)
+            .url(redis.url())
+            .prefix(prefix)
+            .node_id("a")
+            .ttl(Duration::from_secs(60))
+            .sharded(true)
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// After a reconnect the node subscribes again to every session it holds:
+    /// on Redis Cluster one `SSUBSCRIBE` may only name channels of one slot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resubscribe_on_redis_cluster_subscribes_each_slot_apart() {
+        let Some(redis) = RedisCluster::start("resubscribe_slots") else {
+            return;
+        };
+        let cluster = sharded_node(&redis, "u5").await;
+        let (id, _rx) = cluster.register(ClientInfo::new()).await.unwrap();
+        let rooms: Vec<String> = (0..6).map(|i| format!("r{i}")).collect();
+        for room in &rooms {
+            cluster.attach(id, room.as_str()).await.unwrap();
+        }
+        cluster.shared.resubscribe().await.expect("resubscribe");
+        for room in &rooms {
+            let channel = cluster
+                .shared
+                .names
+                .channel(&SessionId::from(room.as_str()));
+            assert_eq!(redis.shardnumsub(&channel), 1, "{channel}");
+        }
     }
 }

@@ -24,12 +24,13 @@
 //! task forgets it after handling every frame heard before the unsubscribe, and
 //! no later subscription to it can start before (`inbound.rs`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use fred::error::Error as FredError;
 use fred::interfaces::{ClientLike, FredResult, LuaInterface, PubsubInterface};
 use fred::prelude::Value;
 use fred::types::MultipleStrings;
+use fred::util::redis_keyslot;
 use tokio::sync::oneshot;
 
 use crate::sync::{lock, Mutex, Ordering};
@@ -228,7 +229,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             // One command each: on Redis Cluster their channels hash to
             // different slots.
             for session in sessions {
-                self.ssubscribe(self.names.channel(&session)).await?;
+                self.ssubscribe(vec![self.names.channel(&session)]).await?;
                 subs.insert(session);
             }
         } else {
@@ -319,10 +320,11 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         Ok(())
     }
 
-    /// `SSUBSCRIBE`, answered once Redis has run it: under load the order test
+    /// `SSUBSCRIBE` to channels of one slot (Redis Cluster refuses more with
+    /// `CROSSSLOT`), answered once Redis has run it: under load the order test
     /// lost the first publications after an `SSUBSCRIBE` fred had answered, so
     /// it gets the same `PING`.
-    async fn ssubscribe(&self, channels: impl Into<MultipleStrings> + Send) -> FredResult<()> {
+    async fn ssubscribe(&self, channels: Vec<String>) -> FredResult<()> {
         self.subscriber.ssubscribe(channels).await?;
         let _: Value = self.subscriber.ping(None).await?;
         Ok(())
@@ -359,7 +361,16 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             return Ok(());
         }
         if self.sharded {
-            self.ssubscribe(subs).await?;
+            // One command per slot: Redis Cluster refuses an `SSUBSCRIBE` whose
+            // channels hash to several (`CROSSSLOT`).
+            let mut slots: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+            for channel in subs {
+                let slot = redis_keyslot(channel.as_bytes());
+                slots.entry(slot).or_default().push(channel);
+            }
+            for channels in slots.into_values() {
+                self.ssubscribe(channels).await?;
+            }
         } else {
             self.subscribe(subs).await?;
         }

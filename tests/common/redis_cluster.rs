@@ -195,6 +195,32 @@ impl RedisCluster {
             .unwrap_or(0)
     }
 
+    /// SIGSTOP to the master on `port`: its connections stay open and nothing
+    /// answers, until [`thaw`](Self::thaw). SIGKILL on drop still ends it.
+    pub fn freeze(&self, port: u16) {
+        self.signal(port, "-STOP");
+    }
+
+    /// SIGCONT: undoes [`freeze`](Self::freeze).
+    pub fn thaw(&self, port: u16) {
+        self.signal(port, "-CONT");
+    }
+
+    fn signal(&self, port: u16, signal: &str) {
+        let (child, _) = self
+            .masters
+            .iter()
+            .find(|&&(_, p)| p == port)
+            .unwrap_or_else(|| panic!("no master on port {port}"));
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "kill {signal} redis-server"
+        );
+    }
+
     /// `CLIENT KILL TYPE pubsub` on every master: every subscriber connection
     /// drops, and its client must reconnect and subscribe again. The number
     /// killed.

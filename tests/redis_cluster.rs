@@ -105,6 +105,12 @@ async fn a_node_connects_through_a_cluster_url() {
     let nodes = a.nodes().await.expect("nodes");
     let ids: Vec<&str> = nodes.nodes.iter().map(|n| n.id.as_str()).collect();
     assert_eq!(ids, ["a", "b"]);
+    // Every presence key shares the hash tag {c0}: one master holds them all.
+    let owner = redis.owner("{c0}");
+    assert_eq!(
+        redis.cli(owner, &["ZCARD", "{c0}:nodes"]).as_deref(),
+        Some("2")
+    );
     drop(b);
 }
 
@@ -247,7 +253,7 @@ async fn subscriptions_follow_members_on_the_owning_master() {
     for room in &rooms {
         b.attach(b1, room.as_str()).await.unwrap();
     }
-    b.unregister(b1).await.unwrap();
+    let _left = b.unregister(b1).await.unwrap();
     for room in &rooms {
         assert_eq!(redis.shardnumsub(&channel("c3", room)), 0, "{room}");
     }

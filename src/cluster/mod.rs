@@ -1236,7 +1236,7 @@ mod tests {
     }
 
     /// A sharded node on a three-master Redis Cluster, heartbeats far apart.
-    async fn sharded_node(redis: &RedisCluster, prefix: &str) -> Cluster<Arc<str>> {
+    pub(super) async fn sharded_node(redis: &RedisCluster, prefix: &str) -> Cluster<Arc<str>> {
         Cluster::builder(Registry::<Arc<str>>::new(), Raw)
             .url(redis.url())
             .prefix(prefix)

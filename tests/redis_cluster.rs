@@ -386,3 +386,82 @@ async fn eventually_async<F: std::future::Future<Output = bool>>(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Publications to sessions on different shards, made at once, share the
+/// publisher's batches: each `SPUBLISH` of a batch must reach its own shard,
+/// and every one arrives, in order per session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_broadcasts_to_every_shard_all_arrive_in_order() {
+    let redis = cluster_or_skip!("rc_concurrent");
+    let rooms = one_session_per_shard(&redis, "c9");
+    let (a, b) = (node(&redis, "c9", "a").await, node(&redis, "c9", "b").await);
+    let mut receivers = Vec::new();
+    for room in &rooms {
+        let (id, rx) = b.register(ClientInfo::new()).await.unwrap();
+        b.attach(id, room.as_str()).await.unwrap();
+        receivers.push(rx);
+    }
+    const N: usize = 200;
+    // Read while they are sent: a client's queue is bounded.
+    let readers: Vec<_> = rooms
+        .iter()
+        .cloned()
+        .zip(receivers)
+        .map(|(room, mut rx)| {
+            tokio::spawn(async move {
+                for i in 0..N {
+                    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+                    let got = got.unwrap_or_else(|_| panic!("{room}: message {i} of {N} missing"));
+                    assert_eq!(got.as_deref(), Some(i.to_string().as_str()), "{room}");
+                }
+            })
+        })
+        .collect();
+    let senders: Vec<_> = rooms
+        .iter()
+        .map(|room| {
+            let (a, room) = (a.clone(), room.clone());
+            tokio::spawn(async move {
+                for i in 0..N {
+                    a.broadcast(room.as_str(), Msg::from(i.to_string()))
+                        .await
+                        .unwrap_or_else(|e| panic!("broadcast {i} on {room}: {e}"));
+                }
+            })
+        })
+        .collect();
+    for task in senders.into_iter().chain(readers) {
+        task.await.unwrap();
+    }
+    assert_eq!(b.stats().gaps, 0);
+}
+
+/// Plain pub/sub (`sharded(false)`) on Redis Cluster: `PUBLISH` reaches every
+/// master's subscribers, so broadcasts cross nodes all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsharded_broadcast_crosses_nodes_on_redis_cluster() {
+    let redis = cluster_or_skip!("rc_unsharded");
+    let rooms = one_session_per_shard(&redis, "c10");
+    let mk = |id: &'static str| {
+        Cluster::builder(Registry::<Msg>::new(), Raw)
+            .url(redis.url())
+            .prefix("c10")
+            .node_id(id)
+            .ttl(TTL)
+            .connect()
+    };
+    let (a, b) = (mk("a").await.unwrap(), mk("b").await.unwrap());
+    let (b1, mut b1_rx) = b.register(ClientInfo::new()).await.unwrap();
+    for room in &rooms {
+        b.attach(b1, room.as_str()).await.unwrap();
+    }
+    for room in &rooms {
+        for i in 0..5 {
+            let msg = format!("{i}:{room}");
+            a.broadcast(room.as_str(), Msg::from(msg.as_str()))
+                .await
+                .unwrap_or_else(|e| panic!("broadcast {msg}: {e}"));
+            assert_eq!(&*recv(&mut b1_rx).await, msg);
+        }
+    }
+}

@@ -465,3 +465,74 @@ async fn unsharded_broadcast_crosses_nodes_on_redis_cluster() {
         }
     }
 }
+
+/// Many authors broadcasting at once to sessions on every shard, so that the
+/// publisher keeps several batches in flight: every publication crosses, in
+/// its author's order, with nothing lost or doubled, plain and sharded (after
+/// the test of the same name in `tests/cluster.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_broadcasts_cross_in_order_with_batches_in_flight() {
+    let redis = cluster_or_skip!("rc_in_flight");
+    const AUTHORS: usize = 48;
+    const EACH: usize = 100;
+    for sharded in [false, true] {
+        let prefix = if sharded { "c11s" } else { "c11" };
+        let rooms = one_session_per_shard(&redis, prefix);
+        let mk = |id: &'static str| {
+            // Room for every message: the members read only after publishing ends.
+            let registry = Registry::<Msg>::builder()
+                .channel_capacity(1 << 14)
+                .build()
+                .unwrap();
+            Cluster::builder(registry, Raw)
+                .url(redis.url())
+                .prefix(prefix)
+                .node_id(id)
+                .ttl(TTL)
+                .sharded(sharded)
+                .connect()
+        };
+        let (a, b) = (mk("a").await.unwrap(), mk("b").await.unwrap());
+        let mut rxs = Vec::new();
+        for room in &rooms {
+            let (id, rx) = b.register(ClientInfo::new()).await.unwrap();
+            b.attach(id, room.as_str()).await.unwrap();
+            rxs.push(rx);
+        }
+        let authors: Vec<_> = (0..AUTHORS)
+            .map(|author| {
+                let a = a.clone();
+                let room = rooms[author % rooms.len()].clone();
+                tokio::spawn(async move {
+                    for i in 0..EACH {
+                        a.broadcast(room.as_str(), Msg::from(format!("{author}:{i}")))
+                            .await
+                            .expect("published");
+                    }
+                })
+            })
+            .collect();
+        for t in authors {
+            t.await.unwrap();
+        }
+        let mut next = vec![0usize; AUTHORS];
+        for rx in &mut rxs {
+            for _ in 0..AUTHORS / rooms.len() * EACH {
+                let msg = recv(rx).await;
+                let (author, i) = msg.split_once(':').unwrap();
+                let (author, i): (usize, usize) = (author.parse().unwrap(), i.parse().unwrap());
+                assert_eq!(
+                    i,
+                    next[author],
+                    "author {author} out of order (sharded {sharded}): {:?}",
+                    b.stats()
+                );
+                next[author] += 1;
+            }
+        }
+        let (sa, sb) = (a.stats(), b.stats());
+        assert_eq!(sa.published, (AUTHORS * EACH) as u64);
+        assert_eq!((sb.gaps, sb.reordered), (0, 0), "sharded {sharded}: {sb:?}");
+        assert_eq!(sb.received, (AUTHORS * EACH) as u64);
+    }
+}

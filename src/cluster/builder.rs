@@ -115,7 +115,8 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
     ///
     /// What the tests show (`tests/redis_cluster.rs`, on three masters without
     /// replicas, two nodes): broadcasts crossing nodes in sessions on every
-    /// shard, alone and many at once, in order; each subscription made and
+    /// shard, alone and many at once with batches in flight, in order per
+    /// author; each subscription made and
     /// dropped on the master that owns it, an attach returning only once that
     /// master has run it; [`Cluster::send_to_key`](super::Cluster::send_to_key),
     /// takeovers and [`Cluster::member_count`](super::Cluster::member_count)
@@ -130,8 +131,9 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
     /// again before the next reconnect, so those sessions may go unheard
     /// until then.
     ///
-    /// Off, on Redis Cluster, broadcasts cross nodes as well (tested), but
-    /// every publication is forwarded to every master.
+    /// Off, on Redis Cluster, broadcasts cross nodes as well, in order with
+    /// batches in flight (tested), but every publication is forwarded to every
+    /// master.
     pub fn sharded(mut self, on: bool) -> Self {
         self.sharded = on;
         self

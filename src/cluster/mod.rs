@@ -62,8 +62,10 @@
 //! # Correctness
 //!
 //! `tests/cluster.rs` runs two or three nodes in one process against a real
-//! `redis-server`, including one restarted mid-run; `stress cluster` runs three
-//! `ws_server` processes.
+//! `redis-server`, including one restarted mid-run; `tests/redis_cluster.rs`
+//! runs two against a three-master Redis Cluster (what it shows is listed at
+//! [`ClusterBuilder::sharded`]); `stress cluster` runs three `ws_server`
+//! processes.
 
 mod batch;
 mod builder;

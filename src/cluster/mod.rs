@@ -62,8 +62,10 @@
 //! # Correctness
 //!
 //! `tests/cluster.rs` runs two or three nodes in one process against a real
-//! `redis-server`, including one restarted mid-run; `stress cluster` runs three
-//! `ws_server` processes.
+//! `redis-server`, including one restarted mid-run; `tests/redis_cluster.rs`
+//! runs two against a three-master Redis Cluster (what it shows is listed at
+//! [`ClusterBuilder::sharded`]); `stress cluster` runs three `ws_server`
+//! processes.
 
 mod batch;
 mod builder;
@@ -249,6 +251,16 @@ impl Unsendable {
             Self::Codec(e) => PublishError::Codec(msg, e),
             Self::TooLarge(n) => PublishError::TooLarge(msg, n),
         }
+    }
+}
+
+impl<M> Shared<M> {
+    /// The `KEYS` of every presence script: the key base `{prefix}`, which the
+    /// scripts read from `ARGV` anyway. Declared only so that fred sends the
+    /// call to the Redis Cluster master owning that slot: a script without
+    /// `KEYS` goes to any master, and the others refuse it ("non local key").
+    fn presence_keys(&self) -> Vec<String> {
+        vec![self.names.base.clone()]
     }
 }
 
@@ -1157,6 +1169,17 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
 )]
 #[path = "../../tests/common/redis.rs"]
 mod test_redis;
+/// The name `tests/common/redis_cluster.rs` finds its sibling under.
+#[cfg(test)]
+use test_redis as redis;
+#[cfg(test)]
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "the integration tests' helper; not every item is used here"
+)]
+#[path = "../../tests/common/redis_cluster.rs"]
+mod test_redis_cluster;
 
 #[cfg(test)]
 mod tests {
@@ -1164,6 +1187,7 @@ mod tests {
 
     use super::*;
     use crate::cluster::test_redis::Redis;
+    use crate::cluster::test_redis_cluster::RedisCluster;
 
     /// A node whose heartbeats are far apart: none runs during a test.
     pub(super) async fn node(redis: &Redis, prefix: &str) -> Cluster<Arc<str>> {
@@ -1211,5 +1235,41 @@ mod tests {
         let payload = panic.into_panic();
         assert_eq!(payload.downcast_ref::<&str>(), Some(&"settling went wrong"));
         assert_eq!(cluster.registry().client_count(), 0, "the client stayed");
+    }
+
+    /// A sharded node on a three-master Redis Cluster, heartbeats far apart.
+    pub(super) async fn sharded_node(redis: &RedisCluster, prefix: &str) -> Cluster<Arc<str>> {
+        Cluster::builder(Registry::<Arc<str>>::new(), Raw)
+            .url(redis.url())
+            .prefix(prefix)
+            .node_id("a")
+            .ttl(Duration::from_secs(60))
+            .sharded(true)
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// After a reconnect the node subscribes again to every session it holds:
+    /// on Redis Cluster one `SSUBSCRIBE` may only name channels of one slot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resubscribe_on_redis_cluster_subscribes_each_slot_apart() {
+        let Some(redis) = RedisCluster::start("resubscribe_slots") else {
+            return;
+        };
+        let cluster = sharded_node(&redis, "u5").await;
+        let (id, _rx) = cluster.register(ClientInfo::new()).await.unwrap();
+        let rooms: Vec<String> = (0..6).map(|i| format!("r{i}")).collect();
+        for room in &rooms {
+            cluster.attach(id, room.as_str()).await.unwrap();
+        }
+        cluster.shared.resubscribe().await.expect("resubscribe");
+        for room in &rooms {
+            let channel = cluster
+                .shared
+                .names
+                .channel(&SessionId::from(room.as_str()));
+            assert_eq!(redis.shardnumsub(&channel), 1, "{channel}");
+        }
     }
 }

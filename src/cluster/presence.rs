@@ -126,7 +126,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         ];
         let (known, now, clash): (i64, u64, i64) = self
             .client
-            .eval(self.scripts.heartbeat.text(), Vec::<String>::new(), args)
+            .eval(self.scripts.heartbeat.text(), self.presence_keys(), args)
             .await?;
         self.clock.observe(now);
         if clash == 1 {
@@ -187,7 +187,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         for _ in 0..MAX_REAP_CALLS {
             let reaping: i64 = self
                 .client
-                .eval(self.scripts.down.text(), Vec::<String>::new(), args.clone())
+                .eval(self.scripts.down.text(), self.presence_keys(), args.clone())
                 .await?;
             if reaping <= 0 {
                 break;
@@ -206,7 +206,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             .client
             .eval(
                 self.scripts.members.text(),
-                Vec::<String>::new(),
+                self.presence_keys(),
                 vec![
                     self.names.base.clone(),
                     token,
@@ -225,7 +225,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             .client
             .eval(
                 self.scripts.nodes.text(),
-                Vec::<String>::new(),
+                self.presence_keys(),
                 vec![
                     self.names.base.clone(),
                     self.max_nodes_listed.to_string(),

@@ -3,7 +3,8 @@
 //! nodes' clocks need not agree.
 //!
 //! Every presence script gets the key base `{prefix}` as `ARGV[1]` (the publish
-//! script touches no key). Keys:
+//! script touches no key), and as its one `KEYS` entry, unread: on Redis Cluster
+//! that sends the call to the master owning the slot of every key below. Keys:
 //!
 //! | Key | Type | Holds |
 //! | --- | --- | --- |

@@ -24,12 +24,13 @@
 //! task forgets it after handling every frame heard before the unsubscribe, and
 //! no later subscription to it can start before (`inbound.rs`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use fred::error::Error as FredError;
 use fred::interfaces::{ClientLike, FredResult, LuaInterface, PubsubInterface};
-use fred::prelude::Value;
-use fred::types::MultipleStrings;
+use fred::prelude::{Options, Value};
+use fred::types::{ClusterHash, MultipleStrings};
+use fred::util::redis_keyslot;
 use tokio::sync::oneshot;
 
 use crate::sync::{lock, Mutex, Ordering};
@@ -189,7 +190,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             args.extend(counts);
             let written: FredResult<Value> = self
                 .client
-                .eval(self.scripts.counts.text(), Vec::<String>::new(), args)
+                .eval(self.scripts.counts.text(), self.presence_keys(), args)
                 .await;
             failed = written.err();
         }
@@ -228,7 +229,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             // One command each: on Redis Cluster their channels hash to
             // different slots.
             for session in sessions {
-                self.ssubscribe(self.names.channel(&session)).await?;
+                self.ssubscribe(vec![self.names.channel(&session)]).await?;
                 subs.insert(session);
             }
         } else {
@@ -249,7 +250,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         if sessions.is_empty() {
             return Ok(());
         }
-        let mut left = Vec::with_capacity(sessions.len());
+        let mut left: Vec<SessionId> = Vec::with_capacity(sessions.len());
         let mut unsubscribed = Ok(());
         if self.sharded {
             for session in sessions {
@@ -287,8 +288,21 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         // fred answers an `(S)UNSUBSCRIBE` before Redis has run it, as it does a
         // `SUBSCRIBE` (below); the `PING`'s answer comes after, and so after every
         // frame Redis sent before it. Should the `PING` fail, the connection went,
-        // and with it whatever else it would have carried.
-        let pinged = self.subscriber.ping::<Value>(None).await.map(drop);
+        // and with it whatever else it would have carried. On Redis Cluster each
+        // shard's frames come on a connection of their own: one `PING` each.
+        let slots: BTreeSet<u16> = if self.sharded {
+            sessions
+                .iter()
+                .map(|s| redis_keyslot(self.names.channel(s).as_bytes()))
+                .collect()
+        } else {
+            BTreeSet::from([self.legacy_slot()])
+        };
+        let mut pinged = Ok(());
+        for slot in slots {
+            let ping = self.ping_slot(slot).await;
+            pinged = pinged.and(ping);
+        }
         let (done, forgotten) = oneshot::channel();
         let forget = Forget {
             sessions: sessions.clone(),
@@ -315,17 +329,40 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         channels: impl Into<MultipleStrings> + Send,
     ) -> FredResult<()> {
         self.subscriber.subscribe(channels).await?;
-        let _: Value = self.subscriber.ping(None).await?;
+        self.ping_slot(self.legacy_slot()).await
+    }
+
+    /// `SSUBSCRIBE` to channels of one slot (Redis Cluster refuses more with
+    /// `CROSSSLOT`), answered once Redis has run it: under load the order test
+    /// lost the first publications after an `SSUBSCRIBE` fred had answered, so
+    /// it gets the same `PING`, on the connection to the shard that owns them.
+    async fn ssubscribe(&self, channels: Vec<String>) -> FredResult<()> {
+        let Some(first) = channels.first() else {
+            return Ok(());
+        };
+        let slot = redis_keyslot(first.as_bytes());
+        self.subscriber.ssubscribe(channels).await?;
+        self.ping_slot(slot).await
+    }
+
+    /// A `PING` on the subscriber connection that carries the commands of
+    /// `slot`: on Redis Cluster fred keeps one per shard, and a `PING` sent
+    /// without a slot goes to any of them, proving nothing about the others.
+    /// A single server ignores the slot.
+    async fn ping_slot(&self, slot: u16) -> FredResult<()> {
+        let options = Options {
+            cluster_hash: Some(ClusterHash::Custom(slot)),
+            ..Options::default()
+        };
+        let _: Value = self.subscriber.with_options(&options).ping(None).await?;
         Ok(())
     }
 
-    /// `SSUBSCRIBE`, answered once Redis has run it: under load the order test
-    /// lost the first publications after an `SSUBSCRIBE` fred had answered, so
-    /// it gets the same `PING`.
-    async fn ssubscribe(&self, channels: impl Into<MultipleStrings> + Send) -> FredResult<()> {
-        self.subscriber.ssubscribe(channels).await?;
-        let _: Value = self.subscriber.ping(None).await?;
-        Ok(())
+    /// The slot fred sends every `SUBSCRIBE` and `UNSUBSCRIBE` to on Redis
+    /// Cluster (that of the client's id, fred 10.1), so that their `PING` goes
+    /// to the same connection.
+    fn legacy_slot(&self) -> u16 {
+        redis_keyslot(self.subscriber.id().as_bytes())
     }
 
     fn set_subscriptions(&self, subs: &HashSet<SessionId>) {
@@ -359,10 +396,103 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             return Ok(());
         }
         if self.sharded {
-            self.ssubscribe(subs).await?;
+            // One command per slot: Redis Cluster refuses an `SSUBSCRIBE` whose
+            // channels hash to several (`CROSSSLOT`).
+            let mut slots: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+            for channel in subs {
+                let slot = redis_keyslot(channel.as_bytes());
+                slots.entry(slot).or_default().push(channel);
+            }
+            for channels in slots.into_values() {
+                self.ssubscribe(channels).await?;
+            }
         } else {
             self.subscribe(subs).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cluster::test_redis_cluster::RedisCluster;
+    use crate::cluster::tests::sharded_node;
+    use crate::sync::Arc;
+
+    /// Whether `work` is still waiting after 300 ms with the master on `port`
+    /// stopped; it finishes once the master goes on.
+    async fn waits_for(
+        redis: &RedisCluster,
+        port: u16,
+        work: impl std::future::Future<Output = FredResult<()>> + Send + 'static,
+    ) -> bool {
+        redis.freeze(port);
+        let task = tokio::spawn(work);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let waited = !task.is_finished();
+        redis.thaw(port);
+        task.await.unwrap().expect("done once the master goes on");
+        waited
+    }
+
+    /// The forget handshake's `PING` follows every frame of the channels left,
+    /// only if it goes to the shard that carried them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forgetting_waits_for_the_master_of_each_channel_left() {
+        let Some(redis) = RedisCluster::start("forget_slots") else {
+            return;
+        };
+        let cluster = sharded_node(&redis, "u6").await;
+        let shared = Arc::clone(&cluster.shared);
+        let mut owners = Vec::new();
+        for i in 0.. {
+            let session = SessionId::from(format!("r{i}").as_str());
+            let owner = redis.owner(&shared.names.channel(&session));
+            if owners.iter().any(|(o, _)| *o == owner) {
+                continue;
+            }
+            owners.push((owner, session));
+            if owners.len() == 3 {
+                break;
+            }
+        }
+        let mut early = Vec::new();
+        for (owner, session) in owners {
+            let shared = Arc::clone(&shared);
+            let forget = async move { shared.forget_sessions(vec![session]).await };
+            if !waits_for(&redis, owner, forget).await {
+                early.push(owner);
+            }
+        }
+        assert!(
+            early.is_empty(),
+            "answered with these masters stopped: {early:?}"
+        );
+    }
+
+    /// A `SUBSCRIBE` (the node and ctl channels) is answered once the master
+    /// fred sent it to has run it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn subscribe_waits_for_the_master_it_went_to() {
+        let Some(redis) = RedisCluster::start("subscribe_slot") else {
+            return;
+        };
+        let cluster = sharded_node(&redis, "u7").await;
+        let shared = Arc::clone(&cluster.shared);
+        // fred sends every SUBSCRIBE of a clustered client to its id's slot.
+        let owner = redis.owner(shared.subscriber.id());
+        let subscribe = async move { shared.subscribe(vec!["u7:probe".to_owned()]).await };
+        assert!(waits_for(&redis, owner, subscribe).await);
+        assert_eq!(
+            redis
+                .cli(owner, &["PUBSUB", "NUMSUB", "u7:probe"])
+                .unwrap()
+                .lines()
+                .nth(1),
+            Some("1")
+        );
     }
 }

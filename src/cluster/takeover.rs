@@ -251,7 +251,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         ];
         let answer: Result<(i64, Value), _> = self
             .client
-            .eval(self.scripts.claim.text(), Vec::<String>::new(), args)
+            .eval(self.scripts.claim.text(), self.presence_keys(), args)
             .await;
         let (superseded, failed) = {
             let mut keys = lock(&self.keys);
@@ -421,7 +421,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         }
         let lost: Vec<String> = self
             .client
-            .eval(self.scripts.held.text(), Vec::<String>::new(), args)
+            .eval(self.scripts.held.text(), self.presence_keys(), args)
             .await?;
         let mut left = Vec::new();
         for pair in lost.chunks_exact(2) {
@@ -476,7 +476,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         ];
         let _: Value = self
             .client
-            .eval(self.scripts.release.text(), Vec::<String>::new(), args)
+            .eval(self.scripts.release.text(), self.presence_keys(), args)
             .await?;
         Ok(())
     }
@@ -512,7 +512,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             timeout: Some(wait),
             ..Options::default()
         });
-        let call = client.eval(self.scripts.route.text(), Vec::<String>::new(), args);
+        let call = client.eval(self.scripts.route.text(), self.presence_keys(), args);
         // A margin past fred's own timeout, in case it does not fire.
         match tokio::time::timeout(wait + Duration::from_millis(100), call).await {
             Ok(answer) => answer,
@@ -525,7 +525,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             .client
             .eval(
                 self.scripts.locate.text(),
-                Vec::<String>::new(),
+                self.presence_keys(),
                 vec![self.names.base.clone(), key.to_owned()],
             )
             .await?;

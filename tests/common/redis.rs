@@ -20,22 +20,7 @@ impl Redis {
     /// Starts one, or returns `None` after one line on stderr if there is no
     /// `redis-server`. Panics instead under `SWITCHBOARD_REQUIRE_EXTERNAL=1`.
     pub fn start(test: &str) -> Option<Self> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            let message = format!(
-                "test {test}: redis-server not found; install it with \
-                 `apt-get install redis-server`"
-            );
-            if std::env::var("SWITCHBOARD_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
-                panic!("{message} (SWITCHBOARD_REQUIRE_EXTERNAL=1 makes this a failure)");
-            }
-            // Straight to stderr: libtest would swallow eprintln! of a passing test.
-            let _ = writeln!(std::io::stderr(), "skipped: {message}");
+        if !available(test, "redis-server", "redis-server") {
             return None;
         }
         Some(Self::launch("switchboard").unwrap_or_else(|e| panic!("{e}")))
@@ -177,6 +162,29 @@ impl Drop for Redis {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether `program` can be run; if not, one line on stderr saying to install
+/// `package`, or a panic under `SWITCHBOARD_REQUIRE_EXTERNAL=1`.
+pub fn available(test: &str, program: &str, package: &str) -> bool {
+    let found = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        let message = format!(
+            "test {test}: {program} not found; install it with \
+             `apt-get install {package}`"
+        );
+        if std::env::var("SWITCHBOARD_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
+            panic!("{message} (SWITCHBOARD_REQUIRE_EXTERNAL=1 makes this a failure)");
+        }
+        // Straight to stderr: libtest would swallow eprintln! of a passing test.
+        let _ = writeln!(std::io::stderr(), "skipped: {message}");
+    }
+    found
 }
 
 /// A free loopback port other than 6379, the default a system service would use.

@@ -536,3 +536,53 @@ async fn concurrent_broadcasts_cross_in_order_with_batches_in_flight() {
         assert_eq!(sb.received, (AUTHORS * EACH) as u64);
     }
 }
+
+/// A claim that failed but ran (its master frozen past fred's timeout) is
+/// released at a later heartbeat: the release goes to the master that owns the
+/// presence keys, as every presence script does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_failed_but_ran_is_released_on_redis_cluster() {
+    let redis = cluster_or_skip!("rc_failed_claim");
+    let ttl = Duration::from_secs(6);
+    let node = |id: &'static str| {
+        Cluster::builder(Registry::<Msg>::new(), Raw)
+            .url(redis.url())
+            .prefix("c9")
+            .node_id(id)
+            .ttl(ttl)
+            .sharded(true)
+            .connect()
+    };
+    let (a, b) = (node("a").await.unwrap(), node("b").await.unwrap());
+    let presence = redis.owner("{c9}");
+    redis.freeze(presence);
+    let failed = a.register(ClientInfo::new().with_key("dev")).await;
+    redis.thaw(presence);
+    assert!(
+        failed.is_err(),
+        "answered while the presence master was frozen"
+    );
+    let named = |want: Option<&'static str>| {
+        let b = &b;
+        async move {
+            let deadline = Instant::now() + ttl;
+            loop {
+                let got = b.locate("dev").await.unwrap();
+                if got.as_deref() == want || Instant::now() > deadline {
+                    return got;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(
+        named(Some("a")).await.as_deref(),
+        Some("a"),
+        "the claim ran"
+    );
+    assert_eq!(
+        named(None).await,
+        None,
+        "the key still names a, where no connection holds it"
+    );
+}

@@ -392,7 +392,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 .client
                 .eval(
                     self.scripts.release_doubtful.text(),
-                    Vec::<String>::new(),
+                    self.presence_keys(),
                     args,
                 )
                 .await?;

@@ -164,8 +164,8 @@ end
 ";
 
 /// ARGV: base, key, node, new connection id, mode (`force` or `ifree`), node
-/// channel base. Returns `{1, gen}` when the key is now this node's, `{0, holder}`
-/// when `ifree` found it on another node. A previous holder elsewhere gets a
+/// channel base. Returns `{1, gen}` when the key is now this node's, `{0, holder,
+/// holder's gen}` when `ifree` found it on another node. A previous holder elsewhere gets a
 /// takeover notice on its node channel.
 ///
 /// Generations must grow across a Redis restart that lost the counter: nodes
@@ -177,7 +177,10 @@ const CLAIM: &str = r"
 local key, node, by, mode = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 REAPING
 local cur = holder(redis.call('HGET', B .. ':keys', key))
-if mode == 'ifree' and cur and cur ~= node and alive(cur) then return { 0, cur } end
+if mode == 'ifree' and cur and cur ~= node and alive(cur) then
+  local v = redis.call('HGET', B .. ':keys', key)
+  return { 0, cur, string.sub(v, 1, string.find(v, '|', 1, true) - 1) }
+end
 local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local gen = math.max(tonumber(redis.call('GET', B .. ':gen') or '0') + 1, us)
 gen = string.format('%d', gen)
@@ -203,20 +206,23 @@ end
 return 0
 ";
 
-/// ARGV: base, key, node, gen. Releases the key if this node holds it under a
-/// claim of generation `gen` or older: one whose answer the node never got.
+/// ARGV: base, key, node, newest, held. For a key whose claim failed with its
+/// outcome unknown: `{0}` if Redis does not name this node for it; `{2}` if it
+/// does under a generation above `newest` (read before the node's check: a claim
+/// run since, which a later call settles); else, with `held` empty (no claim of
+/// the node holds it), releases it and returns `{1}`; with `held` a generation,
+/// returns `{3, gen}`, the generation Redis names this node under.
 const RELEASE_DOUBTFUL: &str = r"
 local key, node = ARGV[2], ARGV[3]
 local v = redis.call('HGET', B .. ':keys', key)
-if v and holder(v) == node then
-  local gen = tonumber(string.sub(v, 1, string.find(v, '|', 1, true) - 1))
-  if gen and gen <= tonumber(ARGV[4]) then
-    redis.call('HDEL', B .. ':keys', key)
-    redis.call('SREM', B .. ':nkeys:' .. node, key)
-    return 1
-  end
-end
-return 0
+if not v or holder(v) ~= node then return { 0 } end
+local gen = string.sub(v, 1, string.find(v, '|', 1, true) - 1)
+if not tonumber(gen) then return { 0 } end
+if tonumber(gen) > tonumber(ARGV[4]) then return { 2 } end
+if ARGV[5] ~= '' then return { 3, gen } end
+redis.call('HDEL', B .. ':keys', key)
+redis.call('SREM', B .. ':nkeys:' .. node, key)
+return { 1 }
 ";
 
 /// ARGV: base, node, then key/generation pairs this node believes it holds.

@@ -86,6 +86,25 @@ impl Keys {
         self.held.get(key).is_some_and(|h| h.gen > r) || self.pending.contains_key(key)
     }
 
+    /// Remembers that a claim of `key` failed with its outcome unknown.
+    fn doubt(&mut self, key: &str) {
+        if self.doubtful.len() < MAX_DOUBTFUL {
+            self.doubtful.insert(key.to_owned());
+        }
+    }
+
+    /// Keeps a takeover at generation `gen` by `node` for the claims of `key`
+    /// in flight, if it is the newest heard.
+    fn revoke(&mut self, key: &str, gen: u64, node: &str) {
+        let r = self
+            .revoked
+            .entry(key.to_owned())
+            .or_insert((0, String::new()));
+        if gen > r.0 {
+            *r = (gen, node.to_owned());
+        }
+    }
+
     /// One claim of `key` is answered: returns the newest takeover heard while
     /// it was in flight, forgotten with the last claim in flight.
     fn answered(&mut self, key: &str) -> Option<(u64, String)> {
@@ -249,10 +268,20 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             .to_owned(),
             self.names.node_base.clone(),
         ];
-        let answer: Result<(i64, Value), _> = self
+        let answer: Result<Vec<Value>, _> = self
             .client
             .eval(self.scripts.claim.text(), self.presence_keys(), args)
             .await;
+        // `{1, gen}`, or `{0, holder, holder's generation}`.
+        let answer = answer.map(|v| {
+            let code = v.first().and_then(Value::as_i64).unwrap_or(0);
+            let value = v.get(1).cloned().unwrap_or(Value::Null);
+            let gen = v
+                .get(2)
+                .and_then(Value::as_string)
+                .and_then(|g| g.parse::<u64>().ok());
+            (code, value, gen)
+        });
         let (superseded, failed) = {
             let mut keys = lock(&self.keys);
             let revoked = in_flight.answered(&mut keys);
@@ -262,16 +291,16 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 Err(e) => match revoked {
                     Some((r, node)) if !keys.settled_elsewhere(key, r) => {
                         keys.held.remove(key);
+                        // It may have run after the takeover all the same.
+                        keys.doubt(key);
                         (Some(node), Some(e))
                     }
                     _ => {
-                        if keys.doubtful.len() < MAX_DOUBTFUL {
-                            keys.doubtful.insert(key.to_owned());
-                        }
+                        keys.doubt(key);
                         return Err(e.into());
                     }
                 },
-                Ok((1, value)) => {
+                Ok((1, value, _)) => {
                     let gen = value.as_u64().unwrap_or(0);
                     match revoked {
                         Some((r, node)) if r > gen => {
@@ -301,8 +330,15 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 // Refused: another node kept the key (a re-announcement). A newer
                 // claim of this node in flight ran after this one in Redis, and
                 // settles the key and its holder when answered.
-                Ok((_, _)) if keys.pending.contains_key(key) => return Ok(false),
-                Ok((_, value)) => {
+                // The refusal is kept for that claim as a takeover notice would
+                // be: should it never be made, its reservation closes the holder.
+                Ok((_, value, gen)) if keys.pending.contains_key(key) => {
+                    if let (Some(node), Some(gen)) = (value.as_string(), gen) {
+                        keys.revoke(key, gen, &node);
+                    }
+                    return Ok(false);
+                }
+                Ok((_, value, _)) => {
                     keys.held.remove(key);
                     (value.as_string(), None)
                 }
@@ -353,10 +389,14 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         Ok(())
     }
 
-    /// Releases each key whose claim failed with its outcome unknown, if Redis
-    /// names this node for it under a claim no newer than the check: a claim
-    /// made here since runs after the check in Redis, at a higher generation,
-    /// and is left alone, as is a key held or being claimed here.
+    /// Settles each key whose claim failed with its outcome unknown, if Redis
+    /// names this node for it under a claim no newer than a generation read
+    /// before the check (a claim made here since runs later, higher): released if
+    /// no claim here holds it; if one does, that claim's generation follows
+    /// Redis's, so that the holder's release releases it. A key named under a
+    /// newer generation (the failed claim replayed since, or one of this node's
+    /// in flight at the read) waits for the next heartbeat; one being claimed
+    /// here is left to that claim.
     pub(crate) async fn release_doubtful(&self) -> Result<(), ClusterError> {
         if lock(&self.keys).doubtful.is_empty() {
             return Ok(());
@@ -364,31 +404,23 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         // Every claim sent after this read runs after it, at a higher generation.
         let newest: Option<String> = self.client.get(format!("{}:gen", self.names.base)).await?;
         let newest = newest.unwrap_or_else(|| "0".to_owned());
-        let candidates: Vec<String> = {
-            let mut keys = lock(&self.keys);
-            let Keys {
-                held,
-                pending,
-                doubtful,
-                ..
-            } = &mut *keys;
-            // Held: a claim answered since holds it, for a live connection.
-            doubtful.retain(|key| !held.contains_key(key));
-            // In flight: its answer settles it, or makes it doubtful again.
-            doubtful
+        let candidates: Vec<(String, Option<u64>)> = {
+            let keys = lock(&self.keys);
+            keys.doubtful
                 .iter()
-                .filter(|key| !pending.contains_key(*key))
-                .cloned()
+                .filter(|key| !keys.pending.contains_key(*key))
+                .map(|key| (key.clone(), keys.held.get(key).map(|h| h.gen)))
                 .collect()
         };
-        for key in candidates {
+        for (key, held) in candidates {
             let args = vec![
                 self.names.base.clone(),
                 key.clone(),
                 self.node.clone(),
                 newest.clone(),
+                held.map(|g| g.to_string()).unwrap_or_default(),
             ];
-            let _: Value = self
+            let answer: Vec<Value> = self
                 .client
                 .eval(
                     self.scripts.release_doubtful.text(),
@@ -396,7 +428,21 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                     args,
                 )
                 .await?;
-            lock(&self.keys).doubtful.remove(&key);
+            let mut keys = lock(&self.keys);
+            match answer.first().and_then(Value::as_i64) {
+                Some(2) => continue,
+                Some(3) => {
+                    let gen = answer
+                        .get(1)
+                        .and_then(Value::as_string)
+                        .and_then(|g| g.parse::<u64>().ok());
+                    if let (Some(gen), Some(h)) = (gen, keys.held.get_mut(&key)) {
+                        h.gen = h.gen.max(gen);
+                    }
+                }
+                _ => {}
+            }
+            keys.doubtful.remove(&key);
         }
         Ok(())
     }
@@ -545,13 +591,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 keys.held.remove(&notice.key);
             }
             if keys.pending.contains_key(&notice.key) {
-                let r = keys
-                    .revoked
-                    .entry(notice.key.clone())
-                    .or_insert((0, String::new()));
-                if notice.gen > r.0 {
-                    *r = (notice.gen, notice.node.clone());
-                }
+                keys.revoke(&notice.key, notice.gen, &notice.node);
                 // Kept for the claim in flight, which closes the holder if the
                 // notice superseded it. It may have run in Redis after the
                 // notice's claim (a connection that took the key over here
@@ -871,5 +911,100 @@ mod tests {
             "the refusal closed the holder the newer claim was for"
         );
         assert_eq!(a.locate("dev").await.unwrap().as_deref(), Some("a"));
+    }
+
+    /// A claim of a doubtful key replayed after the generation was read (fred
+    /// may resend a command it reported failed) names this node under a newer
+    /// generation: kept for the next heartbeat, which releases it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_doubtful_key_claimed_after_the_check_is_released_at_the_next() {
+        let Some(redis) = redis::Redis::start("doubtful_replayed") else {
+            return;
+        };
+        let cluster = node(&redis, "u12").await;
+        let shared = &cluster.shared;
+        // Redis first: the node's heartbeat may settle the key at any moment.
+        redis.cli(&["SET", "{u12}:gen", "100"]).unwrap();
+        redis.cli(&["HSET", "{u12}:keys", "dev", "150|a"]).unwrap();
+        lock(&shared.keys).doubtful.insert("dev".into());
+        shared.release_doubtful().await.unwrap();
+        assert_eq!(
+            redis.cli(&["HGET", "{u12}:keys", "dev"]).as_deref(),
+            Some("150|a")
+        );
+        redis.cli(&["SET", "{u12}:gen", "200"]).unwrap();
+        shared.release_doubtful().await.unwrap();
+        assert_eq!(
+            redis.cli(&["HGET", "{u12}:keys", "dev"]).as_deref(),
+            Some(""),
+            "a key claimed for nobody here was forgotten, not released"
+        );
+    }
+
+    /// A doubtful claim that ran after the claim this node holds the key under
+    /// left Redis naming this node under its newer generation: the holder's
+    /// release must release that one, or the key names this node for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_doubtful_claim_newer_than_the_held_one_is_released_with_the_holder() {
+        let Some(redis) = redis::Redis::start("doubtful_newer_than_held") else {
+            return;
+        };
+        let cluster = node(&redis, "u13").await;
+        let shared = &cluster.shared;
+        let (holder, _rx) = shared
+            .registry
+            .register(ClientInfo::new().with_key("dev"))
+            .unwrap();
+        // Redis first: the node's heartbeat may settle the key at any moment.
+        redis.cli(&["SET", "{u13}:gen", "10"]).unwrap();
+        redis.cli(&["HSET", "{u13}:keys", "dev", "4|a"]).unwrap();
+        {
+            let mut keys = lock(&shared.keys);
+            keys.held.insert("dev".into(), Held { gen: 3, id: holder });
+            keys.doubtful.insert("dev".into());
+        }
+        shared.release_doubtful().await.unwrap();
+        let _gone = cluster.unregister(holder).await.unwrap();
+        assert_eq!(
+            redis.cli(&["HGET", "{u13}:keys", "dev"]).as_deref(),
+            Some(""),
+            "the key still names this node after its holder left"
+        );
+    }
+
+    /// A re-announcement refused (another node took the key while Redis had
+    /// forgotten this one, so no notice came) while a registration's claim is
+    /// reserved: should that registration then be refused, its reservation must
+    /// close the old holder, as the refusal would have. Else two live
+    /// connections hold the key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refusal_kept_for_a_reserved_claim_closes_the_holder_when_it_is_dropped() {
+        let Some(redis) = redis::Redis::start("refusal_kept") else {
+            return;
+        };
+        let cluster = node(&redis, "u14").await;
+        let shared = &cluster.shared;
+        let (holder, _rx) = shared
+            .registry
+            .register(ClientInfo::new().with_key("dev"))
+            .unwrap();
+        // Node b, alive, holds the key.
+        let alive_until = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            + 60_000)
+            .to_string();
+        redis
+            .cli(&["ZADD", "{u14}:nodes", &alive_until, "b"])
+            .unwrap();
+        redis.cli(&["HSET", "{u14}:keys", "dev", "7|b"]).unwrap();
+        let reserved = shared.reserve_claim("dev");
+        assert!(!shared.claim("dev", holder, Mode::IfFree).await.unwrap());
+        drop(reserved);
+        assert!(
+            shared.registry.lookup(ClientRef::Key("dev")).is_err(),
+            "the old holder lives on while b holds the key"
+        );
     }
 }

@@ -14,6 +14,8 @@ mod redis;
 )]
 #[path = "../examples/ws_server/server/mod.rs"]
 mod server;
+#[path = "common/wait.rs"]
+mod wait;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -22,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use redis::Redis;
 use switchboard::cluster::{Cluster, ClusterError, ClusterEvent, Delivered, PublishError, Raw};
-use switchboard::{ClientError, ClientInfo, CloseReason, Receiver, Registry, SessionId};
+use switchboard::{ClientError, ClientInfo, CloseReason, Registry, SessionId};
+use wait::{eventually, recv};
 
 type Msg = Arc<str>;
 
@@ -39,27 +42,6 @@ macro_rules! redis_or_skip {
 
 async fn node(redis: &Redis, prefix: &str, id: &str, ttl: Duration) -> Cluster<Msg> {
     node_with(redis, prefix, id, |b| b.ttl(ttl)).await
-}
-
-async fn recv(rx: &mut Receiver<Msg>) -> Msg {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("a message within 10 s")
-        .expect("channel open")
-}
-
-/// Waits up to `limit` for `check`, polling.
-async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 const TTL: Duration = Duration::from_secs(3);

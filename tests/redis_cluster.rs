@@ -16,13 +16,16 @@
 mod redis;
 #[path = "common/redis_cluster.rs"]
 mod redis_cluster;
+#[path = "common/wait.rs"]
+mod wait;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis_cluster::RedisCluster;
 use switchboard::cluster::{Cluster, Delivered, Raw};
-use switchboard::{ClientInfo, CloseReason, Receiver, Registry, SessionId};
+use switchboard::{ClientInfo, CloseReason, Registry, SessionId};
+use wait::{eventually, recv};
 
 type Msg = Arc<str>;
 
@@ -49,27 +52,6 @@ async fn node(redis: &RedisCluster, prefix: &str, id: &str) -> Cluster<Msg> {
         .connect()
         .await
         .expect("node connects to the Redis Cluster")
-}
-
-async fn recv(rx: &mut Receiver<Msg>) -> Msg {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("a message within 10 s")
-        .expect("channel open")
-}
-
-/// Waits up to `limit` for `check`, polling.
-async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The session channel of `name` under `prefix` (as `src/cluster/names.rs`

@@ -3,9 +3,10 @@
 //! `tests/browser.rs`) and for `stress cluster`, which includes this file too, so
 //! that both start, restart and check their server the same way.
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -67,39 +68,11 @@ impl Redis {
     /// was taken). Only this server's answer counts: another run's server on the
     /// same port would answer PING just as well.
     fn try_spawn(&mut self) -> Result<bool, String> {
-        let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                format!("cannot start redis-server ({e}); install it with `apt-get install redis-server`")
-            })?;
-        let pid = format!("process_id:{}", child.id());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if child
-                .try_wait()
-                .map_err(|e| format!("redis-server: {e}"))?
-                .is_some()
-            {
-                return Ok(false);
-            }
-            let info = self.cli(&["INFO", "server"]).unwrap_or_default();
-            if info.lines().any(|l| l.trim() == pid) {
-                self.child = Some(child);
-                return Ok(true);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err("redis-server did not answer within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let child = spawn_server(self.port, &self.dir, &[])
+            .map_err(|e| format!("{e}; install it with `apt-get install redis-server`"))?;
+        let started = child.is_some();
+        self.child = child;
+        Ok(started)
     }
 
     /// SIGSTOP: connections stay open and nothing answers, as with a Redis stuck
@@ -137,14 +110,7 @@ impl Redis {
 
     /// One command through `redis-cli`; its output trimmed, or `None` if it failed.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .stderr(Stdio::null())
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
+        cli_at(self.port, args)
     }
 
     /// Subscribers of `channel`, from `PUBSUB NUMSUB`.
@@ -185,6 +151,57 @@ pub fn available(test: &str, program: &str, package: &str) -> bool {
         let _ = writeln!(std::io::stderr(), "skipped: {message}");
     }
     found
+}
+
+/// Starts `redis-server` on `port` (persistence off, files in `dir`, `extra`
+/// arguments after), and waits until it answers as itself: another run's server
+/// on the same port would answer just as well. `None` if it exited first (its
+/// port was taken).
+pub fn spawn_server(port: u16, dir: &Path, extra: &[&OsStr]) -> Result<Option<Child>, String> {
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start redis-server ({e})"))?;
+    let pid = format!("process_id:{}", child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if child
+            .try_wait()
+            .map_err(|e| format!("redis-server: {e}"))?
+            .is_some()
+        {
+            return Ok(None);
+        }
+        let info = cli_at(port, &["INFO", "server"]).unwrap_or_default();
+        if info.lines().any(|l| l.trim() == pid) {
+            return Ok(Some(child));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("redis-server did not answer within 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One command through `redis-cli` to `port`; its output trimmed, or `None` if
+/// it failed.
+pub fn cli_at(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
 }
 
 /// A free loopback port other than 6379, the default a system service would use.

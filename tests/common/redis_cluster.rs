@@ -3,11 +3,12 @@
 //! tests that need one (`tests/redis_cluster.rs`); it starts and checks its
 //! servers as `redis.rs` does its one.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::redis::{available, free_port};
+use super::redis::{available, cli_at as cli, free_port, spawn_server};
 
 /// Three `redis-server` masters joined into one cluster, SIGKILLed on drop.
 pub struct RedisCluster {
@@ -87,40 +88,19 @@ impl RedisCluster {
             if port == bus {
                 continue;
             }
-            let mut child = Command::new("redis-server")
-                .args(["--port", &port.to_string()])
-                .args(["--cluster-port", &bus.to_string()])
-                .args(["--cluster-enabled", "yes"])
-                .arg("--cluster-config-file")
-                .arg(self.dir.join(format!("nodes-{port}.conf")))
-                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(&self.dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("cannot start redis-server: {e}"))?;
-            let pid = format!("process_id:{}", child.id());
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if child
-                    .try_wait()
-                    .map_err(|e| format!("redis-server: {e}"))?
-                    .is_some()
-                {
-                    break;
-                }
-                let info = cli(port, &["INFO", "server"]).unwrap_or_default();
-                if info.lines().any(|l| l.trim() == pid) {
-                    self.masters.push((child, port));
-                    return Ok(());
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err("redis-server did not answer within 10 s".into());
-                }
-                std::thread::sleep(Duration::from_millis(10));
+            let conf = self.dir.join(format!("nodes-{port}.conf"));
+            let bus_arg = bus.to_string();
+            let extra: [&OsStr; 6] = [
+                "--cluster-port".as_ref(),
+                bus_arg.as_ref(),
+                "--cluster-enabled".as_ref(),
+                "yes".as_ref(),
+                "--cluster-config-file".as_ref(),
+                conf.as_os_str(),
+            ];
+            if let Some(child) = spawn_server(port, &self.dir, &extra)? {
+                self.masters.push((child, port));
+                return Ok(());
             }
         }
         Err("redis-server found no free port in 20 tries".into())
@@ -244,17 +224,4 @@ impl Drop for RedisCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// One command through `redis-cli` to `port`; its output trimmed, or `None` if
-/// it failed.
-fn cli(port: u16, args: &[&str]) -> Option<String> {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
 }

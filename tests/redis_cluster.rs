@@ -279,7 +279,9 @@ async fn takeover_crosses_nodes() {
         old_rx.close_reason(),
         Some(CloseReason::TakenOver { .. })
     ));
-    assert_eq!(a.registry().client_count(), 0);
+    // The channel closes before its slot is freed.
+    let gone = eventually(Duration::from_secs(2), || a.registry().client_count() == 0).await;
+    assert!(gone, "the old connection is still registered on a");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

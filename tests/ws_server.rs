@@ -1096,3 +1096,81 @@ async fn a_shutdown_closes_connections_stalled_mid_head_within_its_deadline() {
         .expect("the shutdown ends")
         .expect("no panic");
 }
+
+/// This process's resident memory in bytes, from `/proc/self/status`; `None`
+/// where there is no such file.
+fn resident_bytes() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A peer that pings and never reads what comes back: the WebSocket layer owes it
+/// a pong per ping, and queues each one it cannot send. Those pongs are bounded,
+/// not kept for as long as the peer keeps pinging (here before its `hello`, where
+/// the hello deadline, a minute by default, is the only clock).
+#[tokio::test]
+async fn a_peer_that_pings_and_never_reads_cannot_grow_the_servers_memory_without_bound() {
+    let server = start(config()).await;
+    let ws = connect(&server).await;
+    let MaybeTlsStream::Plain(mut tcp) = ws.into_inner() else {
+        panic!("a plain TCP stream")
+    };
+    // Counted from here: the server and this connection are up.
+    let Some(before) = resident_bytes() else {
+        return;
+    };
+    // A ping with the 125 bytes a control frame may carry, masked with zeros.
+    let mut ping = vec![0x89, 0x80 | 125, 0, 0, 0, 0];
+    ping.extend([b'p'; 125]);
+    let burst = ping.repeat(8 * 1024);
+    let bursts = 128;
+    // 128 MiB of pings; the server reads them all (none is an error), and owes a
+    // 127-byte pong for each.
+    timeout(Duration::from_secs(120), async {
+        for _ in 0..bursts {
+            tcp.write_all(&burst).await.expect("the server reads on");
+        }
+    })
+    .await
+    .expect("the server reads the pings in time");
+    // What is still in the server's socket buffer is read meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = resident_bytes().unwrap_or_default().saturating_sub(before);
+    drop(tcp);
+    let _ = server.shutdown().await;
+    let sent = bursts * burst.len();
+    assert!(
+        grown < 32 << 20,
+        "resident memory grew by {} MiB while a peer that never reads sent {} MiB of pings",
+        grown >> 20,
+        sent >> 20
+    );
+}
+
+/// The bound on a connection's unsent bytes adds `write_buffer` to a multiple of
+/// `max_frame`; settings too large to add up are refused at start, not left to
+/// panic in the WebSocket layer at the first upgrade.
+#[tokio::test]
+async fn buffer_sizes_too_large_to_bound_are_refused_at_start() {
+    for (name, set) in [
+        (
+            "write_buffer",
+            (|c| c.write_buffer = usize::MAX) as fn(&mut Config),
+        ),
+        ("max_frame", |c| c.max_frame = usize::MAX / 4),
+    ] {
+        let mut c = config();
+        set(&mut c);
+        match tokio::spawn(Server::start(c)).await {
+            Ok(Err(StartError::Config(e))) => assert!(e.contains(name), "{name}: {e}"),
+            Ok(Err(e)) => panic!("{name}: the wrong error: {e}"),
+            Ok(Ok(server)) => {
+                let _ = server.shutdown().await;
+                panic!("{name} too large to bound a connection's unsent bytes was accepted");
+            }
+            Err(panic) => panic!("{name}: panicked: {panic}"),
+        }
+    }
+}

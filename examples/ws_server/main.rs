@@ -26,7 +26,7 @@
 //! | `--admin-token T` | `$SWITCHBOARD_ADMIN_TOKEN` | bearer token; required off loopback |
 //! | `--max-frame BYTES` | 65536 | largest frame or message a client may send |
 //! | `--read-buffer BYTES` | 2048 | WebSocket read buffer per connection |
-//! | `--write-buffer BYTES` | 4096 | bytes gathered before a socket write |
+//! | `--write-buffer BYTES` | 4096 | bytes gathered before a socket write; a connection holds at most this plus 8 × the larger of `--max-frame` and the admin body limit (64 KiB) unsent, beyond which pongs owed to a peer that pings and does not read are merged into one |
 //! | `--queue N` | 32 | frames queued per client |
 //! | `--slow-consumer P` | `disconnect` | `disconnect` (close 4000) or `drop` (skip the frame) |
 //! | `--ping-interval D` | `20s` | how often each client is pinged |

@@ -51,7 +51,14 @@ pub struct Config {
     pub max_frame: usize,
     /// The WebSocket read buffer per connection, in bytes.
     pub read_buffer: usize,
-    /// How many outgoing bytes are gathered before a write to the socket.
+    /// How many outgoing bytes are gathered before a write to the socket. A
+    /// connection holds at most this plus eight times the larger of `max_frame`
+    /// and the admin API's body limit unsent (about 516 KiB with the defaults):
+    /// room for the largest frame the server writes (a message or an error frame
+    /// built from a client's frame, escaped, or an admin broadcast) and for the
+    /// pongs it owes a client that pings and does not read. Beyond it, pongs are
+    /// merged into one, and a frame that does not fit ends the connection, as a
+    /// stalled write does.
     pub write_buffer: usize,
     /// Each client's queue of outgoing frames.
     pub queue: usize,
@@ -114,7 +121,22 @@ impl Config {
                 )));
             }
         }
+        if self.max_unsent().is_none() {
+            return Err(StartError::Config(format!(
+                "write_buffer {} and max_frame {} are too large to count a connection's \
+                 unsent bytes with",
+                self.write_buffer, self.max_frame
+            )));
+        }
         Ok(())
+    }
+
+    /// The most a connection holds unsent (see `write_buffer`); `None` if it
+    /// cannot be counted. Without a bound, tungstenite queues a pong for every
+    /// ping of a peer that does not read, for as long as the peer pings.
+    fn max_unsent(&self) -> Option<usize> {
+        let largest = self.max_frame.max(AdminConfig::DEFAULT_BODY_LIMIT);
+        self.write_buffer.checked_add(largest.checked_mul(8)?)
     }
 }
 
@@ -163,7 +185,8 @@ pub enum StartError {
     #[error("admin API: {0}")]
     Admin(#[from] AdminConfigError),
     /// A setting is out of its range (a duration of zero other than
-    /// `close_linger`, or one over [`Config::MAX_DURATION`]).
+    /// `close_linger`, or one over [`Config::MAX_DURATION`]; a `write_buffer` and
+    /// `max_frame` too large to add up).
     #[error("{0}")]
     Config(String),
     /// `--redis` was given and the cluster could not be joined.
@@ -462,6 +485,8 @@ async fn upgrade(
     let hello_by = since + config.idle_timeout;
     ws.read_buffer_size(config.read_buffer)
         .write_buffer_size(config.write_buffer)
+        // `Server::start` checked that it counts.
+        .max_write_buffer_size(config.max_unsent().unwrap_or(usize::MAX))
         .max_message_size(config.max_frame)
         .max_frame_size(config.max_frame)
         .on_upgrade(move |socket| connection::serve(shared, socket, hello_by))

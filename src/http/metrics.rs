@@ -13,10 +13,16 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
+use crate::sync::{AtomicU64, Ordering};
 use crate::Stats;
 
 /// The broadcast fan-out histogram's name.
 const FANOUT: &str = "switchboard_admin_broadcast_fanout_seconds";
+/// Fan-out samples recorded between two upkeeps. The recorder keeps every
+/// sample until an upkeep folds it into the histogram's buckets; with scrapes
+/// the only upkeeps, broadcasts and no scraper kept every sample for good (8
+/// million broadcasts, 127 MiB).
+const UPKEEP_EVERY: u64 = 1024;
 /// Fan-out times from 10 µs to 1 s.
 const FANOUT_BUCKETS: [f64; 11] = [
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
@@ -34,6 +40,11 @@ pub(crate) struct Metrics {
     closed: Counter,
     disconnected: Counter,
     fanout: Histogram,
+    /// Fan-out samples recorded, for [`UPKEEP_EVERY`].
+    ///
+    /// Ordering: `Relaxed`; it only spaces out upkeeps, which fold whatever
+    /// samples they find.
+    recorded: AtomicU64,
 }
 
 impl Metrics {
@@ -86,12 +97,17 @@ impl Metrics {
                 closed: metrics::counter!("switchboard_messages_closed_total"),
                 disconnected: metrics::counter!("switchboard_clients_disconnected_total"),
                 fanout: metrics::histogram!(FANOUT),
+                recorded: AtomicU64::new(0),
             }
         })
     }
 
     pub(crate) fn record_fanout(&self, took: Duration) {
         self.fanout.record(took.as_secs_f64());
+        // Relaxed: see `recorded`.
+        if self.recorded.fetch_add(1, Ordering::Relaxed) % UPKEEP_EVERY == UPKEEP_EVERY - 1 {
+            self.handle.run_upkeep();
+        }
     }
 
     /// Sets every figure from `stats` and renders the exposition text.
@@ -110,5 +126,46 @@ impl Metrics {
         self.disconnected.absolute(stats.disconnected);
         self.handle.run_upkeep();
         self.handle.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This process's resident memory in bytes, from `/proc/self/status`; `None`
+    /// where there is no such file.
+    fn resident_bytes() -> Option<usize> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    /// The recorder keeps a histogram's samples, one by one, until upkeep folds
+    /// them into its buckets. Broadcasts with no scrape in between (or no
+    /// scraper at all) must not each keep one for good.
+    #[test]
+    fn broadcasts_with_no_scrape_keep_bounded_memory() {
+        let metrics = Metrics::new();
+        let Some(before) = resident_bytes() else {
+            return;
+        };
+        let broadcasts: u64 = 8_000_000;
+        for _ in 0..broadcasts {
+            metrics.record_fanout(Duration::from_micros(20));
+        }
+        let grown = resident_bytes().unwrap_or_default().saturating_sub(before);
+        assert!(
+            grown < 64 << 20,
+            "resident memory grew by {} MiB over {broadcasts} broadcasts with no scrape",
+            grown >> 20
+        );
+        // A scrape still counts every one.
+        let text = metrics.render(&Stats::default());
+        assert!(
+            text.contains(&format!("{FANOUT}_count {broadcasts}")),
+            "{text}"
+        );
     }
 }

@@ -1174,3 +1174,27 @@ async fn buffer_sizes_too_large_to_bound_are_refused_at_start() {
         }
     }
 }
+
+/// The demo's member list refuses a room name that does not decode to UTF-8 as
+/// it refuses any other bad name: 400 with a JSON `bad_room`, not the
+/// framework's plain-text rejection.
+#[tokio::test]
+async fn a_room_name_that_is_not_utf8_gets_a_json_bad_room() {
+    let server = start(config()).await;
+    let addr = server.ws_addr();
+    let mut tcp = TcpStream::connect(addr).await.expect("the server listens");
+    let request =
+        format!("GET /rooms/%FF%FE HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.expect("writable");
+    let mut response = String::new();
+    timeout(PATIENCE, tcp.read_to_string(&mut response))
+        .await
+        .expect("an answer in time")
+        .expect("a readable answer");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_default();
+    assert!(head.starts_with("HTTP/1.1 400 "), "{response}");
+    let body: Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"));
+    assert_eq!(body["error"], "bad_room", "{body}");
+    let _ = server.shutdown().await;
+}

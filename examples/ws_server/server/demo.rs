@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -50,7 +51,13 @@ struct Room {
 }
 
 /// `GET /rooms/{room}`.
-pub async fn room(State(shared): State<Arc<Shared>>, Path(room): Path<String>) -> Response {
+pub async fn room(
+    State(shared): State<Arc<Shared>>,
+    room: Result<Path<String>, PathRejection>,
+) -> Response {
+    // A segment that does not decode to UTF-8 is a bad name too, answered as one
+    // rather than with the framework's plain-text rejection.
+    let room = room.map(|Path(room)| room).unwrap_or_default();
     if room.is_empty() || room.len() > MAX_ROOM {
         let detail = format!("a room name is 1 to {MAX_ROOM} bytes");
         let body = serde_json::json!({ "error": "bad_room", "detail": detail });

@@ -2726,3 +2726,24 @@ async fn a_claim_that_failed_but_ran_does_not_leave_the_key_to_nobody() {
     tokio::time::sleep(ttl / 2).await;
     assert_eq!(b.locate("dev").await.unwrap().as_deref(), Some("a"));
 }
+
+/// An attach that failed because Redis did not answer in time may have
+/// subscribed all the same: Redis runs the SUBSCRIBE it was sent once it
+/// answers again. The member's leave must still take the node off the channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attach_that_timed_out_leaves_no_subscription_behind() {
+    let redis = redis_or_skip!("attach_timed_out");
+    // Longer than the freeze: the node is not reaped meanwhile.
+    let a = node(&redis, "t80", "a", Duration::from_secs(6)).await;
+    let (m, _rx) = a.register(ClientInfo::new()).await.unwrap();
+    redis.freeze();
+    // Fails after the node's command timeout (2 s).
+    let attached = a.attach(m, "r").await;
+    redis.thaw();
+    assert!(
+        matches!(attached, Err(ClusterError::Redis(_))),
+        "an attach while Redis was frozen: {attached:?}"
+    );
+    a.detach(m, "r").await.unwrap();
+    rooms_settle_empty(&a, &redis, "t80", &["r"]).await;
+}

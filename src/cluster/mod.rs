@@ -229,8 +229,10 @@ pub(crate) struct Shared<M> {
     /// To the inbound task: sessions unsubscribed from, to forget in order with
     /// the frames. One at a time, under the lock of `subs`.
     forgets: mpsc::Sender<inbound::Forget>,
-    /// Sessions whose member count a sync failed to write to Redis, until one
-    /// writes it (the reconcile looks at them too).
+    /// Sessions a sync failed on, until one succeeds (the reconcile looks at
+    /// them too): Redis may lack their member count, and may or may not have
+    /// run the (un)subscribe whose answer never came, so the next sync says
+    /// both again.
     unrecorded: Mutex<HashSet<SessionId>>,
     /// Keys this node's clients hold, and claims in flight.
     keys: Mutex<Keys>,

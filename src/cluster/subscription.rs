@@ -161,22 +161,30 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
     /// Syncs `batch` under the subscription lock, and records each session's
     /// outcome for its callers. The first failed command ends the pass (the
     /// others would most likely wait out the same timeout): every session of the
-    /// batch then fails with it, and those whose count it did not write are kept
-    /// in `unrecorded` for the reconcile.
+    /// batch then fails with it, and is kept in `unrecorded` for the reconcile,
+    /// which says its subscription and count again.
     async fn sync_pass(&self, subs: &mut HashSet<SessionId>, batch: &[SessionId]) {
         let mut join = Vec::new();
         let mut leave = Vec::new();
         let mut counts: Vec<String> = Vec::with_capacity(batch.len() * 2);
-        for session in batch {
-            let n = self.registry.member_count(session).unwrap_or(0);
-            let have = subs.contains(session);
-            if n > 0 && !have {
-                join.push(session.clone());
-            } else if n == 0 && have {
-                leave.push(session.clone());
+        {
+            let unrecorded = lock(&self.unrecorded);
+            for session in batch {
+                let n = self.registry.member_count(session).unwrap_or(0);
+                let have = subs.contains(session);
+                // A failed pass may have left it subscribed or not whatever
+                // `subs` says: Redis runs an (un)subscribe whose answer never
+                // came once it answers again. Said again either way, or a
+                // later change that finds nothing to do leaves it so for good.
+                let unsure = unrecorded.contains(session);
+                if n > 0 && (!have || unsure) {
+                    join.push(session.clone());
+                } else if n == 0 && (have || unsure) {
+                    leave.push(session.clone());
+                }
+                counts.push(Names::token(session));
+                counts.push(n.to_string());
             }
-            counts.push(Names::token(session));
-            counts.push(n.to_string());
         }
         let mut failed = self.join_sessions(subs, join).await.err();
         if failed.is_none() {

@@ -393,13 +393,12 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
     /// client library already restored (`SUBSCRIBE` to a channel already
     /// subscribed is harmless).
     pub(crate) async fn resubscribe(&self) -> Result<(), ClusterError> {
-        let subs: Vec<String> = self
-            .subs
-            .lock()
-            .await
-            .iter()
-            .map(|s| self.names.channel(s))
-            .collect();
+        // Held to the end: a leave that ran between reading the sessions and
+        // subscribing them again would be undone, with no member left to
+        // unsubscribe the session (on Redis Cluster this takes a round trip
+        // per slot).
+        let held = self.subs.lock().await;
+        let subs: Vec<String> = held.iter().map(|s| self.names.channel(s)).collect();
         if subs.is_empty() {
             return Ok(());
         }
@@ -423,12 +422,17 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::task::Poll;
     use std::time::Duration;
 
     use super::*;
+    use crate::cluster::test_redis::Redis;
     use crate::cluster::test_redis_cluster::RedisCluster;
     use crate::cluster::tests::sharded_node;
+    use crate::cluster::{Cluster, Raw};
     use crate::sync::Arc;
+    use crate::{ClientInfo, Registry};
 
     /// Whether `work` is still waiting after 300 ms with the master on `port`
     /// stopped; it finishes once the master goes on.
@@ -479,6 +483,55 @@ mod tests {
             early.is_empty(),
             "answered with these masters stopped: {early:?}"
         );
+    }
+
+    /// A leave made while the node subscribes again after a reconnect stays
+    /// made: on a sharded node the resubscription takes a round trip per slot,
+    /// and a session it read before the leave must not be subscribed again
+    /// after it, with no member left to unsubscribe it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leave_during_a_resubscription_stays_made() {
+        let Some(redis) = Redis::start("leave_during_resubscription") else {
+            return;
+        };
+        let cluster = Cluster::builder(Registry::<Arc<str>>::new(), Raw)
+            .url(redis.url())
+            .prefix("u8")
+            .node_id("a")
+            .ttl(Duration::from_secs(60))
+            .sharded(true)
+            .connect()
+            .await
+            .unwrap();
+        let shared = Arc::clone(&cluster.shared);
+        let (m, _rx) = cluster.register(ClientInfo::new()).await.unwrap();
+        let rooms: Vec<SessionId> = (0..50)
+            .map(|i| SessionId::from(format!("r{i}").as_str()))
+            .collect();
+        for room in &rooms {
+            cluster.attach(m, room.clone()).await.unwrap();
+        }
+        let mut resubscribing = Box::pin(shared.resubscribe());
+        // Its first poll reads the sessions held and sends its first command.
+        let first = std::future::poll_fn(|cx| Poll::Ready(resubscribing.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "{first:?}");
+        for room in &rooms {
+            cluster.registry().detach(m, room.clone()).unwrap();
+        }
+        let (resubscribed, left) = tokio::join!(resubscribing, shared.sync_sessions(rooms.clone()));
+        resubscribed.unwrap();
+        left.unwrap();
+        let still: Vec<String> = rooms
+            .iter()
+            .map(|r| shared.names.channel(r))
+            .filter(|c| {
+                redis
+                    .cli(&["PUBSUB", "SHARDNUMSUB", c.as_str()])
+                    .and_then(|out| out.lines().nth(1).map(|n| n.trim() != "0"))
+                    .unwrap_or(false)
+            })
+            .collect();
+        assert!(still.is_empty(), "subscribed with no member: {still:?}");
     }
 
     /// A `SUBSCRIBE` (the node and ctl channels) is answered once the master

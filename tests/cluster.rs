@@ -2747,3 +2747,32 @@ async fn an_attach_that_timed_out_leaves_no_subscription_behind() {
     a.detach(m, "r").await.unwrap();
     rooms_settle_empty(&a, &redis, "t80", &["r"]).await;
 }
+
+/// Members that leave while Redis restarts take the node off their channels:
+/// the resubscription after the reconnect does not bring back a channel the
+/// node left while it reconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_during_a_redis_restart_leaves_no_subscription_behind() {
+    let mut redis = redis_or_skip!("leave_during_restart");
+    let a = node(&redis, "t81", "a", TTL).await;
+    let (m, _rx) = a.register(ClientInfo::new()).await.unwrap();
+    let rooms: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
+    for room in &rooms {
+        a.attach(m, room.as_str()).await.unwrap();
+    }
+    redis.kill();
+    // Once the node reconnects (it notices at once), its commands wait for the
+    // reconnect rather than fail on the dead connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leaving = {
+        let a = a.clone();
+        tokio::spawn(async move { a.unregister(m).await })
+    };
+    // The UNSUBSCRIBE waits for the reconnect (within the command timeout).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.spawn().expect("redis-server restarts on its port");
+    let left = leaving.await.unwrap();
+    assert!(left.is_ok(), "the leave across the restart: {left:?}");
+    let rooms: Vec<&str> = rooms.iter().map(String::as_str).collect();
+    rooms_settle_empty(&a, &redis, "t81", &rooms).await;
+}

@@ -510,9 +510,9 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
         });
         lock(&tasks.0).extend([
             tokio::spawn(inbound::run(Arc::clone(&shared), forgets_rx)),
+            // Subscribes again after every reconnect (not fred's own
+            // resubscription: see `Shared::resubscribe`).
             tokio::spawn(inbound::reconnects(Arc::clone(&shared))),
-            // fred's own resubscription after a reconnect; `reconnects` checks it.
-            subscriber.manage_subscriptions(),
         ]);
         let (stop, stopped) = oneshot::channel();
         let publisher = tokio::spawn(

@@ -389,24 +389,30 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         all.into_iter().collect()
     }
 
-    /// After a reconnect: subscribe again to every session held, whatever the
-    /// client library already restored (`SUBSCRIBE` to a channel already
-    /// subscribed is harmless).
+    /// After a reconnect: subscribe again to this node's own channels and to
+    /// every session held.
+    ///
+    /// fred's own resubscription (`manage_subscriptions`) is not used: it
+    /// reads the channels it tracks when the reconnect is announced, before
+    /// the commands queued during the outage run, so an `UNSUBSCRIBE` queued
+    /// then was followed by a `SUBSCRIBE` of the same channel, and the node
+    /// stayed subscribed to a session it had left. (It also sends a
+    /// `PSUBSCRIBE` of no pattern, whose error Redis answers and fred hands to
+    /// the next command waiting on the connection, failing a sync.)
     pub(crate) async fn resubscribe(&self) -> Result<(), ClusterError> {
         // Held to the end: a leave that ran between reading the sessions and
         // subscribing them again would be undone, with no member left to
         // unsubscribe the session (on Redis Cluster this takes a round trip
         // per slot).
         let held = self.subs.lock().await;
-        let subs: Vec<String> = held.iter().map(|s| self.names.channel(s)).collect();
-        if subs.is_empty() {
-            return Ok(());
-        }
+        let mut own = vec![self.names.node_channel(&self.node), self.names.ctl.clone()];
+        let sessions = held.iter().map(|s| self.names.channel(s));
         if self.sharded {
+            self.subscribe(own).await?;
             // One command per slot: Redis Cluster refuses an `SSUBSCRIBE` whose
             // channels hash to several (`CROSSSLOT`).
             let mut slots: BTreeMap<u16, Vec<String>> = BTreeMap::new();
-            for channel in subs {
+            for channel in sessions {
                 let slot = redis_keyslot(channel.as_bytes());
                 slots.entry(slot).or_default().push(channel);
             }
@@ -414,7 +420,8 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 self.ssubscribe(channels).await?;
             }
         } else {
-            self.subscribe(subs).await?;
+            own.extend(sessions);
+            self.subscribe(own).await?;
         }
         Ok(())
     }

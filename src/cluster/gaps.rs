@@ -47,6 +47,10 @@
 //!   many gaps; a larger one only once a later frame follows it, so a forged one
 //!   adds none. A number more than [`MAX_JUMP`] past is no loss a publisher could
 //!   cause, and is refused outright.
+//! * The first frame heard of a stream (this node just joined, or forgot the
+//!   sender) has nothing before it to be a jump from. Until a later frame follows
+//!   it, a frame numbered below it starts the stream over and its numbers count
+//!   as refuted: one forged far ahead makes no real frame stale either.
 //!
 //! A pending frame is delivered when it arrives, believed or not: frames are not
 //! authenticated, and a jump is what the first publication after an outage looks
@@ -85,7 +89,7 @@ pub(crate) const COUNTED_AT_ONCE: u64 = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Seen {
     /// The first number seen from this node in this session, or in a new epoch
-    /// of it; nothing to compare.
+    /// of it, or one below a first frame nothing followed yet; nothing to compare.
     First,
     /// A later number, to deliver; `missed` gaps to count now: those before it,
     /// or those of a pending jump it follows (see the module docs).
@@ -119,20 +123,44 @@ struct Heard {
     /// A jump not yet followed by a later frame: its first and last numbers, both
     /// above `last + 1`.
     pending: Option<(u64, u64)>,
+    /// The first number of the stream's first frame, until a later one follows
+    /// it: nothing was heard before it to tell a forged one far ahead from the
+    /// node's own, so a frame numbered below it starts the stream over rather
+    /// than count as stale.
+    unconfirmed: Option<u64>,
 }
 
 impl Heard {
-    fn new(epoch: u32, end: u64) -> Self {
+    fn new(epoch: u32, first: u64, end: u64) -> Self {
         Self {
             epoch,
             last: end,
             pending: None,
+            unconfirmed: Some(first),
         }
     }
 
     /// What `first ..= end` (same epoch) says. Adds the numbers of a refuted
-    /// pending jump to `refuted`.
+    /// pending jump, or first frame, to `refuted`.
     fn advance(&mut self, first: u64, end: u64, refuted: &mut u64) -> Seen {
+        if let Some(f) = self.unconfirmed {
+            if first < f {
+                // The node numbers in order: the two cannot both be its own, and
+                // the later one stands, as the stream's first.
+                *refuted += self.last - f + 1;
+                *self = Self::new(self.epoch, first, end);
+                return Seen::First;
+            }
+        }
+        let seen = self.follow(first, end, refuted);
+        if matches!(seen, Seen::Next { .. } | Seen::Overlap { .. }) {
+            self.unconfirmed = None;
+        }
+        seen
+    }
+
+    /// [`advance`](Self::advance) past the stream's first frame.
+    fn follow(&mut self, first: u64, end: u64, refuted: &mut u64) -> Seen {
         let last = self.last;
         if end <= last {
             return Seen::Stale;
@@ -234,12 +262,14 @@ impl GapTracker {
             match sender.last.get_mut(session) {
                 Some(heard) if heard.epoch != epoch => {
                     // A pending jump of the old epoch goes with it, uncounted.
-                    *heard = Heard::new(epoch, end);
+                    *heard = Heard::new(epoch, first, end);
                     return Seen::First;
                 }
                 Some(heard) => return heard.advance(first, end, &mut self.refuted),
                 None if self.streams < MAX_STREAMS => {
-                    sender.last.insert(session.clone(), Heard::new(epoch, end));
+                    sender
+                        .last
+                        .insert(session.clone(), Heard::new(epoch, first, end));
                     self.streams += 1;
                     return Seen::First;
                 }
@@ -257,7 +287,9 @@ impl GapTracker {
             heard: ticks,
             last: HashMap::new(),
         });
-        sender.last.insert(session.clone(), Heard::new(epoch, end));
+        sender
+            .last
+            .insert(session.clone(), Heard::new(epoch, first, end));
         self.streams += 1;
         Seen::First
     }
@@ -376,6 +408,30 @@ mod tests {
         assert_eq!(g.observe("a", &s, 1, u64::MAX), Seen::Implausible);
         assert_eq!(g.observe("a", &s, 1, 8), Seen::Next { missed: 0 });
         assert_eq!(g.take_refuted(), 1);
+    }
+
+    /// A forged frame numbered ahead makes no real frame stale when it is the
+    /// first heard of its stream either (the receiver just joined, or forgot
+    /// the sender to make room).
+    #[test]
+    fn a_forged_first_frame_numbered_ahead_does_not_stall_the_stream() {
+        let mut g = GapTracker::default();
+        let s = SessionId::from("room");
+        assert_eq!(g.observe("a", &s, 1, 1 << 31), Seen::First);
+        // The node's own frames, from where its numbering is.
+        assert_eq!(g.observe("a", &s, 1, 7), Seen::First, "delivered");
+        assert_eq!(g.take_refuted(), 1, "the forged number is counted");
+        assert_eq!(g.observe("a", &s, 1, 8), Seen::Next { missed: 0 });
+        assert_eq!(g.observe("a", &s, 1, 10), Seen::Next { missed: 1 });
+        assert_eq!(g.observe("a", &s, 1, 11), Seen::Next { missed: 0 });
+        assert_eq!(g.observe("a", &s, 1, 9), Seen::Stale);
+        // A real first frame that a later one follows stays, as before.
+        let t = SessionId::from("hall");
+        assert_eq!(g.observe_run("a", &t, 1, 40, 3), Seen::First);
+        assert_eq!(g.observe("a", &t, 1, 41), Seen::Stale);
+        assert_eq!(g.observe("a", &t, 1, 43), Seen::Next { missed: 0 });
+        assert_eq!(g.observe("a", &t, 1, 5), Seen::Stale);
+        assert_eq!(g.take_refuted(), 0);
     }
 
     #[test]

@@ -2776,3 +2776,51 @@ async fn a_leave_during_a_redis_restart_leaves_no_subscription_behind() {
     let rooms: Vec<&str> = rooms.iter().map(String::as_str).collect();
     rooms_settle_empty(&a, &redis, "t81", &rooms).await;
 }
+
+/// A resubscription Redis refuses after a restart is tried again until it holds:
+/// nothing else subscribes a node to its sessions and its own channels before
+/// the next reconnect, so one refusal (Redis still loading, an ACL being
+/// changed, a command timeout) would otherwise leave its members deaf for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resubscription_refused_after_a_restart_is_tried_again() {
+    let mut redis = redis_or_skip!("resubscribe_retry");
+    let a = node(&redis, "t82", "a", TTL).await;
+    let b = node(&redis, "t82", "b", TTL).await;
+    let (m, mut rx) = a.register(ClientInfo::new()).await.unwrap();
+    a.attach(m, "r").await.unwrap();
+    let reconnects = a.stats().reconnects;
+    redis.kill();
+    // Back, but refusing every SUBSCRIBE for now.
+    redis
+        .spawn_with(&[
+            "--user",
+            "default",
+            "on",
+            "nopass",
+            "~*",
+            "&*",
+            "+@all",
+            "-subscribe",
+        ])
+        .expect("redis-server restarts on its port");
+    let refused = eventually(Duration::from_secs(5), || a.stats().reconnects > reconnects).await;
+    assert!(refused, "a reconnected");
+    // Its resubscription has had time to be refused.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(redis.numsub("t82:s:s:r"), 0, "SUBSCRIBE is refused");
+    redis
+        .cli(&["ACL", "SETUSER", "default", "+subscribe"])
+        .expect("the ACL changes");
+    let back = eventually(Duration::from_secs(5), || {
+        redis.numsub("t82:s:s:r") == 1 && redis.numsub("t82:node:a") == 1
+    })
+    .await;
+    assert!(
+        back,
+        "a never subscribed again once Redis allowed it: session {}, node channel {}",
+        redis.numsub("t82:s:s:r"),
+        redis.numsub("t82:node:a")
+    );
+    b.broadcast("r", Msg::from("after")).await.unwrap();
+    assert_eq!(*recv(&mut rx).await, *"after");
+}

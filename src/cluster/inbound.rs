@@ -7,6 +7,8 @@
 //! the stream up again at its old number, and the first frame after a rejoin
 //! would count everything published meanwhile as gaps.
 
+use std::time::Duration;
+
 use fred::prelude::EventInterface;
 use fred::types::Message;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -315,13 +317,37 @@ pub(crate) async fn reconnects<M: Clone + Send + Sync + 'static>(shared: Arc<Sha
         match rx.recv().await {
             Ok(_) | Err(RecvError::Lagged(_)) => {
                 Counters::add(&shared.counters.reconnects, 1);
-                let _ = shared.resubscribe().await;
+                let resubscribed = shared.resubscribe().await.is_ok();
                 // Takeover notices published while the subscriber was away are lost.
                 let _ = shared.recheck_keys().await;
                 let _ = shared.heartbeat().await;
                 let _ = shared.events.send(ClusterEvent::Reconnected);
+                if !resubscribed {
+                    resubscribe_until_done(&shared).await;
+                }
             }
             Err(RecvError::Closed) => return,
         }
     }
 }
+
+/// Tries a refused or failed resubscription again, backing off from
+/// [`RETRY_FIRST`] to [`RETRY_MOST`], until it holds: nothing else subscribes
+/// the node again before the next reconnect (fred's own resubscription is not
+/// used, see `Shared::resubscribe`), so one refusal would leave its members
+/// deaf to other nodes, and the node to direct sends and notices, for good.
+async fn resubscribe_until_done<M: Clone + Send + Sync + 'static>(shared: &Shared<M>) {
+    let mut pause = RETRY_FIRST;
+    loop {
+        tokio::time::sleep(pause).await;
+        if shared.resubscribe().await.is_ok() {
+            return;
+        }
+        pause = (pause * 2).min(RETRY_MOST);
+    }
+}
+
+/// The first pause before a resubscription is tried again.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest pause between two tries.
+const RETRY_MOST: Duration = Duration::from_secs(2);

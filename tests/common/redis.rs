@@ -42,7 +42,7 @@ impl Redis {
                 port,
                 dir,
             };
-            if redis.try_spawn()? {
+            if redis.try_spawn(&[])? {
                 return Ok(redis);
             }
         }
@@ -51,9 +51,14 @@ impl Redis {
 
     /// Starts the server again on its port (after [`kill`](Self::kill)).
     pub fn spawn(&mut self) -> Result<(), String> {
+        self.spawn_with(&[])
+    }
+
+    /// [`spawn`](Self::spawn), with `extra` arguments after the usual ones.
+    pub fn spawn_with(&mut self, extra: &[&str]) -> Result<(), String> {
         // The port may be held for a moment, as above; it is this run's to reuse.
         for _ in 0..50 {
-            if self.try_spawn()? {
+            if self.try_spawn(extra)? {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -67,8 +72,9 @@ impl Redis {
     /// Starts the server; true once it answers, false if it exited first (its port
     /// was taken). Only this server's answer counts: another run's server on the
     /// same port would answer PING just as well.
-    fn try_spawn(&mut self) -> Result<bool, String> {
-        let child = spawn_server(self.port, &self.dir, &[])
+    fn try_spawn(&mut self, extra: &[&str]) -> Result<bool, String> {
+        let extra: Vec<&OsStr> = extra.iter().map(OsStr::new).collect();
+        let child = spawn_server(self.port, &self.dir, &extra)
             .map_err(|e| format!("{e}; install it with `apt-get install redis-server`"))?;
         let started = child.is_some();
         self.child = child;

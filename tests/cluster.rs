@@ -2824,3 +2824,32 @@ async fn a_resubscription_refused_after_a_restart_is_tried_again() {
     b.broadcast("r", Msg::from("after")).await.unwrap();
     assert_eq!(*recv(&mut rx).await, *"after");
 }
+
+/// A release Redis refused never ran (here Redis denied scripts for a moment;
+/// a server busy with a slow script, or a connection refused, does the same):
+/// the key goes on naming this node, where no connection holds it, so sends
+/// from other nodes go there and are lost. `unregister` fails, and promises
+/// that the heartbeat retries what failed: the next heartbeats release it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_failed_is_retried() {
+    let redis = redis_or_skip!("release_retry");
+    let ttl = Duration::from_secs(1);
+    let a = node(&redis, "t78", "a", ttl).await;
+    let b = node(&redis, "t78", "b", ttl).await;
+    let (dev, _dev_rx) = a.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    let scripts = |rule: char| {
+        let (eval, evalsha) = (format!("{rule}eval"), format!("{rule}evalsha"));
+        let set = redis.cli(&["ACL", "SETUSER", "default", &eval, &evalsha]);
+        assert_eq!(set.as_deref(), Some("OK"), "ACL SETUSER {eval} {evalsha}");
+    };
+    scripts('-');
+    let gone = a.unregister(dev).await;
+    scripts('+');
+    assert!(matches!(gone, Err(ClusterError::Redis(_))), "{gone:?}");
+    assert_eq!(b.locate("dev").await.unwrap().as_deref(), Some("a"));
+    assert_eq!(
+        locate_settles(&b, "dev", None, ttl * 2).await,
+        None,
+        "the key still names a, where no connection holds it"
+    );
+}

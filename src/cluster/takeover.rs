@@ -65,7 +65,8 @@ pub(crate) struct Keys {
     revoked: HashMap<String, (u64, String)>,
     /// Keys whose claim failed with its outcome unknown: Redis may have run it
     /// (fred gave up on the answer, or the connection dropped after sending), so
-    /// the key may name this node with no connection holding it. The next
+    /// the key may name this node with no connection holding it. So do keys
+    /// whose release failed: Redis may not have run it. The next
     /// heartbeat releases each, unless claimed here since. At most
     /// [`MAX_DOUBTFUL`]; beyond, a key stays until this node leaves.
     doubtful: HashSet<String>,
@@ -389,7 +390,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         Ok(())
     }
 
-    /// Settles each key whose claim failed with its outcome unknown, if Redis
+    /// Settles each key whose claim or release failed with its outcome unknown, if Redis
     /// names this node for it under a claim no newer than a generation read
     /// before the check (a claim made here since runs later, higher): released if
     /// no claim here holds it; if one does, that claim's generation follows
@@ -502,6 +503,8 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
     }
 
     /// Releases `key` if this node's claim for connection `id` still holds it.
+    /// Should that fail, the next heartbeat releases it
+    /// ([`release_doubtful`](Self::release_doubtful)).
     pub(crate) async fn release(&self, key: &str, id: ClientId) -> Result<(), ClusterError> {
         let gen = {
             let mut keys = lock(&self.keys);
@@ -520,10 +523,17 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             self.node.clone(),
             gen.to_string(),
         ];
-        let _: Value = self
+        let released: Result<Value, _> = self
             .client
             .eval(self.scripts.release.text(), self.presence_keys(), args)
-            .await?;
+            .await;
+        if let Err(e) = released {
+            // It may not have run, and nothing here holds the key any more to
+            // try again: the next heartbeat releases it if Redis still names
+            // this node for it.
+            lock(&self.keys).doubt(key);
+            return Err(e.into());
+        }
         Ok(())
     }
 

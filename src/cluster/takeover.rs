@@ -339,6 +339,11 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                     }
                     return Ok(false);
                 }
+                // One answered first, above the refusing holder's generation,
+                // took the key after this one ran: it holds it.
+                Ok((_, _, Some(gen))) if keys.settled_elsewhere(key, gen) => {
+                    return Ok(false);
+                }
                 Ok((_, value, _)) => {
                     keys.held.remove(key);
                     (value.as_string(), None)
@@ -921,6 +926,54 @@ mod tests {
             "the refusal closed the holder the newer claim was for"
         );
         assert_eq!(a.locate("dev").await.unwrap().as_deref(), Some("a"));
+    }
+
+    /// As above, with the newer claim's answer handled first (each claim's
+    /// answer is handled by the task that awaits it, in whatever order those
+    /// run): the refusal, for a claim older than the one now held, must leave
+    /// the key and its holder to that one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_reannouncement_answered_after_a_newer_claim_closes_nothing() {
+        let Some(redis) = redis::Redis::start("refused_reannouncement_late") else {
+            return;
+        };
+        let a = node(&redis, "u15").await;
+        let b = crate::cluster::Cluster::builder(
+            crate::Registry::<Arc<str>>::new(),
+            crate::cluster::Raw,
+        )
+        .url(redis.url())
+        .prefix("u15")
+        .node_id("b")
+        .ttl(Duration::from_secs(60))
+        .connect()
+        .await
+        .unwrap();
+        let info = || ClientInfo::new().with_key("dev");
+        let (_on_b, _on_b_rx) = b.register(info()).await.unwrap();
+        let shared = &a.shared;
+        let (holder, _holder_rx) = shared.registry.register(info()).unwrap();
+        let mut reannounce = pin!(shared.claim("dev", holder, Mode::IfFree));
+        send(&redis, reannounce.as_mut()).await;
+        let mut newer = pin!(shared.claim("dev", holder, Mode::Force));
+        send(&redis, newer.as_mut()).await;
+        assert!(newer.await.unwrap(), "the newer claim takes it");
+        assert!(!reannounce.await.unwrap(), "b held the key");
+        assert_eq!(
+            shared
+                .registry
+                .lookup(ClientRef::Key("dev"))
+                .map(|e| e.id)
+                .ok(),
+            Some(holder),
+            "the refusal closed the holder of the newer claim"
+        );
+        assert_eq!(a.locate("dev").await.unwrap().as_deref(), Some("a"));
+        assert_eq!(
+            lock(&shared.keys).held.get("dev").map(|h| h.id),
+            Some(holder),
+            "the refusal forgot the newer claim"
+        );
     }
 
     /// A claim of a doubtful key replayed after the generation was read (fred

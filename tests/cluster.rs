@@ -2853,3 +2853,37 @@ async fn a_release_that_failed_is_retried() {
         "the key still names a, where no connection holds it"
     );
 }
+
+/// Redis forgot every node and key (restarted empty, or flushed), and a client
+/// registered its key on node b before b's next heartbeat told Redis of b
+/// again. Node a, where the same key's older connection is, then re-announces
+/// it: b took it meanwhile and is live, so a must give it up. (Redis did not
+/// count b as live, having no heartbeat of it: a took the key back and closed
+/// the newer connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reannouncement_leaves_a_key_claimed_since_by_a_node_redis_forgot() {
+    let redis = redis_or_skip!("reannounce_vs_forgotten");
+    let a = node(&redis, "t79", "a", TTL).await;
+    // Heartbeats far apart: none runs during the test.
+    let b = node(&redis, "t79", "b", Duration::from_secs(60)).await;
+    let (_old, mut old_rx) = a.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    assert_eq!(redis.cli(&["FLUSHALL"]).as_deref(), Some("OK"));
+    let (_new, new_rx) = b.register(ClientInfo::new().with_key("dev")).await.unwrap();
+    // a's next heartbeats find it unknown, and re-announce.
+    let closed = tokio::time::timeout(Duration::from_secs(5), old_rx.recv()).await;
+    assert!(
+        matches!(closed, Ok(None)),
+        "the older connection on a outlived the newer one's claim ({closed:?}); \
+         the newer one on b: {:?}",
+        new_rx.close_reason()
+    );
+    assert_eq!(
+        new_rx.close_reason(),
+        None,
+        "the newer connection on b was closed"
+    );
+    let holder = redis
+        .cli(&["HGET", "{t79}:keys", "dev"])
+        .unwrap_or_default();
+    assert!(holder.ends_with("|b"), "dev is held as {holder:?}");
+}

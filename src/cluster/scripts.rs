@@ -165,8 +165,13 @@ end
 
 /// ARGV: base, key, node, new connection id, mode (`force` or `ifree`), node
 /// channel base. Returns `{1, gen}` when the key is now this node's, `{0, holder,
-/// holder's gen}` when `ifree` found it on another node. A previous holder elsewhere gets a
+/// holder's gen}` when `ifree` found it on another node not known dead. A previous holder elsewhere gets a
 /// takeover notice on its node channel.
+///
+/// Known dead is being released, or past its deadline. A holder Redis has no
+/// heartbeat of is live: releasing a node releases its keys, so it claimed
+/// the key after Redis last forgot it (a restart, a release), and announces
+/// itself at its next heartbeat.
 ///
 /// Generations must grow across a Redis restart that lost the counter: nodes
 /// re-announce keys claimed before it, and compare the generations of notices
@@ -176,8 +181,13 @@ end
 const CLAIM: &str = r"
 local key, node, by, mode = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 REAPING
+local function dead(n)
+  if redis.call('ZSCORE', B .. ':reaping', n) then return true end
+  local s = redis.call('ZSCORE', B .. ':nodes', n)
+  return s and tonumber(s) < now
+end
 local cur = holder(redis.call('HGET', B .. ':keys', key))
-if mode == 'ifree' and cur and cur ~= node and alive(cur) then
+if mode == 'ifree' and cur and cur ~= node and not dead(cur) then
   local v = redis.call('HGET', B .. ':keys', key)
   return { 0, cur, string.sub(v, 1, string.find(v, '|', 1, true) - 1) }
 end

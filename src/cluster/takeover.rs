@@ -199,7 +199,8 @@ impl<M: Clone + Send + Sync + 'static> Drop for Reserved<M> {
 pub(crate) enum Mode {
     /// A new connection: take the key from whoever holds it.
     Force,
-    /// A re-announcement: take it back only if no live node took it meanwhile.
+    /// A re-announcement: take it back only if no live node took it meanwhile
+    /// (one Redis has no heartbeat of yet counts as live: `scripts::CLAIM`).
     IfFree,
 }
 

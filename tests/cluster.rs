@@ -2887,3 +2887,43 @@ async fn a_reannouncement_leaves_a_key_claimed_since_by_a_node_redis_forgot() {
         .unwrap_or_default();
     assert!(holder.ends_with("|b"), "dev is held as {holder:?}");
 }
+
+/// A re-announcement claims the node's keys one at a time: with many keys it
+/// takes longer than the TTL. The node must beat meanwhile, or the other nodes
+/// release it halfway, live as it is: they hear it is down, its keys are
+/// released, its claims are refused, and each later re-announcement starts
+/// over, to be cut short the same way while it takes longer than the TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reannouncement_longer_than_the_ttl_keeps_the_node_alive() {
+    const KEYS: usize = 5_000;
+    let redis = redis_or_skip!("long_reannouncement");
+    let ttl = Duration::from_millis(300);
+    let a = node(&redis, "t80", "a", ttl).await;
+    let b = node(&redis, "t80", "b", ttl).await;
+    let mut held = Vec::with_capacity(KEYS);
+    for i in 0..KEYS {
+        let key = format!("k{i}");
+        held.push(a.register(ClientInfo::new().with_key(key)).await.unwrap());
+    }
+    let mut events = b.events();
+    // Redis forgets every node and key, as after a restart.
+    assert_eq!(redis.cli(&["FLUSHALL"]).as_deref(), Some("OK"));
+    let all = KEYS.to_string();
+    let back = eventually(Duration::from_secs(20), || {
+        redis.cli(&["HLEN", "{t80}:keys"]).as_deref() == Some(all.as_str())
+    })
+    .await;
+    let mut downs = 0;
+    while let Ok(event) = events.try_recv() {
+        if matches!(event, ClusterEvent::NodeDown { ref node, .. } if node == "a") {
+            downs += 1;
+        }
+    }
+    assert!(
+        back,
+        "{:?} of {KEYS} keys came back; node a was released {downs} times meanwhile",
+        redis.cli(&["HLEN", "{t80}:keys"])
+    );
+    assert_eq!(downs, 0, "node a was released while it re-announced");
+    assert_eq!(b.locate("k0").await.unwrap().as_deref(), Some("a"));
+}

@@ -12,7 +12,7 @@
 //! presumed dead during a long pause) re-announces: it claims its keys again where
 //! no one else took them, and records its member counts.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::interfaces::LuaInterface;
 use fred::prelude::Value;
@@ -108,6 +108,30 @@ impl Drop for Unannounced<'_> {
 impl<M: Clone + Send + Sync + 'static> Shared<M> {
     /// Renews this node's heartbeat; re-announces it if Redis did not know it.
     pub(crate) async fn heartbeat(&self) -> Result<(), ClusterError> {
+        let known = self.renew().await?;
+        // The flag, not `known`, decides: the renewal above makes this node known
+        // even when the announcement that follows fails.
+        let announce = {
+            let mut keys = lock(&self.keys);
+            let due = !known || keys.unannounced;
+            keys.unannounced = false;
+            due
+        };
+        if announce {
+            // Due again if it fails, or stops halfway (`connect` given up on, or
+            // the task aborted as the node stops).
+            let mut due = Unannounced {
+                keys: &self.keys,
+                done: false,
+            };
+            self.announce().await?;
+            due.done = true;
+        }
+        Ok(())
+    }
+
+    /// Renews this node's deadline in Redis; returns whether Redis knew it.
+    async fn renew(&self) -> Result<bool, ClusterError> {
         let s = self.counters.snapshot(&self.node);
         let ttl = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         let args = vec![
@@ -133,36 +157,31 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             let node = self.node.clone();
             let _ = self.events.send(super::ClusterEvent::IdConflict { node });
         }
-        // The flag, not `known`, decides: the renewal above makes this node known
-        // even when the announcement that follows fails.
-        let announce = {
-            let mut keys = lock(&self.keys);
-            let due = known == 0 || keys.unannounced;
-            keys.unannounced = false;
-            due
-        };
-        if announce {
-            // Due again if it fails, or stops halfway (`connect` given up on, or
-            // the task aborted as the node stops).
-            let mut due = Unannounced {
-                keys: &self.keys,
-                done: false,
-            };
-            self.announce().await?;
-            due.done = true;
-        }
-        Ok(())
+        Ok(known == 1)
     }
 
     /// Claims every key held here that no other live node took meanwhile, closes
     /// the local holders of those it did take, and records every member count.
+    ///
+    /// It renews the node's deadline as often as the heartbeat would: one claim
+    /// at a time, many keys take longer than the TTL, and a node released
+    /// halfway, live as it is, is reported down, loses the keys claimed so far,
+    /// and starts over, to be cut short again.
     async fn announce(&self) -> Result<(), ClusterError> {
         let held: Vec<(String, crate::ClientId)> = lock(&self.keys)
             .held
             .iter()
             .map(|(k, h)| (k.clone(), h.id))
             .collect();
+        let mut renewed = Instant::now();
         for (key, id) in held {
+            if renewed.elapsed() >= self.ttl / 3 {
+                if !self.renew().await? {
+                    // Released meanwhile, with the keys claimed so far.
+                    lock(&self.keys).unannounced = true;
+                }
+                renewed = Instant::now();
+            }
             self.claim(&key, id, Mode::IfFree).await?;
         }
         let sessions = self.known_sessions().await;

@@ -2927,3 +2927,38 @@ async fn a_reannouncement_longer_than_the_ttl_keeps_the_node_alive() {
     assert_eq!(downs, 0, "node a was released while it re-announced");
     assert_eq!(b.locate("k0").await.unwrap().as_deref(), Some("a"));
 }
+
+/// The heartbeat first releases the keys of connections the registry closed
+/// behind the cluster's back, one round trip each. With many (an admin
+/// closing thousands) that takes longer than the TTL: the node must beat
+/// meanwhile, or the other nodes release it, live as it is, and tell every
+/// node it is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releasing_many_orphans_keeps_the_node_alive() {
+    const KEYS: usize = 5_000;
+    let redis = redis_or_skip!("many_orphans");
+    let ttl = Duration::from_millis(300);
+    let a = node(&redis, "t81", "a", ttl).await;
+    let b = node(&redis, "t81", "b", ttl).await;
+    let mut held = Vec::with_capacity(KEYS);
+    for i in 0..KEYS {
+        let key = format!("k{i}");
+        held.push(a.register(ClientInfo::new().with_key(key)).await.unwrap());
+    }
+    let mut events = b.events();
+    for i in 0..KEYS {
+        let _gone = a.registry().kick(format!("k{i}").as_str(), "bye").unwrap();
+    }
+    let released = eventually(Duration::from_secs(20), || {
+        redis.cli(&["HLEN", "{t81}:keys"]).as_deref() == Some("0")
+    })
+    .await;
+    assert!(released, "the orphans' keys were not released");
+    let mut downs = 0;
+    while let Ok(event) = events.try_recv() {
+        if matches!(event, ClusterEvent::NodeDown { ref node, .. } if node == "a") {
+            downs += 1;
+        }
+    }
+    assert_eq!(downs, 0, "node a was released while it released orphans");
+}

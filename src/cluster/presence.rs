@@ -160,6 +160,22 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
         Ok(known == 1)
     }
 
+    /// Renews this node's deadline if a third of the TTL passed since
+    /// `renewed`, as the heartbeat would: for work on the heartbeat's task that
+    /// makes one round trip per key, which with keys enough takes longer than
+    /// the TTL. Should Redis have forgotten the node, the next heartbeat
+    /// re-announces it.
+    pub(crate) async fn keep_alive(&self, renewed: &mut Instant) -> Result<(), ClusterError> {
+        if renewed.elapsed() < self.ttl / 3 {
+            return Ok(());
+        }
+        if !self.renew().await? {
+            lock(&self.keys).unannounced = true;
+        }
+        *renewed = Instant::now();
+        Ok(())
+    }
+
     /// Claims every key held here that no other live node took meanwhile, closes
     /// the local holders of those it did take, and records every member count.
     ///
@@ -175,13 +191,7 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             .collect();
         let mut renewed = Instant::now();
         for (key, id) in held {
-            if renewed.elapsed() >= self.ttl / 3 {
-                if !self.renew().await? {
-                    // Released meanwhile, with the keys claimed so far.
-                    lock(&self.keys).unannounced = true;
-                }
-                renewed = Instant::now();
-            }
+            self.keep_alive(&mut renewed).await?;
             self.claim(&key, id, Mode::IfFree).await?;
         }
         let sessions = self.known_sessions().await;

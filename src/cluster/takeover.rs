@@ -24,7 +24,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
 use fred::prelude::{Options, Value};
@@ -373,6 +373,9 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
     /// connection), which it is bound to instead. Released, the key would be
     /// held here with Redis knowing of no holder: a send from another node
     /// would fail, and a claim there would close nothing here.
+    ///
+    /// One release at a time, it renews the node's deadline meanwhile
+    /// ([`keep_alive`](Self::keep_alive)).
     pub(crate) async fn release_orphans(&self) -> Result<(), ClusterError> {
         let orphans: Vec<(String, ClientId)> = {
             let mut keys = lock(&self.keys);
@@ -390,7 +393,9 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
             }
             orphans
         };
+        let mut renewed = Instant::now();
         for (key, id) in orphans {
+            self.keep_alive(&mut renewed).await?;
             self.release(&key, id).await?;
         }
         Ok(())
@@ -403,7 +408,8 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
     /// Redis's, so that the holder's release releases it. A key named under a
     /// newer generation (the failed claim replayed since, or one of this node's
     /// in flight at the read) waits for the next heartbeat; one being claimed
-    /// here is left to that claim.
+    /// here is left to that claim. It renews the node's deadline meanwhile
+    /// ([`keep_alive`](Self::keep_alive)).
     pub(crate) async fn release_doubtful(&self) -> Result<(), ClusterError> {
         if lock(&self.keys).doubtful.is_empty() {
             return Ok(());
@@ -419,7 +425,9 @@ impl<M: Clone + Send + Sync + 'static> Shared<M> {
                 .map(|key| (key.clone(), keys.held.get(key).map(|h| h.gen)))
                 .collect()
         };
+        let mut renewed = Instant::now();
         for (key, held) in candidates {
+            self.keep_alive(&mut renewed).await?;
             let args = vec![
                 self.names.base.clone(),
                 key.clone(),

@@ -2895,9 +2895,9 @@ async fn a_reannouncement_leaves_a_key_claimed_since_by_a_node_redis_forgot() {
 /// over, to be cut short the same way while it takes longer than the TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reannouncement_longer_than_the_ttl_keeps_the_node_alive() {
-    const KEYS: usize = 5_000;
+    const KEYS: usize = 15_000;
     let redis = redis_or_skip!("long_reannouncement");
-    let ttl = Duration::from_millis(300);
+    let ttl = Duration::from_secs(1);
     let a = node(&redis, "t80", "a", ttl).await;
     let b = node(&redis, "t80", "b", ttl).await;
     let mut held = Vec::with_capacity(KEYS);
@@ -2935,9 +2935,9 @@ async fn a_reannouncement_longer_than_the_ttl_keeps_the_node_alive() {
 /// node it is down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn releasing_many_orphans_keeps_the_node_alive() {
-    const KEYS: usize = 5_000;
+    const KEYS: usize = 15_000;
     let redis = redis_or_skip!("many_orphans");
-    let ttl = Duration::from_millis(300);
+    let ttl = Duration::from_secs(1);
     let a = node(&redis, "t81", "a", ttl).await;
     let b = node(&redis, "t81", "b", ttl).await;
     let mut held = Vec::with_capacity(KEYS);

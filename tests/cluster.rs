@@ -788,6 +788,24 @@ async fn a_node_id_that_cannot_travel_is_refused() {
     }
 }
 
+/// An empty prefix is refused before anything connects: on Redis Cluster the
+/// presence keys share the hash tag `{prefix}`, and `{}` is no hash tag.
+#[tokio::test]
+async fn an_empty_prefix_is_refused() {
+    for sharded in [false, true] {
+        let r = Cluster::builder(Registry::<Msg>::new(), Raw)
+            .url("redis://127.0.0.1:1")
+            .prefix("")
+            .sharded(sharded)
+            .connect()
+            .await;
+        assert!(
+            matches!(r, Err(switchboard::cluster::ClusterError::EmptyPrefix)),
+            "sharded {sharded}: {r:?}"
+        );
+    }
+}
+
 /// Publishes raw bytes to `channel`, as any client of the Redis server can.
 fn publish_raw(redis: &Redis, channel: &str, bytes: &[u8]) {
     publish_raw_with(redis, "PUBLISH", channel, bytes);

@@ -89,7 +89,8 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
     }
 
     /// The prefix of every Redis key and channel, so that several clusters can share
-    /// one server. Default `switchboard`.
+    /// one server. Default `switchboard`. Must not be empty
+    /// ([`ClusterError::EmptyPrefix`] from [`connect`](Self::connect)).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
@@ -216,7 +217,8 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
     /// # Errors
     ///
     /// [`ClusterError::Redis`] if Redis cannot be reached or the URL is invalid;
-    /// a [`BadNodeId`] inside [`ClusterError::Config`]. Nothing is left running
+    /// a [`BadNodeId`] inside [`ClusterError::Config`];
+    /// [`ClusterError::EmptyPrefix`]. Nothing is left running
     /// then: the tasks started are stopped and the connections closed.
     ///
     /// # Cancel safety
@@ -228,6 +230,9 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
         let node = self.node.clone().unwrap_or_else(random_id);
         if !valid_node_id(&node) {
             return Err(ClusterError::Config(BadNodeId(node)));
+        }
+        if self.prefix.is_empty() {
+            return Err(ClusterError::EmptyPrefix);
         }
         let config = Config::from_url(&self.url)?;
         let delay = u32::try_from(self.reconnect_delay.as_millis()).unwrap_or(u32::MAX);

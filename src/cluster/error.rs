@@ -33,6 +33,11 @@ pub enum ClusterError {
     /// The builder's node id is unusable.
     #[error(transparent)]
     Config(#[from] super::builder::BadNodeId),
+    /// The builder's prefix is empty. The presence keys share the hash tag
+    /// `{prefix}`, which keeps them on one master of a Redis Cluster, and `{}`
+    /// is no hash tag: the presence scripts would fail there.
+    #[error("the cluster prefix must not be empty")]
+    EmptyPrefix,
     /// More live nodes than
     /// [`ClusterBuilder::max_nodes_listed`](super::ClusterBuilder::max_nodes_listed)
     /// would have to be read for an exact answer; `omitted` of them were not.

@@ -1114,7 +1114,8 @@ impl<M: Clone + Send + Sync + 'static> Cluster<M> {
     /// the batch already sent to Redis finishes (within twice
     /// [`ClusterBuilder::publish_deadline`]) and its callers get its true
     /// outcome, and those still queued come back unsent with
-    /// [`PublishError::Closed`]. A publication reported failed never arrives.
+    /// [`PublishError::Closed`]. A publication reported failed never arrives
+    /// (but see [`ClusterBuilder::publish_deadline`] for sharded pub/sub).
     ///
     /// # Errors
     ///

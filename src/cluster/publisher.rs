@@ -60,6 +60,10 @@
 //! With sharded pub/sub a batch's channels live on different shards, so no one
 //! script can publish them; those batches are pipelined `SPUBLISH`es, one batch
 //! at a time, failing fast when the connection is down but without the deadline.
+//! So there "failed" is not final: one failed `SPUBLISH` fails every caller of
+//! the batch, though the others ran, and a command fred wrote before it gave up
+//! on the answer may have run. Each caller hearing its own command's outcome,
+//! and a deadline checked on the shard, would be the next step.
 
 use std::future::Future;
 use std::pin::Pin;

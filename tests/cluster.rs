@@ -2980,3 +2980,59 @@ async fn releasing_many_orphans_keeps_the_node_alive() {
     }
     assert_eq!(downs, 0, "node a was released while it released orphans");
 }
+
+/// With sharded pub/sub a batch is pipelined `SPUBLISH`es; each caller hears
+/// how its own publication went, not the batch's worst. Here an ACL lets node
+/// a publish to one room and not to another, and the two rooms' broadcasts
+/// share batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_batch_tells_each_caller_its_own_outcome() {
+    let redis = redis_or_skip!("sharded_outcomes");
+    redis
+        .cli(&[
+            "ACL",
+            "SETUSER",
+            "pub",
+            "on",
+            ">pw",
+            "~*",
+            "+@all",
+            "resetchannels",
+            "&t83:ctl",
+            "&t83:node:*",
+            "&t83:s:s:ok",
+        ])
+        .expect("the user is made");
+    let url = format!("redis://pub:pw@127.0.0.1:{}", redis.port);
+    let a = node_with(&redis, "t83", "a", |b| b.url(url).sharded(true)).await;
+    let b = node_with(&redis, "t83", "b", |b| b.sharded(true)).await;
+    let (m, mut rx) = b.register(ClientInfo::new()).await.unwrap();
+    b.attach(m, "ok").await.unwrap();
+    // Half of them to the member's room: within its queue of 32.
+    let n = 60;
+    let calls = (0..n).map(|i| {
+        let a = a.clone();
+        async move {
+            let room = if i % 2 == 0 { "ok" } else { "denied" };
+            (
+                room,
+                a.broadcast(room, Msg::from(format!("{i}"))).await.is_ok(),
+            )
+        }
+    });
+    let outcomes = futures_util::future::join_all(calls).await;
+    let wrong: Vec<_> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, (room, ok))| *ok != (*room == "ok"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {n} callers heard another publication's outcome: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    for i in (0..n).step_by(2) {
+        assert_eq!(*recv(&mut rx).await, *format!("{i}"));
+    }
+}

@@ -40,6 +40,8 @@ pub(crate) struct BatchBuf {
     buf: BytesMut,
     /// Where each frame ends in `buf`.
     ends: Vec<usize>,
+    /// Publications in each frame: one, or a bundle's.
+    items: Vec<usize>,
 }
 
 /// A frame longer than a Redis argument can be (4 GiB is past any server's
@@ -89,7 +91,7 @@ impl BatchBuf {
         let n = frame_len(node, payload)?;
         self.buf.reserve(n);
         envelope::put_broadcast(&mut self.buf, node, epoch, seq, payload);
-        self.pushed(channel);
+        self.pushed(channel, 1);
         Ok(())
     }
 
@@ -130,14 +132,15 @@ impl BatchBuf {
                 self.buf.reserve(len);
                 envelope::put_bundle(&mut self.buf, node, epoch, seq, chunk.iter().map(&payload));
             }
-            self.pushed(channel);
+            self.pushed(channel, end - start);
             start = end;
         }
     }
 
-    /// Records the frame just written as the channel's.
-    fn pushed(&mut self, channel: u16) {
+    /// Records the frame just written, of `items` publications, as the channel's.
+    fn pushed(&mut self, channel: u16, items: usize) {
         self.ends.push(self.buf.len());
+        self.items.push(items);
         self.run = match self.run {
             Some((c, count)) if c == channel && count < u16::MAX => Some((c, count + 1)),
             other => {
@@ -172,6 +175,7 @@ impl BatchBuf {
             channels: self.channels,
             runs: self.runs.freeze(),
             frames,
+            items: self.items,
         }
     }
 }
@@ -185,6 +189,9 @@ pub(crate) struct Batch {
     pub(crate) runs: Bytes,
     /// Every frame, in order (slices of one buffer).
     pub(crate) frames: Vec<Bytes>,
+    /// Publications in each frame, in order: its callers are the next this many
+    /// of the batch's, which are in frame order.
+    pub(crate) items: Vec<usize>,
 }
 
 impl Batch {
@@ -321,6 +328,9 @@ mod tests {
             sizes.push(n);
         }
         assert_eq!(sizes, [3, 3, 1, envelope::MAX_BUNDLE as u64, 1]);
+        // Each frame's callers: as many as it carries publications.
+        let items: Vec<u64> = batch.items.iter().map(|&n| n as u64).collect();
+        assert_eq!(items, sizes);
     }
 
     #[test]

@@ -173,10 +173,10 @@ impl<M: Clone + Send + Sync + 'static> ClusterBuilder<M> {
     /// then on, so that "failed" is final. Default 500 ms.
     ///
     /// Not with [`sharded`](Self::sharded): a sharded batch is pipelined
-    /// `SPUBLISH`es, which carry no deadline, and its callers hear one outcome for
-    /// the whole batch. There a publication reported failed may still have
-    /// reached the members on other nodes: when another `SPUBLISH` of its batch
-    /// failed, or when fred wrote it before giving up on its answer.
+    /// `SPUBLISH`es, which carry no deadline. Each caller hears its own
+    /// command's answer, but a publication reported failed (its answer lost, or
+    /// fred gave up on it after writing it) may still have reached the members
+    /// on other nodes.
     pub fn publish_deadline(mut self, deadline: Duration) -> Self {
         self.publish_deadline = deadline.max(Duration::from_millis(10));
         self

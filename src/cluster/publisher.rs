@@ -60,10 +60,10 @@
 //! With sharded pub/sub a batch's channels live on different shards, so no one
 //! script can publish them; those batches are pipelined `SPUBLISH`es, one batch
 //! at a time, failing fast when the connection is down but without the deadline.
-//! So there "failed" is not final: one failed `SPUBLISH` fails every caller of
-//! the batch, though the others ran, and a command fred wrote before it gave up
-//! on the answer may have run. Each caller hearing its own command's outcome,
-//! and a deadline checked on the shard, would be the next step.
+//! Each caller hears its own frame's answer (`Batch::items` maps frames to
+//! callers), so one refused `SPUBLISH` fails only its own. But "failed" is not
+//! final there: a command fred wrote before it gave up on the answer may have
+//! run. A deadline checked on the shard would be the next step.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -415,11 +415,12 @@ impl Link {
             self.tell(p.done, &Err(io_error("not connected to redis")));
             return Sent::Told(None);
         }
-        let result = if self.sharded {
-            self.spublish(&p.batch).await
-        } else {
-            self.publish(&p.batch, p.full).await
-        };
+        if self.sharded {
+            let results = self.spublish(&p.batch).await;
+            self.tell_each(p.done, &p.batch.items, results);
+            return Sent::Told(Some(p.index));
+        }
+        let result = self.publish(&p.batch, p.full).await;
         if let Err(e) = &result {
             if !p.full && no_script(e) {
                 self.refused.notify_one();
@@ -445,6 +446,24 @@ impl Link {
         for tx in done {
             // The caller may have stopped waiting; the count above stands.
             let _ = tx.send(result.clone());
+        }
+    }
+
+    /// Gives each frame's callers that frame's outcome, counted one by one.
+    fn tell_each(
+        &self,
+        done: Vec<oneshot::Sender<Result<(), fred::error::Error>>>,
+        items: &[usize],
+        results: Vec<Result<(), fred::error::Error>>,
+    ) {
+        let mut done = done.into_iter();
+        for (&n, result) in items.iter().zip(&results) {
+            self.tell(done.by_ref().take(n).collect(), result);
+        }
+        // Frames the pipeline gave no answer for (it ended early) failed.
+        let rest: Vec<_> = done.collect();
+        if !rest.is_empty() {
+            self.tell(rest, &Err(io_error("no answer for the publication")));
         }
     }
 
@@ -491,7 +510,9 @@ impl Link {
         }
     }
 
-    async fn spublish(&self, batch: &Batch) -> Result<(), fred::error::Error> {
+    /// Publishes `batch` as pipelined `SPUBLISH`es: each frame's outcome, in
+    /// frame order.
+    async fn spublish(&self, batch: &Batch) -> Vec<Result<(), fred::error::Error>> {
         let pipe = Pipeline::from(self.client.with_options(&self.options()));
         for (channel, frame) in batch.frames() {
             // Queuing in a pipeline only buffers; the answer comes from `all`.
@@ -499,6 +520,6 @@ impl Link {
         }
         Counters::add(&self.counters.round_trips, 1);
         let results: Vec<Result<Value, _>> = pipe.try_all().await;
-        results.into_iter().try_for_each(|r| r.map(drop))
+        results.into_iter().map(|r| r.map(drop)).collect()
     }
 }

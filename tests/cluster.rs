@@ -3036,3 +3036,47 @@ async fn a_sharded_batch_tells_each_caller_its_own_outcome() {
         assert_eq!(*recv(&mut rx).await, *format!("{i}"));
     }
 }
+
+/// `GET /cluster` lists at most `MAX_SUBSCRIPTIONS_LISTED` subscriptions, in
+/// order, and counts the rest: a node is subscribed to one channel per session
+/// its clients joined, which its peers choose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_lists_a_bounded_number_of_subscriptions() {
+    use http_body_util::BodyExt;
+    use switchboard::http::MAX_SUBSCRIPTIONS_LISTED;
+    use tower::ServiceExt;
+
+    let redis = redis_or_skip!("admin_api_subscriptions");
+    let a = node(&redis, "t84", "a", TTL).await;
+    let (m, _rx) = a.register(ClientInfo::new()).await.unwrap();
+    let over = 5;
+    let sessions = MAX_SUBSCRIPTIONS_LISTED as u64 + over;
+    for s in 0..sessions {
+        a.attach(m, s).await.unwrap();
+    }
+    let router = switchboard::http::router_with_cluster(
+        a.clone(),
+        switchboard::http::AdminConfig::new(),
+        |_, body| Msg::from(body.to_string()),
+    )
+    .unwrap();
+    let req = axum::http::Request::get("/cluster")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = router.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let view: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let listed: Vec<u64> = view["subscriptions"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(serde_json::Value::as_u64)
+        .collect();
+    assert_eq!(
+        listed,
+        (0..MAX_SUBSCRIPTIONS_LISTED as u64).collect::<Vec<_>>(),
+        "the first ones, in order"
+    );
+    assert_eq!(view["more_subscriptions"], over);
+}

@@ -28,8 +28,10 @@ use crate::{BroadcastReport, SessionId};
 /// snapshots then carry the cluster too: this node, its subscriptions and gaps,
 /// every live node, and node-down events for the live feed.
 ///
-/// `GET /cluster` answers `{"node", "stats", "subscriptions", "nodes",
-/// "redis_error"}`: this node's [`ClusterStats`], the sessions it is subscribed to,
+/// `GET /cluster` answers `{"node", "stats", "subscriptions",
+/// "more_subscriptions", "nodes", "more_nodes", "redis_error"}`: this node's
+/// [`ClusterStats`], the sessions it is subscribed to (the first
+/// [`MAX_SUBSCRIPTIONS_LISTED`] in order, with a count of the rest),
 /// every live node with its client count, subscriptions, gaps, heartbeat age and
 /// state ([`NodeInfo`]),
 /// and, while Redis cannot be reached, `nodes: null` and the error.
@@ -136,11 +138,17 @@ async fn broadcast<M: Clone + Send + Sync + 'static>(
     }
 }
 
+/// Sessions `GET /cluster` lists, at most: a node may be subscribed to any
+/// number, one per session its clients joined.
+pub const MAX_SUBSCRIPTIONS_LISTED: usize = 1_000;
+
 #[derive(Serialize)]
 struct ClusterView {
     node: String,
     stats: ClusterStats,
     subscriptions: Vec<SessionId>,
+    /// Subscriptions `subscriptions` leaves out, for [`MAX_SUBSCRIPTIONS_LISTED`].
+    more_subscriptions: usize,
     nodes: Option<Vec<NodeInfo>>,
     /// Live nodes `nodes` leaves out, for the node's bound.
     more_nodes: u64,
@@ -153,10 +161,15 @@ async fn show<M: Clone + Send + Sync + 'static>(State(cluster): State<Cluster<M>
         Ok(nodes) => (Some(nodes.nodes), nodes.omitted, None),
         Err(e) => (None, 0, Some(e.to_string())),
     };
+    let mut subscriptions = cluster.subscriptions().await;
+    let more_subscriptions = subscriptions.len().saturating_sub(MAX_SUBSCRIPTIONS_LISTED);
+    subscriptions.sort_unstable();
+    subscriptions.truncate(MAX_SUBSCRIPTIONS_LISTED);
     Json(ClusterView {
         node: cluster.node_id().to_owned(),
         stats: cluster.stats(),
-        subscriptions: cluster.subscriptions().await,
+        subscriptions,
+        more_subscriptions,
         nodes,
         more_nodes,
         redis_error,

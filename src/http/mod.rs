@@ -176,7 +176,7 @@ use axum::{Json, Router};
 use subtle::ConstantTimeEq;
 
 #[cfg(feature = "cluster")]
-pub use cluster::router_with_cluster;
+pub use cluster::{router_with_cluster, MAX_SUBSCRIPTIONS_LISTED};
 pub use config::{AdminConfig, AdminConfigError};
 
 use self::error::ApiError;

@@ -146,11 +146,9 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// One HTTP/1.1 request to the admin API over a plain socket: status and body.
-async fn admin(server: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let addr = server.admin_addr().expect("the admin API is on");
-    let mut tcp = TcpStream::connect(addr).await.expect("admin listens");
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
+/// One HTTP/1.1 request to `addr` over a plain socket: the whole response.
+async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> String {
+    let mut tcp = TcpStream::connect(addr).await.expect("the server listens");
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -162,6 +160,14 @@ async fn admin(server: &Server, method: &str, path: &str, body: Option<Value>) -
         .await
         .expect("an answer in time")
         .expect("a readable answer");
+    response
+}
+
+/// One HTTP/1.1 request to the admin API over a plain socket: status and body.
+async fn admin(server: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let addr = server.admin_addr().expect("the admin API is on");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let response = http(addr, method, path, &body).await;
     let status = response
         .split(' ')
         .nth(1)
@@ -1183,16 +1189,7 @@ async fn buffer_sizes_too_large_to_bound_are_refused_at_start() {
 #[tokio::test]
 async fn a_room_name_that_is_not_utf8_gets_a_json_bad_room() {
     let server = start(config()).await;
-    let addr = server.ws_addr();
-    let mut tcp = TcpStream::connect(addr).await.expect("the server listens");
-    let request =
-        format!("GET /rooms/%FF%FE HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.expect("writable");
-    let mut response = String::new();
-    timeout(PATIENCE, tcp.read_to_string(&mut response))
-        .await
-        .expect("an answer in time")
-        .expect("a readable answer");
+    let response = http(server.ws_addr(), "GET", "/rooms/%FF%FE", "").await;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or_default();
     assert!(head.starts_with("HTTP/1.1 400 "), "{response}");
     let body: Value =

@@ -900,41 +900,7 @@ mod tests {
     /// so the refusal must not close the local holder.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refused_reannouncement_leaves_the_holder_to_a_newer_claim_in_flight() {
-        let Some(redis) = redis::Redis::start("refused_reannouncement") else {
-            return;
-        };
-        let a = node(&redis, "u11").await;
-        let b = crate::cluster::Cluster::builder(
-            crate::Registry::<Arc<str>>::new(),
-            crate::cluster::Raw,
-        )
-        .url(redis.url())
-        .prefix("u11")
-        .node_id("b")
-        .ttl(Duration::from_secs(60))
-        .connect()
-        .await
-        .unwrap();
-        let info = || ClientInfo::new().with_key("dev");
-        let (_on_b, _on_b_rx) = b.register(info()).await.unwrap();
-        let shared = &a.shared;
-        let (holder, _holder_rx) = shared.registry.register(info()).unwrap();
-        let mut reannounce = pin!(shared.claim("dev", holder, Mode::IfFree));
-        send(&redis, reannounce.as_mut()).await;
-        let mut newer = pin!(shared.claim("dev", holder, Mode::Force));
-        send(&redis, newer.as_mut()).await;
-        assert!(!reannounce.await.unwrap(), "b holds the key");
-        assert!(newer.await.unwrap(), "the newer claim takes it");
-        assert_eq!(
-            shared
-                .registry
-                .lookup(ClientRef::Key("dev"))
-                .map(|e| e.id)
-                .ok(),
-            Some(holder),
-            "the refusal closed the holder the newer claim was for"
-        );
-        assert_eq!(a.locate("dev").await.unwrap().as_deref(), Some("a"));
+        refused_reannouncement_beside_a_newer_claim("refused_reannouncement", "u11", false).await;
     }
 
     /// As above, with the newer claim's answer handled first (each claim's
@@ -943,16 +909,29 @@ mod tests {
     /// the key and its holder to that one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refused_reannouncement_answered_after_a_newer_claim_closes_nothing() {
-        let Some(redis) = redis::Redis::start("refused_reannouncement_late") else {
+        refused_reannouncement_beside_a_newer_claim("refused_reannouncement_late", "u15", true)
+            .await;
+    }
+
+    /// Node b holds "dev"; node a re-announces it (refused) and then claims it
+    /// anew for the same holder, both sent before either answer is read, the
+    /// newer answer handled first if `newer_first`. The key and its holder
+    /// must end with the newer claim.
+    async fn refused_reannouncement_beside_a_newer_claim(
+        test: &str,
+        prefix: &str,
+        newer_first: bool,
+    ) {
+        let Some(redis) = redis::Redis::start(test) else {
             return;
         };
-        let a = node(&redis, "u15").await;
+        let a = node(&redis, prefix).await;
         let b = crate::cluster::Cluster::builder(
             crate::Registry::<Arc<str>>::new(),
             crate::cluster::Raw,
         )
         .url(redis.url())
-        .prefix("u15")
+        .prefix(prefix)
         .node_id("b")
         .ttl(Duration::from_secs(60))
         .connect()
@@ -966,8 +945,13 @@ mod tests {
         send(&redis, reannounce.as_mut()).await;
         let mut newer = pin!(shared.claim("dev", holder, Mode::Force));
         send(&redis, newer.as_mut()).await;
-        assert!(newer.await.unwrap(), "the newer claim takes it");
-        assert!(!reannounce.await.unwrap(), "b held the key");
+        if newer_first {
+            assert!(newer.await.unwrap(), "the newer claim takes it");
+            assert!(!reannounce.await.unwrap(), "b held the key");
+        } else {
+            assert!(!reannounce.await.unwrap(), "b holds the key");
+            assert!(newer.await.unwrap(), "the newer claim takes it");
+        }
         assert_eq!(
             shared
                 .registry
@@ -975,7 +959,7 @@ mod tests {
                 .map(|e| e.id)
                 .ok(),
             Some(holder),
-            "the refusal closed the holder of the newer claim"
+            "the refusal closed the holder the newer claim was for"
         );
         assert_eq!(a.locate("dev").await.unwrap().as_deref(), Some("a"));
         assert_eq!(

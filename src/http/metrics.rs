@@ -129,52 +129,29 @@ impl Metrics {
     }
 }
 
+/// The integration tests' helper for tests that read resident memory.
+#[cfg(test)]
+#[path = "../../tests/common/alone.rs"]
+#[allow(
+    unreachable_pub,
+    reason = "shared with the integration tests, where it is a crate of its own"
+)]
+mod alone;
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// This process's resident memory in bytes, from `/proc/self/status`; `None`
-    /// where there is no such file.
-    fn resident_bytes() -> Option<usize> {
-        let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
-    }
-
-    /// Whether to run the memory test's body here: in the lib's test binary, where
-    /// hundreds of tests allocate beside it, it runs itself again in a process of
-    /// its own and reports that run (`false`).
-    fn alone(name: &str) -> bool {
-        const ALONE: &str = "SWITCHBOARD_TEST_ALONE";
-        if std::env::var_os(ALONE).is_some() {
-            return true;
-        }
-        let exe = std::env::current_exe().expect("the test binary's path");
-        let out = std::process::Command::new(exe)
-            .args(["--exact", name, "--test-threads=1", "--nocapture"])
-            .env(ALONE, "1")
-            .output()
-            .expect("the test binary runs again");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "{name}, run alone, failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        false
-    }
 
     /// The recorder keeps a histogram's samples, one by one, until upkeep folds
     /// them into its buckets. Broadcasts with no scrape in between (or no
     /// scraper at all) must not each keep one for good.
     #[test]
     fn broadcasts_with_no_scrape_keep_bounded_memory() {
-        if !alone("http::metrics::tests::broadcasts_with_no_scrape_keep_bounded_memory") {
+        if !alone::here("http::metrics::tests::broadcasts_with_no_scrape_keep_bounded_memory") {
             return;
         }
         let metrics = Metrics::new();
-        let Some(before) = resident_bytes() else {
+        let Some(before) = alone::resident_bytes() else {
             println!("skipped: no /proc/self/status to read resident memory from");
             return;
         };
@@ -182,7 +159,9 @@ mod tests {
         for _ in 0..broadcasts {
             metrics.record_fanout(Duration::from_micros(20));
         }
-        let grown = resident_bytes().unwrap_or_default().saturating_sub(before);
+        let grown = alone::resident_bytes()
+            .unwrap_or_default()
+            .saturating_sub(before);
         assert!(
             grown < 64 << 20,
             "resident memory grew by {} MiB over {broadcasts} broadcasts with no scrape",
